@@ -1,0 +1,147 @@
+"""The channel daemon: owns the chat connections.
+
+Inbound, every backend hands messages to :meth:`ChannelDaemon.receive`, which
+commits them to the messages table (deduplicated by chat and the network's
+message id) *before* the sender is acknowledged, then nudges the queue.
+Outbound, the router's ``deliver`` requests go to the backend that owns the
+chat; a message we send is stored as a bot message (``is_bot``), which is how
+it is recognised later, never by its text.
+
+Socket ops (one JSON object per line): ``inbound`` (a terminal user typed
+something), ``watch`` (stream a chat's traffic to this connection), ``deliver``
+(router), plus the base ``nudge``/``ping``/``status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from peewee import IntegrityError
+
+from . import groups as groups_mod
+from .channels import BACKENDS, Backend, Inbound, SendError, TerminalBackend
+from .daemon import Daemon
+from .models import Message, db
+from .protocol import nudge
+
+MAX_TEXT = 64 * 1024  # longer inbound text is refused, not truncated silently
+HISTORY = 10
+
+
+class ChannelDaemon(Daemon):
+    name = "channel"
+
+    async def setup(self) -> None:
+        self.backends: list[Backend] = []
+        for name in self.cfg.channels:
+            if name not in BACKENDS:
+                raise SystemExit(f"unknown channel backend {name!r} (known: {', '.join(BACKENDS)})")
+            self.backends.append(BACKENDS[name]())
+        self.terminal = next((b for b in self.backends if isinstance(b, TerminalBackend)), None)
+        for backend in self.backends:
+            await backend.start(self.receive)
+        self.received = 0
+
+    async def receive(self, msg: Inbound) -> tuple[int, bool]:
+        """Store an inbound message durably; return (row id, was it a duplicate)."""
+        try:
+            with db.atomic("IMMEDIATE"):
+                row = Message.create(chat=msg.chat, sender=msg.sender, sender_name=msg.sender_name,
+                                     text=msg.text, timestamp=msg.timestamp, channel_id=msg.channel_id,
+                                     from_me=msg.from_me, is_bot=False)
+        except IntegrityError:
+            existing = Message.get(Message.chat == msg.chat, Message.channel_id == msg.channel_id)
+            self.log.info("chat=%s msg=%s duplicate; stored once", msg.chat, msg.channel_id)
+            return existing.id, True
+        self.received += 1
+        self.log.info("chat=%s msg=%s stored as message=%s", msg.chat, msg.channel_id, row.id)
+        nudge(self.cfg.socket("queue"))
+        if self.terminal:
+            await self.terminal.show(msg.chat, {"text": msg.text, "id": msg.channel_id,
+                                                "from": msg.sender_name or msg.sender})
+        return row.id, False
+
+    async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
+        op = req["op"]
+        if op == "inbound":
+            return await self._inbound(req)
+        if op == "watch":
+            return self._watch(req, writer)
+        if op == "deliver":
+            return await self._deliver(req)
+        return await super().handle(req, writer)
+
+    def _group(self, req: dict):
+        ref = req.get("group") or req.get("chat")
+        if not isinstance(ref, str) or not ref:
+            raise groups_mod.GroupError("a 'group' (folder, name or chat id) is required")
+        return groups_mod.find_group(ref)
+
+    async def _inbound(self, req: dict) -> dict:
+        if self.terminal is None:
+            return {"ok": False, "error": "the terminal channel is not enabled in the configuration"}
+        try:
+            group = self._group(req)
+        except groups_mod.GroupError as exc:
+            return {"ok": False, "error": str(exc)}
+        text = req.get("text")
+        if not isinstance(text, str) or not text.strip():
+            return {"ok": False, "error": "empty message"}
+        if len(text) > MAX_TEXT:
+            return {"ok": False, "error": f"message too long ({len(text)} > {MAX_TEXT} characters)"}
+        msg_id = req.get("id") or uuid.uuid4().hex
+        sender = req.get("sender") or "owner@term"
+        if not isinstance(msg_id, str) or not isinstance(sender, str):
+            return {"ok": False, "error": "'id' and 'sender' must be strings"}
+        row_id, dup = await self.receive(Inbound(
+            chat=group.jid, sender=sender, sender_name=str(req.get("sender_name") or sender.split("@")[0]),
+            text=text, channel_id=msg_id, timestamp=time.time(), from_me=sender == "owner@term"))
+        return {"ok": True, "message_id": row_id, "duplicate": dup, "chat": group.jid}
+
+    def _watch(self, req: dict, writer: asyncio.StreamWriter) -> dict:
+        if self.terminal is None:
+            return {"ok": False, "error": "the terminal channel is not enabled in the configuration"}
+        try:
+            group = self._group(req)
+        except groups_mod.GroupError as exc:
+            return {"ok": False, "error": str(exc)}
+        self.terminal.attach(group.jid, writer)
+        recent = list(Message.select().where(Message.chat == group.jid)
+                      .order_by(Message.id.desc()).limit(HISTORY))
+        history = [{"text": m.text, "from": "assistant" if m.is_bot else (m.sender_name or m.sender),
+                    "time": m.timestamp} for m in reversed(recent)]
+        return {"ok": True, "chat": group.jid, "group": group.folder, "history": history}
+
+    async def _deliver(self, req: dict) -> dict:
+        chat, text = req.get("chat"), req.get("text")
+        if not isinstance(chat, str) or not isinstance(text, str):
+            return {"ok": False, "error": "deliver needs 'chat' and 'text'"}
+        backend = next((b for b in self.backends if b.owns(chat)), None)
+        if backend is None:
+            return {"ok": False, "error": f"no enabled channel handles chat {chat!r}"}
+        try:
+            channel_id = await backend.send(chat, text)
+        except SendError as exc:
+            return {"ok": False, "error": str(exc)}
+        with db.atomic("IMMEDIATE"):
+            Message.insert(chat=chat, sender=self.cfg.assistant_name, sender_name=self.cfg.assistant_name,
+                           text=text, timestamp=time.time(), channel_id=channel_id, from_me=True,
+                           is_bot=True).on_conflict_ignore().execute()
+        if self.terminal and backend is not self.terminal:
+            await self.terminal.show(chat, {"text": text, "id": channel_id, "from": "assistant"})
+        self.log.info("chat=%s outbox=%s sent as %s", chat, req.get("outbox_id"), channel_id)
+        return {"ok": True, "channel_id": channel_id}
+
+    def status(self) -> str:
+        parts = [f"{b.name}: {b.status()}" for b in self.backends]
+        return "; ".join(parts) + f"; {self.received} received since start"
+
+    async def shutdown(self) -> None:
+        for backend in self.backends:
+            await backend.stop()
+
+
+def main() -> None:
+    ChannelDaemon().run()

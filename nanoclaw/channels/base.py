@@ -1,0 +1,55 @@
+"""The seam every chat backend (terminal, WhatsApp, …) plugs into."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message as a backend received it, before it is stored."""
+
+    chat: str
+    sender: str
+    text: str
+    channel_id: str
+    timestamp: float
+    sender_name: str = ""
+    from_me: bool = False
+
+
+# The channel daemon's store-then-acknowledge callback: returns (row id, duplicate?).
+Receive = Callable[[Inbound], Awaitable[tuple[int, bool]]]
+
+
+class SendError(Exception):
+    """A send that did not happen; the router will retry it."""
+
+
+class Backend(ABC):
+    """One chat network. The channel daemon routes outbound text by ``owns(chat)``."""
+
+    name = "backend"
+
+    @abstractmethod
+    def owns(self, chat: str) -> bool:
+        """Whether chat ids of this form belong to this backend."""
+
+    async def start(self, receive: Receive) -> None:
+        """Connect; call ``receive`` for every inbound message (it stores before returning)."""
+        self.receive = receive
+
+    @abstractmethod
+    async def send(self, chat: str, text: str) -> str:
+        """Send text to a chat; return the network's message id, or raise SendError."""
+
+    async def typing(self, chat: str, on: bool) -> None:
+        """Show or clear a typing indicator where the network has one."""
+
+    async def stop(self) -> None:
+        """Disconnect cleanly."""
+
+    def status(self) -> str:
+        return "ready"

@@ -1,0 +1,50 @@
+"""The terminal backend: chats typed in ``nanoclaw chat`` over the channel's socket.
+
+Its chats are ``<folder>@term``. A reply is "sent" once it is stored as a bot
+message and written to every terminal watching that chat; a terminal that
+attaches later is shown the recent history, so nothing is lost by not watching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+from .base import Backend
+
+
+class TerminalBackend(Backend):
+    name = "terminal"
+
+    def __init__(self) -> None:
+        self.watchers: dict[str, set[asyncio.StreamWriter]] = {}
+
+    def owns(self, chat: str) -> bool:
+        return chat.endswith("@term")
+
+    def attach(self, chat: str, writer: asyncio.StreamWriter) -> None:
+        self.watchers.setdefault(chat, set()).add(writer)
+
+    def detach(self, writer: asyncio.StreamWriter) -> None:
+        for writers in self.watchers.values():
+            writers.discard(writer)
+
+    async def show(self, chat: str, event: dict) -> None:
+        """Push an event line to every terminal watching ``chat``; drop dead ones."""
+        line = json.dumps({"op": "message", "chat": chat, **event}, ensure_ascii=False).encode() + b"\n"
+        for writer in list(self.watchers.get(chat, ())):
+            try:
+                writer.write(line)
+                await asyncio.wait_for(writer.drain(), 5)
+            except (OSError, asyncio.TimeoutError):
+                self.detach(writer)
+
+    async def send(self, chat: str, text: str) -> str:
+        msg_id = f"term-{uuid.uuid4().hex[:16]}"
+        await self.show(chat, {"text": text, "id": msg_id, "from": "assistant"})
+        return msg_id
+
+    def status(self) -> str:
+        n = sum(len(w) for w in self.watchers.values())
+        return f"{n} terminal(s) attached"

@@ -1,0 +1,236 @@
+"""The ``nanoclaw`` command: the daemons, the terminal chat and group administration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from . import __version__
+from . import config as config_mod
+from . import log as log_mod
+from .protocol import VERSION, nudge, read_line
+
+DAEMONS = ("channel", "queue", "runner", "ipc", "router")
+
+
+def _daemon(name: str) -> int:
+    log_mod.setup(name)
+    module = __import__(f"nanoclaw.{name}", fromlist=["main"])
+    module.main()
+    return 0
+
+
+class ChannelClient:
+    """A line-JSON connection to the channel daemon's socket."""
+
+    def __init__(self, cfg: config_mod.Config, timeout: float | None = 10.0) -> None:
+        self.path = cfg.socket("channel")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(self.path))
+        except OSError as exc:
+            raise SystemExit(f"nanoclaw: cannot reach the channel daemon at {self.path}: {exc.strerror}\n"
+                             "  is it running? (systemctl status nanoclaw-channel, or nanoclaw run-all)")
+        self.buf = b""
+
+    def send(self, obj: dict) -> None:
+        self.sock.sendall(json.dumps({"v": VERSION, **obj}).encode() + b"\n")
+
+    def recv(self) -> dict:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the channel daemon closed the connection")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return json.loads(line)
+
+    def call(self, obj: dict) -> dict:
+        """Send a request and return its reply, skipping pushed chat events."""
+        self.send(obj)
+        while True:
+            reply = self.recv()
+            if "ok" in reply:
+                return reply
+
+
+def _print_line(sender: str, text: str) -> None:
+    print(f"[{sender}] {text}", flush=True)
+
+
+def cmd_send(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    text = " ".join(args.text)
+    if not text.strip():
+        print("nanoclaw: refusing to send an empty message", file=sys.stderr)
+        return 2
+    client = ChannelClient(cfg)
+    if args.wait:
+        reply = client.call({"op": "watch", "group": args.group})
+        if not reply.get("ok"):
+            print(f"nanoclaw: {reply.get('error')}", file=sys.stderr)
+            return 1
+    reply = client.call({"op": "inbound", "group": args.group, "text": text,
+                         "id": args.id or uuid.uuid4().hex, "sender": args.sender})
+    if not reply.get("ok"):
+        print(f"nanoclaw: {reply.get('error')}", file=sys.stderr)
+        return 1
+    if not args.wait:
+        print(f"stored as message {reply['message_id']}" + (" (duplicate)" if reply["duplicate"] else ""))
+        return 0
+    client.sock.settimeout(args.wait)
+    try:
+        while True:
+            event = client.recv()
+            if event.get("op") == "message" and event.get("from") == "assistant":
+                _print_line(cfg.assistant_name, event["text"])
+                return 0
+    except (socket.timeout, TimeoutError):
+        print(f"nanoclaw: no reply within {args.wait:.0f}s (it may still come: nanoclaw chat "
+              f"{args.group})", file=sys.stderr)
+        return 3
+
+
+def cmd_chat(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    client = ChannelClient(cfg, timeout=None)
+    reply = client.call({"op": "watch", "group": args.group})
+    if not reply.get("ok"):
+        print(f"nanoclaw: {reply.get('error')}", file=sys.stderr)
+        return 1
+    print(f"chatting in {reply['group']} ({reply['chat']}); Ctrl-D to leave", flush=True)
+    for m in reply["history"]:
+        _print_line(cfg.assistant_name if m["from"] == "assistant" else m["from"], m["text"])
+    mine: set[str] = set()
+    acks: list[dict] = []
+    got_ack = threading.Condition()
+
+    def reader() -> None:
+        try:
+            while True:
+                event = client.recv()
+                if "ok" in event:
+                    with got_ack:
+                        acks.append(event)
+                        got_ack.notify()
+                elif event.get("op") == "message" and event.get("id") not in mine:
+                    who = cfg.assistant_name if event.get("from") == "assistant" else event.get("from")
+                    _print_line(str(who), event.get("text", ""))
+        except (ConnectionError, OSError):
+            print("nanoclaw: connection to the channel daemon lost", file=sys.stderr)
+
+    threading.Thread(target=reader, daemon=True).start()
+    for line in sys.stdin:
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        msg_id = uuid.uuid4().hex
+        mine.add(msg_id)
+        client.send({"op": "inbound", "group": args.group, "text": text, "id": msg_id})
+        with got_ack:
+            got_ack.wait_for(lambda: acks, timeout=10)
+            ack = acks.pop(0) if acks else {"ok": False, "error": "no acknowledgement within 10s"}
+        if not ack.get("ok"):
+            print(f"nanoclaw: not sent: {ack.get('error')}", file=sys.stderr)
+    return 0
+
+
+def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from . import groups as groups_mod
+    from .models import Group, open_db
+
+    open_db(cfg.db_path)
+    try:
+        if args.action == "add":
+            group = groups_mod.add_group(cfg, args.folder, name=args.name, jid=args.jid,
+                                         trigger=args.trigger, is_main=args.main,
+                                         requires_trigger=False if args.no_trigger else None)
+            print(f"added group {group.folder} (chat {group.jid}"
+                  f"{', main' if group.is_main else ''}, trigger {group.trigger!r}"
+                  f"{'' if group.requires_trigger else ' not required'})")
+        elif args.action == "remove":
+            groups_mod.remove_group(cfg, args.folder)
+            print(f"removed group {args.folder} (its folder {cfg.groups_dir / args.folder} is kept)")
+        else:
+            rows = list(Group.select().order_by(Group.folder))
+            if not rows:
+                print("no groups yet: nanoclaw groups add main --main")
+            for g in rows:
+                flags = ("main " if g.is_main else "") + (f"trigger={g.trigger}" if g.requires_trigger
+                                                           else "every message")
+                print(f"{g.folder:<20} {g.jid:<32} {g.name:<20} {flags}")
+    except groups_mod.GroupError as exc:
+        print(f"nanoclaw: {exc}", file=sys.stderr)
+        return 2
+    for daemon in ("queue", "ipc"):
+        nudge(cfg.socket(daemon))
+    return 0
+
+
+def cmd_ping(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """Ask each daemon for its status line."""
+    from .protocol import request
+    worst = 0
+    for name in DAEMONS:
+        try:
+            reply = request(cfg.socket(name), {"op": "status"}, timeout=3)
+            print(f"{name:<8} up    {reply.get('status', '')}")
+        except (OSError, ValueError) as exc:
+            print(f"{name:<8} DOWN  {exc}")
+            worst = 1
+    return worst
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nanoclaw", description=__doc__)
+    p.add_argument("--version", action="version", version=f"nanoclaw {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in DAEMONS:
+        sub.add_parser(name, help=f"run the {name} daemon (normally started by systemd)")
+    sub.add_parser("run-all", help="run all daemons as child processes (development)")
+    sp = sub.add_parser("chat", help="chat with a group's agent from this terminal")
+    sp.add_argument("group", nargs="?", default="main", help="group folder, name or chat id (default: main)")
+    sp = sub.add_parser("send", help="send one message to a group")
+    sp.add_argument("group")
+    sp.add_argument("text", nargs="+")
+    sp.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for the reply and print it")
+    sp.add_argument("--id", help="message id (resending with the same id stores it once)")
+    sp.add_argument("--sender", default="owner@term", help="sender id (default: owner@term)")
+    sp = sub.add_parser("groups", help="register, list and remove groups")
+    gsub = sp.add_subparsers(dest="action", required=True)
+    ga = gsub.add_parser("add", help="register a group")
+    ga.add_argument("folder", help="folder name: letters, digits, _ and -")
+    ga.add_argument("--name", help="display name")
+    ga.add_argument("--jid", help="chat id (default: FOLDER@term, a terminal chat)")
+    ga.add_argument("--trigger", help="trigger word (default from config, @Andy)")
+    ga.add_argument("--no-trigger", action="store_true", help="answer every message")
+    ga.add_argument("--main", action="store_true", help="make this the main (admin) group")
+    gr = gsub.add_parser("remove", help="unregister a group (its folder is kept)")
+    gr.add_argument("folder")
+    gsub.add_parser("list", help="list groups")
+    sub.add_parser("ping", help="ask every daemon for its status")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_mod.get()
+    except config_mod.ConfigError as exc:
+        raise SystemExit(f"nanoclaw: configuration error: {exc}")
+    if args.command in DAEMONS:
+        sys.exit(_daemon(args.command))
+    log_mod.setup("cli")
+    if args.command == "run-all":
+        from .supervise import run_all
+        sys.exit(run_all())
+    handler = {"chat": cmd_chat, "send": cmd_send, "groups": cmd_groups, "ping": cmd_ping}[args.command]
+    try:
+        sys.exit(handler(cfg, args))
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,168 @@
+"""Where nanoclaw keeps things and how it is tuned.
+
+Everything comes from one TOML file (``$NANOCLAW_CONFIG``, else
+``/etc/nanoclaw/config.toml`` when present) with environment overrides for the
+directories, so tests and a development checkout run against a temp dir
+without touching a system install.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """The configuration file is unreadable or holds a bad value."""
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """How the runner starts agent containers.
+
+    Runtime quirks (OCI runtime name, ulimits, network) live here rather than
+    in code because hosts differ: a cgroups-v1 box needs ``runc`` and lowered
+    ulimits, a stock Debian 12 server does not.
+    """
+
+    image: str = "localhost/nanoclaw-agent:0.1.0"
+    podman_url: str = ""  # empty: derived from the runtime dir (see podman_socket)
+    runtime: str = ""  # OCI runtime; empty lets podman choose
+    ulimits: tuple[str, ...] = ()  # e.g. ("nofile=1024:1024", "nproc=4096:4096")
+    network: str = "none"
+    userns: str = ""  # e.g. "keep-id" for rootless
+    user: str = ""  # uid[:gid] inside the container; empty keeps the image's
+    memory: str = "2g"
+    pids_limit: int = 512
+    timeout: float = 1800.0  # hard limit for one container's whole life
+    idle_timeout: float = 600.0  # an answered container waits this long for follow-ups
+    extra_env: tuple[str, ...] = ()  # NAME=VALUE pairs passed to every agent
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved settings for every daemon and the CLI."""
+
+    state_dir: Path = Path("/var/lib/nanoclaw")
+    runtime_dir: Path = Path("/run/nanoclaw")
+    config_dir: Path = Path("/etc/nanoclaw")
+    assistant_name: str = "Andy"
+    default_trigger: str = "@Andy"
+    prompt_cap: int = 10
+    max_concurrent: int = 3
+    max_attempts: int = 5
+    backoff_base: float = 5.0
+    backoff_max: float = 300.0
+    timezone: str = ""
+    channels: tuple[str, ...] = ("terminal",)
+    max_spool_bytes: int = 1 << 20
+    container: ContainerConfig = field(default_factory=ContainerConfig)
+
+    # Derived locations: one state dir, one runtime dir.
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "nanoclaw.db"
+
+    @property
+    def groups_dir(self) -> Path:
+        return self.state_dir / "groups"
+
+    @property
+    def global_dir(self) -> Path:
+        return self.state_dir / "groups" / "global"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
+    def ipc_dir(self) -> Path:
+        return self.state_dir / "ipc"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.state_dir / "sessions"
+
+    def socket(self, daemon: str) -> Path:
+        """The Unix socket a daemon listens on."""
+        return self.runtime_dir / f"{daemon}.sock"
+
+    @property
+    def podman_socket(self) -> str:
+        return self.container.podman_url or f"unix://{self.runtime_dir / 'podman.sock'}"
+
+    @property
+    def tz(self) -> str:
+        """The owner's timezone name, so '9 am' in a container means the owner's 9 am."""
+        if self.timezone:
+            return self.timezone
+        if os.environ.get("TZ"):
+            return os.environ["TZ"].lstrip(":")
+        try:
+            link = os.readlink("/etc/localtime")
+            return link.split("zoneinfo/", 1)[1]
+        except (OSError, IndexError):
+            pass
+        try:
+            return Path("/etc/timezone").read_text().strip() or "UTC"
+        except OSError:
+            return "UTC"
+
+
+def _coerce(cls: type, table: dict, where: str) -> dict:
+    """Check a TOML table against a dataclass's fields; refuse unknown keys."""
+    known = {f.name: f for f in fields(cls)}
+    out = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        default = known[key].default
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}.{key}: expected a list of strings")
+            value = tuple(value)
+        elif isinstance(default, Path):
+            value = Path(value)
+        elif isinstance(default, bool) or not isinstance(value, type(default)):
+            if not (isinstance(default, float) and isinstance(value, int)):
+                raise ConfigError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
+            value = float(value)
+        out[key] = value
+    return out
+
+
+def load(path: Path | None = None) -> Config:
+    """Read the configuration file (if any) and apply environment overrides."""
+    if path is None:
+        env = os.environ.get("NANOCLAW_CONFIG")
+        path = Path(env) if env else Path("/etc/nanoclaw/config.toml")
+        explicit = bool(env)
+    else:
+        explicit = True
+    data: dict = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    elif explicit:
+        raise ConfigError(f"{path}: no such configuration file")
+    container = ContainerConfig(**_coerce(ContainerConfig, data.pop("container", {}), "container"))
+    settings = _coerce(Config, data, "config")
+    for key, env in (("state_dir", "NANOCLAW_STATE_DIR"), ("runtime_dir", "NANOCLAW_RUNTIME_DIR"),
+                     ("config_dir", "NANOCLAW_CONFIG_DIR")):
+        if os.environ.get(env):
+            settings[key] = Path(os.environ[env])
+    cfg = Config(container=container, **settings)
+    if cfg.prompt_cap < 1 or cfg.max_concurrent < 1 or cfg.max_attempts < 1:
+        raise ConfigError("prompt_cap, max_concurrent and max_attempts must be at least 1")
+    return cfg
+
+
+@cache
+def get() -> Config:
+    """The process-wide configuration, loaded once."""
+    return load()

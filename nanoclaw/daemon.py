@@ -1,0 +1,205 @@
+"""What every nanoclaw daemon shares: the wake-up loop, its socket, systemd talk.
+
+A daemon is a loop around ``work()``: do everything that is pending, say how
+long until something becomes due, then sleep until a socket nudge, an inotify
+event on a watched spool, or that deadline. ``work()`` always re-reads the
+durable state (spools, database), so a missed wake-up costs latency, never a
+message; a slow rescan timer is the last safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import sdnotify
+from inotify_simple import INotify, flags
+
+from . import config as config_mod
+from .models import open_db
+from .protocol import MAX_LINE, BadMessage, parse_line
+
+RESCAN_SECONDS = 30.0
+
+
+class Daemon:
+    """Base class: subclasses set ``name`` and implement ``work``/``handle``."""
+
+    name = "daemon"
+
+    def __init__(self, cfg: config_mod.Config | None = None) -> None:
+        self.cfg = cfg or config_mod.get()
+        self.log = logging.getLogger(f"nanoclaw.{self.name}")
+        self.notifier = sdnotify.SystemdNotifier()
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self._inotify = INotify()
+        self._watched: dict[Path, int] = {}
+        self._watchdog_frozen = False  # test hook: SIGUSR2 simulates a hung main loop
+        self._last_status = ""
+
+    # -- for subclasses ---------------------------------------------------
+    def setup(self) -> Any:
+        """Prepare directories and recover leftovers, before READY=1 (may be async)."""
+
+    def work(self) -> float | None:
+        """Process everything pending; return seconds until the next deadline, or None."""
+        return None
+
+    async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
+        """Answer one socket request. The base understands nudge, ping and status."""
+        op = req["op"]
+        if op == "nudge":
+            self.wake.set()
+            return None
+        if op == "ping":
+            return {"ok": True, "daemon": self.name, "pid": os.getpid()}
+        if op == "status":
+            return {"ok": True, "daemon": self.name, "status": self.status()}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def status(self) -> str:
+        """A one-line live summary for systemd's STATUS= and ``nanoclaw status``."""
+        return "running"
+
+    async def shutdown(self) -> None:
+        """Drain before exit (SIGTERM)."""
+
+    # -- machinery ----------------------------------------------------------
+    def watch(self, directory: Path) -> None:
+        """Wake the loop when a file lands in ``directory`` (inotify)."""
+        if directory in self._watched:
+            return
+        try:
+            wd = self._inotify.add_watch(str(directory), flags.MOVED_TO | flags.CLOSE_WRITE | flags.CREATE)
+        except OSError as exc:
+            self.log.warning("cannot watch %s: %s", directory, exc)
+            return
+        self._watched[directory] = wd
+
+    def notify(self, msg: str) -> None:
+        self.notifier.notify(msg)
+
+    def _on_inotify(self) -> None:
+        try:
+            self._inotify.read(timeout=0)
+        except OSError:
+            pass
+        self.wake.set()
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    return
+                except asyncio.LimitOverrunError:
+                    writer.write(b'{"ok": false, "error": "line too long"}\n')
+                    self.log.warning("socket client sent an over-long line; closing it")
+                    return
+                try:
+                    req = parse_line(line)
+                except BadMessage as exc:
+                    self.log.warning("socket request refused: %s", exc)
+                    writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
+                    await writer.drain()
+                    continue
+                try:
+                    reply = await self.handle(req, writer)
+                except Exception as exc:  # a bad request must never take the daemon down
+                    self.log.exception("request op=%s failed", req.get("op"))
+                    reply = {"ok": False, "error": f"internal error: {exc}"}
+                if reply is not None:
+                    writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
+                    await writer.drain()
+        except (ConnectionError, OSError):
+            return
+        finally:
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+    async def _watchdog(self) -> None:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if not usec:
+            return
+        period = usec / 1e6 / 2
+        while True:
+            await asyncio.sleep(period)
+            if not self._watchdog_frozen:
+                self.notify("WATCHDOG=1")
+
+    def _set_status(self) -> None:
+        line = self.status()
+        if line != self._last_status:
+            self._last_status = line
+            self.notify(f"STATUS={line}")
+
+    async def run_async(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.cfg.runtime_dir.mkdir(parents=True, exist_ok=True)
+        open_db(self.cfg.db_path)
+        sock = self.cfg.socket(self.name)
+        try:
+            sock.unlink()
+        except FileNotFoundError:
+            pass
+        server = await asyncio.start_unix_server(self._serve_client, path=str(sock), limit=MAX_LINE)
+        os.chmod(sock, 0o660)
+        loop.add_reader(self._inotify.fileno(), self._on_inotify)
+        stop = asyncio.Event()
+
+        def on_term() -> None:
+            self.stopping = True
+            self.notify("STOPPING=1")
+            self.log.info("stopping on signal")
+            stop.set()
+            self.wake.set()
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+        loop.add_signal_handler(signal.SIGINT, on_term)
+        loop.add_signal_handler(signal.SIGUSR2, lambda: setattr(self, "_watchdog_frozen", True))
+        ready = self.setup()
+        if inspect.isawaitable(ready):
+            await ready
+        watchdog = asyncio.create_task(self._watchdog())
+        self.notify("READY=1")
+        self.log.info("ready socket=%s", sock)
+        try:
+            while not stop.is_set():
+                self.wake.clear()
+                started = time.monotonic()
+                delay = self.work()
+                if inspect.isawaitable(delay):
+                    delay = await delay
+                self._set_status()
+                took = time.monotonic() - started
+                if took > 5:
+                    self.log.warning("work pass took %.1fs", took)
+                timeout = RESCAN_SECONDS if delay is None else max(0.0, min(delay, RESCAN_SECONDS))
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            watchdog.cancel()
+            server.close()
+            await self.shutdown()
+            try:
+                sock.unlink()
+            except FileNotFoundError:
+                pass
+            self.log.info("stopped")
+
+    def run(self) -> None:
+        asyncio.run(self.run_async())
+

@@ -1,0 +1,144 @@
+"""Registering chats as groups: validation, folders and memory templates.
+
+The main group (the owner's admin channel) is chosen here, from the CLI, and
+never by an agent: agents reach group administration only through requests
+that the ipc daemon authorises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+from .config import Config
+from .models import Cursor, Group, db
+
+FOLDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+RESERVED_FOLDERS = {"global"}
+TEMPLATES = Path(__file__).resolve().parent.parent / "groups"
+log = logging.getLogger("nanoclaw.groups")
+
+
+class GroupError(ValueError):
+    """A group request that cannot be carried out; the text says why."""
+
+
+def validate_folder(folder: str) -> str:
+    """Return ``folder`` if it is a safe, allowed folder name, else raise GroupError."""
+    if not FOLDER_RE.match(folder or ""):
+        raise GroupError(f"invalid folder name {folder!r}: use 1-64 of A-Z a-z 0-9 _ -, "
+                         "starting with a letter or digit")
+    if folder.lower() in RESERVED_FOLDERS:
+        raise GroupError(f"folder name {folder!r} is reserved")
+    return folder
+
+
+def terminal_jid(folder: str) -> str:
+    """The chat id the terminal channel uses for a group with no chat of its own."""
+    return f"{folder}@term"
+
+
+def template_dir() -> Path:
+    """Where the CLAUDE.md templates live (source checkout or installed share dir)."""
+    for candidate in (TEMPLATES, Path("/opt/nanoclaw/share/groups")):
+        if (candidate / "main" / "CLAUDE.md").exists():
+            return candidate
+    return TEMPLATES
+
+
+def ensure_global(cfg: Config) -> None:
+    """Create the shared memory folder from its template if missing."""
+    cfg.global_dir.mkdir(parents=True, exist_ok=True)
+    target = cfg.global_dir / "CLAUDE.md"
+    src = template_dir() / "global" / "CLAUDE.md"
+    if not target.exists() and src.exists():
+        shutil.copyfile(src, target)
+
+
+def add_group(cfg: Config, folder: str, *, name: str | None = None, jid: str | None = None,
+              trigger: str | None = None, requires_trigger: bool | None = None,
+              is_main: bool = False) -> Group:
+    """Register a chat as a group and create its folder with a CLAUDE.md."""
+    validate_folder(folder)
+    jid = jid or terminal_jid(folder)
+    trigger = trigger if trigger is not None else cfg.default_trigger
+    if not trigger.strip():
+        raise GroupError("trigger must not be empty")
+    if requires_trigger is None:
+        requires_trigger = not is_main
+    with db.atomic("IMMEDIATE"):
+        if Group.get_or_none(Group.folder == folder):
+            raise GroupError(f"a group with folder {folder!r} already exists")
+        if Group.get_or_none(Group.jid == jid):
+            raise GroupError(f"chat {jid!r} is already registered")
+        if is_main and Group.get_or_none(Group.is_main == True):  # noqa: E712
+            raise GroupError("there is already a main group; remove it first")
+        group = Group.create(jid=jid, name=name or folder, folder=folder, trigger=trigger,
+                             requires_trigger=requires_trigger, is_main=is_main)
+        Cursor.create(group=group)
+    folder_path = cfg.groups_dir / folder
+    folder_path.mkdir(parents=True, exist_ok=True)
+    memory = folder_path / "CLAUDE.md"
+    if not memory.exists():
+        src = template_dir() / ("main" if is_main else "default") / "CLAUDE.md"
+        text = src.read_text() if src.exists() else f"# {name or folder}\n"
+        memory.write_text(text.replace("{{ASSISTANT}}", cfg.assistant_name)
+                          .replace("{{GROUP}}", name or folder))
+    ensure_global(cfg)
+    log.info("group added folder=%s jid=%s main=%s", folder, jid, is_main)
+    return group
+
+
+def remove_group(cfg: Config, folder: str) -> None:
+    """Unregister a group. Its folder (the agent's memory) is kept on disk."""
+    group = Group.get_or_none(Group.folder == folder)
+    if group is None:
+        raise GroupError(f"no group with folder {folder!r}")
+    group.delete_instance(recursive=True)
+    log.info("group removed folder=%s (folder kept on disk)", folder)
+
+
+def find_group(ref: str) -> Group:
+    """Look a group up by folder, JID or display name."""
+    for field in (Group.folder, Group.jid, Group.name):
+        group = Group.get_or_none(field == ref)
+        if group:
+            return group
+    if ref == "main":
+        group = Group.get_or_none(Group.is_main == True)  # noqa: E712
+        if group:
+            return group
+    raise GroupError(f"no group {ref!r} (see: nanoclaw groups list)")
+
+
+def allowlist_path(cfg: Config, folder: str) -> Path:
+    """Kept in the config dir, out of the agent's reach (its folder is writable to it)."""
+    return cfg.config_dir / "allowlists" / f"{folder}.json"
+
+
+def allowed_senders(cfg: Config, folder: str) -> set[str] | None:
+    """Who may trigger the group's agent: None means anyone.
+
+    The file is ``{"senders": ["jid", ...]}``. If it exists but cannot be
+    read or parsed, nobody is allowed (fail closed) and the reason is logged.
+    """
+    path = allowlist_path(cfg, folder)
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.error("allowlist unreadable, nobody may trigger group=%s: %s", folder, exc)
+        return set()
+    try:
+        data = json.loads(raw)
+        senders = data["senders"]
+        if not isinstance(senders, list) or not all(isinstance(s, str) for s in senders):
+            raise ValueError("'senders' must be a list of strings")
+    except (ValueError, KeyError, TypeError) as exc:
+        log.error("allowlist %s invalid, nobody may trigger group=%s: %s", path, folder, exc)
+        return set()
+    return set(senders)

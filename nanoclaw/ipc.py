@@ -1,0 +1,99 @@
+"""The ipc daemon: reads what agent containers ask for, and decides if they may.
+
+Each group's container writes spool files into its own ``ipc/<group>/out``.
+The group a request speaks for is the directory it was found in, never what
+the file claims; files are claimed into ``spool/ipc/<group>/cur`` on the host
+side, out of the container's reach. Turn results go to the queue; messages go
+to the router once authorised (a non-main group may only message its own
+chat); everything else is refused into ``bad/`` with a logged reason.
+"""
+
+from __future__ import annotations
+
+from .daemon import Daemon
+from .models import Group, Job
+from .protocol import Envelope, Spool, nudge
+
+
+class IpcDaemon(Daemon):
+    name = "ipc"
+
+    def setup(self) -> None:
+        self.queue_spool = Spool(self.cfg.spool_dir / "queue").ensure()
+        self.router_spool = Spool(self.cfg.spool_dir / "router").ensure()
+        self.spools: dict[str, Spool] = {}
+        self._first_pass = True
+
+    def _spool(self, folder: str) -> Spool:
+        spool = self.spools.get(folder)
+        if spool is None:
+            out = self.cfg.ipc_dir / folder / "out"
+            spool = Spool(self.cfg.spool_dir / "ipc" / folder, new=out / "new", tmp=out / "tmp",
+                          max_bytes=self.cfg.max_spool_bytes, name=f"ipc/{folder}").ensure()
+            self.spools[folder] = spool
+            self.watch(spool.new)
+        return spool
+
+    def work(self) -> float | None:
+        nudge_queue = nudge_router = False
+        for group in Group.select():
+            spool = self._spool(group.folder)
+            paths = spool.leftovers() if self._first_pass else []
+            for env in spool.take(paths + spool.claim_new()):
+                try:
+                    target = self._dispatch(group, spool, env)
+                except Exception as exc:
+                    self.log.exception("group=%s request %s failed", group.folder, env.name)
+                    spool.reject(env.path, f"processing failed: {exc}")
+                    continue
+                if target is None:
+                    continue  # refused: already moved to bad/
+                nudge_queue |= target == "queue"
+                nudge_router |= target == "router"
+                spool.done(env.path)
+        self._first_pass = False
+        if nudge_queue:
+            nudge(self.cfg.socket("queue"))
+        if nudge_router:
+            nudge(self.cfg.socket("router"))
+        return None
+
+    def _dispatch(self, group: Group, spool: Spool, env: Envelope) -> str | None:
+        b = env.body
+        if env.type not in ("result", "send_message"):
+            spool.reject(env.path, f"group={group.folder}: request type {env.type!r} is not supported")
+            return None
+        job = Job.get_or_none(Job.id == b["job"])
+        if job is None or job.group_id != group.id:
+            spool.reject(env.path, f"group={group.folder}: job {b['job']} is not this group's")
+            return None
+        if env.type == "result":
+            self.queue_spool.put("turn_result", {
+                "group": group.folder, "job": job.id, "turn": b["turn"], "text": b["text"],
+                "session_id": b.get("session_id"), "error": b.get("error")}, name=env.name)
+            return "queue"
+        chat = b.get("chat") or group.jid
+        if chat != group.jid:
+            if not group.is_main:
+                spool.reject(env.path, f"group={group.folder}: may only message its own chat, "
+                                       f"not {chat!r}")
+                return None
+            target = Group.get_or_none((Group.jid == chat) | (Group.folder == chat))
+            if target is None:
+                spool.reject(env.path, f"group={group.folder}: no registered chat {chat!r}")
+                return None
+            chat = target.jid
+        if not b["text"].strip():
+            spool.reject(env.path, f"group={group.folder}: empty message")
+            return None
+        self.router_spool.put("outbound", {"key": f"ipc:{group.folder}:{env.name}", "chat": chat,
+                                           "text": b["text"], "kind": "message"}, name=env.name)
+        self.log.info("group=%s job=%s send_message to chat=%s", group.folder, job.id, chat)
+        return "router"
+
+    def status(self) -> str:
+        return f"watching {len(self.spools)} group(s)"
+
+
+def main() -> None:
+    IpcDaemon().run()

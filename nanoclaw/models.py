@@ -1,0 +1,140 @@
+"""Every table nanoclaw keeps, in one place.
+
+The database is SQLite in WAL mode with ``synchronous=FULL``: each daemon
+opens it itself, and a commit is on disk before anything is acknowledged.
+Row ids that order work (messages, jobs, outbox) use AUTOINCREMENT so they are
+strictly monotonic even after deletes: the per-group cursor relies on it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from peewee import (BooleanField, CharField, FloatField, ForeignKeyField, IntegerField, Model,
+                    SqliteDatabase, TextField)
+from playhouse.sqlite_ext import AutoIncrementField
+
+db = SqliteDatabase(None)
+
+
+def now() -> float:
+    return time.time()
+
+
+class Base(Model):
+    class Meta:
+        database = db
+
+
+class Group(Base):
+    """A registered chat: its agent, its folder and when it may be woken."""
+
+    jid = CharField(unique=True)
+    name = CharField()
+    folder = CharField(unique=True)
+    trigger = CharField(default="@Andy")
+    requires_trigger = BooleanField(default=True)
+    is_main = BooleanField(default=False)
+    added_at = FloatField(default=now)
+
+
+class Message(Base):
+    """One chat message, inbound or sent by us (``is_bot``)."""
+
+    id = AutoIncrementField()
+    chat = CharField(index=True)
+    sender = CharField()
+    sender_name = CharField(default="")
+    text = TextField()
+    timestamp = FloatField()  # seconds since the epoch, as the channel reported it
+    channel_id = CharField()  # the channel's own message id
+    from_me = BooleanField(default=False)
+    is_bot = BooleanField(default=False)
+
+    class Meta:
+        indexes = ((("chat", "channel_id"), True),)
+
+
+class Cursor(Base):
+    """Per group: the last message whose agent run finished with its reply in the outbox."""
+
+    group = ForeignKeyField(Group, primary_key=True, on_delete="CASCADE")
+    last_message_id = IntegerField(default=0)
+    failures = IntegerField(default=0)  # consecutive failed runs
+    retry_at = FloatField(default=0.0)  # no new run before this time (backoff)
+
+
+class Session(Base):
+    """The agent session a group continues."""
+
+    group = ForeignKeyField(Group, primary_key=True, on_delete="CASCADE")
+    session_id = CharField()
+    updated_at = FloatField(default=now)
+
+
+class Job(Base):
+    """One agent container's life for one group: a first turn and any follow-ups."""
+
+    id = AutoIncrementField()
+    group = ForeignKeyField(Group, on_delete="CASCADE", index=True)
+    status = CharField(default="queued", index=True)  # queued, running, done, failed
+    created_at = FloatField(default=now)
+    started_at = FloatField(null=True)
+    finished_at = FloatField(null=True)
+    container = CharField(default="")
+    exit_code = IntegerField(null=True)
+    error = TextField(default="")
+    closing = BooleanField(default=False)  # asked to close to free its slot
+
+
+class Turn(Base):
+    """One prompt handed to a job's agent, covering messages up to ``last_message_id``."""
+
+    job = ForeignKeyField(Job, backref="turns", on_delete="CASCADE")
+    seq = IntegerField()
+    first_message_id = IntegerField()
+    last_message_id = IntegerField()
+    status = CharField(default="sent")  # sent, done
+    sent_at = FloatField(default=now)
+    done_at = FloatField(null=True)
+
+    class Meta:
+        indexes = ((("job", "seq"), True),)
+
+
+class Outbox(Base):
+    """A message waiting to be sent; ``key`` makes re-delivery idempotent."""
+
+    id = AutoIncrementField()
+    key = CharField(unique=True)
+    chat = CharField(index=True)
+    text = TextField()
+    kind = CharField(default="reply")  # reply, message, notice
+    status = CharField(default="pending", index=True)  # pending, sent, failed
+    attempts = IntegerField(default=0)
+    next_attempt_at = FloatField(default=0.0)
+    created_at = FloatField(default=now)
+    sent_at = FloatField(null=True)
+    channel_id = CharField(default="")
+    error = TextField(default="")
+
+
+MODELS = [Group, Message, Cursor, Session, Job, Turn, Outbox]
+
+
+def open_db(path: Path) -> SqliteDatabase:
+    """Open (creating if needed) the database at ``path`` for this process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not db.is_closed():
+        db.close()
+    db.init(str(path), pragmas={
+        "journal_mode": "wal",
+        "synchronous": "full",  # a commit survives power loss before we acknowledge it
+        "foreign_keys": 1,
+        "busy_timeout": 10000,  # five daemons share the file
+    })
+    db.connect(reuse_if_open=True)
+    with db.atomic("IMMEDIATE"):
+        db.create_tables(MODELS, safe=True)
+    return db

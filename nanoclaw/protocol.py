@@ -1,0 +1,321 @@
+"""The one way nanoclaw processes talk: spool directories and socket nudges.
+
+Spools have Maildir semantics. A producer writes ``tmp/NAME``, fsyncs it and
+renames it into ``new/`` (then fsyncs the directory), so a consumer never sees
+half a file and a file in ``new/`` survives a crash. The consumer claims a
+file by renaming it into ``cur/`` and deletes it once its effects are durable;
+whatever is still in ``cur/`` when a consumer starts was claimed by a
+predecessor that died, and is processed again. Consumers therefore make their
+effects idempotent (unique keys), which turns "at least once" into "exactly
+once" where it matters.
+
+Files are versioned JSON envelopes ``{"v": 1, "type": ..., "body": {...}}``
+checked against :data:`SCHEMAS`. Anything unreadable, oversize, not a regular
+file, of an unknown type or missing fields goes to ``bad/`` with a
+``.reason`` file beside it; it never crashes a daemon and is never silently
+dropped.
+
+Because a spool file is durable the moment it lands, a wake-up can be lossy:
+producers send a one-line JSON ``{"op": "nudge"}`` to the consumer's Unix
+socket so it reacts at once, and consumers also watch ``new/`` with inotify
+and rescan on a slow timer in case both are missed.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import logging
+import os
+import re
+import socket
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+MAX_LINE = 256 * 1024  # one socket request or reply, in bytes
+_NAME_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,200}$")
+_counter = itertools.count()
+log = logging.getLogger("nanoclaw.protocol")
+
+_OPT = object()  # marks an optional field in SCHEMAS
+Schema = dict[str, tuple]
+
+# Every message type that crosses a process boundary, with its body fields:
+# name -> (allowed types..., [_OPT]).
+SCHEMAS: dict[str, Schema] = {
+    # queue -> runner: start an agent container for a job
+    "job": {"job": (int,), "group": (str,), "chat": (str,), "is_main": (bool,),
+            "prompt": (str,), "session_id": (str, type(None))},
+    # host -> container (ipc/<group>/in): a prompt for one turn, or a request to exit
+    "prompt": {"job": (int,), "turn": (int,), "prompt": (str,), "session_id": (str, type(None))},
+    "close": {"job": (int,)},
+    # container -> host (ipc/<group>/out): the outcome of one turn
+    "result": {"job": (int,), "turn": (int,), "text": (str,), "session_id": (str, type(None), _OPT),
+               "error": (str, type(None), _OPT), "usage": (dict, type(None), _OPT)},
+    # container -> host: the agent's send_message tool
+    "send_message": {"job": (int,), "text": (str,), "chat": (str, type(None), _OPT)},
+    # ipc -> queue: a turn's result from a group's container (group taken from the directory)
+    "turn_result": {"group": (str,), "job": (int,), "turn": (int,), "text": (str,),
+                    "session_id": (str, type(None)), "error": (str, type(None))},
+    # runner -> queue: a job's container started or ended
+    "job_event": {"job": (int,), "event": (str,), "exit_code": (int, type(None), _OPT),
+                  "error": (str, _OPT), "container": (str, _OPT)},
+    # anyone -> router: text for a chat; ``key`` makes it idempotent
+    "outbound": {"key": (str,), "chat": (str,), "text": (str,), "kind": (str,)},
+}
+
+
+class BadMessage(Exception):
+    """A spool file or socket line that cannot be accepted; the text is the reason."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    type: str
+    body: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else ""
+
+
+def validate(obj: Any) -> tuple[str, dict]:
+    """Check a decoded envelope; return (type, body) or raise BadMessage."""
+    if not isinstance(obj, dict):
+        raise BadMessage("not a JSON object")
+    if obj.get("v") != VERSION:
+        raise BadMessage(f"unsupported version {obj.get('v')!r} (expected {VERSION})")
+    kind = obj.get("type")
+    if kind not in SCHEMAS:
+        raise BadMessage(f"unknown type {kind!r}")
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        raise BadMessage("body is not an object")
+    for field, spec in SCHEMAS[kind].items():
+        optional = _OPT in spec
+        types = tuple(t for t in spec if t is not _OPT)
+        if field not in body:
+            if optional:
+                continue
+            raise BadMessage(f"{kind}: missing field {field!r}")
+        value = body[field]
+        # bool is an int subclass; never let True pass as a job id
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise BadMessage(f"{kind}: field {field!r} has the wrong type")
+    return kind, body
+
+
+def encode(kind: str, body: dict) -> bytes:
+    """Serialise a message, checking it against its schema first."""
+    obj = {"v": VERSION, "type": kind, "body": body}
+    validate(obj)
+    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+
+def unique_name(tag: str = "") -> str:
+    """A spool file name that sorts by creation time and never collides."""
+    suffix = f".{tag}" if tag else ""
+    return f"{time.time_ns():020d}.{os.getpid()}.{next(_counter)}{suffix}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """A Maildir-style queue directory with one consumer.
+
+    ``new``/``tmp`` may be placed elsewhere than under ``root``: a group's
+    container writes into its own ``ipc/<group>/out/{tmp,new}`` while the
+    host keeps ``cur`` and ``bad`` where the container cannot reach them.
+    """
+
+    def __init__(self, root: Path, *, new: Path | None = None, tmp: Path | None = None,
+                 max_bytes: int = 1 << 20, name: str | None = None) -> None:
+        self.root = Path(root)
+        self.new = Path(new) if new else self.root / "new"
+        self.tmp = Path(tmp) if tmp else self.root / "tmp"
+        self.cur = self.root / "cur"
+        self.bad = self.root / "bad"
+        self.max_bytes = max_bytes
+        self.name = name or self.root.name
+
+    def ensure(self) -> "Spool":
+        for d in (self.tmp, self.new, self.cur, self.bad):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # -- producing -------------------------------------------------------
+    def put(self, kind: str, body: dict, *, name: str | None = None) -> Path:
+        """Durably add a message; returns its path in ``new/``."""
+        data = encode(kind, body)
+        name = name or unique_name(kind)
+        if not _NAME_RE.match(name):
+            raise ValueError(f"bad spool file name {name!r}")
+        tmp = self.tmp / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dest = self.new / name
+        os.rename(tmp, dest)
+        _fsync_dir(self.new)
+        return dest
+
+    # -- consuming -------------------------------------------------------
+    def leftovers(self) -> list[Path]:
+        """Files a dead predecessor had claimed: to be processed again, oldest first."""
+        return self._listing(self.cur)
+
+    def claim_new(self) -> list[Path]:
+        """Move every file in ``new/`` into ``cur/`` and return the claimed paths, oldest first."""
+        claimed = []
+        for path in self._listing(self.new):
+            dest = self.cur / path.name
+            try:
+                os.rename(path, dest)
+            except FileNotFoundError:
+                continue  # vanished (another claimer, or the producer withdrew it)
+            claimed.append(dest)
+        return claimed
+
+    def _listing(self, d: Path) -> list[Path]:
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return []
+        out = []
+        for n in sorted(names):
+            if n.startswith("."):
+                continue  # hidden files are not messages (Maildir convention)
+            if not _NAME_RE.match(n):
+                self.reject(d / n, "file name is not a valid spool name")
+                continue
+            out.append(d / n)
+        return out
+
+    def read(self, path: Path) -> Envelope:
+        """Read and validate a claimed file; raise BadMessage with the reason."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise BadMessage("is a symbolic link") from exc
+            raise BadMessage(f"cannot open: {exc.strerror}") from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BadMessage("not a regular file")
+            if st.st_size > self.max_bytes:
+                raise BadMessage(f"too large ({st.st_size} bytes > {self.max_bytes})")
+            chunks, total = [], 0
+            while chunk := os.read(fd, 65536):
+                total += len(chunk)
+                if total > self.max_bytes:
+                    raise BadMessage(f"too large (> {self.max_bytes} bytes)")
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        try:
+            obj = json.loads(b"".join(chunks))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadMessage(f"not JSON: {exc}") from exc
+        kind, body = validate(obj)
+        return Envelope(kind, body, path)
+
+    def done(self, path: Path) -> None:
+        """The message's effects are durable: forget it."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def reject(self, path: Path, reason: str) -> Path | None:
+        """Move a file aside into ``bad/`` and record why; log it loudly."""
+        self.bad.mkdir(parents=True, exist_ok=True)
+        safe = re.sub(r"[^0-9A-Za-z._-]", "_", path.name).lstrip(".") or "unnamed"
+        dest = self.bad / safe
+        if os.path.lexists(dest) or os.path.lexists(str(dest) + ".reason"):
+            dest = self.bad / f"{safe}.{unique_name()}"
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # e.g. a directory we cannot move: remove rather than loop on it
+            log.error("spool=%s file=%r cannot move to bad/: %s", self.name, path.name, exc)
+            return None
+        (dest.parent / (dest.name + ".reason")).write_text(reason + "\n")
+        log.warning("spool=%s file=%r rejected to bad/: %s", self.name, path.name, reason)
+        return dest
+
+    def take(self, paths: list[Path]) -> list[Envelope]:
+        """Read claimed paths, moving the unreadable ones to ``bad/``."""
+        out = []
+        for p in paths:
+            try:
+                out.append(self.read(p))
+            except BadMessage as exc:
+                self.reject(p, str(exc))
+        return out
+
+
+# -- sockets ------------------------------------------------------------------
+
+def nudge(sock: Path, **extra: Any) -> bool:
+    """Wake the daemon listening on ``sock``; best effort (the spool is the truth)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            s.connect(str(sock))
+            s.sendall(json.dumps({"v": VERSION, "op": "nudge", **extra}).encode() + b"\n")
+        return True
+    except OSError:
+        return False
+
+
+def request(sock: Path, obj: dict, timeout: float = 10.0) -> dict:
+    """Send one JSON request line and return the one-line JSON reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock))
+        s.sendall(json.dumps({"v": VERSION, **obj}).encode() + b"\n")
+        return read_line(s)
+
+
+def read_line(s: socket.socket) -> dict:
+    """Read one newline-terminated JSON object from a blocking socket."""
+    buf = b""
+    while b"\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed before a reply")
+        buf += chunk
+        if len(buf) > MAX_LINE:
+            raise ConnectionError("reply line too long")
+    line, _, _ = buf.partition(b"\n")
+    return json.loads(line)
+
+
+def parse_line(line: bytes) -> dict:
+    """Decode one request line from a client; raise BadMessage with the reason."""
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadMessage("not JSON") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("op"), str):
+        raise BadMessage("expected an object with an 'op'")
+    if obj.get("v", VERSION) != VERSION:
+        raise BadMessage(f"unsupported version {obj.get('v')!r}")
+    return obj

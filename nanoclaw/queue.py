@@ -1,0 +1,252 @@
+"""The queue daemon: decides when each group's agent runs and what it is told.
+
+Inputs: new rows in the messages table (the channel nudges us), and events in
+``spool/queue`` — ``turn_result`` from the ipc daemon, ``job_event`` from the
+runner. Outputs: ``job`` files for the runner, follow-up ``prompt`` files into
+a live container's ``ipc/<group>/in``, and ``outbound`` files for the router.
+
+Delivery rule: a group's cursor is the id of the last message whose agent turn
+has finished *and* whose reply is durably queued for the router. Only then
+does it advance; a crash anywhere before that re-delivers, and the router's
+idempotency key (job, turn) keeps the chat from hearing the answer twice.
+"""
+
+from __future__ import annotations
+
+import time
+
+from peewee import fn
+
+from . import groups as groups_mod
+from .daemon import Daemon
+from .models import Cursor, Group, Job, Message, Session, Turn, db
+from .prompt import backoff, build_prompt, needs_agent
+from .protocol import Envelope, Spool, nudge
+
+ACTIVE = ("queued", "running")
+STALE_QUEUED_SECONDS = 300.0  # a job the runner never confirmed starting
+
+
+class QueueDaemon(Daemon):
+    name = "queue"
+
+    def setup(self) -> None:
+        self.inbox = Spool(self.cfg.spool_dir / "queue", max_bytes=self.cfg.max_spool_bytes).ensure()
+        self.runner_spool = Spool(self.cfg.spool_dir / "runner").ensure()
+        self.router_spool = Spool(self.cfg.spool_dir / "router").ensure()
+        self.watch(self.inbox.new)
+        self._pending = self.inbox.leftovers()
+        if self._pending:
+            self.log.info("re-processing %d event(s) left in cur/", len(self._pending))
+
+    # -- events -------------------------------------------------------------
+    def work(self) -> float | None:
+        events = self._pending + self.inbox.claim_new()
+        self._pending = []
+        touched = False
+        for env in self.inbox.take(events):
+            try:
+                if env.type == "turn_result":
+                    touched |= self._on_turn_result(env)
+                elif env.type == "job_event":
+                    self._on_job_event(env)
+                else:
+                    self.inbox.reject(env.path, f"type {env.type!r} is not for the queue")
+                    continue
+            except Exception as exc:  # one bad event must not wedge the queue
+                self.log.exception("event %s failed", env.name)
+                self.inbox.reject(env.path, f"processing failed: {exc}")
+                continue
+            self.inbox.done(env.path)
+        if touched:
+            nudge(self.cfg.socket("router"))
+        return self._schedule()
+
+    def _on_turn_result(self, env: Envelope) -> bool:
+        b = env.body
+        job = Job.get_or_none(Job.id == b["job"])
+        if job is None or job.group.folder != b["group"]:
+            # The group comes from the directory the file was found in: a container
+            # naming another group's job is forging, not confused.
+            self.inbox.reject(env.path, f"job {b['job']} does not belong to group {b['group']!r}")
+            return False
+        turn = Turn.get_or_none(Turn.job == job, Turn.seq == b["turn"])
+        if turn is None:
+            self.log.warning("job=%s turn=%s unknown turn; ignored", job.id, b["turn"])
+            return False
+        if turn.status == "done":
+            return False  # re-processed after a crash: already applied
+        group = job.group
+        if b.get("error") and not b["text"].strip():
+            self.log.warning("group=%s job=%s turn=%s agent error: %s", group.folder, job.id,
+                             turn.seq, b["error"][:200])
+            job.error = b["error"][:2000]
+            job.save()
+            self._close(job)  # a fresh container will retry the pending messages
+            return False
+        if b["text"].strip():
+            # Durable in the router's spool before the cursor moves.
+            self.router_spool.put("outbound", {"key": f"job:{job.id}:turn:{turn.seq}",
+                                               "chat": group.jid, "text": b["text"], "kind": "reply"})
+        with db.atomic("IMMEDIATE"):
+            turn.status, turn.done_at = "done", time.time()
+            turn.save()
+            Cursor.update(last_message_id=fn.MAX(Cursor.last_message_id, turn.last_message_id),
+                          failures=0, retry_at=0).where(Cursor.group == group).execute()
+            if b.get("session_id"):
+                Session.insert(group=group, session_id=b["session_id"], updated_at=time.time()) \
+                    .on_conflict_replace().execute()
+        self.log.info("group=%s job=%s turn=%s answered up to message=%s", group.folder, job.id,
+                      turn.seq, turn.last_message_id)
+        return True
+
+    def _on_job_event(self, env: Envelope) -> None:
+        b = env.body
+        job = Job.get_or_none(Job.id == b["job"])
+        if job is None:
+            self.log.warning("job_event for unknown job=%s ignored", b["job"])
+            return
+        if b["event"] == "started":
+            if job.status == "queued":
+                job.status, job.started_at = "running", time.time()
+                job.container = b.get("container", "")
+                job.save()
+                self.log.info("group=%s job=%s container started", job.group.folder, job.id)
+        elif b["event"] == "exited":
+            if job.status in ACTIVE:
+                self._finish(job, b.get("exit_code"), b.get("error", ""))
+        else:
+            self.inbox.reject(env.path, f"unknown job event {b['event']!r}")
+
+    def _finish(self, job: Job, exit_code: int | None, error: str) -> None:
+        """A job's container is gone: settle its turns, count a failure if it failed."""
+        turns = list(job.turns)
+        undone = [t for t in turns if t.status != "done"]
+        failed = (exit_code not in (0, None) or bool(job.error) or bool(error)
+                  or (undone and len(undone) == len(turns)))
+        group = job.group
+        with db.atomic("IMMEDIATE"):
+            job.status = "failed" if failed and undone else "done"
+            job.exit_code, job.finished_at = exit_code, time.time()
+            job.error = (job.error or error or "")[:2000]
+            job.save()
+            # Undone turns' messages stay pending (the cursor never passed them):
+            # forget the turns so the next job picks the messages up again.
+            for t in undone:
+                t.delete_instance()
+            cursor = Cursor.get(Cursor.group == group)
+            if failed and undone:
+                cursor.failures += 1
+                if cursor.failures >= self.cfg.max_attempts:
+                    self._give_up(job, cursor, max(t.last_message_id for t in undone))
+                else:
+                    delay = backoff(cursor.failures, self.cfg.backoff_base, self.cfg.backoff_max)
+                    cursor.retry_at = time.time() + delay
+                    self.log.warning("group=%s job=%s failed (attempt %d/%d, exit=%s): %s; retry in %.0fs",
+                                     group.folder, job.id, cursor.failures, self.cfg.max_attempts,
+                                     exit_code, (job.error or "no result")[:200], delay)
+                cursor.save()
+        self.log.info("group=%s job=%s finished status=%s exit=%s", group.folder, job.id,
+                      job.status, exit_code)
+
+    def _give_up(self, job: Job, cursor: Cursor, upto: int) -> None:
+        """Retries are exhausted: tell the chat in one line and move past the messages."""
+        group = job.group
+        self.router_spool.put("outbound", {
+            "key": f"job:{job.id}:failed", "chat": group.jid, "kind": "notice",
+            "text": f"Sorry, I could not answer that: the agent failed {cursor.failures} times. "
+                    "Please try again later."})
+        cursor.last_message_id = max(cursor.last_message_id, upto)
+        cursor.failures, cursor.retry_at = 0, 0
+        self.log.error("group=%s job=%s gave up after %d attempts; chat told", group.folder, job.id,
+                       self.cfg.max_attempts)
+        nudge(self.cfg.socket("router"))
+
+    # -- scheduling ---------------------------------------------------------
+    def _close(self, job: Job) -> None:
+        if job.closing:
+            return
+        Spool(self.cfg.ipc_dir / job.group.folder / "in").ensure().put("close", {"job": job.id})
+        job.closing = True
+        job.save()
+        self.log.info("group=%s job=%s asked to close", job.group.folder, job.id)
+
+    def _schedule(self) -> float | None:
+        now = time.time()
+        next_due: float | None = None
+        for job in Job.select().where(Job.status == "queued", Job.created_at < now - STALE_QUEUED_SECONDS):
+            self._finish(job, None, "the runner never started it")
+        active = {j.group_id: j for j in Job.select().where(Job.status.in_(ACTIVE))}
+        waiting: list[Group] = []
+        for group in Group.select():
+            cursor = Cursor.get_or_create(group=group)[0]
+            job = active.get(group.id)
+            upto = cursor.last_message_id
+            if job is not None:
+                upto = max([upto] + [t.last_message_id for t in job.turns])
+            pending = list(Message.select().where(Message.chat == group.jid, Message.id > upto,
+                                                  Message.is_bot == False)  # noqa: E712
+                           .order_by(Message.id))
+            if not pending:
+                continue
+            allowed = groups_mod.allowed_senders(self.cfg, group.folder)
+            if not needs_agent(pending, requires_trigger=group.requires_trigger and not group.is_main,
+                               trigger=group.trigger, allowed=allowed):
+                continue
+            if job is not None:
+                if job.status == "running" and not job.closing:
+                    self._follow_up(job, pending)
+                continue  # a queued or closing job: the messages wait for the next one
+            if cursor.retry_at > now:
+                next_due = min(next_due or cursor.retry_at, cursor.retry_at)
+                continue
+            if len(active) >= self.cfg.max_concurrent:
+                waiting.append(group)
+                continue
+            active[group.id] = self._start_job(group, pending)
+        if waiting:
+            self._free_slots(active, len(waiting))
+        return None if next_due is None else max(0.0, next_due - time.time())
+
+    def _start_job(self, group: Group, pending: list[Message]) -> Job:
+        prompt = build_prompt(pending, cap=self.cfg.prompt_cap, tz=self.cfg.tz)
+        session = Session.get_or_none(Session.group == group)
+        with db.atomic("IMMEDIATE"):
+            job = Job.create(group=group)
+            Turn.create(job=job, seq=0, first_message_id=pending[0].id, last_message_id=pending[-1].id)
+        self.runner_spool.put("job", {"job": job.id, "group": group.folder, "chat": group.jid,
+                                      "is_main": group.is_main, "prompt": prompt,
+                                      "session_id": session.session_id if session else None})
+        nudge(self.cfg.socket("runner"))
+        self.log.info("group=%s job=%s queued messages=%d..%d", group.folder, job.id,
+                      pending[0].id, pending[-1].id)
+        return job
+
+    def _follow_up(self, job: Job, pending: list[Message]) -> None:
+        """Deliver new messages into the group's live container instead of starting another."""
+        seq = (job.turns.select(fn.MAX(Turn.seq)).scalar() or 0) + 1
+        prompt = build_prompt(pending, cap=self.cfg.prompt_cap, tz=self.cfg.tz)
+        Turn.create(job=job, seq=seq, first_message_id=pending[0].id, last_message_id=pending[-1].id)
+        Spool(self.cfg.ipc_dir / job.group.folder / "in").ensure().put(
+            "prompt", {"job": job.id, "turn": seq, "prompt": prompt, "session_id": None})
+        self.log.info("group=%s job=%s turn=%s follow-up delivered messages=%d..%d", job.group.folder,
+                      job.id, seq, pending[0].id, pending[-1].id)
+
+    def _free_slots(self, active: dict[int, Job], wanted: int) -> None:
+        """Ask idle containers (every turn answered) to exit so waiting groups get a slot."""
+        for job in active.values():
+            if wanted <= 0:
+                break
+            if job.status == "running" and not job.closing and \
+                    not job.turns.where(Turn.status != "done").exists():
+                self._close(job)
+                wanted -= 1
+
+    def status(self) -> str:
+        running = Job.select().where(Job.status == "running").count()
+        queued = Job.select().where(Job.status == "queued").count()
+        return f"{Group.select().count()} groups, {running} running, {queued} queued"
+
+
+def main() -> None:
+    QueueDaemon().run()

@@ -1,0 +1,117 @@
+"""The router daemon: the outbox between agents and the channel.
+
+``outbound`` files in ``spool/router`` are formatted and stored as outbox
+rows under their idempotency key (a re-delivered file finds its row and adds
+nothing), then deleted. Pending rows are handed to the channel one by one, in
+order per chat, and marked sent only when the channel confirms. A row that
+fails is retried with backoff; rows still pending at start are sent then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from .daemon import Daemon
+from .formatting import format_outbound
+from .models import Outbox, db
+from .prompt import backoff
+from .protocol import VERSION, Spool
+
+SEND_TIMEOUT = 60.0
+RETRY_BASE, RETRY_MAX, MAX_SEND_ATTEMPTS = 1.0, 600.0, 50
+
+
+class RouterDaemon(Daemon):
+    name = "router"
+
+    def setup(self) -> None:
+        self.spool = Spool(self.cfg.spool_dir / "router", max_bytes=self.cfg.max_spool_bytes).ensure()
+        self.watch(self.spool.new)
+        self._pending = self.spool.leftovers()
+        self.sent = 0
+
+    async def work(self) -> float | None:
+        paths, self._pending = self._pending + self.spool.claim_new(), []
+        for env in self.spool.take(paths):
+            if env.type != "outbound":
+                self.spool.reject(env.path, f"type {env.type!r} is not for the router")
+                continue
+            self._store(env.body)
+            self.spool.done(env.path)
+        return await self._deliver()
+
+    def _store(self, b: dict) -> None:
+        text = format_outbound(b["text"], b["chat"], self.cfg.assistant_name)
+        if not text:
+            self.log.info("key=%s nothing to send after removing internal notes", b["key"])
+            return
+        with db.atomic("IMMEDIATE"):
+            created = Outbox.insert(key=b["key"], chat=b["chat"], text=text, kind=b["kind"]) \
+                .on_conflict_ignore().execute()
+        if not created:
+            self.log.info("key=%s already in the outbox; not queued twice", b["key"])
+
+    async def _deliver(self) -> float | None:
+        now = time.time()
+        blocked: set[str] = set()  # chats whose earlier message must go first
+        next_due: float | None = None
+        for row in Outbox.select().where(Outbox.status == "pending").order_by(Outbox.id):
+            if row.chat in blocked:
+                continue
+            if row.next_attempt_at > now:
+                blocked.add(row.chat)
+                next_due = min(next_due or row.next_attempt_at, row.next_attempt_at)
+                continue
+            ok, info = await self._send(row)
+            if ok:
+                row.status, row.sent_at, row.channel_id, row.error = "sent", time.time(), info, ""
+                self.sent += 1
+                self.log.info("outbox=%s key=%s sent to chat=%s", row.id, row.key, row.chat)
+            else:
+                row.attempts += 1
+                row.error = info[:500]
+                if row.attempts >= MAX_SEND_ATTEMPTS:
+                    row.status = "failed"
+                    self.log.error("outbox=%s chat=%s given up after %d attempts: %s", row.id, row.chat,
+                                   row.attempts, info)
+                else:
+                    delay = backoff(row.attempts, RETRY_BASE, RETRY_MAX)
+                    row.next_attempt_at = time.time() + delay
+                    blocked.add(row.chat)
+                    next_due = min(next_due or row.next_attempt_at, row.next_attempt_at)
+                    self.log.warning("outbox=%s chat=%s send failed (%s); retry in %.0fs", row.id,
+                                     row.chat, info, delay)
+            row.save()
+        return None if next_due is None else max(0.0, next_due - time.time())
+
+    async def _send(self, row: Outbox) -> tuple[bool, str]:
+        """Hand one row to the channel; (True, channel message id) once it confirms."""
+        req = {"v": VERSION, "op": "deliver", "outbox_id": row.id, "chat": row.chat,
+               "text": row.text, "kind": row.kind}
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.cfg.socket("channel"))), 5)
+        except (OSError, asyncio.TimeoutError) as exc:
+            return False, f"channel unreachable: {exc}"
+        try:
+            writer.write(json.dumps(req).encode() + b"\n")
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), SEND_TIMEOUT)
+            reply = json.loads(line) if line else {"ok": False, "error": "channel closed the connection"}
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+            return False, f"channel did not confirm: {exc!r}"
+        finally:
+            writer.close()
+        if reply.get("ok"):
+            return True, str(reply.get("channel_id", ""))
+        return False, str(reply.get("error", "refused"))
+
+    def status(self) -> str:
+        pending = Outbox.select().where(Outbox.status == "pending").count()
+        return f"{pending} pending, {self.sent} sent since start"
+
+
+def main() -> None:
+    RouterDaemon().run()

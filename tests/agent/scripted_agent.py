@@ -1,0 +1,96 @@
+"""A scripted agent for tests: same in/out spool protocol as the real one.
+
+It answers the last message of each prompt by a command word (after an
+optional @trigger):
+  fail         exit 3 without answering        failonce  fail the first time only
+  error        answer with an error result     sleep N   wait N seconds, then echo
+  send TEXT    send_message(TEXT), then reply  sendto CHAT TEXT  send_message to CHAT
+  internal     reply with an <internal> note   exit      reply, then exit
+  anything else: "echo: TEXT"
+Every prompt is also written to /workspace/group/prompts/<job>-<turn>.txt so
+tests can check what the agent was told.
+"""
+
+import html
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, "/opt/agent")
+from protocol import BadMessage, Spool  # noqa: E402
+
+IPC = Path("/workspace/ipc")
+GROUP = Path("/workspace/group")
+inbox = Spool(IPC / "in")
+outbox = Spool(IPC / "out", new=IPC / "out" / "new", tmp=IPC / "out" / "tmp")
+idle = float(os.environ.get("NANOCLAW_IDLE_TIMEOUT", "600"))
+job_env = int(os.environ.get("NANOCLAW_JOB", "0"))
+
+
+def last_text(prompt):
+    found = re.findall(r"<message [^>]*>(.*?)</message>", prompt, re.S)
+    return html.unescape(found[-1]) if found else ""
+
+
+def answer(body):
+    prompt = body["prompt"]
+    (GROUP / "prompts").mkdir(exist_ok=True)
+    (GROUP / "prompts" / f"{body['job']}-{body['turn']}.txt").write_text(prompt)
+    text = re.sub(r"^\s*@\w+\s*", "", last_text(prompt))
+    word, _, rest = text.partition(" ")
+    word = word.lower()
+    session = body.get("session_id") or f"session-{body['job']}"
+    out = {"job": body["job"], "turn": body["turn"], "session_id": session}
+    if word == "fail":
+        sys.exit(3)
+    if word == "failonce":
+        marker = GROUP / ".failed-once"
+        if not marker.exists():
+            marker.write_text("x")
+            sys.exit(3)
+        reply = "recovered"
+    elif word == "error":
+        outbox.put("result", {**out, "text": "", "error": "scripted error"})
+        return True
+    elif word == "sleep":
+        time.sleep(float(rest or 1))
+        reply = f"slept {rest}"
+    elif word == "send":
+        outbox.put("send_message", {"job": body["job"], "text": rest})
+        reply = "sent"
+    elif word == "sendto":
+        chat, _, msg = rest.partition(" ")
+        outbox.put("send_message", {"job": body["job"], "text": msg, "chat": chat})
+        reply = "sent to " + chat
+    elif word == "internal":
+        reply = "<internal>private reasoning</internal>visible part"
+    else:
+        reply = f"echo: {text}"
+    outbox.put("result", {**out, "text": reply})
+    return word != "exit"
+
+
+def main():
+    last = time.monotonic()
+    while True:
+        for path in inbox.leftovers() + inbox.claim_new():
+            try:
+                env = inbox.read(path)
+            except BadMessage as exc:
+                inbox.reject(path, str(exc))
+                continue
+            inbox.done(path)
+            if env.type == "close":
+                return 0
+            if env.type == "prompt" and not answer(env.body):
+                return 0
+            last = time.monotonic()
+        if time.monotonic() - last > idle:
+            return 0
+        time.sleep(0.02)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

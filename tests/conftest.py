@@ -1,0 +1,261 @@
+"""Test harness: real daemons as OS processes, a real Podman API, real containers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENT_DIR = ROOT / "tests" / "agent"
+BASE_IMAGE = os.environ.get("NANOCLAW_TEST_BASE", "localhost/nanoclaw-base:bookworm")
+DAEMONS = ("channel", "queue", "runner", "ipc", "router")
+
+
+def _podman(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], check=check, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def agent_image() -> str:
+    """The scripted test agent image, built offline from the debootstrap base."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    ctx = Path(tempfile.mkdtemp(prefix="nc-agent-ctx-"))
+    shutil.copy(AGENT_DIR / "Containerfile", ctx)
+    shutil.copy(AGENT_DIR / "scripted_agent.py", ctx)
+    shutil.copy(ROOT / "nanoclaw" / "protocol.py", ctx)
+    digest = hashlib.sha256(b"".join((ctx / f).read_bytes() for f in sorted(os.listdir(ctx)))).hexdigest()[:12]
+    tag = f"localhost/nanoclaw-testagent:{digest}"
+    if _podman("image", "exists", tag, check=False).returncode != 0:
+        subprocess.run([str(ROOT / "container" / "build-base.sh"), BASE_IMAGE], check=True)
+        _podman("build", "--network", "none", "--build-arg", f"BASE={BASE_IMAGE}", "-t", tag, str(ctx))
+    shutil.rmtree(ctx)
+    return tag
+
+
+@pytest.fixture(scope="session")
+def podman_service():
+    """A Podman API socket served by ``podman system service`` for the whole session."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    d = Path(tempfile.mkdtemp(prefix="nc-podman-"))
+    sock = d / "podman.sock"
+    proc = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if sock.exists():
+            break
+        time.sleep(0.05)
+    yield f"unix://{sock}"
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class System:
+    """One nanoclaw installation in temp dirs, its daemons as separate processes."""
+
+    def __init__(self, base: Path, config: dict) -> None:
+        self.base = base
+        self.state = base / "state"
+        self.run = Path(tempfile.mkdtemp(prefix="ncrun-"))  # short: AF_UNIX paths are limited
+        self.confdir = base / "etc"
+        self.confdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.confdir / "config.toml"
+        self.config_path.write_text(_toml(config))
+        self.env = {**os.environ, "NANOCLAW_CONFIG": str(self.config_path),
+                    "NANOCLAW_STATE_DIR": str(self.state), "NANOCLAW_RUNTIME_DIR": str(self.run),
+                    "NANOCLAW_CONFIG_DIR": str(self.confdir), "PYTHONUNBUFFERED": "1",
+                    "PYTHONPATH": str(ROOT)}
+        self.env.pop("NOTIFY_SOCKET", None)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "nanoclaw", *args], env=self.env, text=True,
+                              capture_output=True, check=check, timeout=timeout)
+
+    def start(self, *names: str) -> None:
+        for name in names or DAEMONS:
+            log = self.base / f"{name}.log"
+            self.logs[name] = log
+            with open(log, "ab") as fh:
+                self.procs[name] = subprocess.Popen([sys.executable, "-m", "nanoclaw", name], env=self.env,
+                                                    stdout=fh, stderr=subprocess.STDOUT)
+        for name in names or DAEMONS:
+            self.wait_ready(name)
+
+    def wait_ready(self, name: str, timeout: float = 20) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.procs[name].poll() is not None:
+                raise AssertionError(f"{name} exited: {self.log(name)[-2000:]}")
+            try:
+                if self.request(name, {"op": "ping"}, timeout=1).get("ok"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{name} not ready: {self.log(name)[-2000:]}")
+
+    def stop(self, *names: str, sig: int = signal.SIGTERM) -> None:
+        for name in names or list(self.procs):
+            proc = self.procs.pop(name, None)
+            if proc and proc.poll() is None:
+                proc.send_signal(sig)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    def kill(self, name: str) -> None:
+        self.stop(name, sig=signal.SIGKILL)
+
+    def restart(self, name: str, sig: int = signal.SIGTERM) -> None:
+        self.stop(name, sig=sig)
+        self.start(name)
+
+    def log(self, name: str) -> str:
+        path = self.logs.get(name)
+        return path.read_text(errors="replace") if path and path.exists() else ""
+
+    def request(self, name: str, obj: dict, timeout: float = 10) -> dict:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(self.run / f"{name}.sock"))
+            s.sendall(json.dumps(obj).encode() + b"\n")
+            buf = b""
+            while b"\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed")
+                buf += chunk
+            return json.loads(buf.split(b"\n", 1)[0])
+
+    def send(self, group: str, text: str, msg_id: str | None = None, sender: str = "owner@term") -> dict:
+        reply = self.request("channel", {"op": "inbound", "group": group, "text": text,
+                                         "id": msg_id or os.urandom(8).hex(), "sender": sender})
+        assert reply.get("ok"), reply
+        return reply
+
+    def watch(self, group: str) -> "Watcher":
+        return Watcher(self.run / "channel.sock", group)
+
+    def db(self):
+        import sqlite3
+        con = sqlite3.connect(self.state / "nanoclaw.db", timeout=10)
+        con.row_factory = sqlite3.Row
+        return con
+
+    def replies(self, chat: str) -> list[str]:
+        with self.db() as con:
+            return [r["text"] for r in con.execute(
+                "select text from message where chat=? and is_bot=1 order by id", (chat,))]
+
+    def wait_for(self, predicate, timeout: float = 60, interval: float = 0.1, what: str = "condition"):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        logs = "\n".join(f"--- {n}\n{self.log(n)[-3000:]}" for n in self.logs)
+        raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+    def wait_replies(self, chat: str, n: int, timeout: float = 60) -> list[str]:
+        return self.wait_for(lambda: (r := self.replies(chat)) if len(r) >= n else None, timeout,
+                             what=f"{n} replies in {chat}")
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.run, ignore_errors=True)
+
+
+class Watcher:
+    """A terminal watching one chat through the channel socket, as `nanoclaw chat` does."""
+
+    def __init__(self, sock: Path, group: str) -> None:
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.connect(str(sock))
+        self.buf = b""
+        self.s.sendall(json.dumps({"op": "watch", "group": group}).encode() + b"\n")
+        self.hello = self.next(10)
+        assert self.hello.get("ok"), self.hello
+
+    def next(self, timeout: float) -> dict:
+        self.s.settimeout(timeout)
+        while b"\n" not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise ConnectionError("channel closed the watch connection")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return json.loads(line)
+
+    def reply(self, timeout: float = 60) -> str:
+        """The next message from the assistant."""
+        deadline = time.time() + timeout
+        while True:
+            event = self.next(max(0.1, deadline - time.time()))
+            if event.get("op") == "message" and event.get("from") == "assistant":
+                return event["text"]
+
+    def close(self) -> None:
+        self.s.close()
+
+
+def _toml(cfg: dict) -> str:
+    lines, tables = [], []
+    for k, v in cfg.items():
+        (tables if isinstance(v, dict) else lines).append((k, v))
+    out = [f"{k} = {json.dumps(v)}" for k, v in lines]
+    for name, table in tables:
+        out.append(f"\n[{name}]")
+        out += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture
+def make_system(tmp_path, request):
+    """Factory for a System with test-friendly settings; everything is torn down after."""
+    made: list[System] = []
+
+    def make(container: dict | None = None, **settings) -> System:
+        cfg = {"backoff_base": 0.2, "backoff_max": 1.0, "timezone": "UTC", **settings,
+               "container": {"idle_timeout": 1.0, "timeout": 60.0, **(container or {})}}
+        system = System(tmp_path / f"sys{len(made)}", cfg)
+        made.append(system)
+        return system
+
+    yield make
+    for system in made:
+        system.close()
+
+
+@pytest.fixture
+def system(make_system, agent_image, podman_service) -> System:
+    """A running nanoclaw with the scripted agent in real containers and a main group."""
+    s = make_system(container={"image": agent_image, "podman_url": podman_service})
+    s.cli("groups", "add", "main", "--main")
+    s.start()
+    yield s
+    # containers this system started must not outlive it
+    _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
+
+
+@pytest.fixture
+def offline_system(make_system) -> System:
+    """A nanoclaw with no containers involved (daemons that do not need Podman)."""
+    return make_system()
