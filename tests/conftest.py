@@ -175,7 +175,7 @@ class System:
         raise AssertionError(f"timed out waiting for {what}\n{logs}")
 
     def wait_replies(self, chat: str, n: int, timeout: float = 60) -> list[str]:
-        return self.wait_for(lambda: (r := self.replies(chat)) if len(r) >= n else None, timeout,
+        return self.wait_for(lambda: r if len(r := self.replies(chat)) >= n else None, timeout,
                              what=f"{n} replies in {chat}")
 
     def close(self) -> None:
