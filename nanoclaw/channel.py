@@ -115,24 +115,38 @@ class ChannelDaemon(Daemon):
         return {"ok": True, "chat": group.jid, "group": group.folder, "history": history}
 
     async def _deliver(self, req: dict) -> dict:
-        chat, text = req.get("chat"), req.get("text")
-        if not isinstance(chat, str) or not isinstance(text, str):
-            return {"ok": False, "error": "deliver needs 'chat' and 'text'"}
+        chat, text, outbox_id = req.get("chat"), req.get("text"), req.get("outbox_id")
+        if not isinstance(chat, str) or not isinstance(text, str) or not isinstance(outbox_id, int):
+            return {"ok": False, "error": "deliver needs 'chat', 'text' and 'outbox_id'"}
         backend = next((b for b in self.backends if b.owns(chat)), None)
         if backend is None:
             return {"ok": False, "error": f"no enabled channel handles chat {chat!r}"}
-        try:
-            channel_id = await backend.send(chat, text)
-        except SendError as exc:
-            return {"ok": False, "error": str(exc)}
+        # One id per outbox row: if the router re-sends because our confirmation
+        # was lost, the row is found and nothing goes out twice.
+        msg_id = f"nc{outbox_id:08d}"
+        if Message.get_or_none(Message.chat == chat, Message.channel_id == msg_id):
+            return {"ok": True, "channel_id": msg_id, "already": True}
+        if backend is self.terminal:
+            # A terminal chat's delivery *is* its history: record, then show.
+            self._record_sent(chat, text, msg_id)
+            await self.terminal.send(chat, text, msg_id)
+        else:
+            try:
+                msg_id = await backend.send(chat, text, msg_id)
+            except SendError as exc:
+                return {"ok": False, "error": str(exc)}
+            self._record_sent(chat, text, msg_id)
+            if self.terminal:
+                await self.terminal.show(chat, {"text": text, "id": msg_id, "from": "assistant"})
+        self.log.info("chat=%s outbox=%s sent as %s", chat, outbox_id, msg_id)
+        return {"ok": True, "channel_id": msg_id}
+
+    def _record_sent(self, chat: str, text: str, msg_id: str) -> None:
+        """Store what we sent as a bot message: the flag, not its text, marks it as ours."""
         with db.atomic("IMMEDIATE"):
             Message.insert(chat=chat, sender=self.cfg.assistant_name, sender_name=self.cfg.assistant_name,
-                           text=text, timestamp=time.time(), channel_id=channel_id, from_me=True,
+                           text=text, timestamp=time.time(), channel_id=msg_id, from_me=True,
                            is_bot=True).on_conflict_ignore().execute()
-        if self.terminal and backend is not self.terminal:
-            await self.terminal.show(chat, {"text": text, "id": channel_id, "from": "assistant"})
-        self.log.info("chat=%s outbox=%s sent as %s", chat, req.get("outbox_id"), channel_id)
-        return {"ok": True, "channel_id": channel_id}
 
     def status(self) -> str:
         parts = [f"{b.name}: {b.status()}" for b in self.backends]

@@ -144,6 +144,10 @@ class System:
                 buf += chunk
             return json.loads(buf.split(b"\n", 1)[0])
 
+    def nudge(self, name: str) -> None:
+        from nanoclaw.protocol import nudge
+        assert nudge(self.run / f"{name}.sock"), f"{name} is not listening"
+
     def send(self, group: str, text: str, msg_id: str | None = None, sender: str = "owner@term") -> dict:
         reply = self.request("channel", {"op": "inbound", "group": group, "text": text,
                                          "id": msg_id or os.urandom(8).hex(), "sender": sender})

@@ -42,8 +42,9 @@ class Backend(ABC):
         self.receive = receive
 
     @abstractmethod
-    async def send(self, chat: str, text: str) -> str:
-        """Send text to a chat; return the network's message id, or raise SendError."""
+    async def send(self, chat: str, text: str, msg_id: str) -> str:
+        """Send text to a chat, as message ``msg_id`` where the network lets us choose
+        (so a repeated send is recognised); return the id used, or raise SendError."""
 
     async def typing(self, chat: str, on: bool) -> None:
         """Show or clear a typing indicator where the network has one."""

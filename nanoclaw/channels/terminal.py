@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 from .base import Backend
 
@@ -40,8 +39,7 @@ class TerminalBackend(Backend):
             except (OSError, asyncio.TimeoutError):
                 self.detach(writer)
 
-    async def send(self, chat: str, text: str) -> str:
-        msg_id = f"term-{uuid.uuid4().hex[:16]}"
+    async def send(self, chat: str, text: str, msg_id: str) -> str:
         await self.show(chat, {"text": text, "id": msg_id, "from": "assistant"})
         return msg_id
 

@@ -1,0 +1,144 @@
+"""Nothing is lost or doubled across daemon restarts, crashes and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from nanoclaw.protocol import Spool
+
+pytestmark = pytest.mark.podman
+DAEMONS = ("channel", "queue", "runner", "ipc", "router")
+
+
+@pytest.mark.parametrize("daemon", DAEMONS)
+def test_restarting_a_daemon_between_messages_loses_nothing(system, daemon):
+    w = system.watch("main")
+    system.send("main", "one")
+    assert w.reply(60) == "echo: one"
+    if daemon == "channel":
+        system.restart("channel", sig=signal.SIGKILL)
+        w = system.watch("main")
+        system.send("main", "two")
+    else:
+        # the daemon is down while the second message arrives, and killed hard
+        system.kill(daemon)
+        system.send("main", "two")
+        time.sleep(0.5)
+        system.start(daemon)
+    assert w.reply(60) == "echo: two"
+    assert system.wait_replies("main@term", 2) == ["echo: one", "echo: two"]
+    time.sleep(1)
+    assert system.replies("main@term") == ["echo: one", "echo: two"]
+
+
+def test_runner_killed_mid_run_reattaches_to_the_container(system):
+    w = system.watch("main")
+    system.send("main", "sleep 3")
+    system.wait_for(lambda: system.db().execute("select status from job").fetchone()
+                    and system.db().execute("select status from job").fetchone()[0] == "running",
+                    30, what="job running")
+    system.kill("runner")
+    time.sleep(0.5)
+    system.start("runner")
+    assert w.reply(60) == "slept 3"
+    assert "re-attached" in system.log("runner")
+    with system.db() as con:
+        assert con.execute("select count(*) from job").fetchone()[0] == 1
+
+
+def test_file_left_in_cur_is_processed_exactly_once(system):
+    w = system.watch("main")
+    system.stop("router")
+    # as if a router claimed this file and was killed before finishing it
+    spool = Spool(system.state / "spool" / "router")
+    path = spool.put("outbound", {"key": "test:left-in-cur", "chat": "main@term",
+                                  "text": "from cur", "kind": "message"})
+    os.rename(path, spool.cur / path.name)
+    system.start("router")
+    assert w.reply(30) == "from cur"
+    system.restart("router")
+    time.sleep(1)
+    assert system.replies("main@term") == ["from cur"]
+    with system.db() as con:
+        assert con.execute("select count(*) from outbox where key='test:left-in-cur'").fetchone()[0] == 1
+    assert list(spool.cur.iterdir()) == []
+
+
+def test_redelivered_outbound_is_sent_once(system):
+    """A producer that crashed after writing but before recording re-sends: one message."""
+    w = system.watch("main")
+    spool = Spool(system.state / "spool" / "router")
+    for _ in range(3):
+        spool.put("outbound", {"key": "job:99:turn:0", "chat": "main@term", "text": "once", "kind": "reply"})
+        system.nudge("router")
+    assert w.reply(30) == "once"
+    time.sleep(1)
+    assert system.replies("main@term") == ["once"]
+
+
+def test_duplicate_inbound_message_id_is_stored_once(system):
+    w = system.watch("main")
+    first = system.send("main", "same message", msg_id="wa-ABC123")
+    again = system.send("main", "same message", msg_id="wa-ABC123")
+    assert first["duplicate"] is False and again["duplicate"] is True
+    assert first["message_id"] == again["message_id"]
+    assert w.reply(60) == "echo: same message"
+    time.sleep(1.5)
+    with system.db() as con:
+        assert con.execute("select count(*) from message where channel_id='wa-ABC123'").fetchone()[0] == 1
+    assert system.replies("main@term") == ["echo: same message"]
+
+
+def _junk(spool_new, tmp_path):
+    """Write every kind of bad file into a spool's new/ dir; return their names."""
+    spool_new.mkdir(parents=True, exist_ok=True)
+    files = {
+        "1-not-json": b"this is not json",
+        "2-wrong-version": json.dumps({"v": 99, "type": "outbound", "body": {}}).encode(),
+        "3-missing-fields": json.dumps({"v": 1, "type": "outbound", "body": {"key": "k"}}).encode(),
+        "4-unknown-type": json.dumps({"v": 1, "type": "launch_missiles", "body": {}}).encode(),
+        "5-huge": os.urandom(10 * 1024 * 1024),
+        "6-wrong-types": json.dumps({"v": 1, "type": "job_event", "body": {"job": True, "event": 3}}).encode(),
+        "7-truncated": b'{"v": 1, "type": "outbound", "body": {"key": "x", "chat"',
+    }
+    for name, data in files.items():
+        (spool_new / name).write_bytes(data)
+    target = tmp_path / "secret.txt"
+    target.write_text("not for you")
+    os.symlink(target, spool_new / "8-symlink")
+    os.mkfifo(spool_new / "9-fifo")
+    return sorted(files) + ["8-symlink", "9-fifo"]
+
+
+@pytest.mark.parametrize("spool", ["queue", "runner", "router", "ipc"])
+def test_malformed_spool_files_go_to_bad_and_the_daemon_keeps_serving(system, spool, tmp_path):
+    if spool == "ipc":
+        new = system.state / "ipc" / "main" / "out" / "new"
+        bad = system.state / "spool" / "ipc" / "main" / "bad"
+    else:
+        new = system.state / "spool" / spool / "new"
+        bad = system.state / "spool" / spool / "bad"
+    names = _junk(new, tmp_path)
+    system.nudge(spool)
+    system.wait_for(lambda: len(list(bad.glob("*.reason"))) >= len(names), 20, what="junk in bad/")
+    reasons = {p.name[:-len(".reason")]: p.read_text() for p in bad.glob("*.reason")}
+    assert set(reasons) == set(names)
+    assert "not JSON" in reasons["1-not-json"]
+    assert "version" in reasons["2-wrong-version"]
+    assert "missing field" in reasons["3-missing-fields"]
+    assert "too large" in reasons["5-huge"]
+    assert "symbolic link" in reasons["8-symlink"]
+    assert "regular file" in reasons["9-fifo"]
+    assert (tmp_path / "secret.txt").read_text() == "not for you"
+    assert list(new.iterdir()) == []
+    # the reason is logged too, and the daemon still serves
+    daemon = "ipc" if spool == "ipc" else spool
+    assert "rejected to bad/" in system.log(daemon)
+    w = system.watch("main")
+    system.send("main", "still alive?")
+    assert w.reply(60) == "echo: still alive?"
