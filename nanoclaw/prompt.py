@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
 from .models import Message
@@ -42,6 +42,12 @@ def _clean(text: str) -> str:
     return _CONTROL.sub("", text)
 
 
+def _attr(value: str) -> str:
+    """An always double-quoted, fully escaped attribute value."""
+    return '"' + escape(_clean(value), {'"': "&quot;", "'": "&apos;"}) + '"'
+
+
+
 def build_prompt(messages: Sequence[Message], *, cap: int, tz: str, omitted: int = 0) -> str:
     """Format the newest ``cap`` messages, saying how many older ones were left out.
 
@@ -57,8 +63,7 @@ def build_prompt(messages: Sequence[Message], *, cap: int, tz: str, omitted: int
     lines.append("<messages>")
     for m in shown:
         when = datetime.fromtimestamp(m.timestamp, zone).strftime("%Y-%m-%d %H:%M:%S")
-        sender = _clean(m.sender_name or m.sender)
-        lines.append(f"<message sender={quoteattr(sender)} time={quoteattr(when)}>"
+        lines.append(f"<message sender={_attr(m.sender_name or m.sender)} time={_attr(when)}>"
                      f"{escape(_clean(m.text))}</message>")
     lines.append("</messages>")
     return "\n".join(lines)
