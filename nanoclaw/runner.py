@@ -140,8 +140,8 @@ class RunnerDaemon(Daemon):
             self.log.info("re-attaching %d job(s) left in cur/", len(self._recovering))
         self._swept = False
 
-    def client(self) -> PodmanClient:
-        return PodmanClient(base_url=self.cfg.podman_socket, timeout=60)
+    def client(self, timeout: float | None = 60) -> PodmanClient:
+        return PodmanClient(base_url=self.cfg.podman_socket, timeout=timeout)
 
     def _sweep_orphans(self, keep: set[str]) -> None:
         """Remove nanoclaw containers that no job file accounts for (a crashed runner's)."""
@@ -199,7 +199,7 @@ class RunnerDaemon(Daemon):
         """Start (or re-attach to) one job's container and wait for it; runs in a thread."""
         b = env.body
         name = container_name(b["group"], b["job"])
-        with self.client() as client:
+        with self.client(timeout=None) as client:  # container waits are long
             try:
                 ctr = client.containers.get(name)
                 self.log.info("group=%s job=%s re-attached to %s (state %s)", b["group"], b["job"],
@@ -244,23 +244,35 @@ class RunnerDaemon(Daemon):
         return ctr
 
     def _wait(self, ctr: Any, deadline: float, b: dict) -> tuple[int, str]:
-        while True:
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                self.log.error("group=%s job=%s timed out after %.0fs; killing", b["group"], b["job"],
-                               self.cfg.container.timeout)
-                try:
-                    ctr.kill()
-                except (APIError, NotFound):
-                    pass
-                return 124, f"timed out after {self.cfg.container.timeout:.0f}s"
+        """Wait for the container to exit; a timer kills it at the deadline."""
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            self.log.error("group=%s job=%s timed out after %.0fs; killing", b["group"], b["job"],
+                           self.cfg.container.timeout)
             try:
-                code = ctr.wait(condition=["exited", "stopped"], timeout=min(remaining, 60) + 1)
-                return (code if isinstance(code, int) else -1), ""
-            except ReadTimeout:
-                continue
-            except NotFound:
-                return -1, "container disappeared"
+                ctr.kill()
+            except (APIError, NotFound):
+                pass
+
+        timer = threading.Timer(max(0.0, deadline - time.time()), kill)
+        timer.daemon = True
+        timer.start()
+        try:
+            while True:
+                try:
+                    code = ctr.wait(condition=["exited", "stopped"])
+                    break
+                except NotFound:
+                    return -1, "container disappeared"
+                except (APIError, ReadTimeout, RequestsConnectionError):
+                    time.sleep(1)  # the API service restarted or a long wait broke: wait again
+        finally:
+            timer.cancel()
+        if timed_out.is_set():
+            return 124, f"timed out after {self.cfg.container.timeout:.0f}s"
+        return (code if isinstance(code, int) else -1), ""
 
     def status(self) -> str:
         return f"{len(self.running)} container(s) running"

@@ -45,6 +45,16 @@ def agent_image() -> str:
 
 
 @pytest.fixture(scope="session")
+def container_options(agent_image) -> dict:
+    """Runtime options this host needs, found by trying (as install.sh does)."""
+    from nanoclaw.hostcheck import probe_container_options
+    found, failures = probe_container_options(agent_image)
+    if found is None:
+        pytest.fail("no container runtime options work here: " + "; ".join(f.error for f in failures))
+    return {"runtime": found.runtime, "ulimits": list(found.ulimits)}
+
+
+@pytest.fixture(scope="session")
 def podman_service():
     """A Podman API socket served by ``podman system service`` for the whole session."""
     if shutil.which("podman") is None:
@@ -237,8 +247,11 @@ def make_system(tmp_path, request):
     made: list[System] = []
 
     def make(container: dict | None = None, **settings) -> System:
+        runtime = {}
+        if container and "image" in container:
+            runtime = request.getfixturevalue("container_options")
         cfg = {"backoff_base": 0.2, "backoff_max": 1.0, "timezone": "UTC", **settings,
-               "container": {"idle_timeout": 1.0, "timeout": 60.0, **(container or {})}}
+               "container": {"idle_timeout": 1.0, "timeout": 60.0, **runtime, **(container or {})}}
         system = System(tmp_path / f"sys{len(made)}", cfg)
         made.append(system)
         return system

@@ -13,6 +13,8 @@ def test_message_travels_the_whole_pipeline(system):
     assert w.reply(60) == "echo: hello there"
     # the reply is recorded as a bot message and the outbox row is marked sent
     assert system.wait_replies("main@term", 1) == ["echo: hello there"]
+    system.wait_for(lambda: system.db().execute("select status from outbox").fetchone()[0] == "sent",
+                    10, what="outbox row marked sent")
     with system.db() as con:
         rows = con.execute("select status from outbox").fetchall()
         cursor = con.execute("select last_message_id from cursor").fetchone()[0]
@@ -129,3 +131,46 @@ def test_idle_container_yields_its_slot_to_a_waiting_group(make_system, agent_im
             return tuple(con.execute("select closing, status from job where id=1").fetchone())
     s.wait_for(lambda: first()[1] != "running", 30, what="main's container to exit")
     assert first() == (1, "done")
+
+
+def test_orphan_containers_are_removed_when_the_runner_starts(system, agent_image):
+    import subprocess
+    subprocess.run(["podman", "create", "--name", "nanoclaw-main-9999", "--label", "nanoclaw.job=9999",
+                    agent_image, "sleep", "100"], check=True, capture_output=True)
+    system.restart("runner")
+    system.wait_for(lambda: subprocess.run(["podman", "container", "exists", "nanoclaw-main-9999"]).returncode == 1,
+                    20, what="orphan removed")
+    assert "removing orphan container nanoclaw-main-9999" in system.log("runner")
+
+
+def test_container_timeout_kills_and_retries(make_system, agent_image, podman_service):
+    s = make_system(max_attempts=2, container={"image": agent_image, "podman_url": podman_service,
+                                               "timeout": 2.0})
+    s.cli("groups", "add", "main", "--main")
+    s.start()
+    w = s.watch("main")
+    s.send("main", "sleep 30")
+    notice = w.reply(60)
+    assert notice.startswith("Sorry, I could not answer that")
+    assert "timed out after 2s" in s.log("runner")
+    with s.db() as con:
+        assert [r[0] for r in con.execute("select exit_code from job")] == [124, 124]
+
+
+def test_allowlist_decides_who_may_trigger(system):
+    import json
+    system.cli("groups", "add", "family")
+    allow = system.confdir / "allowlists" / "family.json"
+    allow.parent.mkdir(parents=True)
+    allow.write_text(json.dumps({"senders": ["bob@term"]}))
+    w = system.watch("family")
+    system.send("family", "@Andy from alice", sender="alice@term")
+    with pytest.raises(TimeoutError):
+        w.reply(3)
+    system.send("family", "@Andy from bob", sender="bob@term")
+    assert w.reply(60) == "echo: from bob"
+    allow.write_text("{ broken")
+    system.send("family", "@Andy bob again", sender="bob@term")
+    with pytest.raises(TimeoutError):
+        w.reply(3)
+    assert "allowlist" in system.log("queue") and "nobody may trigger" in system.log("queue")

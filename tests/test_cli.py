@@ -1,0 +1,82 @@
+"""The nanoclaw command as an owner uses it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, _podman
+
+
+def test_groups_add_list_remove(offline_system):
+    s = offline_system
+    out = s.cli("groups", "add", "main", "--main").stdout
+    assert "added group main" in out and "main" in out
+    assert (s.state / "groups" / "main" / "CLAUDE.md").read_text().startswith("# Andy")
+    assert (s.state / "groups" / "global" / "CLAUDE.md").exists()
+    s.cli("groups", "add", "family", "--name", "Family Chat", "--trigger", "@Bot")
+    listing = s.cli("groups", "list").stdout
+    assert "family" in listing and "trigger=@Bot" in listing and "every message" in listing
+    bad = s.cli("groups", "add", "../escape", check=False)
+    assert bad.returncode == 2 and "invalid folder name" in bad.stderr
+    assert s.cli("groups", "add", "global", check=False).returncode == 2
+    dup = s.cli("groups", "add", "family", check=False)
+    assert dup.returncode == 2 and "already exists" in dup.stderr
+    second_main = s.cli("groups", "add", "other", "--main", check=False)
+    assert second_main.returncode == 2 and "already a main group" in second_main.stderr
+    s.cli("groups", "remove", "family")
+    assert "family" not in s.cli("groups", "list").stdout
+    assert (s.state / "groups" / "family" / "CLAUDE.md").exists()  # memory kept
+    missing = s.cli("groups", "remove", "nope", check=False)
+    assert missing.returncode == 2 and "no group" in missing.stderr
+
+
+def test_send_refuses_bad_input_clearly(offline_system):
+    s = offline_system
+    s.cli("groups", "add", "main", "--main")
+    down = s.cli("send", "main", "hi", check=False)
+    assert down.returncode != 0 and "cannot reach the channel daemon" in down.stderr
+    s.start("channel")
+    assert s.cli("send", "main", " ", check=False).returncode == 2
+    unknown = s.cli("send", "nosuchgroup", "hi", check=False)
+    assert unknown.returncode == 1 and "no group 'nosuchgroup'" in unknown.stderr
+    ok = s.cli("send", "main", "hello", "--id", "m1")
+    again = s.cli("send", "main", "hello", "--id", "m1")
+    assert "stored as message 1" in ok.stdout and "(duplicate)" in again.stdout
+
+
+def test_bad_config_is_reported(offline_system):
+    s = offline_system
+    s.config_path.write_text("max_concurrent = 0\n")
+    r = s.cli("groups", "list", check=False)
+    assert r.returncode != 0 and "configuration error" in r.stderr
+
+
+@pytest.mark.podman
+def test_run_all_and_send_wait(make_system, agent_image):
+    s = make_system(container={"image": agent_image})  # run-all serves the Podman API itself
+    s.cli("groups", "add", "main", "--main")
+    proc = subprocess.Popen([sys.executable, "-m", "nanoclaw", "run-all"], env=s.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and not all((s.run / f"{d}.sock").exists()
+                                                  for d in ("channel", "queue", "runner", "ipc", "router")):
+            time.sleep(0.1)
+        r = s.cli("send", "main", "via", "run-all", "--wait", "60")
+        assert r.stdout.strip() == "[Andy] echo: via run-all"
+        ping = s.cli("ping")
+        assert ping.stdout.count(" up ") == 5
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
+    assert proc.returncode == 0
+    for d in ("channel", "queue", "runner", "ipc", "router"):
+        assert f"{d:<7} | " in out or f"{d} | " in out
+    assert "ready" in out
