@@ -7,14 +7,12 @@ import json
 import socket
 import sys
 import threading
-import time
 import uuid
-from pathlib import Path
 
 from . import __version__
 from . import config as config_mod
 from . import log as log_mod
-from .protocol import VERSION, nudge, read_line
+from .protocol import VERSION, nudge
 
 DAEMONS = ("channel", "queue", "runner", "ipc", "router")
 
@@ -37,7 +35,7 @@ class ChannelClient:
             self.sock.connect(str(self.path))
         except OSError as exc:
             raise SystemExit(f"nanoclaw: cannot reach the channel daemon at {self.path}: {exc.strerror}\n"
-                             "  is it running? (systemctl status nanoclaw-channel, or nanoclaw run-all)")
+                             "  is it running? (systemctl status nanoclaw-channel, or nanoclaw run-all)") from None
         self.buf = b""
 
     def send(self, obj: dict) -> None:
@@ -222,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = config_mod.get()
     except config_mod.ConfigError as exc:
-        raise SystemExit(f"nanoclaw: configuration error: {exc}")
+        raise SystemExit(f"nanoclaw: configuration error: {exc}") from None
     if args.command in DAEMONS:
         sys.exit(_daemon(args.command))
     log_mod.setup("cli")

@@ -40,13 +40,20 @@ async def in_daemon_thread(func: Any, *args: Any) -> Any:
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
 
+    def settle(result: Any, error: BaseException | None) -> None:
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
     def target() -> None:
         try:
-            result = func(*args)
+            result, error = func(*args), None
         except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))
-        else:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
+            result, error = None, exc
+        loop.call_soon_threadsafe(settle, result, error)
 
     threading.Thread(target=target, daemon=True).start()
     return await fut

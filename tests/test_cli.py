@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, _podman
+from conftest import _podman
 
 
 def test_groups_add_list_remove(offline_system):
