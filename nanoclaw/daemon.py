@@ -78,7 +78,7 @@ class Daemon:
         if directory in self._watched:
             return
         try:
-            wd = self._inotify.add_watch(str(directory), flags.MOVED_TO | flags.CLOSE_WRITE | flags.CREATE)
+            wd = self._inotify.add_watch(str(directory), flags.MOVED_TO | flags.CLOSE_WRITE)
         except OSError as exc:
             self.log.warning("cannot watch %s: %s", directory, exc)
             return

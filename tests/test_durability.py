@@ -106,8 +106,12 @@ def _junk(spool_new, tmp_path):
         "6-wrong-types": json.dumps({"v": 1, "type": "job_event", "body": {"job": True, "event": 3}}).encode(),
         "7-truncated": b'{"v": 1, "type": "outbound", "body": {"key": "x", "chat"',
     }
+    staging = tmp_path / "staging"
+    staging.mkdir()
     for name, data in files.items():
-        (spool_new / name).write_bytes(data)
+        # bad content, but delivered the protocol's way (write elsewhere, rename in)
+        (staging / name).write_bytes(data)
+        os.rename(staging / name, spool_new / name)
     target = tmp_path / "secret.txt"
     target.write_text("not for you")
     os.symlink(target, spool_new / "8-symlink")
