@@ -79,3 +79,22 @@ def test_run_all_and_send_wait(make_system, agent_image):
     for d in ("channel", "queue", "runner", "ipc", "router"):
         assert f"{d:<7} | " in out or f"{d} | " in out
     assert "ready" in out
+
+
+@pytest.mark.podman
+def test_interactive_chat_shows_history_and_live_replies(system):
+    system.send("main", "before")
+    system.wait_replies("main@term", 1)
+    proc = subprocess.Popen([sys.executable, "-m", "nanoclaw", "chat", "main"], env=system.env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "chatting in main" in proc.stdout.readline()
+        assert proc.stdout.readline().strip() == "[owner] before"
+        assert proc.stdout.readline().strip() == "[Andy] echo: before"
+        proc.stdin.write("typed live\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "[Andy] echo: typed live"
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+    assert proc.returncode == 0
