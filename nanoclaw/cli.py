@@ -8,13 +8,13 @@ import socket
 import sys
 import threading
 import uuid
+from pathlib import Path
 
-from . import __version__
+from . import DAEMONS, __version__
 from . import config as config_mod
 from . import log as log_mod
 from .protocol import VERSION, nudge
 
-DAEMONS = ("channel", "queue", "runner", "ipc", "router")
 
 
 def _daemon(name: str) -> int:
@@ -165,7 +165,7 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     except groups_mod.GroupError as exc:
         print(f"nanoclaw: {exc}", file=sys.stderr)
         return 2
-    for daemon in ("queue", "ipc"):
+    for daemon in ("queue", "ipc", "proxy"):
         nudge(cfg.socket(daemon))
     return 0
 
@@ -182,6 +182,17 @@ def cmd_ping(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             print(f"{name:<8} DOWN  {exc}")
             worst = 1
     return worst
+
+
+def cmd_image(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from . import image
+    try:
+        image.build(cfg, tag=args.tag, wheels=Path(args.wheels) if args.wheels else None,
+                    progress=lambda line: print(f"image: {line}", flush=True))
+    except image.ImageError as exc:
+        print(f"nanoclaw: image build failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("folder")
     gsub.add_parser("list", help="list groups")
     sub.add_parser("ping", help="ask every daemon for its status")
+    sp = sub.add_parser("image", help="build the agent container image (offline-capable)")
+    isub = sp.add_subparsers(dest="action", required=True)
+    ib = isub.add_parser("build", help="build [container] image from [container] base_image and a wheelhouse")
+    ib.add_argument("--tag", help="image tag (default: [container] image)")
+    ib.add_argument("--wheels", help="wheelhouse cache dir (default: STATE/cache/wheels)")
     return p
 
 
@@ -227,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run-all":
         from .supervise import run_all
         sys.exit(run_all())
-    handler = {"chat": cmd_chat, "send": cmd_send, "groups": cmd_groups, "ping": cmd_ping}[args.command]
+    handler = {"chat": cmd_chat, "send": cmd_send, "groups": cmd_groups, "ping": cmd_ping,
+               "image": cmd_image}[args.command]
     try:
         sys.exit(handler(cfg, args))
     except KeyboardInterrupt:

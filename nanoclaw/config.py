@@ -29,12 +29,13 @@ class ContainerConfig:
     """
 
     image: str = "localhost/nanoclaw-agent:0.1.0"
+    base_image: str = "localhost/nanoclaw-base:bookworm"  # FROM for `nanoclaw image build`
     podman_url: str = ""  # empty: derived from the runtime dir (see podman_socket)
     runtime: str = ""  # OCI runtime; empty lets podman choose
     ulimits: tuple[str, ...] = ()  # e.g. ("nofile=1024:1024", "nproc=4096:4096")
     network: str = "none"
-    userns: str = ""  # e.g. "keep-id" for rootless
-    user: str = ""  # uid[:gid] inside the container; empty keeps the image's
+    userns: str = ""  # empty: "keep-id" when rootless (the agent runs as the service user)
+    user: str = ""  # uid:gid inside; empty: the service user's (rootless) or 1000:1000 (rootful)
     memory: str = "2g"
     pids_limit: int = 512
     timeout: float = 1800.0  # hard limit for one container's whole life
@@ -58,6 +59,8 @@ class Config:
     backoff_max: float = 300.0
     timezone: str = ""
     channels: tuple[str, ...] = ("terminal",)
+    proxy_upstream: str = "https://api.anthropic.com"
+    model: str = ""  # agent model; empty: the CLI's default
     max_spool_bytes: int = 1 << 20
     container: ContainerConfig = field(default_factory=ContainerConfig)
 

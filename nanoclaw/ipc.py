@@ -10,6 +10,7 @@ chat); everything else is refused into ``bad/`` with a logged reason.
 
 from __future__ import annotations
 
+from . import groups as groups_mod
 from .daemon import Daemon
 from .models import Group, Job
 from .protocol import Envelope, Spool, nudge
@@ -60,12 +61,19 @@ class IpcDaemon(Daemon):
 
     def _dispatch(self, group: Group, spool: Spool, env: Envelope) -> str | None:
         b = env.body
-        if env.type not in ("result", "send_message"):
+        if env.type not in ("result", "send_message", "register_group", "task_request"):
             spool.reject(env.path, f"group={group.folder}: request type {env.type!r} is not supported")
             return None
         job = Job.get_or_none(Job.id == b["job"])
         if job is None or job.group_id != group.id:
             spool.reject(env.path, f"group={group.folder}: job {b['job']} is not this group's")
+            return None
+        if env.type == "register_group":
+            return self._register_group(group, spool, env)
+        if env.type == "task_request":
+            # The scheduler is its own component (a later issue); until it exists
+            # the request is refused visibly rather than accepted and forgotten.
+            spool.reject(env.path, f"group={group.folder}: scheduled tasks are not available in this version")
             return None
         if env.type == "result":
             self.queue_spool.put("turn_result", {
@@ -90,6 +98,21 @@ class IpcDaemon(Daemon):
                                            "text": b["text"], "kind": "message"}, name=env.name)
         self.log.info("group=%s job=%s send_message to chat=%s", group.folder, job.id, chat)
         return "router"
+
+    def _register_group(self, group: Group, spool: Spool, env: Envelope) -> str | None:
+        """Main only: an agent may add a group, never make one main or touch existing ones."""
+        b = env.body
+        if not group.is_main:
+            spool.reject(env.path, f"group={group.folder}: only the main group may register groups")
+            return None
+        try:
+            groups_mod.add_group(self.cfg, b["folder"], name=b["name"], jid=b["jid"],
+                                 trigger=b["trigger"] or None, is_main=False)
+        except groups_mod.GroupError as exc:
+            spool.reject(env.path, f"group={group.folder}: register_group refused: {exc}")
+            return None
+        self.log.info("group=%s registered group folder=%s jid=%s", group.folder, b["folder"], b["jid"])
+        return "queue"
 
     def status(self) -> str:
         return f"watching {len(self.spools)} group(s)"

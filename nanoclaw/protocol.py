@@ -57,8 +57,10 @@ SCHEMAS: dict[str, Schema] = {
     # container -> host (ipc/<group>/out): the outcome of one turn
     "result": {"job": (int,), "turn": (int,), "text": (str,), "session_id": (str, type(None), _OPT),
                "error": (str, type(None), _OPT), "usage": (dict, type(None), _OPT)},
-    # container -> host: the agent's send_message tool
+    # container -> host: the agent's tools, each only a request the ipc daemon authorises
     "send_message": {"job": (int,), "text": (str,), "chat": (str, type(None), _OPT)},
+    "task_request": {"job": (int,), "action": (str,), "task": (dict,)},
+    "register_group": {"job": (int,), "jid": (str,), "name": (str,), "folder": (str,), "trigger": (str,)},
     # ipc -> queue: a turn's result from a group's container (group taken from the directory)
     "turn_result": {"group": (str,), "job": (int,), "turn": (int,), "text": (str,),
                     "session_id": (str, type(None)), "error": (str, type(None))},
@@ -163,7 +165,9 @@ class Spool:
         if not _NAME_RE.match(name):
             raise ValueError(f"bad spool file name {name!r}")
         tmp = self.tmp / name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+        # 0644: an agent container runs under another uid and must read its prompts;
+        # the state directory around the spools is what keeps others out.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         try:
             os.write(fd, data)
             os.fsync(fd)

@@ -13,6 +13,7 @@ Containers whose job file is gone are orphans and are removed.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import threading
 import time
@@ -26,7 +27,7 @@ from requests.exceptions import ReadTimeout
 
 from .config import Config
 from .daemon import Daemon
-from .protocol import Envelope, Spool, nudge
+from .protocol import Envelope, Spool, nudge, request
 
 LABEL = "nanoclaw.job"
 
@@ -65,17 +66,44 @@ def container_name(folder: str, job: int) -> str:
 
 def group_dirs(cfg: Config, folder: str) -> dict[str, Path]:
     """The host directories a group's container may see, created if missing."""
+    from .proxy import proxy_dir
     dirs = {
         "group": cfg.groups_dir / folder,
         "global": cfg.global_dir,
         "ipc": cfg.ipc_dir / folder,
         "session": cfg.sessions_dir / folder,
+        "proxy": proxy_dir(cfg, folder),
     }
     for sub in ("in/tmp", "in/new", "in/cur", "out/tmp", "out/new"):
         (dirs["ipc"] / sub).mkdir(parents=True, exist_ok=True)
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     return dirs
+
+
+def agent_identity(cfg: Config) -> tuple[str, str]:
+    """(user, userns) for agent containers: never root inside.
+
+    Rootless (the normal install), ``keep-id`` maps the service user into the
+    container, so the agent runs as it and owns what it writes. Rootful (the
+    runner running as root), the agent runs as an unprivileged uid and is
+    handed its writable directories.
+    """
+    c = cfg.container
+    if os.geteuid() != 0:
+        return c.user or f"{os.getuid()}:{os.getgid()}", c.userns or "keep-id"
+    return c.user or "1000:1000", c.userns
+
+
+def hand_over(paths: list[Path], user: str) -> None:
+    """Rootful only: give the container's uid the directories it may write."""
+    uid, _, gid = user.partition(":")
+    if os.geteuid() != 0 or not uid.isdigit():
+        return
+    for top in paths:
+        for root, dirnames, filenames in os.walk(top):
+            for name in [root, *(os.path.join(root, n) for n in dirnames + filenames)]:
+                os.lchown(name, int(uid), int(gid or uid))
 
 
 def _ulimit(spec: str) -> dict[str, Any]:
@@ -97,16 +125,19 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
         {"type": "bind", "source": str(dirs["global"]), "target": "/workspace/global",
          "read_only": not job["is_main"]},
         {"type": "bind", "source": str(dirs["ipc"]), "target": "/workspace/ipc"},
-        {"type": "bind", "source": str(dirs["session"]), "target": "/home/agent/.claude"},
-        {"type": "tmpfs", "source": "tmpfs", "target": "/tmp", "size": "256m"},
+        {"type": "bind", "source": str(dirs["session"]), "target": "/workspace/session"},
+        {"type": "bind", "source": str(dirs["proxy"]), "target": "/run/nanoclaw-proxy", "read_only": True},
+        {"type": "tmpfs", "source": "tmpfs", "target": "/tmp", "size": "512m"},
     ]
+    user, userns = agent_identity(cfg)
     env = {
         "TZ": cfg.tz,
         "NANOCLAW_JOB": str(job["job"]),
         "NANOCLAW_GROUP": job["group"],
         "NANOCLAW_IS_MAIN": "1" if job["is_main"] else "0",
         "NANOCLAW_IDLE_TIMEOUT": str(c.idle_timeout),
-        "HOME": "/home/agent",
+        "NANOCLAW_MODEL": cfg.model,
+        "HOME": "/tmp/home",  # the image is read-only; session state lives in /workspace/session
     }
     for pair in c.extra_env:
         key, _, value = pair.partition("=")
@@ -127,10 +158,9 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
     }
     if c.runtime:
         kwargs["runtime"] = c.runtime
-    if c.userns:
-        kwargs["userns_mode"] = c.userns
-    if c.user:
-        kwargs["user"] = c.user
+    if userns:
+        kwargs["userns_mode"] = userns
+    kwargs["user"] = user
     return kwargs
 
 
@@ -243,6 +273,15 @@ class RunnerDaemon(Daemon):
             d.mkdir(parents=True, exist_ok=True)
         inbox.put("prompt", {"job": b["job"], "turn": 0, "prompt": b["prompt"],
                              "session_id": b["session_id"]})
+        hand_over([dirs["group"], dirs["ipc"], dirs["session"]] + ([dirs["global"]] if b["is_main"] else []),
+                  agent_identity(self.cfg)[0])
+        try:
+            ready = request(self.cfg.socket("proxy"), {"op": "ensure", "group": b["group"]}, timeout=5)
+            if not ready.get("ok"):
+                self.log.warning("group=%s proxy has no socket for this group", b["group"])
+        except (OSError, ValueError) as exc:
+            self.log.warning("group=%s credential proxy unreachable (%s); the agent cannot reach the API",
+                             b["group"], exc)
         t0 = time.monotonic()
         ctr = client.containers.create(self.cfg.container.image, **container_kwargs(self.cfg, b))
         ctr.start()

@@ -14,9 +14,9 @@ import subprocess
 import sys
 import time
 
+from . import DAEMONS
 from . import config as config_mod
 
-DAEMONS = ("channel", "queue", "runner", "ipc", "router")
 
 
 def podman_service_cmd(cfg: config_mod.Config) -> list[str] | None:

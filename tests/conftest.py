@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_DIR = ROOT / "tests" / "agent"
 BASE_IMAGE = os.environ.get("NANOCLAW_TEST_BASE", "localhost/nanoclaw-base:bookworm")
-DAEMONS = ("channel", "queue", "runner", "ipc", "router")
+from nanoclaw import DAEMONS  # noqa: E402
 
 
 def _podman(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -269,6 +269,53 @@ def system(make_system, agent_image, podman_service) -> System:
     s.start()
     yield s
     # containers this system started must not outlive it
+    _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
+
+
+WHEELS = Path(os.environ.get("NANOCLAW_TEST_WHEELS", Path.home() / ".cache" / "nanoclaw-test" / "wheels"))
+
+
+@pytest.fixture(scope="session")
+def real_agent_image(container_options) -> str:
+    """The real agent image (claude-agent-sdk + agent runner), built offline by `nanoclaw image build`."""
+    from nanoclaw import config as config_mod
+    from nanoclaw import image
+    cfg = config_mod.Config(container=config_mod.ContainerConfig(
+        runtime=container_options["runtime"], ulimits=tuple(container_options["ulimits"]),
+        base_image=BASE_IMAGE))
+    tag = f"localhost/nanoclaw-agent:test-{image.source_digest()}"
+    if not image.image_exists(tag):
+        image.build(cfg, tag=tag, wheels=WHEELS, progress=lambda line: print("image:", line))
+    return tag
+
+
+@pytest.fixture
+def fake_api():
+    from fake_anthropic import FakeAnthropic
+    api = FakeAnthropic().start()
+    yield api
+    api.stop()
+
+
+SECRET = "sk-ant-api03-TESTSECRET-" + os.urandom(6).hex()
+
+
+@pytest.fixture
+def make_agent_system(make_system, real_agent_image, podman_service, fake_api):
+    """A nanoclaw whose agents are the real image, talking to the fake API via the proxy."""
+    def make(credential: str = SECRET, **container) -> System:
+        s = make_system(proxy_upstream=fake_api.url,
+                        container={"image": real_agent_image, "podman_url": podman_service,
+                                   "idle_timeout": 2.0, "timeout": 120.0,
+                                   "extra_env": ["CLAUDE_CODE_MAX_RETRIES=0"], **container})
+        cred = s.confdir / "credentials" / "anthropic-credential"
+        cred.parent.mkdir(parents=True, exist_ok=True)
+        cred.write_text(credential + "\n")
+        cred.chmod(0o600)
+        s.cli("groups", "add", "main", "--main")
+        s.start()
+        return s
+    yield make
     _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
 
 

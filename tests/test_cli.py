@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import _podman
+from conftest import DAEMONS, _podman
 
 
 def test_groups_add_list_remove(offline_system):
@@ -65,18 +65,18 @@ def test_run_all_and_send_wait(make_system, agent_image):
     try:
         deadline = time.time() + 30
         while time.time() < deadline and not all((s.run / f"{d}.sock").exists()
-                                                  for d in ("channel", "queue", "runner", "ipc", "router")):
+                                                  for d in DAEMONS):
             time.sleep(0.1)
         r = s.cli("send", "main", "via", "run-all", "--wait", "60")
         assert r.stdout.strip() == "[Andy] echo: via run-all"
         ping = s.cli("ping")
-        assert ping.stdout.count(" up ") == 5
+        assert ping.stdout.count(" up ") == 6
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
         _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
     assert proc.returncode == 0
-    for d in ("channel", "queue", "runner", "ipc", "router"):
+    for d in DAEMONS:
         assert f"{d:<7} | " in out or f"{d} | " in out
     assert "ready" in out
 

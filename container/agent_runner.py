@@ -1,0 +1,316 @@
+"""The agent runner: the one process inside a group's container.
+
+It takes prompts from ``/workspace/ipc/in`` (the first from the runner, later
+ones are follow-ups the queue drops in while this container lives), runs each
+as one turn of a warm Claude session (claude-agent-sdk driving its bundled
+``claude`` CLI), and writes each turn's explicit ``result`` to
+``/workspace/ipc/out``. A follow-up that arrives mid-turn waits in ``in/new``
+until the turn ends, so no reply is cut short. It exits on a ``close`` file or
+after ``NANOCLAW_IDLE_TIMEOUT`` seconds without work.
+
+The container has no network. The CLI's ``ANTHROPIC_BASE_URL`` points at a
+tiny forwarder here on 127.0.0.1 that relays to the host's credential proxy
+through the Unix socket mounted at ``/run/nanoclaw-proxy/api.sock``; the real
+credential is added on the host and never enters this container.
+
+Tools the agent gets (an in-process MCP server) only *ask*: each writes a
+request to ``out/`` and the host's ipc daemon decides whether it is allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, "/opt/nanoclaw")
+from protocol import BadMessage, Spool  # noqa: E402
+
+from claude_agent_sdk import (  # noqa: E402
+    AssistantMessage,
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    ResultMessage,
+    TextBlock,
+    create_sdk_mcp_server,
+    tool,
+)
+from inotify_simple import INotify, flags  # noqa: E402
+
+WORKSPACE = Path(os.environ.get("NANOCLAW_WORKSPACE", "/workspace"))
+IPC = WORKSPACE / "ipc"
+PROXY_SOCKET = Path(os.environ.get("NANOCLAW_PROXY_SOCKET", "/run/nanoclaw-proxy/api.sock"))
+JOB = int(os.environ.get("NANOCLAW_JOB", "0"))
+GROUP = os.environ.get("NANOCLAW_GROUP", "")
+IS_MAIN = os.environ.get("NANOCLAW_IS_MAIN") == "1"
+IDLE_TIMEOUT = float(os.environ.get("NANOCLAW_IDLE_TIMEOUT", "600"))
+MODEL = os.environ.get("NANOCLAW_MODEL", "")
+
+inbox = Spool(IPC / "in")
+outbox = Spool(IPC / "out", new=IPC / "out" / "new", tmp=IPC / "out" / "tmp")
+stderr_tail: deque[str] = deque(maxlen=40)
+
+
+def log(msg: str) -> None:
+    print(f"agent-runner: {msg}", file=sys.stderr, flush=True)
+
+
+# -- the API forwarder ------------------------------------------------------------
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        try:
+            writer.close()
+        except Exception:
+            pass
+
+
+async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        ureader, uwriter = await asyncio.open_unix_connection(str(PROXY_SOCKET))
+    except OSError as exc:
+        log(f"credential proxy unreachable at {PROXY_SOCKET}: {exc}")
+        writer.close()
+        return
+    await asyncio.gather(_pipe(reader, uwriter), _pipe(ureader, writer))
+
+
+async def start_forwarder() -> str:
+    server = await asyncio.start_server(_forward, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# -- tools: requests to the host ----------------------------------------------------
+
+def _ok(text: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}]}
+
+
+def _request(kind: str, body: dict) -> None:
+    outbox.put(kind, {"job": JOB, **body})
+
+
+@tool("send_message", "Send a message to the chat right away (for progress or several messages). "
+      "Your final answer is sent anyway; do not repeat it here.",
+      {"type": "object", "properties": {
+          "text": {"type": "string"},
+          "target_group": {"type": "string", "description": "main group only: another group's folder"}},
+       "required": ["text"]})
+async def send_message(args: dict) -> dict:
+    body = {"text": args["text"]}
+    if args.get("target_group"):
+        body["chat"] = args["target_group"]
+    _request("send_message", body)
+    return _ok("Message handed to the host for delivery.")
+
+
+@tool("schedule_task", "Schedule a recurring or one-time task that runs a prompt later as this group's agent.",
+      {"type": "object", "properties": {
+          "prompt": {"type": "string", "description": "what to do when the task runs"},
+          "schedule_type": {"type": "string", "enum": ["cron", "interval", "once"]},
+          "schedule_value": {"type": "string",
+                             "description": "cron: '0 9 * * *'; interval: '30m', '2h', '3600s'; "
+                                            "once: local ISO time '2026-12-01T09:00'"},
+          "context_mode": {"type": "string", "enum": ["group", "isolated"],
+                           "description": "group: continue this group's session; isolated: fresh session"},
+          "target_group": {"type": "string", "description": "main group only: schedule for another group"}},
+       "required": ["prompt", "schedule_type", "schedule_value"]})
+async def schedule_task(args: dict) -> dict:
+    _request("task_request", {"action": "schedule", "task": {
+        "prompt": args["prompt"], "schedule_type": args["schedule_type"],
+        "schedule_value": args["schedule_value"], "context_mode": args.get("context_mode") or "group",
+        "target_group": args.get("target_group") or ""}})
+    return _ok("Task request handed to the host; it validates the schedule and confirms in the chat.")
+
+
+@tool("list_tasks", "List the scheduled tasks this group may see.", {"type": "object", "properties": {}})
+async def list_tasks(args: dict) -> dict:
+    snapshot = IPC / "tasks.json"
+    try:
+        tasks = json.loads(snapshot.read_text())
+    except (OSError, ValueError):
+        return _ok("No scheduled tasks are known.")
+    return _ok(json.dumps(tasks, indent=1) if tasks else "No scheduled tasks.")
+
+
+def _task_action(action: str) -> Any:
+    @tool(f"{action}_task", f"{action.capitalize()} a scheduled task by id.",
+          {"type": "object", "properties": {"task_id": {"type": "integer"}}, "required": ["task_id"]})
+    async def handler(args: dict) -> dict:
+        _request("task_request", {"action": action, "task": {"id": int(args["task_id"])}})
+        return _ok(f"Request to {action} task {args['task_id']} handed to the host.")
+    return handler
+
+
+@tool("register_group", "Main group only: register a chat as a new group with its own agent.",
+      {"type": "object", "properties": {
+          "jid": {"type": "string"}, "name": {"type": "string"},
+          "folder": {"type": "string", "description": "letters, digits, _ and -"},
+          "trigger": {"type": "string", "description": "e.g. @Andy"}},
+       "required": ["jid", "name", "folder"]})
+async def register_group(args: dict) -> dict:
+    _request("register_group", {"jid": args["jid"], "name": args["name"], "folder": args["folder"],
+                                "trigger": args.get("trigger") or ""})
+    return _ok("Registration request handed to the host.")
+
+
+TOOLS = [send_message, schedule_task, list_tasks, _task_action("pause"), _task_action("resume"),
+         _task_action("cancel")] + ([register_group] if IS_MAIN else [])
+
+
+# -- the agent --------------------------------------------------------------------
+
+def system_append() -> str:
+    parts = [f"You are running inside nanoclaw as the agent of the group '{GROUP}'"
+             f"{' (the owner’s main admin channel)' if IS_MAIN else ''}. Your working directory "
+             "/workspace/group is this group's folder and persists; /workspace/global holds shared "
+             "memory. Messages arrive wrapped in <messages>; your final answer is sent to the chat. "
+             "Put anything not meant for the chat inside <internal>…</internal>."]
+    global_md = WORKSPACE / "global" / "CLAUDE.md"
+    try:
+        parts.append("Shared memory (/workspace/global/CLAUDE.md):\n" + global_md.read_text()[:20000])
+    except OSError:
+        pass
+    return "\n\n".join(parts)
+
+
+def options(base_url: str, resume: str | None) -> ClaudeAgentOptions:
+    home = Path(os.environ.get("HOME", "/tmp/home"))
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "ANTHROPIC_BASE_URL": base_url,
+        # The real credential is added by the host's proxy; the CLI needs some value to start.
+        "ANTHROPIC_API_KEY": "placeholder-the-host-proxy-adds-the-real-credential",
+        "CLAUDE_CONFIG_DIR": str(WORKSPACE / "session"),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_TELEMETRY": "1",
+        "ENABLE_TOOL_SEARCH": "false",  # few tools: give them to the model directly
+        "XDG_CACHE_HOME": "/tmp/cache",
+        "CLAUDE_CODE_TMPDIR": "/tmp",
+    }
+    if os.geteuid() == 0:
+        env["IS_SANDBOX"] = "1"  # a misconfigured root container is still a sandbox
+    return ClaudeAgentOptions(
+        cwd=str(WORKSPACE / "group"),
+        env=env,
+        resume=resume,
+        model=MODEL or None,
+        setting_sources=["project"],  # the group's CLAUDE.md
+        system_prompt={"type": "preset", "preset": "claude_code", "append": system_append()},
+        mcp_servers={"nanoclaw": create_sdk_mcp_server("nanoclaw", tools=TOOLS)},
+        permission_mode="bypassPermissions",
+        disallowed_tools=["CronCreate", "CronDelete", "CronList", "ScheduleWakeup", "EnterWorktree",
+                          "ExitWorktree", "RemoteTrigger"],
+        stderr=lambda line: stderr_tail.append(line),
+    )
+
+
+class Agent:
+    """A warm Claude session: connect once, then one ``turn`` per prompt."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.client: ClaudeSDKClient | None = None
+        self.session_id: str | None = None
+
+    async def _connect(self, resume: str | None) -> None:
+        self.client = ClaudeSDKClient(options(self.base_url, resume))
+        await self.client.connect()
+
+    async def turn(self, prompt: str, resume: str | None) -> dict:
+        if self.client is None:
+            await self._connect(resume)
+        assert self.client is not None
+        started = time.monotonic()
+        await self.client.query(prompt)
+        texts: list[str] = []
+        result: ResultMessage | None = None
+        async for message in self.client.receive_response():
+            if isinstance(message, AssistantMessage):
+                texts = [b.text for b in message.content if isinstance(b, TextBlock)] or texts
+            elif isinstance(message, ResultMessage):
+                result = message
+        if result is None:
+            raise RuntimeError("the agent ended the turn without a result")
+        self.session_id = result.session_id or self.session_id
+        usage = {"cost_usd": result.total_cost_usd, "num_turns": result.num_turns,
+                 "duration_s": round(time.monotonic() - started, 3), "usage": result.usage}
+        text = result.result if isinstance(result.result, str) else "\n".join(texts)
+        error = None
+        if result.is_error:
+            error = f"agent error ({result.subtype}): {(text or '')[:500]}"
+            text = ""
+        return {"text": text or "", "session_id": self.session_id, "usage": usage, "error": error}
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.disconnect()
+
+
+async def main() -> int:
+    base_url = await start_forwarder()
+    agent = Agent(base_url)
+    notify = INotify()
+    notify.add_watch(str(inbox.new), flags.MOVED_TO | flags.CLOSE_WRITE)
+    woke = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(notify.fd, lambda: (notify.read(timeout=0), woke.set()))
+    last_work = time.monotonic()
+    log(f"group={GROUP} job={JOB} ready; idle timeout {IDLE_TIMEOUT:.0f}s")
+    try:
+        while True:
+            woke.clear()
+            for path in inbox.leftovers() + inbox.claim_new():
+                try:
+                    env = inbox.read(path)
+                except BadMessage as exc:
+                    inbox.reject(path, str(exc))
+                    continue
+                if env.type == "close":
+                    inbox.done(path)
+                    log("asked to close")
+                    return 0
+                if env.type != "prompt":
+                    inbox.reject(path, f"unexpected type {env.type!r}")
+                    continue
+                b = env.body
+                try:
+                    out = await agent.turn(b["prompt"], b.get("session_id"))
+                except Exception as exc:  # the CLI died or the API failed: report, then let a fresh container retry
+                    detail = " | ".join(list(stderr_tail)[-5:])
+                    outbox.put("result", {"job": b["job"], "turn": b["turn"], "text": "",
+                                          "error": f"{type(exc).__name__}: {exc} {detail}"[:2000]})
+                    inbox.done(path)
+                    log(f"turn {b['turn']} failed: {exc}")
+                    return 1
+                outbox.put("result", {"job": b["job"], "turn": b["turn"], **out})
+                inbox.done(path)
+                log(f"turn {b['turn']} answered in {out['usage']['duration_s']}s")
+                last_work = time.monotonic()
+            remaining = IDLE_TIMEOUT - (time.monotonic() - last_work)
+            if remaining <= 0:
+                log("idle; exiting")
+                return 0
+            try:
+                await asyncio.wait_for(woke.wait(), min(remaining, 5.0))
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        await agent.close()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

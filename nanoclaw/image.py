@@ -1,0 +1,132 @@
+"""``nanoclaw image build``: the agent image, built with no registry and no network.
+
+1. The base image: ``[container] base_image``. The default,
+   ``localhost/nanoclaw-base:bookworm``, is made here with debootstrap when
+   missing (``container/build-base.sh``); any other name is pulled.
+2. A wheelhouse: ``pip download`` of ``container/requirements.txt`` on the host,
+   for the base image's Python version and platform, cached between builds.
+3. ``podman build --network none`` with the wheelhouse bind-mounted into the
+   install step, tagged ``[container] image``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from . import __version__
+from .config import Config
+
+Progress = Callable[[str], None]
+PLATFORMS = ("manylinux_2_36", "manylinux_2_34", "manylinux_2_31", "manylinux_2_28", "manylinux_2_17",
+             "manylinux2014")
+
+
+class ImageError(Exception):
+    """The image could not be built; the text says which step failed and why."""
+
+
+def container_dir() -> Path:
+    """The Containerfile and agent runner: in the checkout, or where install.sh put them."""
+    for candidate in (Path(__file__).resolve().parent.parent / "container", Path("/opt/nanoclaw/share/container")):
+        if (candidate / "Containerfile").exists():
+            return candidate
+    raise ImageError("cannot find container/Containerfile (source checkout or /opt/nanoclaw/share/container)")
+
+
+def runtime_args(cfg: Config) -> list[str]:
+    """Podman flags this host needs for any container, builds included (from config)."""
+    args = ["--runtime", cfg.container.runtime] if cfg.container.runtime else []
+    for u in cfg.container.ulimits:
+        args += ["--ulimit", u]
+    return args
+
+
+def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
+        raise ImageError(f"{what} failed (exit {r.returncode}):\n{tail}")
+    return r
+
+
+def image_exists(name: str) -> bool:
+    return subprocess.run(["podman", "image", "exists", name]).returncode == 0
+
+
+def ensure_base(cfg: Config, progress: Progress) -> str:
+    base = cfg.container.base_image
+    if image_exists(base):
+        progress(f"base image {base} present")
+        return base
+    if base.startswith("localhost/nanoclaw-base"):
+        progress(f"making base image {base} with debootstrap (about a minute)")
+        _run([str(container_dir() / "build-base.sh"), base], "debootstrap base image")
+    else:
+        progress(f"pulling base image {base}")
+        _run(["podman", "pull", base], f"pulling {base}")
+    return base
+
+
+def base_python(cfg: Config, base: str) -> tuple[str, str]:
+    """(major.minor, machine) of the base image's python3, so the wheels fit it."""
+    r = _run(["podman", "run", "--rm", "--network", "none", *runtime_args(cfg), base, "python3", "-c",
+              "import sys, platform; print('%d.%d' % sys.version_info[:2], platform.machine())"],
+             f"running python3 in {base}")
+    version, machine = r.stdout.split()
+    return version, machine
+
+
+def download_wheels(dest: Path, python: str, machine: str, progress: Progress) -> None:
+    req = container_dir() / "requirements.txt"
+    dest.mkdir(parents=True, exist_ok=True)
+    progress(f"downloading wheels for Python {python} ({machine}) into {dest} (cached; ~180 MB the first time)")
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
+           "--dest", str(dest), "--only-binary=:all:", "--python-version", python, "-r", str(req)]
+    for p in PLATFORMS:
+        cmd += ["--platform", f"{p}_{machine}"]
+    _run(cmd, "pip download")
+    shutil.copyfile(req, dest / "requirements.txt")
+
+
+def source_digest() -> str:
+    """A digest of what goes into the image besides wheels (to tell stale images apart)."""
+    h = hashlib.sha256()
+    for path in (container_dir() / "Containerfile", container_dir() / "agent_runner.py",
+                 container_dir() / "requirements.txt", Path(__file__).parent / "protocol.py"):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def build(cfg: Config, *, tag: str | None = None, wheels: Path | None = None,
+          progress: Progress = print) -> str:
+    """Build the agent image; returns its tag."""
+    tag = tag or cfg.container.image
+    base = ensure_base(cfg, progress)
+    python, machine = base_python(cfg, base)
+    wheels = wheels or cfg.state_dir / "cache" / "wheels"
+    download_wheels(wheels, python, machine, progress)
+    src = container_dir()
+    with tempfile.TemporaryDirectory(prefix="nanoclaw-image-") as tmp:
+        ctx = Path(tmp)
+        for name in ("Containerfile", "agent_runner.py"):
+            shutil.copyfile(src / name, ctx / name)
+        shutil.copyfile(Path(__file__).parent / "protocol.py", ctx / "protocol.py")
+        (ctx / "wheels").mkdir()
+        for w in wheels.iterdir():
+            try:
+                os.link(w, ctx / "wheels" / w.name)
+            except OSError:
+                shutil.copyfile(w, ctx / "wheels" / w.name)
+        progress(f"building {tag} from {base} (network off)")
+        _run(["podman", "build", "--network", "none", *runtime_args(cfg), "--build-arg", f"BASE={base}",
+              "--build-arg", f"VERSION={__version__}", "--label", f"nanoclaw.source={source_digest()}",
+              "-t", tag, "-f", str(ctx / "Containerfile"), str(ctx)], f"podman build of {tag}")
+    progress(f"built {tag}")
+    return tag

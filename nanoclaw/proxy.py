@@ -1,0 +1,246 @@
+"""The credential proxy daemon: agents reach the Anthropic API only through it.
+
+Containers run with no network. Each group gets a Unix socket
+``<runtime>/proxy/<folder>/api.sock`` (its directory is mounted into that
+group's container only); inside, the agent runner forwards
+``ANTHROPIC_BASE_URL=http://127.0.0.1:<port>`` to it. The proxy drops whatever
+credential the agent sent, adds the real one, and relays the request to the
+upstream API, streaming the answer back byte for byte. The real key or token
+never enters a container: not its environment, files or ``podman inspect``.
+
+The credential is read from ``$CREDENTIALS_DIRECTORY/anthropic-credential``
+(systemd ``LoadCredential=``) or ``<config>/credentials/anthropic-credential``
+(mode 0600). It holds an API key (``sk-ant-api…``), an OAuth token
+(``sk-ant-oat…``), or a line ``ANTHROPIC_API_KEY=…`` / ``CLAUDE_CODE_OAUTH_TOKEN=…``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .config import Config
+from .daemon import Daemon
+from .models import Group
+
+CREDENTIAL_NAME = "anthropic-credential"
+MAX_HEAD = 64 * 1024
+MAX_BODY = 32 * 1024 * 1024
+_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
+        "transfer-encoding", "upgrade", "host", "content-length", "x-api-key", "authorization"}
+OAUTH_BETA = "oauth-2025-04-20"
+
+
+class CredentialError(Exception):
+    """No usable credential; the text says where one is expected."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    kind: str  # "api_key" or "oauth"
+    secret: str
+
+    def headers(self) -> list[tuple[str, str]]:
+        if self.kind == "oauth":
+            return [("authorization", f"Bearer {self.secret}")]
+        return [("x-api-key", self.secret)]
+
+    def __repr__(self) -> str:  # never let a secret reach a log line by accident
+        return f"Credential(kind={self.kind!r}, secret=<{len(self.secret)} chars>)"
+
+
+def credential_path(cfg: Config) -> Path:
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and (Path(creds) / CREDENTIAL_NAME).exists():
+        return Path(creds) / CREDENTIAL_NAME
+    return cfg.config_dir / "credentials" / CREDENTIAL_NAME
+
+
+def load_credential(cfg: Config) -> Credential:
+    """Read and classify the credential; refuse a file others can read."""
+    path = credential_path(cfg)
+    try:
+        st = path.stat()
+        raw = path.read_text()
+    except OSError as exc:
+        raise CredentialError(f"no Anthropic credential at {path} ({exc.strerror}): put an API key or "
+                              "OAuth token there, mode 0600") from None
+    if not os.environ.get("CREDENTIALS_DIRECTORY") and stat.S_IMODE(st.st_mode) & 0o077:
+        raise CredentialError(f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+                              f"chmod 600 {path}")
+    for line in raw.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if sep and key.strip() in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"):
+            value = value.strip().strip("'\"")
+            return Credential("oauth" if key.strip() == "CLAUDE_CODE_OAUTH_TOKEN" else "api_key", value)
+        return Credential("oauth" if line.startswith("sk-ant-oat") else "api_key", line)
+    raise CredentialError(f"{path} is empty: put an API key or OAuth token in it")
+
+
+def proxy_dir(cfg: Config, folder: str) -> Path:
+    """The directory holding a group's API socket; mounted into that group's container only."""
+    return cfg.runtime_dir / "proxy" / folder
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = b""
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")  # final CRLF (no trailers expected)
+                return body
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+            if len(body) > MAX_BODY:
+                raise ValueError("request body too large")
+    length = int(headers.get("content-length") or 0)
+    if length > MAX_BODY:
+        raise ValueError("request body too large")
+    return await reader.readexactly(length) if length else b""
+
+
+class ProxyDaemon(Daemon):
+    name = "proxy"
+
+    def setup(self) -> None:
+        self.servers: dict[str, asyncio.base_events.Server] = {}
+        self.upstream = urlsplit(os.environ.get("NANOCLAW_PROXY_UPSTREAM") or self.cfg.proxy_upstream)
+        self.requests = 0
+        try:
+            self.credential: Credential | None = load_credential(self.cfg)
+            self.log.info("credential loaded kind=%s from %s", self.credential.kind, credential_path(self.cfg))
+        except CredentialError as exc:
+            self.credential = None
+            self.log.error("%s", exc)
+
+    async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
+        if req["op"] == "ensure":
+            # The runner asks before starting a container, so a just-registered
+            # group's socket exists by the time its agent first calls the API.
+            await self.work()
+            folder = req.get("group")
+            return {"ok": folder in self.servers, "group": folder}
+        return await super().handle(req, writer)
+
+    async def work(self) -> float | None:
+        folders = {g.folder for g in Group.select(Group.folder)}
+        for folder in folders - set(self.servers):
+            d = proxy_dir(self.cfg, folder)
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o755)
+            sock = d / "api.sock"
+            try:
+                sock.unlink()
+            except FileNotFoundError:
+                pass
+            self.servers[folder] = await asyncio.start_unix_server(
+                lambda r, w, f=folder: self._serve(f, r, w), path=str(sock), limit=MAX_HEAD)
+            os.chmod(sock, 0o666)  # the container's uid differs; the directory limits who sees it
+        for folder in set(self.servers) - folders:
+            self.servers.pop(folder).close()
+        return None
+
+    async def _serve(self, folder: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started = time.monotonic()
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            request_line, *lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = request_line.split(" ", 2)
+            headers: dict[str, str] = {}
+            order: list[tuple[str, str]] = []
+            for line in lines:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    headers[k.strip().lower()] = v.strip()
+                    order.append((k.strip(), v.strip()))
+            if not target.startswith("/v1/"):
+                return await self._refuse(writer, 403, f"path {target!r} is not an API path")
+            if self.credential is None:
+                try:
+                    self.credential = load_credential(self.cfg)
+                except CredentialError as exc:
+                    self.log.error("group=%s request refused: %s", folder, exc)
+                    return await self._refuse(writer, 503, "nanoclaw has no Anthropic credential configured")
+            body = await _read_body(reader, headers)
+            status = await self._relay(folder, method, target, order, body, writer)
+            self.requests += 1
+            self.log.info("group=%s %s %s -> %s in %.2fs", folder, method, target.split("?")[0], status,
+                          time.monotonic() - started)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError) as exc:
+            self.log.warning("group=%s bad request: %r", folder, exc)
+            await self._refuse(writer, 400, "bad request")
+        except OSError as exc:
+            self.log.error("group=%s upstream %s unreachable: %s", folder, self.upstream.netloc, exc)
+            await self._refuse(writer, 502, "upstream unreachable")
+        finally:
+            writer.close()
+
+    async def _relay(self, folder: str, method: str, target: str, order: list[tuple[str, str]],
+                     body: bytes, writer: asyncio.StreamWriter) -> str:
+        up = self.upstream
+        tls = up.scheme == "https"
+        port = up.port or (443 if tls else 80)
+        ctx = ssl.create_default_context() if tls else None
+        ureader, uwriter = await asyncio.wait_for(
+            asyncio.open_connection(up.hostname, port, ssl=ctx, server_hostname=up.hostname if tls else None), 30)
+        try:
+            out = [f"{method} {up.path.rstrip('/')}{target} HTTP/1.1", f"Host: {up.netloc}"]
+            beta = ""
+            for k, v in order:
+                if k.lower() == "anthropic-beta":
+                    beta = v
+                elif k.lower() not in _HOP:
+                    out.append(f"{k}: {v}")
+            assert self.credential is not None
+            if self.credential.kind == "oauth":
+                beta = ",".join(filter(None, [beta, OAUTH_BETA]))
+            if beta:
+                out.append(f"anthropic-beta: {beta}")
+            out += [f"{k}: {v}" for k, v in self.credential.headers()]
+            out += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+            uwriter.write("\r\n".join(out).encode("latin-1") + body)
+            await uwriter.drain()
+            status = "?"
+            first = True
+            while chunk := await ureader.read(65536):
+                if first:
+                    status = chunk.split(b"\r\n", 1)[0].decode("latin-1", "replace").split(" ")[1:2] or ["?"]
+                    status = status[0]
+                    first = False
+                writer.write(chunk)
+                await writer.drain()
+            return status
+        finally:
+            uwriter.close()
+
+    async def _refuse(self, writer: asyncio.StreamWriter, code: int, reason: str) -> None:
+        body = ('{"type":"error","error":{"type":"nanoclaw_proxy","message":"%s"}}' % reason).encode()
+        try:
+            writer.write(f"HTTP/1.1 {code} Refused\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except OSError:
+            pass
+
+    def status(self) -> str:
+        cred = self.credential.kind if self.credential else "NO CREDENTIAL"
+        return f"{len(self.servers)} group socket(s), credential: {cred}, {self.requests} requests"
+
+    async def shutdown(self) -> None:
+        for server in self.servers.values():
+            server.close()
+
+
+def main() -> None:
+    ProxyDaemon().run()

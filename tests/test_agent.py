@@ -1,0 +1,202 @@
+"""The real agent: claude-agent-sdk and its CLI in the real image, against a fake Messages API.
+
+Each test sends chat messages through the whole pipeline; the container's CLI
+reaches the fake API only through the host's credential proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from conftest import SECRET
+from fake_anthropic import all_text, content_text, last_user_content, tool_results
+
+pytestmark = pytest.mark.podman
+
+
+def jobs(system) -> int:
+    with system.db() as con:
+        return con.execute("select count(*) from job").fetchone()[0]
+
+
+def wait_idle(system) -> None:
+    system.wait_for(lambda: system.db().execute(
+        "select count(*) from job where status in ('queued', 'running')").fetchone()[0] == 0,
+        60, what="containers to exit")
+
+
+def test_plain_answer_reaches_the_chat(make_agent_system, fake_api):
+    s = make_agent_system()
+    w = s.watch("main")
+    s.send("main", "hello agent")
+    assert w.reply(120) == "echo: hello agent"
+    [req] = fake_api.message_requests()
+    assert req["body"]["stream"] is True
+    # the group's CLAUDE.md reached the model as context
+    assert "main channel" in json.dumps(req["body"]["system"]) + json.dumps(req["body"]["messages"])
+    wait_idle(s)
+    with s.db() as con:
+        session = con.execute("select session_id from session").fetchone()[0]
+    assert session and len(session) >= 32
+
+
+def test_send_message_tool_reaches_the_chat_through_ipc_and_router(make_agent_system, fake_api):
+    s = make_agent_system()
+    fake_api.then({"tool_use": {"name": "mcp__nanoclaw__send_message", "input": {"text": "progress note"}}})
+    w = s.watch("main")
+    s.send("main", "work on it")
+    assert {w.reply(120), w.reply(60)} == {"progress note", "tool done"}
+    assert "send_message to chat=main@term" in s.log("ipc")
+    tools = [t["name"] for t in fake_api.message_requests()[0]["body"]["tools"]]
+    assert "mcp__nanoclaw__send_message" in tools and "mcp__nanoclaw__register_group" in tools
+    assert "CronCreate" not in tools  # our scheduler, not the CLI's ephemeral one
+
+
+def test_bash_writes_into_the_group_folder_and_nowhere_else(make_agent_system, fake_api):
+    s = make_agent_system()
+    s.cli("groups", "add", "other")
+    fake_api.then({"tool_use": {"name": "Bash", "input": {
+        "command": "echo written-by-agent > out.txt && pwd && id -u", "description": "write a file"}}})
+    w = s.watch("main")
+    s.send("main", "write a file")
+    assert w.reply(120) == "tool done"
+    result = content_text(tool_results(last_user_content(fake_api.message_requests()[-1]["body"]))[0]["content"])
+    assert "/workspace/group" in result
+    assert result.strip().splitlines()[-1] != "0"  # not root inside
+    found = [p for p in s.base.rglob("out.txt")]
+    assert found == [s.state / "groups" / "main" / "out.txt"]
+    assert found[0].read_text() == "written-by-agent\n"
+
+
+def test_second_message_resumes_the_session(make_agent_system, fake_api):
+    s = make_agent_system()
+    w = s.watch("main")
+    s.send("main", "remember the word pelican")
+    assert w.reply(120) == "echo: remember the word pelican"
+    wait_idle(s)  # the first container is gone
+    s.send("main", "what was the word?")
+    assert w.reply(120) == "echo: what was the word?"
+    first, second = fake_api.message_requests()
+    assert "pelican" in all_text(second["body"])  # the earlier turn was replayed
+    assert first["headers"]["x-claude-code-session-id"] == second["headers"]["x-claude-code-session-id"]
+    assert jobs(s) == 2
+
+
+def test_follow_up_is_answered_by_the_same_warm_container(make_agent_system, fake_api):
+    s = make_agent_system(idle_timeout=60.0)
+    w = s.watch("main")
+    s.send("main", "first")
+    assert w.reply(120) == "echo: first"
+    s.send("main", "second")
+    assert w.reply(60) == "echo: second"
+    assert jobs(s) == 1
+    names = subprocess.run(["podman", "ps", "--filter", "label=nanoclaw.job", "--format", "{{.Names}}"],
+                           capture_output=True, text=True).stdout.split()
+    assert names == ["nanoclaw-main-1"]
+
+
+def test_follow_up_mid_turn_waits_for_the_turn_boundary(make_agent_system, fake_api):
+    s = make_agent_system(idle_timeout=60.0)
+    fake_api.delay = 2.0  # hold each turn open
+    w = s.watch("main")
+    s.send("main", "slow one")
+    time.sleep(1.0)
+    s.send("main", "quick follow-up")
+    assert w.reply(120) == "echo: slow one"  # complete, not cut short
+    assert w.reply(60) == "echo: quick follow-up"
+    assert jobs(s) == 1
+
+
+def test_credential_stays_on_the_host(make_agent_system, fake_api):
+    s = make_agent_system(idle_timeout=60.0)
+    w = s.watch("main")
+    s.send("main", "hi")
+    assert w.reply(120) == "echo: hi"
+    # the API got the real key, from the proxy
+    assert {r["headers"].get("x-api-key") for r in fake_api.message_requests()} == {SECRET}
+    inspect = subprocess.run(["podman", "inspect", "nanoclaw-main-1"], capture_output=True, text=True)
+    assert inspect.returncode == 0 and SECRET not in inspect.stdout
+    env = subprocess.run(["podman", "exec", "nanoclaw-main-1", "sh", "-c", "cat /proc/1/environ; env"],
+                         capture_output=True, text=True)
+    assert env.returncode == 0 and "ANTHROPIC_BASE_URL" not in env.stdout or SECRET not in env.stdout
+    assert SECRET not in env.stdout
+    grep = subprocess.run(["podman", "exec", "nanoclaw-main-1", "grep", "-rl", "TESTSECRET", "/workspace",
+                           "/opt", "/tmp", "/etc", "/home", "/run"], capture_output=True, text=True)
+    assert grep.stdout == ""
+    assert SECRET not in "".join(s.log(n) for n in s.logs)
+
+
+def test_oauth_token_is_sent_as_bearer(make_agent_system, fake_api):
+    token = "sk-ant-oat01-TESTOAUTH-" + "x" * 20
+    s = make_agent_system(credential=token)
+    w = s.watch("main")
+    s.send("main", "hi")
+    assert w.reply(120) == "echo: hi"
+    [req] = fake_api.message_requests()
+    assert req["headers"]["authorization"] == f"Bearer {token}"
+    assert "oauth-2025-04-20" in req["headers"]["anthropic-beta"]
+    assert req["headers"].get("x-api-key") is None
+
+
+def test_a_group_cannot_see_other_groups_or_the_host(make_agent_system, fake_api):
+    s = make_agent_system()
+    s.cli("groups", "add", "other")
+    marker = "OTHER-GROUP-PRIVATE-" + SECRET[-8:]
+    (s.state / "groups" / "other" / "CLAUDE.md").write_text(marker)
+    probes = [
+        f"cat {s.state}/groups/other/CLAUDE.md",
+        "cat /workspace/group/../other/CLAUDE.md",
+        "ls /workspace",
+        f"ls {s.state}",
+        f"cat {s.state}/nanoclaw.db | head -c 100",
+        f"cat {s.confdir}/credentials/anthropic-credential",
+        "ls /root /etc/nanoclaw",
+        f"ls {s.run}",
+        "touch /opt/nanoclaw/x /usr/x /workspace/global/x",
+    ]
+    fake_api.then({"tool_use": {"name": "Bash", "input": {
+        "command": " ; ".join(f"{p} 2>&1" for p in probes), "description": "probe"}}})
+    w = s.watch("main")
+    s.send("main", "look around")
+    assert w.reply(120) == "tool done"
+    out = content_text(tool_results(last_user_content(fake_api.message_requests()[-1]["body"]))[0]["content"])
+    print(out)
+    assert marker not in out and SECRET not in out and "SQLite" not in out
+    assert out.count("No such file or directory") >= 6
+    assert "Read-only file system" in out
+    assert "other" not in out.split()  # /workspace lists only this group's mounts
+
+
+def test_main_agent_registers_a_group_and_others_cannot(make_agent_system, fake_api):
+    from nanoclaw.protocol import Spool
+    s = make_agent_system()
+    fake_api.then({"tool_use": {"name": "mcp__nanoclaw__register_group", "input": {
+        "jid": "family@term", "name": "Family", "folder": "family", "trigger": "@Andy"}}})
+    w = s.watch("main")
+    s.send("main", "please add the family group")
+    assert w.reply(120) == "tool done"
+    s.wait_for(lambda: "family" in s.cli("groups", "list").stdout, 20, what="family registered")
+    assert (s.state / "groups" / "family" / "CLAUDE.md").exists()
+    # a non-main group is not offered the tool, and a forged request file is refused
+    wf = s.watch("family")
+    fake_api.then({"tool_use": {"name": "Bash", "input": {"command": "touch /workspace/global/x",
+                                                          "description": "write global"}}})
+    s.send("family", "@Andy try global")
+    assert wf.reply(120) == "tool done"
+    req = fake_api.message_requests()[-1]
+    assert "Read-only file system" in content_text(tool_results(last_user_content(req["body"]))[0]["content"])
+    assert "mcp__nanoclaw__register_group" not in [t["name"] for t in req["body"]["tools"]]
+    with s.db() as con:
+        family_job = con.execute("select j.id from job j join 'group' g on g.id = j.group_id "
+                                 "where g.folder='family'").fetchone()[0]
+    out = Spool(s.state / "ipc" / "family" / "out")
+    out.put("register_group", {"job": family_job, "jid": "evil@term", "name": "Evil", "folder": "evil",
+                               "trigger": ""})
+    bad = s.state / "spool" / "ipc" / "family" / "bad"
+    s.wait_for(lambda: list(bad.glob("*.reason")), 20, what="forged request refused")
+    assert "only the main group may register groups" in next(bad.glob("*.reason")).read_text()
+    assert "evil" not in s.cli("groups", "list").stdout
