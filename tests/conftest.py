@@ -303,8 +303,8 @@ SECRET = "sk-ant-api03-TESTSECRET-" + os.urandom(6).hex()
 @pytest.fixture
 def make_agent_system(make_system, real_agent_image, podman_service, fake_api):
     """A nanoclaw whose agents are the real image, talking to the fake API via the proxy."""
-    def make(credential: str = SECRET, **container) -> System:
-        s = make_system(proxy_upstream=fake_api.url,
+    def make(credential: str = SECRET, settings: dict | None = None, **container) -> System:
+        s = make_system(proxy_upstream=fake_api.url, **(settings or {}),
                         container={"image": real_agent_image, "podman_url": podman_service,
                                    "idle_timeout": 2.0, "timeout": 120.0,
                                    "extra_env": ["CLAUDE_CODE_MAX_RETRIES=0"], **container})

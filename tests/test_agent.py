@@ -57,15 +57,17 @@ def test_send_message_tool_reaches_the_chat_through_ipc_and_router(make_agent_sy
 
 
 def test_bash_writes_into_the_group_folder_and_nowhere_else(make_agent_system, fake_api):
-    s = make_agent_system()
+    s = make_agent_system(settings={"timezone": "Pacific/Auckland"})
     s.cli("groups", "add", "other")
     fake_api.then({"tool_use": {"name": "Bash", "input": {
-        "command": "echo written-by-agent > out.txt && pwd && id -u", "description": "write a file"}}})
+        "command": "echo written-by-agent > out.txt && echo TZ=$TZ && pwd && id -u",
+        "description": "write a file"}}})
     w = s.watch("main")
     s.send("main", "write a file")
     assert w.reply(120) == "tool done"
     result = content_text(tool_results(last_user_content(fake_api.message_requests()[-1]["body"]))[0]["content"])
     assert "/workspace/group" in result
+    assert "TZ=Pacific/Auckland" in result  # the owner's clock, not the container's UTC
     assert result.strip().splitlines()[-1] != "0"  # not root inside
     found = [p for p in s.base.rglob("out.txt")]
     assert found == [s.state / "groups" / "main" / "out.txt"]

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Message-in → reply-out latency with the real agent image against the fake Messages API.
+
+    python3 bench/agent_latency.py [--runs 20]
+
+Cold: every message starts a new container (the previous one has exited).
+Warm: follow-ups delivered into a live container. Both go through all the
+daemons, the credential proxy and the real claude CLI; only the model is fake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from conftest import BASE_IMAGE, SECRET, WHEELS, System, _podman  # noqa: E402
+from fake_anthropic import FakeAnthropic  # noqa: E402
+
+from nanoclaw import config as config_mod  # noqa: E402
+from nanoclaw import image  # noqa: E402
+from nanoclaw.hostcheck import probe_container_options  # noqa: E402
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def summary(name: str, values: list[float]) -> str:
+    return (f"{name:<28} n={len(values):<3} median={statistics.median(values) * 1000:7.0f} ms   "
+            f"p95={pct(values, 95) * 1000:7.0f} ms   min={min(values) * 1000:6.0f} ms   "
+            f"max={max(values) * 1000:6.0f} ms")
+
+
+def make(base: Path, api: FakeAnthropic, tag: str, opts: dict, podman_url: str, idle: float) -> System:
+    s = System(base, {"timezone": "UTC", "proxy_upstream": api.url, "container": {
+        "image": tag, "podman_url": podman_url, "idle_timeout": idle, **opts}})
+    cred = s.confdir / "credentials" / "anthropic-credential"
+    cred.parent.mkdir(parents=True)
+    cred.write_text(SECRET)
+    cred.chmod(0o600)
+    s.cli("groups", "add", "main", "--main")
+    s.start()
+    return s
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    args = ap.parse_args()
+    import subprocess
+    found, failures = probe_container_options(BASE_IMAGE)
+    if found is None:
+        print("no working container runtime options:", [f.error for f in failures])
+        return 1
+    opts = {"runtime": found.runtime, "ulimits": list(found.ulimits)}
+    cfg = config_mod.Config(container=config_mod.ContainerConfig(runtime=found.runtime, ulimits=found.ulimits,
+                                                                 base_image=BASE_IMAGE))
+    tag = f"localhost/nanoclaw-agent:test-{image.source_digest()}"
+    if not image.image_exists(tag):
+        image.build(cfg, tag=tag, wheels=WHEELS, progress=lambda m: print("image:", m))
+    work = Path(tempfile.mkdtemp(prefix="nc-bench-"))
+    sock = work / "podman.sock"
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"])
+    while not sock.exists():
+        time.sleep(0.05)
+    api = FakeAnthropic().start()
+    results = {}
+    try:
+        s = make(work / "cold", api, tag, opts, f"unix://{sock}", idle=0.2)
+        w = s.watch("main")
+        cold = []
+        for i in range(args.runs):
+            t0 = time.monotonic()
+            s.send("main", f"cold {i}")
+            assert w.reply(120) == f"echo: cold {i}"
+            cold.append(time.monotonic() - t0)
+            s.wait_for(lambda: s.db().execute("select count(*) from job where status in ('queued','running')")
+                       .fetchone()[0] == 0, 60)
+        s.close()
+        results["cold container"] = cold
+        s = make(work / "warm", api, tag, opts, f"unix://{sock}", idle=600)
+        w = s.watch("main")
+        s.send("main", "warm up")
+        w.reply(120)
+        warm = []
+        for i in range(args.runs):
+            t0 = time.monotonic()
+            s.send("main", f"warm {i}")
+            assert w.reply(60) == f"echo: warm {i}"
+            warm.append(time.monotonic() - t0)
+        s.close()
+        results["warm follow-up"] = warm
+    finally:
+        api.stop()
+        _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
+        service.terminate()
+    print(f"\nagent latency, message stored -> reply delivered ({args.runs} runs each, fake model)")
+    for name, values in results.items():
+        print(summary(name, values))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
