@@ -137,4 +137,21 @@ def open_db(path: Path) -> SqliteDatabase:
     db.connect(reuse_if_open=True)
     with db.atomic("IMMEDIATE"):
         db.create_tables(MODELS, safe=True)
+        _add_missing_columns()
     return db
+
+
+def _add_missing_columns() -> None:
+    """Bring an older database up to date: new columns are added with their defaults.
+
+    Only additive changes are made automatically; nothing is dropped or retyped.
+    """
+    from playhouse.migrate import SqliteMigrator, migrate
+
+    migrator = SqliteMigrator(db)
+    for model in MODELS:
+        table = model._meta.table_name
+        present = {c.name for c in db.get_columns(table)}
+        missing = [f for f in model._meta.sorted_fields if f.column_name not in present]
+        if missing:
+            migrate(*(migrator.add_column(table, f.column_name, f) for f in missing))

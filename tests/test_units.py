@@ -264,3 +264,21 @@ def test_global_concurrency_cap(cfg, queue):
         add_msg("hi", time.time(), chat=f"{name}@term")
     queue.work()
     assert len(jobs_in(cfg.spool_dir / "runner")) == cfg.max_concurrent == 3
+
+
+def test_older_database_gains_new_columns(tmp_path):
+    import sqlite3
+
+    from nanoclaw import models
+    path = tmp_path / "old.db"
+    models.open_db(path)
+    models.db.close()
+    con = sqlite3.connect(path)
+    con.execute("alter table outbox drop column error")
+    con.execute("insert into outbox (key, chat, text, kind, status, attempts, next_attempt_at, created_at,"
+                " channel_id) values ('k', 'c', 't', 'reply', 'pending', 0, 0, 0, '')")
+    con.commit()
+    con.close()
+    models.open_db(path)
+    row = models.Outbox.get(models.Outbox.key == "k")
+    assert row.error == "" and row.text == "t"
