@@ -184,6 +184,71 @@ def cmd_ping(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return worst
 
 
+def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from . import groups as groups_mod
+    from . import tasks as tasks_mod
+    from .models import Task, open_db
+    from .schedule import ScheduleError
+
+    open_db(cfg.db_path)
+
+    def stamp(ts: float | None) -> str:
+        return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+    try:
+        if args.action == "fire":
+            fired = tasks_mod.fire(cfg, args.id, if_due=args.if_due)
+            if not fired and not args.if_due:
+                print(f"nanoclaw: task {args.id} is not active; not fired", file=sys.stderr)
+                return 1
+            return 0
+        if args.action == "list":
+            rows = Task.select().order_by(Task.id)
+            if not args.all:
+                rows = rows.where(Task.status.in_(("active", "paused")))
+            rows = list(rows)
+            if not rows:
+                print("no scheduled tasks (add one: nanoclaw tasks add GROUP --cron '0 9 * * *' PROMPT)")
+            for t in rows:
+                print(f"{t.id:>4}  {t.group.folder:<14} {t.status:<9} {t.schedule_type:<8} {t.schedule_value:<26} "
+                      f"next {stamp(t.next_run)}  {t.prompt[:40]!r}")
+            return 0
+        if args.action == "add":
+            kind, value = ("cron", args.cron) if args.cron else ("interval", args.every) if args.every \
+                else ("once", args.at)
+            group = groups_mod.find_group(args.group)
+            task = tasks_mod.create(cfg, group, " ".join(args.prompt), kind, value, tz=args.tz,
+                                    context_mode="isolated" if args.isolated else "group")
+            print(f"added {tasks_mod.describe(task)}")
+        elif args.action in ("pause", "resume", "cancel"):
+            task = tasks_mod.change(tasks_mod.find(args.id, None), args.action)
+            print(f"task {task.id} is now {task.status}")
+        elif args.action == "run-now":
+            task = tasks_mod.find(args.id, None)
+            if task.status != "active":
+                print(f"nanoclaw: task {task.id} is {task.status}; resume it first", file=sys.stderr)
+                return 1
+            tasks_mod.fire(cfg, task.id)
+            print(f"task {task.id} handed to the queue")
+            return 0
+        elif args.action == "log":
+            task = tasks_mod.find(args.id, None)
+            print(tasks_mod.describe(task))
+            for run in tasks_mod.runs(task):
+                took = f"{run.finished_at - run.started_at:.1f}s" if run.finished_at and run.started_at else "-"
+                detail = run.error if run.status == "error" else run.result
+                print(f"  run {run.id:>4}  {stamp(run.fired_at)}  {run.status:<8} {took:>7}  "
+                      f"{detail[:60]!r}")
+            return 0
+    except (tasks_mod.TaskError, ScheduleError, groups_mod.GroupError) as exc:
+        print(f"nanoclaw: {exc}", file=sys.stderr)
+        return 2
+    nudge(cfg.socket("scheduler"))
+    return 0
+
+
 def cmd_image(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from . import image
     try:
@@ -223,6 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("folder")
     gsub.add_parser("list", help="list groups")
     sub.add_parser("ping", help="ask every daemon for its status")
+    sp = sub.add_parser("tasks", help="scheduled tasks: list, add, pause, resume, cancel, run-now, log")
+    tsub = sp.add_subparsers(dest="action", required=True)
+    tl = tsub.add_parser("list", help="list tasks")
+    tl.add_argument("--all", action="store_true", help="include completed and cancelled tasks")
+    ta = tsub.add_parser("add", help="schedule a prompt for a group")
+    ta.add_argument("group")
+    when = ta.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help="cron expression, e.g. '0 9 * * *' or @daily")
+    when.add_argument("--every", help="interval, e.g. 30m, 2h, 1d")
+    when.add_argument("--at", help="one-off ISO time, e.g. 2026-12-01T09:00")
+    ta.add_argument("--tz", help="timezone (default: the owner's)")
+    ta.add_argument("--isolated", action="store_true", help="run in a fresh session, not the group's")
+    ta.add_argument("prompt", nargs="+")
+    for action in ("pause", "resume", "cancel", "run-now", "log"):
+        tsub.add_parser(action, help=f"{action} a task").add_argument("id", type=int)
+    tf = tsub.add_parser("fire", help="(run by timers) hand a task to the queue")
+    tf.add_argument("id", type=int)
+    tf.add_argument("--if-due", action="store_true", help="only if its next run time has come")
     sp = sub.add_parser("image", help="build the agent container image (offline-capable)")
     isub = sp.add_subparsers(dest="action", required=True)
     ib = isub.add_parser("build", help="build [container] image from [container] base_image and a wheelhouse")
@@ -244,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         from .supervise import run_all
         sys.exit(run_all())
     handler = {"chat": cmd_chat, "send": cmd_send, "groups": cmd_groups, "ping": cmd_ping,
-               "image": cmd_image}[args.command]
+               "image": cmd_image, "tasks": cmd_tasks}[args.command]
     try:
         sys.exit(handler(cfg, args))
     except KeyboardInterrupt:

@@ -61,6 +61,9 @@ class Config:
     channels: tuple[str, ...] = ("terminal",)
     proxy_upstream: str = "https://api.anthropic.com"
     model: str = ""  # agent model; empty: the CLI's default
+    scheduler: str = "auto"  # timer backend: auto (systemd if PID 1, else crontab), systemd, crontab
+    systemd_unit_dir: str = "/etc/systemd/system"
+    crontab_file: str = ""  # empty: the service user's crontab
     max_spool_bytes: int = 1 << 20
     container: ContainerConfig = field(default_factory=ContainerConfig)
 

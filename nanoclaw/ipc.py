@@ -11,9 +11,11 @@ chat); everything else is refused into ``bad/`` with a logged reason.
 from __future__ import annotations
 
 from . import groups as groups_mod
+from . import tasks as tasks_mod
 from .daemon import Daemon
 from .models import Group, Job
 from .protocol import Envelope, Spool, nudge
+from .schedule import ScheduleError
 
 
 class IpcDaemon(Daemon):
@@ -71,10 +73,7 @@ class IpcDaemon(Daemon):
         if env.type == "register_group":
             return self._register_group(group, spool, env)
         if env.type == "task_request":
-            # The scheduler is its own component (a later issue); until it exists
-            # the request is refused visibly rather than accepted and forgotten.
-            spool.reject(env.path, f"group={group.folder}: scheduled tasks are not available in this version")
-            return None
+            return self._task_request(group, spool, env)
         if env.type == "result":
             self.queue_spool.put("turn_result", {
                 "group": group.folder, "job": job.id, "turn": b["turn"], "text": b["text"],
@@ -97,6 +96,40 @@ class IpcDaemon(Daemon):
         self.router_spool.put("outbound", {"key": f"ipc:{group.folder}:{env.name}", "chat": chat,
                                            "text": b["text"], "kind": "message"}, name=env.name)
         self.log.info("group=%s job=%s send_message to chat=%s", group.folder, job.id, chat)
+        return "router"
+
+    def _task_request(self, group: Group, spool: Spool, env: Envelope) -> str | None:
+        """Create or change a task on an agent's behalf, and tell the chat what happened."""
+        b, t = env.body, env.body["task"]
+        try:
+            if b["action"] == "schedule":
+                target = None
+                if t.get("target_group"):
+                    target = Group.get_or_none(Group.folder == t["target_group"])
+                    if target is None:
+                        raise tasks_mod.TaskError(f"no group {t['target_group']!r}")
+                task = tasks_mod.create(self.cfg, group, str(t.get("prompt", "")), str(t.get("schedule_type", "")),
+                                        str(t.get("schedule_value", "")),
+                                        context_mode=str(t.get("context_mode") or "group"),
+                                        target=target, created_by=group.folder)
+                text = f"Scheduled: {tasks_mod.describe(task)}."
+            elif b["action"] in ("pause", "resume", "cancel"):
+                if not isinstance(t.get("id"), int):
+                    raise tasks_mod.TaskError("a task id is required")
+                task = tasks_mod.change(tasks_mod.find(t["id"], group), b["action"])
+                text = f"Task {task.id} is now {task.status}."
+            else:
+                raise tasks_mod.TaskError(f"unknown task action {b['action']!r}")
+        except (tasks_mod.TaskError, ScheduleError) as exc:
+            spool.reject(env.path, f"group={group.folder}: task {b['action']} refused: {exc}")
+            self.router_spool.put("outbound", {"key": f"ipc:{group.folder}:{env.name}:refused", "chat": group.jid,
+                                               "text": f"Task request refused: {exc}", "kind": "notice"})
+            nudge(self.cfg.socket("router"))
+            return None
+        self.log.info("group=%s task=%s %s", group.folder, task.id, b["action"])
+        self.router_spool.put("outbound", {"key": f"ipc:{group.folder}:{env.name}:ok", "chat": group.jid,
+                                           "text": text, "kind": "notice"})
+        nudge(self.cfg.socket("scheduler"))
         return "router"
 
     def _register_group(self, group: Group, spool: Spool, env: Envelope) -> str | None:

@@ -86,6 +86,7 @@ class Job(Base):
     exit_code = IntegerField(null=True)
     error = TextField(default="")
     closing = BooleanField(default=False)  # asked to close to free its slot
+    task_run = IntegerField(null=True)  # set when the job runs a scheduled task
 
 
 class Turn(Base):
@@ -120,7 +121,43 @@ class Outbox(Base):
     error = TextField(default="")
 
 
-MODELS = [Group, Message, Cursor, Session, Job, Turn, Outbox]
+class Task(Base):
+    """A scheduled prompt. Each active task is one systemd timer (or crontab line)."""
+
+    id = AutoIncrementField()
+    group = ForeignKeyField(Group, on_delete="CASCADE", index=True)  # whose agent runs it
+    chat = CharField()  # where its output goes
+    prompt = TextField()
+    schedule_type = CharField()  # cron, interval, once
+    schedule_value = CharField()
+    timezone = CharField()
+    context_mode = CharField(default="group")  # group: the group's session; isolated: a fresh one
+    status = CharField(default="active", index=True)  # active, paused, completed, cancelled
+    next_run = FloatField(null=True)
+    last_run = FloatField(null=True)
+    last_result = TextField(default="")
+    created_at = FloatField(default=now)
+    created_by = CharField(default="")  # "cli" or the requesting group's folder
+
+
+class TaskRun(Base):
+    """One firing of a task, from its timer to its result."""
+
+    id = AutoIncrementField()
+    task = ForeignKeyField(Task, backref="runs", on_delete="CASCADE")
+    fire_key = CharField(unique=True)  # the spool file that fired it: a re-read adds no second run
+    due_at = FloatField(null=True)
+    fired_at = FloatField()
+    started_at = FloatField(null=True)
+    finished_at = FloatField(null=True)
+    status = CharField(default="queued", index=True)  # queued, running, success, error
+    attempts = IntegerField(default=0)
+    retry_at = FloatField(default=0.0)
+    result = TextField(default="")
+    error = TextField(default="")
+
+
+MODELS = [Group, Message, Cursor, Session, Job, Turn, Outbox, Task, TaskRun]
 
 
 def open_db(path: Path) -> SqliteDatabase:

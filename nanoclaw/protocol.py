@@ -67,6 +67,8 @@ SCHEMAS: dict[str, Schema] = {
     # runner -> queue: a job's container started or ended
     "job_event": {"job": (int,), "event": (str,), "exit_code": (int, type(None), _OPT),
                   "error": (str, _OPT), "container": (str, _OPT)},
+    # a timer (nanoclaw tasks fire) -> queue: run a scheduled task now
+    "task_fire": {"task": (int,), "fired_at": (float,), "due_at": (float, type(None))},
     # anyone -> router: text for a chat; ``key`` makes it idempotent
     "outbound": {"key": (str,), "chat": (str,), "text": (str,), "kind": (str,)},
 }

@@ -14,12 +14,13 @@ idempotency key (job, turn) keeps the chat from hearing the answer twice.
 from __future__ import annotations
 
 import time
+from xml.sax.saxutils import escape
 
 from peewee import fn
 
 from . import groups as groups_mod
 from .daemon import Daemon
-from .models import Cursor, Group, Job, Message, Session, Turn, db
+from .models import Cursor, Group, Job, Message, Session, Task, TaskRun, Turn, db
 from .prompt import backoff, build_prompt, needs_agent
 from .protocol import Envelope, Spool, nudge
 
@@ -50,6 +51,8 @@ class QueueDaemon(Daemon):
                     touched |= self._on_turn_result(env)
                 elif env.type == "job_event":
                     self._on_job_event(env)
+                elif env.type == "task_fire":
+                    self._on_task_fire(env)
                 else:
                     self.inbox.reject(env.path, f"type {env.type!r} is not for the queue")
                     continue
@@ -77,6 +80,8 @@ class QueueDaemon(Daemon):
         if turn.status == "done":
             return False  # re-processed after a crash: already applied
         group = job.group
+        if job.task_run:
+            return self._task_turn_done(job, turn, b)
         if b.get("error") and not b["text"].strip():
             self.log.warning("group=%s job=%s turn=%s agent error: %s", group.folder, job.id,
                              turn.seq, b["error"][:200])
@@ -120,6 +125,8 @@ class QueueDaemon(Daemon):
 
     def _finish(self, job: Job, exit_code: int | None, error: str) -> None:
         """A job's container is gone: settle its turns, count a failure if it failed."""
+        if job.task_run:
+            return self._task_finished(job, exit_code, error)
         turns = list(job.turns)
         undone = [t for t in turns if t.status != "done"]
         failed = (exit_code not in (0, None) or bool(job.error) or bool(error)
@@ -188,6 +195,15 @@ class QueueDaemon(Daemon):
                                                   Message.is_bot == False)  # noqa: E712
                            .order_by(Message.id))
             if not pending:
+                if job is None:
+                    due = self._next_task_run(group, now)
+                    if isinstance(due, TaskRun):
+                        if len(active) < self.cfg.max_concurrent:
+                            active[group.id] = self._start_task_job(group, due)
+                        else:
+                            waiting.append(group)
+                    elif due is not None:
+                        next_due = min(next_due or due, due)
                 continue
             allowed = groups_mod.allowed_senders(self.cfg, group.folder)
             if not needs_agent(pending, requires_trigger=group.requires_trigger and not group.is_main,
@@ -241,6 +257,104 @@ class QueueDaemon(Daemon):
                     not job.turns.where(Turn.status != "done").exists():
                 self._close(job)
                 wanted -= 1
+
+    # -- scheduled tasks ----------------------------------------------------
+    def _on_task_fire(self, env: Envelope) -> None:
+        b = env.body
+        task = Task.get_or_none(Task.id == b["task"])
+        if task is None or task.status != "active":
+            self.log.info("task=%s fired but is %s; ignored", b["task"], task.status if task else "gone")
+            return
+        created = TaskRun.insert(task=task, fire_key=env.name, fired_at=b["fired_at"], due_at=b["due_at"]) \
+            .on_conflict_ignore().execute()
+        if created:
+            late = b["fired_at"] - b["due_at"] if b["due_at"] else 0.0
+            self.log.info("group=%s task=%s fired (%.2fs after due)", task.group.folder, task.id, late)
+
+    def _next_task_run(self, group: Group, now: float) -> TaskRun | float | None:
+        """The group's next task run to start now, or when one becomes due (backoff)."""
+        run = (TaskRun.select().join(Task).where(Task.group == group, TaskRun.status == "queued")
+               .order_by(TaskRun.id).first())
+        if run is None:
+            return None
+        return run if run.retry_at <= now else run.retry_at
+
+    def _start_task_job(self, group: Group, run: TaskRun) -> Job:
+        task = run.task
+        session = Session.get_or_none(Session.group == group) if task.context_mode == "group" else None
+        prompt = (f'<scheduled_task id="{task.id}" schedule="{escape(task.schedule_type)} '
+                  f'{escape(task.schedule_value)}">{escape(task.prompt)}</scheduled_task>\n'
+                  "This is a scheduled task, not a chat message; your answer is sent to the chat.")
+        with db.atomic("IMMEDIATE"):
+            job = Job.create(group=group, task_run=run.id)
+            Turn.create(job=job, seq=0, first_message_id=0, last_message_id=0)
+            run.status, run.started_at = "running", time.time()
+            run.attempts += 1
+            run.save()
+        self.runner_spool.put("job", {"job": job.id, "group": group.folder, "chat": task.chat,
+                                      "is_main": group.is_main, "prompt": prompt,
+                                      "session_id": session.session_id if session else None})
+        nudge(self.cfg.socket("runner"))
+        self.log.info("group=%s job=%s task=%s run=%s queued", group.folder, job.id, task.id, run.id)
+        return job
+
+    def _task_turn_done(self, job: Job, turn: Turn, b: dict) -> bool:
+        run = TaskRun.get_by_id(job.task_run)
+        task = run.task
+        self._close(job)  # a task is one turn: free the slot for the group's chat
+        if b.get("error") and not b["text"].strip():
+            job.error = b["error"][:2000]
+            job.save()
+            return False
+        if b["text"].strip():
+            self.router_spool.put("outbound", {"key": f"task:{run.id}", "chat": task.chat,
+                                               "text": b["text"], "kind": "task"})
+        with db.atomic("IMMEDIATE"):
+            turn.status, turn.done_at = "done", time.time()
+            turn.save()
+            run.status, run.finished_at, run.result = "success", time.time(), b["text"][:4000]
+            run.save()
+            task.last_run, task.last_result = run.started_at, "success"
+            if task.schedule_type == "once":
+                task.status = "completed"
+            task.save()
+            if task.context_mode == "group" and b.get("session_id"):
+                Session.insert(group=job.group, session_id=b["session_id"], updated_at=time.time()) \
+                    .on_conflict_replace().execute()
+        self.log.info("group=%s job=%s task=%s run=%s succeeded", job.group.folder, job.id, task.id, run.id)
+        nudge(self.cfg.socket("scheduler"))
+        return True
+
+    def _task_finished(self, job: Job, exit_code: int | None, error: str) -> None:
+        run = TaskRun.get_by_id(job.task_run)
+        task = run.task
+        job.status = "done" if run.status == "success" else "failed"
+        job.exit_code, job.finished_at = exit_code, time.time()
+        job.error = (job.error or error or "")[:2000]
+        job.save()
+        if run.status == "success":
+            return
+        run.error = job.error or f"exit code {exit_code}"
+        if run.attempts < self.cfg.max_attempts:
+            run.status = "queued"
+            run.retry_at = time.time() + backoff(run.attempts, self.cfg.backoff_base, self.cfg.backoff_max)
+            self.log.warning("group=%s task=%s run=%s failed (attempt %d/%d): %s", job.group.folder, task.id,
+                             run.id, run.attempts, self.cfg.max_attempts, run.error[:200])
+        else:
+            run.status, run.finished_at = "error", time.time()
+            task.last_run, task.last_result = run.started_at, f"error: {run.error[:500]}"
+            if task.schedule_type == "once":
+                task.status = "completed"
+            task.save()
+            self.router_spool.put("outbound", {"key": f"task:{run.id}:failed", "chat": task.chat,
+                                               "kind": "notice",
+                                               "text": f"Scheduled task {task.id} failed {run.attempts} times"
+                                                       + ("." if task.schedule_type == "once"
+                                                          else "; it will run again at its next time.")})
+            nudge(self.cfg.socket("router"))
+            self.log.error("group=%s task=%s run=%s gave up: %s", job.group.folder, task.id, run.id,
+                           run.error[:200])
+        run.save()
 
     def status(self) -> str:
         running = Job.select().where(Job.status == "running").count()

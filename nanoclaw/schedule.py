@@ -121,7 +121,7 @@ def parse_cron(expr: str) -> Cron:
     if len(parts) != 5:
         raise ScheduleError(f"a cron expression has 5 fields (minute hour day month weekday); "
                             f"{expr!r} has {len(parts)}")
-    sets = [frozenset(_field_values(p, *spec)) for p, spec in zip(parts, FIELDS)]
+    sets = [frozenset(_field_values(p, *spec)) for p, spec in zip(parts, FIELDS, strict=True)]
     return Cron(expr.strip(), *sets, dom_restricted=parts[2] != "*", dow_restricted=parts[4] != "*")
 
 

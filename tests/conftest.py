@@ -250,9 +250,11 @@ def make_system(tmp_path, request):
         runtime = {}
         if container and "image" in container:
             runtime = request.getfixturevalue("container_options")
-        cfg = {"backoff_base": 0.2, "backoff_max": 1.0, "timezone": "UTC", **settings,
+        base = tmp_path / f"sys{len(made)}"
+        cfg = {"backoff_base": 0.2, "backoff_max": 1.0, "timezone": "UTC",
+               "scheduler": "crontab", "crontab_file": str(base / "crontab"), **settings,
                "container": {"idle_timeout": 1.0, "timeout": 60.0, **runtime, **(container or {})}}
-        system = System(tmp_path / f"sys{len(made)}", cfg)
+        system = System(base, cfg)
         made.append(system)
         return system
 

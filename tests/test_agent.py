@@ -202,3 +202,31 @@ def test_main_agent_registers_a_group_and_others_cannot(make_agent_system, fake_
     s.wait_for(lambda: list(bad.glob("*.reason")), 20, what="forged request refused")
     assert "only the main group may register groups" in next(bad.glob("*.reason")).read_text()
     assert "evil" not in s.cli("groups", "list").stdout
+
+
+def test_agent_schedules_a_task_with_its_tool(make_agent_system, fake_api):
+    s = make_agent_system()
+    s.cli("groups", "add", "family")
+    fake_api.then({"tool_use": {"name": "mcp__nanoclaw__schedule_task", "input": {
+        "prompt": "send the morning summary", "schedule_type": "cron", "schedule_value": "0 9 * * *"}}})
+    w = s.watch("main")
+    s.send("main", "every morning at 9 send me a summary")
+    got = {w.reply(120), w.reply(60)}
+    assert "tool done" in got
+    confirmation = next(t for t in got if t != "tool done")
+    assert confirmation.startswith("Scheduled: task 1 for main: cron 0 9 * * * (at 09:00 every day UTC)")
+    assert "send the morning summary" in s.cli("tasks", "list").stdout
+    # a bad schedule is refused and the chat is told why
+    fake_api.then({"tool_use": {"name": "mcp__nanoclaw__schedule_task", "input": {
+        "prompt": "x", "schedule_type": "cron", "schedule_value": "every day"}}})
+    s.send("main", "schedule something odd")
+    got = {w.reply(120), w.reply(60)}
+    assert any(t.startswith("Task request refused: a cron expression has 5 fields") for t in got)
+    # a non-main group may not schedule for another group
+    wf = s.watch("family")
+    fake_api.then({"tool_use": {"name": "mcp__nanoclaw__schedule_task", "input": {
+        "prompt": "x", "schedule_type": "interval", "schedule_value": "1h", "target_group": "main"}}})
+    s.send("family", "@Andy schedule for main")
+    got = {wf.reply(120), wf.reply(60)}
+    assert any("may only schedule tasks for itself" in t for t in got)
+    assert s.cli("tasks", "list").stdout.count("\n") == 1

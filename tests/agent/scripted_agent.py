@@ -31,6 +31,8 @@ job_env = int(os.environ.get("NANOCLAW_JOB", "0"))
 
 def last_text(prompt):
     found = re.findall(r"<message [^>]*>(.*?)</message>", prompt, re.S)
+    if not found:  # a scheduled task's prompt
+        found = re.findall(r"<scheduled_task [^>]*>(.*?)</scheduled_task>", prompt, re.S)
     return html.unescape(found[-1]) if found else ""
 
 

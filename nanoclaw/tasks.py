@@ -1,0 +1,123 @@
+"""Scheduled tasks: the rules for creating and changing them, shared by the CLI and ipc.
+
+Who may do what: a non-main group manages only its own tasks and schedules
+only for itself; the main group manages all and may schedule for any group.
+The database is the truth; the scheduler daemon makes the timers match it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from .config import Config
+from .models import Group, Task, TaskRun
+from .protocol import Spool, nudge
+from .schedule import Schedule, ScheduleError, validate
+
+ACTIONS = ("schedule", "pause", "resume", "cancel")
+
+
+class TaskError(ValueError):
+    """A task request that is refused; the text says why."""
+
+
+def schedule_of(task: Task) -> Schedule:
+    return Schedule(task.schedule_type, task.schedule_value, task.timezone)
+
+
+def compute_next(task: Task, after: float | None = None) -> float | None:
+    zone = ZoneInfo(task.timezone)
+    base = datetime.fromtimestamp(after, zone) if after else None
+    nxt = schedule_of(task).next_run(after=base, last_run=task.last_run)
+    return nxt.timestamp() if nxt else None
+
+
+def create(cfg: Config, owner: Group, prompt: str, kind: str, value: str, *, context_mode: str = "group",
+           target: Group | None = None, tz: str | None = None, created_by: str = "cli") -> Task:
+    """Validate and store a new task; raise TaskError or ScheduleError with the reason."""
+    if not prompt.strip():
+        raise TaskError("the task has no prompt")
+    if context_mode not in ("group", "isolated"):
+        raise TaskError(f"context_mode must be group or isolated, not {context_mode!r}")
+    target = target or owner
+    if target.id != owner.id and not owner.is_main:
+        raise TaskError(f"group {owner.folder!r} may only schedule tasks for itself")
+    sched = validate(kind, value, tz or cfg.tz)
+    task = Task.create(group=target, chat=target.jid, prompt=prompt, schedule_type=sched.kind,
+                       schedule_value=sched.value, timezone=sched.tz, context_mode=context_mode,
+                       created_by=created_by)
+    task.next_run = compute_next(task)
+    task.save()
+    return task
+
+
+def find(task_id: int, requester: Group | None) -> Task:
+    """The task, if ``requester`` (None: the CLI) may manage it."""
+    task = Task.get_or_none(Task.id == task_id)
+    if task is None or (requester is not None and not requester.is_main and task.group_id != requester.id):
+        raise TaskError(f"no task {task_id}" + ("" if requester is None else " in this group"))
+    return task
+
+
+def change(task: Task, action: str) -> Task:
+    """pause, resume or cancel a task."""
+    allowed = {"pause": ("active",), "resume": ("paused",), "cancel": ("active", "paused")}
+    if action not in allowed:
+        raise TaskError(f"unknown action {action!r}")
+    if task.status not in allowed[action]:
+        raise TaskError(f"task {task.id} is {task.status}; cannot {action} it")
+    task.status = {"pause": "paused", "resume": "active", "cancel": "cancelled"}[action]
+    if action == "resume":
+        task.next_run = compute_next(task)
+    task.save()
+    return task
+
+
+def describe(task: Task) -> str:
+    try:
+        when = schedule_of(task).describe() if task.status == "active" else task.status
+    except ScheduleError as exc:
+        when = f"invalid schedule: {exc}"
+    return f"task {task.id} for {task.group.folder}: {when}"
+
+
+def fire(cfg: Config, task_id: int, *, if_due: bool = False, now: float | None = None) -> bool:
+    """Hand a task to the queue (what a timer runs). False if it is not active or not due."""
+    now = now or time.time()
+    task = Task.get_or_none(Task.id == task_id)
+    if task is None or task.status != "active":
+        return False
+    if if_due and (task.next_run is None or task.next_run > now + 1):
+        return False
+    due = task.next_run
+    Spool(cfg.spool_dir / "queue").ensure().put("task_fire", {"task": task.id, "fired_at": now, "due_at": due})
+    # The next due time is computed from the scheduled time, not from when the timer was late.
+    task.next_run = compute_next(task, after=max(now, due or now)) if task.schedule_type != "once" else None
+    task.save()
+    nudge(cfg.socket("queue"))
+    return True
+
+
+def snapshot(cfg: Config) -> None:
+    """Write each group's view of the tasks to its ipc dir (the agent's list_tasks reads it)."""
+    tasks = list(Task.select().where(Task.status.in_(("active", "paused"))).order_by(Task.id))
+    for group in Group.select():
+        visible = [t for t in tasks if group.is_main or t.group_id == group.id]
+        rows = [{"id": t.id, "group": t.group.folder, "prompt": t.prompt[:200], "schedule": t.schedule_type,
+                 "value": t.schedule_value, "timezone": t.timezone, "status": t.status,
+                 "context_mode": t.context_mode,
+                 "next_run": datetime.fromtimestamp(t.next_run, ZoneInfo(t.timezone)).isoformat()
+                 if t.next_run else None} for t in visible]
+        d = cfg.ipc_dir / group.folder
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / ".tasks.json.tmp"
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.chmod(0o644)
+        tmp.replace(d / "tasks.json")
+
+
+def runs(task: Task, limit: int = 20) -> list[TaskRun]:
+    return list(task.runs.order_by(TaskRun.id.desc()).limit(limit))
