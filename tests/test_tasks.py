@@ -63,7 +63,7 @@ def test_crontab_backend_round_trips_and_its_line_enqueues(offline_system):
     assert len(list(queue_new.iterdir())) == 1
 
 
-def test_systemd_backend_writes_valid_timers_and_removes_orphans(offline_system, tmp_path):
+def test_systemd_backend_writes_valid_timers_and_removes_orphans(offline_system, tmp_path, monkeypatch):
     from nanoclaw import config as config_mod
     from nanoclaw import tasks as tasks_mod
     from nanoclaw.groups import add_group
@@ -71,7 +71,10 @@ def test_systemd_backend_writes_valid_timers_and_removes_orphans(offline_system,
     from nanoclaw.timers import SystemdTimers
 
     s = offline_system
+    for key in ("NANOCLAW_STATE_DIR", "NANOCLAW_RUNTIME_DIR", "NANOCLAW_CONFIG_DIR"):
+        monkeypatch.setenv(key, s.env[key])
     cfg = config_mod.load(s.config_path)
+    assert str(cfg.state_dir).startswith(str(s.base))
     open_db(cfg.db_path)
     main = add_group(cfg, "main", is_main=True)
     t1 = tasks_mod.create(cfg, main, "brief", "cron", "0 9 13 * FRI", tz="Europe/Berlin")
