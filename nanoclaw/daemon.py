@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import os
+import resource
 import signal
 import time
 from pathlib import Path
@@ -146,6 +147,10 @@ class Daemon:
 
     async def run_async(self) -> None:
         loop = asyncio.get_running_loop()
+        # Many clients at once (terminals, the router, nudges) need file descriptors.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.cfg.runtime_dir.mkdir(parents=True, exist_ok=True)
         open_db(self.cfg.db_path)
         sock = self.cfg.socket(self.name)
@@ -178,9 +183,14 @@ class Daemon:
             while not stop.is_set():
                 self.wake.clear()
                 started = time.monotonic()
-                delay = self.work()
-                if inspect.isawaitable(delay):
-                    delay = await delay
+                try:
+                    delay = self.work()
+                    if inspect.isawaitable(delay):
+                        delay = await delay
+                except Exception:
+                    # Everything work() reads is durable and re-read next pass: log, pause, go on.
+                    self.log.exception("work pass failed; retrying in 1s")
+                    delay = 1.0
                 self._set_status()
                 took = time.monotonic() - started
                 if took > 5:

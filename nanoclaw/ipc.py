@@ -39,7 +39,7 @@ class IpcDaemon(Daemon):
 
     def work(self) -> float | None:
         nudge_queue = nudge_router = False
-        for group in Group.select():
+        for group in list(Group.select()):  # materialised: no read cursor open across writes
             spool = self._spool(group.folder)
             paths = spool.leftovers() if self._first_pass else []
             for env in spool.take(paths + spool.claim_new()):

@@ -204,9 +204,7 @@ class Spool:
             return []
         out = []
         for n in sorted(names):
-            if n.startswith("."):
-                continue  # hidden files are not messages (Maildir convention)
-            if not _NAME_RE.match(n):
+            if not _NAME_RE.match(n):  # hidden, odd or hostile names: never a message we wrote
                 self.reject(d / n, "file name is not a valid spool name")
                 continue
             out.append(d / n)

@@ -181,11 +181,13 @@ class QueueDaemon(Daemon):
     def _schedule(self) -> float | None:
         now = time.time()
         next_due: float | None = None
-        for job in Job.select().where(Job.status == "queued", Job.created_at < now - STALE_QUEUED_SECONDS):
+        # Queries are materialised with list(): a SELECT still stepping holds a read
+        # snapshot, and BEGIN IMMEDIATE on a stale snapshot fails at once (SQLITE_BUSY).
+        for job in list(Job.select().where(Job.status == "queued", Job.created_at < now - STALE_QUEUED_SECONDS)):
             self._finish(job, None, "the runner never started it")
         active = {j.group_id: j for j in Job.select().where(Job.status.in_(ACTIVE))}
         waiting: list[Group] = []
-        for group in Group.select():
+        for group in list(Group.select()):
             cursor = Cursor.get_or_create(group=group)[0]
             job = active.get(group.id)
             upto = cursor.last_message_id

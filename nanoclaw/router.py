@@ -57,7 +57,7 @@ class RouterDaemon(Daemon):
         now = time.time()
         blocked: set[str] = set()  # chats whose earlier message must go first
         next_due: float | None = None
-        for row in Outbox.select().where(Outbox.status == "pending").order_by(Outbox.id):
+        for row in list(Outbox.select().where(Outbox.status == "pending").order_by(Outbox.id)):
             if row.chat in blocked:
                 continue
             if row.next_attempt_at > now:

@@ -104,7 +104,7 @@ def fire(cfg: Config, task_id: int, *, if_due: bool = False, now: float | None =
 def snapshot(cfg: Config) -> None:
     """Write each group's view of the tasks to its ipc dir (the agent's list_tasks reads it)."""
     tasks = list(Task.select().where(Task.status.in_(("active", "paused"))).order_by(Task.id))
-    for group in Group.select():
+    for group in list(Group.select()):
         visible = [t for t in tasks if group.is_main or t.group_id == group.id]
         rows = [{"id": t.id, "group": t.group.folder, "prompt": t.prompt[:200], "schedule": t.schedule_type,
                  "value": t.schedule_value, "timezone": t.timezone, "status": t.status,

@@ -6,6 +6,7 @@ optional @trigger):
   error        answer with an error result     sleep N   wait N seconds, then echo
   send TEXT    send_message(TEXT), then reply  sendto CHAT TEXT  send_message to CHAT
   internal     reply with an <internal> note   exit      reply, then exit
+  chaos ID     (every message) reply "ack ID1 ID2 ..." naming each message the prompt carried
   anything else: "echo: TEXT"
 Every prompt is also written to /workspace/group/prompts/<job>-<turn>.txt so
 tests can check what the agent was told.
@@ -40,6 +41,13 @@ def answer(body):
     prompt = body["prompt"]
     (GROUP / "prompts").mkdir(exist_ok=True)
     (GROUP / "prompts" / f"{body['job']}-{body['turn']}.txt").write_text(prompt)
+    every = [html.unescape(t) for t in re.findall(r"<message [^>]*>(.*?)</message>", prompt, re.S)]
+    if every and all(t.startswith("chaos ") for t in every):
+        # the chaos test: acknowledge every message this prompt carried, by id
+        outbox.put("result", {"job": body["job"], "turn": body["turn"],
+                              "session_id": body.get("session_id") or f"session-{body['job']}",
+                              "text": "ack " + " ".join(t.split()[1] for t in every)})
+        return True
     text = re.sub(r"^\s*@\w+\s*", "", last_text(prompt))
     word, _, rest = text.partition(" ")
     word = word.lower()

@@ -1,0 +1,135 @@
+"""Chaos: 300 messages across 10 groups while daemons are SIGKILLed at random.
+
+A sender feeds the terminal channel at a steady rate, re-sending with the same
+id whenever the channel does not acknowledge (as a chat network redelivers);
+a killer SIGKILLs a random daemon every 2-5 s and restarts it half a second
+later, as systemd's Restart= would. The agents are the scripted test agent in
+real containers, answering "ack <ids>" for every message a prompt carried.
+At the end every message must be acknowledged exactly once, no spool file may
+be stranded, and the database must be consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import socket
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+pytestmark = pytest.mark.podman
+
+GROUPS = [f"g{i}" for i in range(10)]
+MESSAGES = 300
+RATE = 10.0  # messages per second
+KILLABLE = ("channel", "queue", "runner", "ipc", "router")
+
+
+def _send_once(sock_path, group: str, text: str, msg_id: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(3)
+            s.connect(str(sock_path))
+            s.sendall(json.dumps({"op": "inbound", "group": group, "text": text, "id": msg_id}).encode() + b"\n")
+            buf = b""
+            while b"\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return False
+                buf += chunk
+            return bool(json.loads(buf.split(b"\n")[0]).get("ok"))
+    except (OSError, ValueError):
+        return False
+
+
+def test_no_message_lost_or_answered_twice_under_random_kills(make_system, agent_image, podman_service):
+    s = make_system(prompt_cap=1000, max_concurrent=3, max_attempts=20, backoff_base=0.2, backoff_max=1.0,
+                    container={"image": agent_image, "podman_url": podman_service, "idle_timeout": 2.0})
+    for g in GROUPS:
+        s.cli("groups", "add", g, "--no-trigger")
+    s.start()
+    seed = int(os.environ.get("NANOCLAW_CHAOS_SEED") or time.time())
+    rng = random.Random(seed)
+    stop_killing = threading.Event()
+    kills: Counter = Counter()
+    resends = 0
+
+    def killer() -> None:
+        while not stop_killing.wait(rng.uniform(2, 5)):
+            name = rng.choice(KILLABLE)
+            s.kill(name)
+            kills[name] += 1
+            time.sleep(0.5)
+            s.start(name)
+
+    t_killer = threading.Thread(target=killer, daemon=True)
+    started = time.time()
+    t_killer.start()
+    sent: dict[str, str] = {}
+    for i in range(MESSAGES):
+        group = GROUPS[i % len(GROUPS)]
+        msg_id = f"m{i}"
+        while not _send_once(s.run / "channel.sock", group, f"chaos {msg_id}", msg_id):
+            resends += 1
+            time.sleep(0.2)
+        sent[msg_id] = group
+        time.sleep(max(0.0, started + (i + 1) / RATE - time.time()))
+    send_done = time.time()
+    stop_killing.set()
+    t_killer.join()
+    for name in KILLABLE:  # whatever the killer left, everything is up now
+        if name not in s.procs or s.procs[name].poll() is not None:
+            s.start(name)
+
+    def acks() -> Counter:
+        with s.db() as con:
+            rows = con.execute("select chat, text from message where is_bot = 1").fetchall()
+        c: Counter = Counter()
+        for chat, text in rows:
+            for msg_id in re.findall(r"m\d+", text):
+                c[(chat, msg_id)] += 1
+        return c
+
+    def all_acked() -> bool:
+        c = acks()
+        return all(c[(f"{g}@term", m)] >= 1 for m, g in sent.items())
+
+    s.wait_for(all_acked, 240, interval=1, what="every message acknowledged")
+    time.sleep(3)  # anything late and duplicated would show now
+    c = acks()
+    lost = [m for m, g in sent.items() if c[(f"{g}@term", m)] == 0]
+    doubled = [m for m, g in sent.items() if c[(f"{g}@term", m)] > 1]
+    foreign = [k for k in c if sent.get(k[1]) and f"{sent[k[1]]}@term" != k[0]]
+
+    s.wait_for(lambda: s.db().execute("select count(*) from job where status in ('queued','running')")
+               .fetchone()[0] == 0, 60, what="containers finished")
+    time.sleep(1)
+    stranded = []
+    for d in (s.state / "spool").rglob("*"):
+        if d.is_dir() and d.name in ("new", "cur", "tmp"):
+            stranded += [str(p) for p in d.iterdir()]
+    for d in (s.state / "ipc").glob("*/out/new"):
+        stranded += [str(p) for p in d.iterdir()]
+    bad = [str(p) for p in (s.state / "spool").rglob("bad/*")]
+    with s.db() as con:
+        integrity = con.execute("pragma integrity_check").fetchone()[0]
+        pending_outbox = con.execute("select count(*) from outbox where status != 'sent'").fetchone()[0]
+        behind = con.execute("select g.folder from cursor c join 'group' g on g.id = c.group_id where "
+                             "c.last_message_id < (select max(id) from message m where m.chat = g.jid "
+                             "and m.is_bot = 0)").fetchall()
+        stored = con.execute("select count(*) from message where is_bot = 0").fetchone()[0]
+    print(f"\nchaos (seed {seed}): {MESSAGES} sent in {send_done - started:.1f}s "
+          f"({resends} resends while the channel was down), "
+          f"kills {dict(kills)} ({sum(kills.values())} total), all answered after "
+          f"{time.time() - started:.1f}s; lost {len(lost)}, duplicated {len(doubled)}, stranded {len(stranded)}, "
+          f"bad {len(bad)}")
+    assert stored == MESSAGES
+    assert lost == [] and doubled == [] and foreign == []
+    assert stranded == [] and bad == []
+    assert integrity == "ok" and pending_outbox == 0 and behind == []
+    assert sum(kills.values()) >= 5
