@@ -158,7 +158,8 @@ class Daemon:
             sock.unlink()
         except FileNotFoundError:
             pass
-        server = await asyncio.start_unix_server(self._serve_client, path=str(sock), limit=MAX_LINE)
+        server = await asyncio.start_unix_server(self._serve_client, path=str(sock), limit=MAX_LINE,
+                                                 backlog=1024)  # bursts of clients must not be refused
         os.chmod(sock, 0o660)
         loop.add_reader(self._inotify.fileno(), self._on_inotify)
         stop = asyncio.Event()
