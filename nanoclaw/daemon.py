@@ -45,6 +45,10 @@ class Daemon:
         self._watched: dict[Path, int] = {}
         self._watchdog_frozen = False  # test hook: SIGUSR2 simulates a hung main loop
         self._last_status = ""
+        # Benchmark only: NANOCLAW_BENCH_POLL="queue=2,ipc=1" makes those daemons ignore
+        # nudges and inotify and rescan on a fixed period, as a polling design would.
+        polls = dict(p.split("=", 1) for p in os.environ.get("NANOCLAW_BENCH_POLL", "").split(",") if "=" in p)
+        self.poll_period = float(polls[self.name]) if self.name in polls else 0.0
 
     # -- for subclasses ---------------------------------------------------
     def setup(self) -> Any:
@@ -197,6 +201,9 @@ class Daemon:
                 if took > 5:
                     self.log.warning("work pass took %.1fs", took)
                 timeout = RESCAN_SECONDS if delay is None else max(0.0, min(delay, RESCAN_SECONDS))
+                if self.poll_period:
+                    await asyncio.sleep(max(0.0, self.poll_period - (time.monotonic() - started)))
+                    continue
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout)
                 except asyncio.TimeoutError:

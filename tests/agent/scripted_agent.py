@@ -79,6 +79,8 @@ def answer(body):
     else:
         reply = f"echo: {text}"
     outbox.put("result", {**out, "text": reply})
+    with open(GROUP / "emitted.log", "a") as fh:  # for bench/: when each reply left the agent
+        fh.write(f"{body['job']} {body['turn']} {time.time():.6f}\n")
     return word != "exit"
 
 

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""The figures nanoclaw's promises are judged by, in one run.
+
+    python3 bench/pipeline.py [--runs 30] [--ingest 2000] [--no-baseline]
+
+- pipeline overhead: message stored -> prompt picked up by a warm container,
+  and by a newly started one; agent's reply emitted -> sent by the channel
+  (p50/p95/p99). The agent is the scripted test agent in real containers, so
+  this is our overhead, not a model's.
+- sustained ingest: messages stored per second through the channel socket from
+  concurrent clients, with a count check for zero loss.
+- idle RSS of each daemon and their total.
+- the same latencies under a **polling baseline** (the queue polls for
+  messages every 2 s, the ipc daemon polls containers' output every 1 s, as a
+  polling design would), and the ratio.
+
+Scheduler firing accuracy needs systemd as PID 1: tests/system measures it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from conftest import AGENT_DIR, BASE_IMAGE, System, _podman  # noqa: E402
+
+from nanoclaw.hostcheck import probe_container_options  # noqa: E402
+
+POLL = "queue=2,ipc=1"
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def line(name: str, values: list[float]) -> str:
+    ms = [v * 1000 for v in values]
+    return (f"  {name:<40} n={len(ms):<4} p50={pct(ms, 50):8.1f} ms  p95={pct(ms, 95):8.1f} ms  "
+            f"p99={pct(ms, 99):8.1f} ms")
+
+
+def build_agent_image(opts: dict) -> str:
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    ctx = Path(tempfile.mkdtemp(prefix="nc-agent-ctx-"))
+    for f in ("Containerfile", "scripted_agent.py"):
+        shutil.copy(AGENT_DIR / f, ctx)
+    shutil.copy(ROOT / "nanoclaw" / "protocol.py", ctx)
+    digest = hashlib.sha256(b"".join((ctx / f).read_bytes() for f in sorted(os.listdir(ctx)))).hexdigest()[:12]
+    tag = f"localhost/nanoclaw-testagent:{digest}"
+    if _podman("image", "exists", tag, check=False).returncode != 0:
+        subprocess.run([str(ROOT / "container" / "build-base.sh"), BASE_IMAGE], check=True)
+        _podman("build", "--network", "none", "--build-arg", f"BASE={BASE_IMAGE}", "-t", tag, str(ctx))
+    return tag
+
+
+def make(base: Path, image: str, opts: dict, podman_url: str, idle: float, poll: bool) -> System:
+    s = System(base, {"timezone": "UTC", "scheduler": "crontab", "crontab_file": str(base / "crontab"),
+                      "container": {"image": image, "podman_url": podman_url, "idle_timeout": idle, **opts}})
+    if poll:
+        s.env["NANOCLAW_BENCH_POLL"] = POLL
+    s.cli("groups", "add", "main", "--main")
+    s.start()
+    return s
+
+
+def latencies(s: System, runs: int, cold: bool) -> tuple[list[float], list[float]]:
+    """(stored -> picked up, emitted -> sent) per message."""
+    w = s.watch("main")
+    rng = random.Random(runs)
+    pickup, delivery = [], []
+    for i in range(runs):
+        if cold:  # the previous container must be gone
+            s.wait_for(lambda: s.db().execute("select count(*) from job where status in ('queued','running')")
+                       .fetchone()[0] == 0, 60)
+        # a random moment, so a polling design is not always caught right after a poll
+        time.sleep(rng.uniform(0, 2.0))
+        s.send("main", f"bench {i}")
+        w.reply(60)
+    w.close()
+    time.sleep(0.5)
+    folder = s.state / "groups" / "main"
+    emitted = {}
+    for row in (folder / "emitted.log").read_text().split("\n"):
+        if row:
+            job, turn, t = row.split()
+            emitted[(int(job), int(turn))] = float(t)
+    with s.db() as con:
+        turns = con.execute("select job_id, seq, first_message_id from turn order by id").fetchall()
+        stored = dict(con.execute("select id, timestamp from message where is_bot = 0").fetchall())
+        sent = [r[0] for r in con.execute("select timestamp from message where is_bot = 1 order by id")]
+    for (job, seq, first), sent_at in zip(turns, sent, strict=False):
+        prompt_file = folder / "prompts" / f"{job}-{seq}.txt"
+        if (cold and seq != 0) or (not cold and job == turns[0][0] and seq == 0):
+            continue  # the warm run's first turn started its container
+        pickup.append(prompt_file.stat().st_mtime - stored[first])
+        delivery.append(sent_at - emitted[(job, seq)])
+    return pickup, delivery
+
+
+def ingest(base: Path, total: int, clients: int = 4) -> tuple[float, int]:
+    s = System(base, {"timezone": "UTC", "scheduler": "crontab", "crontab_file": str(base / "crontab")})
+    for g in range(clients):
+        s.cli("groups", "add", f"in{g}")  # trigger required: messages are stored, no agent runs
+    s.start("channel", "queue")
+    per = total // clients
+    errors = []
+
+    def client(g: int) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.connect(str(s.run / "channel.sock"))
+            f = c.makefile("rwb")
+            for i in range(per):
+                f.write(json.dumps({"op": "inbound", "group": f"in{g}", "text": f"m{i}", "id": f"{g}-{i}"})
+                        .encode() + b"\n")
+                f.flush()
+                if not json.loads(f.readline()).get("ok"):
+                    errors.append((g, i))
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client, args=(g,)) for g in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - t0
+    with s.db() as con:
+        stored = con.execute("select count(*) from message").fetchone()[0]
+    s.close()
+    return per * clients / took, stored - len(errors)
+
+
+def rss(s: System) -> dict[str, int]:
+    out = {}
+    for name, proc in s.procs.items():
+        for row in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if row.startswith("VmRSS:"):
+                out[name] = int(row.split()[1])
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--ingest", type=int, default=2000)
+    ap.add_argument("--no-baseline", action="store_true")
+    args = ap.parse_args()
+    import subprocess
+    found, failures = probe_container_options(BASE_IMAGE) if _podman(
+        "image", "exists", BASE_IMAGE, check=False).returncode == 0 else (None, [])
+    if found is None:
+        subprocess.run([str(ROOT / "container" / "build-base.sh"), BASE_IMAGE], check=True)
+        found, failures = probe_container_options(BASE_IMAGE)
+    opts = {"runtime": found.runtime, "ulimits": list(found.ulimits)}
+    image = build_agent_image(opts)
+    work = Path(tempfile.mkdtemp(prefix="nc-bench-"))
+    sock = work / "podman.sock"
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"])
+    while not sock.exists():
+        time.sleep(0.05)
+    url = f"unix://{sock}"
+    report: dict[str, dict[str, list[float]]] = {}
+    memory: dict[str, int] = {}
+    try:
+        for mode in (["event"] if args.no_baseline else ["event", "polling baseline"]):
+            poll = mode != "event"
+            s = make(work / f"{mode[:4]}-warm", image, opts, url, idle=120, poll=poll)
+            warm_pickup, warm_delivery = latencies(s, args.runs, cold=False)
+            if not poll:
+                time.sleep(2)
+                memory = rss(s)
+            s.close()
+            _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
+            s = make(work / f"{mode[:4]}-cold", image, opts, url, idle=0.2, poll=poll)
+            cold_pickup, cold_delivery = latencies(s, max(10, args.runs // 2), cold=True)
+            s.close()
+            report[mode] = {"stored -> prompt in warm container": warm_pickup,
+                            "stored -> prompt in new container": cold_pickup,
+                            "reply emitted -> sent by channel": warm_delivery + cold_delivery}
+        rate, stored = ingest(work / "ingest", args.ingest)
+    finally:
+        _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
+        service.terminate()
+    print("\nnanoclaw pipeline benchmark (scripted agent in real containers; 2 cores)")
+    for mode, rows in report.items():
+        print(f"{mode}{' (' + POLL + ')' if mode != 'event' else ''}:")
+        for name, values in rows.items():
+            print(line(name, values))
+    if "polling baseline" in report:
+        print("ratio, polling baseline / event-driven (p50):")
+        for name in report["event"]:
+            ev, po = statistics.median(report["event"][name]), statistics.median(report["polling baseline"][name])
+            print(f"  {name:<40} {po / ev:6.1f}x")
+    print(f"sustained ingest: {rate:,.0f} messages/s over {args.ingest} messages from 4 clients; "
+          f"stored {stored}/{args.ingest} ({args.ingest - stored} lost)")
+    print("idle RSS: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in memory.items())
+          + f"; total {sum(memory.values()) / 1024:.1f} MiB")
+    return 0 if stored == args.ingest else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
