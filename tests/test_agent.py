@@ -7,6 +7,7 @@ reaches the fake API only through the host's credential proxy.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -158,7 +159,13 @@ def test_a_group_cannot_see_other_groups_or_the_host(make_agent_system, fake_api
         f"cat {s.confdir}/credentials/anthropic-credential",
         "ls /root /etc/nanoclaw",
         f"ls {s.run}",
-        "touch /opt/nanoclaw/x /usr/x /workspace/global/x",
+        "touch /opt/nanoclaw/x /usr/x /etc/x /workspace/global/x",
+        # the host's daemon sockets are not reachable (only this group's API socket is mounted)
+        f"python3 -c \"import socket; socket.socket(socket.AF_UNIX).connect('{s.run}/queue.sock')\"",
+        "python3 -c \"import socket; socket.socket(socket.AF_UNIX).connect('/run/podman/podman.sock')\"",
+        # its own processes only; no network
+        "echo procs=$(ls /proc | grep -c '^[0-9]')",
+        "python3 -c \"import socket; print('interfaces', [n for _, n in socket.if_nameindex()])\"",
     ]
     fake_api.then({"tool_use": {"name": "Bash", "input": {
         "command": " ; ".join(f"{p} 2>&1" for p in probes), "description": "probe"}}})
@@ -169,8 +176,11 @@ def test_a_group_cannot_see_other_groups_or_the_host(make_agent_system, fake_api
     print(out)
     assert marker not in out and SECRET not in out and "SQLite" not in out
     assert out.count("No such file or directory") >= 6
-    assert "Read-only file system" in out
+    assert out.count("Read-only file system") == 3  # /opt, /usr, /etc; main may write /workspace/global
     assert "other" not in out.split()  # /workspace lists only this group's mounts
+    assert out.count("FileNotFoundError") == 2  # neither host socket exists in here
+    assert int(re.search(r"procs=(\d+)", out).group(1)) < 15  # a private pid namespace
+    assert "interfaces ['lo']" in out  # no network device but loopback
 
 
 def test_main_agent_registers_a_group_and_others_cannot(make_agent_system, fake_api):
