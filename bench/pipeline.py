@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import AGENT_DIR, BASE_IMAGE, System, _podman  # noqa: E402
+from conftest import BASE_IMAGE, System, _podman, build_test_agent_image  # noqa: E402
 
 from nanoclaw.hostcheck import probe_container_options  # noqa: E402
 
@@ -49,23 +49,6 @@ def line(name: str, values: list[float]) -> str:
     ms = [v * 1000 for v in values]
     return (f"  {name:<40} n={len(ms):<4} p50={pct(ms, 50):8.1f} ms  p95={pct(ms, 95):8.1f} ms  "
             f"p99={pct(ms, 99):8.1f} ms")
-
-
-def build_agent_image(opts: dict) -> str:
-    import hashlib
-    import os
-    import shutil
-    import subprocess
-    ctx = Path(tempfile.mkdtemp(prefix="nc-agent-ctx-"))
-    for f in ("Containerfile", "scripted_agent.py"):
-        shutil.copy(AGENT_DIR / f, ctx)
-    shutil.copy(ROOT / "nanoclaw" / "protocol.py", ctx)
-    digest = hashlib.sha256(b"".join((ctx / f).read_bytes() for f in sorted(os.listdir(ctx)))).hexdigest()[:12]
-    tag = f"localhost/nanoclaw-testagent:{digest}"
-    if _podman("image", "exists", tag, check=False).returncode != 0:
-        subprocess.run([str(ROOT / "container" / "build-base.sh"), BASE_IMAGE], check=True)
-        _podman("build", "--network", "none", "--build-arg", f"BASE={BASE_IMAGE}", "-t", tag, str(ctx))
-    return tag
 
 
 def make(base: Path, image: str, opts: dict, podman_url: str, idle: float, poll: bool) -> System:
@@ -166,7 +149,7 @@ def main() -> int:
         subprocess.run([str(ROOT / "container" / "build-base.sh"), BASE_IMAGE], check=True)
         found, failures = probe_container_options(BASE_IMAGE)
     opts = {"runtime": found.runtime, "ulimits": list(found.ulimits)}
-    image = build_agent_image(opts)
+    image = build_test_agent_image()
     work = Path(tempfile.mkdtemp(prefix="nc-bench-"))
     sock = work / "podman.sock"
     service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"])

@@ -23,7 +23,7 @@ from peewee import IntegrityError
 from . import groups as groups_mod
 from .channels import BACKENDS, Backend, Inbound, SendError, TerminalBackend
 from .daemon import Daemon
-from .models import Message, db
+from .models import Group, Message, db
 from .protocol import nudge
 
 MAX_TEXT = 64 * 1024  # longer inbound text is refused, not truncated silently
@@ -73,19 +73,22 @@ class ChannelDaemon(Daemon):
             return await self._deliver(req)
         return await super().handle(req, writer)
 
-    def _group(self, req: dict):
+    def _terminal_group(self, req: dict) -> tuple[Group | None, dict | None]:
+        """The group a terminal request names, or the error reply to send instead."""
+        if self.terminal is None:
+            return None, {"ok": False, "error": "the terminal channel is not enabled in the configuration"}
         ref = req.get("group") or req.get("chat")
         if not isinstance(ref, str) or not ref:
-            raise groups_mod.GroupError("a 'group' (folder, name or chat id) is required")
-        return groups_mod.find_group(ref)
+            return None, {"ok": False, "error": "a 'group' (folder, name or chat id) is required"}
+        try:
+            return groups_mod.find_group(ref), None
+        except groups_mod.GroupError as exc:
+            return None, {"ok": False, "error": str(exc)}
 
     async def _inbound(self, req: dict) -> dict:
-        if self.terminal is None:
-            return {"ok": False, "error": "the terminal channel is not enabled in the configuration"}
-        try:
-            group = self._group(req)
-        except groups_mod.GroupError as exc:
-            return {"ok": False, "error": str(exc)}
+        group, error = self._terminal_group(req)
+        if error:
+            return error
         text = req.get("text")
         if not isinstance(text, str) or not text.strip():
             return {"ok": False, "error": "empty message"}
@@ -101,12 +104,9 @@ class ChannelDaemon(Daemon):
         return {"ok": True, "message_id": row_id, "duplicate": dup, "chat": group.jid}
 
     def _watch(self, req: dict, writer: asyncio.StreamWriter) -> dict:
-        if self.terminal is None:
-            return {"ok": False, "error": "the terminal channel is not enabled in the configuration"}
-        try:
-            group = self._group(req)
-        except groups_mod.GroupError as exc:
-            return {"ok": False, "error": str(exc)}
+        group, error = self._terminal_group(req)
+        if error:
+            return error
         self.terminal.attach(group.jid, writer)
         recent = list(Message.select().where(Message.chat == group.jid)
                       .order_by(Message.id.desc()).limit(HISTORY))

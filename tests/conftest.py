@@ -26,11 +26,8 @@ def _podman(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess
     return subprocess.run(["podman", *args], check=check, capture_output=True, text=True, **kw)
 
 
-@pytest.fixture(scope="session")
-def agent_image() -> str:
-    """The scripted test agent image, built offline from the debootstrap base."""
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed")
+def build_test_agent_image() -> str:
+    """Build (once per content) the scripted test agent image from the debootstrap base."""
     ctx = Path(tempfile.mkdtemp(prefix="nc-agent-ctx-"))
     shutil.copy(AGENT_DIR / "Containerfile", ctx)
     shutil.copy(AGENT_DIR / "scripted_agent.py", ctx)
@@ -42,6 +39,14 @@ def agent_image() -> str:
         _podman("build", "--network", "none", "--build-arg", f"BASE={BASE_IMAGE}", "-t", tag, str(ctx))
     shutil.rmtree(ctx)
     return tag
+
+
+@pytest.fixture(scope="session")
+def agent_image() -> str:
+    """The scripted test agent image, built offline from the debootstrap base."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    return build_test_agent_image()
 
 
 @pytest.fixture(scope="session")
