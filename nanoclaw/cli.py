@@ -249,6 +249,16 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from . import doctor
+    return doctor.main(cfg, args.detect_runtime)
+
+
+def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from . import status
+    return status.show(cfg)
+
+
 def cmd_image(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from . import image
     try:
@@ -288,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("folder")
     gsub.add_parser("list", help="list groups")
     sub.add_parser("ping", help="ask every daemon for its status")
+    sp = sub.add_parser("doctor", help="check every prerequisite and print fixes")
+    sp.add_argument("--detect-runtime", metavar="DIR",
+                    help="find the container options this host needs; write DIR/container.toml and containers.conf")
+    sub.add_parser("status", help="one screen: units, channel, groups, agents, queue, tasks")
     sp = sub.add_parser("tasks", help="scheduled tasks: list, add, pause, resume, cancel, run-now, log")
     tsub = sp.add_subparsers(dest="action", required=True)
     tl = tsub.add_parser("list", help="list tasks")
@@ -327,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         from .supervise import run_all
         sys.exit(run_all())
     handler = {"chat": cmd_chat, "send": cmd_send, "groups": cmd_groups, "ping": cmd_ping,
-               "image": cmd_image, "tasks": cmd_tasks}[args.command]
+               "image": cmd_image, "tasks": cmd_tasks, "doctor": cmd_doctor, "status": cmd_status}[args.command]
     try:
         sys.exit(handler(cfg, args))
     except KeyboardInterrupt:

@@ -34,10 +34,11 @@ class ContainerConfig:
     runtime: str = ""  # OCI runtime; empty lets podman choose
     ulimits: tuple[str, ...] = ()  # e.g. ("nofile=1024:1024", "nproc=4096:4096")
     network: str = "none"
+    volumes: tuple[str, ...] = ()  # extra host:container[:ro] binds a host needs (e.g. the cgroup tree)
     userns: str = ""  # empty: "keep-id" when rootless (the agent runs as the service user)
     user: str = ""  # uid:gid inside; empty: the service user's (rootless) or 1000:1000 (rootful)
-    memory: str = "2g"
-    pids_limit: int = 512
+    memory: str = "2g"  # empty: no limit (rootless on cgroups v1 cannot set one)
+    pids_limit: int = 512  # 0: no limit
     timeout: float = 1800.0  # hard limit for one container's whole life
     idle_timeout: float = 600.0  # an answered container waits this long for follow-ups
     extra_env: tuple[str, ...] = ()  # NAME=VALUE pairs passed to every agent

@@ -154,7 +154,10 @@ class Daemon:
         # Many clients at once (terminals, the router, nudges) need file descriptors.
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            except (OSError, ValueError) as exc:  # a sandbox may forbid it: run with what we have
+                self.log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
         self.cfg.runtime_dir.mkdir(parents=True, exist_ok=True)
         open_db(self.cfg.db_path)
         sock = self.cfg.socket(self.name)

@@ -45,6 +45,8 @@ def runtime_args(cfg: Config) -> list[str]:
     args = ["--runtime", cfg.container.runtime] if cfg.container.runtime else []
     for u in cfg.container.ulimits:
         args += ["--ulimit", u]
+    for v in cfg.container.volumes:
+        args += ["-v", v]
     return args
 
 

@@ -152,10 +152,15 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "read_only": True,
-        "mem_limit": c.memory,
-        "pids_limit": c.pids_limit,
         "ulimits": [_ulimit(u) for u in c.ulimits],
     }
+    if c.memory:
+        kwargs["mem_limit"] = c.memory
+    if c.pids_limit > 0:
+        kwargs["pids_limit"] = c.pids_limit
+    for spec in c.volumes:
+        source, target, *mode = spec.split(":")
+        mounts.append({"type": "bind", "source": source, "target": target, "read_only": mode == ["ro"]})
     if c.runtime:
         kwargs["runtime"] = c.runtime
     if userns:

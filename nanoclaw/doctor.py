@@ -1,0 +1,146 @@
+"""``nanoclaw doctor``: is everything nanoclaw needs in place? Each failure comes with its fix.
+
+Run as root (as ``install.sh`` does) it checks the service user's rootless
+Podman the way the units will use it; run as the service user it checks its
+own. ``--detect-runtime DIR`` finds the container options this host needs and
+writes them to ``DIR/container.toml`` and ``DIR/containers.conf``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from . import DAEMONS
+from .config import Config
+from .hostcheck import Probe, probe_container_options, try_run
+from .protocol import request
+
+SERVICE_USER = "nanoclaw"
+UNITS = [f"nanoclaw-{d}" for d in DAEMONS] + ["nanoclaw-podman"]
+
+
+def systemd_is_pid1() -> bool:
+    return os.path.isdir("/run/systemd/system")
+
+
+def podman_as_service_user(cfg: Config) -> tuple[str, ...]:
+    """How to run podman as the service user, as its unit would."""
+    if os.geteuid() != 0:
+        return ("podman",)
+    try:
+        pw = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return ("podman",)
+    env = [f"HOME={pw.pw_dir}", f"XDG_RUNTIME_DIR={cfg.runtime_dir / 'xdg'}"]
+    if systemd_is_pid1():
+        # inside a transient unit: the same cgroup situation as nanoclaw-podman.service
+        return ("systemd-run", "--quiet", "--wait", "--pipe", "--collect", "-p", f"User={SERVICE_USER}",
+                "-p", f"Environment={' '.join(env)}", "--working-directory=/", "podman")
+    return ("runuser", "-u", SERVICE_USER, "--", "env", *env, "podman")
+
+
+def detect_runtime(cfg: Config, out_dir: Path) -> Probe | None:
+    found, failures = probe_container_options(cfg.container.base_image, podman_as_service_user(cfg))
+    if found is None:
+        for f in failures[:6]:
+            print(f"  tried {f.podman_args()} cgroup_manager={f.cgroup_manager or 'default'}: {f.error}")
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "container.toml").write_text(found.config_toml())
+    (out_dir / "containers.conf").write_text(found.containers_conf())
+    return found
+
+
+class Doctor:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.failures = 0
+
+    def check(self, what: str, ok: bool, detail: str = "", fix: str = "") -> bool:
+        if ok:
+            print(f"ok    {what}" + (f": {detail}" if detail else ""))
+        else:
+            self.failures += 1
+            print(f"FAIL  {what}" + (f": {detail}" if detail else ""))
+            if fix:
+                print(f"      fix: {fix}")
+        return ok
+
+    def run(self) -> int:
+        cfg = self.cfg
+        podman = shutil.which("podman")
+        self.check("podman installed", bool(podman), podman or "", "apt-get install podman runc uidmap")
+        is_root = os.geteuid() == 0
+        try:
+            pwd.getpwnam(SERVICE_USER)
+            has_user = True
+        except KeyError:
+            has_user = False
+        if is_root or has_user:
+            self.check(f"service user {SERVICE_USER}", has_user, fix="run install.sh")
+            for f in ("/etc/subuid", "/etc/subgid"):
+                text = Path(f).read_text() if Path(f).exists() else ""
+                self.check(f"{f} range for {SERVICE_USER}", f"{SERVICE_USER}:" in text,
+                           fix=f"usermod --add-subuids 200000-265535 --add-subgids 200000-265535 {SERVICE_USER}")
+        fs = subprocess.run(["stat", "-fc", "%T", "/sys/fs/cgroup"], capture_output=True, text=True).stdout.strip()
+        mode = {"cgroup2fs": "v2 (unified)", "tmpfs": "v1/hybrid"}.get(fs, fs or "unknown")
+        self.check("cgroups", True, mode)
+        if podman:
+            self._check_containers()
+        cred = Path(os.environ.get("CREDENTIALS_DIRECTORY", "")) / "anthropic-credential"
+        cred = cred if cred.is_file() else cfg.config_dir / "credentials" / "anthropic-credential"
+        if is_root or cred.exists():
+            content = ""
+            try:
+                content = "".join(line for line in cred.read_text().splitlines() if not line.startswith("#")).strip()
+            except OSError:
+                pass
+            self.check("Anthropic credential", bool(content), str(cred),
+                       f"put an API key or OAuth token in {cred} (mode 0600), then systemctl restart nanoclaw-proxy")
+        if systemd_is_pid1():
+            for unit in UNITS:
+                state = subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True).stdout.strip()
+                self.check(f"unit {unit}", state == "active", state,
+                           f"systemctl start {unit}; journalctl -u {unit} -n 50")
+        for name in DAEMONS:
+            try:
+                reply = request(cfg.socket(name), {"op": "status"}, timeout=3)
+                self.check(f"{name} answers", bool(reply.get("ok")), reply.get("status", ""))
+            except (OSError, ValueError) as exc:
+                self.check(f"{name} answers", False, str(exc), f"systemctl restart nanoclaw-{name}")
+        target = cfg.state_dir if cfg.state_dir.exists() else Path("/")
+        free = shutil.disk_usage(target).free / 2**30
+        self.check("disk space", free >= 1.0, f"{free:.1f} GiB free on {target}", "free space: images need ~1 GiB")
+        print("\n" + ("all good" if not self.failures else f"{self.failures} problem(s) found"))
+        return 1 if self.failures else 0
+
+    def _check_containers(self) -> None:
+        cfg = self.cfg
+        podman = podman_as_service_user(cfg)
+        exists = subprocess.run([*podman, "image", "exists", cfg.container.image], capture_output=True)
+        self.check(f"agent image {cfg.container.image}", exists.returncode == 0,
+                   fix="nanoclaw image build (as the nanoclaw user: sudo -u nanoclaw nanoclaw image build)")
+        base = cfg.container.image if exists.returncode == 0 else cfg.container.base_image
+        c = cfg.container
+        probe = Probe(c.runtime, c.ulimits, "", c.volumes, bool(c.memory))
+        result = try_run(base, probe, podman)
+        fix = "install.sh re-detects; or: nanoclaw doctor --detect-runtime /tmp/nc and copy into config.toml"
+        self.check("a container starts with the configured options", result.ok,
+                   result.error or " ".join(probe.podman_args()), fix)
+
+
+def main(cfg: Config, detect: str | None, out: Callable[[str], None] = print) -> int:
+    if detect:
+        found = detect_runtime(cfg, Path(detect))
+        if found is None:
+            out("no combination of container options works here (see the attempts above)")
+            return 1
+        out(f"works: {' '.join(found.podman_args()) or 'podman defaults'}"
+            + (f"; cgroup_manager={found.cgroup_manager}" if found.cgroup_manager else ""))
+        return 0
+    return Doctor(cfg).run()
