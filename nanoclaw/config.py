@@ -45,6 +45,22 @@ class ContainerConfig:
 
 
 @dataclass(frozen=True)
+class WhatsAppConfig:
+    """The WhatsApp channel (``[whatsapp]``). Only read when ``channels`` has "whatsapp"."""
+
+    store_unregistered: bool = False  # keep messages from unregistered chats (never answered)
+    send_rate_per_minute: float = 20.0  # sustained outbound rate, all chats together
+    send_burst: int = 5  # messages that may go out back to back before the rate applies
+    max_message_chars: int = 4000  # longer replies are split into several messages
+    download_media: bool = True  # images, voice notes, documents into groups/<folder>/inbox/
+    max_media_bytes: int = 25 * 1024 * 1024  # bigger media is referenced, not downloaded
+    reconnect_min: float = 2.0  # first retry delay after a failed connect (doubles each time)
+    reconnect_max: float = 300.0  # cap on that delay
+    pair_timeout: float = 180.0  # how long `nanoclaw pair` waits for the phone
+    name_refresh: float = 3600.0  # seconds between refreshes of registered groups' names
+
+
+@dataclass(frozen=True)
 class Config:
     """Resolved settings for every daemon and the CLI."""
 
@@ -67,6 +83,7 @@ class Config:
     crontab_file: str = ""  # empty: the service user's crontab
     max_spool_bytes: int = 1 << 20
     container: ContainerConfig = field(default_factory=ContainerConfig)
+    whatsapp: WhatsAppConfig = field(default_factory=WhatsAppConfig)
 
     # Derived locations: one state dir, one runtime dir.
     @property
@@ -133,7 +150,10 @@ def _coerce(cls: type, table: dict, where: str) -> dict:
             value = tuple(value)
         elif isinstance(default, Path):
             value = Path(value)
-        elif isinstance(default, bool) or not isinstance(value, type(default)):
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, type(default)):
             if not (isinstance(default, float) and isinstance(value, int)):
                 raise ConfigError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
             value = float(value)
@@ -158,12 +178,13 @@ def load(path: Path | None = None) -> Config:
     elif explicit:
         raise ConfigError(f"{path}: no such configuration file")
     container = ContainerConfig(**_coerce(ContainerConfig, data.pop("container", {}), "container"))
+    whatsapp = WhatsAppConfig(**_coerce(WhatsAppConfig, data.pop("whatsapp", {}), "whatsapp"))
     settings = _coerce(Config, data, "config")
     for key, env in (("state_dir", "NANOCLAW_STATE_DIR"), ("runtime_dir", "NANOCLAW_RUNTIME_DIR"),
                      ("config_dir", "NANOCLAW_CONFIG_DIR")):
         if os.environ.get(env):
             settings[key] = Path(os.environ[env])
-    cfg = Config(container=container, **settings)
+    cfg = Config(container=container, whatsapp=whatsapp, **settings)
     if cfg.prompt_cap < 1 or cfg.max_concurrent < 1 or cfg.max_attempts < 1:
         raise ConfigError("prompt_cap, max_concurrent and max_attempts must be at least 1")
     return cfg
