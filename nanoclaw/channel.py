@@ -9,19 +9,22 @@ it is recognised later, never by its text.
 
 Socket ops (one JSON object per line): ``inbound`` (a terminal user typed
 something), ``watch`` (stream a chat's traffic to this connection), ``deliver``
-(router), plus the base ``nudge``/``ping``/``status``.
+(router), ``typing`` (queue: an agent is working on a chat, or done),
+``pair`` (stream a WhatsApp pairing to this connection), ``discover_groups``
+(the WhatsApp account's groups), plus the base ``nudge``/``ping``/``status``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 
 from peewee import IntegrityError
 
 from . import groups as groups_mod
-from .channels import BACKENDS, Backend, Inbound, SendError, TerminalBackend
+from .channels import BACKENDS, Backend, Inbound, SendError, TerminalBackend, WhatsAppBackend
 from .daemon import Daemon
 from .models import Group, Message, db
 from .protocol import nudge
@@ -38,7 +41,7 @@ class ChannelDaemon(Daemon):
         for name in self.cfg.channels:
             if name not in BACKENDS:
                 raise SystemExit(f"unknown channel backend {name!r} (known: {', '.join(BACKENDS)})")
-            self.backends.append(BACKENDS[name]())
+            self.backends.append(BACKENDS[name].create(self.cfg))
         self.terminal = next((b for b in self.backends if isinstance(b, TerminalBackend)), None)
         for backend in self.backends:
             await backend.start(self.receive)
@@ -71,7 +74,49 @@ class ChannelDaemon(Daemon):
             return self._watch(req, writer)
         if op == "deliver":
             return await self._deliver(req)
+        if op == "typing":
+            return await self._typing(req)
+        if op == "pair":
+            return await self._pair(req, writer)
+        if op == "discover_groups":
+            wa = self._whatsapp()
+            return await wa.discover() if wa else self._no_whatsapp()
         return await super().handle(req, writer)
+
+    def _whatsapp(self) -> WhatsAppBackend | None:
+        return next((b for b in self.backends if isinstance(b, WhatsAppBackend)), None)
+
+    @staticmethod
+    def _no_whatsapp() -> dict:
+        return {"ok": False, "error": 'the WhatsApp channel is not enabled: add "whatsapp" to channels '
+                                      "in the configuration and restart the channel"}
+
+    async def _typing(self, req: dict) -> dict:
+        chat, on = req.get("chat"), req.get("on")
+        if not isinstance(chat, str) or not isinstance(on, bool):
+            return {"ok": False, "error": "typing needs 'chat' and 'on' (true or false)"}
+        backend = next((b for b in self.backends if b.owns(chat)), None)
+        if backend is not None:
+            try:
+                await backend.typing(chat, on)
+            except Exception as exc:  # cosmetic: log, never fail the caller
+                self.log.debug("chat=%s typing failed: %s", chat, exc)
+        return {"ok": True}
+
+    async def _pair(self, req: dict, writer: asyncio.StreamWriter) -> dict:
+        """Pair WhatsApp, pushing each QR code (or the phone code) on this connection."""
+        wa = self._whatsapp()
+        if wa is None:
+            return self._no_whatsapp()
+        phone = req.get("phone")
+        if phone is not None and not isinstance(phone, str):
+            return {"ok": False, "error": "'phone' must be a string"}
+
+        async def emit(event: dict) -> None:
+            writer.write(json.dumps({"op": "pair", **event}).encode() + b"\n")
+            await asyncio.wait_for(writer.drain(), 10)
+
+        return await wa.pair(phone, emit)
 
     def _terminal_group(self, req: dict) -> tuple[Group | None, dict | None]:
         """The group a terminal request names, or the error reply to send instead."""

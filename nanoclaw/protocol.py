@@ -279,11 +279,16 @@ class Spool:
 
 def nudge(sock: Path, **extra: Any) -> bool:
     """Wake the daemon listening on ``sock``; best effort (the spool is the truth)."""
+    return tell(sock, "nudge", **extra)
+
+
+def tell(sock: Path, op: str, **fields: Any) -> bool:
+    """Send one request line without waiting for a reply; best effort, never blocks long."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(0.5)
             s.connect(str(sock))
-            s.sendall(json.dumps({"v": VERSION, "op": "nudge", **extra}).encode() + b"\n")
+            s.sendall(json.dumps({"v": VERSION, "op": op, **fields}).encode() + b"\n")
         return True
     except OSError:
         return False

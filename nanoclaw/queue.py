@@ -22,7 +22,7 @@ from . import groups as groups_mod
 from .daemon import Daemon
 from .models import Cursor, Group, Job, Message, Session, Task, TaskRun, Turn, db
 from .prompt import backoff, build_prompt, needs_agent
-from .protocol import Envelope, Spool, nudge
+from .protocol import Envelope, Spool, nudge, tell
 
 ACTIVE = ("queued", "running")
 STALE_QUEUED_SECONDS = 300.0  # a job the runner never confirmed starting
@@ -88,6 +88,7 @@ class QueueDaemon(Daemon):
             job.error = b["error"][:2000]
             job.save()
             self._close(job)  # a fresh container will retry the pending messages
+            self._typing(group.jid, False)
             return False
         if b["text"].strip():
             # Durable in the router's spool before the cursor moves.
@@ -103,6 +104,7 @@ class QueueDaemon(Daemon):
                     .on_conflict_replace().execute()
         self.log.info("group=%s job=%s turn=%s answered up to message=%s", group.folder, job.id,
                       turn.seq, turn.last_message_id)
+        self._typing(group.jid, False)
         return True
 
     def _on_job_event(self, env: Envelope) -> None:
@@ -155,6 +157,8 @@ class QueueDaemon(Daemon):
                 cursor.save()
         self.log.info("group=%s job=%s finished status=%s exit=%s", group.folder, job.id,
                       job.status, exit_code)
+        if undone:
+            self._typing(group.jid, False)
 
     def _give_up(self, job: Job, cursor: Cursor, upto: int) -> None:
         """Retries are exhausted: tell the chat in one line and move past the messages."""
@@ -236,6 +240,7 @@ class QueueDaemon(Daemon):
                                       "is_main": group.is_main, "prompt": prompt,
                                       "session_id": session.session_id if session else None})
         nudge(self.cfg.socket("runner"))
+        self._typing(group.jid, True)
         self.log.info("group=%s job=%s queued messages=%d..%d", group.folder, job.id,
                       pending[0].id, pending[-1].id)
         return job
@@ -247,8 +252,14 @@ class QueueDaemon(Daemon):
         Turn.create(job=job, seq=seq, first_message_id=pending[0].id, last_message_id=pending[-1].id)
         Spool(self.cfg.ipc_dir / job.group.folder / "in").ensure().put(
             "prompt", {"job": job.id, "turn": seq, "prompt": prompt, "session_id": None})
+        self._typing(job.group.jid, True)
         self.log.info("group=%s job=%s turn=%s follow-up delivered messages=%d..%d", job.group.folder,
                       job.id, seq, pending[0].id, pending[-1].id)
+
+    def _typing(self, chat: str, on: bool) -> None:
+        """Tell the channel an agent is working on (or done with) a chat: cosmetic,
+        fire-and-forget, so it can neither block nor fail the job."""
+        tell(self.cfg.socket("channel"), "typing", chat=chat, on=on)
 
     def _free_slots(self, active: dict[int, Job], wanted: int) -> None:
         """Ask idle containers (every turn answered) to exit so waiting groups get a slot."""

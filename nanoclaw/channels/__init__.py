@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .base import Backend, Inbound, SendError
 from .terminal import TerminalBackend
+from .whatsapp import WhatsAppBackend  # imports neonize only when started
 
-BACKENDS: dict[str, type[Backend]] = {"terminal": TerminalBackend}
+BACKENDS: dict[str, type[Backend]] = {"terminal": TerminalBackend, "whatsapp": WhatsAppBackend}
 
-__all__ = ["BACKENDS", "Backend", "Inbound", "SendError", "TerminalBackend"]
+__all__ = ["BACKENDS", "Backend", "Inbound", "SendError", "TerminalBackend", "WhatsAppBackend"]

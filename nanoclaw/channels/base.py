@@ -5,6 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,11 @@ class Backend(ABC):
     """One chat network. The channel daemon routes outbound text by ``owns(chat)``."""
 
     name = "backend"
+
+    @classmethod
+    def create(cls, cfg: "Config") -> "Backend":
+        """Build the backend for the channel daemon (backends that need settings override this)."""
+        return cls()
 
     @abstractmethod
     def owns(self, chat: str) -> bool:

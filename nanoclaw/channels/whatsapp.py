@@ -1,0 +1,618 @@
+"""The WhatsApp backend, on neonize (whatsmeow inside a Go library).
+
+The server is linked to the owner's account as a companion device, so what we
+send goes out as the owner. Hence three rules:
+
+* Our own sends come back as ``from_me`` message events (from other linked
+  devices and in the owner's self-chat). whatsmeow does not let neonize choose
+  a message id, so we remember the ids WhatsApp gave our sends (on disk, so a
+  restart does not forget them) and, for an echo that overtakes the send's
+  return, the exact chunk still in flight to that chat. Never a text prefix.
+* The owner's own messages (``from_me`` but not ours) are real input: the main
+  group is the owner's self-chat.
+* Only registered chats reach the agent; others are dropped (or stored when
+  ``[whatsapp] store_unregistered`` is set) and never answered — the queue
+  only ever looks at registered groups' chats.
+
+neonize calls handlers on our event loop; an async handler's exception would
+be silently lost, so every handler is wrapped to log it. There is one handler
+per event type (neonize keeps the last registered).
+
+Lifecycle: our own connect loop retries failed connects with capped
+exponential backoff (whatsmeow retries only sessions that were connected).
+"Logged out", "stream replaced" and "client outdated" stop all retrying until
+``nanoclaw pair`` (the channel's ``pair`` op) starts pairing again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from .. import config as config_mod
+from ..formatting import split_message, to_whatsapp
+from ..models import Group, Message, db
+from .base import Backend, Receive, SendError
+from .wa_proto import (GROUP_SERVER, SERVERS, Backoff, JIDError, chat_of, is_phone, jid_str,
+                       media_of, message_text, parse_jid, phone_digits, to_inbound)
+
+log = logging.getLogger("nanoclaw.whatsapp")
+
+MAX_TEXT = 64 * 1024
+TYPING_REFRESH = 10.0  # WhatsApp clears "typing…" by itself after a while: say it again
+TYPING_MAX = 600.0  # never show typing longer than this for one job
+# States in which the connect loop waits for `nanoclaw pair` instead of retrying.
+HALTED = {"unpaired", "logged_out", "replaced", "outdated"}
+
+Emit = Callable[[dict], Awaitable[None]]
+
+
+class TokenBucket:
+    """Outbound rate limit: ``burst`` sends at once, then ``per_minute`` on average.
+
+    WhatsApp bans accounts that send like bots; a long answer split in chunks
+    or a chatty agent must not come out as a burst of dozens of messages.
+    """
+
+    def __init__(self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        self.rate = max(per_minute, 0.001) / 60.0
+        self.burst = max(1, burst)
+        self.tokens = float(self.burst)
+        self.clock, self.sleep = clock, sleep
+        self.stamp = clock()
+        self.lock = asyncio.Lock()
+
+    async def acquire(self) -> float:
+        """Take one token, waiting as long as needed; return the seconds waited."""
+        waited = 0.0
+        async with self.lock:  # first come, first served: chunks keep their order
+            while True:
+                now = self.clock()
+                self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return waited
+                need = (1 - self.tokens) / self.rate
+                waited += need
+                await self.sleep(need)
+
+
+class SentIds:
+    """Ids WhatsApp gave the messages we sent, remembered across restarts.
+
+    An append-only file of the last ``keep`` ids (compacted when it doubles):
+    a late echo of our own reply after a restart must still be recognised,
+    or in the owner's self-chat the assistant would answer itself.
+    """
+
+    def __init__(self, path: Path, keep: int = 5000) -> None:
+        self.path, self.keep = path, keep
+        self.ids: deque[str] = deque(maxlen=keep)
+        try:
+            self.ids.extend(line.strip() for line in path.read_text().splitlines() if line.strip())
+        except FileNotFoundError:
+            pass
+        self.members = set(self.ids)
+        self.lines = len(self.ids)
+
+    def __contains__(self, msg_id: str) -> bool:
+        return msg_id in self.members
+
+    def add(self, msg_id: str) -> None:
+        if msg_id in self.members:
+            return
+        if len(self.ids) == self.keep:
+            self.members.discard(self.ids[0])
+        self.ids.append(msg_id)
+        self.members.add(msg_id)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, (msg_id + "\n").encode())
+        finally:
+            os.close(fd)
+        self.lines += 1
+        if self.lines > 2 * self.keep:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(i + "\n" for i in self.ids))
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+            self.lines = len(self.ids)
+
+
+class Pairing:
+    """One `nanoclaw pair` in progress: events for the CLI, then one result."""
+
+    def __init__(self, phone: str | None) -> None:
+        self.phone = phone
+        self.events: asyncio.Queue[dict] = asyncio.Queue()
+        self.code_requested = False
+        self.done = False
+
+    def push(self, event: dict) -> None:
+        if not self.done:
+            self.events.put_nowait(event)
+
+    def finish(self, ok: bool, **fields: Any) -> None:
+        if not self.done:
+            self.events.put_nowait({"final": True, "ok": ok, **fields})
+            self.done = True
+
+
+def new_client(session: Path) -> Any:
+    """The real neonize client; imported here so nothing else loads the Go library."""
+    from neonize.aioze.client import NewAClient
+    return NewAClient(str(session))
+
+
+class WhatsAppBackend(Backend):
+    name = "whatsapp"
+    # Tests replace this with a recording stand-in for the neonize client.
+    client_factory: Callable[[Path], Any] = staticmethod(new_client)
+
+    @classmethod
+    def create(cls, cfg: config_mod.Config) -> WhatsAppBackend:
+        return cls(cfg)
+
+    def __init__(self, cfg: config_mod.Config | None = None) -> None:
+        self.cfg = cfg or config_mod.get()
+        self.wcfg = self.cfg.whatsapp
+        self.dir = self.cfg.state_dir / "whatsapp"
+        self.session = self.dir / "session.db"
+        self.state = "starting"
+        self._status = "starting"
+        self.client: Any = None
+        self.handlers: dict[Any, Callable[[Any, Any], Awaitable[None]]] = {}
+        self.backoff = Backoff(self.wcfg.reconnect_min, self.wcfg.reconnect_max)
+        self.bucket = TokenBucket(self.wcfg.send_rate_per_minute, self.wcfg.send_burst)
+        self.sent: SentIds | None = None
+        self.own_phone = ""
+        self.own_lid = ""
+        self.me = ""  # our own JID once connected
+        self._inflight: Counter[tuple[str, str]] = Counter()
+        self._progress: dict[str, list[str]] = {}  # outbox msg_id -> ids of chunks already sent
+        self._done: OrderedDict[str, str] = OrderedDict()  # outbox msg_id -> first chunk id
+        self._typing: dict[str, asyncio.Task] = {}
+        self._pairing: Pairing | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task] = set()
+        self._runner: asyncio.Task | None = None
+        self._refresher: asyncio.Task | None = None
+        self._lifecycle = asyncio.Lock()  # connect/stop are not safe concurrently (neonize notes)
+        self._send_lock = asyncio.Lock()  # one reply's chunks go out together, in order
+        self.connected = False
+
+    # -- Backend -----------------------------------------------------------------------
+    def owns(self, chat: str) -> bool:
+        return chat.rpartition("@")[2] in SERVERS
+
+    async def start(self, receive: Receive) -> None:
+        """Create the session dir and client, register handlers, start connecting
+        in the background (a missing network must not hold up the channel)."""
+        self.receive = receive
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)  # the session holds the account's keys
+        self.sent = SentIds(self.dir / "sent-ids")
+        self.client = type(self).client_factory(self.session)
+        self._register(self.client)
+        self._runner = asyncio.create_task(self._run())
+
+    def status(self) -> str:
+        return self._status
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for task in list(self._typing.values()) + [self._refresher]:
+            if task:
+                task.cancel()
+        await self._stop_client()
+        if self._runner:
+            try:
+                await asyncio.wait_for(self._runner, 10)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._runner.cancel()
+            except Exception:
+                log.exception("whatsapp connect loop failed while stopping")
+
+    async def send(self, chat: str, text: str, msg_id: str) -> str:
+        """Send a reply as one or more chunks; return the first chunk's WhatsApp id.
+
+        A retry of the same outbox message (``msg_id``) resumes after the chunks
+        that already went out, so a failure halfway does not repeat the start.
+        """
+        if msg_id in self._done:
+            return self._done[msg_id]
+        if self.client is None or not self.connected:
+            raise SendError(f"WhatsApp is not connected ({self._status})")
+        try:
+            jid = parse_jid(chat)
+        except JIDError as exc:
+            raise SendError(str(exc)) from None
+        chunks = split_message(to_whatsapp(text), self.wcfg.max_message_chars)
+        if not chunks:
+            raise SendError("nothing to send after formatting")
+        self._stop_typing(chat)  # a reply replaces "typing…"
+        from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage
+        async with self._send_lock:
+            done = self._progress.setdefault(msg_id, [])
+            for i in range(len(done), len(chunks)):
+                await self.bucket.acquire()
+                key = (chat, chunks[i])
+                self._inflight[key] += 1
+                try:
+                    # A plain conversation message: neonize's str path would scan
+                    # the text for @mentions and look groups up.
+                    resp = await self.client.send_message(jid, WAMessage(conversation=chunks[i]))
+                except Exception as exc:
+                    raise SendError(f"WhatsApp send failed (part {i + 1} of {len(chunks)}): {exc}") from exc
+                finally:
+                    self._inflight[key] -= 1
+                    if self._inflight[key] <= 0:
+                        del self._inflight[key]
+                self.sent.add(resp.ID)
+                done.append(resp.ID)
+            first = done[0]
+            del self._progress[msg_id]
+        self._done[msg_id] = first
+        while len(self._done) > 1000:
+            self._done.popitem(last=False)
+        log.info("chat=%s sent %d message(s) first=%s", chat, len(chunks), first)
+        return first
+
+    async def typing(self, chat: str, on: bool) -> None:
+        """Show "typing…" while the agent works; refreshed, since WhatsApp expires it."""
+        self._stop_typing(chat)
+        if not self.connected:
+            return
+        if on:
+            task = asyncio.create_task(self._keep_typing(chat))
+            self._typing[chat] = task
+            task.add_done_callback(lambda t, c=chat: self._typing.pop(c, None) if self._typing.get(c) is t else None)
+        else:
+            await self._presence(chat, False)
+
+    # -- pairing and discovery (socket ops) -------------------------------------------
+    async def pair(self, phone: str | None, emit: Emit) -> dict:
+        """Link this server as a device; stream QR codes (or the phone code) to ``emit``."""
+        if self._pairing is not None:
+            return {"ok": False, "error": "a pairing is already in progress"}
+        if phone is not None and not is_phone(phone):
+            return {"ok": False, "error": f"not a phone number: {phone!r} (international format, e.g. +49 170 1234567)"}
+        if self.me and self.state not in HALTED:
+            return {"ok": True, "paired": self.me, "already": True}
+        pairing = self._pairing = Pairing(phone_digits(phone) if phone else None)
+        log.info("pairing started (%s)", "phone code" if phone else "QR code")
+        self._set("pairing", "pairing — waiting for the phone")
+        self._wake.set()
+        deadline = asyncio.get_running_loop().time() + self.wcfg.pair_timeout
+        try:
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                try:
+                    event = await asyncio.wait_for(pairing.events.get(), max(0.0, left))
+                except asyncio.TimeoutError:
+                    pairing.finish(False, error=f"no phone linked within {self.wcfg.pair_timeout:.0f}s")
+                    await self._halt("unpaired", "not paired — run `nanoclaw pair`", logging.WARNING)
+                    continue
+                if event.pop("final", False):
+                    return event
+                await emit(event)
+        except (ConnectionError, OSError):
+            log.info("pairing abandoned: the terminal went away")
+            pairing.finish(False, error="abandoned")
+            if self.state == "pairing":
+                await self._halt("unpaired", "not paired — run `nanoclaw pair`", logging.WARNING)
+            return {"ok": False, "error": "abandoned"}
+        finally:
+            self._pairing = None
+
+    async def discover(self) -> dict:
+        """The account's groups, for `nanoclaw groups discover`."""
+        if not self.connected:
+            return {"ok": False, "error": f"WhatsApp is not connected ({self._status})"}
+        groups = await self.client.get_joined_groups()
+        registered = {g.jid: g.folder for g in Group.select()}
+        rows = []
+        for g in groups:
+            jid = jid_str(g.JID)
+            rows.append({"name": g.GroupName.Name, "jid": jid, "participants": len(g.Participants),
+                         "folder": registered.get(jid, "")})
+        rows.sort(key=lambda r: r["name"].lower())
+        return {"ok": True, "groups": rows, "self": self.own_phone}
+
+    # -- connect loop --------------------------------------------------------------------
+    def _set(self, state: str, status: str) -> None:
+        self.state, self._status = state, status
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            if self.state in HALTED and (self._pairing is None or self._pairing.done):
+                await self._wait(None)
+                continue
+            if self._pairing is None:
+                self._set("connecting", "connecting")
+            try:
+                async with self._lifecycle:
+                    task = await self.client.connect()
+                self._chmod_session()
+                await task  # runs until stopped; whatsmeow reconnects inside it once logged in
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NeonizeError: no network, refused, …
+                self._connect_failed(exc)
+            else:
+                if not self._stopping and self.state not in HALTED:
+                    self._connect_failed(None)
+            self.connected = False
+            if self._stopping or self.state in HALTED:
+                continue
+            delay = self.backoff.next()
+            self._set("waiting", f"disconnected — next attempt in {delay:.0f}s ({self._status})")
+            await self._wait(delay)
+
+    def _connect_failed(self, exc: BaseException | None) -> None:
+        reason = f"connect failed: {exc}" if exc else "connection ended"
+        log.warning("whatsapp %s", reason)
+        self._status = reason
+        if self._pairing is not None:
+            self._pairing.finish(False, error=f"cannot reach WhatsApp: {exc or 'connection ended'}")
+
+    async def _wait(self, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _halt(self, state: str, status: str, level: int = logging.ERROR) -> None:
+        """Stop connecting until pairing: log once per state change, not per event."""
+        if self.state != state:
+            log.log(level, "whatsapp: %s", status)
+        self._set(state, status)
+        self.connected = False
+        await self._stop_client()
+
+    async def _stop_client(self) -> None:
+        if self.client is None:
+            return
+        async with self._lifecycle:
+            try:
+                await self.client.stop()
+            except Exception as exc:
+                log.warning("whatsapp client stop failed: %s", exc)
+
+    def _chmod_session(self) -> None:
+        for path in self.dir.glob("session.db*"):
+            try:
+                os.chmod(path, 0o600)
+            except OSError:
+                pass
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- events --------------------------------------------------------------------------
+    def _register(self, client: Any) -> None:
+        from neonize.aioze.events import (ClientOutdatedEv, ConnectedEv, ConnectFailureEv, DisconnectedEv,
+                                          LoggedOutEv, MessageEv, PairStatusEv, ReceiptEv, StreamReplacedEv,
+                                          TemporaryBanEv)
+        table = {ConnectedEv: self._on_connected, DisconnectedEv: self._on_disconnected,
+                 LoggedOutEv: self._on_logged_out, StreamReplacedEv: self._on_stream_replaced,
+                 ClientOutdatedEv: self._on_outdated, TemporaryBanEv: self._on_temp_ban,
+                 ConnectFailureEv: self._on_connect_failure, PairStatusEv: self._on_pair_status,
+                 MessageEv: self._on_message, ReceiptEv: self._on_receipt}
+        for event_type, fn in table.items():
+            # Held here too: neonize may keep only weak references.
+            self.handlers[event_type] = self._guard(event_type.__name__, fn)
+            client.event(event_type)(self.handlers[event_type])
+        self.handlers["qr"] = self._guard("qr", self._on_qr)
+        client.event.qr(self.handlers["qr"])
+
+    @staticmethod
+    def _guard(name: str, fn: Callable[[Any, Any], Awaitable[None]]) -> Callable[[Any, Any], Awaitable[None]]:
+        async def handler(client: Any, ev: Any) -> None:
+            try:
+                await fn(client, ev)
+            except Exception:
+                log.exception("whatsapp %s handler failed", name)
+        handler.__name__ = f"on_{name}"
+        return handler
+
+    async def _on_connected(self, client: Any, ev: Any) -> None:
+        self.connected = True
+        self.backoff.reset()
+        self._chmod_session()
+        me = getattr(client, "me", None)  # neonize keeps the Device event here
+        if me is None or not me.JID.User:
+            try:
+                me = await client.get_me()
+            except Exception as exc:
+                log.debug("get_me failed: %s", exc)
+        if me is not None and me.JID.User:
+            self.own_phone, self.me = jid_str(me.JID), jid_str(me.JID)
+            self.own_lid = jid_str(me.LID) if me.LID.User else ""
+        self._set("connected", f"connected as {self.me}" if self.me else "connected")
+        log.info("whatsapp %s", self._status)
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.create_task(self._refresh_names_forever())
+
+    async def _on_disconnected(self, client: Any, ev: Any) -> None:
+        self.connected = False
+        if self.state == "connected":
+            # A logged-in session: whatsmeow reconnects by itself.
+            self._set("reconnecting", "disconnected — reconnecting")
+            log.warning("whatsapp disconnected; whatsmeow is reconnecting")
+
+    async def _on_logged_out(self, client: Any, ev: Any) -> None:
+        # whatsmeow has deleted the session; retrying cannot help until paired again.
+        self.me = ""
+        await self._halt("logged_out", "logged out — run `nanoclaw pair`")
+        if self._pairing:
+            self._pairing.finish(False, error="logged out by the phone")
+
+    async def _on_stream_replaced(self, client: Any, ev: Any) -> None:
+        await self._halt("replaced", "replaced — another program uses this WhatsApp session; "
+                                     "stop it, then restart the channel or run `nanoclaw pair`")
+
+    async def _on_outdated(self, client: Any, ev: Any) -> None:
+        await self._halt("outdated", "client outdated — WhatsApp refuses this neonize version; upgrade it")
+
+    async def _on_temp_ban(self, client: Any, ev: Any) -> None:
+        self._status = f"temporarily banned by WhatsApp (code {ev.Code}, {ev.Expire}s left)"
+        log.error("whatsapp %s", self._status)
+
+    async def _on_connect_failure(self, client: Any, ev: Any) -> None:
+        self._status = f"connect failure: {ev.Message or ev.Reason}"
+        log.warning("whatsapp %s", self._status)
+
+    async def _on_qr(self, client: Any, data: bytes) -> None:
+        pairing = self._pairing
+        if pairing is None or pairing.done:
+            # A QR code means the session is not linked; showing it in a log is
+            # useless, so stop until the owner runs `nanoclaw pair`.
+            await self._halt("unpaired", "not paired — run `nanoclaw pair`", logging.WARNING)
+            return
+        if pairing.phone is None:
+            pairing.push({"event": "qr", "data": data.decode() if isinstance(data, bytes) else str(data)})
+        elif not pairing.code_requested:
+            pairing.code_requested = True  # PairPhone works only after the first QR
+            self._spawn(self._pair_phone(client, pairing))
+
+    async def _pair_phone(self, client: Any, pairing: Pairing) -> None:
+        try:
+            code = await client.PairPhone(pairing.phone, True)
+        except Exception as exc:
+            pairing.finish(False, error=f"WhatsApp refused the phone number: {exc}")
+            return
+        pairing.push({"event": "code", "code": code})
+
+    async def _on_pair_status(self, client: Any, ev: Any) -> None:
+        ok = ev.Status == 2  # PairStatus.SUCCESS
+        pairing = self._pairing
+        if ok:
+            self.me = self.own_phone = jid_str(ev.ID)
+            log.info("whatsapp paired as %s", self.me)
+            self._set("connecting", f"paired as {self.me}; connecting")
+            if pairing:
+                pairing.finish(True, paired=self.me)
+        else:
+            log.error("whatsapp pairing failed: %s", ev.Error)
+            if pairing:
+                pairing.finish(False, error=f"pairing failed: {ev.Error or 'unknown error'}")
+
+    async def _on_receipt(self, client: Any, ev: Any) -> None:
+        log.debug("receipt type=%s ids=%s", ev.Type, list(ev.MessageIDs))
+
+    async def _on_message(self, client: Any, ev: Any) -> None:
+        info = ev.Info
+        src = info.MessageSource
+        raw_chat = jid_str(src.Chat)
+        if src.Chat.Server in ("broadcast", "newsletter"):
+            return  # status updates and channels are not conversations
+        chat = chat_of(src, self.own_lid, self.own_phone)
+        msg_id = info.ID
+        text = message_text(ev.Message)
+        if src.IsFromMe and self._is_ours(msg_id, {chat, raw_chat}, text):
+            log.debug("chat=%s msg=%s our own message echoed; ignored", chat, msg_id)
+            return
+        group = Group.get_or_none(Group.jid.in_(list({chat, raw_chat})))
+        if group is not None:
+            chat = group.jid  # store under the form the owner registered
+        elif not self.wcfg.store_unregistered:
+            log.debug("chat=%s msg=%s unregistered chat; dropped", chat, msg_id)
+            return
+        if Message.get_or_none(Message.chat == chat, Message.channel_id == msg_id):
+            # A re-delivery (or our own reply's first chunk): skip before any download.
+            log.debug("chat=%s msg=%s already stored", chat, msg_id)
+            return
+        media = media_of(ev.Message, msg_id)
+        if media is not None:
+            text = await self._media_text(client, ev, media, group, text)
+        if not text.strip():
+            log.debug("chat=%s msg=%s no text (reaction, sticker, protocol message); ignored", chat, msg_id)
+            return
+        await self.receive(to_inbound(ev, chat=chat, text=text[:MAX_TEXT]))
+
+    def _is_ours(self, msg_id: str, chats: set[str], text: str) -> bool:
+        if self.sent is not None and msg_id in self.sent:
+            return True
+        return any((c, text) in self._inflight for c in chats)
+
+    async def _media_text(self, client: Any, ev: Any, media: Any, group: Group | None, caption: str) -> str:
+        """Save an attachment into the group's inbox/ and say where it is."""
+        def note(detail: str) -> str:
+            return f"[{media.label}{detail}]" + (f" {caption}" if caption else "")
+
+        if group is None or not self.wcfg.download_media:
+            return note("")
+        if media.size and media.size > self.wcfg.max_media_bytes:
+            return note(f" not downloaded: {media.size} bytes is over the limit")
+        inbox = self.cfg.groups_dir / group.folder / "inbox"
+        try:
+            data = await client.download_any(ev.Message)
+            inbox.mkdir(parents=True, exist_ok=True)
+            tmp = inbox / f".{media.filename}.part"
+            tmp.write_bytes(data)
+            os.replace(tmp, inbox / media.filename)
+        except Exception as exc:
+            log.warning("group=%s msg=%s %s download failed: %s", group.folder, ev.Info.ID, media.label, exc)
+            return note(" not downloaded: the download failed")
+        return note(f": inbox/{media.filename}")
+
+    # -- typing and names ------------------------------------------------------------------
+    async def _presence(self, chat: str, on: bool) -> None:
+        from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+        state = ChatPresence.CHAT_PRESENCE_COMPOSING if on else ChatPresence.CHAT_PRESENCE_PAUSED
+        try:
+            await self.client.send_chat_presence(parse_jid(chat), state,
+                                                 ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT)
+        except Exception as exc:  # cosmetic: never fail a job over it
+            log.debug("chat=%s typing=%s failed: %s", chat, on, exc)
+
+    async def _keep_typing(self, chat: str) -> None:
+        until = time.monotonic() + TYPING_MAX
+        while time.monotonic() < until and self.connected:
+            await self._presence(chat, True)
+            await asyncio.sleep(TYPING_REFRESH)
+        await self._presence(chat, False)
+
+    def _stop_typing(self, chat: str) -> None:
+        task = self._typing.pop(chat, None)
+        if task:
+            task.cancel()
+
+    async def refresh_names(self) -> int:
+        """Update registered WhatsApp groups' display names from WhatsApp; return how many changed."""
+        changed = 0
+        for group in list(Group.select().where(Group.jid.endswith("@" + GROUP_SERVER))):
+            try:
+                info = await self.client.get_group_info(parse_jid(group.jid))
+            except Exception as exc:
+                log.debug("group=%s name refresh failed: %s", group.folder, exc)
+                continue
+            name = info.GroupName.Name
+            if name and name != group.name:
+                with db.atomic("IMMEDIATE"):
+                    Group.update(name=name).where(Group.id == group.id).execute()
+                log.info("group=%s renamed %r -> %r", group.folder, group.name, name)
+                changed += 1
+        return changed
+
+    async def _refresh_names_forever(self) -> None:
+        while self.connected and not self._stopping:
+            try:
+                await self.refresh_names()
+            except Exception:
+                log.exception("group name refresh failed")
+            await asyncio.sleep(self.wcfg.name_refresh)
