@@ -334,3 +334,249 @@ def test_token_bucket_allows_a_burst_then_the_rate():
     waits = run(go())
     assert waits[:3] == [0, 0, 0]
     assert waits[3:] == pytest.approx([2.0, 2.0, 2.0])  # 30/min: one every 2 s
+
+
+def test_group_and_direct_messages_are_stored_once(harness):
+    async def go():
+        h = await harness().start()
+        family = jid(FAMILY, "g.us")
+        ev = message_ev(family, jid(ALICE_LID, "lid", device=3), "MSG1", "@Andy what's for dinner?",
+                        sender_alt=jid(ALICE))
+        await h.fire(ev)
+        await h.fire(ev)  # WhatsApp re-delivers after a reconnect: stored once
+        # a direct chat (registered), extended text
+        h.main.jid  # noqa: B018
+        groups_mod.add_group(h.cfg, "alice", jid=f"{ALICE}@s.whatsapp.net")
+        await h.fire(message_ev(jid(ALICE), jid(ALICE, device=2), "MSG2",
+                                body=WAMessage(extendedTextMessage=ExtendedTextMessage(text="hi, with a link"))))
+        rows = h.rows()
+        await h.close()
+        return rows
+    rows = run(go())
+    assert [(r.chat, r.sender, r.sender_name, r.text, r.channel_id, r.from_me, r.is_bot) for r in rows] == [
+        (f"{FAMILY}@g.us", f"{ALICE}@s.whatsapp.net", "Alice", "@Andy what's for dinner?", "MSG1", False, False),
+        (f"{ALICE}@s.whatsapp.net", f"{ALICE}@s.whatsapp.net", "Alice", "hi, with a link", "MSG2", False, False)]
+    assert rows[0].timestamp == pytest.approx(T0 / 1000)  # milliseconds -> seconds
+    assert 1.7e9 < rows[0].timestamp < 2.1e9
+
+
+def test_lid_and_phone_forms_are_one_sender(harness):
+    async def go():
+        h = await harness().start()
+        family = jid(FAMILY, "g.us")
+        await h.fire(message_ev(family, jid(ALICE_LID, "lid"), "A1", "via lid", sender_alt=jid(ALICE)))
+        await h.fire(message_ev(family, jid(ALICE, device=5), "A2", "via phone, another device"))
+        # a direct chat that arrives in LID form is stored under the registered phone form
+        groups_mod.add_group(h.cfg, "alice", jid=f"{ALICE}@s.whatsapp.net")
+        await h.fire(message_ev(jid(ALICE_LID, "lid"), jid(ALICE_LID, "lid"), "A3", "dm via lid",
+                                sender_alt=jid(ALICE)))
+        rows = h.rows()
+        await h.close()
+        return rows
+    rows = run(go())
+    assert {r.sender for r in rows} == {f"{ALICE}@s.whatsapp.net"}
+    assert [r.chat for r in rows] == [f"{FAMILY}@g.us", f"{FAMILY}@g.us", f"{ALICE}@s.whatsapp.net"]
+
+
+def test_unregistered_chats_are_dropped_or_stored_but_never_answered(harness):
+    stranger = jid("120363999999999999", "g.us")
+
+    async def go(**cfg):
+        h = await harness(**cfg).start()
+        await h.fire(message_ev(stranger, jid(ALICE), "S1", "@Andy hello?"))
+        await h.fire(message_ev(jid("4915550000"), jid("4915550000"), "S2", "spam"))
+        rows = h.rows()
+        registered = {g.jid for g in Group.select()}
+        await h.close()
+        return rows, registered
+    rows, _ = run(go())
+    assert rows == []
+    rows, registered = run(go(store_unregistered=True))
+    assert [r.channel_id for r in rows] == ["S1", "S2"]
+    # the queue serves only registered groups' chats, so these can never start an agent
+    assert not {r.chat for r in rows} & registered
+
+
+def test_owner_self_chat_reaches_the_agent(harness):
+    async def go():
+        h = await harness().start()
+        # the owner types in their own chat on the phone: from_me, chat in LID or phone form
+        await h.fire(message_ev(jid(OWNER_LID, "lid"), jid(OWNER_LID, "lid"), "O1", "remind me to call mum",
+                                from_me=True, recipient_alt=jid(OWNER), pushname="Owner"))
+        await h.fire(message_ev(jid(OWNER), jid(OWNER, device=0), "O2", "and buy milk", from_me=True))
+        rows = h.rows(h.main.jid)
+        await h.close()
+        return rows, h.main
+    rows, main = run(go())
+    assert [(r.text, r.from_me, r.is_bot, r.sender) for r in rows] == [
+        ("remind me to call mum", True, False, f"{OWNER}@s.whatsapp.net"),
+        ("and buy milk", True, False, f"{OWNER}@s.whatsapp.net")]
+    assert needs_agent(rows, requires_trigger=False, trigger="@Andy", allowed=None)
+
+
+def test_our_own_replies_echo_back_but_are_never_new_messages(harness):
+    async def go():
+        h = await harness(max_message_chars=60).start()
+        chat = h.main.jid
+        echoes: list = []
+
+        async def echo_before_return(to, message):
+            # the echo overtakes send_message's return: only the in-flight record knows it
+            ev = message_ev(jid(OWNER), jid(OWNER, device=0), f"EARLY{len(echoes)}", message.conversation,
+                            from_me=True)
+            echoes.append(ev)
+            await h.fire(ev)
+        h.client.on_send = echo_before_return
+        reply = await h.daemon._deliver({"chat": chat, "text": "**Done.**\n\n" + "word " * 20, "outbox_id": 7})
+        h.client.on_send = None
+        sent = [c for c in h.client.calls if c[0] == "send"]
+        # and the echoes that arrive afterwards, with WhatsApp's ids for our sends
+        for n in range(1, len(sent) + 1):
+            await h.fire(message_ev(jid(OWNER), jid(OWNER), f"3EB0{n:016X}", sent[n - 1][2], from_me=True))
+        # a restarted channel still knows the ids (kept on disk)
+        await h.close()
+        h2 = await h.start()
+        await h2.fire(message_ev(jid(OWNER), jid(OWNER), f"3EB0{3:016X}", sent[2][2], from_me=True))
+        rows = h.rows(chat)
+        await h2.close()
+        return reply, sent, rows
+    reply, sent, rows = run(go())
+    assert reply["ok"] and reply["channel_id"] == f"3EB0{1:016X}"
+    assert len(sent) == 3 and sent[0][2] == "*Done.*"  # markdown converted, split at the limit
+    assert [(r.is_bot, r.channel_id) for r in rows] == [(True, f"3EB0{1:016X}")]
+    assert not needs_agent(rows, requires_trigger=False, trigger="@Andy", allowed=None)
+
+
+def test_a_resend_resumes_after_the_chunks_already_sent(harness):
+    async def go():
+        h = await harness(max_message_chars=40).start()
+        text = "\n\n".join(f"part {i} " + "x" * 20 for i in range(3))
+        h.client.fail_send_at = 2
+        first = await h.daemon._deliver({"chat": h.main.jid, "text": text, "outbox_id": 9})
+        h.client.fail_send_at = None
+        second = await h.daemon._deliver({"chat": h.main.jid, "text": text, "outbox_id": 9})
+        third = await h.daemon._deliver({"chat": h.main.jid, "text": text, "outbox_id": 9})
+        sent = [c[2] for c in h.client.calls if c[0] == "send"]
+        await h.close()
+        return first, second, third, sent
+    first, second, third, sent = run(go())
+    assert not first["ok"] and "part 2 of 3" in first["error"]
+    assert second["ok"] and third["ok"] and third["channel_id"] == second["channel_id"]
+    assert sent == [f"part {i} " + "x" * 20 for i in range(3)]  # each chunk once, in order
+
+
+def test_sending_while_disconnected_fails_for_the_router_to_retry(harness):
+    async def go():
+        h = await harness().start(connected=False)
+        reply = await h.daemon._deliver({"chat": h.main.jid, "text": "hi", "outbox_id": 1})
+        await h.close()
+        return reply, h.rows()
+    reply, rows = run(go())
+    assert not reply["ok"] and "not connected" in reply["error"] and rows == []
+
+
+def test_typing_indicator_on_and_off_through_the_socket_op(harness):
+    async def go():
+        h = await harness().start()
+        writer = None
+        assert (await h.daemon.handle({"op": "typing", "chat": h.family.jid, "on": True}, writer))["ok"]
+        await h.settle()
+        assert (await h.daemon.handle({"op": "typing", "chat": h.family.jid, "on": False}, writer))["ok"]
+        await h.settle()
+        # a terminal chat has no indicator; a bad request is refused, not crashed
+        assert (await h.daemon.handle({"op": "typing", "chat": "term@term", "on": True}, writer))["ok"]
+        bad = await h.daemon.handle({"op": "typing", "chat": h.family.jid}, writer)
+        calls = [c for c in h.client.calls if c[0] == "presence"]
+        await h.close()
+        return calls, bad
+    calls, bad = run(go())
+    assert calls == [("presence", f"{FAMILY}@g.us", "CHAT_PRESENCE_COMPOSING", "CHAT_PRESENCE_MEDIA_TEXT"),
+                     ("presence", f"{FAMILY}@g.us", "CHAT_PRESENCE_PAUSED", "CHAT_PRESENCE_MEDIA_TEXT")]
+    assert not bad["ok"]
+
+
+def test_queue_tells_the_channel_when_the_agent_starts_and_stops(tmp_path):
+    """The queue's typing notices are fire-and-forget lines on the channel socket."""
+    import socket as socket_mod
+
+    from nanoclaw.queue import QueueDaemon
+    cfg = config_mod.Config(state_dir=tmp_path / "s", runtime_dir=tmp_path / "r", config_dir=tmp_path / "c")
+    cfg.runtime_dir.mkdir(parents=True)
+    server = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+    server.bind(str(cfg.socket("channel")))
+    server.listen(5)
+    server.settimeout(2)
+    q = QueueDaemon(cfg)
+    q._typing("x@g.us", True)
+    q._typing("x@g.us", False)
+    got = []
+    for _ in range(2):
+        conn, _ = server.accept()
+        got.append(json.loads(conn.recv(4096)))
+        conn.close()
+    server.close()
+    assert [(g["op"], g["chat"], g["on"]) for g in got] == [("typing", "x@g.us", True), ("typing", "x@g.us", False)]
+    q._typing("x@g.us", True)  # nobody listening: returns at once, no error
+
+
+def test_captions_and_media_land_in_the_group_inbox(harness):
+    async def go():
+        h = await harness().start()
+        family = jid(FAMILY, "g.us")
+        alice = jid(ALICE)
+        await h.fire(message_ev(family, alice, "IMG1", body=WAMessage(imageMessage=ImageMessage(
+            caption="@Andy what is this?", mimetype="image/jpeg", fileLength=15))))
+        await h.fire(message_ev(family, alice, "PTT1", body=WAMessage(audioMessage=AudioMessage(
+            PTT=True, mimetype="audio/ogg; codecs=opus", fileLength=15))))
+        await h.fire(message_ev(family, alice, "DOC1", body=WAMessage(documentMessage=DocumentMessage(
+            fileName="../../etc/passwd plan.pdf", mimetype="application/pdf", fileLength=15))))
+        await h.fire(message_ev(family, alice, "VID1", body=WAMessage(videoMessage=VideoMessage(
+            caption="too big", mimetype="video/mp4", fileLength=10**9))))
+        # an unregistered chat's media is never downloaded
+        await h.fire(message_ev(jid("120363999"), alice, "IMG2", body=WAMessage(imageMessage=ImageMessage(
+            caption="x", mimetype="image/jpeg"))))
+        rows = h.rows(h.family.jid)
+        downloads = [c for c in h.client.calls if c[0] == "download_any"]
+        await h.close()
+        return h, rows, downloads
+    h, rows, downloads = run(go())
+    assert [r.text for r in rows] == [
+        "[image: inbox/IMG1.jpg] @Andy what is this?",
+        "[voice note: inbox/PTT1.ogg]",
+        "[document: inbox/DOC1-etc_passwd_plan.pdf]",
+        "[video not downloaded: 1000000000 bytes is over the limit] too big"]
+    inbox = h.cfg.groups_dir / "family" / "inbox"
+    assert sorted(p.name for p in inbox.iterdir()) == ["DOC1-etc_passwd_plan.pdf", "IMG1.jpg", "PTT1.ogg"]
+    assert (inbox / "PTT1.ogg").read_bytes() == b"OggS-fake-voice"
+    assert [d[1] for d in downloads] == ["imageMessage", "audioMessage", "documentMessage"]
+
+
+def test_receipts_and_empty_messages_store_nothing(harness):
+    from neonize.proto.Neonize_pb2 import Receipt
+
+    async def go():
+        h = await harness().start()
+        src = MessageSource(Chat=jid(FAMILY, "g.us"), Sender=jid(ALICE), IsFromMe=False, IsGroup=True,
+                            SenderAlt=EMPTY, RecipientAlt=EMPTY, BroadcastListOwner=EMPTY)
+        receipt = Receipt(MessageSource=src, MessageIDs=["3EB0X"], Timestamp=1_767_225_600, Type=1)
+        await h.fire(ReceiptEv.FromString(receipt.SerializeToString()))
+        await h.fire(message_ev(jid(FAMILY, "g.us"), jid(ALICE), "R1", body=WAMessage()))  # e.g. a reaction
+        await h.fire(message_ev(jid("status", "broadcast"), jid(ALICE), "ST1", "my status"))
+        rows = h.rows()
+        await h.close()
+        return rows
+    assert run(go()) == []
+
+
+def test_a_failing_handler_is_logged_not_lost(harness, caplog):
+    async def go():
+        h = await harness().start()
+
+        async def boom(*a):
+            raise RuntimeError("disk on fire")
+        h.wa.receive = boom
+        await h.fire(message_ev(jid(FAMILY, "g.us"), jid(ALICE), "B1", "hello"))
+        await h.close()
+    with caplog.at_level("ERROR", logger="nanoclaw.whatsapp"):
+        run(go())
+    assert "Message handler failed" in caplog.text and "disk on fire" in caplog.text

@@ -71,7 +71,7 @@ def is_phone(text: str) -> bool:
     return bool(_PHONE_RE.match(text.strip())) and len(phone_digits(text)) >= 6
 
 
-def sender_of(src: MessageSource) -> str:
+def sender_of(src: MessageSource, own_lid: str = "", own_phone: str = "") -> str:
     """The sender as one stable string: the phone JID when WhatsApp tells us it.
 
     In groups WhatsApp increasingly names senders by LID (a per-account alias)
@@ -83,7 +83,8 @@ def sender_of(src: MessageSource) -> str:
     sender = src.Sender
     if sender.Server == LID_SERVER and src.SenderAlt.User and src.SenderAlt.Server == PHONE_SERVER:
         sender = src.SenderAlt
-    return jid_str(sender)
+    text = jid_str(sender)
+    return own_phone if own_lid and own_phone and text == own_lid else text
 
 
 def chat_of(src: MessageSource, own_lid: str = "", own_phone: str = "") -> str:
@@ -157,11 +158,11 @@ def media_of(msg: Any, msg_id: str) -> Media | None:
     return None
 
 
-def to_inbound(ev: Any, *, chat: str, text: str) -> Inbound:
+def to_inbound(ev: Any, *, chat: str, text: str, own_lid: str = "", own_phone: str = "") -> Inbound:
     """A MessageEv as the channel stores it. WhatsApp's timestamps are milliseconds."""
     info = ev.Info
     src = info.MessageSource
-    return Inbound(chat=chat, sender=sender_of(src), sender_name=info.Pushname, text=text,
+    return Inbound(chat=chat, sender=sender_of(src, own_lid, own_phone), sender_name=info.Pushname, text=text,
                    channel_id=info.ID, timestamp=info.Timestamp / 1000.0, from_me=src.IsFromMe)
 
 

@@ -542,7 +542,8 @@ class WhatsAppBackend(Backend):
         if not text.strip():
             log.debug("chat=%s msg=%s no text (reaction, sticker, protocol message); ignored", chat, msg_id)
             return
-        await self.receive(to_inbound(ev, chat=chat, text=text[:MAX_TEXT]))
+        await self.receive(to_inbound(ev, chat=chat, text=text[:MAX_TEXT], own_lid=self.own_lid,
+                                      own_phone=self.own_phone))
 
     def _is_ours(self, msg_id: str, chats: set[str], text: str) -> bool:
         if self.sent is not None and msg_id in self.sent:
