@@ -282,3 +282,32 @@ def test_older_database_gains_new_columns(tmp_path):
     models.open_db(path)
     row = models.Outbox.get(models.Outbox.key == "k")
     assert row.error == "" and row.text == "t"
+
+
+def test_journal_handler_sends_native_fields(tmp_path):
+    """Log lines reach journald as datagrams whose key=value subjects are fields."""
+    import logging
+    import socket as socket_mod
+
+    from nanoclaw.log import JournalHandler, journal_fields
+
+    assert journal_fields("group=family job=12 chat=x@g.us, done") == {"GROUP": "family", "JOB": "12",
+                                                                     "CHAT": "x@g.us"}
+    assert journal_fields("stored as message=41") == {"MESSAGE_ROW": "41"}  # never the MESSAGE text
+    path = str(tmp_path / "journal.sock")
+    server = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(2)
+    handler = JournalHandler("nanoclaw-queue", path=path)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logger = logging.getLogger("nanoclaw.test-journal")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.warning("group=%s job=%d failed\nsecond line", "family", 7)
+    lines = server.recv(65536).decode().splitlines()
+    fields = dict(line.split("=", 1) for line in lines)
+    assert fields["GROUP"] == "family" and fields["JOB"] == "7"
+    assert fields["PRIORITY"] == "4" and fields["SYSLOG_IDENTIFIER"] == "nanoclaw-queue"
+    assert fields["MESSAGE"] == "nanoclaw.test-journal: group=family job=7 failed | second line"
+    server.close()
+    logger.info("journald gone: falls back to stderr, never raises")
