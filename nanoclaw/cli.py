@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import socket
 import sys
 import threading
@@ -249,6 +251,17 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_timers(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from . import timers
+    if os.geteuid() != 0:
+        print("nanoclaw: timers sync writes systemd units; run it as root (systemctl start nanoclaw-timers)",
+              file=sys.stderr)
+        return 2
+    for change in timers.sync(cfg.timer_spec_dir, Path(cfg.systemd_unit_dir)):
+        logging.getLogger("nanoclaw.timers").info("timers: %s", change)
+    return 0
+
+
 def cmd_doctor(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from . import doctor
     return doctor.main(cfg, args.detect_runtime)
@@ -320,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     tf = tsub.add_parser("fire", help="(run by timers) hand a task to the queue")
     tf.add_argument("id", type=int)
     tf.add_argument("--if-due", action="store_true", help="only if its next run time has come")
+    sp = sub.add_parser("timers", help="(run by nanoclaw-timers.service, as root) task timers")
+    sp.add_argument("action", choices=["sync"], help="make the timer units equal the scheduler's specs")
     sp = sub.add_parser("image", help="build the agent container image (offline-capable)")
     isub = sp.add_subparsers(dest="action", required=True)
     ib = isub.add_parser("build", help="build [container] image from [container] base_image and a wheelhouse")
@@ -341,7 +356,8 @@ def main(argv: list[str] | None = None) -> None:
         from .supervise import run_all
         sys.exit(run_all())
     handler = {"chat": cmd_chat, "send": cmd_send, "groups": cmd_groups, "ping": cmd_ping,
-               "image": cmd_image, "tasks": cmd_tasks, "doctor": cmd_doctor, "status": cmd_status}[args.command]
+               "image": cmd_image, "tasks": cmd_tasks, "timers": cmd_timers, "doctor": cmd_doctor,
+               "status": cmd_status}[args.command]
     try:
         sys.exit(handler(cfg, args))
     except KeyboardInterrupt:

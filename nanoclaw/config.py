@@ -110,6 +110,11 @@ class Config:
     def sessions_dir(self) -> Path:
         return self.state_dir / "sessions"
 
+    @property
+    def timer_spec_dir(self) -> Path:
+        """Where the scheduler leaves timer specs for the root ``timers sync``."""
+        return self.state_dir / "timers"
+
     def socket(self, daemon: str) -> Path:
         """The Unix socket a daemon listens on."""
         return self.runtime_dir / f"{daemon}.sock"

@@ -4,6 +4,8 @@ It owns no schedule of its own. Each pass (at start, on a nudge from the CLI
 or the ipc daemon, and every 30 s) it asks the configured backend to make the
 timers match the active tasks — creating missing ones, rewriting changed ones,
 removing orphans — and refreshes each group's ``tasks.json`` for its agent.
+Under systemd it writes timer specs that the root one-shot ``nanoclaw timers
+sync`` turns into units (see timers.py); it runs as the service user itself.
 When a timer fires, ``nanoclaw tasks fire ID`` hands the task to the queue.
 """
 
@@ -16,7 +18,7 @@ from . import tasks as tasks_mod
 from .config import Config
 from .daemon import Daemon
 from .models import Task
-from .timers import CrontabTimers, SystemdTimers, fire_command
+from .timers import CrontabTimers, TimerSpecs, fire_command
 
 
 def backend_for(cfg: Config):
@@ -25,7 +27,7 @@ def backend_for(cfg: Config):
     if kind == "auto":
         kind = "systemd" if os.path.isdir("/run/systemd/system") else "crontab"
     if kind == "systemd":
-        return SystemdTimers(Path(cfg.systemd_unit_dir))
+        return TimerSpecs(cfg.timer_spec_dir)
     if kind == "crontab":
         return CrontabTimers(fire_command(), tabfile=Path(cfg.crontab_file) if cfg.crontab_file else None,
                              host_tz=cfg.tz)

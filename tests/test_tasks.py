@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def test_crontab_backend_round_trips_and_its_line_enqueues(offline_system):
     assert [p.name.endswith("task_fire") for p in queue_new.iterdir()] == [True]
     # --if-due does nothing when the task is not due
     s.cli("tasks", "resume", "2")
-    subprocess.run(f"{s.env.get('PYTHON', 'python3')} -m nanoclaw tasks fire 2 --if-due", shell=True,
+    subprocess.run(f"{sys.executable} -m nanoclaw tasks fire 2 --if-due", shell=True,
                    env=s.env, check=True)
     assert len(list(queue_new.iterdir())) == 1
 
@@ -68,7 +69,7 @@ def test_systemd_backend_writes_valid_timers_and_removes_orphans(offline_system,
     from nanoclaw import tasks as tasks_mod
     from nanoclaw.groups import add_group
     from nanoclaw.models import Task, open_db
-    from nanoclaw.timers import SystemdTimers
+    from nanoclaw.timers import SystemdTimers, TimerSpecs, specs_of, sync
 
     s = offline_system
     for key in ("NANOCLAW_STATE_DIR", "NANOCLAW_RUNTIME_DIR", "NANOCLAW_CONFIG_DIR"):
@@ -84,7 +85,7 @@ def test_systemd_backend_writes_valid_timers_and_removes_orphans(offline_system,
     unit_dir.mkdir()
     calls = tmp_path / "calls"
     backend = SystemdTimers(unit_dir, systemctl=["sh", "-c", f'echo "$@" >> {calls}', "systemctl"])
-    changes = backend.reconcile(list(Task.select()))
+    changes = backend.reconcile(specs_of(list(Task.select())))
     assert changes == ["created nanoclaw-task-1.timer", "created nanoclaw-task-2.timer",
                        "created nanoclaw-task-3.timer"]
     timer1 = (unit_dir / "nanoclaw-task-1.timer").read_text()
@@ -95,10 +96,10 @@ def test_systemd_backend_writes_valid_timers_and_removes_orphans(offline_system,
     assert "OnCalendar=2099-01-01 08:00:00 UTC" in (unit_dir / "nanoclaw-task-3.timer").read_text()
     assert "enable nanoclaw-task-1.timer" in calls.read_text()
     # unchanged tasks: nothing to do; a paused task's timer goes, an orphan goes
-    assert backend.reconcile(list(Task.select())) == []
+    assert backend.reconcile(specs_of(list(Task.select()))) == []
     (unit_dir / "nanoclaw-task-77.timer").write_text("[Timer]\n")
     tasks_mod.change(t2, "pause")
-    changes = backend.reconcile(list(Task.select().where(Task.status == "active")))
+    changes = backend.reconcile(specs_of(list(Task.select().where(Task.status == "active"))))
     assert changes == ["removed nanoclaw-task-2.timer", "removed nanoclaw-task-77.timer"]
     assert "disable --now nanoclaw-task-2.timer" in calls.read_text()
     if shutil.which("systemd-analyze"):
@@ -110,6 +111,28 @@ def test_systemd_backend_writes_valid_timers_and_removes_orphans(offline_system,
                     and "nanoclaw.target" not in line]
         assert problems == [], r.stderr
     assert t1.id == 1 and t3.id == 3
+
+    # The same through the two halves: specs written by the scheduler, units by the root sync,
+    # which refuses any spec that would put something else into a unit file.
+    spec_dir = tmp_path / "specs"
+    assert TimerSpecs(spec_dir).reconcile(list(Task.select().where(Task.status == "active"))) == [
+        "created nanoclaw-task-1.timer", "created nanoclaw-task-3.timer"]
+    forged = {"nanoclaw-task-9.json": '{"id": 9, "kind": "cron", "oncalendar": ["daily\\nExecStart=/bin/sh"]}',
+              "nanoclaw-task-10.json": '{"id": 11, "kind": "interval", "interval": 60}',
+              "nanoclaw-task-12.json": '{"id": 12, "kind": "interval", "interval": "60s; rm"}',
+              "nanoclaw-task-13.json": "not json"}
+    for name, text in forged.items():
+        (spec_dir / name).write_text(text)
+    unit_dir2 = tmp_path / "units2"
+    unit_dir2.mkdir()
+    changes = sync(spec_dir, unit_dir2, systemctl=["true"])
+    assert changes == ["created nanoclaw-task-1.timer", "created nanoclaw-task-3.timer"]
+    assert (unit_dir2 / "nanoclaw-task-1.timer").read_text() == timer1
+    tasks_mod.change(t1, "cancel")
+    changes = TimerSpecs(spec_dir).reconcile(list(Task.select().where(Task.status == "active")))
+    assert "removed nanoclaw-task-1.timer" in changes  # and the forged specs, which no task stands for
+    assert sorted(p.name for p in spec_dir.iterdir()) == ["nanoclaw-task-3.json"]
+    assert sync(spec_dir, unit_dir2, systemctl=["true"]) == ["removed nanoclaw-task-1.timer"]
 
 
 @pytest.mark.podman
