@@ -56,9 +56,14 @@ class Credential:
 
 
 def credential_path(cfg: Config) -> Path:
+    """systemd's ``LoadCredential=`` copy when it is there and readable, else the config file."""
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds and (Path(creds) / CREDENTIAL_NAME).exists():
-        return Path(creds) / CREDENTIAL_NAME
+    if creds:
+        try:
+            if (Path(creds) / CREDENTIAL_NAME).exists():
+                return Path(creds) / CREDENTIAL_NAME
+        except OSError:  # some container hosts make the credentials dir unreadable to User=
+            pass
     return cfg.config_dir / "credentials" / CREDENTIAL_NAME
 
 
@@ -71,7 +76,8 @@ def load_credential(cfg: Config) -> Credential:
     except OSError as exc:
         raise CredentialError(f"no Anthropic credential at {path} ({exc.strerror}): put an API key or "
                               "OAuth token there, mode 0600") from None
-    if not os.environ.get("CREDENTIALS_DIRECTORY") and stat.S_IMODE(st.st_mode) & 0o077:
+    if path.parent != Path(os.environ.get("CREDENTIALS_DIRECTORY", "/nonexistent")) \
+            and stat.S_IMODE(st.st_mode) & 0o077:
         raise CredentialError(f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
                               f"chmod 600 {path}")
     for line in raw.splitlines():

@@ -201,6 +201,12 @@ class QueueDaemon(Daemon):
                                                   Message.is_bot == False)  # noqa: E712
                            .order_by(Message.id))
             if not pending:
+                if job is not None:
+                    # A warm container idling for follow-ups must not hold a due task back
+                    # for its whole idle timeout: close it, the task starts next pass.
+                    if isinstance(self._next_task_run(group, now), TaskRun) and self._idle(job):
+                        self._close(job)
+                    continue
                 if job is None:
                     due = self._next_task_run(group, now)
                     if isinstance(due, TaskRun):
@@ -261,13 +267,18 @@ class QueueDaemon(Daemon):
         fire-and-forget, so it can neither block nor fail the job."""
         tell(self.cfg.socket("channel"), "typing", chat=chat, on=on)
 
+    @staticmethod
+    def _idle(job: Job) -> bool:
+        """A live container that has answered every turn and is only waiting."""
+        return job.status == "running" and not job.closing and \
+            not job.turns.where(Turn.status != "done").exists()
+
     def _free_slots(self, active: dict[int, Job], wanted: int) -> None:
-        """Ask idle containers (every turn answered) to exit so waiting groups get a slot."""
+        """Ask idle containers to exit so waiting groups get a slot."""
         for job in active.values():
             if wanted <= 0:
                 break
-            if job.status == "running" and not job.closing and \
-                    not job.turns.where(Turn.status != "done").exists():
+            if self._idle(job):
                 self._close(job)
                 wanted -= 1
 

@@ -261,6 +261,9 @@ class RunnerDaemon(Daemon):
                     error = error or text.strip()[-1000:] or f"exit code {code}"
                 except (APIError, NotFound):
                     pass
+            if code != 0:  # the agent's own last words (a traceback, not chat text) say why
+                self.log.warning("group=%s job=%s container %s failed: %s", b["group"], b["job"], name,
+                                 (error or "")[-400:].replace("\n", " | "))
             self._event(b["job"], "exited", exit_code=code, error=error or "", container=name)
             try:
                 ctr.remove(force=True)
