@@ -4,21 +4,24 @@
 # reachable; on a connected host `nanoclaw image build` can start FROM a public
 # image instead.
 #   usage: container/build-base.sh [IMAGE] [SUITE] [MIRROR]
+#   PODMAN="runuser -u nanoclaw -- podman" imports into another user's storage.
 set -euo pipefail
+PODMAN=${PODMAN:-podman}
 image=${1:-localhost/nanoclaw-base:bookworm}
 suite=${2:-bookworm}
 mirror=${3:-http://deb.debian.org/debian}
-if podman image exists "$image"; then
+if $PODMAN image exists "$image"; then
     echo "base image $image already present"
     exit 0
 fi
 command -v debootstrap >/dev/null || { echo "debootstrap is missing: apt-get install debootstrap" >&2; exit 1; }
 rootfs=$(mktemp -d /var/tmp/nanoclaw-rootfs.XXXXXX)
+chmod 0755 "$rootfs"  # it becomes the image's /: mktemp's 0700 would lock out non-root users
 trap 'rm -rf "$rootfs"' EXIT
 echo "debootstrap $suite into $rootfs (about a minute)..."
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,tzdata \
     "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 || { tail -20 "$rootfs.log" >&2; exit 1; }
 rm -f "$rootfs.log"
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-tar -C "$rootfs" -c . | podman import - "$image" >/dev/null
+tar -C "$rootfs" -c . | $PODMAN import - "$image" >/dev/null
 echo "imported $image"

@@ -32,10 +32,13 @@ def build_test_agent_image() -> str:
     shutil.copy(AGENT_DIR / "Containerfile", ctx)
     shutil.copy(AGENT_DIR / "scripted_agent.py", ctx)
     shutil.copy(ROOT / "nanoclaw" / "protocol.py", ctx)
-    digest = hashlib.sha256(b"".join((ctx / f).read_bytes() for f in sorted(os.listdir(ctx)))).hexdigest()[:12]
+    subprocess.run([str(ROOT / "container" / "build-base.sh"), BASE_IMAGE], check=True)
+    base_id = _podman("image", "inspect", "--format", "{{.Id}}", BASE_IMAGE).stdout.strip()
+    # A rebuilt base makes a new tag too, so no image outlives the base it was built on.
+    digest = hashlib.sha256(base_id.encode() + b"".join((ctx / f).read_bytes()
+                                                        for f in sorted(os.listdir(ctx)))).hexdigest()[:12]
     tag = f"localhost/nanoclaw-testagent:{digest}"
     if _podman("image", "exists", tag, check=False).returncode != 0:
-        subprocess.run([str(ROOT / "container" / "build-base.sh"), BASE_IMAGE], check=True)
         _podman("build", "--network", "none", "--build-arg", f"BASE={BASE_IMAGE}", "-t", tag, str(ctx))
     shutil.rmtree(ctx)
     return tag

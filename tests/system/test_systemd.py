@@ -1,0 +1,182 @@
+"""nanoclaw under a real systemd: install.sh, every unit, the journal, restarts,
+the watchdog, and scheduled tasks as real timers.
+
+One machine (systemd as PID 1 in a privileged Podman container) is booted and
+installed once for the module; the tests then run in order against it, as an
+owner would use the service. Agents are the scripted test agent in nested
+rootless Podman, run by the ``nanoclaw`` service user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import datetime
+
+import pytest
+
+from .machine import UNITS, Machine, host_container_options, workdir
+
+pytestmark = [pytest.mark.system, pytest.mark.podman]
+
+
+@pytest.fixture(scope="module")
+def machine(agent_image, request):
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    base = "localhost/nanoclaw-base:bookworm"
+    d = workdir()
+    m = Machine.boot(d, host_container_options(), [base, agent_image])
+    try:
+        result = m.install("--no-image", "--images", "/images")
+        print(result.stdout[-4000:])
+        # The scripted agent stands in for the real one (no model here).
+        m.sh(f"sed -i 's#^\\[container\\]$#[container]\\nimage = \"{agent_image}\"#' /etc/nanoclaw/config.toml")
+        m.sh("systemctl restart nanoclaw.target")
+        m.wait_for(lambda: all(m.state(u) == "active" for u in UNITS), 60, "every unit active")
+        yield m
+    except BaseException:
+        print(m.sh("systemctl --no-pager status 'nanoclaw*'; journalctl --no-pager -n 300 -u 'nanoclaw*'",
+                   check=False).stdout[-30000:])
+        raise
+    finally:
+        if request.session.testsfailed:
+            print(m.sh("journalctl --no-pager -n 300 -u 'nanoclaw*'", check=False).stdout[-30000:])
+        if os.environ.get("NANOCLAW_KEEP_MACHINE"):
+            print(f"kept the machine: podman exec -it {m.name} bash")
+        else:
+            m.remove()
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def send(m: Machine, text: str, wait: int = 90) -> str:
+    return m.nanoclaw("send", "main", "--wait", str(wait), text, timeout=wait + 30).stdout
+
+
+def test_install_starts_every_unit(machine: Machine):
+    assert machine.state("nanoclaw.target") == "active"
+    for unit in UNITS:
+        assert machine.state(unit) == "active", unit
+    # Type=notify daemons report live figures to systemctl status.
+    assert "group" in machine.show("nanoclaw-queue", "StatusText")
+    assert machine.show("nanoclaw-queue", "User") == "nanoclaw"
+    # Running again changes nothing and keeps everything up (idempotent).
+    machine.install("--no-image")
+    assert machine.state("nanoclaw.target") == "active"
+    doctor = machine.nanoclaw("doctor", check=False)
+    assert "ok    unit nanoclaw-queue: active" in doctor.stdout, doctor.stdout
+
+
+def test_units_pass_systemd_analyze_verify(machine: Machine):
+    r = machine.sh("cd /etc/systemd/system && systemd-analyze verify --man=no "
+                   "$(ls nanoclaw*.service nanoclaw*.target nanoclaw*.path | grep -v @) 2>&1", check=False)
+    problems = [line for line in r.stdout.splitlines() if "nanoclaw" in line]
+    assert problems == [], r.stdout
+
+
+def test_message_answered_by_a_nested_rootless_agent(machine: Machine):
+    out = send(machine, "hello from systemd")
+    assert "echo: hello from systemd" in out
+    # The agent container ran under the service user's rootless podman.
+    ps = machine.sh("runuser -u nanoclaw -- env XDG_RUNTIME_DIR=/run/nanoclaw/xdg HOME=/var/lib/nanoclaw/home "
+                    "podman ps -a --format '{{.Image}}'", check=False).stdout
+    assert "nanoclaw-testagent" in ps, ps
+    # The queue's handling is in the journal, findable by a field; the body is not logged.
+    log = machine.journal("-u", "nanoclaw-queue", "GROUP=main")
+    assert "group=main" in log and "job=" in log, log
+    everything = machine.journal("-u", "nanoclaw-*")
+    assert "hello from systemd" not in everything
+
+
+def test_router_restart_loses_nothing(machine: Machine):
+    before = len(machine.replies())
+    machine.nanoclaw("send", "main", "before the router restart")
+    machine.sh("systemctl restart nanoclaw-router")
+    out = send(machine, "after the router restart")
+    assert "echo: after the router restart" in out
+    machine.wait_for(lambda: "echo: before the router restart" in machine.replies(), 60, "the first reply")
+    replies = machine.replies()[before:]
+    assert replies.count("echo: before the router restart") == 1
+    assert replies.count("echo: after the router restart") == 1
+
+
+def test_killed_queue_is_restarted_and_the_message_answered(machine: Machine):
+    restarts = int(machine.show("nanoclaw-queue", "NRestarts"))
+    machine.sh("systemctl kill -s KILL nanoclaw-queue")
+    machine.nanoclaw("send", "main", "while the queue was dead")
+    machine.wait_for(lambda: int(machine.show("nanoclaw-queue", "NRestarts")) > restarts, 30, "a restart")
+    machine.wait_for(lambda: "echo: while the queue was dead" in machine.replies(), 90, "the reply")
+    assert machine.replies().count("echo: while the queue was dead") == 1
+    assert machine.state("nanoclaw-queue") == "active"
+
+
+def test_hung_daemon_is_restarted_by_the_watchdog(machine: Machine):
+    # A short watchdog period for the test only; SIGUSR2 makes the daemon stop pinging.
+    machine.sh("mkdir -p /etc/systemd/system/nanoclaw-ipc.service.d && printf '[Service]\\nWatchdogSec=3\\n' "
+               "> /etc/systemd/system/nanoclaw-ipc.service.d/test-watchdog.conf && systemctl daemon-reload "
+               "&& systemctl restart nanoclaw-ipc")
+    try:
+        restarts = int(machine.show("nanoclaw-ipc", "NRestarts"))
+        machine.sh("systemctl kill -s USR2 nanoclaw-ipc")
+        machine.wait_for(lambda: int(machine.show("nanoclaw-ipc", "NRestarts")) > restarts, 30,
+                         "the watchdog restart")
+        assert "watchdog" in machine.journal("-u", "nanoclaw-ipc", "--since", "-1min").lower()
+        machine.wait_for(lambda: machine.state("nanoclaw-ipc") == "active", 30, "ipc active again")
+    finally:
+        machine.sh("rm -rf /etc/systemd/system/nanoclaw-ipc.service.d && systemctl daemon-reload")
+    assert "echo: after the watchdog" in send(machine, "after the watchdog")
+
+
+def _at(seconds: float) -> tuple[str, float]:
+    due = int(time.time() + seconds) + 1
+    return datetime.fromtimestamp(due).strftime("%Y-%m-%dT%H:%M:%S"), float(due)
+
+
+def _task_id(added: str) -> int:
+    return int(added.split("task ")[1].split()[0])
+
+
+def _timers(machine: Machine) -> str:
+    return machine.sh("systemctl list-timers --all --no-pager 'nanoclaw-task-*'").stdout
+
+
+def test_task_fires_on_time_as_a_timer(machine: Machine):
+    tz = machine.sh("cat /etc/timezone 2>/dev/null || echo UTC").stdout.strip() or "UTC"
+    at, due = _at(6)
+    task = _task_id(machine.nanoclaw("tasks", "add", "main", "--at", at, "--tz", tz, "timer check").stdout)
+    machine.wait_for(lambda: f"nanoclaw-task-{task}.timer" in _timers(machine), 10, "the timer listed")
+    runs = machine.wait_for(lambda: machine.query(
+        f"print(json.dumps([[r.fired_at, r.status] for r in TaskRun.select().where(TaskRun.task == {task})]))"),
+        30, "the task run")
+    fired_at = runs[0][0]
+    assert abs(fired_at - due) <= 2.0, f"fired {fired_at - due:+.2f}s from due"
+    machine.wait_for(lambda: "echo: timer check" in machine.replies(), 60, "the task's message in the chat")
+    log = machine.nanoclaw("tasks", "log", str(task)).stdout
+    machine.wait_for(lambda: "success" in machine.nanoclaw("tasks", "log", str(task)).stdout, 30, "run logged")
+    assert f"task {task}" in log
+
+
+def test_pausing_removes_the_timer(machine: Machine):
+    task = _task_id(machine.nanoclaw("tasks", "add", "main", "--every", "1h", "hourly thing").stdout)
+    unit = f"nanoclaw-task-{task}.timer"
+    machine.wait_for(lambda: unit in _timers(machine), 10, "the timer listed")
+    machine.nanoclaw("tasks", "pause", str(task))
+    machine.wait_for(lambda: unit not in _timers(machine), 10, "the timer gone")
+    machine.nanoclaw("tasks", "resume", str(task))
+    machine.wait_for(lambda: unit in _timers(machine), 10, "the timer back")
+    machine.nanoclaw("tasks", "cancel", str(task))
+    machine.wait_for(lambda: unit not in _timers(machine), 10, "the timer gone after cancel")
+
+
+def test_task_missed_while_stopped_runs_after_restart(machine: Machine):
+    at, due = _at(5)
+    task = _task_id(machine.nanoclaw("tasks", "add", "main", "--at", at, "missed while stopped").stdout)
+    machine.wait_for(lambda: f"nanoclaw-task-{task}.timer" in _timers(machine), 10, "the timer listed")
+    machine.sh("systemctl stop nanoclaw.target")
+    assert machine.state(f"nanoclaw-task-{task}.timer") != "active"
+    while time.time() < due + 3:
+        time.sleep(0.5)
+    assert machine.query(f"print(TaskRun.select().where(TaskRun.task == {task}).count())") == 0
+    machine.sh("systemctl start nanoclaw.target")
+    machine.wait_for(lambda: "echo: missed while stopped" in machine.replies(), 90, "the missed task's reply")
