@@ -580,3 +580,247 @@ def test_a_failing_handler_is_logged_not_lost(harness, caplog):
     with caplog.at_level("ERROR", logger="nanoclaw.whatsapp"):
         run(go())
     assert "Message handler failed" in caplog.text and "disk on fire" in caplog.text
+
+
+async def wait_until(pred, timeout: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():
+        if loop.time() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.005)
+
+
+def test_failed_connects_are_retried_with_capped_backoff_then_connected(harness):
+    from neonize.exc import NeonizeError
+
+    async def go():
+        h = harness()
+        waits: list[float] = []
+        h_start = h.start(connected=False)
+        # no network at boot: four failures, then WhatsApp answers
+        orig = RecordingClient.__init__
+
+        def init(self, session):
+            orig(self, session)
+            self.connect_failures = [NeonizeError("dial tcp: no route to host")] * 4
+        RecordingClient.__init__ = init
+        try:
+            await h_start
+        finally:
+            RecordingClient.__init__ = orig
+        wa = h.wa
+        real_wait = wa._wait
+
+        statuses: list[str] = []
+
+        async def recording_wait(timeout):
+            if timeout is not None:
+                waits.append(timeout)
+                statuses.append(wa.status())
+            await real_wait(0)
+        wa._wait = recording_wait
+        await wait_until(lambda: sum(c == ("connect",) for c in h.client.calls) == 5)
+        status_while_retrying = statuses[0]
+        await h.fire(ConnectedEv(status=True))
+        connected = wa.status()
+        # a drop of a logged-in session: whatsmeow reconnects itself, we only report it
+        await h.fire(DisconnectedEv(status=True))
+        reconnecting = wa.status()
+        daemon_status = h.daemon.status()
+        await h.close()
+        return waits, status_while_retrying, connected, reconnecting, daemon_status, h.wa.backoff.attempt
+    waits, retrying, connected, reconnecting, daemon_status, attempt = run(go())
+    assert waits[:4] == [0.01, 0.02, 0.04, 0.04]  # reconnect_min doubling, capped at reconnect_max
+    assert retrying == "disconnected — next attempt in 0s (connect failed: dial tcp: no route to host)"
+    assert connected == f"connected as {OWNER}@s.whatsapp.net" and attempt == 0  # backoff reset
+    assert reconnecting == "disconnected — reconnecting"
+    assert daemon_status.startswith("whatsapp: disconnected — reconnecting; terminal:")
+
+
+def test_logged_out_stops_retrying_and_says_so_once(harness, caplog):
+    from neonize.proto.Neonize_pb2 import LoggedOut
+
+    async def go():
+        h = await harness().start()
+        await wait_until(lambda: ("connect",) in h.client.calls)
+        ev = LoggedOutEv.FromString(LoggedOut(OnConnect=False, Reason=1).SerializeToString())
+        await h.fire(ev)
+        await h.fire(ev)  # WhatsApp may say it twice: one error line
+        await asyncio.sleep(0.2)  # many backoff periods: no new connect attempt
+        connects = sum(c == ("connect",) for c in h.client.calls)
+        status = h.wa.status()
+        send = await h.daemon._deliver({"chat": h.main.jid, "text": "hi", "outbox_id": 3})
+        await h.close()
+        return connects, status, send, h.client.calls
+    with caplog.at_level("WARNING", logger="nanoclaw.whatsapp"):
+        connects, status, send, calls = run(go())
+    assert connects == 1 and ("stop",) in calls
+    assert status == "logged out — run `nanoclaw pair`"
+    assert [r.levelname for r in caplog.records if "logged out" in r.getMessage()] == ["ERROR"]
+    assert not send["ok"] and "logged out" in send["error"]
+
+
+def test_stream_replaced_also_stops_retrying(harness):
+    async def go():
+        h = await harness().start()
+        await wait_until(lambda: ("connect",) in h.client.calls)
+        await h.fire(StreamReplacedEv())
+        await asyncio.sleep(0.1)
+        connects = sum(c == ("connect",) for c in h.client.calls)
+        status = h.wa.status()
+        await h.close()
+        return connects, status
+    connects, status = run(go())
+    assert connects == 1 and status.startswith("replaced — another program uses this WhatsApp session")
+
+
+def test_an_unpaired_session_waits_for_nanoclaw_pair(harness):
+    async def go():
+        h = await harness().start(connected=False)
+        await wait_until(lambda: ("connect",) in h.client.calls)
+        await h.fire(b"2@qrdata,1,2,3", "qr")  # whatsmeow wants a QR scan: nobody is looking
+        await asyncio.sleep(0.1)
+        status = h.wa.status()
+        connects = sum(c == ("connect",) for c in h.client.calls)
+        await h.close()
+        return status, connects
+    status, connects = run(go())
+    assert status == "not paired — run `nanoclaw pair`" and connects == 1
+
+
+class FakeWriter:
+    """The pairing CLI's end of the socket, as the daemon sees it."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict] = []
+
+    def write(self, data: bytes) -> None:
+        self.lines += [json.loads(line) for line in data.decode().splitlines()]
+
+    async def drain(self) -> None:
+        pass
+
+
+def pair_status(ok: bool, error: str = "") -> PairStatusEv:
+    from neonize.proto.Neonize_pb2 import PairStatus
+    ev = PairStatus(ID=jid(OWNER, device=7), BusinessName="", Platform="android", Status=2 if ok else 1,
+                    Error=error)
+    return PairStatusEv.FromString(ev.SerializeToString())
+
+
+def test_pairing_streams_qr_codes_then_success(harness):
+    from neonize.proto.Neonize_pb2 import LoggedOut
+
+    async def go():
+        h = await harness().start()
+        await wait_until(lambda: ("connect",) in h.client.calls)
+        await h.fire(LoggedOutEv(OnConnect=True, Reason=1))  # the phone unlinked us
+        writer = FakeWriter()
+        pair = asyncio.create_task(h.daemon.handle({"op": "pair"}, writer))
+        await wait_until(lambda: sum(c == ("connect",) for c in h.client.calls) == 2)
+        await h.fire(b"2@first,code", "qr")
+        await h.fire(b"2@second,code", "qr")  # codes rotate
+        await wait_until(lambda: len(writer.lines) == 2)
+        await h.fire(pair_status(True))
+        reply = await asyncio.wait_for(pair, 2)
+        await h.fire(ConnectedEv(status=True))
+        status = h.wa.status()
+        again = await h.daemon.handle({"op": "pair"}, FakeWriter())
+        await h.close()
+        return writer.lines, reply, status, again
+    del LoggedOut
+    lines, reply, status, again = run(go())
+    assert lines == [{"op": "pair", "event": "qr", "data": "2@first,code"},
+                     {"op": "pair", "event": "qr", "data": "2@second,code"}]
+    assert reply == {"ok": True, "paired": f"{OWNER}@s.whatsapp.net"}
+    assert status == f"connected as {OWNER}@s.whatsapp.net"
+    assert again["ok"] and again["already"]
+
+
+def test_pairing_with_a_phone_number_streams_the_code_and_reports_failure(harness):
+    async def go():
+        h = await harness().start(connected=False)
+        writer = FakeWriter()
+        pair = asyncio.create_task(h.daemon.handle({"op": "pair", "phone": "+49 170 0000001"}, writer))
+        await wait_until(lambda: ("connect",) in h.client.calls)
+        await h.fire(b"2@qr", "qr")  # the code can only be asked for after the first QR
+        await wait_until(lambda: writer.lines)
+        await h.fire(pair_status(False, "the phone said no"))
+        reply = await asyncio.wait_for(pair, 2)
+        bad = await h.daemon.handle({"op": "pair", "phone": "call me maybe"}, FakeWriter())
+        await h.close()
+        return writer.lines, reply, bad, h.client.calls
+    lines, reply, bad, calls = run(go())
+    assert ("PairPhone", "491700000001") in calls
+    assert lines == [{"op": "pair", "event": "code", "code": "ABCD-EFGH"}]
+    assert reply == {"ok": False, "error": "pairing failed: the phone said no"}
+    assert not bad["ok"] and "phone number" in bad["error"]
+
+
+def test_pairing_times_out_plainly(harness):
+    async def go():
+        h = await harness(pair_timeout=0.2).start(connected=False)
+        reply = await h.daemon.handle({"op": "pair"}, FakeWriter())
+        status = h.wa.status()
+        await h.close()
+        return reply, status
+    reply, status = run(go())
+    assert reply == {"ok": False, "error": "no phone linked within 0s"} or "no phone linked" in reply["error"]
+    assert status == "not paired — run `nanoclaw pair`"
+
+
+def test_discover_lists_groups_and_names_are_refreshed(harness):
+    async def go():
+        h = await harness().start(connected=False)
+        h.client.groups = [group_info(FAMILY, "Family (renamed)", 4), group_info("120363000000000002", "Book club", 9)]
+        offline = await h.daemon.handle({"op": "discover_groups"}, None)
+        await h.fire(ConnectedEv(status=True))
+        found = await h.daemon.handle({"op": "discover_groups"}, None)
+        await wait_until(lambda: Group.get(Group.folder == "family").name == "Family (renamed)")
+        await h.close()
+        return offline, found
+    offline, found = run(go())
+    assert not offline["ok"] and "not connected" in offline["error"]
+    assert found["ok"] and found["self"] == f"{OWNER}@s.whatsapp.net"
+    assert found["groups"] == [
+        {"name": "Book club", "jid": "120363000000000002@g.us", "participants": 9, "folder": ""},
+        {"name": "Family (renamed)", "jid": f"{FAMILY}@g.us", "participants": 4, "folder": "family"}]
+
+
+def test_terminal_keeps_working_beside_a_disconnected_whatsapp(harness):
+    from neonize.exc import NeonizeError
+
+    async def go():
+        h = harness()
+        orig = RecordingClient.__init__
+
+        def init(self, session):
+            orig(self, session)
+            self.connect_failures = [NeonizeError("no network")] * 1000
+        RecordingClient.__init__ = init
+        try:
+            await h.start(connected=False)
+        finally:
+            RecordingClient.__init__ = orig
+        got = await h.daemon.handle({"op": "inbound", "group": "term", "text": "hello from the terminal",
+                                     "id": "t1"}, None)
+        sent = await h.daemon._deliver({"chat": "term@term", "text": "**hi**", "outbox_id": 1})
+        mode = oct(h.wa.dir.stat().st_mode & 0o777)
+        await h.close()
+        return got, sent, h.rows("term@term"), mode
+    got, sent, rows, mode = run(go())
+    assert got["ok"] and sent["ok"]
+    assert [(r.text, r.is_bot) for r in rows] == [("hello from the terminal", False), ("**hi**", True)]
+    assert mode == "0o700"
+
+
+def test_session_file_is_private(harness):
+    async def go():
+        h = await harness().start()
+        await wait_until(lambda: h.wa.session.exists())
+        await h.fire(ConnectedEv(status=True))
+        mode = h.wa.session.stat().st_mode & 0o777
+        await h.close()
+        return mode
+    assert run(go()) == 0o600

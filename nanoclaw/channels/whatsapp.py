@@ -189,6 +189,7 @@ class WhatsAppBackend(Backend):
         self._lifecycle = asyncio.Lock()  # connect/stop are not safe concurrently (neonize notes)
         self._send_lock = asyncio.Lock()  # one reply's chunks go out together, in order
         self.connected = False
+        self._stopped_by_us = False  # the running connect task ends because we stopped it
 
     # -- Backend -----------------------------------------------------------------------
     def owns(self, chat: str) -> bool:
@@ -300,9 +301,9 @@ class WhatsAppBackend(Backend):
                 try:
                     event = await asyncio.wait_for(pairing.events.get(), max(0.0, left))
                 except asyncio.TimeoutError:
-                    pairing.finish(False, error=f"no phone linked within {self.wcfg.pair_timeout:.0f}s")
+                    pairing.done = True
                     await self._halt("unpaired", "not paired — run `nanoclaw pair`", logging.WARNING)
-                    continue
+                    return {"ok": False, "error": f"no phone linked within {self.wcfg.pair_timeout:.0f}s"}
                 if event.pop("final", False):
                     return event
                 await emit(event)
@@ -340,21 +341,21 @@ class WhatsAppBackend(Backend):
                 continue
             if self._pairing is None:
                 self._set("connecting", "connecting")
+            error: BaseException | None = None
             try:
                 async with self._lifecycle:
+                    self._stopped_by_us = False
                     task = await self.client.connect()
                 self._chmod_session()
                 await task  # runs until stopped; whatsmeow reconnects inside it once logged in
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NeonizeError: no network, refused, …
-                self._connect_failed(exc)
-            else:
-                if not self._stopping and self.state not in HALTED:
-                    self._connect_failed(None)
+                error = exc
             self.connected = False
-            if self._stopping or self.state in HALTED:
-                continue
+            if self._stopped_by_us or self._stopping:
+                continue  # we ended it (halt, pairing restart, shutdown): no failure, no backoff
+            self._connect_failed(error)
             delay = self.backoff.next()
             self._set("waiting", f"disconnected — next attempt in {delay:.0f}s ({self._status})")
             await self._wait(delay)
@@ -385,6 +386,7 @@ class WhatsAppBackend(Backend):
         if self.client is None:
             return
         async with self._lifecycle:
+            self._stopped_by_us = True
             try:
                 await self.client.stop()
             except Exception as exc:
