@@ -824,3 +824,93 @@ def test_session_file_is_private(harness):
         await h.close()
         return mode
     assert run(go()) == 0o600
+
+
+def test_cli_pair_and_discover_through_the_channel_socket(harness, capsys):
+    import argparse
+
+    from nanoclaw import cli
+
+    async def go():
+        h = await harness().start(connected=False)
+        server = await asyncio.start_unix_server(h.daemon._serve_client, path=str(h.cfg.socket("channel")))
+        pairing = asyncio.ensure_future(asyncio.to_thread(cli.cmd_pair, h.cfg, argparse.Namespace(phone=None)))
+        await wait_until(lambda: ("connect",) in h.client.calls)
+        await wait_until(lambda: h.wa._pairing is not None)
+        await h.fire(b"2@Zm9vYmFy,qr,code", "qr")
+        await asyncio.sleep(0.3)
+        await h.fire(pair_status(True))
+        paired_rc = await asyncio.wait_for(pairing, 5)
+        await h.fire(ConnectedEv(status=True))
+        h.client.groups = [group_info(FAMILY, "Family", 4), group_info("120363000000000002", "Book club", 9)]
+        discover_rc = await asyncio.to_thread(cli.cmd_discover, h.cfg)
+        server.close()
+        await h.close()
+        return paired_rc, discover_rc
+    paired_rc, discover_rc = run(go())
+    out = capsys.readouterr().out
+    assert paired_rc == 0 and discover_rc == 0
+    assert "Scan with WhatsApp" in out and any(block in out for block in "\u2580\u2584\u2588")  # a drawn QR
+    assert f"paired as {OWNER}@s.whatsapp.net" in out
+    assert "Book club" in out and "120363000000000002@g.us" in out and "family" in out
+    assert "nanoclaw groups add FOLDER --jid JID" in out
+    assert f"nanoclaw groups add main --main --jid {OWNER}@s.whatsapp.net" in out
+
+
+OFFLINE_PROBE = r"""
+import asyncio, ctypes, json, socket, sys
+from pathlib import Path
+connects = []
+def audit(event, args):
+    if event == "socket.connect":
+        sock, address = args[0], args[1]
+        if sock.family != socket.AF_UNIX:
+            connects.append(repr(address))
+sys.addaudithook(audit)
+import logging
+logging.basicConfig(level=logging.INFO, force=True)
+import neonize  # must not download the Go library
+from neonize.aioze.client import NewAClient
+from neonize.aioze import events as events_mod
+from neonize.events import EVENT_TO_INT
+from neonize.aioze.events import MessageEv
+tmp = Path(sys.argv[1])
+client = NewAClient(str(tmp / "session.db"))
+got = []
+
+async def main():
+    events_mod.event_global_loop = asyncio.get_running_loop()  # what connect() would set
+    async def handler(c, ev):
+        got.append((ev.Info.ID, ev.Message.conversation))
+    client.event(MessageEv)(handler)
+    data = bytes.fromhex(sys.argv[2])
+    buf = ctypes.create_string_buffer(data, len(data))
+    # the entry point the Go callback uses
+    client.event.execute(0, ctypes.addressof(buf), len(data), EVENT_TO_INT[MessageEv])
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if got:
+            break
+asyncio.run(main())
+print(json.dumps({"connects": connects, "got": got, "session_exists": (tmp / "session.db").exists()}))
+"""
+
+
+def test_neonize_imports_and_builds_a_client_offline(tmp_path):
+    """No download at import, no network at construction; events arrive through neonize's own dispatch."""
+    ev = message_ev(jid(FAMILY, "g.us"), jid(ALICE), "OFF1", "through neonize")
+    proc = subprocess.run([sys.executable, "-c", OFFLINE_PROBE, str(tmp_path), ev.SerializeToString().hex()],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["connects"] == []
+    assert result["got"] == [["OFF1", "through neonize"]]
+    assert result["session_exists"] is False  # created at connect(), not before
+
+
+def test_the_channel_without_whatsapp_never_loads_neonize():
+    code = ("import sys; import nanoclaw.channel, nanoclaw.cli, nanoclaw.queue; "
+            "print('neonize' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
