@@ -61,8 +61,10 @@ if [ "$UNINSTALL" -eq 1 ]; then
     rm -rf "$PREFIX" /usr/local/bin/nanoclaw
     if [ "$PURGE" -eq 1 ]; then
         step "purging data, configuration and the $USER_NAME user"
+        # leftover agent containers and their conmon monitors belong to the user
+        pkill -KILL -u "$USER_NAME" 2>/dev/null && sleep 1
         rm -rf "$STATE" "$CONF" "$RUN"
-        userdel "$USER_NAME" 2>/dev/null || true
+        userdel "$USER_NAME" 2>/dev/null || echo "could not remove the user $USER_NAME (still in use?)" >&2
         sed -i "/^$USER_NAME:/d" /etc/subuid /etc/subgid
     else
         echo "kept $STATE (data) and $CONF (configuration); --purge removes them"

@@ -66,6 +66,10 @@ def test_install_starts_every_unit(machine: Machine):
     assert machine.state("nanoclaw.target") == "active"
     doctor = machine.nanoclaw("doctor", check=False)
     assert "ok    unit nanoclaw-queue: active" in doctor.stdout, doctor.stdout
+    # What is genuinely missing here is reported with its fix: no credential was given.
+    assert "FAIL  Anthropic credential" in doctor.stdout and "fix: put an API key" in doctor.stdout
+    status = machine.nanoclaw("status").stdout
+    assert "queue active" in status and "main (main)" in status, status
 
 
 def test_units_pass_systemd_analyze_verify(machine: Machine):
@@ -180,3 +184,15 @@ def test_task_missed_while_stopped_runs_after_restart(machine: Machine):
     assert machine.query(f"print(TaskRun.select().where(TaskRun.task == {task}).count())") == 0
     machine.sh("systemctl start nanoclaw.target")
     machine.wait_for(lambda: "echo: missed while stopped" in machine.replies(), 90, "the missed task's reply")
+
+
+def test_uninstall_removes_units_and_keeps_data(machine: Machine):
+    machine.sh("/src/install.sh --uninstall")
+    assert machine.sh("ls /etc/systemd/system | grep -c nanoclaw", check=False).stdout.strip() == "0"
+    assert machine.state("nanoclaw-queue") != "active"
+    assert machine.sh("test -s /var/lib/nanoclaw/nanoclaw.db && test -d /etc/nanoclaw && echo kept").stdout.strip() \
+        == "kept"
+    assert machine.sh("command -v nanoclaw", check=False).returncode != 0
+    machine.sh("/src/install.sh --uninstall --purge")
+    assert machine.sh("test -e /var/lib/nanoclaw || test -e /etc/nanoclaw || getent passwd nanoclaw",
+                      check=False).returncode != 0
