@@ -44,15 +44,22 @@ def export_source(dest: Path) -> Path:
     return dest
 
 
-def wheelhouse() -> Path:
-    """Wheels for nanoclaw's dependencies (and the build backend), cached by pyproject.toml."""
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
+def wheelhouse(python_version: str) -> Path:
+    """Wheels for nanoclaw's dependencies (and the build backend) that install on the machine's
+    Python (``python_version``, e.g. Debian 12's 3.11.2), cached by pyproject.toml."""
+    import tomllib
+    project = (ROOT / "pyproject.toml").read_bytes()
+    digest = hashlib.sha256(project + python_version.encode()).hexdigest()[:12]
     d = CACHE / f"system-wheels-{digest}"
     if not (d / ".complete").exists():
         d.mkdir(parents=True, exist_ok=True)
         print(f"system test: downloading wheels into {d}", flush=True)
+        # Packages published only as sources are built here first ...
         subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(d), str(ROOT)], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(d),
+        # ... then every requirement again as the machine's Python would choose it (Requires-Python).
+        deps = tomllib.loads(project.decode())["project"]["dependencies"]
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(d), "--find-links", str(d),
+                        "--only-binary=:all:", "--python-version", python_version, *deps,
                         "setuptools>=68", "wheel"], check=True)
         for own in d.glob("nanoclaw-*.whl"):
             own.unlink()  # the source is installed from the checkout, not from here
@@ -76,8 +83,10 @@ class Machine:
         for i, image in enumerate(images):
             podman("save", "-q", "-o", str(image_dir / f"{i}.tar"), image)
         name = f"nc-system-{uuid.uuid4().hex[:8]}"
+        py = podman("run", "--rm", "--network", "none", *host_options, SYSTEMD_IMAGE, "python3", "-c",
+                    "import platform; print(platform.python_version())").stdout.strip()
         podman("run", "-d", "--name", name, "--privileged", "--systemd=always", *host_options,
-               "-v", f"{src}:/src", "-v", f"{wheelhouse()}:/wheels:ro", "-v", f"{image_dir}:/images:ro",
+               "-v", f"{src}:/src", "-v", f"{wheelhouse(py)}:/wheels:ro", "-v", f"{image_dir}:/images:ro",
                SYSTEMD_IMAGE, "/sbin/init")
         m = cls(name)
         deadline = time.time() + 120
