@@ -168,30 +168,33 @@ class ChannelDaemon(Daemon):
             return {"ok": False, "error": f"no enabled channel handles chat {chat!r}"}
         # One id per outbox row: if the router re-sends because our confirmation
         # was lost, the row is found and nothing goes out twice.
+        # Networks that pick their own ids (WhatsApp) are matched by the outbox row.
         msg_id = f"nc{outbox_id:08d}"
-        if Message.get_or_none(Message.chat == chat, Message.channel_id == msg_id):
-            return {"ok": True, "channel_id": msg_id, "already": True}
+        sent = Message.get_or_none((Message.chat == chat) & ((Message.channel_id == msg_id)
+                                                             | (Message.outbox_id == outbox_id)))
+        if sent is not None:
+            return {"ok": True, "channel_id": sent.channel_id, "already": True}
         if backend is self.terminal:
             # A terminal chat's delivery *is* its history: record, then show.
-            self._record_sent(chat, text, msg_id)
+            self._record_sent(chat, text, msg_id, outbox_id)
             await self.terminal.send(chat, text, msg_id)
         else:
             try:
                 msg_id = await backend.send(chat, text, msg_id)
             except SendError as exc:
                 return {"ok": False, "error": str(exc)}
-            self._record_sent(chat, text, msg_id)
+            self._record_sent(chat, text, msg_id, outbox_id)
             if self.terminal:
                 await self.terminal.show(chat, {"text": text, "id": msg_id, "from": "assistant"})
         self.log.info("chat=%s outbox=%s sent as %s", chat, outbox_id, msg_id)
         return {"ok": True, "channel_id": msg_id}
 
-    def _record_sent(self, chat: str, text: str, msg_id: str) -> None:
+    def _record_sent(self, chat: str, text: str, msg_id: str, outbox_id: int) -> None:
         """Store what we sent as a bot message: the flag, not its text, marks it as ours."""
         with db.atomic("IMMEDIATE"):
             Message.insert(chat=chat, sender=self.cfg.assistant_name, sender_name=self.cfg.assistant_name,
                            text=text, timestamp=time.time(), channel_id=msg_id, from_me=True,
-                           is_bot=True).on_conflict_ignore().execute()
+                           is_bot=True, outbox_id=outbox_id).on_conflict_ignore().execute()
 
     def status(self) -> str:
         parts = [f"{b.name}: {b.status()}" for b in self.backends]

@@ -51,6 +51,7 @@ class Message(Base):
     channel_id = CharField()  # the channel's own message id
     from_me = BooleanField(default=False)
     is_bot = BooleanField(default=False)
+    outbox_id = IntegerField(null=True, index=True)  # for what we sent: the outbox row it came from
 
     class Meta:
         indexes = ((("chat", "channel_id"), True),)

@@ -914,3 +914,20 @@ def test_the_channel_without_whatsapp_never_loads_neonize():
             "print('neonize' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_resend_after_a_channel_restart_is_recognised_by_its_outbox_row(harness):
+    """WhatsApp picks its own ids; the channel matches a repeated deliver by the outbox row,
+    so a lost confirmation followed by a restart (the backend's memory gone) sends nothing twice."""
+    async def go():
+        h = await harness().start()
+        first = await h.daemon._deliver({"chat": h.main.jid, "text": "once only", "outbox_id": 21})
+        h.daemon._whatsapp()._done.clear()  # what a restart forgets
+        again = await h.daemon._deliver({"chat": h.main.jid, "text": "once only", "outbox_id": 21})
+        sent = [c[2] for c in h.client.calls if c[0] == "send"]
+        await h.close()
+        return first, again, sent
+    first, again, sent = run(go())
+    assert first["ok"] and again["ok"] and again.get("already")
+    assert again["channel_id"] == first["channel_id"]
+    assert sent == ["once only"]
