@@ -180,7 +180,8 @@ class ChannelDaemon(Daemon):
             await self.terminal.send(chat, text, msg_id)
         else:
             try:
-                msg_id = await backend.send(chat, text, msg_id)
+                quote = req.get("quote") if isinstance(req.get("quote"), dict) else None
+                msg_id = await backend.send(chat, text, msg_id, quote=quote)
             except SendError as exc:
                 return {"ok": False, "error": str(exc)}
             self._record_sent(chat, text, msg_id, outbox_id)

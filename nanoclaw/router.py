@@ -15,7 +15,7 @@ import time
 
 from .daemon import Daemon
 from .formatting import format_outbound
-from .models import Outbox, db
+from .models import Job, Message, Outbox, Turn, db
 from .prompt import backoff
 from .protocol import VERSION, Spool
 
@@ -90,6 +90,9 @@ class RouterDaemon(Daemon):
         """Hand one row to the channel; (True, channel message id) once it confirms."""
         req = {"v": VERSION, "op": "deliver", "outbox_id": row.id, "chat": row.chat,
                "text": row.text, "kind": row.kind}
+        quote = quote_for(row)
+        if quote:
+            req["quote"] = quote
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(str(self.cfg.socket("channel"))), 5)
@@ -111,6 +114,26 @@ class RouterDaemon(Daemon):
     def status(self) -> str:
         pending = Outbox.select().where(Outbox.status == "pending").count()
         return f"{pending} pending, {self.sent} sent since start"
+
+
+def quote_for(row: Outbox) -> dict | None:
+    """The message a reply answers, when quoting it helps: in a chat where others
+    spoke after it, so the reply would otherwise seem to answer them."""
+    parts = row.key.split(":")
+    if row.kind != "reply" or len(parts) != 4 or parts[0] != "job" or parts[2] != "turn":
+        return None
+    try:
+        turn = Turn.get_or_none(Turn.job == Job.get_by_id(int(parts[1])), Turn.seq == int(parts[3]))
+    except (ValueError, Job.DoesNotExist):
+        return None
+    asked = Message.get_or_none(Message.id == turn.last_message_id) if turn else None
+    if asked is None or asked.chat != row.chat:
+        return None
+    spoke_since = Message.select().where(Message.chat == row.chat, Message.id > asked.id,
+                                         Message.is_bot == False).exists()  # noqa: E712
+    if not spoke_since:
+        return None
+    return {"id": asked.channel_id, "sender": asked.sender, "text": asked.text[:500]}
 
 
 def main() -> None:

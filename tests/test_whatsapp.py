@@ -173,6 +173,7 @@ class RecordingClient:
         self.session = session
         self.event = FakeEvents()
         self.calls: list[tuple] = []
+        self.messages: list[WAMessage] = []  # what send_message was given, as sent
         self.connect_failures: list[Exception] = []
         self.me = Device(JID=jid(OWNER), LID=jid(OWNER_LID, "lid"), Platform="", BussinessName="",
                          PushName="Owner", Initialized=True)
@@ -204,7 +205,8 @@ class RecordingClient:
         self.sent += 1
         if self.fail_send_at == self.sent:
             raise RuntimeError("websocket closed")
-        self.calls.append(("send", Jid2String(to), message.conversation))
+        self.calls.append(("send", Jid2String(to), message.conversation or message.extendedTextMessage.text))
+        self.messages.append(message)
         msg_id = f"3EB0{self.sent:016X}"
         if self.on_send:
             await self.on_send(to, message)
@@ -931,3 +933,39 @@ def test_a_resend_after_a_channel_restart_is_recognised_by_its_outbox_row(harnes
     assert first["ok"] and again["ok"] and again.get("already")
     assert again["channel_id"] == first["channel_id"]
     assert sent == ["once only"]
+
+
+def test_a_reply_quotes_the_message_it_answers_on_its_first_chunk(harness):
+    async def go():
+        h = await harness(max_message_chars=40).start()
+        quote = {"id": "ABCD1234", "sender": f"{ALICE}@s.whatsapp.net", "text": "@Andy what's for dinner?"}
+        text = "\n\n".join(f"part {i} " + "x" * 20 for i in range(2))
+        reply = await h.daemon._deliver({"chat": h.main.jid, "text": text, "outbox_id": 5, "quote": quote})
+        await h.close()
+        return reply, h.client.messages
+    reply, messages = run(go())
+    assert reply["ok"] and len(messages) == 2
+    first = messages[0].extendedTextMessage
+    assert first.text == "part 0 " + "x" * 20
+    assert first.contextInfo.stanzaID == "ABCD1234"
+    assert first.contextInfo.participant == f"{ALICE}@s.whatsapp.net"
+    assert first.contextInfo.quotedMessage.conversation == "@Andy what's for dinner?"
+    assert messages[1].conversation == "part 1 " + "x" * 20  # later chunks plain
+
+
+def test_the_router_quotes_only_when_others_spoke_since(tmp_path):
+    from nanoclaw.models import Group, Job, Message, Outbox, Turn, open_db
+    from nanoclaw.router import quote_for
+
+    open_db(tmp_path / "q.db")
+    g = Group.create(jid="123@g.us", name="Family", folder="family", trigger="@Andy")
+    asked = Message.create(chat=g.jid, sender="a@s.whatsapp.net", text="@Andy hi", timestamp=1.0,
+                           channel_id="M1")
+    job = Job.create(group=g)
+    Turn.create(job=job, seq=0, first_message_id=asked.id, last_message_id=asked.id)
+    row = Outbox.create(key=f"job:{job.id}:turn:0", chat=g.jid, text="hello")
+    assert quote_for(row) is None  # nobody else spoke: a plain reply is clear
+    Message.create(chat=g.jid, sender="b@s.whatsapp.net", text="unrelated", timestamp=2.0, channel_id="M2")
+    assert quote_for(row) == {"id": "M1", "sender": "a@s.whatsapp.net", "text": "@Andy hi"}
+    notice = Outbox.create(key=f"job:{job.id}:failed", chat=g.jid, text="failed", kind="notice")
+    assert quote_for(notice) is None

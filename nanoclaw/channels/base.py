@@ -51,9 +51,11 @@ class Backend(ABC):
         self.receive = receive
 
     @abstractmethod
-    async def send(self, chat: str, text: str, msg_id: str) -> str:
+    async def send(self, chat: str, text: str, msg_id: str, quote: dict | None = None) -> str:
         """Send text to a chat, as message ``msg_id`` where the network lets us choose
-        (so a repeated send is recognised); return the id used, or raise SendError."""
+        (so a repeated send is recognised); return the id used, or raise SendError.
+        ``quote`` ({id, sender, text}) is the message this answers, where the network
+        can show it quoted."""
 
     async def typing(self, chat: str, on: bool) -> None:
         """Show or clear a typing indicator where the network has one."""

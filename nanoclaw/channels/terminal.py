@@ -39,7 +39,7 @@ class TerminalBackend(Backend):
             except (OSError, asyncio.TimeoutError):
                 self.detach(writer)
 
-    async def send(self, chat: str, text: str, msg_id: str) -> str:
+    async def send(self, chat: str, text: str, msg_id: str, quote: dict | None = None) -> str:
         await self.show(chat, {"text": text, "id": msg_id, "from": "assistant"})
         return msg_id
 

@@ -53,6 +53,14 @@ HALTED = {"unpaired", "logged_out", "replaced", "outdated"}
 Emit = Callable[[dict], Awaitable[None]]
 
 
+def quoted(message_cls: Any, text: str, quote: dict) -> Any:
+    """A text message showing ``quote`` ({id, sender, text}) as the message it replies to."""
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ContextInfo, ExtendedTextMessage
+    context = ContextInfo(stanzaID=str(quote.get("id", "")), participant=str(quote.get("sender", "")),
+                          quotedMessage=message_cls(conversation=str(quote.get("text", ""))))
+    return message_cls(extendedTextMessage=ExtendedTextMessage(text=text, contextInfo=context))
+
+
 class TokenBucket:
     """Outbound rate limit: ``burst`` sends at once, then ``per_minute`` on average.
 
@@ -224,8 +232,10 @@ class WhatsAppBackend(Backend):
             except Exception:
                 log.exception("whatsapp connect loop failed while stopping")
 
-    async def send(self, chat: str, text: str, msg_id: str) -> str:
+    async def send(self, chat: str, text: str, msg_id: str, quote: dict | None = None) -> str:
         """Send a reply as one or more chunks; return the first chunk's WhatsApp id.
+
+        With ``quote``, the first chunk shows the message it answers quoted above it.
 
         A retry of the same outbox message (``msg_id``) resumes after the chunks
         that already went out, so a failure halfway does not repeat the start.
@@ -252,7 +262,9 @@ class WhatsAppBackend(Backend):
                 try:
                     # A plain conversation message: neonize's str path would scan
                     # the text for @mentions and look groups up.
-                    resp = await self.client.send_message(jid, WAMessage(conversation=chunks[i]))
+                    body = quoted(WAMessage, chunks[i], quote) if i == 0 and quote else \
+                        WAMessage(conversation=chunks[i])
+                    resp = await self.client.send_message(jid, body)
                 except Exception as exc:
                     raise SendError(f"WhatsApp send failed (part {i + 1} of {len(chunks)}): {exc}") from exc
                 finally:
