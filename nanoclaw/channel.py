@@ -37,6 +37,7 @@ class ChannelDaemon(Daemon):
     name = "channel"
 
     async def setup(self) -> None:
+        self.received = 0
         self.backends: list[Backend] = []
         for name in self.cfg.channels:
             if name not in BACKENDS:
@@ -44,8 +45,8 @@ class ChannelDaemon(Daemon):
             self.backends.append(BACKENDS[name].create(self.cfg))
         self.terminal = next((b for b in self.backends if isinstance(b, TerminalBackend)), None)
         for backend in self.backends:
+            backend.on_status = self._set_status
             await backend.start(self.receive)
-        self.received = 0
 
     async def receive(self, msg: Inbound) -> tuple[int, bool]:
         """Store an inbound message durably; return (row id, was it a duplicate)."""

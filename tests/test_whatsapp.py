@@ -969,3 +969,17 @@ def test_the_router_quotes_only_when_others_spoke_since(tmp_path):
     assert quote_for(row) == {"id": "M1", "sender": "a@s.whatsapp.net", "text": "@Andy hi"}
     notice = Outbox.create(key=f"job:{job.id}:failed", chat=g.jid, text="failed", kind="notice")
     assert quote_for(notice) is None
+
+
+def test_a_state_change_is_published_at_once(harness):
+    """systemd's STATUS= follows a logout when it happens, not at the next work pass."""
+    async def go():
+        h = await harness().start()
+        published = []
+        h.daemon.notify = published.append
+        await h.fire(LoggedOutEv(OnConnect=True, Reason=1))
+        await asyncio.sleep(0)
+        await h.close()
+        return published
+    published = run(go())
+    assert any(p.startswith("STATUS=") and "logged out" in p for p in published), published

@@ -65,3 +65,6 @@ class Backend(ABC):
 
     def status(self) -> str:
         return "ready"
+
+    def on_status(self) -> None:
+        """Called when ``status()`` changes; the channel daemon replaces it to publish at once."""

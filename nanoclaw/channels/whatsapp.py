@@ -217,6 +217,19 @@ class WhatsAppBackend(Backend):
     def status(self) -> str:
         return self._status
 
+    @property
+    def _status(self) -> str:
+        return self._status_text
+
+    @_status.setter
+    def _status(self, text: str) -> None:
+        # Published at once (systemd STATUS=), not at the daemon's next pass: "logged out"
+        # must show in `systemctl status` when it happens.
+        changed = text != getattr(self, "_status_text", None)
+        self._status_text = text
+        if changed:
+            self.on_status()
+
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
