@@ -186,6 +186,23 @@ def test_task_missed_while_stopped_runs_after_restart(machine: Machine):
     machine.wait_for(lambda: "echo: missed while stopped" in machine.replies(), 90, "the missed task's reply")
 
 
+def test_whatsapp_backend_runs_in_the_channel_sandbox(machine: Machine):
+    """neonize (a Go library behind ctypes callbacks) under the channel unit's hardening."""
+    machine.sh("sed -i '1i channels = [\"whatsapp\", \"terminal\"]' /etc/nanoclaw/config.toml "
+               "&& systemctl restart nanoclaw-channel")
+    try:
+        machine.wait_for(lambda: "whatsapp:" in machine.show("nanoclaw-channel", "StatusText"), 30,
+                         "the WhatsApp backend's status")
+        assert machine.state("nanoclaw-channel") == "active"
+        assert int(machine.show("nanoclaw-channel", "NRestarts")) == 0
+        session = machine.sh("stat -c '%a %U' /var/lib/nanoclaw/whatsapp").stdout.split()
+        assert session == ["700", "nanoclaw"]
+        # and the terminal beside it still answers
+        assert "echo: beside whatsapp" in send(machine, "beside whatsapp")
+    finally:
+        machine.sh("sed -i '/^channels = /d' /etc/nanoclaw/config.toml && systemctl restart nanoclaw-channel")
+
+
 def test_uninstall_removes_units_and_keeps_data(machine: Machine):
     machine.sh("/src/install.sh --uninstall")
     assert machine.sh("ls /etc/systemd/system | grep -c nanoclaw", check=False).stdout.strip() == "0"
