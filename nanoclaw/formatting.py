@@ -45,7 +45,8 @@ _MD_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\[([^\]\n]+)\]\(([^)\s]+)\)"),
      lambda m: m.group(2) if m.group(1) == m.group(2) else f"{m.group(1)} ({m.group(2)})"),
     (re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", re.DOTALL), _BOLD + r"\1" + _BOLD),
-    (re.compile(r"__(?=\S)(.+?)(?<=\S)__", re.DOTALL), r"_\1_"),
+    # Markdown's __strong__ is bold too (not italic); inside a word (snake__case) it is left alone
+    (re.compile(r"(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)", re.DOTALL), _BOLD + r"\1" + _BOLD),
     (re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])"), r"_\1_"),
     (re.compile(r"~~(?=\S)(.+?)(?<=\S)~~", re.DOTALL), r"~\1~"),
 ]

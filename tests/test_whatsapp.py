@@ -13,7 +13,8 @@ from nanoclaw.formatting import split_message, to_whatsapp
 @pytest.mark.parametrize("markdown,whatsapp", [
     ("**bold**", "*bold*"),
     ("*italic* and _italic_", "_italic_ and _italic_"),
-    ("__italic__", "_italic_"),
+    ("__strong__ too", "*strong* too"),
+    ("a snake__case__name stays", "a snake__case__name stays"),
     ("~~gone~~", "~gone~"),
     ("**bold** then *it*", "*bold* then _it_"),
     ("# Title", "*Title*"),
