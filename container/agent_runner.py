@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -218,6 +219,10 @@ def options(base_url: str, resume: str | None) -> ClaudeAgentOptions:
     )
 
 
+# How the CLI says a --resume id is no good (unknown, not a UUID, its transcript gone).
+RESUME_FAILED = re.compile(r"--resume|no conversation found|session id", re.IGNORECASE)
+
+
 class Agent:
     """A warm Claude session: connect once, then one ``turn`` per prompt."""
 
@@ -231,6 +236,24 @@ class Agent:
         await self.client.connect()
 
     async def turn(self, prompt: str, resume: str | None) -> dict:
+        """Answer one prompt. A session that cannot be resumed (its files lost, an id the
+        CLI does not know) must not fail the group for good: start a new one instead."""
+        resuming = resume if self.client is None else None
+        try:
+            out, failure = await self._turn(prompt, resuming), None
+        except Exception as exc:
+            out, failure = None, exc
+        failure = failure or (out or {}).get("error")
+        if failure and resuming and RESUME_FAILED.search(str(failure)):
+            log(f"cannot resume session {resuming} ({str(failure)[:200]}); starting a new session")
+            await self.close()
+            self.client = None
+            return await self._turn(prompt, None)
+        if out is None:
+            raise failure  # type: ignore[misc]
+        return out
+
+    async def _turn(self, prompt: str, resume: str | None) -> dict:
         if self.client is None:
             await self._connect(resume)
         assert self.client is not None

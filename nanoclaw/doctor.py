@@ -111,6 +111,11 @@ class Doctor:
             try:
                 reply = request(cfg.socket(name), {"op": "status"}, timeout=3)
                 self.check(f"{name} answers", bool(reply.get("ok")), reply.get("status", ""))
+                if name == "proxy" and reply.get("ok"):
+                    # The file may be there and still unreadable to the proxy (LoadCredential=).
+                    self.check("the proxy holds a credential", "NO CREDENTIAL" not in reply.get("status", ""),
+                               fix="journalctl -u nanoclaw-proxy -n 20 says why; fix it, then "
+                                   "systemctl restart nanoclaw-proxy")
             except (OSError, ValueError) as exc:
                 self.check(f"{name} answers", False, str(exc), f"systemctl restart nanoclaw-{name}")
         target = cfg.state_dir if cfg.state_dir.exists() else Path("/")

@@ -249,6 +249,15 @@ class RunnerDaemon(Daemon):
                 deadline = time.time() + self.cfg.container.timeout
                 if ctr.status in ("created", "configured"):
                     ctr.start()
+                elif ctr.status == "running" and not self._alive(ctr):
+                    # Its processes were killed behind podman's back (its monitor died with
+                    # them): podman still says "running" and would for the whole timeout.
+                    self.log.warning("group=%s job=%s container %s is running in name only; removing",
+                                     b["group"], b["job"], name)
+                    ctr.remove(force=True)
+                    self._event(b["job"], "exited", exit_code=-1, error="the container died with its monitor",
+                                container=name)
+                    return
             except NotFound:
                 ctr = self._start(client, b)
                 deadline = time.time() + self.cfg.container.timeout
@@ -296,6 +305,14 @@ class RunnerDaemon(Daemon):
         self.log.info("group=%s job=%s started %s in %.2fs", b["group"], b["job"], ctr.name,
                       time.monotonic() - t0)
         return ctr
+
+    @staticmethod
+    def _alive(ctr: Any) -> bool:
+        """Whether a 'running' container really has processes (podman reads them from /proc)."""
+        try:
+            return bool(ctr.top().get("Processes"))
+        except (APIError, NotFound, ValueError):  # podman 4.3 answers an empty body: no processes
+            return False
 
     def _wait(self, ctr: Any, deadline: float, b: dict) -> tuple[int, str]:
         """Wait for the container to exit; a timer kills it at the deadline."""

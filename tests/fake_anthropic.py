@@ -99,7 +99,7 @@ class FakeAnthropic:
     def message_requests(self) -> list[dict]:
         return [r for r in self.requests if r["path"].startswith("/v1/messages")]
 
-    def start(self) -> "FakeAnthropic":
+    def start(self, port: int = 0) -> "FakeAnthropic":
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -190,7 +190,7 @@ class FakeAnthropic:
                                               "usage": {"output_tokens": 5}})
                 self._event("message_stop", {"type": "message_stop"})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self

@@ -240,3 +240,20 @@ def test_agent_schedules_a_task_with_its_tool(make_agent_system, fake_api):
     got = {wf.reply(120), wf.reply(60)}
     assert any("may only schedule tasks for itself" in t for t in got)
     assert s.cli("tasks", "list").stdout.count("\n") == 1
+
+
+def test_a_session_that_cannot_be_resumed_is_replaced_not_fatal(make_agent_system, fake_api):
+    """A stored session id the CLI does not know (its files lost, another agent's id) must not
+    fail the group for good: the agent starts a new session and answers."""
+    s = make_agent_system()
+    with s.db() as con:
+        con.execute("insert into session (group_id, session_id, updated_at) values "
+                    "((select id from \"group\" where folder = 'main'), 'session-that-is-gone', 0)")
+        con.commit()
+    w = s.watch("main")
+    s.send("main", "are you there?")
+    assert w.reply(120) == "echo: are you there?"
+    with s.db() as con:
+        stored = con.execute("select session_id from session").fetchall()
+    assert len(stored) == 1 and stored[0][0] != "session-that-is-gone"
+    assert jobs(s) == 1  # answered on the first attempt, no retry needed

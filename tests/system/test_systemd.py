@@ -9,6 +9,7 @@ rootless Podman, run by the ``nanoclaw`` service user.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -22,11 +23,19 @@ pytestmark = [pytest.mark.system, pytest.mark.podman]
 
 
 @pytest.fixture(scope="module")
-def machine(agent_image, request):
+def machine_dir():
+    d = workdir()
+    yield d
+    if not os.environ.get("NANOCLAW_KEEP_MACHINE"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def machine(agent_image, machine_dir, request):
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed")
     base = "localhost/nanoclaw-base:bookworm"
-    d = workdir()
+    d = machine_dir
     m = Machine.boot(d, host_container_options(), [base, agent_image])
     try:
         result = m.install("--no-image", "--images", "/images")
@@ -47,7 +56,6 @@ def machine(agent_image, request):
             print(f"kept the machine: podman exec -it {m.name} bash")
         else:
             m.remove()
-            shutil.rmtree(d, ignore_errors=True)
 
 
 def send(m: Machine, text: str, wait: int = 90) -> str:
@@ -68,6 +76,7 @@ def test_install_starts_every_unit(machine: Machine):
     assert "ok    unit nanoclaw-queue: active" in doctor.stdout, doctor.stdout
     # What is genuinely missing here is reported with its fix: no credential was given.
     assert "FAIL  Anthropic credential" in doctor.stdout and "fix: put an API key" in doctor.stdout
+    assert "FAIL  the proxy holds a credential" in doctor.stdout
     status = machine.nanoclaw("status").stdout
     assert "queue active" in status and "main (main)" in status, status
 
@@ -201,6 +210,45 @@ def test_whatsapp_backend_runs_in_the_channel_sandbox(machine: Machine):
         assert "echo: beside whatsapp" in send(machine, "beside whatsapp")
     finally:
         machine.sh("sed -i '/^channels = /d' /etc/nanoclaw/config.toml && systemctl restart nanoclaw-channel")
+
+
+def test_real_agent_answers_through_the_credential_proxy(machine: Machine, machine_dir, real_agent_image):
+    """The real image (claude-agent-sdk and its CLI) in nested rootless Podman, reaching a fake
+    Messages API only through the proxy unit, which adds the credential the container never sees."""
+    from .machine import podman
+    tar = machine_dir / "images" / "real-agent.tar"
+    podman("save", "-q", "-o", str(tar), real_agent_image)
+    as_nanoclaw = ("runuser -u nanoclaw -- env XDG_RUNTIME_DIR=/run/nanoclaw/xdg HOME=/var/lib/nanoclaw/home "
+                   "sh -c 'cd / && podman load -q -i /images/real-agent.tar'")
+    machine.sh(as_nanoclaw, timeout=600)
+    tar.unlink()
+    secret = "sk-ant-api03-SYSTEMTEST-" + os.urandom(4).hex()
+    # systemd in a container cannot hand LoadCredential= files to User= services (doctor says so);
+    # the proxy then reads the config file, which must be the service user's own, 0600.
+    machine.sh(f"printf '%s\\n' {secret} > /etc/nanoclaw/credentials/anthropic-credential && "
+               "chown nanoclaw /etc/nanoclaw/credentials/anthropic-credential && "
+               "chmod 0600 /etc/nanoclaw/credentials/anthropic-credential && chmod 0711 /etc/nanoclaw/credentials")
+    machine.sh("systemd-run --unit nc-fake-api --collect /opt/nanoclaw/bin/python "
+               "/src/tests/system/fake_api_main.py 18080 /tmp/fake-api.log")
+    machine.sh("cp -p /etc/nanoclaw/config.toml /tmp/config.toml.saved")
+    try:
+        machine.sh(f"sed -i -e '1i proxy_upstream = \"http://127.0.0.1:18080\"' "
+                   f"-e 's#^image = .*#image = \"{real_agent_image}\"#' /etc/nanoclaw/config.toml "
+                   "&& systemctl restart nanoclaw.target")
+        machine.wait_for(lambda: all(machine.state(u) == "active" for u in UNITS), 60, "units active")
+        machine.wait_for(lambda: "api_key" in machine.show("nanoclaw-proxy", "StatusText"), 30,
+                         "the proxy holding the credential")
+        out = send(machine, "hello real agent", wait=120)
+        assert "echo: hello real agent" in out, out
+        log = [json.loads(line) for line in machine.sh("cat /tmp/fake-api.log").stdout.splitlines()]
+        asked = [r for r in log if r["path"].startswith("/v1/messages") and r["message"] == "hello real agent"]
+        assert asked and all(r["x-api-key"] == secret for r in asked)
+        # and the container never had it: not in its environment, nor anywhere in the group's files
+        assert machine.sh(f"grep -rl {secret} /var/lib/nanoclaw/groups /var/lib/nanoclaw/sessions "
+                          "/var/lib/nanoclaw/ipc", check=False).stdout == ""
+    finally:
+        machine.sh("systemctl stop nc-fake-api", check=False)
+        machine.sh("cp -p /tmp/config.toml.saved /etc/nanoclaw/config.toml && systemctl restart nanoclaw.target")
 
 
 def test_uninstall_removes_units_and_keeps_data(machine: Machine):
