@@ -260,7 +260,10 @@ class Spool:
         except OSError as exc:  # e.g. a directory we cannot move: remove rather than loop on it
             log.error("spool=%s file=%r cannot move to bad/: %s", self.name, path.name, exc)
             return None
-        (dest.parent / (dest.name + ".reason")).write_text(reason + "\n")
+        # whole or not at all: whoever looks in bad/ never reads a half-written reason
+        tmp = dest.parent / f".{dest.name}.reason.tmp"
+        tmp.write_text(reason + "\n")
+        os.replace(tmp, dest.parent / (dest.name + ".reason"))
         log.warning("spool=%s file=%r rejected to bad/: %s", self.name, path.name, reason)
         return dest
 
