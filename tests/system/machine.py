@@ -60,7 +60,7 @@ def wheelhouse(python_version: str) -> Path:
         deps = tomllib.loads(project.decode())["project"]["dependencies"]
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(d), "--find-links", str(d),
                         "--only-binary=:all:", "--python-version", python_version, *deps,
-                        "setuptools>=68", "wheel"], check=True)
+                        "setuptools>=77", "wheel"], check=True)
         for own in d.glob("nanoclaw-*.whl"):
             own.unlink()  # the source is installed from the checkout, not from here
         (d / ".complete").touch()
