@@ -251,6 +251,32 @@ def test_real_agent_answers_through_the_credential_proxy(machine: Machine, machi
         machine.sh("cp -p /tmp/config.toml.saved /etc/nanoclaw/config.toml && systemctl restart nanoclaw.target")
 
 
+def test_without_units_tasks_are_lines_in_the_service_users_crontab(machine: Machine):
+    """Where systemd does not run nanoclaw (here: `nanoclaw run-all` as the service user), the
+    scheduler keeps tasks as crontab lines and cron's `tasks fire` hands them to the queue."""
+    machine.sh("systemctl stop nanoclaw.target && systemctl start cron "
+               "&& cp -p /etc/nanoclaw/config.toml /tmp/config.toml.saved "
+               "&& sed -i '1i scheduler = \"crontab\"' /etc/nanoclaw/config.toml")
+    try:
+        machine.sh("systemd-run --unit nc-runall --collect -p User=nanoclaw -p WorkingDirectory=/ "
+                   "-p Environment='HOME=/var/lib/nanoclaw/home XDG_RUNTIME_DIR=/run/nanoclaw/xdg' "
+                   "/opt/nanoclaw/bin/nanoclaw run-all")
+        machine.wait_for(lambda: "crontab" in machine.nanoclaw("ping", check=False).stdout, 30,
+                         "the scheduler on its crontab backend")
+        task = _task_id(machine.nanoclaw("tasks", "add", "main", "--cron", "* * * * *", "from cron").stdout)
+        line = machine.wait_for(lambda: machine.sh("crontab -l -u nanoclaw", check=False).stdout, 15,
+                                "the crontab line")
+        assert f"tasks fire {task}" in line and f"nanoclaw-task-{task}" in line, line
+        machine.wait_for(lambda: "echo: from cron" in machine.replies(), 100, "cron's firing answered")
+        machine.nanoclaw("tasks", "cancel", str(task))
+        machine.wait_for(lambda: f"nanoclaw-task-{task}" not in machine.sh("crontab -l -u nanoclaw",
+                                                                           check=False).stdout,
+                         15, "the line removed")
+    finally:
+        machine.sh("systemctl stop nc-runall; cp -p /tmp/config.toml.saved /etc/nanoclaw/config.toml "
+                   "&& systemctl start nanoclaw.target", check=False)
+
+
 def test_uninstall_removes_units_and_keeps_data(machine: Machine):
     machine.sh("/src/install.sh --uninstall")
     assert machine.sh("ls /etc/systemd/system | grep -c nanoclaw", check=False).stdout.strip() == "0"
