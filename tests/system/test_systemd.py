@@ -34,6 +34,8 @@ def machine_dir():
 def machine(agent_image, machine_dir, request):
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed")
+    if os.geteuid() != 0:
+        pytest.skip("the system test boots a privileged (rootful) Podman container: run it as root")
     base = "localhost/nanoclaw-base:bookworm"
     d = machine_dir
     m = Machine.boot(d, host_container_options(), [base, agent_image])
