@@ -136,6 +136,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+SWEEP_EVERY = 30.0  # seconds between looks into tmp/ for dead writers' leftovers
+STALE_TMP = 86400.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 class Spool:
     """A Maildir-style queue directory with one consumer.
 
@@ -153,6 +167,7 @@ class Spool:
         self.bad = self.root / "bad"
         self.max_bytes = max_bytes
         self.name = name or self.root.name
+        self._swept = 0.0
 
     def ensure(self) -> "Spool":
         for d in (self.tmp, self.new, self.cur, self.bad):
@@ -187,6 +202,8 @@ class Spool:
 
     def claim_new(self) -> list[Path]:
         """Move every file in ``new/`` into ``cur/`` and return the claimed paths, oldest first."""
+        if time.time() - self._swept > SWEEP_EVERY:
+            self.sweep_tmp()
         claimed = []
         for path in self._listing(self.new):
             dest = self.cur / path.name
@@ -196,6 +213,35 @@ class Spool:
                 continue  # vanished (another claimer, or the producer withdrew it)
             claimed.append(dest)
         return claimed
+
+    def sweep_tmp(self, now: float | None = None) -> int:
+        """Delete what writers that died mid-write left in ``tmp/``.
+
+        As in Maildir, a file in ``tmp/`` is not a message yet: its writer had not
+        committed it, and redoes the work after its restart. Host-side files name
+        their writer's pid, so one whose writer is gone goes at once; any other goes
+        once it is a day old.
+        """
+        now = now or time.time()
+        self._swept = now
+        host_side = self.tmp == self.root / "tmp"
+        removed = 0
+        for path in self._listing(self.tmp):
+            parts = path.name.split(".")
+            try:
+                age = now - path.lstat().st_mtime
+            except FileNotFoundError:
+                continue
+            writer_gone = host_side and len(parts) > 2 and parts[1].isdigit() and not _alive(int(parts[1]))
+            if (writer_gone and age > 1.0) or age > STALE_TMP:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed += 1
+                log.info("spool=%s file=%s removed from tmp/: its writer died before committing it",
+                         self.name, path.name)
+        return removed
 
     def _listing(self, d: Path) -> list[Path]:
         try:

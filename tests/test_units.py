@@ -311,3 +311,26 @@ def test_journal_handler_sends_native_fields(tmp_path):
     assert fields["MESSAGE"] == "nanoclaw.test-journal: group=family job=7 failed | second line"
     server.close()
     logger.info("journald gone: falls back to stderr, never raises")
+
+
+def test_spool_sweeps_what_dead_writers_left_in_tmp(tmp_path):
+    """A writer killed between write and rename leaves a file in tmp/: not a message, and
+    not to be left there for ever; a live writer's file is never touched."""
+    import subprocess
+    import sys
+
+    spool = Spool(tmp_path / "q").ensure()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    orphan = spool.tmp / f"01795653236139717333.{dead}.56.job_event"
+    orphan.write_text("half")
+    mine = spool.tmp / f"01795653236139717334.{os.getpid()}.1.job_event"
+    mine.write_text("being written")
+    old = time.time() - 5
+    os.utime(orphan, (old, old))
+    os.utime(mine, (old, old))
+    assert spool.sweep_tmp() == 1
+    assert not orphan.exists() and mine.exists()
+    ancient = time.time() - 2 * 86400
+    os.utime(mine, (ancient, ancient))
+    assert spool.sweep_tmp() == 1 and not mine.exists()  # a day old: gone whoever wrote it
