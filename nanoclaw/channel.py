@@ -84,6 +84,10 @@ class ChannelDaemon(Daemon):
             return await wa.discover() if wa else self._no_whatsapp()
         return await super().handle(req, writer)
 
+    def _backend_for(self, chat: str) -> Backend | None:
+        """The enabled backend whose network this chat id belongs to."""
+        return next((b for b in self.backends if b.owns(chat)), None)
+
     def _whatsapp(self) -> WhatsAppBackend | None:
         return next((b for b in self.backends if isinstance(b, WhatsAppBackend)), None)
 
@@ -96,7 +100,7 @@ class ChannelDaemon(Daemon):
         chat, on = req.get("chat"), req.get("on")
         if not isinstance(chat, str) or not isinstance(on, bool):
             return {"ok": False, "error": "typing needs 'chat' and 'on' (true or false)"}
-        backend = next((b for b in self.backends if b.owns(chat)), None)
+        backend = self._backend_for(chat)
         if backend is not None:
             try:
                 await backend.typing(chat, on)
@@ -164,7 +168,7 @@ class ChannelDaemon(Daemon):
         chat, text, outbox_id = req.get("chat"), req.get("text"), req.get("outbox_id")
         if not isinstance(chat, str) or not isinstance(text, str) or not isinstance(outbox_id, int):
             return {"ok": False, "error": "deliver needs 'chat', 'text' and 'outbox_id'"}
-        backend = next((b for b in self.backends if b.owns(chat)), None)
+        backend = self._backend_for(chat)
         if backend is None:
             return {"ok": False, "error": f"no enabled channel handles chat {chat!r}"}
         # One id per outbox row: if the router re-sends because our confirmation

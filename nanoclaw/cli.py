@@ -240,15 +240,15 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 def cmd_ping(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """Ask each daemon for its status line."""
-    from .protocol import request
+    from .status import ask_status
     worst = 0
     for name in DAEMONS:
-        try:
-            reply = request(cfg.socket(name), {"op": "status"}, timeout=3)
-            print(f"{name:<8} up    {reply.get('status', '')}")
-        except (OSError, ValueError) as exc:
-            print(f"{name:<8} DOWN  {exc}")
+        reply, error = ask_status(cfg, name)
+        if reply is None:
+            print(f"{name:<8} DOWN  {error}")
             worst = 1
+        else:
+            print(f"{name:<8} up    {reply.get('status', '')}")
     return worst
 
 

@@ -18,14 +18,10 @@ from pathlib import Path
 from . import DAEMONS
 from .config import Config
 from .hostcheck import Probe, probe_container_options, try_run
-from .protocol import request
+from .proxy import credential_path
+from .status import UNITS, ask_status, systemd_is_pid1, unit_state
 
 SERVICE_USER = "nanoclaw"
-UNITS = [f"nanoclaw-{d}" for d in DAEMONS] + ["nanoclaw-podman"]
-
-
-def systemd_is_pid1() -> bool:
-    return os.path.isdir("/run/systemd/system")
 
 
 def podman_as_service_user(cfg: Config) -> tuple[str, ...]:
@@ -92,8 +88,7 @@ class Doctor:
         self.check("cgroups", True, mode)
         if podman:
             self._check_containers()
-        cred = Path(os.environ.get("CREDENTIALS_DIRECTORY", "")) / "anthropic-credential"
-        cred = cred if cred.is_file() else cfg.config_dir / "credentials" / "anthropic-credential"
+        cred = credential_path(cfg)
         if is_root or cred.exists():
             content = ""
             try:
@@ -104,20 +99,20 @@ class Doctor:
                        f"put an API key or OAuth token in {cred} (mode 0600), then systemctl restart nanoclaw-proxy")
         if systemd_is_pid1():
             for unit in UNITS:
-                state = subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True).stdout.strip()
+                state = unit_state(unit)
                 self.check(f"unit {unit}", state == "active", state,
                            f"systemctl start {unit}; journalctl -u {unit} -n 50")
         for name in DAEMONS:
-            try:
-                reply = request(cfg.socket(name), {"op": "status"}, timeout=3)
-                self.check(f"{name} answers", bool(reply.get("ok")), reply.get("status", ""))
-                if name == "proxy" and reply.get("ok"):
-                    # The file may be there and still unreadable to the proxy (LoadCredential=).
-                    self.check("the proxy holds a credential", "NO CREDENTIAL" not in reply.get("status", ""),
-                               fix="journalctl -u nanoclaw-proxy -n 20 says why; fix it, then "
-                                   "systemctl restart nanoclaw-proxy")
-            except (OSError, ValueError) as exc:
-                self.check(f"{name} answers", False, str(exc), f"systemctl restart nanoclaw-{name}")
+            reply, error = ask_status(cfg, name)
+            if reply is None:
+                self.check(f"{name} answers", False, error, f"systemctl restart nanoclaw-{name}")
+                continue
+            self.check(f"{name} answers", bool(reply.get("ok")), reply.get("status", ""))
+            if name == "proxy" and reply.get("ok"):
+                # The file may be there and still unreadable to the proxy (LoadCredential=).
+                self.check("the proxy holds a credential", "NO CREDENTIAL" not in reply.get("status", ""),
+                           fix="journalctl -u nanoclaw-proxy -n 20 says why; fix it, then "
+                               "systemctl restart nanoclaw-proxy")
         target = cfg.state_dir if cfg.state_dir.exists() else Path("/")
         free = shutil.disk_usage(target).free / 2**30
         self.check("disk space", free >= 1.0, f"{free:.1f} GiB free on {target}", "free space: images need ~1 GiB")

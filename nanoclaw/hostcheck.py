@@ -16,6 +16,16 @@ LOW_ULIMITS = ("nofile=1024:1024", "nproc=4096:4096")
 CGROUP_VOLUME = "/sys/fs/cgroup:/sys/fs/cgroup:ro"
 
 
+def runtime_args(runtime: str, ulimits: tuple[str, ...], volumes: tuple[str, ...]) -> list[str]:
+    """The ``podman run``/``build`` options for a host's runtime, ulimits and extra volumes."""
+    args = ["--runtime", runtime] if runtime else []
+    for u in ulimits:
+        args += ["--ulimit", u]
+    for v in volumes:
+        args += ["-v", v]
+    return args
+
+
 @dataclass(frozen=True)
 class Probe:
     """One combination of container options, and what happened when it was tried."""
@@ -32,11 +42,7 @@ class Probe:
         return not self.error
 
     def podman_args(self) -> list[str]:
-        args = ["--runtime", self.runtime] if self.runtime else []
-        for u in self.ulimits:
-            args += ["--ulimit", u]
-        for v in self.volumes:
-            args += ["-v", v]
+        args = runtime_args(self.runtime, self.ulimits, self.volumes)
         if self.limits:
             args += ["--memory", "512m", "--pids-limit", "256"]
         return args

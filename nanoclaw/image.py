@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__
+from . import __version__, hostcheck
 from .config import Config
 
 Progress = Callable[[str], None]
@@ -42,12 +42,8 @@ def container_dir() -> Path:
 
 def runtime_args(cfg: Config) -> list[str]:
     """Podman flags this host needs for any container, builds included (from config)."""
-    args = ["--runtime", cfg.container.runtime] if cfg.container.runtime else []
-    for u in cfg.container.ulimits:
-        args += ["--ulimit", u]
-    for v in cfg.container.volumes:
-        args += ["-v", v]
-    return args
+    c = cfg.container
+    return hostcheck.runtime_args(c.runtime, c.ulimits, c.volumes)
 
 
 def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:

@@ -136,6 +136,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Replace ``path`` whole: readers see the old file or the new one, never half of one."""
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(text)
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
 SWEEP_EVERY = 30.0  # seconds between looks into tmp/ for dead writers' leftovers
 STALE_TMP = 86400.0
 
@@ -306,10 +315,7 @@ class Spool:
         except OSError as exc:  # e.g. a directory we cannot move: remove rather than loop on it
             log.error("spool=%s file=%r cannot move to bad/: %s", self.name, path.name, exc)
             return None
-        # whole or not at all: whoever looks in bad/ never reads a half-written reason
-        tmp = dest.parent / f".{dest.name}.reason.tmp"
-        tmp.write_text(reason + "\n")
-        os.replace(tmp, dest.parent / (dest.name + ".reason"))
+        write_atomic(dest.parent / (dest.name + ".reason"), reason + "\n")  # never read half-written
         log.warning("spool=%s file=%r rejected to bad/: %s", self.name, path.name, reason)
         return dest
 

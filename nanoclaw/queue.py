@@ -207,15 +207,14 @@ class QueueDaemon(Daemon):
                     if isinstance(self._next_task_run(group, now), TaskRun) and self._idle(job):
                         self._close(job)
                     continue
-                if job is None:
-                    due = self._next_task_run(group, now)
-                    if isinstance(due, TaskRun):
-                        if len(active) < self.cfg.max_concurrent:
-                            active[group.id] = self._start_task_job(group, due)
-                        else:
-                            waiting.append(group)
-                    elif due is not None:
-                        next_due = min(next_due or due, due)
+                due = self._next_task_run(group, now)
+                if isinstance(due, TaskRun):
+                    if len(active) < self.cfg.max_concurrent:
+                        active[group.id] = self._start_task_job(group, due)
+                    else:
+                        waiting.append(group)
+                elif due is not None:
+                    next_due = min(next_due or due, due)
                 continue
             allowed = groups_mod.allowed_senders(self.cfg, group.folder)
             if not needs_agent(pending, requires_trigger=group.requires_trigger and not group.is_main,

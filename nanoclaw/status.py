@@ -5,28 +5,44 @@ from __future__ import annotations
 import subprocess
 from datetime import datetime
 
+import os
+
 from . import DAEMONS
 from .config import Config
-from .doctor import UNITS, systemd_is_pid1
 from .models import Group, Job, Message, Outbox, Task, open_db
 from .protocol import request
+
+UNITS = [f"nanoclaw-{d}" for d in DAEMONS] + ["nanoclaw-podman"]
+
+
+def systemd_is_pid1() -> bool:
+    return os.path.isdir("/run/systemd/system")
+
+
+def unit_state(unit: str) -> str:
+    """``systemctl is-active`` of a unit: active, inactive, failed, activating, …"""
+    return subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True).stdout.strip()
+
+
+def ask_status(cfg: Config, name: str, timeout: float = 3) -> tuple[dict | None, str]:
+    """A daemon's answer to ``status``, or None and why it did not answer."""
+    try:
+        return request(cfg.socket(name), {"op": "status"}, timeout=timeout), ""
+    except (OSError, ValueError) as exc:
+        return None, str(exc)
 
 
 def show(cfg: Config) -> int:
     if systemd_is_pid1():
-        states = []
-        for unit in UNITS:
-            state = subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True).stdout.strip()
-            states.append(f"{unit.removeprefix('nanoclaw-')} {state}")
+        states = [f"{unit.removeprefix('nanoclaw-')} {unit_state(unit)}" for unit in UNITS]
         print("units:    " + ", ".join(states))
     down = []
     for name in DAEMONS:
-        try:
-            reply = request(cfg.socket(name), {"op": "status"}, timeout=2)
-            if name == "channel":
-                print(f"channel:  {reply.get('status', '')}")
-        except (OSError, ValueError):
+        reply, _ = ask_status(cfg, name, timeout=2)
+        if reply is None:
             down.append(name)
+        elif name == "channel":
+            print(f"channel:  {reply.get('status', '')}")
     if down:
         print("not answering: " + ", ".join(down))
     if not cfg.db_path.exists():

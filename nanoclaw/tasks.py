@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from .config import Config
 from .models import Group, Task, TaskRun
-from .protocol import Spool, nudge
+from .protocol import Spool, nudge, write_atomic
 from .schedule import Schedule, ScheduleError, validate
 
 ACTIONS = ("schedule", "pause", "resume", "cancel")
@@ -113,10 +113,7 @@ def snapshot(cfg: Config) -> None:
                  if t.next_run else None} for t in visible]
         d = cfg.ipc_dir / group.folder
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / ".tasks.json.tmp"
-        tmp.write_text(json.dumps(rows, indent=1))
-        tmp.chmod(0o644)
-        tmp.replace(d / "tasks.json")
+        write_atomic(d / "tasks.json", json.dumps(rows, indent=1), 0o644)
 
 
 def runs(task: Task, limit: int = 20) -> list[TaskRun]:

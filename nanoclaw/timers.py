@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shlex
 import subprocess
@@ -32,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .models import Task
+from .protocol import write_atomic
 from .schedule import parse_interval
 
 log = logging.getLogger("nanoclaw.timers")
@@ -110,10 +110,7 @@ class TimerSpecs:
             path = self.dir / name
             old = path.read_text() if path.exists() else None
             if old != text:
-                tmp = self.dir / f".{name}.tmp"
-                tmp.write_text(text)
-                os.chmod(tmp, 0o644)
-                tmp.replace(path)  # the path unit sees one complete file, never half of one
+                write_atomic(path, text, 0o644)  # the path unit sees one complete file, never half of one
                 changes.append(f"{'updated' if old is not None else 'created'} {path.stem}.timer")
         return changes
 
@@ -199,10 +196,7 @@ class SystemdTimers:
         for ident, text in sorted(want.items()):
             if have.get(ident) != text:
                 path = self.unit_dir / f"{PREFIX}{ident}.timer"
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(text)
-                os.chmod(tmp, 0o644)
-                tmp.replace(path)
+                write_atomic(path, text, 0o644)
                 written.append(path.name)
                 changes.append(f"{'updated' if ident in have else 'created'} {path.name}")
         if changes:
