@@ -38,9 +38,7 @@ def measure(firings: int = 12, gap: float = 2.0, security: bool = True) -> dict:
         t1 = time.time()
         m.install("--no-image", "--images", "/images")
         figures["install"] = time.time() - t1
-        m.sh(f"sed -i 's#^\\[container\\]$#[container]\\nimage = \"{agent}\"#' /etc/nanoclaw/config.toml"
-             " && systemctl restart nanoclaw.target")
-        m.wait_for(lambda: all(m.state(u) == "active" for u in UNITS), 60, "units active")
+        m.use_agent(agent)
 
         first = int(time.time()) + 10
         due = {}

@@ -15,7 +15,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import uuid
@@ -108,6 +107,16 @@ class Machine:
     def install(self, *options: str) -> subprocess.CompletedProcess:
         opts = " ".join(shlex.quote(o) for o in options)
         return self.sh(f"PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels /src/install.sh --no-apt {opts}", timeout=900)
+
+    def use_agent(self, image: str) -> None:
+        """Point the installed service at an agent image (the scripted test agent: no model
+        here) and restart it; returns once every unit is active again."""
+        self.sh(f"sed -i 's#^\\[container\\]$#[container]\\nimage = \"{image}\"#' /etc/nanoclaw/config.toml"
+                " && systemctl restart nanoclaw.target")
+        self.wait_active()
+
+    def wait_active(self, timeout: float = 60) -> None:
+        self.wait_for(lambda: all(self.state(u) == "active" for u in UNITS), timeout, "every unit active")
 
     def state(self, unit: str) -> str:
         return self.sh(f"systemctl is-active {unit}", check=False).stdout.strip()

@@ -42,10 +42,7 @@ def machine(agent_image, machine_dir, request):
     try:
         result = m.install("--no-image", "--images", "/images")
         print(result.stdout[-4000:])
-        # The scripted agent stands in for the real one (no model here).
-        m.sh(f"sed -i 's#^\\[container\\]$#[container]\\nimage = \"{agent_image}\"#' /etc/nanoclaw/config.toml")
-        m.sh("systemctl restart nanoclaw.target")
-        m.wait_for(lambda: all(m.state(u) == "active" for u in UNITS), 60, "every unit active")
+        m.use_agent(agent_image)
         yield m
     except BaseException:
         print(m.sh("systemctl --no-pager status 'nanoclaw*'; journalctl --no-pager -n 300 -u 'nanoclaw*'",
@@ -237,7 +234,7 @@ def test_real_agent_answers_through_the_credential_proxy(machine: Machine, machi
         machine.sh(f"sed -i -e '1i proxy_upstream = \"http://127.0.0.1:18080\"' "
                    f"-e 's#^image = .*#image = \"{real_agent_image}\"#' /etc/nanoclaw/config.toml "
                    "&& systemctl restart nanoclaw.target")
-        machine.wait_for(lambda: all(machine.state(u) == "active" for u in UNITS), 60, "units active")
+        machine.wait_active()
         machine.wait_for(lambda: "api_key" in machine.show("nanoclaw-proxy", "StatusText"), 30,
                          "the proxy holding the credential")
         out = send(machine, "hello real agent", wait=120)
