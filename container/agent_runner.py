@@ -1,7 +1,8 @@
 """The agent runner: the one process inside a group's container.
 
-It takes prompts from ``/workspace/ipc/in`` (the first from the runner, later
-ones are follow-ups the queue drops in while this container lives), runs each
+It takes prompts from ``/workspace/ipc/in`` (read-only here: the first from
+the runner, later ones are follow-ups the queue drops in while this container
+lives; it remembers which it has answered), runs each
 as one turn of a warm Claude session (claude-agent-sdk driving its bundled
 ``claude`` CLI), and writes each turn's explicit ``result`` to
 ``/workspace/ipc/out``. A follow-up that arrives mid-turn waits in ``in/new``
@@ -52,8 +53,8 @@ IS_MAIN = os.environ.get("NANOCLAW_IS_MAIN") == "1"
 IDLE_TIMEOUT = float(os.environ.get("NANOCLAW_IDLE_TIMEOUT", "600"))
 MODEL = os.environ.get("NANOCLAW_MODEL", "")
 
-inbox = Spool(IPC / "in")
-outbox = Spool(IPC / "out", new=IPC / "out" / "new", tmp=IPC / "out" / "tmp")
+inbox = Spool(IPC / "in")  # read-only: the host writes it, we only read
+outbox = Spool(IPC / "out")  # ours: out/tmp and out/new
 stderr_tail: deque[str] = deque(maxlen=40)
 
 
@@ -138,7 +139,7 @@ async def schedule_task(args: dict) -> dict:
 
 @tool("list_tasks", "List the scheduled tasks this group may see.", {"type": "object", "properties": {}})
 async def list_tasks(args: dict) -> dict:
-    snapshot = IPC / "tasks.json"
+    snapshot = IPC / "in" / "tasks.json"
     try:
         tasks = json.loads(snapshot.read_text())
     except (OSError, ValueError):
@@ -292,22 +293,23 @@ async def main() -> int:
     loop = asyncio.get_running_loop()
     loop.add_reader(notify.fd, lambda: (notify.read(timeout=0), woke.set()))
     last_work = time.monotonic()
+    seen: set[str] = set()  # in/ is read-only: what we have handled is remembered here
     log(f"group={GROUP} job={JOB} ready; idle timeout {IDLE_TIMEOUT:.0f}s")
     try:
         while True:
             woke.clear()
-            for path in inbox.leftovers() + inbox.claim_new():
+            for path in inbox.unseen(seen):
+                seen.add(path.name)
                 try:
                     env = inbox.read(path)
                 except BadMessage as exc:
-                    inbox.reject(path, str(exc))
+                    log(f"ignoring {path.name}: {exc}")
                     continue
                 if env.type == "close":
-                    inbox.done(path)
                     log("asked to close")
                     return 0
                 if env.type != "prompt":
-                    inbox.reject(path, f"unexpected type {env.type!r}")
+                    log(f"ignoring {path.name}: unexpected type {env.type!r}")
                     continue
                 b = env.body
                 try:
@@ -316,11 +318,9 @@ async def main() -> int:
                     detail = " | ".join(list(stderr_tail)[-5:])
                     outbox.put("result", {"job": b["job"], "turn": b["turn"], "text": "",
                                           "error": f"{type(exc).__name__}: {exc} {detail}"[:2000]})
-                    inbox.done(path)
                     log(f"turn {b['turn']} failed: {exc}")
                     return 1
                 outbox.put("result", {"job": b["job"], "turn": b["turn"], **out})
-                inbox.done(path)
                 log(f"turn {b['turn']} answered in {out['usage']['duration_s']}s")
                 last_work = time.monotonic()
             remaining = IDLE_TIMEOUT - (time.monotonic() - last_work)

@@ -83,7 +83,9 @@ class Daemon:
         if directory in self._watched:
             return
         try:
-            wd = self._inotify.add_watch(str(directory), flags.MOVED_TO | flags.CLOSE_WRITE)
+            # DONT_FOLLOW: a directory a container can replace by a link must not make us watch elsewhere
+            wd = self._inotify.add_watch(str(directory), flags.MOVED_TO | flags.CLOSE_WRITE
+                                         | flags.DONT_FOLLOW | flags.ONLYDIR)
         except OSError as exc:
             self.log.warning("cannot watch %s: %s", directory, exc)
             return

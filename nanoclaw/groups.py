@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
+import sys
 from pathlib import Path
 
 from .config import Config
 from .models import Cursor, Group, db
+from .safefs import Dir
 
 FOLDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RESERVED_FOLDERS = {"global"}
-TEMPLATES = Path(__file__).resolve().parent.parent / "groups"
 log = logging.getLogger("nanoclaw.groups")
 
 
@@ -41,21 +41,30 @@ def terminal_jid(folder: str) -> str:
     return f"{folder}@term"
 
 
+def share_dirs(name: str) -> list[Path]:
+    """Where shipped files (``groups``, ``container``) may be: the source checkout, then
+    ``<venv>/share`` where ``install.sh --prefix DIR`` put them (the venv is DIR)."""
+    return [Path(__file__).resolve().parent.parent / name, Path(sys.prefix) / "share" / name]
+
+
 def template_dir() -> Path:
     """Where the CLAUDE.md templates live (source checkout or installed share dir)."""
-    for candidate in (TEMPLATES, Path("/opt/nanoclaw/share/groups")):
+    for candidate in share_dirs("groups"):
         if (candidate / "main" / "CLAUDE.md").exists():
             return candidate
-    return TEMPLATES
+    return share_dirs("groups")[0]
 
 
 def ensure_global(cfg: Config) -> None:
-    """Create the shared memory folder from its template if missing."""
-    cfg.global_dir.mkdir(parents=True, exist_ok=True)
-    target = cfg.global_dir / "CLAUDE.md"
+    """Create the shared memory folder from its template if missing.
+
+    The main group's agent may write this folder: the file is created only if
+    no entry of its name exists (a planted link is left alone, not followed).
+    """
     src = template_dir() / "global" / "CLAUDE.md"
-    if not target.exists() and src.exists():
-        shutil.copyfile(src, target)
+    with Dir.open(cfg.global_dir, create=True) as d:
+        if src.exists():
+            d.create("CLAUDE.md", src.read_bytes())
 
 
 def add_group(cfg: Config, folder: str, *, name: str | None = None, jid: str | None = None,
@@ -79,14 +88,13 @@ def add_group(cfg: Config, folder: str, *, name: str | None = None, jid: str | N
         group = Group.create(jid=jid, name=name or folder, folder=folder, trigger=trigger,
                              requires_trigger=requires_trigger, is_main=is_main)
         Cursor.create(group=group)
-    folder_path = cfg.groups_dir / folder
-    folder_path.mkdir(parents=True, exist_ok=True)
-    memory = folder_path / "CLAUDE.md"
-    if not memory.exists():
-        src = template_dir() / ("main" if is_main else "default") / "CLAUDE.md"
-        text = src.read_text() if src.exists() else f"# {name or folder}\n"
-        memory.write_text(text.replace("{{ASSISTANT}}", cfg.assistant_name)
-                          .replace("{{GROUP}}", name or folder))
+    # A re-registered group's folder is its earlier agent's to write: the memory file is
+    # created only where no entry of its name exists, never through a planted link.
+    src = template_dir() / ("main" if is_main else "default") / "CLAUDE.md"
+    text = src.read_text() if src.exists() else f"# {name or folder}\n"
+    with Dir.open(cfg.groups_dir / folder, create=True) as d:
+        d.create("CLAUDE.md", text.replace("{{ASSISTANT}}", cfg.assistant_name)
+                 .replace("{{GROUP}}", name or folder).encode())
     ensure_global(cfg)
     log.info("group added folder=%s jid=%s main=%s", folder, jid, is_main)
     return group
@@ -119,6 +127,25 @@ def allowlist_path(cfg: Config, folder: str) -> Path:
     return cfg.config_dir / "allowlists" / f"{folder}.json"
 
 
+def read_allowlist(path: Path) -> tuple[set[str] | None, str]:
+    """(senders, problem) from an allowlist file: (None, "") if there is none; an
+    unreadable or invalid file gives (empty set, why): nobody may trigger (fail closed)."""
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return set(), f"unreadable: {exc.strerror}"
+    try:
+        data = json.loads(raw)
+        senders = data["senders"]
+        if not isinstance(senders, list) or not all(isinstance(s, str) for s in senders):
+            raise ValueError("'senders' must be a list of strings")
+    except (ValueError, KeyError, TypeError) as exc:
+        return set(), f"invalid: {exc}"
+    return set(senders), ""
+
+
 def allowed_senders(cfg: Config, folder: str) -> set[str] | None:
     """Who may trigger the group's agent: None means anyone.
 
@@ -126,19 +153,7 @@ def allowed_senders(cfg: Config, folder: str) -> set[str] | None:
     read or parsed, nobody is allowed (fail closed) and the reason is logged.
     """
     path = allowlist_path(cfg, folder)
-    try:
-        raw = path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.error("allowlist unreadable, nobody may trigger group=%s: %s", folder, exc)
-        return set()
-    try:
-        data = json.loads(raw)
-        senders = data["senders"]
-        if not isinstance(senders, list) or not all(isinstance(s, str) for s in senders):
-            raise ValueError("'senders' must be a list of strings")
-    except (ValueError, KeyError, TypeError) as exc:
-        log.error("allowlist %s invalid, nobody may trigger group=%s: %s", path, folder, exc)
-        return set()
-    return set(senders)
+    senders, problem = read_allowlist(path)
+    if problem:
+        log.error("allowlist %s %s; nobody may trigger group=%s", path, problem, folder)
+    return senders

@@ -24,6 +24,8 @@ from . import __version__, hostcheck
 from .config import Config
 
 Progress = Callable[[str], None]
+# nanoclaw modules the agent runner imports inside the image (as top-level modules).
+SHARED_MODULES = ("protocol.py", "safefs.py")
 PLATFORMS = ("manylinux_2_36", "manylinux_2_34", "manylinux_2_31", "manylinux_2_28", "manylinux_2_17",
              "manylinux2014")
 
@@ -34,10 +36,13 @@ class ImageError(Exception):
 
 def container_dir() -> Path:
     """The Containerfile and agent runner: in the checkout, or where install.sh put them."""
-    for candidate in (Path(__file__).resolve().parent.parent / "container", Path("/opt/nanoclaw/share/container")):
+    from .groups import share_dirs
+    candidates = share_dirs("container")
+    for candidate in candidates:
         if (candidate / "Containerfile").exists():
             return candidate
-    raise ImageError("cannot find container/Containerfile (source checkout or /opt/nanoclaw/share/container)")
+    raise ImageError("cannot find container/Containerfile (looked in "
+                     + ", ".join(map(str, candidates)) + ")")
 
 
 def runtime_args(cfg: Config) -> list[str]:
@@ -97,7 +102,7 @@ def source_digest() -> str:
     """A digest of what goes into the image besides wheels (to tell stale images apart)."""
     h = hashlib.sha256()
     for path in (container_dir() / "Containerfile", container_dir() / "agent_runner.py",
-                 container_dir() / "requirements.txt", Path(__file__).parent / "protocol.py"):
+                 container_dir() / "requirements.txt", *(Path(__file__).parent / m for m in SHARED_MODULES)):
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
@@ -115,7 +120,8 @@ def build(cfg: Config, *, tag: str | None = None, wheels: Path | None = None,
         ctx = Path(tmp)
         for name in ("Containerfile", "agent_runner.py"):
             shutil.copyfile(src / name, ctx / name)
-        shutil.copyfile(Path(__file__).parent / "protocol.py", ctx / "protocol.py")
+        for module in SHARED_MODULES:
+            shutil.copyfile(Path(__file__).parent / module, ctx / module)
         (ctx / "wheels").mkdir()
         for w in wheels.iterdir():
             try:

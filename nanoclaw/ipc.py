@@ -3,7 +3,9 @@
 Each group's container writes spool files into its own ``ipc/<group>/out``.
 The group a request speaks for is the directory it was found in, never what
 the file claims; files are claimed into ``spool/ipc/<group>/cur`` on the host
-side, out of the container's reach. Turn results go to the queue; messages go
+side, out of the container's reach, by renaming the entry through directory
+descriptors (``safefs``): a link the container planted is moved and refused
+as a link, never followed. Turn results go to the queue; messages go
 to the router once authorised (a non-main group may only message its own
 chat); everything else is refused into ``bad/`` with a logged reason.
 """
@@ -30,8 +32,8 @@ class IpcDaemon(Daemon):
     def _spool(self, folder: str) -> Spool:
         spool = self.spools.get(folder)
         if spool is None:
-            out = self.cfg.ipc_dir / folder / "out"
-            spool = Spool(self.cfg.spool_dir / "ipc" / folder, new=out / "new", tmp=out / "tmp",
+            # The container writes out/{tmp,new}; cur/ and bad/ stay on the host's side.
+            spool = Spool(self.cfg.spool_dir / "ipc" / folder, exposed=self.cfg.ipc_dir / folder / "out",
                           max_bytes=self.cfg.max_spool_bytes, name=f"ipc/{folder}").ensure()
             self.spools[folder] = spool
             self.watch(spool.new)

@@ -23,7 +23,6 @@ and rescan on a slow timer in case both are missed.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import json
 import logging
@@ -35,6 +34,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    from .safefs import Dir, UnsafeEntry, write_atomic  # noqa: F401  (write_atomic: re-exported)
+except ImportError:  # inside an agent image, where both are top-level modules
+    from safefs import Dir, UnsafeEntry, write_atomic  # type: ignore[no-redef]  # noqa: F401
 
 VERSION = 1
 MAX_LINE = 256 * 1024  # one socket request or reply, in bytes
@@ -69,8 +73,10 @@ SCHEMAS: dict[str, Schema] = {
                   "error": (str, _OPT), "container": (str, _OPT)},
     # a timer (nanoclaw tasks fire) -> queue: run a scheduled task now
     "task_fire": {"task": (int,), "fired_at": (float,), "due_at": (float, type(None))},
-    # anyone -> router: text for a chat; ``key`` makes it idempotent
-    "outbound": {"key": (str,), "chat": (str,), "text": (str,), "kind": (str,)},
+    # anyone -> router: text for a chat; ``key`` makes it idempotent. ``sender`` is the name
+    # it goes out under (default: the assistant's); ``reply_to`` the message row it answers.
+    "outbound": {"key": (str,), "chat": (str,), "text": (str,), "kind": (str,), "sender": (str, _OPT),
+                 "reply_to": (int, _OPT)},
 }
 
 
@@ -128,23 +134,6 @@ def unique_name(tag: str = "") -> str:
     return f"{time.time_ns():020d}.{os.getpid()}.{next(_counter)}{suffix}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
-    """Replace ``path`` whole: readers see the old file or the new one, never half of one."""
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(text)
-    if mode is not None:
-        os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 SWEEP_EVERY = 30.0  # seconds between looks into tmp/ for dead writers' leftovers
 STALE_TMP = 86400.0
 
@@ -162,25 +151,42 @@ def _alive(pid: int) -> bool:
 class Spool:
     """A Maildir-style queue directory with one consumer.
 
-    ``new``/``tmp`` may be placed elsewhere than under ``root``: a group's
-    container writes into its own ``ipc/<group>/out/{tmp,new}`` while the
-    host keeps ``cur`` and ``bad`` where the container cannot reach them.
+    ``tmp/`` and ``new/`` may be *exposed*: a group's container writes its
+    requests into its own ``ipc/<group>/out/{tmp,new}`` while the host keeps
+    ``cur/`` and ``bad/`` under ``root``, where the container cannot reach
+    them. The exposed directory is a trusted base (its own path is the
+    host's); everything below it is walked with :mod:`safefs`, so a link the
+    container planted is moved or removed as an entry, never followed.
     """
 
-    def __init__(self, root: Path, *, new: Path | None = None, tmp: Path | None = None,
-                 max_bytes: int = 1 << 20, name: str | None = None) -> None:
+    def __init__(self, root: Path, *, exposed: Path | None = None, max_bytes: int = 1 << 20,
+                 name: str | None = None) -> None:
         self.root = Path(root)
-        self.new = Path(new) if new else self.root / "new"
-        self.tmp = Path(tmp) if tmp else self.root / "tmp"
+        self.exposed = Path(exposed) if exposed else None
+        top = self.exposed or self.root
+        self.new = top / "new"
+        self.tmp = top / "tmp"
         self.cur = self.root / "cur"
         self.bad = self.root / "bad"
         self.max_bytes = max_bytes
         self.name = name or self.root.name
         self._swept = 0.0
 
+    def _open(self, sub: str, create: bool = False) -> Dir:
+        """One of the spool's directories, opened without following links below its base."""
+        if self.exposed is not None and sub in ("new", "tmp"):
+            return Dir.open(self.exposed, sub, create=create)
+        return Dir.open(self.root, sub, create=create)
+
     def ensure(self) -> "Spool":
-        for d in (self.tmp, self.new, self.cur, self.bad):
-            d.mkdir(parents=True, exist_ok=True)
+        """Make the spool's directories. An exposed ``new/`` or ``tmp/`` that is not a
+        directory (a link the container planted) is removed and made again."""
+        for sub in ("cur", "bad") if self.exposed else ("tmp", "new", "cur", "bad"):
+            self._open(sub, create=True).close()
+        if self.exposed is not None:
+            with Dir.open(self.exposed, create=True) as top:
+                for sub in ("tmp", "new"):
+                    top.ensure_dir(sub).close()
         return self
 
     # -- producing -------------------------------------------------------
@@ -190,38 +196,49 @@ class Spool:
         name = name or unique_name(kind)
         if not _NAME_RE.match(name):
             raise ValueError(f"bad spool file name {name!r}")
-        tmp = self.tmp / name
-        # 0644: an agent container runs under another uid and must read its prompts;
-        # the state directory around the spools is what keeps others out.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        dest = self.new / name
-        os.rename(tmp, dest)
-        _fsync_dir(self.new)
-        return dest
+        with self._open("tmp") as tmp, self._open("new") as new:
+            # 0644: an agent container runs under another uid and must read its prompts;
+            # the state directory around the spools is what keeps others out.
+            tmp.new_file(name, data, 0o644)
+            tmp.rename(name, new)
+            new.fsync()
+        return self.new / name
 
     # -- consuming -------------------------------------------------------
     def leftovers(self) -> list[Path]:
         """Files a dead predecessor had claimed: to be processed again, oldest first."""
-        return self._listing(self.cur)
+        with self._open("cur") as cur:
+            return [self.cur / n for n in self._valid(cur)]
 
     def claim_new(self) -> list[Path]:
         """Move every file in ``new/`` into ``cur/`` and return the claimed paths, oldest first."""
         if time.time() - self._swept > SWEEP_EVERY:
             self.sweep_tmp()
         claimed = []
-        for path in self._listing(self.new):
-            dest = self.cur / path.name
-            try:
-                os.rename(path, dest)
-            except FileNotFoundError:
-                continue  # vanished (another claimer, or the producer withdrew it)
-            claimed.append(dest)
+        try:
+            new = self._open("new")
+        except FileNotFoundError:
+            return []
+        except UnsafeEntry as exc:
+            log.error("spool=%s new/ refused: %s", self.name, exc)
+            return []
+        with new, self._open("cur") as cur:
+            for name in self._valid(new):
+                try:
+                    new.rename(name, cur)  # the entry moves; a planted link is read (and refused) as one
+                except FileNotFoundError:
+                    continue  # vanished (another claimer, or the producer withdrew it)
+                claimed.append(self.cur / name)
         return claimed
+
+    def unseen(self, seen: set[str]) -> list[Path]:
+        """Files in ``new/`` not in ``seen``, oldest first, without claiming them: for a
+        consumer that may only read the directory (an agent's read-only ``in/``)."""
+        try:
+            names = sorted(os.listdir(self.new))
+        except FileNotFoundError:
+            return []
+        return [self.new / n for n in names if n not in seen and _NAME_RE.match(n)]
 
     def sweep_tmp(self, now: float | None = None) -> int:
         """Delete what writers that died mid-write left in ``tmp/``.
@@ -229,66 +246,55 @@ class Spool:
         As in Maildir, a file in ``tmp/`` is not a message yet: its writer had not
         committed it, and redoes the work after its restart. Host-side files name
         their writer's pid, so one whose writer is gone goes at once; any other goes
-        once it is a day old.
+        once it is a day old. Entries are removed as entries (a link, never its target).
         """
         now = now or time.time()
         self._swept = now
-        host_side = self.tmp == self.root / "tmp"
         removed = 0
-        for path in self._listing(self.tmp):
-            parts = path.name.split(".")
-            try:
-                age = now - path.lstat().st_mtime
-            except FileNotFoundError:
-                continue
-            writer_gone = host_side and len(parts) > 2 and parts[1].isdigit() and not _alive(int(parts[1]))
-            if (writer_gone and age > 1.0) or age > STALE_TMP:
+        try:
+            tmp = self._open("tmp")
+        except (FileNotFoundError, UnsafeEntry):
+            return 0
+        with tmp:
+            for name in tmp.names():
+                parts = name.split(".")
                 try:
-                    path.unlink()
-                except FileNotFoundError:
+                    st = tmp.lstat(name)
+                except (FileNotFoundError, UnsafeEntry):
                     continue
-                removed += 1
-                log.info("spool=%s file=%s removed from tmp/: its writer died before committing it",
-                         self.name, path.name)
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                age = now - st.st_mtime
+                writer_gone = (self.exposed is None and len(parts) > 2 and parts[1].isdigit()
+                               and not _alive(int(parts[1])))
+                if (writer_gone and age > 1.0) or age > STALE_TMP:
+                    if tmp.unlink(name):
+                        removed += 1
+                        log.info("spool=%s file=%s removed from tmp/: its writer died before committing it",
+                                 self.name, name)
         return removed
 
-    def _listing(self, d: Path) -> list[Path]:
-        try:
-            names = os.listdir(d)
-        except FileNotFoundError:
-            return []
+    def _valid(self, d: Dir) -> list[str]:
+        """The names in ``d`` that can be messages; the rest go to ``bad/``."""
         out = []
-        for n in sorted(names):
+        for n in d.names():
             if not _NAME_RE.match(n):  # hidden, odd or hostile names: never a message we wrote
-                self.reject(d / n, "file name is not a valid spool name")
+                self._reject_from(d, n, "file name is not a valid spool name")
                 continue
-            out.append(d / n)
+            out.append(n)
         return out
 
     def read(self, path: Path) -> Envelope:
         """Read and validate a claimed file; raise BadMessage with the reason."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with Dir.open(path.parent) as d:
+                raw = d.read(path.name, self.max_bytes)
+        except UnsafeEntry as exc:
+            raise BadMessage(exc.strerror or str(exc)) from exc
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise BadMessage("is a symbolic link") from exc
             raise BadMessage(f"cannot open: {exc.strerror}") from exc
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise BadMessage("not a regular file")
-            if st.st_size > self.max_bytes:
-                raise BadMessage(f"too large ({st.st_size} bytes > {self.max_bytes})")
-            chunks, total = [], 0
-            while chunk := os.read(fd, 65536):
-                total += len(chunk)
-                if total > self.max_bytes:
-                    raise BadMessage(f"too large (> {self.max_bytes} bytes)")
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-        try:
-            obj = json.loads(b"".join(chunks))
+            obj = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadMessage(f"not JSON: {exc}") from exc
         kind, body = validate(obj)
@@ -302,22 +308,26 @@ class Spool:
             pass
 
     def reject(self, path: Path, reason: str) -> Path | None:
-        """Move a file aside into ``bad/`` and record why; log it loudly."""
-        self.bad.mkdir(parents=True, exist_ok=True)
-        safe = re.sub(r"[^0-9A-Za-z._-]", "_", path.name).lstrip(".") or "unnamed"
-        dest = self.bad / safe
-        if os.path.lexists(dest) or os.path.lexists(str(dest) + ".reason"):
-            dest = self.bad / f"{safe}.{unique_name()}"
-        try:
-            os.rename(path, dest)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:  # e.g. a directory we cannot move: remove rather than loop on it
-            log.error("spool=%s file=%r cannot move to bad/: %s", self.name, path.name, exc)
-            return None
-        write_atomic(dest.parent / (dest.name + ".reason"), reason + "\n")  # never read half-written
-        log.warning("spool=%s file=%r rejected to bad/: %s", self.name, path.name, reason)
-        return dest
+        """Move a claimed file aside into ``bad/`` and record why; log it loudly."""
+        with Dir.open(path.parent) as d:
+            return self._reject_from(d, path.name, reason)
+
+    def _reject_from(self, d: Dir, name: str, reason: str) -> Path | None:
+        safe = re.sub(r"[^0-9A-Za-z._-]", "_", name).lstrip(".") or "unnamed"
+        with self._open("bad", create=True) as bad:
+            dest = safe
+            if bad.exists(dest) or bad.exists(dest + ".reason"):
+                dest = f"{safe}.{unique_name()}"
+            try:
+                d.rename(name, bad, dest)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:  # e.g. a directory we cannot move: remove rather than loop on it
+                log.error("spool=%s file=%r cannot move to bad/: %s", self.name, name, exc)
+                return None
+            bad.write(dest + ".reason", (reason + "\n").encode())  # never read half-written
+        log.warning("spool=%s file=%r rejected to bad/: %s", self.name, name, reason)
+        return self.bad / dest
 
     def take(self, paths: list[Path]) -> list[Envelope]:
         """Read claimed paths, moving the unreadable ones to ``bad/``."""

@@ -13,6 +13,7 @@ Containers whose job file is gone are orphans and are removed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import threading
@@ -28,8 +29,10 @@ from requests.exceptions import ReadTimeout
 from .config import Config
 from .daemon import Daemon
 from .protocol import Envelope, Spool, nudge, request
+from .safefs import Dir
 
 LABEL = "nanoclaw.job"
+DEADLINE_LABEL = "nanoclaw.deadline"  # epoch seconds: the container's life ends then, whatever restarts
 
 
 async def in_daemon_thread(func: Any, *args: Any) -> Any:
@@ -65,19 +68,44 @@ def container_name(folder: str, job: int) -> str:
 
 
 def group_dirs(cfg: Config, folder: str) -> dict[str, Path]:
-    """The host directories a group's container may see, created if missing."""
+    """The host directories a group's container may see (made by :func:`prepare_dirs`)."""
     from .proxy import proxy_dir
-    dirs = {
+    return {
         "group": cfg.groups_dir / folder,
         "global": cfg.global_dir,
-        "ipc": cfg.ipc_dir / folder,
+        "in": cfg.ipc_dir / folder / "in",
+        "out": cfg.ipc_dir / folder / "out",
         "session": cfg.sessions_dir / folder,
         "proxy": proxy_dir(cfg, folder),
     }
-    for sub in ("in/tmp", "in/new", "in/cur", "out/tmp", "out/new"):
-        (dirs["ipc"] / sub).mkdir(parents=True, exist_ok=True)
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
+
+
+def prepare_dirs(cfg: Config, folder: str, is_main: bool = False) -> dict[str, Path]:
+    """Make a group's directories before its container starts.
+
+    ``in/`` is the host's (the container sees it read-only) and is made
+    normally. The rest is the container's to write: each is a trusted base
+    whose contents are walked without following links (:mod:`safefs`); an
+    ``out/new`` or ``out/tmp`` that an earlier container replaced by a link
+    is removed and made again. In rootful runs the agent's uid is handed the
+    directories it writes, non-recursively (:meth:`safefs.Dir.give`).
+    """
+    dirs = group_dirs(cfg, folder)
+    Spool(dirs["in"]).ensure()
+    for key in ("group", "global", "session", "proxy"):
+        dirs[key].mkdir(parents=True, exist_ok=True)
+    owner = agent_owner(cfg)
+    with Dir.open(dirs["out"], create=True) as out:
+        for sub in ("new", "tmp"):
+            with out.ensure_dir(sub) as d:
+                if owner:
+                    d.give(*owner, children=False)
+        if owner:
+            out.give(*owner, children=False)
+    if owner:
+        for key in ("group", "session") + (("global",) if is_main else ()):
+            with Dir.open(dirs[key]) as d:
+                d.give(*owner, children=key != "session")  # the CLAUDE.md (and inbox/) the host made
     return dirs
 
 
@@ -95,15 +123,14 @@ def agent_identity(cfg: Config) -> tuple[str, str]:
     return c.user or "1000:1000", c.userns
 
 
-def hand_over(paths: list[Path], user: str) -> None:
-    """Rootful only: give the container's uid the directories it may write."""
+def agent_owner(cfg: Config) -> tuple[int, int] | None:
+    """The (uid, gid) to hand writable directories to: only when the agent runs
+    under another uid than this daemon (rootful Podman)."""
+    user = agent_identity(cfg)[0]
     uid, _, gid = user.partition(":")
-    if os.geteuid() != 0 or not uid.isdigit():
-        return
-    for top in paths:
-        for root, dirnames, filenames in os.walk(top):
-            for name in [root, *(os.path.join(root, n) for n in dirnames + filenames)]:
-                os.lchown(name, int(uid), int(gid or uid))
+    if os.geteuid() != 0 or not uid.isdigit() or not (gid or uid).isdigit():
+        return None
+    return int(uid), int(gid or uid)
 
 
 def _ulimit(spec: str) -> dict[str, Any]:
@@ -116,7 +143,8 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
     """Everything Podman needs to start one job's container, from configuration.
 
     Mounts: the group's folder (rw), global memory (ro; rw for main), the
-    group's IPC dir and its agent session state. Nothing else of the host.
+    group's IPC dirs (``in`` read-only, ``out`` rw), its agent session state
+    and its API socket (ro). Nothing else of the host.
     """
     c = cfg.container
     dirs = group_dirs(cfg, job["group"])
@@ -124,7 +152,9 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
         {"type": "bind", "source": str(dirs["group"]), "target": "/workspace/group"},
         {"type": "bind", "source": str(dirs["global"]), "target": "/workspace/global",
          "read_only": not job["is_main"]},
-        {"type": "bind", "source": str(dirs["ipc"]), "target": "/workspace/ipc"},
+        # Host to agent read-only (prompts, tasks.json): the host never writes where the agent can.
+        {"type": "bind", "source": str(dirs["in"]), "target": "/workspace/ipc/in", "read_only": True},
+        {"type": "bind", "source": str(dirs["out"]), "target": "/workspace/ipc/out"},
         {"type": "bind", "source": str(dirs["session"]), "target": "/workspace/session"},
         {"type": "bind", "source": str(dirs["proxy"]), "target": "/run/nanoclaw-proxy", "read_only": True},
         {"type": "tmpfs", "source": "tmpfs", "target": "/tmp", "size": "512m"},
@@ -144,7 +174,8 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
         env[key] = value
     kwargs: dict[str, Any] = {
         "name": container_name(job["group"], job["job"]),
-        "labels": {LABEL: str(job["job"]), "nanoclaw.group": job["group"]},
+        "labels": {LABEL: str(job["job"]), "nanoclaw.group": job["group"],
+                   DEADLINE_LABEL: f"{time.time() + c.timeout:.0f}"},
         "environment": env,
         "mounts": mounts,
         "working_dir": "/workspace/group",
@@ -226,7 +257,10 @@ class RunnerDaemon(Daemon):
             self.spool.done(env.path)
         except (APIError, RequestsConnectionError, OSError) as exc:
             # Podman itself failed us: keep the job file so a later pass retries it.
-            self.log.error("job=%s podman error: %s; will retry", job, exc)
+            if "no space left on device" in str(exc).lower() or getattr(exc, "errno", None) == errno.ENOSPC:
+                self.log.error("job=%s cannot start: the disk is full (%s); will retry", job, exc)
+            else:
+                self.log.error("job=%s podman error: %s; will retry", job, exc)
             await asyncio.sleep(2)
             self._recovering.append(env)
             self.wake.set()
@@ -246,7 +280,7 @@ class RunnerDaemon(Daemon):
                 ctr = client.containers.get(name)
                 self.log.info("group=%s job=%s re-attached to %s (state %s)", b["group"], b["job"],
                               name, ctr.status)
-                deadline = time.time() + self.cfg.container.timeout
+                deadline = self._deadline(ctr)
                 if ctr.status in ("created", "configured"):
                     ctr.start()
                 elif ctr.status == "running" and not self._alive(ctr):
@@ -260,7 +294,7 @@ class RunnerDaemon(Daemon):
                     return
             except NotFound:
                 ctr = self._start(client, b)
-                deadline = time.time() + self.cfg.container.timeout
+                deadline = self._deadline(ctr)
             self._event(b["job"], "started", container=name)
             code, error = self._wait(ctr, deadline, b)
             if code != 0:
@@ -281,17 +315,14 @@ class RunnerDaemon(Daemon):
             self.log.info("group=%s job=%s container %s exited code=%s", b["group"], b["job"], name, code)
 
     def _start(self, client: PodmanClient, b: dict) -> Any:
-        dirs = group_dirs(self.cfg, b["group"])
-        inbox = Spool(dirs["ipc"] / "in")
+        dirs = prepare_dirs(self.cfg, b["group"], b["is_main"])
+        inbox = Spool(dirs["in"])
         # Prompts left from an earlier container are covered by this job's prompt
-        # (it holds every message since the cursor): clear them.
+        # (it holds every message since the cursor): clear them. in/ is host-only.
         for d in (inbox.new, inbox.cur, inbox.tmp):
             shutil.rmtree(d, ignore_errors=True)
-            d.mkdir(parents=True, exist_ok=True)
-        inbox.put("prompt", {"job": b["job"], "turn": 0, "prompt": b["prompt"],
-                             "session_id": b["session_id"]})
-        hand_over([dirs["group"], dirs["ipc"], dirs["session"]] + ([dirs["global"]] if b["is_main"] else []),
-                  agent_identity(self.cfg)[0])
+        inbox.ensure().put("prompt", {"job": b["job"], "turn": 0, "prompt": b["prompt"],
+                                      "session_id": b["session_id"]})
         try:
             ready = request(self.cfg.socket("proxy"), {"op": "ensure", "group": b["group"]}, timeout=5)
             if not ready.get("ok"):
@@ -305,6 +336,14 @@ class RunnerDaemon(Daemon):
         self.log.info("group=%s job=%s started %s in %.2fs", b["group"], b["job"], ctr.name,
                       time.monotonic() - t0)
         return ctr
+
+    def _deadline(self, ctr: Any) -> float:
+        """When the container must be gone: ``timeout`` after it was made, kept on a label,
+        so re-attaching after a runner restart does not give it a fresh allowance."""
+        try:
+            return float(ctr.labels[DEADLINE_LABEL])
+        except (KeyError, TypeError, ValueError):
+            return time.time() + self.cfg.container.timeout
 
     @staticmethod
     def _alive(ctr: Any) -> bool:

@@ -13,7 +13,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from .config import Config
-from .models import Group, Task, TaskRun
+from .models import Group, Task, TaskRun, db
 from .protocol import Spool, nudge, write_atomic
 from .schedule import Schedule, ScheduleError, validate
 
@@ -45,13 +45,12 @@ def create(cfg: Config, owner: Group, prompt: str, kind: str, value: str, *, con
     target = target or owner
     if target.id != owner.id and not owner.is_main:
         raise TaskError(f"group {owner.folder!r} may only schedule tasks for itself")
-    sched = validate(kind, value, tz or cfg.tz)
-    task = Task.create(group=target, chat=target.jid, prompt=prompt, schedule_type=sched.kind,
-                       schedule_value=sched.value, timezone=sched.tz, context_mode=context_mode,
-                       created_by=created_by)
-    task.next_run = compute_next(task)
-    task.save()
-    return task
+    sched = validate(kind, value, tz or cfg.tz)  # raises if it is malformed or can never fire
+    nxt = sched.next_run()
+    with db.atomic("IMMEDIATE"):
+        return Task.create(group=target, chat=target.jid, prompt=prompt, schedule_type=sched.kind,
+                           schedule_value=sched.value, timezone=sched.tz, context_mode=context_mode,
+                           created_by=created_by, next_run=nxt.timestamp() if nxt else None)
 
 
 def find(task_id: int, requester: Group | None) -> Task:
@@ -102,7 +101,8 @@ def fire(cfg: Config, task_id: int, *, if_due: bool = False, now: float | None =
 
 
 def snapshot(cfg: Config) -> None:
-    """Write each group's view of the tasks to its ipc dir (the agent's list_tasks reads it)."""
+    """Write each group's view of the tasks to its ipc ``in/`` dir, which the agent sees
+    read-only (its list_tasks tool reads it)."""
     tasks = list(Task.select().where(Task.status.in_(("active", "paused"))).order_by(Task.id))
     for group in list(Group.select()):
         visible = [t for t in tasks if group.is_main or t.group_id == group.id]
@@ -111,9 +111,15 @@ def snapshot(cfg: Config) -> None:
                  "context_mode": t.context_mode,
                  "next_run": datetime.fromtimestamp(t.next_run, ZoneInfo(t.timezone)).isoformat()
                  if t.next_run else None} for t in visible]
-        d = cfg.ipc_dir / group.folder
-        d.mkdir(parents=True, exist_ok=True)
-        write_atomic(d / "tasks.json", json.dumps(rows, indent=1), 0o644)
+        path = cfg.ipc_dir / group.folder / "in" / "tasks.json"
+        text = json.dumps(rows, indent=1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if path.read_text() == text:
+                continue  # unchanged: no write, no fsync
+        except OSError:
+            pass
+        write_atomic(path, text, 0o644)
 
 
 def runs(task: Task, limit: int = 20) -> list[TaskRun]:

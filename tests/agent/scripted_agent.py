@@ -7,6 +7,8 @@ optional @trigger):
   send TEXT    send_message(TEXT), then reply  sendto CHAT TEXT  send_message to CHAT
   internal     reply with an <internal> note   exit      reply, then exit
   chaos ID     (every message) reply "ack ID1 ID2 ..." naming each message the prompt carried
+  sh CMD       run CMD with /bin/sh in the container, reply "sh: <exit code>: <output>" (hostile tests)
+  task T|V|P   ask for a scheduled task (schedule_task's request: type T, value V, prompt P), reply "asked"
   anything else: "echo: TEXT"
 Every prompt is also written to /workspace/group/prompts/<job>-<turn>.txt so
 tests can check what the agent was told.
@@ -24,8 +26,8 @@ from protocol import BadMessage, Spool  # noqa: E402
 
 IPC = Path("/workspace/ipc")
 GROUP = Path("/workspace/group")
-inbox = Spool(IPC / "in")
-outbox = Spool(IPC / "out", new=IPC / "out" / "new", tmp=IPC / "out" / "tmp")
+inbox = Spool(IPC / "in")  # read-only here
+outbox = Spool(IPC / "out")
 idle = float(os.environ.get("NANOCLAW_IDLE_TIMEOUT", "600"))
 job_env = int(os.environ.get("NANOCLAW_JOB", "0"))
 
@@ -74,6 +76,15 @@ def answer(body):
         chat, _, msg = rest.partition(" ")
         outbox.put("send_message", {"job": body["job"], "text": msg, "chat": chat})
         reply = "sent to " + chat
+    elif word == "task":
+        kind, value, task_prompt = (rest.split("|") + ["", ""])[:3]
+        outbox.put("task_request", {"job": body["job"], "action": "schedule", "task": {
+            "prompt": task_prompt, "schedule_type": kind, "schedule_value": value}})
+        reply = "asked"
+    elif word == "sh":
+        import subprocess
+        r = subprocess.run(["/bin/sh", "-c", rest], capture_output=True, text=True, timeout=60)
+        reply = f"sh: {r.returncode}: {(r.stdout + r.stderr).strip()}"
     elif word == "internal":
         reply = "<internal>private reasoning</internal>visible part"
     else:
@@ -86,14 +97,14 @@ def answer(body):
 
 def main():
     last = time.monotonic()
+    seen = set()
     while True:
-        for path in inbox.leftovers() + inbox.claim_new():
+        for path in inbox.unseen(seen):
+            seen.add(path.name)
             try:
                 env = inbox.read(path)
-            except BadMessage as exc:
-                inbox.reject(path, str(exc))
+            except BadMessage:
                 continue
-            inbox.done(path)
             if env.type == "close":
                 return 0
             if env.type == "prompt" and not answer(env.body):
