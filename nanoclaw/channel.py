@@ -21,12 +21,12 @@ import json
 import time
 import uuid
 
-from peewee import IntegrityError
+from peewee import DatabaseError, IntegrityError
 
 from . import groups as groups_mod
-from .channels import BACKENDS, Backend, Inbound, SendError, TerminalBackend, WhatsAppBackend
+from .channels import BACKENDS, Backend, Inbound, SendError, StoreError, TerminalBackend, WhatsAppBackend
 from .daemon import Daemon
-from .models import Group, Message, db
+from .models import Group, Message, db, storage_problem
 from .protocol import nudge
 
 MAX_TEXT = 64 * 1024  # longer inbound text is refused, not truncated silently
@@ -38,6 +38,7 @@ class ChannelDaemon(Daemon):
 
     async def setup(self) -> None:
         self.received = 0
+        self.store_failure = ""  # why the last message could not be stored, until one is
         self.backends: list[Backend] = []
         for name in self.cfg.channels:
             if name not in BACKENDS:
@@ -49,17 +50,34 @@ class ChannelDaemon(Daemon):
             await backend.start(self.receive)
 
     async def receive(self, msg: Inbound) -> tuple[int, bool]:
-        """Store an inbound message durably; return (row id, was it a duplicate)."""
+        """Store an inbound message durably; return (row id, was it a duplicate).
+
+        Raises StoreError (with the real cause, e.g. a full disk) when it cannot be
+        stored: the sender must not be told it was received.
+        """
+        try:
+            return await self._store(msg)
+        except (DatabaseError, OSError) as exc:
+            self.store_failure = storage_problem(exc)
+            self.log.error("chat=%s msg=%s cannot be stored: %s", msg.chat, msg.channel_id, self.store_failure)
+            self._set_status()
+            raise StoreError(f"not stored: {self.store_failure}") from exc
+
+    async def _store(self, msg: Inbound) -> tuple[int, bool]:
         try:
             with db.atomic("IMMEDIATE"):
                 row = Message.create(chat=msg.chat, sender=msg.sender, sender_name=msg.sender_name,
                                      text=msg.text, timestamp=msg.timestamp, channel_id=msg.channel_id,
-                                     from_me=msg.from_me, is_bot=False)
+                                     from_me=msg.from_me, is_bot=False,
+                                     media=json.dumps(msg.media) if msg.media else None)
         except IntegrityError:
             existing = Message.get(Message.chat == msg.chat, Message.channel_id == msg.channel_id)
             self.log.info("chat=%s msg=%s duplicate; stored once", msg.chat, msg.channel_id)
             return existing.id, True
         self.received += 1
+        if self.store_failure:
+            self.store_failure = ""
+            self._set_status()
         self.log.info("chat=%s msg=%s stored as message=%s", msg.chat, msg.channel_id, row.id)
         nudge(self.cfg.socket("queue"))
         if self.terminal:
@@ -148,9 +166,12 @@ class ChannelDaemon(Daemon):
         sender = req.get("sender") or "owner@term"
         if not isinstance(msg_id, str) or not isinstance(sender, str):
             return {"ok": False, "error": "'id' and 'sender' must be strings"}
-        row_id, dup = await self.receive(Inbound(
-            chat=group.jid, sender=sender, sender_name=str(req.get("sender_name") or sender.split("@")[0]),
-            text=text, channel_id=msg_id, timestamp=time.time(), from_me=sender == "owner@term"))
+        try:
+            row_id, dup = await self.receive(Inbound(
+                chat=group.jid, sender=sender, sender_name=str(req.get("sender_name") or sender.split("@")[0]),
+                text=text, channel_id=msg_id, timestamp=time.time(), from_me=sender == "owner@term"))
+        except StoreError as exc:
+            return {"ok": False, "error": str(exc)}
         return {"ok": True, "message_id": row_id, "duplicate": dup, "chat": group.jid}
 
     def _watch(self, req: dict, writer: asyncio.StreamWriter) -> dict:
@@ -179,14 +200,15 @@ class ChannelDaemon(Daemon):
                                                              | (Message.outbox_id == outbox_id)))
         if sent is not None:
             return {"ok": True, "channel_id": sent.channel_id, "already": True}
+        sender = req.get("sender") if isinstance(req.get("sender"), str) else ""
         if backend is self.terminal:
             # A terminal chat's delivery *is* its history: record, then show.
             self._record_sent(chat, text, msg_id, outbox_id)
-            await self.terminal.send(chat, text, msg_id)
+            await self.terminal.send(chat, text, msg_id, sender=sender)
         else:
             try:
                 quote = req.get("quote") if isinstance(req.get("quote"), dict) else None
-                msg_id = await backend.send(chat, text, msg_id, quote=quote)
+                msg_id = await backend.send(chat, text, msg_id, quote=quote, sender=sender)
             except SendError as exc:
                 return {"ok": False, "error": str(exc)}
             self._record_sent(chat, text, msg_id, outbox_id)
@@ -204,6 +226,8 @@ class ChannelDaemon(Daemon):
 
     def status(self) -> str:
         parts = [f"{b.name}: {b.status()}" for b in self.backends]
+        if self.store_failure:
+            parts.append(f"MESSAGES NOT STORED: {self.store_failure}")
         return "; ".join(parts) + f"; {self.received} received since start"
 
     async def shutdown(self) -> None:

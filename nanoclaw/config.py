@@ -69,7 +69,8 @@ class Config:
     config_dir: Path = Path("/etc/nanoclaw")
     assistant_name: str = "Andy"
     default_trigger: str = "@Andy"
-    prompt_cap: int = 10
+    prompt_cap: int = 10  # older context messages (not addressed to the agent) a prompt shows
+    prompt_batch: int = 50  # messages addressed to the agent in one prompt; more go in the next turn
     max_concurrent: int = 3
     max_attempts: int = 5
     backoff_base: float = 5.0
@@ -190,8 +191,8 @@ def load(path: Path | None = None) -> Config:
         if os.environ.get(env):
             settings[key] = Path(os.environ[env])
     cfg = Config(container=container, whatsapp=whatsapp, **settings)
-    if cfg.prompt_cap < 1 or cfg.max_concurrent < 1 or cfg.max_attempts < 1:
-        raise ConfigError("prompt_cap, max_concurrent and max_attempts must be at least 1")
+    if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
+        raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
     return cfg
 
 

@@ -12,10 +12,35 @@ import time
 from pathlib import Path
 
 from peewee import (BooleanField, CharField, FloatField, ForeignKeyField, IntegerField, Model,
-                    SqliteDatabase, TextField)
+                    OperationalError, SqliteDatabase, SQL, TextField)
 from playhouse.sqlite_ext import AutoIncrementField
 
-db = SqliteDatabase(None)
+
+class Database(SqliteDatabase):
+    """SQLite that reports why a commit failed.
+
+    On some errors (SQLITE_FULL, SQLITE_IOERR) SQLite ends the transaction by
+    itself; peewee's rollback would then raise "no transaction is active" and
+    hide the real cause ("database or disk is full") from everyone above.
+    """
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        except OperationalError as exc:
+            if "no transaction is active" not in str(exc):
+                raise
+
+
+db = Database(None)
+
+
+def storage_problem(exc: BaseException) -> str:
+    """A one-line, owner-facing reason for a failed write, naming a full disk as such."""
+    text = str(exc)
+    if "disk is full" in text or getattr(exc, "errno", None) == 28:
+        return f"the disk is full ({text}): free space where nanoclaw keeps its state"
+    return text
 
 
 def now() -> float:
@@ -52,6 +77,7 @@ class Message(Base):
     from_me = BooleanField(default=False)
     is_bot = BooleanField(default=False)
     outbox_id = IntegerField(null=True, index=True)  # for what we sent: the outbox row it came from
+    media = TextField(null=True)  # JSON: an attachment (kind, type, size, file in the group folder, note)
 
     class Meta:
         indexes = ((("chat", "channel_id"), True),)
@@ -112,7 +138,10 @@ class Outbox(Base):
     key = CharField(unique=True)
     chat = CharField(index=True)
     text = TextField()
-    kind = CharField(default="reply")  # reply, message, notice
+    kind = CharField(default="reply")  # reply, message, notice, task
+    # the name it goes out under ("" = the assistant's); a SQL default too, for rows older code writes
+    sender = CharField(default="", constraints=[SQL("DEFAULT ''")])
+    reply_to = IntegerField(null=True)  # the message row a reply answers (to quote it)
     status = CharField(default="pending", index=True)  # pending, sent, failed
     attempts = IntegerField(default=0)
     next_attempt_at = FloatField(default=0.0)

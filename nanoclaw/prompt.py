@@ -6,6 +6,7 @@ message cannot close the wrapper and pose as the system or another sender.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -22,20 +23,42 @@ def matches_trigger(text: str, trigger: str) -> bool:
     return re.match(rf"\s*{re.escape(trigger)}(?!\w)", text, re.IGNORECASE) is not None
 
 
+def addressed(m: Message, *, requires_trigger: bool, trigger: str, allowed: set[str] | None) -> bool:
+    """Whether one message is for the agent (wakes it), not just context.
+
+    Bot messages never are. Without a trigger requirement (the main group) any
+    message from an allowed sender is; otherwise it must start with the
+    trigger (a photo's caption counts: the attachment is stored beside the
+    text, not in it). ``allowed`` None means every sender is allowed.
+    """
+    if m.is_bot or (allowed is not None and m.sender not in allowed):
+        return False
+    return not requires_trigger or matches_trigger(m.text, trigger)
+
+
 def needs_agent(messages: Sequence[Message], *, requires_trigger: bool, trigger: str,
                 allowed: set[str] | None) -> bool:
-    """Whether pending ``messages`` wake the agent.
+    """Whether pending ``messages`` wake the agent: one of them is addressed to it."""
+    return any(addressed(m, requires_trigger=requires_trigger, trigger=trigger, allowed=allowed)
+               for m in messages)
 
-    Bot messages never do. Without a trigger requirement (the main group) any
-    message from an allowed sender does; otherwise one must start with the
-    trigger. ``allowed`` None means every sender is allowed.
+
+def next_batch(pending: Sequence[Message], *, cap: int, batch: int, requires_trigger: bool, trigger: str,
+               allowed: set[str] | None) -> tuple[list[Message], int]:
+    """The messages one prompt covers, and how many of them it shows (for build_prompt).
+
+    The cap is for old context only: of the messages before the first one
+    addressed to the agent, the newest ``cap`` are shown and the rest counted
+    as left out. From that first addressed message on nothing is left out; a
+    prompt covers at most ``batch`` of them and the rest go into the next turn.
+    Returns ([], 0) when nothing pending is addressed to the agent.
     """
-    for m in messages:
-        if m.is_bot or (allowed is not None and m.sender not in allowed):
-            continue
-        if not requires_trigger or matches_trigger(m.text, trigger):
-            return True
-    return False
+    first = next((i for i, m in enumerate(pending)
+                  if addressed(m, requires_trigger=requires_trigger, trigger=trigger, allowed=allowed)), None)
+    if first is None:
+        return [], 0
+    covered = list(pending[:first + max(1, batch)])
+    return covered, len(covered) - first + cap
 
 
 def _clean(text: str) -> str:
@@ -48,13 +71,44 @@ def _attr(value: str) -> str:
 
 
 
-def build_prompt(messages: Sequence[Message], *, cap: int, tz: str, omitted: int = 0) -> str:
-    """Format the newest ``cap`` messages, saying how many older ones were left out.
+def attachment(media: str | dict | None) -> str:
+    """A message's attachment as an element the agent can act on: where the file is,
+    what it is, how big; a voice note says plainly that it was not transcribed."""
+    if not media:
+        return ""
+    if isinstance(media, str):
+        try:
+            media = json.loads(media)
+        except ValueError:
+            return ""
+    attrs = [f"kind={_attr(str(media.get('kind', 'file')))}"]
+    if media.get("file"):
+        attrs.append(f"file={_attr('/workspace/group/' + str(media['file']))}")
+    if media.get("type"):
+        attrs.append(f"type={_attr(str(media['type']))}")
+    if media.get("size"):
+        attrs.append(f"size={_attr(_human(int(media['size'])))}")
+    if media.get("seconds"):
+        attrs.append(f"seconds={_attr(str(media['seconds']))}")
+    note = str(media.get("note", ""))
+    if media.get("kind") == "voice note":
+        note = "; ".join(filter(None, [note, "not transcribed: you cannot hear it, so do not guess what it says"]))
+    if note:
+        attrs.append(f"note={_attr(note)}")
+    return f"<attachment {' '.join(attrs)}/>"
 
-    ``omitted`` counts messages already known to be left out beyond ``messages``.
-    """
+
+def _human(size: int) -> str:
+    for unit, scale in (("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def build_prompt(messages: Sequence[Message], *, cap: int, tz: str) -> str:
+    """Format the newest ``cap`` messages, saying how many older ones were left out."""
     shown = list(messages)[-cap:]
-    left_out = omitted + len(messages) - len(shown)
+    left_out = len(messages) - len(shown)
     zone = ZoneInfo(tz)
     lines = []
     if left_out:
@@ -64,7 +118,7 @@ def build_prompt(messages: Sequence[Message], *, cap: int, tz: str, omitted: int
     for m in shown:
         when = datetime.fromtimestamp(m.timestamp, zone).strftime("%Y-%m-%d %H:%M:%S")
         lines.append(f"<message sender={_attr(m.sender_name or m.sender)} time={_attr(when)}>"
-                     f"{escape(_clean(m.text))}</message>")
+                     f"{attachment(getattr(m, 'media', None))}{escape(_clean(m.text))}</message>")
     lines.append("</messages>")
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from peewee import fn
 from . import groups as groups_mod
 from .daemon import Daemon
 from .models import Cursor, Group, Job, Message, Session, Task, TaskRun, Turn, db
-from .prompt import backoff, build_prompt, needs_agent
+from .prompt import backoff, build_prompt, next_batch
 from .protocol import Envelope, Spool, nudge, tell
 
 ACTIVE = ("queued", "running")
@@ -92,8 +92,9 @@ class QueueDaemon(Daemon):
             return False
         if b["text"].strip():
             # Durable in the router's spool before the cursor moves.
-            self.router_spool.put("outbound", {"key": f"job:{job.id}:turn:{turn.seq}",
-                                               "chat": group.jid, "text": b["text"], "kind": "reply"})
+            self.router_spool.put("outbound", {"key": f"job:{job.id}:turn:{turn.seq}", "chat": group.jid,
+                                               "text": b["text"], "kind": "reply",
+                                               "reply_to": turn.last_message_id})
         with db.atomic("IMMEDIATE"):
             turn.status, turn.done_at = "done", time.time()
             turn.save()
@@ -216,13 +217,12 @@ class QueueDaemon(Daemon):
                 elif due is not None:
                     next_due = min(next_due or due, due)
                 continue
-            allowed = groups_mod.allowed_senders(self.cfg, group.folder)
-            if not needs_agent(pending, requires_trigger=group.requires_trigger and not group.is_main,
-                               trigger=group.trigger, allowed=allowed):
-                continue
+            batch, prompt = self._batch(group, pending)
+            if not batch:
+                continue  # nothing addressed to the agent: the messages wait as context
             if job is not None:
                 if job.status == "running" and not job.closing:
-                    self._follow_up(job, pending)
+                    self._follow_up(job, group, pending)
                 continue  # a queued or closing job: the messages wait for the next one
             if cursor.retry_at > now:
                 next_due = min(next_due or cursor.retry_at, cursor.retry_at)
@@ -230,36 +230,61 @@ class QueueDaemon(Daemon):
             if len(active) >= self.cfg.max_concurrent:
                 waiting.append(group)
                 continue
-            active[group.id] = self._start_job(group, pending)
+            active[group.id] = self._start_job(group, batch, prompt)
         if waiting:
             self._free_slots(active, len(waiting))
         return None if next_due is None else max(0.0, next_due - time.time())
 
-    def _start_job(self, group: Group, pending: list[Message]) -> Job:
-        prompt = build_prompt(pending, cap=self.cfg.prompt_cap, tz=self.cfg.tz)
+    def _batch(self, group: Group, pending: list[Message]) -> tuple[list[Message], str]:
+        """The messages the next prompt covers and that prompt; ([], "") if none is for the agent.
+
+        Every message addressed to the agent reaches it (in several turns when
+        there are more than ``prompt_batch``); only older context is capped. A
+        prompt that would not fit a spool file covers fewer messages.
+        """
+        allowed = groups_mod.allowed_senders(self.cfg, group.folder)
+        size = self.cfg.prompt_batch
+        while True:
+            batch, shown = next_batch(pending, cap=self.cfg.prompt_cap, batch=size, trigger=group.trigger,
+                                      requires_trigger=group.requires_trigger and not group.is_main,
+                                      allowed=allowed)
+            if not batch:
+                return [], ""
+            prompt = build_prompt(batch, cap=shown, tz=self.cfg.tz)
+            if len(prompt.encode()) <= self.cfg.max_spool_bytes // 2 or size == 1:
+                return batch, prompt
+            size = max(1, size // 2)
+
+    def _start_job(self, group: Group, batch: list[Message], prompt: str) -> Job:
         session = Session.get_or_none(Session.group == group)
         with db.atomic("IMMEDIATE"):
             job = Job.create(group=group)
-            Turn.create(job=job, seq=0, first_message_id=pending[0].id, last_message_id=pending[-1].id)
+            Turn.create(job=job, seq=0, first_message_id=batch[0].id, last_message_id=batch[-1].id)
         self.runner_spool.put("job", {"job": job.id, "group": group.folder, "chat": group.jid,
                                       "is_main": group.is_main, "prompt": prompt,
                                       "session_id": session.session_id if session else None})
         nudge(self.cfg.socket("runner"))
         self._typing(group.jid, True)
         self.log.info("group=%s job=%s queued messages=%d..%d", group.folder, job.id,
-                      pending[0].id, pending[-1].id)
+                      batch[0].id, batch[-1].id)
         return job
 
-    def _follow_up(self, job: Job, pending: list[Message]) -> None:
-        """Deliver new messages into the group's live container instead of starting another."""
-        seq = (job.turns.select(fn.MAX(Turn.seq)).scalar() or 0) + 1
-        prompt = build_prompt(pending, cap=self.cfg.prompt_cap, tz=self.cfg.tz)
-        Turn.create(job=job, seq=seq, first_message_id=pending[0].id, last_message_id=pending[-1].id)
-        Spool(self.cfg.ipc_dir / job.group.folder / "in").ensure().put(
-            "prompt", {"job": job.id, "turn": seq, "prompt": prompt, "session_id": None})
-        self._typing(job.group.jid, True)
-        self.log.info("group=%s job=%s turn=%s follow-up delivered messages=%d..%d", job.group.folder,
-                      job.id, seq, pending[0].id, pending[-1].id)
+    def _follow_up(self, job: Job, group: Group, pending: list[Message]) -> None:
+        """Deliver new messages into the group's live container instead of starting another:
+        as many turns as it takes for every message addressed to the agent."""
+        inbox = Spool(self.cfg.ipc_dir / group.folder / "in").ensure()
+        seq = job.turns.select(fn.MAX(Turn.seq)).scalar() or 0
+        while True:
+            batch, prompt = self._batch(group, pending)
+            if not batch:
+                break
+            seq += 1
+            Turn.create(job=job, seq=seq, first_message_id=batch[0].id, last_message_id=batch[-1].id)
+            inbox.put("prompt", {"job": job.id, "turn": seq, "prompt": prompt, "session_id": None})
+            self.log.info("group=%s job=%s turn=%s follow-up delivered messages=%d..%d", group.folder,
+                          job.id, seq, batch[0].id, batch[-1].id)
+            pending = pending[len(batch):]
+        self._typing(group.jid, True)
 
     def _typing(self, chat: str, on: bool) -> None:
         """Tell the channel an agent is working on (or done with) a chat: cosmetic,
@@ -351,33 +376,38 @@ class QueueDaemon(Daemon):
     def _task_finished(self, job: Job, exit_code: int | None, error: str) -> None:
         run = TaskRun.get_by_id(job.task_run)
         task = run.task
-        job.status = "done" if run.status == "success" else "failed"
-        job.exit_code, job.finished_at = exit_code, time.time()
-        job.error = (job.error or error or "")[:2000]
-        job.save()
-        if run.status == "success":
-            return
-        run.error = job.error or f"exit code {exit_code}"
-        if run.attempts < self.cfg.max_attempts:
-            run.status = "queued"
-            run.retry_at = time.time() + backoff(run.attempts, self.cfg.backoff_base, self.cfg.backoff_max)
+        failed = run.status != "success"
+        give_up = failed and run.attempts >= self.cfg.max_attempts
+        if give_up:
+            # Durable in the router's spool before the run is settled (its key makes a repeat harmless).
+            self.router_spool.put("outbound", {
+                "key": f"task:{run.id}:failed", "chat": task.chat, "kind": "notice",
+                "text": f"Scheduled task {task.id} failed {run.attempts} times"
+                        + ("." if task.schedule_type == "once" else "; it will run again at its next time.")})
+            nudge(self.cfg.socket("router"))
+        with db.atomic("IMMEDIATE"):  # the job, its run and its task change together or not at all
+            job.status = "failed" if failed else "done"
+            job.exit_code, job.finished_at = exit_code, time.time()
+            job.error = (job.error or error or "")[:2000]
+            job.save()
+            if not failed:
+                return
+            run.error = job.error or f"exit code {exit_code}"
+            if not give_up:
+                run.status = "queued"
+                run.retry_at = time.time() + backoff(run.attempts, self.cfg.backoff_base, self.cfg.backoff_max)
+            else:
+                run.status, run.finished_at = "error", time.time()
+                task.last_run, task.last_result = run.started_at, f"error: {run.error[:500]}"
+                if task.schedule_type == "once":
+                    task.status = "completed"
+                task.save()
+            run.save()
+        if give_up:
+            self.log.error("group=%s task=%s run=%s gave up: %s", job.group.folder, task.id, run.id, run.error[:200])
+        else:
             self.log.warning("group=%s task=%s run=%s failed (attempt %d/%d): %s", job.group.folder, task.id,
                              run.id, run.attempts, self.cfg.max_attempts, run.error[:200])
-        else:
-            run.status, run.finished_at = "error", time.time()
-            task.last_run, task.last_result = run.started_at, f"error: {run.error[:500]}"
-            if task.schedule_type == "once":
-                task.status = "completed"
-            task.save()
-            self.router_spool.put("outbound", {"key": f"task:{run.id}:failed", "chat": task.chat,
-                                               "kind": "notice",
-                                               "text": f"Scheduled task {task.id} failed {run.attempts} times"
-                                                       + ("." if task.schedule_type == "once"
-                                                          else "; it will run again at its next time.")})
-            nudge(self.cfg.socket("router"))
-            self.log.error("group=%s task=%s run=%s gave up: %s", job.group.folder, task.id, run.id,
-                           run.error[:200])
-        run.save()
 
     def status(self) -> str:
         running = Job.select().where(Job.status == "running").count()

@@ -14,8 +14,8 @@ import json
 import time
 
 from .daemon import Daemon
-from .formatting import format_outbound
-from .models import Job, Message, Outbox, Turn, db
+from .formatting import strip_internal
+from .models import Message, Outbox, db
 from .prompt import backoff
 from .protocol import VERSION, Spool
 
@@ -43,13 +43,14 @@ class RouterDaemon(Daemon):
         return await self._deliver()
 
     def _store(self, b: dict) -> None:
-        text = format_outbound(b["text"], b["chat"], self.cfg.assistant_name)
+        text = strip_internal(b["text"])
         if not text:
             self.log.info("key=%s nothing to send after removing internal notes", b["key"])
             return
         with db.atomic("IMMEDIATE"):
-            created = Outbox.insert(key=b["key"], chat=b["chat"], text=text, kind=b["kind"]) \
-                .on_conflict_ignore().execute()
+            created = Outbox.insert(key=b["key"], chat=b["chat"], text=text, kind=b["kind"],
+                                    sender=b.get("sender") or self.cfg.assistant_name,
+                                    reply_to=b.get("reply_to")).on_conflict_ignore().execute()
         if not created:
             self.log.info("key=%s already in the outbox; not queued twice", b["key"])
 
@@ -89,7 +90,7 @@ class RouterDaemon(Daemon):
     async def _send(self, row: Outbox) -> tuple[bool, str]:
         """Hand one row to the channel; (True, channel message id) once it confirms."""
         req = {"v": VERSION, "op": "deliver", "outbox_id": row.id, "chat": row.chat,
-               "text": row.text, "kind": row.kind}
+               "text": row.text, "kind": row.kind, "sender": row.sender or self.cfg.assistant_name}
         quote = quote_for(row)
         if quote:
             req["quote"] = quote
@@ -119,14 +120,9 @@ class RouterDaemon(Daemon):
 def quote_for(row: Outbox) -> dict | None:
     """The message a reply answers, when quoting it helps: in a chat where others
     spoke after it, so the reply would otherwise seem to answer them."""
-    parts = row.key.split(":")
-    if row.kind != "reply" or len(parts) != 4 or parts[0] != "job" or parts[2] != "turn":
+    if row.kind != "reply" or not row.reply_to:
         return None
-    try:
-        turn = Turn.get_or_none(Turn.job == Job.get_by_id(int(parts[1])), Turn.seq == int(parts[3]))
-    except (ValueError, Job.DoesNotExist):
-        return None
-    asked = Message.get_or_none(Message.id == turn.last_message_id) if turn else None
+    asked = Message.get_or_none(Message.id == row.reply_to)
     if asked is None or asked.chat != row.chat:
         return None
     spoke_since = Message.select().where(Message.chat == row.chat, Message.id > asked.id,

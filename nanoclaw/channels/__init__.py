@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .base import Backend, Inbound, SendError
+from .base import Backend, Inbound, SendError, StoreError
 from .terminal import TerminalBackend
 from .whatsapp import WhatsAppBackend  # imports neonize only when started
 
 BACKENDS: dict[str, type[Backend]] = {"terminal": TerminalBackend, "whatsapp": WhatsAppBackend}
 
-__all__ = ["BACKENDS", "Backend", "Inbound", "SendError", "TerminalBackend", "WhatsAppBackend"]
+__all__ = ["BACKENDS", "Backend", "Inbound", "SendError", "StoreError", "TerminalBackend", "WhatsAppBackend"]

@@ -22,14 +22,20 @@ class Inbound:
     timestamp: float
     sender_name: str = ""
     from_me: bool = False
+    media: dict | None = None  # an attachment: kind, type, size, file (under the group folder), note
 
 
-# The channel daemon's store-then-acknowledge callback: returns (row id, duplicate?).
+# The channel daemon's store-then-acknowledge callback: returns (row id, duplicate?),
+# or raises StoreError.
 Receive = Callable[[Inbound], Awaitable[tuple[int, bool]]]
 
 
 class SendError(Exception):
     """A send that did not happen; the router will retry it."""
+
+
+class StoreError(Exception):
+    """An inbound message that could not be stored (the text says why): not acknowledged."""
 
 
 class Backend(ABC):
@@ -51,11 +57,12 @@ class Backend(ABC):
         self.receive = receive
 
     @abstractmethod
-    async def send(self, chat: str, text: str, msg_id: str, quote: dict | None = None) -> str:
+    async def send(self, chat: str, text: str, msg_id: str, quote: dict | None = None, sender: str = "") -> str:
         """Send text to a chat, as message ``msg_id`` where the network lets us choose
         (so a repeated send is recognised); return the id used, or raise SendError.
         ``quote`` ({id, sender, text}) is the message this answers, where the network
-        can show it quoted."""
+        can show it quoted; ``sender`` the name it goes out under (the assistant's, or
+        a team member's), for networks where it must be shown in the text."""
 
     async def typing(self, chat: str, on: bool) -> None:
         """Show or clear a typing indicator where the network has one."""

@@ -39,8 +39,8 @@ class TerminalBackend(Backend):
             except (OSError, asyncio.TimeoutError):
                 self.detach(writer)
 
-    async def send(self, chat: str, text: str, msg_id: str, quote: dict | None = None) -> str:
-        await self.show(chat, {"text": text, "id": msg_id, "from": "assistant"})
+    async def send(self, chat: str, text: str, msg_id: str, quote: dict | None = None, sender: str = "") -> str:
+        await self.show(chat, {"text": text, "id": msg_id, "from": "assistant", "name": sender})
         return msg_id
 
     def status(self) -> str:

@@ -133,6 +133,19 @@ class Media:
     label: str  # "image", "voice note", "audio", "video", "document"
     filename: str  # inside the group's inbox/
     size: int  # bytes, as the sender declared (0: unknown)
+    mime: str = ""  # as the sender declared, parameters dropped
+    seconds: int = 0  # audio and video: the length the sender declared
+
+    def describe(self, file: str | None, note: str = "") -> dict:
+        """The attachment as stored with its message (``Message.media``)."""
+        out = {"kind": self.label, "type": self.mime, "size": self.size}
+        if self.seconds:
+            out["seconds"] = self.seconds
+        if file:
+            out["file"] = file
+        if note:
+            out["note"] = note
+        return out
 
 
 def media_of(msg: Any, msg_id: str) -> Media | None:
@@ -149,21 +162,23 @@ def media_of(msg: Any, msg_id: str) -> Media | None:
         part = getattr(msg, field)
         mime = (part.mimetype or "").split(";")[0].strip().lower()
         ext = _EXT.get(mime, "")
+        seconds = int(getattr(part, "seconds", 0) or 0)
         if field == "audioMessage" and part.PTT:
             label, ext = "voice note", ".ogg"  # voice notes are always Opus in Ogg
         if field == "documentMessage" and part.fileName:
             name = _SAFE_NAME.sub("_", part.fileName).strip("._")[:100]
-            return Media(label, f"{base}-{name}" if name else base + ext, part.fileLength)
-        return Media(label, base + (ext or ".bin"), part.fileLength)
+            return Media(label, f"{base}-{name}" if name else base + ext, part.fileLength, mime, seconds)
+        return Media(label, base + (ext or ".bin"), part.fileLength, mime, seconds)
     return None
 
 
-def to_inbound(ev: Any, *, chat: str, text: str, own_lid: str = "", own_phone: str = "") -> Inbound:
+def to_inbound(ev: Any, *, chat: str, text: str, own_lid: str = "", own_phone: str = "",
+               media: dict | None = None) -> Inbound:
     """A MessageEv as the channel stores it. WhatsApp's timestamps are milliseconds."""
     info = ev.Info
     src = info.MessageSource
     return Inbound(chat=chat, sender=sender_of(src, own_lid, own_phone), sender_name=info.Pushname, text=text,
-                   channel_id=info.ID, timestamp=info.Timestamp / 1000.0, from_me=src.IsFromMe)
+                   channel_id=info.ID, timestamp=info.Timestamp / 1000.0, from_me=src.IsFromMe, media=media)
 
 
 class Backoff:

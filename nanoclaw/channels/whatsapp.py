@@ -38,8 +38,9 @@ from typing import Any
 from .. import config as config_mod
 from ..formatting import split_message, to_whatsapp
 from ..models import Group, Message, db
-from .base import Backend, Receive, SendError
-from .wa_proto import (GROUP_SERVER, SERVERS, Backoff, JIDError, chat_of, is_phone, jid_str,
+from .base import Backend, Receive, SendError, StoreError
+from ..safefs import Dir
+from .wa_proto import (GROUP_SERVER, SERVERS, Backoff, JIDError, Media, chat_of, is_phone, jid_str,
                        media_of, message_text, parse_jid, phone_digits, to_inbound)
 
 log = logging.getLogger("nanoclaw.whatsapp")
@@ -49,6 +50,7 @@ TYPING_REFRESH = 10.0  # WhatsApp clears "typing…" by itself after a while: sa
 TYPING_MAX = 600.0  # never show typing longer than this for one job
 # States in which the connect loop waits for `nanoclaw pair` instead of retrying.
 HALTED = {"unpaired", "logged_out", "replaced", "outdated"}
+NOT_STORED_QUIET = 600.0  # seconds between two "not stored" notices to one chat
 
 Emit = Callable[[dict], Awaitable[None]]
 
@@ -188,8 +190,10 @@ class WhatsAppBackend(Backend):
         self._progress: dict[str, list[str]] = {}  # outbox msg_id -> ids of chunks already sent
         self._done: OrderedDict[str, str] = OrderedDict()  # outbox msg_id -> first chunk id
         self._typing: dict[str, asyncio.Task] = {}
+        self._not_stored_told: dict[str, float] = {}
         self._pairing: Pairing | None = None
         self._wake = asyncio.Event()
+        self.parked = asyncio.Event()  # set while the connect loop waits for pairing
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
         self._runner: asyncio.Task | None = None
@@ -245,10 +249,14 @@ class WhatsAppBackend(Backend):
             except Exception:
                 log.exception("whatsapp connect loop failed while stopping")
 
-    async def send(self, chat: str, text: str, msg_id: str, quote: dict | None = None) -> str:
+    async def send(self, chat: str, text: str, msg_id: str, quote: dict | None = None, sender: str = "") -> str:
         """Send a reply as one or more chunks; return the first chunk's WhatsApp id.
 
         With ``quote``, the first chunk shows the message it answers quoted above it.
+        With ``sender``, the first chunk starts with ``Name:``: we write from the
+        owner's own account, so without it nobody could tell the assistant from
+        the owner. The label is added after splitting, so a reply that opens with
+        a code block keeps its fence at a line start.
 
         A retry of the same outbox message (``msg_id``) resumes after the chunks
         that already went out, so a failure halfway does not repeat the start.
@@ -261,9 +269,13 @@ class WhatsAppBackend(Backend):
             jid = parse_jid(chat)
         except JIDError as exc:
             raise SendError(str(exc)) from None
-        chunks = split_message(to_whatsapp(text), self.wcfg.max_message_chars)
+        label = f"{sender}:" if sender else ""
+        room = self.wcfg.max_message_chars - (len(label) + 1 if label else 0)
+        chunks = split_message(to_whatsapp(text), max(room, 1))
         if not chunks:
             raise SendError("nothing to send after formatting")
+        if label and not chunks[0].startswith(label):
+            chunks[0] = label + ("\n" if chunks[0].startswith("```") else " ") + chunks[0]
         self._stop_typing(chat)  # a reply replaces "typing…"
         from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage
         async with self._send_lock:
@@ -362,7 +374,9 @@ class WhatsAppBackend(Backend):
     async def _run(self) -> None:
         while not self._stopping:
             if self.state in HALTED and (self._pairing is None or self._pairing.done):
+                self.parked.set()  # waiting for `nanoclaw pair`: no connect until woken
                 await self._wait(None)
+                self.parked.clear()
                 continue
             if self._pairing is None:
                 self._set("connecting", "connecting")
@@ -564,39 +578,59 @@ class WhatsAppBackend(Backend):
             log.debug("chat=%s msg=%s already stored", chat, msg_id)
             return
         media = media_of(ev.Message, msg_id)
-        if media is not None:
-            text = await self._media_text(client, ev, media, group, text)
-        if not text.strip():
+        attachment = await self._save_media(client, ev, media, group) if media is not None else None
+        if not text.strip() and attachment is None:
             log.debug("chat=%s msg=%s no text (reaction, sticker, protocol message); ignored", chat, msg_id)
             return
-        await self.receive(to_inbound(ev, chat=chat, text=text[:MAX_TEXT], own_lid=self.own_lid,
-                                      own_phone=self.own_phone))
+        try:
+            await self.receive(to_inbound(ev, chat=chat, text=text[:MAX_TEXT], own_lid=self.own_lid,
+                                          own_phone=self.own_phone, media=attachment))
+        except StoreError as exc:
+            await self._tell_not_stored(chat, str(exc))
+
+    async def _tell_not_stored(self, chat: str, reason: str) -> None:
+        """The message could not be stored (say, a full disk), and WhatsApp will not send it
+        again: tell the chat in one line, straight through the client (the outbox is in the
+        same database), at most once per chat in NOT_STORED_QUIET seconds."""
+        now = time.monotonic()
+        if now - self._not_stored_told.get(chat, -NOT_STORED_QUIET) < NOT_STORED_QUIET or not self.connected:
+            return
+        self._not_stored_told[chat] = now
+        from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage
+        text = f"{self.cfg.assistant_name}: your message did not reach me ({reason}). Please send it again later."
+        try:
+            resp = await self.client.send_message(parse_jid(chat), WAMessage(conversation=text))
+            self.sent.add(resp.ID)
+        except Exception as exc:
+            log.warning("chat=%s cannot say that a message was not stored: %s", chat, exc)
 
     def _is_ours(self, msg_id: str, chats: set[str], text: str) -> bool:
         if self.sent is not None and msg_id in self.sent:
             return True
         return any((c, text) in self._inflight for c in chats)
 
-    async def _media_text(self, client: Any, ev: Any, media: Any, group: Group | None, caption: str) -> str:
-        """Save an attachment into the group's inbox/ and say where it is."""
-        def note(detail: str) -> str:
-            return f"[{media.label}{detail}]" + (f" {caption}" if caption else "")
+    async def _save_media(self, client: Any, ev: Any, media: Media, group: Group | None) -> dict:
+        """Save an attachment into the group's ``inbox/`` and describe it for the prompt.
 
+        The group folder is the agent's to write: ``inbox/`` is walked without
+        following links and the file is created ``O_EXCL`` then renamed into
+        place within that directory (:mod:`safefs`), so nothing the agent
+        planted is written through.
+        """
         if group is None or not self.wcfg.download_media:
-            return note("")
+            return media.describe(None)
         if media.size and media.size > self.wcfg.max_media_bytes:
-            return note(f" not downloaded: {media.size} bytes is over the limit")
-        inbox = self.cfg.groups_dir / group.folder / "inbox"
+            return media.describe(None, f"not downloaded: {media.size} bytes is over the limit")
         try:
             data = await client.download_any(ev.Message)
-            inbox.mkdir(parents=True, exist_ok=True)
-            tmp = inbox / f".{media.filename}.part"
-            tmp.write_bytes(data)
-            os.replace(tmp, inbox / media.filename)
+            with Dir.open(self.cfg.groups_dir / group.folder) as folder, folder.ensure_dir("inbox") as inbox:
+                inbox.write(media.filename, data, 0o644)
         except Exception as exc:
             log.warning("group=%s msg=%s %s download failed: %s", group.folder, ev.Info.ID, media.label, exc)
-            return note(" not downloaded: the download failed")
-        return note(f": inbox/{media.filename}")
+            return media.describe(None, "not downloaded: the download failed")
+        described = media.describe(f"inbox/{media.filename}")
+        described["size"] = len(data)
+        return described
 
     # -- typing and names ------------------------------------------------------------------
     async def _presence(self, chat: str, on: bool) -> None:
