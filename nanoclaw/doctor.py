@@ -22,6 +22,7 @@ from .proxy import credential_path
 from .status import UNITS, ask_status, systemd_is_pid1, unit_state
 
 SERVICE_USER = "nanoclaw"
+FULL_BYTES = 64 * 2**20  # below this the state filesystem counts as full
 
 
 def podman_as_service_user(cfg: Config) -> tuple[str, ...]:
@@ -107,17 +108,34 @@ class Doctor:
             if reply is None:
                 self.check(f"{name} answers", False, error, f"systemctl restart nanoclaw-{name}")
                 continue
-            self.check(f"{name} answers", bool(reply.get("ok")), reply.get("status", ""))
+            status = reply.get("status", "")
+            self.check(f"{name} answers", bool(reply.get("ok")) and "NOT STORED" not in status, status,
+                       "free space where nanoclaw keeps its state" if "disk is full" in status else "")
             if name == "proxy" and reply.get("ok"):
                 # The file may be there and still unreadable to the proxy (LoadCredential=).
                 self.check("the proxy holds a credential", "NO CREDENTIAL" not in reply.get("status", ""),
                            fix="journalctl -u nanoclaw-proxy -n 20 says why; fix it, then "
                                "systemctl restart nanoclaw-proxy")
+        self._check_allowlists()
         target = cfg.state_dir if cfg.state_dir.exists() else Path("/")
-        free = shutil.disk_usage(target).free / 2**30
-        self.check("disk space", free >= 1.0, f"{free:.1f} GiB free on {target}", "free space: images need ~1 GiB")
+        free = shutil.disk_usage(target).free
+        if free < FULL_BYTES:
+            self.check("disk space", False, f"the disk is full: {free / 2**20:.0f} MiB free on {target}; "
+                       "messages cannot be stored", f"free space on the filesystem of {target}")
+        else:
+            self.check("disk space", free >= 2**30, f"{free / 2**30:.1f} GiB free on {target}",
+                       "free space: images need ~1 GiB")
         print("\n" + ("all good" if not self.failures else f"{self.failures} problem(s) found"))
         return 1 if self.failures else 0
+
+    def _check_allowlists(self) -> None:
+        """An invalid allowlist blocks everyone (fail closed): say so, and where."""
+        from .groups import read_allowlist
+        for path in sorted((self.cfg.config_dir / "allowlists").glob("*.json")):
+            _, problem = read_allowlist(path)
+            self.check(f"allowlist {path.name}", not problem,
+                       f"{problem}: nobody can trigger group {path.stem}" if problem else str(path),
+                       f'fix the file ({{"senders": ["jid", ...]}}) or remove it to allow everyone')
 
     def _check_containers(self) -> None:
         cfg = self.cfg

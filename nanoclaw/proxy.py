@@ -17,6 +17,7 @@ The credential is read from ``$CREDENTIALS_DIRECTORY/anthropic-credential``
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 import stat
@@ -231,7 +232,7 @@ class ProxyDaemon(Daemon):
             uwriter.close()
 
     async def _refuse(self, writer: asyncio.StreamWriter, code: int, reason: str) -> None:
-        body = ('{"type":"error","error":{"type":"nanoclaw_proxy","message":"%s"}}' % reason).encode()
+        body = json.dumps({"type": "error", "error": {"type": "nanoclaw_proxy", "message": reason}}).encode()
         try:
             writer.write(f"HTTP/1.1 {code} Refused\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)

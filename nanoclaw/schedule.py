@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 
 class ScheduleError(ValueError):
@@ -211,8 +211,11 @@ class Schedule:
         zone = ZoneInfo(self.tz)
         now = after or datetime.now(zone)
         if self.kind == "cron":
-            return croniter(parse_cron(self.value).expr if not self.value.startswith("@")
-                            else MACROS[self.value.lower()], now.astimezone(zone)).get_next(datetime)
+            expr = MACROS[self.value.lower()] if self.value.startswith("@") else parse_cron(self.value).expr
+            try:
+                return croniter(expr, now.astimezone(zone)).get_next(datetime)
+            except CroniterError:  # e.g. '0 0 31 2 *': every field valid, no such day
+                raise ScheduleError(f"cron {self.value!r} never fires: no date matches all its fields") from None
         if self.kind == "interval":
             base = datetime.fromtimestamp(last_run, zone) if last_run else now
             return base + timedelta(seconds=parse_interval(self.value))
@@ -275,4 +278,6 @@ def validate(kind: str, value: str, tz: str) -> Schedule:
         value = when.isoformat()
     else:
         raise ScheduleError(f"schedule type must be cron, interval or once, not {kind!r}")
-    return Schedule(kind, value, tz)
+    sched = Schedule(kind, value, tz)
+    sched.next_run()  # a schedule that can never fire is refused before anything is stored
+    return sched
