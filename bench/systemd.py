@@ -25,14 +25,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import build_test_agent_image  # noqa: E402
-from system.machine import UNITS, Machine, host_container_options, workdir  # noqa: E402
+from system.machine import UNITS, Machine, workdir  # noqa: E402
 
 
 def measure(firings: int = 12, gap: float = 2.0, security: bool = True) -> dict:
     """Boot, install, fire ``firings`` timers; returns the figures (seconds, exposure lines)."""
     agent = build_test_agent_image()
     t0 = time.time()
-    m = Machine.boot(workdir(), host_container_options(), ["localhost/nanoclaw-base:bookworm", agent])
+    m = Machine.boot(workdir(), ["localhost/nanoclaw-base:bookworm", agent])
     try:
         figures: dict = {"boot": time.time() - t0}
         t1 = time.time()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 
 import pytest
 
@@ -107,7 +106,8 @@ def test_follow_up_mid_turn_waits_for_the_turn_boundary(make_agent_system, fake_
     fake_api.delay = 2.0  # hold each turn open
     w = s.watch("main")
     s.send("main", "slow one")
-    time.sleep(1.0)
+    # the turn is open once the API has the first request (the fake holds its answer 2 s)
+    s.wait_for(lambda: fake_api.message_requests(), 60, what="the first turn reaching the API")
     s.send("main", "quick follow-up")
     assert w.reply(120) == "echo: slow one"  # complete, not cut short
     assert w.reply(60) == "echo: quick follow-up"

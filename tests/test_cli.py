@@ -99,3 +99,17 @@ def test_interactive_chat_shows_history_and_live_replies(system):
         proc.stdin.close()
         proc.wait(10)
     assert proc.returncode == 0
+
+
+def test_doctor_names_a_broken_allowlist(offline_system):
+    """The defect: an allowlist with a syntax error blocks everyone, and doctor never said so."""
+    s = offline_system
+    s.cli("groups", "add", "main", "--main")
+    allow = s.confdir / "allowlists"
+    allow.mkdir()
+    (allow / "main.json").write_text('{"senders": ["a@x",]}')
+    (allow / "fine.json").write_text('{"senders": ["a@x"]}')
+    out = s.cli("doctor", check=False).stdout
+    assert "FAIL  allowlist main.json: invalid: " in out and "nobody can trigger group main" in out
+    assert 'fix: fix the file ({"senders": ["jid", ...]}) or remove it to allow everyone' in out
+    assert "ok    allowlist fine.json" in out

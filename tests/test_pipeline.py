@@ -174,3 +174,27 @@ def test_allowlist_decides_who_may_trigger(system):
     with pytest.raises(TimeoutError):
         w.reply(3)
     assert "allowlist" in system.log("queue") and "nobody may trigger" in system.log("queue")
+
+
+@pytest.mark.parametrize("burst", [20, 50])
+def test_every_message_of_a_burst_reaches_the_agent_exactly_once(system, burst):
+    """The defect: 20 messages in 0.2 s, and the agent saw 11 (the follow-up prompt capped at 10,
+    then the cursor moved past the rest). The cap is for old context, never for new messages."""
+    texts = [f"burst {i:02d}" for i in range(burst)]
+    for text in texts:
+        system.send("main", text)
+    last = system.barrier()  # answered after every burst message was handed over
+    prompts = system.state / "groups" / "main" / "prompts"
+    seen = [text for p in sorted(prompts.iterdir()) for text in texts if f">{text}</message>" in p.read_text()]
+    assert sorted(seen) == texts  # each exactly once
+    assert not any("<omitted" in p.read_text() for p in prompts.iterdir())
+    with system.db() as con:
+        cursor = con.execute("select last_message_id from cursor").fetchone()[0]
+        newest = con.execute("select max(id) from message where is_bot=0").fetchone()[0]
+    assert cursor == newest and last.startswith("echo: barrier")
+
+
+def test_the_harness_refuses_to_start_a_daemon_twice(offline_system):
+    offline_system.start("router")
+    with pytest.raises(AssertionError, match="already running"):
+        offline_system.start("router")

@@ -36,6 +36,29 @@ def test_cli_manages_tasks_and_refuses_bad_input(offline_system):
     assert "no task 99" in s.cli("tasks", "log", "99", check=False).stderr
 
 
+def test_a_schedule_that_can_never_fire_is_refused_before_anything_is_stored(offline_system):
+    """The defect: '0 0 31 2 *' printed a traceback yet left an active task with no next run
+    (and a timer that never elapses); `tasks log` crashed on it too."""
+    s = offline_system
+    s.cli("groups", "add", "main", "--main")
+    bad = s.cli("tasks", "add", "main", "--cron", "0 0 31 2 *", "leap", "day", check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == ["nanoclaw: cron '0 0 31 2 *' never fires: no date matches all "
+                                               "its fields"]
+    assert "no scheduled tasks" in s.cli("tasks", "list", "--all").stdout
+
+
+@pytest.mark.podman
+def test_an_agent_asking_for_an_impossible_schedule_is_told_why_and_nothing_is_stored(system):
+    w = system.watch("main")
+    system.send("main", "task cron|0 0 31 2 *|on the 31st of February")
+    got = {w.reply(60), w.reply(60)}
+    assert "asked" in got
+    assert "Task request refused: cron '0 0 31 2 *' never fires: no date matches all its fields" in got
+    with system.db() as con:
+        assert con.execute("select count(*) from task").fetchone()[0] == 0
+
+
 def test_crontab_backend_round_trips_and_its_line_enqueues(offline_system):
     s = offline_system
     s.cli("groups", "add", "main", "--main")
@@ -139,7 +162,6 @@ def test_systemd_backend_writes_valid_timers_and_removes_orphans(offline_system,
 def test_task_runs_through_the_queue_and_is_logged(system):
     w = system.watch("main")
     system.cli("tasks", "add", "main", "--every", "1h", "--isolated", "hello", "from", "the", "schedule")
-    system.start("scheduler")
     system.cli("tasks", "run-now", "1")
     assert w.reply(60) == "echo: hello from the schedule"
     system.wait_for(lambda: "success" in system.cli("tasks", "log", "1").stdout, 20, what="run logged")
@@ -150,7 +172,7 @@ def test_task_runs_through_the_queue_and_is_logged(system):
         assert con.execute("select count(*) from session").fetchone()[0] == 0  # isolated: no session kept
         assert con.execute("select count(*) from cursor where last_message_id > 0").fetchone()[0] == 0
     # the agent sees its tasks
-    tasks_json = system.state / "ipc" / "main" / "tasks.json"
+    tasks_json = system.state / "ipc" / "main" / "in" / "tasks.json"
     system.wait_for(lambda: tasks_json.exists(), 10, what="tasks.json")
     assert '"prompt": "hello from the schedule"' in tasks_json.read_text()
 

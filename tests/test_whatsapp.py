@@ -104,6 +104,7 @@ def test_whatsapp_config_table(tmp_path, monkeypatch):
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import stat  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -543,15 +544,80 @@ def test_captions_and_media_land_in_the_group_inbox(harness):
         await h.close()
         return h, rows, downloads
     h, rows, downloads = run(go())
-    assert [r.text for r in rows] == [
-        "[image: inbox/IMG1.jpg] @Andy what is this?",
-        "[voice note: inbox/PTT1.ogg]",
-        "[document: inbox/DOC1-etc_passwd_plan.pdf]",
-        "[video not downloaded: 1000000000 bytes is over the limit] too big"]
+    # the caption is the message's text (so its trigger counts); the attachment is stored beside it
+    assert [r.text for r in rows] == ["@Andy what is this?", "", "", "too big"]
+    assert [json.loads(r.media) for r in rows] == [
+        {"kind": "image", "type": "image/jpeg", "size": 15, "file": "inbox/IMG1.jpg"},
+        {"kind": "voice note", "type": "audio/ogg", "size": 15, "file": "inbox/PTT1.ogg"},
+        {"kind": "document", "type": "application/pdf", "size": 15, "file": "inbox/DOC1-etc_passwd_plan.pdf"},
+        {"kind": "video", "type": "video/mp4", "size": 10**9,
+         "note": "not downloaded: 1000000000 bytes is over the limit"}]
     inbox = h.cfg.groups_dir / "family" / "inbox"
     assert sorted(p.name for p in inbox.iterdir()) == ["DOC1-etc_passwd_plan.pdf", "IMG1.jpg", "PTT1.ogg"]
     assert (inbox / "PTT1.ogg").read_bytes() == b"OggS-fake-voice"
     assert [d[1] for d in downloads] == ["imageMessage", "audioMessage", "documentMessage"]
+
+
+def test_media_never_goes_through_what_the_agent_planted_in_its_inbox(harness, tmp_path):
+    """The group folder is the agent's: a link, hard link or FIFO where the next download lands
+    is replaced as an entry; so is an inbox/ that is a link (by a real directory)."""
+    outside = tmp_path / "outside"
+    outside.write_text("not yours\n")
+
+    async def go():
+        h = await harness().start()
+        folder = h.cfg.groups_dir / "family"
+        inbox = folder / "inbox"
+        inbox.mkdir()
+        memory = folder / "CLAUDE.md"
+        before = memory.read_text()
+        os.symlink(outside, inbox / "L1.jpg")
+        os.link(memory, inbox / "H1.jpg")
+        os.mkfifo(inbox / "F1.jpg")
+        for msg_id in ("L1", "H1", "F1"):
+            await h.fire(message_ev(jid(FAMILY, "g.us"), jid(ALICE), msg_id, body=WAMessage(
+                imageMessage=ImageMessage(caption="pic", mimetype="image/jpeg", fileLength=15))))
+        kinds = {n: stat.S_IFMT(os.lstat(inbox / f"{n}.jpg").st_mode) for n in ("L1", "H1", "F1")}
+        # the whole inbox replaced by a link to somewhere else
+        for p in inbox.iterdir():
+            p.unlink()
+        inbox.rmdir()
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        os.symlink(elsewhere, inbox)
+        await h.fire(message_ev(jid(FAMILY, "g.us"), jid(ALICE), "X1", body=WAMessage(
+            imageMessage=ImageMessage(caption="pic", mimetype="image/jpeg", fileLength=15))))
+        rows = h.rows(h.family.jid)
+        relinked = inbox.is_symlink() or not (inbox / "X1.jpg").is_file()
+        await h.close()
+        return kinds, memory.read_text() == before, os.listdir(elsewhere), rows, relinked
+    kinds, memory_kept, elsewhere, rows, relinked = run(go())
+    assert kinds == {n: stat.S_IFREG for n in ("L1", "H1", "F1")}  # each a fresh regular file
+    assert memory_kept and outside.read_text() == "not yours\n" and elsewhere == []
+    assert not relinked and json.loads(rows[-1].media)["file"] == "inbox/X1.jpg"
+
+
+def test_a_captioned_photo_triggers_and_the_prompt_names_the_file(harness):
+    """The defect: '[image: …] @Andy what is this?' never matched a trigger at the start."""
+    from nanoclaw.prompt import build_prompt
+
+    async def go():
+        h = await harness().start()
+        await h.fire(message_ev(jid(FAMILY, "g.us"), jid(ALICE), "IMG9", body=WAMessage(imageMessage=ImageMessage(
+            caption="@Andy what is this?", mimetype="image/jpeg", fileLength=15))))
+        await h.fire(message_ev(jid(FAMILY, "g.us"), jid(ALICE), "PTT9", body=WAMessage(audioMessage=AudioMessage(
+            PTT=True, mimetype="audio/ogg; codecs=opus", fileLength=15, seconds=7))))
+        rows = h.rows(h.family.jid)
+        await h.close()
+        return rows
+    photo, voice = run(go())
+    assert needs_agent([photo], requires_trigger=True, trigger="@Andy", allowed=None)
+    assert not needs_agent([voice], requires_trigger=True, trigger="@Andy", allowed=None)
+    prompt = build_prompt([photo, voice], cap=10, tz="UTC")
+    assert ('<attachment kind="image" file="/workspace/group/inbox/IMG9.jpg" type="image/jpeg" '
+            'size="15 bytes"/>@Andy what is this?</message>') in prompt
+    assert 'kind="voice note" file="/workspace/group/inbox/PTT9.ogg"' in prompt and 'seconds="7"' in prompt
+    assert "not transcribed" in prompt
 
 
 def test_receipts_and_empty_messages_store_nothing(harness):
@@ -650,7 +716,7 @@ def test_logged_out_stops_retrying_and_says_so_once(harness, caplog):
         ev = LoggedOutEv.FromString(LoggedOut(OnConnect=False, Reason=1).SerializeToString())
         await h.fire(ev)
         await h.fire(ev)  # WhatsApp may say it twice: one error line
-        await asyncio.sleep(0.2)  # many backoff periods: no new connect attempt
+        await wait_until(h.wa.parked.is_set)  # the loop waits for pairing: no new connect attempt
         connects = sum(c == ("connect",) for c in h.client.calls)
         status = h.wa.status()
         send = await h.daemon._deliver({"chat": h.main.jid, "text": "hi", "outbox_id": 3})
@@ -669,7 +735,7 @@ def test_stream_replaced_also_stops_retrying(harness):
         h = await harness().start()
         await wait_until(lambda: ("connect",) in h.client.calls)
         await h.fire(StreamReplacedEv())
-        await asyncio.sleep(0.1)
+        await wait_until(h.wa.parked.is_set)
         connects = sum(c == ("connect",) for c in h.client.calls)
         status = h.wa.status()
         await h.close()
@@ -683,7 +749,7 @@ def test_an_unpaired_session_waits_for_nanoclaw_pair(harness):
         h = await harness().start(connected=False)
         await wait_until(lambda: ("connect",) in h.client.calls)
         await h.fire(b"2@qrdata,1,2,3", "qr")  # whatsmeow wants a QR scan: nobody is looking
-        await asyncio.sleep(0.1)
+        await wait_until(h.wa.parked.is_set)
         status = h.wa.status()
         connects = sum(c == ("connect",) for c in h.client.calls)
         await h.close()
@@ -840,8 +906,7 @@ def test_cli_pair_and_discover_through_the_channel_socket(harness, capsys):
         pairing = asyncio.ensure_future(asyncio.to_thread(cli.cmd_pair, h.cfg, argparse.Namespace(phone=None)))
         await wait_until(lambda: ("connect",) in h.client.calls)
         await wait_until(lambda: h.wa._pairing is not None)
-        await h.fire(b"2@Zm9vYmFy,qr,code", "qr")
-        await asyncio.sleep(0.3)
+        await h.fire(b"2@Zm9vYmFy,qr,code", "qr")  # queued before the result: the CLI draws it first
         await h.fire(pair_status(True))
         paired_rc = await asyncio.wait_for(pairing, 5)
         await h.fire(ConnectedEv(status=True))
@@ -954,6 +1019,40 @@ def test_a_reply_quotes_the_message_it_answers_on_its_first_chunk(harness):
     assert messages[1].conversation == "part 1 " + "x" * 20  # later chunks plain
 
 
+def test_a_reply_that_opens_with_a_code_block_keeps_its_fences(harness):
+    """The defect: the router put 'Andy: ' in front before the split, so the opening fence was not
+    at a line start: the block was cut with its fence open and the prose after it fenced."""
+    code = "```python\n" + "\n".join(f"x{i} = {i}" for i in range(30)) + "\n```"
+    text = code + "\n\nThat is the whole script."
+
+    async def go():
+        h = await harness(max_message_chars=200).start()
+        reply = await h.daemon._deliver({"chat": h.main.jid, "text": text, "outbox_id": 7, "sender": "Andy"})
+        await h.close()
+        return reply, [m.conversation for m in h.client.messages]
+    reply, sent = run(go())
+    assert reply["ok"] and len(sent) >= 2
+    assert sent[0].startswith("Andy:\n```python\nx0 = 0")  # the label on its own line, the fence intact
+    assert all(len(m) <= 200 for m in sent)
+    assert all(m.count("```") == 2 for m in sent)  # every piece of the block opened and closed
+    last = sent[-1]
+    assert last.endswith("```\n\nThat is the whole script.")  # prose after the block, not inside one
+    body = [line for m in sent for line in m.split("\n") if line.startswith("x")]
+    assert body == [f"x{i} = {i}" for i in range(30)]
+
+
+def test_the_label_goes_on_the_first_chunk_only(harness):
+    async def go():
+        h = await harness(max_message_chars=40).start()
+        text = "\n\n".join(f"part {i} " + "y" * 20 for i in range(3))
+        await h.daemon._deliver({"chat": h.main.jid, "text": text, "outbox_id": 8, "sender": "Andy"})
+        await h.close()
+        return [m.conversation for m in h.client.messages]
+    sent = run(go())
+    assert sent[0] == "Andy: part 0 " + "y" * 20 and sent[1] == "part 1 " + "y" * 20
+    assert all(len(m) <= 40 for m in sent)
+
+
 def test_the_router_quotes_only_when_others_spoke_since(tmp_path):
     from nanoclaw.models import Group, Job, Message, Outbox, Turn, open_db
     from nanoclaw.router import quote_for
@@ -964,11 +1063,12 @@ def test_the_router_quotes_only_when_others_spoke_since(tmp_path):
                            channel_id="M1")
     job = Job.create(group=g)
     Turn.create(job=job, seq=0, first_message_id=asked.id, last_message_id=asked.id)
-    row = Outbox.create(key=f"job:{job.id}:turn:0", chat=g.jid, text="hello")
+    row = Outbox.create(key=f"job:{job.id}:turn:0", chat=g.jid, text="hello", reply_to=asked.id)
     assert quote_for(row) is None  # nobody else spoke: a plain reply is clear
     Message.create(chat=g.jid, sender="b@s.whatsapp.net", text="unrelated", timestamp=2.0, channel_id="M2")
     assert quote_for(row) == {"id": "M1", "sender": "a@s.whatsapp.net", "text": "@Andy hi"}
-    notice = Outbox.create(key=f"job:{job.id}:failed", chat=g.jid, text="failed", kind="notice")
+    notice = Outbox.create(key=f"job:{job.id}:failed", chat=g.jid, text="failed", kind="notice",
+                           reply_to=asked.id)
     assert quote_for(notice) is None
 
 

@@ -73,9 +73,11 @@ class Machine:
         self.name = name
 
     @classmethod
-    def boot(cls, workdir: Path, host_options: list[str], images: list[str]) -> "Machine":
+    def boot(cls, workdir: Path, images: list[str]) -> "Machine":
         subprocess.run(["bash", str(ROOT / "tests" / "system" / "build-systemd-image.sh"), SYSTEMD_IMAGE],
                        check=True, capture_output=True)
+        # Probed only now: the image the probe runs must exist (on a new machine it did not).
+        host_options = host_container_options()
         src = export_source(workdir / "src")
         image_dir = workdir / "images"
         image_dir.mkdir()

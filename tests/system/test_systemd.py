@@ -17,7 +17,9 @@ from datetime import datetime
 
 import pytest
 
-from .machine import UNITS, Machine, host_container_options, workdir
+from conftest import need_podman
+
+from .machine import UNITS, Machine, workdir
 
 pytestmark = [pytest.mark.system, pytest.mark.podman]
 
@@ -32,13 +34,13 @@ def machine_dir():
 
 @pytest.fixture(scope="module")
 def machine(agent_image, machine_dir, request):
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed")
+    need_podman()
     if os.geteuid() != 0:
-        pytest.skip("the system test boots a privileged (rootful) Podman container: run it as root")
+        reason = "the system test boots a privileged (rootful) Podman container: run it as root"
+        pytest.fail(reason) if os.environ.get("CI") == "true" else pytest.skip(reason)
     base = "localhost/nanoclaw-base:bookworm"
     d = machine_dir
-    m = Machine.boot(d, host_container_options(), [base, agent_image])
+    m = Machine.boot(d, [base, agent_image])
     try:
         result = m.install("--no-image", "--images", "/images")
         print(result.stdout[-4000:])

@@ -1,0 +1,27 @@
+"""The credential proxy's own answers: refusals are valid JSON, whatever the request said."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+
+def test_a_refusal_is_valid_json_whatever_the_path_holds(offline_system):
+    """The defect: the error body was built with % and the request path, so a quote broke it."""
+    s = offline_system
+    s.cli("groups", "add", "main", "--main")
+    s.start("proxy")
+    sock = s.run / "proxy" / "main" / "api.sock"
+    s.wait_for(sock.exists, 10, what="main's API socket")
+    for path in ('/etc/"passwd', "/x\\y", "/%s%d"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(10)
+            c.connect(str(sock))
+            c.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while chunk := c.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 403"), head
+        error = json.loads(body)["error"]
+        assert error["type"] == "nanoclaw_proxy" and repr(path) in error["message"]
