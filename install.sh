@@ -11,7 +11,8 @@
 #   sudo ./install.sh --uninstall     stop and remove the units and the program; keep data and config
 #   sudo ./install.sh --uninstall --purge   ... and remove data, config and the nanoclaw user too
 #
-# Safe to run again: every step checks what is already there.
+# Safe to run again: every step checks what is already there and keeps what works
+# (your credential, the detected container options, an agent image that is current).
 set -euo pipefail
 
 PREFIX=/opt/nanoclaw
@@ -22,6 +23,7 @@ STATE=/var/lib/nanoclaw
 CONF=/etc/nanoclaw
 RUN=/run/nanoclaw
 UNIT_DIR=/etc/systemd/system
+CREDENTIAL=$CONF/credentials/anthropic-credential
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -34,33 +36,59 @@ while [ $# -gt 0 ]; do
         --no-apt) APT=0 ;;
         --uninstall) UNINSTALL=1 ;;
         --purge) PURGE=1 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 
-step() { printf '\n==> %s\n' "$*"; }
+# -- how each step reports --------------------------------------------------------
+STEP="" HINT=""
+step() {  # step NAME HINT: what we do now, and what usually went wrong when it fails
+    STEP=$1 HINT=$2
+    printf '\n==> %s\n' "$STEP"
+}
+on_error() {
+    local rc=$?
+    {
+        echo
+        echo "install.sh: FAILED at step: $STEP (exit $rc, line $1)"
+        [ -n "$HINT" ] && echo "  likely cause: $HINT"
+        echo "  fix that, then run the same command again: install.sh is safe to re-run and"
+        echo "  keeps every step that already worked."
+    } >&2
+    exit "$rc"
+}
+trap 'on_error $LINENO' ERR
 die() { echo "install.sh: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo ./install.sh)"
 HAVE_SYSTEMD=0
 [ -d /run/systemd/system ] && HAVE_SYSTEMD=1
-as_user() { runuser -u "$USER_NAME" -- env HOME="$STATE/home" XDG_RUNTIME_DIR="$RUN/xdg" "$@"; }
+# Everything the service user runs starts in / (a checkout under /root is not theirs to enter).
+# Podman's '"/" is not a shared mount' warning says nothing about nanoclaw: it is left out, and so
+# is Podman 5's about cgroups v1 (nanoclaw doctor names the cgroup version).
+USER_ENV="HOME=$STATE/home XDG_RUNTIME_DIR=$RUN/xdg PODMAN_IGNORE_CGROUPSV1_WARNING=1"
+as_user() {
+    (cd / && runuser -u "$USER_NAME" -- env $USER_ENV "$@") 2> >(grep -v 'is not a shared mount' >&2)
+}
+nanoclaw() { (cd / && "$PREFIX/bin/nanoclaw" "$@"); }
 units() { ls "$SRC"/units/ | grep -E '\.(service|target|path)$'; }
+unit_dropins() { (cd "$SRC/units" && ls -d ./*.d 2>/dev/null | sed 's#^\./##'); }
 
 if [ "$UNINSTALL" -eq 1 ]; then
-    step "stopping and removing nanoclaw"
+    step "stopping and removing nanoclaw" "systemctl could not stop a unit; see: systemctl status 'nanoclaw*'"
     if [ "$HAVE_SYSTEMD" -eq 1 ]; then
         systemctl disable --now nanoclaw.target 2>/dev/null || true
         for u in $(units) $(cd "$UNIT_DIR" && ls nanoclaw-task-*.timer 2>/dev/null); do
             systemctl disable --now "$u" 2>/dev/null || true
             rm -f "$UNIT_DIR/$u"
         done
+        for d in $(unit_dropins); do rm -rf "${UNIT_DIR:?}/$d"; done
         systemctl daemon-reload
     fi
     rm -rf "$PREFIX" /usr/local/bin/nanoclaw
     if [ "$PURGE" -eq 1 ]; then
-        step "purging data, configuration and the $USER_NAME user"
+        step "purging data, configuration and the $USER_NAME user" "a process of $USER_NAME is still running"
         # leftover agent containers and their conmon monitors belong to the user
         pkill -KILL -u "$USER_NAME" 2>/dev/null && sleep 1
         rm -rf "$STATE" "$CONF" "$RUN"
@@ -72,21 +100,25 @@ if [ "$UNINSTALL" -eq 1 ]; then
     exit 0
 fi
 
-step "prerequisites"
+step "prerequisites" "apt-get could not install packages: check the network and that 'apt-get update' works"
 need=()
-for p in podman uidmap runc slirp4netns fuse-overlayfs catatonit python3-venv libmagic1; do
+for p in podman uidmap runc slirp4netns fuse-overlayfs catatonit python3 python3-venv debootstrap; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
+# neonize needs the libmagic library; its package is libmagic1 on Debian 12, libmagic1t64 on 13.
+if ! ldconfig -p | grep -q 'libmagic\.so\.1 '; then
+    if apt-cache show libmagic1t64 >/dev/null 2>&1; then need+=(libmagic1t64); else need+=(libmagic1); fi
+fi
 if [ "${#need[@]}" -gt 0 ]; then
-    [ "$APT" -eq 1 ] || die "missing packages: ${need[*]}"
+    [ "$APT" -eq 1 ] || die "missing packages: ${need[*]} (--no-apt given: install them, then re-run)"
     echo "installing ${need[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 else
     echo "all present"
 fi
 
-step "service user $USER_NAME"
+step "service user $USER_NAME" "useradd failed, or /etc/subuid is not writable"
 if ! getent passwd "$USER_NAME" >/dev/null; then
     useradd --system --user-group --home-dir "$STATE/home" --shell /usr/sbin/nologin \
         --comment "nanoclaw assistant" "$USER_NAME"
@@ -105,87 +137,89 @@ for f in /etc/subuid /etc/subgid; do
     fi
 done
 
-step "program in $PREFIX"
+step "program in $PREFIX" "pip could not reach PyPI (network, or a proxy/CA pip does not trust)"
 [ -x "$PREFIX/bin/python" ] || python3 -m venv "$PREFIX"
-"$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$SRC"
+# --use-pep517: sdnotify ships only a setup.py; without it pip warns about a legacy install.
+"$PREFIX/bin/pip" install -q --disable-pip-version-check --use-pep517 --upgrade "$SRC"
 install -d "$PREFIX/share"
 rm -rf "$PREFIX/share/groups" "$PREFIX/share/container"
 cp -r "$SRC/groups" "$SRC/container" "$PREFIX/share/"
 ln -sf "$PREFIX/bin/nanoclaw" /usr/local/bin/nanoclaw
 "$PREFIX/bin/nanoclaw" --version
 
-step "configuration in $CONF"
+step "configuration in $CONF" "$CONF is not writable"
 install -d -o root -g "$USER_NAME" -m 0750 "$CONF"
-install -d -o root -g root -m 0700 "$CONF/credentials"
-if [ ! -e "$CONF/credentials/anthropic-credential" ]; then
-    umask 077
-    printf '%s\n' "# Put your Anthropic API key (sk-ant-api...) or OAuth token (sk-ant-oat...) on" \
-        "# the next line, then: systemctl restart nanoclaw-proxy" > "$CONF/credentials/anthropic-credential"
-    umask 022
-    echo "created an empty credential file: $CONF/credentials/anthropic-credential"
+if [ ! -d "$CONF/credentials" ]; then
+    # Made once; `nanoclaw credential set` may later open it (0711) where systemd cannot hand
+    # the credential over, and a re-run must not undo that.
+    install -d -o root -g root -m 0700 "$CONF/credentials"
 fi
-chmod 0600 "$CONF/credentials/anthropic-credential"
-step "container images for $USER_NAME"
-if [ -n "$IMAGES" ]; then
-    for tar in "$IMAGES"/*.tar; do
-        [ -e "$tar" ] || continue
-        echo "loading $tar"
-        (cd / && as_user podman load -q -i "$tar" >/dev/null)
-    done
+if [ ! -e "$CREDENTIAL" ]; then
+    (umask 077 && printf '%s\n' "# Set it with: sudo nanoclaw credential set" > "$CREDENTIAL")
+    echo "created an empty credential file: $CREDENTIAL (sudo nanoclaw credential set fills it)"
 fi
-base=$(cd / && NANOCLAW_CONFIG_DIR="$CONF" "$PREFIX/bin/python" -c \
-    'from nanoclaw import config; print(config.get().container.base_image)')
-if (cd / && as_user podman image exists "$base"); then
-    echo "base image $base present"
-else
-    # No registry needed: a debootstrap rootfs (made as root) imported as the service user.
-    if ! command -v debootstrap >/dev/null; then
-        [ "$APT" -eq 1 ] || die "the base image $base is missing and so is debootstrap to make it"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
-    fi
-    PODMAN="runuser -u $USER_NAME -- env HOME=$STATE/home XDG_RUNTIME_DIR=$RUN/xdg podman" \
-        bash "$SRC/container/build-base.sh" "$base"
-fi
-
 if [ ! -e "$CONF/config.toml" ]; then
-    echo "detecting the container runtime options this host needs (as $USER_NAME)..."
-    found=$(mktemp -d)
-    (cd / && NANOCLAW_CONFIG_DIR="$CONF" "$PREFIX/bin/nanoclaw" doctor --detect-runtime "$found") \
-        || die "no container runtime works for $USER_NAME; see: nanoclaw doctor"
-    if [ -s "$found/containers.conf" ]; then
-        install -d -o "$USER_NAME" -g "$USER_NAME" "$STATE/home/.config" "$STATE/home/.config/containers"
-        install -o "$USER_NAME" -g "$USER_NAME" -m 0644 "$found/containers.conf" \
-            "$STATE/home/.config/containers/containers.conf"
-        echo "wrote $STATE/home/.config/containers/containers.conf"
-    fi
-    cat > "$CONF/config.toml" <<EOF
+    cat > "$CONF/config.toml" <<'EOF'
 # nanoclaw configuration. Unknown keys are errors; see the README for every setting.
+# Container options this host needs are detected into detected.toml (next to this
+# file); anything set here under [container] overrides them.
 # assistant_name = "Andy"
 # default_trigger = "@Andy"
 # timezone = ""            # empty: this host's
 # channels = ["terminal"]  # add "whatsapp" once paired (nanoclaw pair)
 # max_concurrent = 3
-
-[container]
-# Found by install.sh on this host (nanoclaw doctor --detect-runtime):
-$(cat "$found/container.toml")
 EOF
-    rm -rf "$found"
     chgrp "$USER_NAME" "$CONF/config.toml"
     chmod 0640 "$CONF/config.toml"
     echo "wrote $CONF/config.toml"
 fi
 
+step "podman storage for $USER_NAME" "podman cannot set up the service user's image store; see: nanoclaw doctor"
+nanoclaw doctor --storage
+
+step "container images for $USER_NAME" "debootstrap could not fetch from the Debian mirror (network?), or podman cannot import"
+if [ -n "$IMAGES" ]; then
+    for tar in "$IMAGES"/*.tar; do
+        [ -e "$tar" ] || continue
+        echo "loading $tar"
+        as_user podman load -q -i "$tar" >/dev/null
+    done
+fi
+base=$(cd / && NANOCLAW_CONFIG_DIR="$CONF" "$PREFIX/bin/python" -c \
+    'from nanoclaw import config; print(config.get().container.base_image)')
+if as_user podman image exists "$base"; then
+    echo "base image $base present"
+else
+    # No registry needed: a debootstrap rootfs (made as root) imported as the service user.
+    PODMAN="runuser -u $USER_NAME -- env $USER_ENV podman" \
+        bash -c "cd / && '$SRC/container/build-base.sh' '$base'" 2> >(grep -v 'is not a shared mount' >&2)
+fi
+
+step "container options for this host" "no combination of runtime, ulimits and cgroup options runs a container; the lines above say why"
+if [ -e "$CONF/detected.toml" ] && nanoclaw doctor --check-runtime >/dev/null 2>&1; then
+    echo "the detected options in $CONF/detected.toml still work"
+else
+    echo "trying container options as $USER_NAME (nanoclaw doctor --redetect)..."
+    nanoclaw doctor --redetect
+fi
+
 if [ "$IMAGE" -eq 1 ]; then
-    step "agent image (as $USER_NAME; the first build downloads ~180 MB of wheels)"
-    (cd / && as_user "$PREFIX/bin/nanoclaw" image build)
+    step "agent image (as $USER_NAME; the first build downloads ~180 MB of wheels)" \
+        "the wheel download (network) or the podman build failed, or the disk is full"
+    as_user "$PREFIX/bin/nanoclaw" image build
 fi
 
 if [ "$HAVE_SYSTEMD" -eq 1 ]; then
-    step "systemd units"
+    step "systemd units" "a unit file did not load; see: systemd-analyze verify $UNIT_DIR/nanoclaw-*.service"
     for u in $(units); do
         sed "s#/opt/nanoclaw#$PREFIX#g" "$SRC/units/$u" > "$UNIT_DIR/$u.tmp"
         mv "$UNIT_DIR/$u.tmp" "$UNIT_DIR/$u"
+    done
+    for d in $(unit_dropins); do
+        install -d "$UNIT_DIR/$d"
+        for f in "$SRC/units/$d"/*.conf; do
+            sed "s#/opt/nanoclaw#$PREFIX#g" "$f" > "$UNIT_DIR/$d/$(basename "$f")"
+        done
     done
     systemctl daemon-reload
     systemctl enable nanoclaw.target $(units | grep -v '@' | grep -v '\.target$') >/dev/null
@@ -193,15 +227,15 @@ else
     echo "systemd is not PID 1 here: units not installed (tasks use the $USER_NAME crontab); run: nanoclaw run-all"
 fi
 
-step "main group"
-if (cd / && as_user "$PREFIX/bin/nanoclaw" groups list) | grep -Eq ' main (every message|trigger=)'; then
+step "main group" "the database in $STATE is not writable by $USER_NAME"
+if as_user "$PREFIX/bin/nanoclaw" groups list | grep -Eq ' main (every message|trigger=)'; then
     echo "present"
 else
-    (cd / && as_user "$PREFIX/bin/nanoclaw" groups add main --main)
+    as_user "$PREFIX/bin/nanoclaw" groups add main --main
 fi
 
 if [ "$START" -eq 1 ] && [ "$HAVE_SYSTEMD" -eq 1 ]; then
-    step "starting nanoclaw.target"
+    step "starting nanoclaw.target" "a daemon did not start; see: journalctl -u 'nanoclaw-*' -n 50"
     systemctl restart nanoclaw.target
     for _ in $(seq 60); do
         systemctl is-active --quiet nanoclaw-channel nanoclaw-queue nanoclaw-runner nanoclaw-ipc \
@@ -210,12 +244,13 @@ if [ "$START" -eq 1 ] && [ "$HAVE_SYSTEMD" -eq 1 ]; then
     done
 fi
 
-step "nanoclaw doctor"
-"$PREFIX/bin/nanoclaw" doctor || true
+trap - ERR
+step "nanoclaw doctor" ""
+nanoclaw doctor || true
 cat <<EOF
 
 Next:
-  1. put your Anthropic key in $CONF/credentials/anthropic-credential, then: systemctl restart nanoclaw-proxy
+  1. your Anthropic API key or OAuth token:   sudo nanoclaw credential set
   2. talk to it:   nanoclaw chat
   3. WhatsApp:     nanoclaw pair   (see the README)
 Logs: journalctl -u 'nanoclaw-*' -f        Status: nanoclaw status

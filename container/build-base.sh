@@ -17,11 +17,22 @@ fi
 command -v debootstrap >/dev/null || { echo "debootstrap is missing: apt-get install debootstrap" >&2; exit 1; }
 rootfs=$(mktemp -d /var/tmp/nanoclaw-rootfs.XXXXXX)
 chmod 0755 "$rootfs"  # it becomes the image's /: mktemp's 0700 would lock out non-root users
-trap 'rm -rf "$rootfs"' EXIT
-echo "debootstrap $suite into $rootfs (about a minute)..."
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,tzdata \
-    "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 || { tail -20 "$rootfs.log" >&2; exit 1; }
-rm -f "$rootfs.log"
+trap 'rm -rf "$rootfs" "$rootfs.log"' EXIT
+for attempt in 1 2 3; do  # a mirror fails now and then: try again before giving up
+    echo "debootstrap $suite into $rootfs (about a minute; attempt $attempt of 3)..."
+    if debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,tzdata \
+            "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1; then
+        break
+    fi
+    if [ "$attempt" -eq 3 ]; then
+        echo "debootstrap of $suite from $mirror failed three times; its last lines:" >&2
+        tail -20 "$rootfs.log" >&2
+        exit 1
+    fi
+    echo "debootstrap failed: $(tail -1 "$rootfs.log"); retrying in $((attempt * 10)) s" >&2
+    rm -rf "${rootfs:?}"/*
+    sleep $((attempt * 10))
+done
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-tar -C "$rootfs" -c . | $PODMAN import - "$image" >/dev/null
+tar -C "$rootfs" -c . | $PODMAN import -q - "$image" >/dev/null
 echo "imported $image"

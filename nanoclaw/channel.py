@@ -102,6 +102,11 @@ class ChannelDaemon(Daemon):
             return await wa.discover() if wa else self._no_whatsapp()
         return await super().handle(req, writer)
 
+    def disconnected(self, writer: asyncio.StreamWriter) -> None:
+        # `nanoclaw send --wait` or a chat that exited: no longer a terminal attached
+        if self.terminal:
+            self.terminal.detach(writer)
+
     def _backend_for(self, chat: str) -> Backend | None:
         """The enabled backend whose network this chat id belongs to."""
         return next((b for b in self.backends if b.owns(chat)), None)

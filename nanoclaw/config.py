@@ -42,6 +42,8 @@ class ContainerConfig:
     timeout: float = 1800.0  # hard limit for one container's whole life
     idle_timeout: float = 600.0  # an answered container waits this long for follow-ups
     extra_env: tuple[str, ...] = ()  # NAME=VALUE pairs passed to every agent
+    # podman build options; "same-as-run" (the default) uses runtime and ulimits, never volumes
+    build_args: tuple[str, ...] = ("same-as-run",)
 
 
 @dataclass(frozen=True)
@@ -167,8 +169,22 @@ def _coerce(cls: type, table: dict, where: str) -> dict:
     return out
 
 
+# What `nanoclaw doctor --redetect` finds by trying; kept apart from the owner's config.toml
+# (which wins where it sets the same key) so re-detecting never touches the owner's file.
+DETECTED = "detected.toml"
+DETECTED_KEYS = ("runtime", "ulimits", "volumes", "memory", "pids_limit", "build_args")
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
 def load(path: Path | None = None) -> Config:
-    """Read the configuration file (if any) and apply environment overrides."""
+    """Read the configuration file (if any), the detected container options, and apply
+    environment overrides."""
     if path is None:
         env = os.environ.get("NANOCLAW_CONFIG")
         path = Path(env) if env else Path("/etc/nanoclaw/config.toml")
@@ -177,19 +193,25 @@ def load(path: Path | None = None) -> Config:
         explicit = True
     data: dict = {}
     if path.exists():
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+        data = _read_toml(path)
     elif explicit:
         raise ConfigError(f"{path}: no such configuration file")
-    container = ContainerConfig(**_coerce(ContainerConfig, data.pop("container", {}), "container"))
+    owner_container = _coerce(ContainerConfig, data.pop("container", {}), "container")
     whatsapp = WhatsAppConfig(**_coerce(WhatsAppConfig, data.pop("whatsapp", {}), "whatsapp"))
     settings = _coerce(Config, data, "config")
     for key, env in (("state_dir", "NANOCLAW_STATE_DIR"), ("runtime_dir", "NANOCLAW_RUNTIME_DIR"),
                      ("config_dir", "NANOCLAW_CONFIG_DIR")):
         if os.environ.get(env):
             settings[key] = Path(os.environ[env])
+    detected_path = settings.get("config_dir", Config.config_dir) / DETECTED
+    detected: dict = {}
+    if detected_path.exists():
+        table = _read_toml(detected_path).get("container", {})
+        unknown = set(table) - set(DETECTED_KEYS)
+        if unknown:
+            raise ConfigError(f"{detected_path}: not a detected setting: {', '.join(sorted(unknown))}")
+        detected = _coerce(ContainerConfig, table, f"{detected_path.name}: container")
+    container = ContainerConfig(**{**detected, **owner_container})
     cfg = Config(container=container, whatsapp=whatsapp, **settings)
     if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")

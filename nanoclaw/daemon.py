@@ -77,6 +77,9 @@ class Daemon:
     async def shutdown(self) -> None:
         """Drain before exit (SIGTERM)."""
 
+    def disconnected(self, writer: asyncio.StreamWriter) -> None:
+        """A socket client went away (subclasses forget what they kept for it)."""
+
     # -- machinery ----------------------------------------------------------
     def watch(self, directory: Path) -> None:
         """Wake the loop when a file lands in ``directory`` (inotify)."""
@@ -130,6 +133,7 @@ class Daemon:
         except (ConnectionError, OSError):
             return
         finally:
+            self.disconnected(writer)
             try:
                 writer.close()
             except Exception:

@@ -5,13 +5,18 @@
    missing (``container/build-base.sh``); any other name is pulled.
 2. A wheelhouse: ``pip download`` of ``container/requirements.txt`` on the host,
    for the base image's Python version and platform, cached between builds.
-3. ``podman build --network none`` with the wheelhouse bind-mounted into the
-   install step, tagged ``[container] image``.
+3. ``podman build --network none`` of ``container/Containerfile`` (two stages,
+   plain COPY, no bind mounts) from a context under the state directory
+   (never /tmp, which may be a nosuid,nodev tmpfs), tagged ``[container] image``.
+
+An image whose labels name the current sources and base image is current:
+``build`` leaves it alone unless forced, so re-running install.sh is quick.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -45,10 +50,13 @@ def container_dir() -> Path:
                      + ", ".join(map(str, candidates)) + ")")
 
 
-def runtime_args(cfg: Config) -> list[str]:
-    """Podman flags this host needs for any container, builds included (from config)."""
+def build_args(cfg: Config) -> list[str]:
+    """``podman build`` flags this host needs: what detection found for builds, else the
+    run options without their volumes (mounts agents need can break a build)."""
     c = cfg.container
-    return hostcheck.runtime_args(c.runtime, c.ulimits, c.volumes)
+    if c.build_args != ("same-as-run",):
+        return list(c.build_args)
+    return hostcheck.runtime_args(c.runtime, c.ulimits, ())
 
 
 def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
@@ -79,7 +87,7 @@ def ensure_base(cfg: Config, progress: Progress) -> str:
 
 def base_python(cfg: Config, base: str) -> tuple[str, str]:
     """(major.minor, machine) of the base image's python3, so the wheels fit it."""
-    r = _run(["podman", "run", "--rm", "--network", "none", *runtime_args(cfg), base, "python3", "-c",
+    r = _run(["podman", "run", "--rm", "--network", "none", *build_args(cfg), base, "python3", "-c",
               "import sys, platform; print('%d.%d' % sys.version_info[:2], platform.machine())"],
              f"running python3 in {base}")
     version, machine = r.stdout.split()
@@ -107,17 +115,51 @@ def source_digest() -> str:
     return h.hexdigest()[:12]
 
 
+def image_labels(name: str) -> dict[str, str]:
+    r = subprocess.run(["podman", "image", "inspect", "--format", "{{json .Labels}}", name],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return {}
+    try:
+        return json.loads(r.stdout) or {}
+    except ValueError:
+        return {}
+
+
+def image_id(name: str) -> str:
+    r = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", name], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
+def current(cfg: Config, tag: str | None = None) -> bool:
+    """Whether the image exists and was built from these sources on the present base image."""
+    labels = image_labels(tag or cfg.container.image)
+    base = image_id(cfg.container.base_image)
+    return bool(labels) and labels.get("nanoclaw.source") == source_digest() and \
+        bool(base) and labels.get("nanoclaw.base") == base
+
+
 def build(cfg: Config, *, tag: str | None = None, wheels: Path | None = None,
-          progress: Progress = print) -> str:
-    """Build the agent image; returns its tag."""
+          progress: Progress = print, force: bool = False, workdir: Path | None = None) -> str:
+    """Build the agent image unless it is current (or ``force``); returns its tag.
+
+    ``wheels`` (the wheelhouse cache) and ``workdir`` (where build contexts are made)
+    default to STATE/cache/wheels and STATE/cache/build."""
     tag = tag or cfg.container.image
     base = ensure_base(cfg, progress)
+    if not force and current(cfg, tag):
+        progress(f"{tag} is current (sources {source_digest()}, base {image_id(base)[:12]}); not rebuilt")
+        return tag
     python, machine = base_python(cfg, base)
     wheels = wheels or cfg.state_dir / "cache" / "wheels"
     download_wheels(wheels, python, machine, progress)
     src = container_dir()
-    with tempfile.TemporaryDirectory(prefix="nanoclaw-image-") as tmp:
-        ctx = Path(tmp)
+    # The context lives beside the wheel cache (so wheels are hard links, not copies) and
+    # never in /tmp, which on many hosts is a nosuid,nodev tmpfs.
+    ctx_root = workdir or cfg.state_dir / "cache" / "build"
+    ctx_root.mkdir(parents=True, exist_ok=True)
+    ctx = Path(tempfile.mkdtemp(prefix="context-", dir=ctx_root))
+    try:
         for name in ("Containerfile", "agent_runner.py"):
             shutil.copyfile(src / name, ctx / name)
         for module in SHARED_MODULES:
@@ -129,8 +171,11 @@ def build(cfg: Config, *, tag: str | None = None, wheels: Path | None = None,
             except OSError:
                 shutil.copyfile(w, ctx / "wheels" / w.name)
         progress(f"building {tag} from {base} (network off)")
-        _run(["podman", "build", "--network", "none", *runtime_args(cfg), "--build-arg", f"BASE={base}",
+        _run(["podman", "build", "--network", "none", *build_args(cfg), "--build-arg", f"BASE={base}",
               "--build-arg", f"VERSION={__version__}", "--label", f"nanoclaw.source={source_digest()}",
-              "-t", tag, "-f", str(ctx / "Containerfile"), str(ctx)], f"podman build of {tag}")
+              "--label", f"nanoclaw.base={image_id(base)}", "-t", tag, "-f", str(ctx / "Containerfile"),
+              str(ctx)], f"podman build of {tag}")
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
     progress(f"built {tag}")
     return tag

@@ -60,7 +60,9 @@ class JournalHandler(logging.Handler):
 
 def setup(component: str) -> None:
     """Configure the root logger for a daemon or the CLI."""
-    level = os.environ.get("NANOCLAW_LOG_LEVEL", "INFO").upper()
+    # A daemon's events go to the journal; a command's own output says what it did, so its
+    # log shows only what went wrong (NANOCLAW_LOG_LEVEL=INFO shows the rest).
+    level = os.environ.get("NANOCLAW_LOG_LEVEL", "WARNING" if component == "cli" else "INFO").upper()
     handler: logging.Handler
     if os.environ.get("JOURNAL_STREAM") and os.path.exists(JOURNAL_SOCKET):
         handler = JournalHandler(f"nanoclaw-{component}")

@@ -20,77 +20,19 @@ import asyncio
 import json
 import os
 import ssl
-import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .config import Config
+from .credentials import OAUTH_BETA, Credential, CredentialError, credential_path, load_credential
 from .daemon import Daemon
 from .models import Group
 
-CREDENTIAL_NAME = "anthropic-credential"
 MAX_HEAD = 64 * 1024
 MAX_BODY = 32 * 1024 * 1024
 _HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
         "transfer-encoding", "upgrade", "host", "content-length", "x-api-key", "authorization"}
-OAUTH_BETA = "oauth-2025-04-20"
-
-
-class CredentialError(Exception):
-    """No usable credential; the text says where one is expected."""
-
-
-@dataclass(frozen=True)
-class Credential:
-    kind: str  # "api_key" or "oauth"
-    secret: str
-
-    def headers(self) -> list[tuple[str, str]]:
-        if self.kind == "oauth":
-            return [("authorization", f"Bearer {self.secret}")]
-        return [("x-api-key", self.secret)]
-
-    def __repr__(self) -> str:  # never let a secret reach a log line by accident
-        return f"Credential(kind={self.kind!r}, secret=<{len(self.secret)} chars>)"
-
-
-def credential_path(cfg: Config) -> Path:
-    """systemd's ``LoadCredential=`` copy when it is there and readable, else the config file."""
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds:
-        try:
-            if (Path(creds) / CREDENTIAL_NAME).exists():
-                return Path(creds) / CREDENTIAL_NAME
-        except OSError:  # some container hosts make the credentials dir unreadable to User=
-            pass
-    return cfg.config_dir / "credentials" / CREDENTIAL_NAME
-
-
-def load_credential(cfg: Config) -> Credential:
-    """Read and classify the credential; refuse a file others can read."""
-    path = credential_path(cfg)
-    try:
-        st = path.stat()
-        raw = path.read_text()
-    except OSError as exc:
-        raise CredentialError(f"no Anthropic credential at {path} ({exc.strerror}): put an API key or "
-                              "OAuth token there, mode 0600") from None
-    if path.parent != Path(os.environ.get("CREDENTIALS_DIRECTORY", "/nonexistent")) \
-            and stat.S_IMODE(st.st_mode) & 0o077:
-        raise CredentialError(f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
-                              f"chmod 600 {path}")
-    for line in raw.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if sep and key.strip() in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"):
-            value = value.strip().strip("'\"")
-            return Credential("oauth" if key.strip() == "CLAUDE_CODE_OAUTH_TOKEN" else "api_key", value)
-        return Credential("oauth" if line.startswith("sk-ant-oat") else "api_key", line)
-    raise CredentialError(f"{path} is empty: put an API key or OAuth token in it")
 
 
 def proxy_dir(cfg: Config, folder: str) -> Path:
@@ -124,14 +66,28 @@ class ProxyDaemon(Daemon):
         self.servers: dict[str, asyncio.base_events.Server] = {}
         self.upstream = urlsplit(os.environ.get("NANOCLAW_PROXY_UPSTREAM") or self.cfg.proxy_upstream)
         self.requests = 0
+        self.credential: Credential | None = None
+        self._load()
+
+    def _load(self) -> str:
+        """(Re-)read the credential; '' or why there is none."""
         try:
-            self.credential: Credential | None = load_credential(self.cfg)
-            self.log.info("credential loaded kind=%s from %s", self.credential.kind, credential_path(self.cfg))
+            self.credential = load_credential(self.cfg)
         except CredentialError as exc:
             self.credential = None
             self.log.error("%s", exc)
+            return str(exc)
+        self.log.info("credential loaded kind=%s from %s", self.credential.kind, credential_path(self.cfg))
+        return ""
 
     async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
+        if req["op"] == "reload":  # `nanoclaw credential set` where no unit restart hands it over
+            error = self._load()
+            return {"ok": not error, "error": error, "kind": self.credential.kind if self.credential else ""}
+        if req["op"] == "check":  # `nanoclaw credential set`: does the API accept it?
+            if self.credential is None and self._load():
+                return {"ok": False, "error": "the proxy holds no credential"}
+            return {"ok": True, **await self._check()}
         if req["op"] == "ensure":
             # The runner asks before starting a container, so a just-registered
             # group's socket exists by the time its agent first calls the API.
@@ -230,6 +186,39 @@ class ProxyDaemon(Daemon):
             return status
         finally:
             uwriter.close()
+
+    async def _check(self) -> dict:
+        """One cheap authenticated request (list one model): the status and the API's words."""
+        up = self.upstream
+        tls = up.scheme == "https"
+        assert self.credential is not None
+        head = [f"GET {up.path.rstrip('/')}/v1/models?limit=1 HTTP/1.1", f"Host: {up.netloc}",
+                "anthropic-version: 2023-06-01", "Connection: close"]
+        head += [f"{k}: {v}" for k, v in self.credential.headers()]
+        if self.credential.kind == "oauth":
+            head.append(f"anthropic-beta: {OAUTH_BETA}")
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                up.hostname, up.port or (443 if tls else 80), ssl=ssl.create_default_context() if tls else None,
+                server_hostname=up.hostname if tls else None), 15)
+            try:
+                writer.write("\r\n".join(head + ["", ""]).encode("latin-1"))
+                await writer.drain()
+                data = await asyncio.wait_for(reader.read(65536), 15)
+            finally:
+                writer.close()
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            return {"status": 0, "detail": f"cannot reach {up.netloc}: {exc!r}"}
+        status_line, _, rest = data.partition(b"\r\n")
+        parts = status_line.split(b" ")
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        detail = ""
+        try:
+            detail = json.loads(rest.partition(b"\r\n\r\n")[2] or b"{}").get("error", {}).get("message", "")
+        except (ValueError, AttributeError):
+            pass
+        self.log.info("credential check: %s -> %s", up.netloc, status)
+        return {"status": status, "detail": str(detail)[:300]}
 
     async def _refuse(self, writer: asyncio.StreamWriter, code: int, reason: str) -> None:
         body = json.dumps({"type": "error", "error": {"type": "nanoclaw_proxy", "message": reason}}).encode()

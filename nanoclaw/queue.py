@@ -164,10 +164,12 @@ class QueueDaemon(Daemon):
     def _give_up(self, job: Job, cursor: Cursor, upto: int) -> None:
         """Retries are exhausted: tell the chat in one line and move past the messages."""
         group = job.group
+        why = f"the agent failed {cursor.failures} times"
+        if job.error.startswith("the container could not start"):
+            why = job.error.replace("the container", "my container", 1)
         self.router_spool.put("outbound", {
             "key": f"job:{job.id}:failed", "chat": group.jid, "kind": "notice",
-            "text": f"Sorry, I could not answer that: the agent failed {cursor.failures} times. "
-                    "Please try again later."})
+            "text": f"Sorry, I could not answer that: {why}. Please try again later."})
         cursor.last_message_id = max(cursor.last_message_id, upto)
         cursor.failures, cursor.retry_at = 0, 0
         self.log.error("group=%s job=%s gave up after %d attempts; chat told", group.folder, job.id,
@@ -412,7 +414,9 @@ class QueueDaemon(Daemon):
     def status(self) -> str:
         running = Job.select().where(Job.status == "running").count()
         queued = Job.select().where(Job.status == "queued").count()
-        return f"{Group.select().count()} groups, {running} running, {queued} queued"
+        failing = Cursor.select().where(Cursor.failures > 0).count()
+        return (f"{Group.select().count()} groups, {running} running, {queued} queued"
+                + (f", {failing} failing" if failing else ""))
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from .daemon import Daemon
 from .protocol import Envelope, Spool, nudge, request
 from .safefs import Dir
 
+START_TRIES = 3  # attempts to start (or re-attach to) a job's container before it fails
 LABEL = "nanoclaw.job"
 DEADLINE_LABEL = "nanoclaw.deadline"  # epoch seconds: the container's life ends then, whatever restarts
 
@@ -61,6 +62,15 @@ async def in_daemon_thread(func: Any, *args: Any) -> Any:
 
     threading.Thread(target=target, daemon=True).start()
     return await fut
+
+
+def start_failure(exc: BaseException) -> str:
+    """One line for the chat and the job's record: why the container did not start."""
+    text = getattr(exc, "explanation", None) or str(exc)
+    text = text.split("error during container init: ")[-1]
+    if "no space left on device" in text.lower() or getattr(exc, "errno", None) == errno.ENOSPC:
+        text = f"the disk is full ({text})"
+    return "the container could not start: " + " ".join(text.split())[:200]
 
 
 def container_name(folder: str, job: int) -> str:
@@ -208,6 +218,7 @@ class RunnerDaemon(Daemon):
         self.queue_spool = Spool(self.cfg.spool_dir / "queue").ensure()
         self.watch(self.spool.new)
         self.running: dict[int, asyncio.Task] = {}
+        self.tries: dict[int, int] = {}  # failed start attempts per job
         self._recovering = self.spool.take(self.spool.leftovers())
         if self._recovering:
             self.log.info("re-attaching %d job(s) left in cur/", len(self._recovering))
@@ -255,17 +266,35 @@ class RunnerDaemon(Daemon):
         try:
             await in_daemon_thread(self._run_job, env)
             self.spool.done(env.path)
+            self.tries.pop(job, None)
         except (APIError, RequestsConnectionError, OSError) as exc:
-            # Podman itself failed us: keep the job file so a later pass retries it.
-            if "no space left on device" in str(exc).lower() or getattr(exc, "errno", None) == errno.ENOSPC:
-                self.log.error("job=%s cannot start: the disk is full (%s); will retry", job, exc)
-            else:
-                self.log.error("job=%s podman error: %s; will retry", job, exc)
-            await asyncio.sleep(2)
-            self._recovering.append(env)
-            self.wake.set()
+            # Podman failed us: try again a few times (the API may be restarting), then give the
+            # job up as failed so the queue's retries, notice and status take over.
+            tries = self.tries[job] = self.tries.get(job, 0) + 1
+            full = "no space left on device" in str(exc).lower() or getattr(exc, "errno", None) == errno.ENOSPC
+            what = f"cannot start: the disk is full ({exc})" if full else f"podman error: {exc}"
+            if tries < START_TRIES:
+                self.log.error("job=%s %s; try %d of %d, again in %ds", job, what, tries, START_TRIES, 2 ** tries)
+                await asyncio.sleep(2 ** tries)
+                self._recovering.append(env)
+                self.wake.set()
+                return
+            self.log.error("job=%s %s; giving the job up after %d tries", job, what, tries)
+            await in_daemon_thread(self._give_up, env.body, start_failure(exc))
+            self.spool.done(env.path)
+            self.tries.pop(job, None)
         finally:
             self.running.pop(job, None)
+
+    def _give_up(self, b: dict, reason: str) -> None:
+        """The container cannot start: remove what is left of it and report the job failed."""
+        name = container_name(b["group"], b["job"])
+        try:
+            with self.client() as client:
+                client.containers.get(name).remove(force=True)
+        except (APIError, NotFound, RequestsConnectionError, OSError):
+            pass
+        self._event(b["job"], "exited", exit_code=-1, error=reason, container=name)
 
     def _event(self, job: int, event: str, **extra: Any) -> None:
         self.queue_spool.put("job_event", {"job": job, "event": event, **extra})
@@ -283,11 +312,12 @@ class RunnerDaemon(Daemon):
                 deadline = self._deadline(ctr)
                 if ctr.status in ("created", "configured"):
                     ctr.start()
-                elif ctr.status == "running" and not self._alive(ctr):
-                    # Its processes were killed behind podman's back (its monitor died with
-                    # them): podman still says "running" and would for the whole timeout.
-                    self.log.warning("group=%s job=%s container %s is running in name only; removing",
-                                     b["group"], b["job"], name)
+                elif ctr.status in ("running", "stopping", "paused") and not self._alive(ctr):
+                    # Its processes were killed behind podman's back (its monitor died with them,
+                    # as when nanoclaw-podman restarts): podman still says "running", or on 4.3
+                    # "stopping", and would for the whole timeout.
+                    self.log.warning("group=%s job=%s container %s is %s in name only; removing",
+                                     b["group"], b["job"], name, ctr.status)
                     ctr.remove(force=True)
                     self._event(b["job"], "exited", exit_code=-1, error="the container died with its monitor",
                                 container=name)

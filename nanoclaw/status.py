@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-from datetime import datetime
-
 import os
+import subprocess
+import time
+from datetime import datetime
 
 from . import DAEMONS
 from .config import Config
-from .models import Group, Job, Message, Outbox, Task, open_db
+from .models import Cursor, Group, Job, Message, Outbox, Task, open_db
 from .protocol import request
 
 UNITS = [f"nanoclaw-{d}" for d in DAEMONS] + ["nanoclaw-podman"]
@@ -55,6 +55,19 @@ def show(cfg: Config) -> int:
     queued = Job.select().where(Job.status == "queued").count()
     print(f"agents:   {len(running)} running" + (f" ({', '.join(j.container for j in running)})" if running else "")
           + f", {queued} queued")
+    day_ago = time.time() - 86400
+    for job in list(Job.select().where(Job.status == "failed", Job.finished_at > day_ago)
+                    .order_by(Job.id.desc()).limit(3)):
+        when = datetime.fromtimestamp(job.finished_at).strftime("%H:%M")
+        print(f"failed:   {job.group.folder} job {job.id} at {when}: "
+              f"{(job.error or f'exit code {job.exit_code}').splitlines()[0][:160]}")
+    for cursor in list(Cursor.select().where(Cursor.failures > 0)):
+        last = (Job.select().where(Job.group == cursor.group, Job.status == "failed")
+                .order_by(Job.id.desc()).first())
+        wait = max(0, cursor.retry_at - time.time())
+        print(f"failing:  {cursor.group.folder}: {cursor.failures}/{cfg.max_attempts} attempts failed"
+              + (f", next in {wait:.0f}s" if wait else "") + (f": {last.error.splitlines()[0][:160]}"
+                                                             if last and last.error else ""))
     pending = Outbox.select().where(Outbox.status == "pending").count()
     failed = Outbox.select().where(Outbox.status == "failed").count()
     print(f"outbox:   {pending} pending, {failed} failed; {Message.select().count()} messages stored")

@@ -1,4 +1,4 @@
-"""``nanoclaw run-all``: the five daemons (and the Podman API) as child processes.
+"""``nanoclaw run-all``: the seven daemons (and the Podman API) as child processes.
 
 A development stand-in for systemd: each daemon is its own OS process, its
 output prefixed with its name; a child that dies is restarted after a second,
@@ -33,6 +33,9 @@ def run_all() -> int:
     podman = podman_service_cmd(cfg)
     if podman:
         commands = {"podman": podman, **commands}
+        # as nanoclaw-podman.service's ExecStartPre: a pause process that died with the units
+        # (they were stopped) makes Podman refuse everything until it is reset
+        subprocess.run(["podman", "system", "migrate"], capture_output=True)
     sel = selectors.DefaultSelector()
     procs: dict[str, subprocess.Popen] = {}
     stopping = False

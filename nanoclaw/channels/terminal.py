@@ -26,8 +26,10 @@ class TerminalBackend(Backend):
         self.watchers.setdefault(chat, set()).add(writer)
 
     def detach(self, writer: asyncio.StreamWriter) -> None:
-        for writers in self.watchers.values():
-            writers.discard(writer)
+        for chat in list(self.watchers):
+            self.watchers[chat].discard(writer)
+            if not self.watchers[chat]:
+                del self.watchers[chat]
 
     async def show(self, chat: str, event: dict) -> None:
         """Push an event line to every terminal watching ``chat``; drop dead ones."""
@@ -44,5 +46,5 @@ class TerminalBackend(Backend):
         return msg_id
 
     def status(self) -> str:
-        n = sum(len(w) for w in self.watchers.values())
+        n = len({w for ws in self.watchers.values() for w in ws})
         return f"{n} terminal(s) attached"
