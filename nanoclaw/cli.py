@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import threading
 import uuid
@@ -328,9 +329,112 @@ def cmd_timers(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_secret() -> str:
+    """The secret from standard input, or typed at a prompt without echo."""
+    if sys.stdin.isatty():
+        import getpass
+        return getpass.getpass("Anthropic API key or OAuth token (not shown): ")
+    return sys.stdin.read()
+
+
+def cmd_credential(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """Set the credential so that the proxy, and only the proxy, holds it."""
+    import pwd
+    import time
+
+    from . import credentials
+    from .status import ask_status, systemd_is_pid1
+    try:
+        credentials.parse(secret := _read_secret(), "what you gave")
+    except credentials.CredentialError as exc:
+        print(f"nanoclaw: {exc}; nothing was changed", file=sys.stderr)
+        return 2
+    units = systemd_is_pid1() and os.geteuid() == 0
+    try:
+        user = pwd.getpwnam("nanoclaw") if os.geteuid() == 0 else None
+    except KeyError:
+        user = None
+    if os.geteuid() != 0 and systemd_is_pid1():
+        print("nanoclaw: run it as root (sudo nanoclaw credential set): the file is root's", file=sys.stderr)
+        return 2
+    # Under the units the file stays root's: systemd's LoadCredential= hands it to the proxy
+    # alone. Without them the proxy reads it itself, so it is the service user's.
+    owner = (user.pw_uid, user.pw_gid) if user and not units else None
+    path = credentials.store(cfg, secret, owner)
+    print(f"saved {path} (mode 0600)")
+
+    def proxy_holds() -> tuple[bool, str]:
+        for _ in range(50):
+            reply, error = ask_status(cfg, "proxy", timeout=2)
+            if reply is not None:
+                return "NO CREDENTIAL" not in reply.get("status", ""), reply.get("status", "")
+            time.sleep(0.2)
+        return False, error
+
+    if units:
+        subprocess.run(["systemctl", "restart", "nanoclaw-proxy"], check=False)
+        held, _ = proxy_holds()
+        how = "handed over by systemd (LoadCredential=)"
+        if not held and user:
+            # This host's systemd gives User= services no credentials: the proxy reads the file.
+            credentials.open_to_service_user(cfg, user.pw_uid, user.pw_gid)
+            subprocess.run(["systemctl", "restart", "nanoclaw-proxy"], check=False)
+            held, _ = proxy_holds()
+            how = (f"read from the file, which is now {user.pw_name}'s (this host's systemd does not hand "
+                   "credentials to User= services)")
+    else:
+        from .protocol import request
+        try:
+            held = bool(request(cfg.socket("proxy"), {"op": "reload"}, timeout=5).get("ok"))
+        except OSError:
+            print("the proxy is not running: it reads the credential when it starts")
+            return 0
+        how = "read from the file"
+    if not held:
+        print("nanoclaw: the proxy still holds no credential; journalctl -u nanoclaw-proxy -n 20 says why",
+              file=sys.stderr)
+        return 1
+    print(f"the proxy holds it: {how}")
+    from .protocol import request
+    try:
+        check = request(cfg.socket("proxy"), {"op": "check"}, timeout=40)
+    except OSError as exc:
+        print(f"could not ask the proxy to check it: {exc}")
+        return 0
+    status = check.get("status", 0)
+    if status == 200:
+        print("the API accepted it")
+    elif status in (401, 403):
+        print(f"nanoclaw: the API refused it ({status}): {check.get('detail') or 'not a valid credential'}",
+              file=sys.stderr)
+        return 1
+    elif status == 0:
+        print(f"not checked: {check.get('detail') or check.get('error')} (saved anyway)")
+    else:
+        print(f"the API answered {status} to a check ({check.get('detail')}); saved anyway")
+    return 0
+
+
+def cmd_spool(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """What waits or was refused in the spools; show, retry or drop one file."""
+    from . import spools
+    try:
+        if args.action == "list":
+            print("\n".join(spools.listing(cfg)))
+        elif not args.name:
+            print(f"nanoclaw: spool {args.action} needs a file name (see: nanoclaw spool)", file=sys.stderr)
+            return 2
+        else:
+            print({"show": spools.show, "retry": spools.retry, "drop": spools.drop}[args.action](cfg, args.name))
+    except (ValueError, OSError) as exc:
+        print(f"nanoclaw: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_doctor(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from . import doctor
-    return doctor.main(cfg, args.detect_runtime)
+    return doctor.main(cfg, redetect_=args.redetect, check_only=args.check_runtime, storage=args.storage)
 
 
 def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:
@@ -342,7 +446,7 @@ def cmd_image(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from . import image
     try:
         image.build(cfg, tag=args.tag, wheels=Path(args.wheels) if args.wheels else None,
-                    progress=lambda line: print(f"image: {line}", flush=True))
+                    progress=lambda line: print(f"image: {line}", flush=True), force=args.force)
     except image.ImageError as exc:
         print(f"nanoclaw: image build failed: {exc}", file=sys.stderr)
         return 1
@@ -382,9 +486,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "show a code to type on the phone instead of a QR code")
     sub.add_parser("ping", help="ask every daemon for its status")
     sp = sub.add_parser("doctor", help="check every prerequisite and print fixes")
-    sp.add_argument("--detect-runtime", metavar="DIR",
-                    help="find the container options this host needs; write DIR/container.toml and containers.conf")
+    mode = sp.add_mutually_exclusive_group()
+    mode.add_argument("--redetect", action="store_true",
+                      help="find the container options this host needs by trying them; write them to "
+                           "CONFIG/detected.toml and say what changed")
+    mode.add_argument("--check-runtime", action="store_true",
+                      help="only try the configured container options (exit 0 if a container starts)")
+    mode.add_argument("--storage", action="store_true",
+                      help="(install.sh) use fuse-overlayfs where Podman would fall back to the slow vfs driver")
     sub.add_parser("status", help="one screen: units, channel, groups, agents, queue, tasks")
+    sp = sub.add_parser("spool", help="what waits or was refused in the spools; show, retry or drop a file")
+    sp.add_argument("action", nargs="?", default="list", choices=["list", "show", "retry", "drop"])
+    sp.add_argument("name", nargs="?", help="a spool file's name (or an unambiguous start of it)")
+    sp = sub.add_parser("credential", help="set the Anthropic API key or OAuth token the proxy uses")
+    sp.add_argument("action", choices=["set"],
+                    help="read it from standard input (or a prompt that does not echo), store it "
+                         "for the proxy alone, restart the proxy and check it with the API")
     sp = sub.add_parser("tasks", help="scheduled tasks: list, add, pause, resume, cancel, run-now, log")
     tsub = sp.add_subparsers(dest="action", required=True)
     tl = tsub.add_parser("list", help="list tasks")
@@ -410,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     ib = isub.add_parser("build", help="build [container] image from [container] base_image and a wheelhouse")
     ib.add_argument("--tag", help="image tag (default: [container] image)")
     ib.add_argument("--wheels", help="wheelhouse cache dir (default: STATE/cache/wheels)")
+    ib.add_argument("--force", action="store_true", help="build even if the image is current")
     return p
 
 
@@ -421,13 +539,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"nanoclaw: configuration error: {exc}") from None
     if args.command in DAEMONS:
         sys.exit(_daemon(args.command))
-    log_mod.setup("cli")
+    log_mod.setup("timers" if args.command == "timers" else "cli")  # the root one-shot logs what it changed
     if args.command == "run-all":
         from .supervise import run_all
         sys.exit(run_all())
     handler = {"chat": cmd_chat, "send": cmd_send, "groups": cmd_groups, "ping": cmd_ping,
                "image": cmd_image, "tasks": cmd_tasks, "timers": cmd_timers, "doctor": cmd_doctor,
-               "status": cmd_status, "pair": cmd_pair}[args.command]
+               "status": cmd_status, "pair": cmd_pair, "credential": cmd_credential,
+               "spool": cmd_spool}[args.command]
     try:
         sys.exit(handler(cfg, args))
     except KeyboardInterrupt:

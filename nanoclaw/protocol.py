@@ -121,6 +121,15 @@ def validate(obj: Any) -> tuple[str, dict]:
     return kind, body
 
 
+def decode(raw: bytes) -> tuple[str, dict]:
+    """Parse and check a spool file's bytes; (type, body) or BadMessage with the reason."""
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadMessage(f"not JSON: {exc}") from exc
+    return validate(obj)
+
+
 def encode(kind: str, body: dict) -> bytes:
     """Serialise a message, checking it against its schema first."""
     obj = {"v": VERSION, "type": kind, "body": body}
@@ -293,11 +302,7 @@ class Spool:
             raise BadMessage(exc.strerror or str(exc)) from exc
         except OSError as exc:
             raise BadMessage(f"cannot open: {exc.strerror}") from exc
-        try:
-            obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadMessage(f"not JSON: {exc}") from exc
-        kind, body = validate(obj)
+        kind, body = decode(raw)
         return Envelope(kind, body, path)
 
     def done(self, path: Path) -> None:
