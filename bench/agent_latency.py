@@ -65,7 +65,7 @@ def main() -> int:
                                                                  base_image=BASE_IMAGE))
     tag = f"localhost/nanoclaw-agent:test-{image.source_digest()}"
     if not image.image_exists(tag):
-        image.build(cfg, tag=tag, wheels=WHEELS, progress=lambda m: print("image:", m))
+        image.build(cfg, tag=tag, wheels=WHEELS, progress=lambda m: print("image:", m), workdir=WHEELS.parent)
     work = Path(tempfile.mkdtemp(prefix="nc-bench-"))
     sock = work / "podman.sock"
     service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"])

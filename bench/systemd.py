@@ -1,12 +1,17 @@
-"""Figures that need a real systemd: install time, task timer accuracy, unit exposure.
+"""Figures that need a real systemd: install time, agent latency under the units,
+task timer accuracy, unit exposure.
 
-Boots the system-test machine (systemd as PID 1 in a privileged Podman
-container), runs install.sh in it, then
+Boots the system-test machine (a fresh Debian as PID 1 in a privileged Podman
+container; ``--suite trixie`` for Debian 13), installs it as the README says
+(`sudo ./install.sh`, apt and the image build included) and times that, then
+  - sends messages to the real agent image (rootless, under the units, through
+    the fake Messages API): a new container each (cold) and follow-ups into a
+    warm one, p50/p95;
   - schedules N one-off tasks a couple of seconds apart and reports, for each
     firing, fire time minus due time (median and max);
   - prints ``systemd-analyze security`` exposure for every nanoclaw unit.
 
-    .venv/bin/python bench/systemd.py [--firings 12]
+    .venv/bin/python bench/systemd.py [--suite bookworm] [--firings 12] [--runs 10]
 
 ``bench/pipeline.py`` calls :func:`measure` for its scheduler line.
 """
@@ -14,6 +19,7 @@ container), runs install.sh in it, then
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
@@ -24,22 +30,43 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import build_test_agent_image  # noqa: E402
-from system.machine import UNITS, Machine, workdir  # noqa: E402
+from system.machine import UNITS, Machine, booted_and_installed  # noqa: E402
 
 
-def measure(firings: int = 12, gap: float = 2.0, security: bool = True) -> dict:
-    """Boot, install, fire ``firings`` timers; returns the figures (seconds, exposure lines)."""
-    agent = build_test_agent_image()
+def agent_latency(m: Machine, runs: int) -> dict[str, list[float]]:
+    """Seconds from `nanoclaw send` to the printed reply: cold (each in a new container, the
+    last one gone) and warm (follow-ups into a container kept idle)."""
+    def timed(text: str) -> float:
+        prog = ("import subprocess, sys, time; t = time.monotonic(); subprocess.run(['nanoclaw', 'send', 'main', "
+                f"'--wait', '120', {text!r}], check=True, capture_output=True); print(time.monotonic() - t)")
+        return float(m.sh(f"/opt/nanoclaw/bin/python -c {shlex.quote(prog)}").stdout)
+
+    def idle() -> bool:
+        return m.query("print(Job.select().where(Job.status.in_(['queued', 'running'])).count())") == 0
+    m.sh("sed -i 's/^\\[container\\]$/[container]\\nidle_timeout = 0.5/' /etc/nanoclaw/config.toml "
+         "&& systemctl restart nanoclaw.target")
+    m.wait_active()
+    cold = []
+    for i in range(runs):
+        m.wait_for(idle, 60, "the last container gone")
+        cold.append(timed(f"cold {i}"))
+    m.sh("sed -i 's/^idle_timeout = 0.5$/idle_timeout = 300.0/' /etc/nanoclaw/config.toml "
+         "&& systemctl restart nanoclaw.target")
+    m.wait_active()
+    timed("warm up")
+    warm = [timed(f"warm {i}") for i in range(runs)]
+    return {"cold": cold, "warm": warm}
+
+
+def measure(firings: int = 12, gap: float = 2.0, security: bool = True, suite: str = "bookworm",
+            runs: int = 0) -> dict:
+    """Boot, install, (optionally) time the agent, fire ``firings`` timers; returns the figures."""
     t0 = time.time()
-    m = Machine.boot(workdir(), ["localhost/nanoclaw-base:bookworm", agent])
+    m = booted_and_installed(suite, "sk-ant-api03-BENCH-" + "0" * 16)
     try:
-        figures: dict = {"boot": time.time() - t0}
-        t1 = time.time()
-        m.install("--no-image", "--images", "/images")
-        figures["install"] = time.time() - t1
-        m.use_agent(agent)
-
+        figures: dict = {"boot+install": time.time() - t0, "install": m.install_seconds}
+        if runs:
+            figures["agent"] = agent_latency(m, runs)
         first = int(time.time()) + 10
         due = {}
         for i in range(firings):
@@ -73,10 +100,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--firings", type=int, default=12)
     ap.add_argument("--gap", type=float, default=2.0, help="seconds between due times")
+    ap.add_argument("--suite", default="bookworm", help="Debian release of the machine (bookworm, trixie)")
+    ap.add_argument("--runs", type=int, default=10, help="agent messages per latency figure (0: skip)")
     args = ap.parse_args()
-    f = measure(args.firings, args.gap)
-    print(f"machine boot              {f['boot']:6.1f} s")
-    print(f"install.sh (no image)     {f['install']:6.1f} s")
+    f = measure(args.firings, args.gap, suite=args.suite, runs=args.runs)
+    print(f"install.sh as the README says (apt, debootstrap, wheels, image build) on {args.suite}: "
+          f"{f['install']:.0f} s")
+    if "agent" in f:
+        for kind, values in f["agent"].items():
+            ms = sorted(v * 1000 for v in values)
+            print(f"real agent, rootless under the units, {kind:<4} send -> reply: p50 "
+                  f"{statistics.median(ms):6.0f} ms  p95 {ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]:6.0f} ms"
+                  f"  (n={len(ms)})")
     print(accuracy_line(f["late"]))
     print("systemd-analyze security (exposure, 0 = locked down, 10 = unprotected):")
     for unit, level in f["security"].items():

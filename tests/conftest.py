@@ -326,7 +326,7 @@ def real_agent_image(container_options) -> str:
         base_image=BASE_IMAGE))
     tag = f"localhost/nanoclaw-agent:test-{image.source_digest()}"
     if not image.image_exists(tag):
-        image.build(cfg, tag=tag, wheels=WHEELS, progress=lambda line: print("image:", line))
+        image.build(cfg, tag=tag, wheels=WHEELS, progress=lambda line: print("image:", line), workdir=WHEELS.parent)
     return tag
 
 

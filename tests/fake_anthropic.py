@@ -46,9 +46,11 @@ def tool_results(content: Any) -> list[dict]:
 
 
 def prompt_message(body: dict) -> str:
-    """The text of the last chat message inside nanoclaw's prompt wrapper."""
+    """The text of the last chat message inside nanoclaw's prompt wrapper (or of the scheduled
+    task a prompt runs)."""
     text = content_text(last_user_content(body))
-    found = re.findall(r"<message [^>]*>(.*?)</message>", text, re.S)
+    found = re.findall(r"<message [^>]*>(.*?)</message>", text, re.S) or \
+        re.findall(r"<scheduled_task [^>]*>(.*?)</scheduled_task>", text, re.S)
     return html.unescape(found[-1]) if found else text
 
 

@@ -113,3 +113,49 @@ def test_doctor_names_a_broken_allowlist(offline_system):
     assert "FAIL  allowlist main.json: invalid: " in out and "nobody can trigger group main" in out
     assert 'fix: fix the file ({"senders": ["jid", ...]}) or remove it to allow everyone' in out
     assert "ok    allowlist fine.json" in out
+
+
+def test_a_terminal_that_left_is_no_longer_counted(offline_system):
+    """The defect: after `nanoclaw send --wait` exited, status and ping still counted its terminal."""
+    s = offline_system
+    s.cli("groups", "add", "main", "--main")
+    s.start("channel")
+    waited = s.cli("send", "main", "--wait", "0.5", "anyone there?", check=False)
+    assert waited.returncode == 3 and "no reply within" in waited.stderr  # nothing answers: no queue runs
+    status = s.request("channel", {"op": "status"})["status"]
+    assert "terminal: 0 terminal(s) attached" in status, status
+    assert "0 terminal(s) attached" in s.cli("ping", check=False).stdout
+
+
+def test_spool_admin_lists_shows_retries_and_drops(offline_system):
+    """As postqueue -p / postcat / postsuper: every spool at a glance, refused files with their reasons."""
+    import json as json_mod
+
+    from nanoclaw.protocol import Spool
+    s = offline_system
+    s.cli("groups", "add", "main", "--main")
+    s.start("router", "channel")
+    router = Spool(s.state / "spool" / "router").ensure()
+    (router.new / "00000000000000000001.1.1.outbound").write_text(
+        json_mod.dumps({"v": 1, "type": "outbound", "body": {"key": "k1", "chat": "main@term"}}))
+    s.nudge("router")
+    s.wait_for(lambda: list(router.bad.glob("*.reason")), 20, what="the bad file refused")
+    listing = s.cli("spool").stdout
+    assert "router" in listing and "refused    1" in listing
+    assert "bad/00000000000000000001.1.1.outbound: outbound: missing field 'text'" in listing
+    shown = s.cli("spool", "show", "00000000000000000001").stdout
+    assert shown.startswith("router/bad/00000000000000000001.1.1.outbound\nrefused: outbound: missing field 'text'")
+    # still invalid: refused with the daemon's own reason; nothing moves
+    again = s.cli("spool", "retry", "00000000000000000001", check=False)
+    assert again.returncode == 2 and "still fails the daemon's checks: outbound: missing field 'text'" in again.stderr
+    # mended, it goes back, the router takes it and sends it
+    bad = router.bad / "00000000000000000001.1.1.outbound"
+    bad.write_text(json_mod.dumps({"v": 1, "type": "outbound", "body": {
+        "key": "k1", "chat": "main@term", "text": "mended", "kind": "notice"}}))
+    assert "back in router/new/" in s.cli("spool", "retry", "0000000000000000000").stdout
+    s.wait_for(lambda: s.replies("main@term") == ["mended"], 20, what="the retried message sent")
+    assert "refused    0" in s.cli("spool").stdout
+    # drop, and clear refusals for bad names
+    (router.bad / "00000000000000000002.1.1.outbound").write_text("junk")
+    assert "dropped router/bad/00000000000000000002.1.1.outbound" in s.cli("spool", "drop", "00000000000000000002").stdout
+    assert "no spool file" in s.cli("spool", "show", "nothing-like-it", check=False).stderr

@@ -33,6 +33,18 @@ def test_markdown_to_whatsapp(markdown, whatsapp):
     assert to_whatsapp(markdown) == whatsapp
 
 
+@pytest.mark.parametrize("markdown,whatsapp", [
+    ("***both***", "_*both*_"),  # the regex converter made this *_both*_
+    ("**bold [link](http://e.org) inside**", "*bold link (http://e.org) inside*"),
+    ("* a\n  * nested\n* b", "• a\n  • nested\n• b"),
+    ("1. first\n2. second", "1. first\n2. second"),
+    ("> quoted *text*", "> quoted _text_"),
+    ("`a*b*c` and *d*", "`a*b*c` and _d_"),
+])
+def test_markdown_structure_is_parsed_not_pattern_matched(markdown, whatsapp):
+    assert to_whatsapp(markdown) == whatsapp
+
+
 def test_short_text_is_one_chunk():
     assert split_message("hello", 4000) == ["hello"]
     assert split_message("   ", 4000) == []

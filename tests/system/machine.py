@@ -1,16 +1,20 @@
-"""A throw-away machine with systemd as PID 1, for the system tests and bench.
+"""A throw-away Debian server with systemd as PID 1, for the system tests and bench.
 
-It is a privileged rootful Podman container booted from an image made offline
-with debootstrap (``build-systemd-image.sh``). The checked-out source is
-exported into it and ``install.sh`` runs there exactly as an owner would run
-it, with Python packages from a wheelhouse prepared on this host (the machine
-has no network) and the agent image loaded from an archive.
+It is a privileged rootful Podman container booted from a fresh Debian image
+made with debootstrap (``build-machine-image.sh``: systemd and nothing of
+nanoclaw's, not even Python). It has the ordinary network (the package
+mirrors and PyPI), this host's CA store (as a real machine has its own), and
+``/tmp`` as a ``nosuid,nodev`` tmpfs, as on Debian 13 and many servers. The
+working tree is copied to ``/root/nanoclaw`` and installed exactly as the
+README says: ``cd /root/nanoclaw && sudo ./install.sh``. A reboot is a
+restart of the container.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -21,14 +25,24 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SYSTEMD_IMAGE = "localhost/nanoclaw-systemd:bookworm"
-CACHE = Path.home() / ".cache" / "nanoclaw-test"
 UNITS = ["nanoclaw-podman", "nanoclaw-proxy", "nanoclaw-queue", "nanoclaw-runner", "nanoclaw-ipc",
          "nanoclaw-router", "nanoclaw-channel", "nanoclaw-scheduler"]
+CA_STORE = "/etc/ssl/certs/ca-certificates.crt"
+FAKE_API_PORT = 18080
+AS_NANOCLAW = "runuser -u nanoclaw -- env XDG_RUNTIME_DIR=/run/nanoclaw/xdg HOME=/var/lib/nanoclaw/home"
 
 
 def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(["podman", *args], check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def machine_image(suite: str) -> str:
+    """``localhost/nanoclaw-machine:<suite>-<digest of its script>``, made with debootstrap on first
+    use; a changed script makes a new tag, so no image outlives the script that made it."""
+    script = ROOT / "tests" / "system" / "build-machine-image.sh"
+    image = f"localhost/nanoclaw-machine:{suite}-{hashlib.sha256(script.read_bytes()).hexdigest()[:10]}"
+    subprocess.run(["bash", str(script), suite, image], check=True, capture_output=True, text=True, timeout=1200)
+    return image
 
 
 def export_source(dest: Path) -> Path:
@@ -43,81 +57,88 @@ def export_source(dest: Path) -> Path:
     return dest
 
 
-def wheelhouse(python_version: str) -> Path:
-    """Wheels for nanoclaw's dependencies (and the build backend) that install on the machine's
-    Python (``python_version``, e.g. Debian 12's 3.11.2), cached by pyproject.toml."""
-    import tomllib
-    project = (ROOT / "pyproject.toml").read_bytes()
-    digest = hashlib.sha256(project + python_version.encode()).hexdigest()[:12]
-    d = CACHE / f"system-wheels-{digest}"
-    if not (d / ".complete").exists():
-        d.mkdir(parents=True, exist_ok=True)
-        print(f"system test: downloading wheels into {d}", flush=True)
-        # Packages published only as sources are built here first ...
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(d), str(ROOT)], check=True)
-        # ... then every requirement again as the machine's Python would choose it (Requires-Python).
-        deps = tomllib.loads(project.decode())["project"]["dependencies"]
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(d), "--find-links", str(d),
-                        "--only-binary=:all:", "--python-version", python_version, *deps,
-                        "setuptools>=77", "wheel"], check=True)
-        for own in d.glob("nanoclaw-*.whl"):
-            own.unlink()  # the source is installed from the checkout, not from here
-        (d / ".complete").touch()
-    return d
-
-
 class Machine:
-    """One booted systemd container; ``sh`` runs a shell command inside it as root."""
+    """One booted Debian machine; ``sh`` runs a shell command inside it as root."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, suite: str) -> None:
+        self.name, self.suite = name, suite
+        self.install_seconds = 0.0
+        self.install_output = ""
 
     @classmethod
-    def boot(cls, workdir: Path, images: list[str]) -> "Machine":
-        subprocess.run(["bash", str(ROOT / "tests" / "system" / "build-systemd-image.sh"), SYSTEMD_IMAGE],
-                       check=True, capture_output=True)
+    def boot(cls, suite: str) -> "Machine":
+        image = machine_image(suite)
         # Probed only now: the image the probe runs must exist (on a new machine it did not).
-        host_options = host_container_options()
-        src = export_source(workdir / "src")
-        image_dir = workdir / "images"
-        image_dir.mkdir()
-        for i, image in enumerate(images):
-            podman("save", "-q", "-o", str(image_dir / f"{i}.tar"), image)
-        name = f"nc-system-{uuid.uuid4().hex[:8]}"
-        py = podman("run", "--rm", "--network", "none", *host_options, SYSTEMD_IMAGE, "python3", "-c",
-                    "import platform; print(platform.python_version())").stdout.strip()
-        podman("run", "-d", "--name", name, "--privileged", "--systemd=always", *host_options,
-               "-v", f"{src}:/src", "-v", f"{wheelhouse(py)}:/wheels:ro", "-v", f"{image_dir}:/images:ro",
-               SYSTEMD_IMAGE, "/sbin/init")
-        m = cls(name)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            state = m.sh("systemctl is-system-running", check=False).stdout.strip()
-            if state in ("running", "degraded"):
-                return m
-            time.sleep(0.5)
-        raise RuntimeError(f"systemd in {name} did not come up: {state}")
+        options = host_container_options(image)
+        name = f"nc-{suite}-{uuid.uuid4().hex[:8]}"
+        podman("run", "-d", "--name", name, "--hostname", name, "--privileged", "--systemd=always", *options,
+               "--tmpfs", "/tmp:rw,nosuid,nodev", "-v", f"{CA_STORE}:{CA_STORE}:ro", image, "/sbin/init")
+        m = cls(name, suite)
+        m.wait_booted()
+        return m
 
-    def sh(self, script: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        r = subprocess.run(["podman", "exec", self.name, "bash", "-c", script], capture_output=True,
-                           text=True, timeout=timeout)
+    def wait_booted(self, timeout: float = 120) -> None:
+        state = ""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            state = self.sh("systemctl is-system-running", check=False).stdout.strip()
+            if state in ("running", "degraded"):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"systemd in {self.name} did not come up: {state}")
+
+    def sh(self, script: str, check: bool = True, timeout: float = 300, stdin: str | None = None
+           ) -> subprocess.CompletedProcess:
+        r = subprocess.run(["podman", "exec", *(["-i"] if stdin is not None else []), self.name, "bash", "-c",
+                            script], capture_output=True, text=True, timeout=timeout, input=stdin)
         if check and r.returncode != 0:
             raise AssertionError(f"in {self.name}: {script!r} exited {r.returncode}\n"
-                                 f"stdout: {r.stdout[-3000:]}\nstderr: {r.stderr[-3000:]}")
+                                 f"stdout: {r.stdout[-4000:]}\nstderr: {r.stderr[-4000:]}")
         return r
 
-    def install(self, *options: str) -> subprocess.CompletedProcess:
-        opts = " ".join(shlex.quote(o) for o in options)
-        return self.sh(f"PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels /src/install.sh --no-apt {opts}", timeout=900)
+    def checkout(self) -> None:
+        """The working tree at /root/nanoclaw, in root's own 0700 home, as `git clone` leaves it."""
+        with tempfile.TemporaryDirectory(prefix="nc-export-") as tmp:
+            src = export_source(Path(tmp) / "nanoclaw")
+            podman("cp", str(src), f"{self.name}:/root/nanoclaw")
+        self.sh("chmod 0700 /root && chown -R root:root /root/nanoclaw")
 
-    def use_agent(self, image: str) -> None:
-        """Point the installed service at an agent image (the scripted test agent: no model
-        here) and restart it; returns once every unit is active again."""
-        self.sh(f"sed -i 's#^\\[container\\]$#[container]\\nimage = \"{image}\"#' /etc/nanoclaw/config.toml"
-                " && systemctl restart nanoclaw.target")
+    def install_as_readme_says(self, timeout: float = 1500) -> subprocess.CompletedProcess:
+        """`cd /root/nanoclaw && sudo ./install.sh`, timed; its whole output is kept."""
+        t0 = time.time()
+        r = self.sh("cd /root/nanoclaw && sudo ./install.sh 2>&1", check=False, timeout=timeout)
+        self.install_seconds = time.time() - t0
+        self.install_output = r.stdout
+        if r.returncode != 0:
+            raise AssertionError(f"install.sh exited {r.returncode} in {self.name}:\n{r.stdout[-6000:]}")
+        return r
+
+    def serve_fake_api(self) -> None:
+        """The fake Messages API on the machine's loopback, as a unit that comes back after a reboot,
+        and the proxy pointed at it."""
+        self.sh(f"""cat > /etc/systemd/system/nc-fake-api.service <<'EOF'
+[Unit]
+Description=fake Anthropic Messages API (nanoclaw system test)
+[Service]
+ExecStart=/opt/nanoclaw/bin/python /root/nanoclaw/tests/system/fake_api_main.py {FAKE_API_PORT} /var/log/fake-api.log
+[Install]
+WantedBy=multi-user.target
+EOF
+systemctl daemon-reload && systemctl enable --now nc-fake-api
+grep -q '^proxy_upstream' /etc/nanoclaw/config.toml || \\
+    sed -i '1i proxy_upstream = "http://127.0.0.1:{FAKE_API_PORT}"' /etc/nanoclaw/config.toml
+systemctl restart nanoclaw.target""")
         self.wait_active()
 
-    def wait_active(self, timeout: float = 60) -> None:
+    def api_log(self) -> list[dict]:
+        out = self.sh("cat /var/log/fake-api.log 2>/dev/null", check=False).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def reboot(self) -> None:
+        podman("restart", "-t", "20", self.name, timeout=300)
+        self.wait_booted()
+
+    def wait_active(self, timeout: float = 90) -> None:
         self.wait_for(lambda: all(self.state(u) == "active" for u in UNITS), timeout, "every unit active")
 
     def state(self, unit: str) -> str:
@@ -128,6 +149,9 @@ class Machine:
 
     def nanoclaw(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         return self.sh("nanoclaw " + " ".join(shlex.quote(a) for a in args), check=check, timeout=timeout)
+
+    def send(self, text: str, wait: int = 120) -> str:
+        return self.nanoclaw("send", "main", "--wait", str(wait), text, timeout=wait + 30).stdout
 
     def query(self, code: str):
         """Run Python against the installed package and its database; returns the printed JSON."""
@@ -158,15 +182,34 @@ class Machine:
         podman("rm", "-f", "-t", "0", self.name, check=False)
 
 
-def host_container_options() -> list[str]:
-    """Options this host's rootful podman needs to run the systemd machine (found by trying)."""
+def host_container_options(image: str) -> list[str]:
+    """Options this host's rootful podman needs to run the machine (found by trying)."""
     sys.path.insert(0, str(ROOT))
     from nanoclaw.hostcheck import Probe, try_run
+    tried = []
     for probe in (Probe(limits=False), Probe("runc", ("nofile=1024:1024", "nproc=4096:4096"), limits=False)):
-        if try_run(SYSTEMD_IMAGE, probe).ok:
+        result = try_run(image, probe)
+        if result.ok:
             return probe.podman_args()
-    raise RuntimeError("no podman options run a container on this host")
+        tried.append(result.error)
+    raise RuntimeError(f"no podman options run a container on this host: {tried}")
 
 
-def workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="nc-system-"))
+def booted_and_installed(suite: str, secret: str) -> Machine:
+    """A machine of ``suite`` installed as the README says, its credential set with
+    `nanoclaw credential set`, answering through the fake API. Kept when
+    NANOCLAW_KEEP_MACHINE is set (the name is printed)."""
+    m = Machine.boot(suite)
+    try:
+        m.checkout()
+        m.install_as_readme_says()
+        print(f"system test: install.sh on {suite} took {m.install_seconds:.0f} s", flush=True)
+        m.serve_fake_api()
+        m.credential_output = m.sh("nanoclaw credential set", stdin=secret + "\n").stdout
+        return m
+    except BaseException:
+        print(m.sh("systemctl --no-pager status 'nanoclaw*'; journalctl --no-pager -n 200 -u 'nanoclaw*'",
+                   check=False).stdout[-20000:])
+        if not os.environ.get("NANOCLAW_KEEP_MACHINE"):
+            m.remove()
+        raise
