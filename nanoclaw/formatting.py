@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+from markdown_it import MarkdownIt
+from markdown_it.tree import SyntaxTreeNode
+
 _INTERNAL = re.compile(r"<internal>.*?(?:</internal>|$)", re.DOTALL | re.IGNORECASE)
 
 def strip_internal(text: str) -> str:
@@ -18,51 +21,98 @@ def strip_internal(text: str) -> str:
 
 WHATSAPP_LIMIT = 4000  # WhatsApp allows ~65k, but long bubbles are unreadable on a phone
 
-_FENCE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
-_INLINE_CODE = re.compile(r"`[^`\n]+`")
-_BOLD = "\x00"  # placeholder: bold must not be re-read as italic
-_MD_RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"^[ \t]*#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.MULTILINE),
-     lambda m: _BOLD + m.group(1).replace("**", "").replace("__", "").strip() + _BOLD),
-    (re.compile(r"^([ \t]*)[*+][ \t]+", re.MULTILINE), r"\1• "),  # bullets, before *italic*
-    (re.compile(r"\[([^\]\n]+)\]\(([^)\s]+)\)"),
-     lambda m: m.group(2) if m.group(1) == m.group(2) else f"{m.group(1)} ({m.group(2)})"),
-    (re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", re.DOTALL), _BOLD + r"\1" + _BOLD),
-    # Markdown's __strong__ is bold too (not italic); inside a word (snake__case) it is left alone
-    (re.compile(r"(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)", re.DOTALL), _BOLD + r"\1" + _BOLD),
-    (re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])"), r"_\1_"),
-    (re.compile(r"~~(?=\S)(.+?)(?<=\S)~~", re.DOTALL), r"~\1~"),
-]
-
-
-def _markdown_prose(text: str) -> str:
-    """Translate Markdown outside code: the rules apply in order, bold last."""
-    parts = []
-    last = 0
-    for m in _INLINE_CODE.finditer(text):  # inline code is kept as it is
-        parts.append(_apply_rules(text[last:m.start()]))
-        parts.append(m.group(0))
-        last = m.end()
-    parts.append(_apply_rules(text[last:]))
-    return "".join(parts)
-
-
-def _apply_rules(text: str) -> str:
-    for pattern, repl in _MD_RULES:
-        text = pattern.sub(repl, text)
-    return text.replace(_BOLD, "*")
+_MD = MarkdownIt("commonmark", {"html": True}).enable("strikethrough")
 
 
 def to_whatsapp(text: str) -> str:
-    """Markdown to WhatsApp markup; fenced code blocks and `inline code` untouched."""
-    out = []
-    last = 0
-    for m in _FENCE.finditer(text):
-        out.append(_markdown_prose(text[last:m.start()]))
-        out.append(m.group(0))
-        last = m.end()
-    out.append(_markdown_prose(text[last:]))
+    """Markdown to WhatsApp markup, by walking markdown-it's syntax tree.
+
+    Bold ``*x*``, italic ``_x_`` (nested as written), strike ``~x~``, code
+    kept in backticks, headings as bold lines, links as ``text (url)``,
+    quotes as ``> ``. Lists keep a dash; a ``*`` or ``+`` bullet becomes
+    ``•``, since a line-leading star reads as bold. The blank lines between
+    blocks are kept as written. Intraword ``*`` emphasis (``2*3*4``) is left
+    literal: in a chat it is nearly always arithmetic.
+    """
+    root = SyntaxTreeNode(_MD.parse(text))
+    return _join(root.children, "").rstrip("\n")
+
+
+def _join(nodes: list[SyntaxTreeNode], indent: str) -> str:
+    """Render blocks, separated by as many blank lines as the source had between them."""
+    out, last_end = [], None
+    for node in nodes:
+        rendered = _block(node, indent)
+        if out:
+            gap = node.map[0] - last_end if node.map and last_end is not None else 1
+            out.append("\n" * (1 + max(0, gap)))
+        out.append(rendered)
+        last_end = node.map[1] if node.map else last_end
     return "".join(out)
+
+
+def _block(node: SyntaxTreeNode, indent: str) -> str:
+    kind = node.type
+    if kind == "paragraph":
+        return _inline(node.children[0]) if node.children else ""
+    if kind == "heading":
+        return "*" + _inline(node.children[0], plain=True).strip() + "*"
+    if kind in ("fence", "code_block"):
+        body = node.content if node.content.endswith("\n") else node.content + "\n"
+        return f"```{node.info.strip() if kind == 'fence' else ''}\n{body}```"
+    if kind in ("bullet_list", "ordered_list"):
+        items = []
+        for i, item in enumerate(node.children):
+            if kind == "ordered_list":
+                marker = f"{item.info or i + int(node.attrs.get('start', 1))}{item.markup} "
+            else:
+                marker = "- " if item.markup == "-" else "• "
+            body = _join(item.children, "")
+            lines = body.split("\n")
+            items.append("\n".join([indent + marker + lines[0]]
+                                   + [indent + " " * len(marker) + line if line else "" for line in lines[1:]]))
+        return "\n".join(items)
+    if kind == "blockquote":
+        return "\n".join("> " + line if line else ">" for line in _join(node.children, "").split("\n"))
+    if kind == "hr":
+        return "———"
+    if kind == "html_block":
+        return node.content.rstrip("\n")
+    return node.content.rstrip("\n") if node.content else _join(node.children, indent)
+
+
+def _inline(node: SyntaxTreeNode, plain: bool = False) -> str:
+    """An inline run; ``plain`` drops emphasis markers (a heading is bold as a whole)."""
+    parts: list[str] = []
+    children = node.children
+    for i, child in enumerate(children):
+        kind = child.type
+        if kind == "text":
+            parts.append(child.content)
+        elif kind in ("softbreak", "hardbreak"):
+            parts.append("\n")
+        elif kind == "code_inline":
+            parts.append(f"`{child.content}`")
+        elif kind in ("strong", "em", "s"):
+            inner = _inline(child, plain)
+            before = children[i - 1].content[-1:] if i and children[i - 1].type == "text" else ""
+            after = children[i + 1].content[:1] if i + 1 < len(children) and children[i + 1].type == "text" else ""
+            if child.markup.startswith("*") and before.isalnum() and after.isalnum():
+                parts.append(f"{child.markup}{inner}{child.markup}")  # 2*3*4: arithmetic, not emphasis
+            elif plain:
+                parts.append(inner)
+            else:
+                mark = {"strong": "*", "em": "_", "s": "~"}[kind]
+                parts.append(f"{mark}{inner}{mark}")
+        elif kind == "link":
+            label, href = _inline(child, plain), str(child.attrs.get("href", ""))
+            parts.append(href if label in (href, href.removeprefix("mailto:")) else f"{label} ({href})")
+        elif kind == "image":
+            alt, src = _inline(child, True) or child.content, str(child.attrs.get("src", ""))
+            parts.append(f"{alt} ({src})" if alt else src)
+        else:  # html_inline and anything else: as written
+            parts.append(child.content or _inline(child, plain))
+    return "".join(parts)
 
 
 def _blocks(text: str) -> list[str]:

@@ -52,46 +52,35 @@ def check_timezone(tz: str) -> ZoneInfo:
 
 
 # -- cron -------------------------------------------------------------------------
+# croniter parses and expands; what is ours is refusing, field by field and in
+# words, what systemd cannot express or standard cron means otherwise (croniter
+# accepts Quartz's L and ?, and reads a backwards range as one that wraps).
 
-def _field_values(text: str, name: str, lo: int, hi: int, names: dict[str, int]) -> set[int]:
-    values: set[int] = set()
-    for part in text.split(","):
-        if not part:
-            raise ScheduleError(f"{name}: empty list item in {text!r}")
-        if re.search(r"[LW#?]", part.upper()) and not names:
-            raise ScheduleError(f"{name}: {part!r} is Quartz syntax, not standard cron")
-        if "?" in part or "#" in part or (names and re.fullmatch(r"\d*L", part.upper())):
-            raise ScheduleError(f"{name}: {part!r} is Quartz syntax, not standard cron")
-        base, _, step_text = part.partition("/")
-        step = 1
-        if step_text:
-            if not step_text.isdigit() or int(step_text) == 0:
-                raise ScheduleError(f"{name}: bad step in {part!r}")
-            step = int(step_text)
-        if base == "*":
-            start, end = lo, (6 if name == "day-of-week" else hi)
-        else:
-            a, dash, b = base.partition("-")
-            start = _atom(a, name, lo, hi, names)
-            end = _atom(b, name, lo, hi, names) if dash else (hi if step_text else start)
-            if dash and end < start:
-                raise ScheduleError(f"{name}: range {base!r} runs backwards")
-        values.update(range(start, end + 1, step))
-    if name == "day-of-week" and 7 in values:  # 7 is Sunday too
-        values.discard(7)
-        values.add(0)
-    return values
+def _number(text: str, names: dict[str, int]) -> int | None:
+    return names.get(text.upper(), int(text) if text.isdigit() else None)
 
 
-def _atom(text: str, name: str, lo: int, hi: int, names: dict[str, int]) -> int:
-    if text.upper() in names:
-        return names[text.upper()]
-    if not text.isdigit():
-        raise ScheduleError(f"{name}: {text!r} is not a number" + (" or name" if names else ""))
-    value = int(text)
-    if not lo <= value <= hi:
-        raise ScheduleError(f"{name}: {value} is out of range {lo}-{hi}")
-    return value
+def _check_field(part: str, name: str, lo: int, hi: int, names: dict[str, int], position: int) -> None:
+    for item in part.split(","):
+        if not item:
+            raise ScheduleError(f"{name}: empty list item in {part!r}")
+        bare = re.sub("|".join(names), "", item.upper()) if names else item.upper()  # JUL, WED are names
+        if re.search(r"[LW#?]", bare):
+            raise ScheduleError(f"{name}: {item!r} is Quartz syntax, not standard cron")
+        base, _, step = item.partition("/")
+        if step and (not step.isdigit() or int(step) == 0):
+            raise ScheduleError(f"{name}: bad step in {item!r}")
+        a, dash, b = base.partition("-")
+        if dash and None not in (start := _number(a, names), end := _number(b, names)) and end < start:
+            raise ScheduleError(f"{name}: range {base!r} runs backwards")
+    probe = ["*"] * 5
+    probe[position] = part
+    try:
+        croniter.expand(" ".join(probe))
+    except CroniterError as exc:
+        if "out of range" in str(exc):
+            raise ScheduleError(f"{name}: {part!r} is out of range {lo}-{hi}") from None
+        raise ScheduleError(f"{name}: {part!r} is not a number" + (" or name" if names else "")) from None
 
 
 @dataclass(frozen=True)
@@ -121,7 +110,12 @@ def parse_cron(expr: str) -> Cron:
     if len(parts) != 5:
         raise ScheduleError(f"a cron expression has 5 fields (minute hour day month weekday); "
                             f"{expr!r} has {len(parts)}")
-    sets = [frozenset(_field_values(p, *spec)) for p, spec in zip(parts, FIELDS, strict=True)]
+    for position, (part, spec) in enumerate(zip(parts, FIELDS, strict=True)):
+        _check_field(part, *spec, position)
+    expanded, _ = croniter.expand(text)
+    sets = [frozenset(range(lo, (6 if name == "day-of-week" else hi) + 1)) if values == ["*"]
+            else frozenset(v for v in values) for values, (name, lo, hi, _) in zip(expanded, FIELDS, strict=True)]
+    sets[4] = frozenset(0 if d == 7 else d for d in sets[4])  # 7 is Sunday too
     return Cron(expr.strip(), *sets, dom_restricted=parts[2] != "*", dow_restricted=parts[4] != "*")
 
 
