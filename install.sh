@@ -73,7 +73,8 @@ as_user() {
 }
 nanoclaw() { (cd / && "$PREFIX/bin/nanoclaw" "$@"); }
 units() { ls "$SRC"/units/ | grep -E '\.(service|target|path)$'; }
-unit_dropins() { (cd "$SRC/units" && ls -d ./*.d 2>/dev/null | sed 's#^\./##'); }
+# The daemon units, which say that they take the shared drop-in units/nanoclaw-daemon.conf.
+daemon_units() { grep -l 'nanoclaw-daemon.conf' "$SRC"/units/nanoclaw-*.service | xargs -n1 basename; }
 
 if [ "$UNINSTALL" -eq 1 ]; then
     step "stopping and removing nanoclaw" "systemctl could not stop a unit; see: systemctl status 'nanoclaw*'"
@@ -83,7 +84,7 @@ if [ "$UNINSTALL" -eq 1 ]; then
             systemctl disable --now "$u" 2>/dev/null || true
             rm -f "$UNIT_DIR/$u"
         done
-        for d in $(unit_dropins); do rm -rf "${UNIT_DIR:?}/$d"; done
+        for u in $(daemon_units); do rm -rf "${UNIT_DIR:?}/$u.d"; done
         systemctl daemon-reload
     fi
     rm -rf "$PREFIX" /usr/local/bin/nanoclaw
@@ -215,11 +216,9 @@ if [ "$HAVE_SYSTEMD" -eq 1 ]; then
         sed "s#/opt/nanoclaw#$PREFIX#g" "$SRC/units/$u" > "$UNIT_DIR/$u.tmp"
         mv "$UNIT_DIR/$u.tmp" "$UNIT_DIR/$u"
     done
-    for d in $(unit_dropins); do
-        install -d "$UNIT_DIR/$d"
-        for f in "$SRC/units/$d"/*.conf; do
-            sed "s#/opt/nanoclaw#$PREFIX#g" "$f" > "$UNIT_DIR/$d/$(basename "$f")"
-        done
+    for u in $(daemon_units); do  # what every daemon shares: one source file
+        install -d "$UNIT_DIR/$u.d"
+        install -m 0644 "$SRC/units/nanoclaw-daemon.conf" "$UNIT_DIR/$u.d/10-daemon.conf"
     done
     systemctl daemon-reload
     systemctl enable nanoclaw.target $(units | grep -v '@' | grep -v '\.target$') >/dev/null
