@@ -23,9 +23,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from conftest import BASE_IMAGE, SECRET, WHEELS, System, _podman  # noqa: E402
 from fake_anthropic import FakeAnthropic  # noqa: E402
 
-from nanoclaw import config as config_mod  # noqa: E402
-from nanoclaw import image  # noqa: E402
-from nanoclaw.hostcheck import probe_container_options  # noqa: E402
+from nanoclaw.admin import image  # noqa: E402
+from nanoclaw.admin.hostcheck import probe_container_options  # noqa: E402
+from nanoclaw.core import config as config_mod  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:

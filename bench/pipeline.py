@@ -36,7 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import BASE_IMAGE, System, _podman, build_test_agent_image  # noqa: E402
 
-from nanoclaw.hostcheck import probe_container_options  # noqa: E402
+from nanoclaw.admin.hostcheck import probe_container_options  # noqa: E402
 
 POLL = "queue=2,ipc=1"
 

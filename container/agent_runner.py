@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, "/opt/nanoclaw")
-from protocol import BadMessage, Spool  # noqa: E402
-
 from claude_agent_sdk import (  # noqa: E402
     AssistantMessage,
     ClaudeAgentOptions,
@@ -43,10 +41,11 @@ from claude_agent_sdk import (  # noqa: E402
     tool,
 )
 from inotify_simple import INotify, flags  # noqa: E402
+from protocol import BadMessage, Spool  # noqa: E402
 
-WORKSPACE = Path(os.environ.get("NANOCLAW_WORKSPACE", "/workspace"))
+WORKSPACE = Path("/workspace")
 IPC = WORKSPACE / "ipc"
-PROXY_SOCKET = Path(os.environ.get("NANOCLAW_PROXY_SOCKET", "/run/nanoclaw-proxy/api.sock"))
+PROXY_SOCKET = Path("/run/nanoclaw-proxy/api.sock")
 JOB = int(os.environ.get("NANOCLAW_JOB", "0"))
 GROUP = os.environ.get("NANOCLAW_GROUP", "")
 IS_MAIN = os.environ.get("NANOCLAW_IS_MAIN") == "1"

@@ -1,3 +1,3 @@
-from .cli import main
+from nanoclaw.admin.cli import main
 
 main()

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,9 +39,9 @@ def build_test_agent_image() -> str:
     ctx = Path(tempfile.mkdtemp(prefix="nc-agent-ctx-"))
     shutil.copy(AGENT_DIR / "Containerfile", ctx)
     shutil.copy(AGENT_DIR / "scripted_agent.py", ctx)
-    from nanoclaw.image import SHARED_MODULES
+    from nanoclaw.admin.image import SHARED_MODULES
     for module in SHARED_MODULES:
-        shutil.copy(ROOT / "nanoclaw" / module, ctx)
+        shutil.copy(module, ctx)
     subprocess.run([str(ROOT / "container" / "build-base.sh"), BASE_IMAGE], check=True)
     base_id = _podman("image", "inspect", "--format", "{{.Id}}", BASE_IMAGE).stdout.strip()
     # A rebuilt base makes a new tag too, so no image outlives the base it was built on.
@@ -65,7 +64,7 @@ def agent_image() -> str:
 @pytest.fixture(scope="session")
 def container_options(agent_image) -> dict:
     """Runtime options this host needs, found by trying (as install.sh does)."""
-    from nanoclaw.hostcheck import probe_container_options
+    from nanoclaw.admin.hostcheck import probe_container_options
     found, failures = probe_container_options(agent_image)
     if found is None:
         pytest.fail("no container runtime options work here: " + "; ".join(f.error for f in failures))
@@ -167,20 +166,11 @@ class System:
         return path.read_text(errors="replace") if path and path.exists() else ""
 
     def request(self, name: str, obj: dict, timeout: float = 10) -> dict:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(self.run / f"{name}.sock"))
-            s.sendall(json.dumps(obj).encode() + b"\n")
-            buf = b""
-            while b"\n" not in buf:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise ConnectionError("closed")
-                buf += chunk
-            return json.loads(buf.split(b"\n", 1)[0])
+        from nanoclaw.core.protocol import request
+        return request(self.run / f"{name}.sock", obj, timeout)
 
     def nudge(self, name: str) -> None:
-        from nanoclaw.protocol import nudge
+        from nanoclaw.core.protocol import nudge
         assert nudge(self.run / f"{name}.sock"), f"{name} is not listening"
 
     def send(self, group: str, text: str, msg_id: str | None = None, sender: str = "owner@term") -> dict:
@@ -240,22 +230,15 @@ class Watcher:
     """A terminal watching one chat through the channel socket, as `nanoclaw chat` does."""
 
     def __init__(self, sock: Path, group: str) -> None:
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.connect(str(sock))
-        self.buf = b""
-        self.s.sendall(json.dumps({"op": "watch", "group": group}).encode() + b"\n")
-        self.hello = self.next(10)
+        from nanoclaw.core.protocol import LineClient
+        self.client = LineClient(sock, timeout=10)
+        self.client.send({"op": "watch", "group": group})
+        self.hello = self.client.recv()
         assert self.hello.get("ok"), self.hello
 
     def next(self, timeout: float) -> dict:
-        self.s.settimeout(timeout)
-        while b"\n" not in self.buf:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise ConnectionError("channel closed the watch connection")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return json.loads(line)
+        self.client.sock.settimeout(timeout)
+        return self.client.recv()
 
     def reply(self, timeout: float = 60) -> str:
         """The next message from the assistant."""
@@ -266,7 +249,7 @@ class Watcher:
                 return event["text"]
 
     def close(self) -> None:
-        self.s.close()
+        self.client.close()
 
 
 def _toml(cfg: dict) -> str:
@@ -319,8 +302,8 @@ WHEELS = Path(os.environ.get("NANOCLAW_TEST_WHEELS", Path.home() / ".cache" / "n
 @pytest.fixture(scope="session")
 def real_agent_image(container_options) -> str:
     """The real agent image (claude-agent-sdk + agent runner), built offline by `nanoclaw image build`."""
-    from nanoclaw import config as config_mod
-    from nanoclaw import image
+    from nanoclaw.admin import image
+    from nanoclaw.core import config as config_mod
     cfg = config_mod.Config(container=config_mod.ContainerConfig(
         runtime=container_options["runtime"], ulimits=tuple(container_options["ulimits"]),
         base_image=BASE_IMAGE))

@@ -11,7 +11,6 @@ import re
 import subprocess
 
 import pytest
-
 from conftest import SECRET
 from fake_anthropic import all_text, content_text, last_user_content, tool_results
 
@@ -184,7 +183,7 @@ def test_a_group_cannot_see_other_groups_or_the_host(make_agent_system, fake_api
 
 
 def test_main_agent_registers_a_group_and_others_cannot(make_agent_system, fake_api):
-    from nanoclaw.protocol import Spool
+    from nanoclaw.core.protocol import Spool
     s = make_agent_system()
     fake_api.then({"tool_use": {"name": "mcp__nanoclaw__register_group", "input": {
         "jid": "family@term", "name": "Family", "folder": "family", "trigger": "@Andy"}}})

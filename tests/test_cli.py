@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import DAEMONS, _podman
 
 
@@ -131,7 +130,7 @@ def test_spool_admin_lists_shows_retries_and_drops(offline_system):
     """As postqueue -p / postcat / postsuper: every spool at a glance, refused files with their reasons."""
     import json as json_mod
 
-    from nanoclaw.protocol import Spool
+    from nanoclaw.core.protocol import Spool
     s = offline_system
     s.cli("groups", "add", "main", "--main")
     s.start("router", "channel")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from nanoclaw.protocol import Spool
+from nanoclaw.core.protocol import Spool
 
 pytestmark = pytest.mark.podman
 DAEMONS = ("channel", "queue", "runner", "ipc", "router")

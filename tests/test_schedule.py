@@ -14,7 +14,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from nanoclaw.schedule import ScheduleError, cron_to_oncalendar, parse_interval, validate
+from nanoclaw.core.schedules import (
+    ScheduleError,
+    cron_to_oncalendar,
+    parse_interval,
+    validate,
+)
 
 TABLE = [
     # (cron, timezone, expected OnCalendar lines)
@@ -66,8 +71,9 @@ def _systemd_next(lines: list[str], n: int) -> list[datetime]:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 @pytest.mark.parametrize("expr,tz,expected", TABLE)
 def test_conversion_agrees_with_systemd(expr, tz, expected):
-    from croniter import croniter
     from zoneinfo import ZoneInfo
+
+    from croniter import croniter
     n = 8
     lines = cron_to_oncalendar(expr, tz)
     start = datetime.now(ZoneInfo(tz))

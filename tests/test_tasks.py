@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -88,11 +87,12 @@ def test_crontab_backend_round_trips_and_its_line_enqueues(offline_system):
 
 
 def test_systemd_backend_writes_valid_timers_and_removes_orphans(offline_system, tmp_path, monkeypatch):
-    from nanoclaw import config as config_mod
-    from nanoclaw import tasks as tasks_mod
-    from nanoclaw.groups import add_group
-    from nanoclaw.models import Task, open_db
-    from nanoclaw.timers import SystemdTimers, TimerSpecs, specs_of, sync
+    from nanoclaw.admin.timer_sync import SystemdTimers, sync
+    from nanoclaw.core import config as config_mod
+    from nanoclaw.core import tasks as tasks_mod
+    from nanoclaw.core.groups import add_group
+    from nanoclaw.core.models import Task, open_db
+    from nanoclaw.core.timer_specs import TimerSpecs, specs_of
 
     s = offline_system
     for key in ("NANOCLAW_STATE_DIR", "NANOCLAW_RUNTIME_DIR", "NANOCLAW_CONFIG_DIR"):

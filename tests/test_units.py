@@ -11,12 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from nanoclaw import config as config_mod
-from nanoclaw import groups as groups_mod
-from nanoclaw.formatting import strip_internal
-from nanoclaw.models import Cursor, Group, Job, Message, Session, Turn, open_db
-from nanoclaw.prompt import backoff, build_prompt, matches_trigger, needs_agent
-from nanoclaw.protocol import BadMessage, Spool, encode, validate
+from nanoclaw.core import config as config_mod
+from nanoclaw.core import groups as groups_mod
+from nanoclaw.core.backoff import backoff
+from nanoclaw.core.models import Cursor, Group, Job, Message, Session, Turn, open_db
+from nanoclaw.core.prompt import build_prompt, matches_trigger, needs_agent
+from nanoclaw.core.protocol import BadMessage, Spool, encode, validate
+from nanoclaw.daemons.router import strip_internal
 
 
 @pytest.mark.parametrize("text,trigger,expected", [
@@ -167,7 +168,7 @@ def test_validation_is_strict():
 
 @pytest.fixture
 def queue(cfg):
-    from nanoclaw.queue import QueueDaemon
+    from nanoclaw.daemons.queue import QueueDaemon
     groups_mod.add_group(cfg, "main", is_main=True)
     q = QueueDaemon(cfg)
     q.setup()
@@ -268,7 +269,7 @@ def test_global_concurrency_cap(cfg, queue):
 def test_older_database_gains_new_columns(tmp_path):
     import sqlite3
 
-    from nanoclaw import models
+    from nanoclaw.core import models
     path = tmp_path / "old.db"
     models.open_db(path)
     models.db.close()
@@ -288,7 +289,7 @@ def test_journal_handler_sends_native_fields(tmp_path):
     import logging
     import socket as socket_mod
 
-    from nanoclaw.log import JournalHandler, journal_fields
+    from nanoclaw.core.log import JournalHandler, journal_fields
 
     assert journal_fields("group=family job=12 chat=x@g.us, done") == {"GROUP": "family", "JOB": "12",
                                                                      "CHAT": "x@g.us"}
@@ -338,8 +339,8 @@ def test_spool_sweeps_what_dead_writers_left_in_tmp(tmp_path):
 def test_a_crash_while_settling_a_failed_task_run_leaves_nothing_half_done(queue, cfg, monkeypatch):
     """The defect: _task_finished saved the job, then the run, outside a transaction: a crash
     between them left the run 'running' for good (the job, already settled, was never re-read)."""
-    from nanoclaw import tasks as tasks_mod
-    from nanoclaw.models import Task, TaskRun
+    from nanoclaw.core import tasks as tasks_mod
+    from nanoclaw.core.models import Task, TaskRun
     task = tasks_mod.create(cfg, Group.get(Group.folder == "main"), "check", "interval", "1h")
     tasks_mod.fire(cfg, task.id)
     queue.work()  # the fire becomes a run and the run a job
@@ -364,21 +365,24 @@ def test_templates_are_found_under_the_install_prefix(tmp_path, monkeypatch):
     """The defect: `install.sh --prefix DIR` put them in DIR/share, but only the checkout and
     /opt/nanoclaw/share were looked at."""
     import sys
-    from nanoclaw import image
+
+    from nanoclaw.admin import image
     share = tmp_path / "prefix" / "share"
     (share / "groups" / "main").mkdir(parents=True)
     (share / "groups" / "main" / "CLAUDE.md").write_text("installed\n")
     (share / "container").mkdir()
     (share / "container" / "Containerfile").write_text("FROM x\n")
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))  # the venv install.sh made
-    monkeypatch.setattr(groups_mod, "__file__", str(tmp_path / "nowhere" / "nanoclaw" / "groups.py"))
+    monkeypatch.setattr(groups_mod, "__file__", str(tmp_path / "nowhere" / "nanoclaw" / "core" / "groups.py"))
     assert groups_mod.template_dir() == share / "groups"
     assert image.container_dir() == share / "container"
 
 
 def test_write_atomic_syncs_the_file_before_it_replaces_the_old_one(tmp_path, monkeypatch):
     """Root installs the timer units it writes: a power cut must not leave an empty unit."""
-    from nanoclaw.protocol import write_atomic  # where the timer code takes it from
+    from nanoclaw.core.protocol import (
+        write_atomic,  # where the timer code takes it from
+    )
     events: list[str] = []
     real_fsync, real_rename = os.fsync, os.rename
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
@@ -407,7 +411,7 @@ def test_every_third_party_import_is_a_declared_dependency():
                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
             for name in names:
                 top = name.split(".")[0]
-                if top in sys.stdlib_module_names or top == "nanoclaw" or (root / "nanoclaw" / f"{top}.py").exists():
+                if top in sys.stdlib_module_names or top == "nanoclaw" or list((root / "nanoclaw").rglob(f"{top}.py")):
                     continue  # ours (protocol.py imports safefs as a top-level module inside an image)
                 owners = {d.lower().replace("_", "-") for d in dists.get(top, [top])}
                 if not owners & declared:
@@ -416,7 +420,7 @@ def test_every_third_party_import_is_a_declared_dependency():
 
 
 def test_the_cap_leaves_out_old_context_only():
-    from nanoclaw.prompt import next_batch
+    from nanoclaw.core.prompt import next_batch
     chatter = [msg(f"chat {i}") for i in range(15)]
     asks = [msg(f"@Andy q{i}") for i in range(30)]
     batch, shown = next_batch(chatter + asks, cap=10, batch=50, requires_trigger=True, trigger="@Andy",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nanoclaw import config as config_mod
-from nanoclaw.formatting import split_message, to_whatsapp
-
+from nanoclaw.channels.whatsapp.format import split_message, to_whatsapp
+from nanoclaw.core import config as config_mod
 
 # -- outbound formatting -----------------------------------------------------------
 
@@ -121,21 +120,43 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from neonize.aioze.events import (ConnectedEv, DisconnectedEv, LoggedOutEv, MessageEv,  # noqa: E402
-                                  PairStatusEv, ReceiptEv, StreamReplacedEv)
-from neonize.proto.Neonize_pb2 import (JID, Device, GroupInfo, GroupName, GroupParticipant,  # noqa: E402
-                                       MessageInfo, MessageSource, SendResponse)
-from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import (AudioMessage, DocumentMessage,  # noqa: E402
-                                                       ExtendedTextMessage, ImageMessage, VideoMessage)
+from neonize.aioze.events import (  # noqa: E402
+    ConnectedEv,
+    DisconnectedEv,
+    LoggedOutEv,
+    MessageEv,
+    PairStatusEv,
+    ReceiptEv,
+    StreamReplacedEv,
+)
+from neonize.proto.Neonize_pb2 import (  # noqa: E402
+    JID,
+    Device,
+    GroupInfo,
+    GroupName,
+    GroupParticipant,
+    MessageInfo,
+    MessageSource,
+    SendResponse,
+)
+from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import (  # noqa: E402
+    AudioMessage,
+    DocumentMessage,
+    ExtendedTextMessage,
+    ImageMessage,
+    VideoMessage,
+)
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage  # noqa: E402
 from neonize.utils.jid import Jid2String  # noqa: E402
 
-from nanoclaw import groups as groups_mod  # noqa: E402
-from nanoclaw.channel import ChannelDaemon  # noqa: E402
-from nanoclaw.channels import wa_proto  # noqa: E402
-from nanoclaw.channels.whatsapp import TokenBucket, WhatsAppBackend  # noqa: E402
-from nanoclaw.models import Group, Message, open_db  # noqa: E402
-from nanoclaw.prompt import needs_agent  # noqa: E402
+from nanoclaw.channels.whatsapp import WhatsAppBackend  # noqa: E402
+from nanoclaw.channels.whatsapp import convert as wa_proto  # noqa: E402
+from nanoclaw.channels.whatsapp.ratelimit import TokenBucket  # noqa: E402
+from nanoclaw.core import groups as groups_mod  # noqa: E402
+from nanoclaw.core.backoff import Backoff  # noqa: E402
+from nanoclaw.core.models import Group, Message, open_db  # noqa: E402
+from nanoclaw.core.prompt import needs_agent  # noqa: E402
+from nanoclaw.daemons.channel import ChannelDaemon  # noqa: E402
 
 OWNER = "491700000001"  # the linked account: the main group is its self-chat
 OWNER_LID = "88000000000001"
@@ -330,7 +351,7 @@ def test_jid_strings_round_trip_with_neonize():
 
 
 def test_backoff_doubles_and_is_capped_then_resets():
-    b = wa_proto.Backoff(2.0, 300.0)
+    b = Backoff(2.0, 300.0)
     assert [b.next() for _ in range(10)] == [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
     b.reset()
     assert b.next() == 2
@@ -515,7 +536,7 @@ def test_queue_tells_the_channel_when_the_agent_starts_and_stops(tmp_path):
     """The queue's typing notices are fire-and-forget lines on the channel socket."""
     import socket as socket_mod
 
-    from nanoclaw.queue import QueueDaemon
+    from nanoclaw.daemons.queue import QueueDaemon
     cfg = config_mod.Config(state_dir=tmp_path / "s", runtime_dir=tmp_path / "r", config_dir=tmp_path / "c")
     cfg.runtime_dir.mkdir(parents=True)
     server = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
@@ -611,7 +632,7 @@ def test_media_never_goes_through_what_the_agent_planted_in_its_inbox(harness, t
 
 def test_a_captioned_photo_triggers_and_the_prompt_names_the_file(harness):
     """The defect: '[image: …] @Andy what is this?' never matched a trigger at the start."""
-    from nanoclaw.prompt import build_prompt
+    from nanoclaw.core.prompt import build_prompt
 
     async def go():
         h = await harness().start()
@@ -910,7 +931,7 @@ def test_session_file_is_private(harness):
 def test_cli_pair_and_discover_through_the_channel_socket(harness, capsys):
     import argparse
 
-    from nanoclaw import cli
+    from nanoclaw.admin import cli
 
     async def go():
         h = await harness().start(connected=False)
@@ -990,7 +1011,7 @@ def test_neonize_imports_and_builds_a_client_offline(tmp_path):
 
 
 def test_the_channel_without_whatsapp_never_loads_neonize():
-    code = ("import sys; import nanoclaw.channel, nanoclaw.cli, nanoclaw.queue; "
+    code = ("import sys; import nanoclaw.daemons.channel, nanoclaw.admin.cli, nanoclaw.daemons.queue; "
             "print('neonize' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
@@ -1066,8 +1087,8 @@ def test_the_label_goes_on_the_first_chunk_only(harness):
 
 
 def test_the_router_quotes_only_when_others_spoke_since(tmp_path):
-    from nanoclaw.models import Group, Job, Message, Outbox, Turn, open_db
-    from nanoclaw.router import quote_for
+    from nanoclaw.core.models import Group, Job, Message, Outbox, Turn, open_db
+    from nanoclaw.daemons.router import quote_for
 
     open_db(tmp_path / "q.db")
     g = Group.create(jid="123@g.us", name="Family", folder="family", trigger="@Andy")

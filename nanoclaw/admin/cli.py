@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
@@ -13,53 +12,29 @@ import threading
 import uuid
 from pathlib import Path
 
-from . import DAEMONS, __version__
-from . import config as config_mod
-from . import log as log_mod
-from .protocol import VERSION, nudge
-
+from nanoclaw import DAEMONS, __version__
+from nanoclaw.core import config as config_mod
+from nanoclaw.core import log as log_mod
+from nanoclaw.core.protocol import LineClient, nudge
 
 
 def _daemon(name: str) -> int:
     log_mod.setup(name)
-    module = __import__(f"nanoclaw.{name}", fromlist=["main"])
+    module = __import__(f"nanoclaw.daemons.{name}", fromlist=["main"])
     module.main()
     return 0
 
 
-class ChannelClient:
-    """A line-JSON connection to the channel daemon's socket."""
+class ChannelClient(LineClient):
+    """The channel daemon's socket, with an owner-facing error when it is not there."""
 
     def __init__(self, cfg: config_mod.Config, timeout: float | None = 10.0) -> None:
-        self.path = cfg.socket("channel")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
+        path = cfg.socket("channel")
         try:
-            self.sock.connect(str(self.path))
+            super().__init__(path, timeout)
         except OSError as exc:
-            raise SystemExit(f"nanoclaw: cannot reach the channel daemon at {self.path}: {exc.strerror}\n"
+            raise SystemExit(f"nanoclaw: cannot reach the channel daemon at {path}: {exc.strerror}\n"
                              "  is it running? (systemctl status nanoclaw-channel, or nanoclaw run-all)") from None
-        self.buf = b""
-
-    def send(self, obj: dict) -> None:
-        self.sock.sendall(json.dumps({"v": VERSION, **obj}).encode() + b"\n")
-
-    def recv(self) -> dict:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("the channel daemon closed the connection")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return json.loads(line)
-
-    def call(self, obj: dict) -> dict:
-        """Send a request and return its reply, skipping pushed chat events."""
-        self.send(obj)
-        while True:
-            reply = self.recv()
-            if "ok" in reply:
-                return reply
 
 
 def _print_line(sender: str, text: str) -> None:
@@ -206,8 +181,8 @@ def cmd_discover(cfg: config_mod.Config) -> int:
 
 
 def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    from . import groups as groups_mod
-    from .models import Group, open_db
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core.models import Group, open_db
 
     if args.action == "discover":
         return cmd_discover(cfg)
@@ -241,7 +216,7 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 def cmd_ping(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """Ask each daemon for its status line."""
-    from .status import ask_status
+    from nanoclaw.admin.status import ask_status
     worst = 0
     for name in DAEMONS:
         reply, error = ask_status(cfg, name)
@@ -256,10 +231,10 @@ def cmd_ping(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from . import groups as groups_mod
-    from . import tasks as tasks_mod
-    from .models import Task, open_db
-    from .schedule import ScheduleError
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core import tasks as tasks_mod
+    from nanoclaw.core.models import Task, open_db
+    from nanoclaw.core.schedules import ScheduleError
 
     open_db(cfg.db_path)
 
@@ -319,12 +294,12 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 
 def cmd_timers(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    from . import timers
+    from nanoclaw.admin import timer_sync
     if os.geteuid() != 0:
         print("nanoclaw: timers sync writes systemd units; run it as root (systemctl start nanoclaw-timers)",
               file=sys.stderr)
         return 2
-    for change in timers.sync(cfg.timer_spec_dir, Path(cfg.systemd_unit_dir)):
+    for change in timer_sync.sync(cfg.timer_spec_dir, Path(cfg.systemd_unit_dir)):
         logging.getLogger("nanoclaw.timers").info("timers: %s", change)
     return 0
 
@@ -342,8 +317,8 @@ def cmd_credential(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     import pwd
     import time
 
-    from . import credentials
-    from .status import ask_status, systemd_is_pid1
+    from nanoclaw.admin.status import ask_status, systemd_is_pid1
+    from nanoclaw.core import credentials
     try:
         credentials.parse(secret := _read_secret(), "what you gave")
     except credentials.CredentialError as exc:
@@ -383,7 +358,7 @@ def cmd_credential(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             how = (f"read from the file, which is now {user.pw_name}'s (this host's systemd does not hand "
                    "credentials to User= services)")
     else:
-        from .protocol import request
+        from nanoclaw.core.protocol import request
         try:
             held = bool(request(cfg.socket("proxy"), {"op": "reload"}, timeout=5).get("ok"))
         except OSError:
@@ -395,7 +370,7 @@ def cmd_credential(cfg: config_mod.Config, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     print(f"the proxy holds it: {how}")
-    from .protocol import request
+    from nanoclaw.core.protocol import request
     try:
         check = request(cfg.socket("proxy"), {"op": "check"}, timeout=40)
     except OSError as exc:
@@ -417,7 +392,7 @@ def cmd_credential(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 def cmd_spool(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """What waits or was refused in the spools; show, retry or drop one file."""
-    from . import spools
+    from nanoclaw.admin import spools
     try:
         if args.action == "list":
             print("\n".join(spools.listing(cfg)))
@@ -433,17 +408,17 @@ def cmd_spool(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    from . import doctor
+    from nanoclaw.admin import doctor
     return doctor.main(cfg, redetect_=args.redetect, check_only=args.check_runtime, storage=args.storage)
 
 
 def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    from . import status
+    from nanoclaw.admin import status
     return status.show(cfg)
 
 
 def cmd_image(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    from . import image
+    from nanoclaw.admin import image
     try:
         image.build(cfg, tag=args.tag, wheels=Path(args.wheels) if args.wheels else None,
                     progress=lambda line: print(f"image: {line}", flush=True), force=args.force)
@@ -541,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_daemon(args.command))
     log_mod.setup("timers" if args.command == "timers" else "cli")  # the root one-shot logs what it changed
     if args.command == "run-all":
-        from .supervise import run_all
+        from nanoclaw.admin.supervise import run_all
         sys.exit(run_all())
     handler = {"chat": cmd_chat, "send": cmd_send, "groups": cmd_groups, "ping": cmd_ping,
                "image": cmd_image, "tasks": cmd_tasks, "timers": cmd_timers, "doctor": cmd_doctor,

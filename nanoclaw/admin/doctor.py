@@ -17,13 +17,18 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from . import DAEMONS
-from . import config as config_mod
-from .config import DETECTED, DETECTED_KEYS, Config
-from .hostcheck import Probe, probe_build_args, probe_container_options, try_run
-from .safefs import Dir, write_atomic
-from .credentials import credential_path
-from .status import UNITS, ask_status, systemd_is_pid1, unit_state
+from nanoclaw import DAEMONS
+from nanoclaw.admin.hostcheck import (
+    Probe,
+    probe_build_args,
+    probe_container_options,
+    try_run,
+)
+from nanoclaw.admin.status import UNITS, ask_status, systemd_is_pid1, unit_state
+from nanoclaw.core import config as config_mod
+from nanoclaw.core.config import DETECTED, DETECTED_KEYS, Config
+from nanoclaw.core.credentials import credential_path
+from nanoclaw.core.safefs import Dir, write_atomic
 
 SERVICE_USER = "nanoclaw"
 FULL_BYTES = 64 * 2**20  # below this the state filesystem counts as full
@@ -283,7 +288,7 @@ class Doctor:
 
     def _check_allowlists(self) -> None:
         """An invalid allowlist blocks everyone (fail closed): say so, and where."""
-        from .groups import read_allowlist
+        from nanoclaw.core.groups import read_allowlist
         for path in sorted((self.cfg.config_dir / "allowlists").glob("*.json")):
             _, problem = read_allowlist(path)
             self.check(f"allowlist {path.name}", not problem,

@@ -25,12 +25,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__, hostcheck
-from .config import Config
+from nanoclaw import __version__
+from nanoclaw.admin import hostcheck
+from nanoclaw.core import protocol, safefs
+from nanoclaw.core.config import Config
 
 Progress = Callable[[str], None]
 # nanoclaw modules the agent runner imports inside the image (as top-level modules).
-SHARED_MODULES = ("protocol.py", "safefs.py")
+SHARED_MODULES = (Path(protocol.__file__), Path(safefs.__file__))
 PLATFORMS = ("manylinux_2_36", "manylinux_2_34", "manylinux_2_31", "manylinux_2_28", "manylinux_2_17",
              "manylinux2014")
 
@@ -41,7 +43,7 @@ class ImageError(Exception):
 
 def container_dir() -> Path:
     """The Containerfile and agent runner: in the checkout, or where install.sh put them."""
-    from .groups import share_dirs
+    from nanoclaw.core.groups import share_dirs
     candidates = share_dirs("container")
     for candidate in candidates:
         if (candidate / "Containerfile").exists():
@@ -110,7 +112,7 @@ def source_digest() -> str:
     """A digest of what goes into the image besides wheels (to tell stale images apart)."""
     h = hashlib.sha256()
     for path in (container_dir() / "Containerfile", container_dir() / "agent_runner.py",
-                 container_dir() / "requirements.txt", *(Path(__file__).parent / m for m in SHARED_MODULES)):
+                 container_dir() / "requirements.txt", *SHARED_MODULES):
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
@@ -163,7 +165,7 @@ def build(cfg: Config, *, tag: str | None = None, wheels: Path | None = None,
         for name in ("Containerfile", "agent_runner.py"):
             shutil.copyfile(src / name, ctx / name)
         for module in SHARED_MODULES:
-            shutil.copyfile(Path(__file__).parent / module, ctx / module)
+            shutil.copyfile(module, ctx / module.name)
         (ctx / "wheels").mkdir()
         for w in wheels.iterdir():
             try:

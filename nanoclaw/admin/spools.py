@@ -20,9 +20,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
-from .protocol import BadMessage, Spool, decode, nudge
-from .safefs import Dir, UnsafeEntry
+from nanoclaw.core.config import Config
+from nanoclaw.core.protocol import BadMessage, Spool, decode, nudge
+from nanoclaw.core.safefs import Dir, UnsafeEntry
 
 
 @dataclass(frozen=True)

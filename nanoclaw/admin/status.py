@@ -7,10 +7,10 @@ import subprocess
 import time
 from datetime import datetime
 
-from . import DAEMONS
-from .config import Config
-from .models import Cursor, Group, Job, Message, Outbox, Task, open_db
-from .protocol import request
+from nanoclaw import DAEMONS
+from nanoclaw.core.config import Config
+from nanoclaw.core.models import Cursor, Group, Job, Message, Outbox, Task, open_db
+from nanoclaw.core.protocol import request
 
 UNITS = [f"nanoclaw-{d}" for d in DAEMONS] + ["nanoclaw-podman"]
 

@@ -14,9 +14,8 @@ import subprocess
 import sys
 import time
 
-from . import DAEMONS
-from . import config as config_mod
-
+from nanoclaw import DAEMONS
+from nanoclaw.core import config as config_mod
 
 
 def podman_service_cmd(cfg: config_mod.Config) -> list[str] | None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from .base import Backend, Inbound, SendError, StoreError
-from .terminal import TerminalBackend
-from .whatsapp import WhatsAppBackend  # imports neonize only when started
+from nanoclaw.channels.base import Backend, Inbound, SendError, StoreError
+from nanoclaw.channels.terminal import TerminalBackend
+from nanoclaw.channels.whatsapp import (
+    WhatsAppBackend,  # imports neonize only when started
+)
 
 BACKENDS: dict[str, type[Backend]] = {"terminal": TerminalBackend, "whatsapp": WhatsAppBackend}
 

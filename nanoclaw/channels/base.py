@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..config import Config
+    from nanoclaw.core.config import Config
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from .base import Backend
+from nanoclaw.channels.base import Backend
 
 
 class TerminalBackend(Backend):

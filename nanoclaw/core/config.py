@@ -62,6 +62,11 @@ class WhatsAppConfig:
     name_refresh: float = 3600.0  # seconds between refreshes of registered groups' names
 
 
+def _under(base: str, *parts: str) -> property:
+    """A location below one of the configured directories."""
+    return property(lambda self: getattr(self, base).joinpath(*parts))
+
+
 @dataclass(frozen=True)
 class Config:
     """Resolved settings for every daemon and the CLI."""
@@ -89,34 +94,13 @@ class Config:
     whatsapp: WhatsAppConfig = field(default_factory=WhatsAppConfig)
 
     # Derived locations: one state dir, one runtime dir.
-    @property
-    def db_path(self) -> Path:
-        return self.state_dir / "nanoclaw.db"
-
-    @property
-    def groups_dir(self) -> Path:
-        return self.state_dir / "groups"
-
-    @property
-    def global_dir(self) -> Path:
-        return self.state_dir / "groups" / "global"
-
-    @property
-    def spool_dir(self) -> Path:
-        return self.state_dir / "spool"
-
-    @property
-    def ipc_dir(self) -> Path:
-        return self.state_dir / "ipc"
-
-    @property
-    def sessions_dir(self) -> Path:
-        return self.state_dir / "sessions"
-
-    @property
-    def timer_spec_dir(self) -> Path:
-        """Where the scheduler leaves timer specs for the root ``timers sync``."""
-        return self.state_dir / "timers"
+    db_path = _under("state_dir", "nanoclaw.db")
+    groups_dir = _under("state_dir", "groups")  # each group's folder: its agent's cwd and memory
+    global_dir = _under("state_dir", "groups", "global")  # memory every group's agent reads
+    spool_dir = _under("state_dir", "spool")  # the daemons' spools
+    ipc_dir = _under("state_dir", "ipc")  # each group's in/ (host -> agent) and out/ (agent -> host)
+    sessions_dir = _under("state_dir", "sessions")  # each group's Claude session state
+    timer_spec_dir = _under("state_dir", "timers")  # the scheduler's timer specs for the root sync
 
     def socket(self, daemon: str) -> Path:
         """The Unix socket a daemon listens on."""

@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from nanoclaw.core.config import Config
 
 CREDENTIAL_NAME = "anthropic-credential"
 OAUTH_BETA = "oauth-2025-04-20"
@@ -97,7 +97,7 @@ def load_credential(cfg: Config) -> Credential:
 def store(cfg: Config, secret: str, owner: tuple[int, int] | None = None) -> Path:
     """Write the credential file whole (mode 0600, replacing what was there), owned by
     ``owner`` (uid, gid) when given, else by whoever runs this."""
-    from .safefs import Dir
+    from nanoclaw.core.safefs import Dir
     parse(secret)  # refuse what is not a credential before anything is written
     cfg.config_dir.mkdir(parents=True, exist_ok=True)
     with Dir.open(cfg.config_dir) as conf:

@@ -13,9 +13,9 @@ import re
 import sys
 from pathlib import Path
 
-from .config import Config
-from .models import Cursor, Group, db
-from .safefs import Dir
+from nanoclaw.core.config import Config
+from nanoclaw.core.models import Cursor, Group, db
+from nanoclaw.core.safefs import Dir
 
 FOLDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RESERVED_FOLDERS = {"global"}
@@ -44,7 +44,7 @@ def terminal_jid(folder: str) -> str:
 def share_dirs(name: str) -> list[Path]:
     """Where shipped files (``groups``, ``container``) may be: the source checkout, then
     ``<venv>/share`` where ``install.sh --prefix DIR`` put them (the venv is DIR)."""
-    return [Path(__file__).resolve().parent.parent / name, Path(sys.prefix) / "share" / name]
+    return [Path(__file__).resolve().parents[2] / name, Path(sys.prefix) / "share" / name]
 
 
 def template_dir() -> Path:

@@ -11,8 +11,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from peewee import (BooleanField, CharField, FloatField, ForeignKeyField, IntegerField, Model,
-                    OperationalError, SqliteDatabase, SQL, TextField)
+from peewee import (
+    SQL,
+    BooleanField,
+    CharField,
+    FloatField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    OperationalError,
+    SqliteDatabase,
+    TextField,
+)
 from playhouse.sqlite_ext import AutoIncrementField
 
 
@@ -199,7 +209,7 @@ def open_db(path: Path) -> SqliteDatabase:
         "journal_mode": "wal",
         "synchronous": "full",  # a commit survives power loss before we acknowledge it
         "foreign_keys": 1,
-        "busy_timeout": 10000,  # five daemons share the file
+        "busy_timeout": 10000,  # seven daemons and the CLI share the file
     })
     db.connect(reuse_if_open=True)
     with db.atomic("IMMEDIATE"):

@@ -13,7 +13,7 @@ from datetime import datetime
 from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
-from .models import Message
+from nanoclaw.core.models import Message
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -70,7 +70,6 @@ def _attr(value: str) -> str:
     return '"' + escape(_clean(value), {'"': "&quot;", "'": "&apos;"}) + '"'
 
 
-
 def attachment(media: str | dict | None) -> str:
     """A message's attachment as an element the agent can act on: where the file is,
     what it is, how big; a voice note says plainly that it was not transcribed."""
@@ -123,8 +122,3 @@ def build_prompt(messages: Sequence[Message], *, cap: int, tz: str) -> str:
     return "\n".join(lines)
 
 
-def backoff(failures: int, base: float, cap: float) -> float:
-    """Seconds to wait before retry number ``failures`` (1-based): base·2^(n-1), capped."""
-    if failures < 1:
-        return 0.0
-    return min(cap, base * (2 ** (failures - 1)))

@@ -36,11 +36,14 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from .safefs import Dir, UnsafeEntry, write_atomic  # noqa: F401  (write_atomic: re-exported)
+    from nanoclaw.core.safefs import Dir, UnsafeEntry, write_atomic  # noqa: F401  (write_atomic: re-exported)
 except ImportError:  # inside an agent image, where both are top-level modules
     from safefs import Dir, UnsafeEntry, write_atomic  # type: ignore[no-redef]  # noqa: F401
 
 VERSION = 1
+# The scheduler's timer specs (<state>/timers/<prefix><id>.json) and the units the root
+# sync makes of them (<prefix><id>.timer): a hand-over in files, like a spool's.
+TIMER_PREFIX = "nanoclaw-task-"
 MAX_LINE = 256 * 1024  # one socket request or reply, in bytes
 _NAME_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,200}$")
 _counter = itertools.count()
@@ -358,33 +361,90 @@ def tell(sock: Path, op: str, **fields: Any) -> bool:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(0.5)
             s.connect(str(sock))
-            s.sendall(json.dumps({"v": VERSION, "op": op, **fields}).encode() + b"\n")
+            s.sendall(_line({"op": op, **fields}))
         return True
     except OSError:
         return False
 
 
+def _line(obj: dict) -> bytes:
+    return json.dumps({"v": VERSION, **obj}, ensure_ascii=False).encode() + b"\n"
+
+
+class LineClient:
+    """A connection to a daemon's socket: JSON lines out, JSON lines back.
+
+    Replies carry ``ok``; a connection that watches a chat also receives
+    pushed lines (``op``) between them, which :meth:`call` skips and
+    :meth:`recv` returns.
+    """
+
+    def __init__(self, sock: Path, timeout: float | None = 10.0) -> None:
+        self.path = sock
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.buf = b""
+        try:
+            self.sock.connect(str(sock))
+        except OSError:
+            self.sock.close()
+            raise
+
+    def send(self, obj: dict) -> None:
+        self.sock.sendall(_line(obj))
+
+    def recv(self) -> dict:
+        """The next line, whatever it is."""
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the daemon closed the connection")
+            self.buf += chunk
+            if len(self.buf) > MAX_LINE:
+                raise ConnectionError("reply line too long")
+        line, _, self.buf = self.buf.partition(b"\n")
+        return json.loads(line)
+
+    def call(self, obj: dict) -> dict:
+        """Send a request and return its reply, skipping pushed lines."""
+        self.send(obj)
+        while "ok" not in (reply := self.recv()):
+            pass
+        return reply
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "LineClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def request(sock: Path, obj: dict, timeout: float = 10.0) -> dict:
-    """Send one JSON request line and return the one-line JSON reply."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(sock))
-        s.sendall(json.dumps({"v": VERSION, **obj}).encode() + b"\n")
-        return read_line(s)
+    """Send one JSON request line and return the JSON reply."""
+    with LineClient(sock, timeout) as client:
+        return client.call(obj)
 
 
-def read_line(s: socket.socket) -> dict:
-    """Read one newline-terminated JSON object from a blocking socket."""
-    buf = b""
-    while b"\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed before a reply")
-        buf += chunk
-        if len(buf) > MAX_LINE:
-            raise ConnectionError("reply line too long")
-    line, _, _ = buf.partition(b"\n")
-    return json.loads(line)
+async def arequest(sock: Path, obj: dict, timeout: float = 10.0, connect_timeout: float = 5.0) -> dict:
+    """:func:`request` for a daemon's event loop (the router's deliveries)."""
+    import asyncio
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(sock), limit=MAX_LINE),
+                                            connect_timeout)
+    try:
+        writer.write(_line(obj))
+        await writer.drain()
+        while True:
+            line = await asyncio.wait_for(reader.readline(), timeout)
+            if not line:
+                raise ConnectionError("the daemon closed the connection")
+            reply = json.loads(line)
+            if "ok" in reply:
+                return reply
+    finally:
+        writer.close()
 
 
 def parse_line(line: bytes) -> dict:

@@ -1,4 +1,5 @@
-"""What every nanoclaw daemon shares: the wake-up loop, its socket, systemd talk.
+"""The skeleton every nanoclaw daemon is built on (as Postfix's server skeletons):
+the wake-up loop, its socket, systemd talk.
 
 A daemon is a loop around ``work()``: do everything that is pending, say how
 long until something becomes due, then sleep until a socket nudge, an inotify
@@ -23,15 +24,15 @@ from typing import Any
 import sdnotify
 from inotify_simple import INotify, flags
 
-from . import config as config_mod
-from .models import open_db
-from .protocol import MAX_LINE, BadMessage, parse_line
+from nanoclaw.core import config as config_mod
+from nanoclaw.core.models import open_db
+from nanoclaw.core.protocol import MAX_LINE, BadMessage, parse_line
 
 RESCAN_SECONDS = 30.0
 
 
 class Daemon:
-    """Base class: subclasses set ``name`` and implement ``work``/``handle``."""
+    """A daemon's skeleton: subclasses set ``name`` and implement ``work``/``handle``."""
 
     name = "daemon"
 
@@ -43,7 +44,6 @@ class Daemon:
         self.stopping = False
         self._inotify = INotify()
         self._watched: dict[Path, int] = {}
-        self._watchdog_frozen = False  # test hook: SIGUSR2 simulates a hung main loop
         self._last_status = ""
         # Benchmark only: NANOCLAW_BENCH_POLL="queue=2,ipc=1" makes those daemons ignore
         # nudges and inotify and rescan on a fixed period, as a polling design would.
@@ -146,8 +146,7 @@ class Daemon:
         period = usec / 1e6 / 2
         while True:
             await asyncio.sleep(period)
-            if not self._watchdog_frozen:
-                self.notify("WATCHDOG=1")
+            self.notify("WATCHDOG=1")
 
     def _set_status(self) -> None:
         line = self.status()
@@ -186,7 +185,6 @@ class Daemon:
 
         loop.add_signal_handler(signal.SIGTERM, on_term)
         loop.add_signal_handler(signal.SIGINT, on_term)
-        loop.add_signal_handler(signal.SIGUSR2, lambda: setattr(self, "_watchdog_frozen", True))
         ready = self.setup()
         if inspect.isawaitable(ready):
             await ready
@@ -229,4 +227,9 @@ class Daemon:
 
     def run(self) -> None:
         asyncio.run(self.run_async())
+
+    @classmethod
+    def main(cls) -> None:
+        """What `nanoclaw <name>` (and so its unit) runs."""
+        cls().run()
 

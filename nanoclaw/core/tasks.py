@@ -12,12 +12,10 @@ import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from .config import Config
-from .models import Group, Task, TaskRun, db
-from .protocol import Spool, nudge, write_atomic
-from .schedule import Schedule, ScheduleError, validate
-
-ACTIONS = ("schedule", "pause", "resume", "cancel")
+from nanoclaw.core.config import Config
+from nanoclaw.core.models import Group, Task, TaskRun, db
+from nanoclaw.core.protocol import Spool, nudge, write_atomic
+from nanoclaw.core.schedules import Schedule, ScheduleError, validate
 
 
 class TaskError(ValueError):

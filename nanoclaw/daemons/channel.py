@@ -1,17 +1,28 @@
-"""The channel daemon: owns the chat connections.
+"""channel: the chat connections, in and out.
 
-Inbound, every backend hands messages to :meth:`ChannelDaemon.receive`, which
-commits them to the messages table (deduplicated by chat and the network's
-message id) *before* the sender is acknowledged, then nudges the queue.
-Outbound, the router's ``deliver`` requests go to the backend that owns the
-chat; a message we send is stored as a bot message (``is_bot``), which is how
-it is recognised later, never by its text.
+SUMMARY
+    Every message from a chat network is stored before it is acknowledged;
+    every reply the router hands over is sent and recorded.
 
-Socket ops (one JSON object per line): ``inbound`` (a terminal user typed
-something), ``watch`` (stream a chat's traffic to this connection), ``deliver``
-(router), ``typing`` (queue: an agent is working on a chat, or done),
-``pair`` (stream a WhatsApp pairing to this connection), ``discover_groups``
-(the WhatsApp account's groups), plus the base ``nudge``/``ping``/``status``.
+READS
+    WhatsApp (neonize) events; terminal clients on its socket (``inbound``,
+    ``watch``); the router's ``deliver``; the queue's ``typing``; ``nanoclaw
+    pair`` and ``groups discover``; the ``groups`` table.
+
+WRITES
+    ``message`` rows (``Message``, deduplicated by chat and the network's id),
+    committed *before* the sender is acknowledged, then a nudge to the queue;
+    bot messages (``is_bot``) for what it sent, which is how our own messages
+    are recognised later, never by their text; media into
+    ``groups/<folder>/inbox/`` (walked with ``safefs``: the agent can write
+    that folder).
+
+PRIVILEGE
+    The service user; network for WhatsApp only (nanoclaw-channel.service).
+
+HOSTILE INPUT
+    Everything from the chat network (text, media, names, ids) and every
+    socket line: sizes are capped, unknown chats never reach an agent.
 """
 
 from __future__ import annotations
@@ -23,11 +34,19 @@ import uuid
 
 from peewee import DatabaseError, IntegrityError
 
-from . import groups as groups_mod
-from .channels import BACKENDS, Backend, Inbound, SendError, StoreError, TerminalBackend, WhatsAppBackend
-from .daemon import Daemon
-from .models import Group, Message, db, storage_problem
-from .protocol import nudge
+from nanoclaw.channels import (
+    BACKENDS,
+    Backend,
+    Inbound,
+    SendError,
+    StoreError,
+    TerminalBackend,
+    WhatsAppBackend,
+)
+from nanoclaw.core import groups as groups_mod
+from nanoclaw.core.models import Group, Message, db, storage_problem
+from nanoclaw.core.protocol import nudge
+from nanoclaw.core.skeleton import Daemon
 
 MAX_TEXT = 64 * 1024  # longer inbound text is refused, not truncated silently
 HISTORY = 10
@@ -240,5 +259,4 @@ class ChannelDaemon(Daemon):
             await backend.stop()
 
 
-def main() -> None:
-    ChannelDaemon().run()
+main = ChannelDaemon.main

@@ -1,23 +1,38 @@
-"""The ipc daemon: reads what agent containers ask for, and decides if they may.
+"""ipc: reads what agents ask for, and decides if they may.
 
-Each group's container writes spool files into its own ``ipc/<group>/out``.
-The group a request speaks for is the directory it was found in, never what
-the file claims; files are claimed into ``spool/ipc/<group>/cur`` on the host
-side, out of the container's reach, by renaming the entry through directory
-descriptors (``safefs``): a link the container planted is moved and refused
-as a link, never followed. Turn results go to the queue; messages go
-to the router once authorised (a non-main group may only message its own
-chat); everything else is refused into ``bad/`` with a logged reason.
+SUMMARY
+    Claims each group's ``ipc/<group>/out`` requests and results; passes turn
+    results to the queue and authorised messages to the router; refuses the
+    rest into ``bad/`` with a logged reason.
+
+READS
+    ``ipc/<group>/out/new`` of every registered group (the container's own
+    spool); the database (jobs, groups, tasks).
+
+WRITES
+    ``turn_result`` to ``spool/queue``; ``outbound`` to ``spool/router``; tasks
+    (through ``core.tasks``) and groups (``register_group``, main only);
+    ``spool/ipc/<group>/{cur,bad}`` on the host's side.
+
+PRIVILEGE
+    The service user; no network.
+
+HOSTILE INPUT
+    Everything it reads from ``out/``: the group a request speaks for is the
+    directory it was found in, never what the file says; files are claimed by
+    renaming the entry through directory descriptors (``safefs``), so a link
+    is moved and refused as a link, never followed; a non-main group may only
+    message its own chat and manage its own tasks.
 """
 
 from __future__ import annotations
 
-from . import groups as groups_mod
-from . import tasks as tasks_mod
-from .daemon import Daemon
-from .models import Group, Job
-from .protocol import Envelope, Spool, nudge
-from .schedule import ScheduleError
+from nanoclaw.core import groups as groups_mod
+from nanoclaw.core import tasks as tasks_mod
+from nanoclaw.core.models import Group, Job
+from nanoclaw.core.protocol import Envelope, Spool, nudge
+from nanoclaw.core.schedules import ScheduleError
+from nanoclaw.core.skeleton import Daemon
 
 
 class IpcDaemon(Daemon):
@@ -64,13 +79,13 @@ class IpcDaemon(Daemon):
         return None
 
     def _dispatch(self, group: Group, spool: Spool, env: Envelope) -> str | None:
-        b = env.body
+        body = env.body
         if env.type not in ("result", "send_message", "register_group", "task_request"):
             spool.reject(env.path, f"group={group.folder}: request type {env.type!r} is not supported")
             return None
-        job = Job.get_or_none(Job.id == b["job"])
+        job = Job.get_or_none(Job.id == body["job"])
         if job is None or job.group_id != group.id:
-            spool.reject(env.path, f"group={group.folder}: job {b['job']} is not this group's")
+            spool.reject(env.path, f"group={group.folder}: job {body['job']} is not this group's")
             return None
         if env.type == "register_group":
             return self._register_group(group, spool, env)
@@ -78,10 +93,10 @@ class IpcDaemon(Daemon):
             return self._task_request(group, spool, env)
         if env.type == "result":
             self.queue_spool.put("turn_result", {
-                "group": group.folder, "job": job.id, "turn": b["turn"], "text": b["text"],
-                "session_id": b.get("session_id"), "error": b.get("error")}, name=env.name)
+                "group": group.folder, "job": job.id, "turn": body["turn"], "text": body["text"],
+                "session_id": body.get("session_id"), "error": body.get("error")}, name=env.name)
             return "queue"
-        chat = b.get("chat") or group.jid
+        chat = body.get("chat") or group.jid
         if chat != group.jid:
             if not group.is_main:
                 spool.reject(env.path, f"group={group.folder}: may only message its own chat, "
@@ -92,43 +107,43 @@ class IpcDaemon(Daemon):
                 spool.reject(env.path, f"group={group.folder}: no registered chat {chat!r}")
                 return None
             chat = target.jid
-        if not b["text"].strip():
+        if not body["text"].strip():
             spool.reject(env.path, f"group={group.folder}: empty message")
             return None
         self.router_spool.put("outbound", {"key": f"ipc:{group.folder}:{env.name}", "chat": chat,
-                                           "text": b["text"], "kind": "message"}, name=env.name)
+                                           "text": body["text"], "kind": "message"}, name=env.name)
         self.log.info("group=%s job=%s send_message to chat=%s", group.folder, job.id, chat)
         return "router"
 
     def _task_request(self, group: Group, spool: Spool, env: Envelope) -> str | None:
         """Create or change a task on an agent's behalf, and tell the chat what happened."""
-        b, t = env.body, env.body["task"]
+        body, spec = env.body, env.body["task"]
         try:
-            if b["action"] == "schedule":
+            if body["action"] == "schedule":
                 target = None
-                if t.get("target_group"):
-                    target = Group.get_or_none(Group.folder == t["target_group"])
+                if spec.get("target_group"):
+                    target = Group.get_or_none(Group.folder == spec["target_group"])
                     if target is None:
-                        raise tasks_mod.TaskError(f"no group {t['target_group']!r}")
-                task = tasks_mod.create(self.cfg, group, str(t.get("prompt", "")), str(t.get("schedule_type", "")),
-                                        str(t.get("schedule_value", "")),
-                                        context_mode=str(t.get("context_mode") or "group"),
+                        raise tasks_mod.TaskError(f"no group {spec['target_group']!r}")
+                task = tasks_mod.create(self.cfg, group, str(spec.get("prompt", "")), str(spec.get("schedule_type", "")),
+                                        str(spec.get("schedule_value", "")),
+                                        context_mode=str(spec.get("context_mode") or "group"),
                                         target=target, created_by=group.folder)
                 text = f"Scheduled: {tasks_mod.describe(task)}."
-            elif b["action"] in ("pause", "resume", "cancel"):
-                if not isinstance(t.get("id"), int):
+            elif body["action"] in ("pause", "resume", "cancel"):
+                if not isinstance(spec.get("id"), int):
                     raise tasks_mod.TaskError("a task id is required")
-                task = tasks_mod.change(tasks_mod.find(t["id"], group), b["action"])
+                task = tasks_mod.change(tasks_mod.find(spec["id"], group), body["action"])
                 text = f"Task {task.id} is now {task.status}."
             else:
-                raise tasks_mod.TaskError(f"unknown task action {b['action']!r}")
+                raise tasks_mod.TaskError(f"unknown task action {body['action']!r}")
         except (tasks_mod.TaskError, ScheduleError) as exc:
-            spool.reject(env.path, f"group={group.folder}: task {b['action']} refused: {exc}")
+            spool.reject(env.path, f"group={group.folder}: task {body['action']} refused: {exc}")
             self.router_spool.put("outbound", {"key": f"ipc:{group.folder}:{env.name}:refused", "chat": group.jid,
                                                "text": f"Task request refused: {exc}", "kind": "notice"})
             nudge(self.cfg.socket("router"))
             return None
-        self.log.info("group=%s task=%s %s", group.folder, task.id, b["action"])
+        self.log.info("group=%s task=%s %s", group.folder, task.id, body["action"])
         self.router_spool.put("outbound", {"key": f"ipc:{group.folder}:{env.name}:ok", "chat": group.jid,
                                            "text": text, "kind": "notice"})
         nudge(self.cfg.socket("scheduler"))
@@ -136,22 +151,21 @@ class IpcDaemon(Daemon):
 
     def _register_group(self, group: Group, spool: Spool, env: Envelope) -> str | None:
         """Main only: an agent may add a group, never make one main or touch existing ones."""
-        b = env.body
+        body = env.body
         if not group.is_main:
             spool.reject(env.path, f"group={group.folder}: only the main group may register groups")
             return None
         try:
-            groups_mod.add_group(self.cfg, b["folder"], name=b["name"], jid=b["jid"],
-                                 trigger=b["trigger"] or None, is_main=False)
+            groups_mod.add_group(self.cfg, body["folder"], name=body["name"], jid=body["jid"],
+                                 trigger=body["trigger"] or None, is_main=False)
         except groups_mod.GroupError as exc:
             spool.reject(env.path, f"group={group.folder}: register_group refused: {exc}")
             return None
-        self.log.info("group=%s registered group folder=%s jid=%s", group.folder, b["folder"], b["jid"])
+        self.log.info("group=%s registered group folder=%s jid=%s", group.folder, body["folder"], body["jid"])
         return "queue"
 
     def status(self) -> str:
         return f"watching {len(self.spools)} group(s)"
 
 
-def main() -> None:
-    IpcDaemon().run()
+main = IpcDaemon.main

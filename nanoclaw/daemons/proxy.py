@@ -1,17 +1,26 @@
-"""The credential proxy daemon: agents reach the Anthropic API only through it.
+"""proxy: the only way out of a container: the Anthropic API, with the credential added here.
 
-Containers run with no network. Each group gets a Unix socket
-``<runtime>/proxy/<folder>/api.sock`` (its directory is mounted into that
-group's container only); inside, the agent runner forwards
-``ANTHROPIC_BASE_URL=http://127.0.0.1:<port>`` to it. The proxy drops whatever
-credential the agent sent, adds the real one, and relays the request to the
-upstream API, streaming the answer back byte for byte. The real key or token
-never enters a container: not its environment, files or ``podman inspect``.
+SUMMARY
+    One Unix socket per group (``<runtime>/proxy/<folder>/api.sock``, mounted
+    into that group's container only); the agent runner's in-container
+    forwarder relays ``ANTHROPIC_BASE_URL=http://127.0.0.1:<port>`` to it. The
+    proxy drops whatever credential the agent sent, adds the real one, and
+    relays to the upstream API, streaming the answer back.
 
-The credential is read from ``$CREDENTIALS_DIRECTORY/anthropic-credential``
-(systemd ``LoadCredential=``) or ``<config>/credentials/anthropic-credential``
-(mode 0600). It holds an API key (``sk-ant-api…``), an OAuth token
-(``sk-ant-oat…``), or a line ``ANTHROPIC_API_KEY=…`` / ``CLAUDE_CODE_OAUTH_TOKEN=…``.
+READS
+    Requests on the group sockets; the credential (``core.credentials``:
+    systemd's ``LoadCredential=`` copy, or the 0600 file); the ``groups`` table.
+
+WRITES
+    Requests to the upstream API only. The real key or token never enters a
+    container: not its environment, files or ``podman inspect``.
+
+PRIVILEGE
+    The service user; the one daemon with network to the outside.
+
+HOSTILE INPUT
+    Every request on a group socket is the agent's: only API paths pass,
+    heads and bodies are size-limited, refusals are well-formed JSON.
 """
 
 from __future__ import annotations
@@ -24,10 +33,16 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .config import Config
-from .credentials import OAUTH_BETA, Credential, CredentialError, credential_path, load_credential
-from .daemon import Daemon
-from .models import Group
+from nanoclaw.core.config import Config
+from nanoclaw.core.credentials import (
+    OAUTH_BETA,
+    Credential,
+    CredentialError,
+    credential_path,
+    load_credential,
+)
+from nanoclaw.core.models import Group
+from nanoclaw.core.skeleton import Daemon
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 32 * 1024 * 1024
@@ -64,7 +79,7 @@ class ProxyDaemon(Daemon):
 
     def setup(self) -> None:
         self.servers: dict[str, asyncio.base_events.Server] = {}
-        self.upstream = urlsplit(os.environ.get("NANOCLAW_PROXY_UPSTREAM") or self.cfg.proxy_upstream)
+        self.upstream = urlsplit(self.cfg.proxy_upstream)
         self.requests = 0
         self.credential: Credential | None = None
         self._load()
@@ -238,5 +253,4 @@ class ProxyDaemon(Daemon):
             server.close()
 
 
-def main() -> None:
-    ProxyDaemon().run()
+main = ProxyDaemon.main

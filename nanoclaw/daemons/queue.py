@@ -1,14 +1,32 @@
-"""The queue daemon: decides when each group's agent runs and what it is told.
+"""queue: decides when each group's agent runs, and what it is told.
 
-Inputs: new rows in the messages table (the channel nudges us), and events in
-``spool/queue`` — ``turn_result`` from the ipc daemon, ``job_event`` from the
-runner. Outputs: ``job`` files for the runner, follow-up ``prompt`` files into
-a live container's ``ipc/<group>/in``, and ``outbound`` files for the router.
+SUMMARY
+    Turns stored messages (and fired tasks) into agent turns, one container
+    per group at a time, under a global cap, with retries and backoff.
 
-Delivery rule: a group's cursor is the id of the last message whose agent turn
-has finished *and* whose reply is durably queued for the router. Only then
-does it advance; a crash anywhere before that re-delivers, and the router's
-idempotency key (job, turn) keeps the chat from hearing the answer twice.
+READS
+    New ``message`` rows (the channel nudges it); ``spool/queue``:
+    ``turn_result`` (from ipc), ``job_event`` (from the runner),
+    ``task_fire`` (from a timer).
+
+WRITES
+    ``job`` files to ``spool/runner``; follow-up ``prompt`` and ``close`` files
+    into a live container's ``ipc/<group>/in`` (host-only, the agent's view is
+    read-only); ``outbound`` files to ``spool/router``; jobs, turns, cursors,
+    sessions and task runs in the database.
+
+    Delivery rule: a group's cursor is the last message whose turn finished
+    *and* whose reply is durably queued for the router. Only then does it
+    advance; a crash before that re-delivers, and the reply's key
+    (``job:<id>:turn:<n>``) keeps the chat from hearing it twice.
+
+PRIVILEGE
+    The service user; no network.
+
+HOSTILE INPUT
+    ``turn_result`` texts and session ids come from agents (through ipc,
+    which put the group there from the directory the file was found in); a
+    result naming another group's job is refused.
 """
 
 from __future__ import annotations
@@ -18,11 +36,22 @@ from xml.sax.saxutils import escape
 
 from peewee import fn
 
-from . import groups as groups_mod
-from .daemon import Daemon
-from .models import Cursor, Group, Job, Message, Session, Task, TaskRun, Turn, db
-from .prompt import backoff, build_prompt, next_batch
-from .protocol import Envelope, Spool, nudge, tell
+from nanoclaw.core import groups as groups_mod
+from nanoclaw.core.backoff import backoff
+from nanoclaw.core.models import (
+    Cursor,
+    Group,
+    Job,
+    Message,
+    Session,
+    Task,
+    TaskRun,
+    Turn,
+    db,
+)
+from nanoclaw.core.prompt import build_prompt, next_batch
+from nanoclaw.core.protocol import Envelope, Spool, nudge, tell
+from nanoclaw.core.skeleton import Daemon
 
 ACTIVE = ("queued", "running")
 STALE_QUEUED_SECONDS = 300.0  # a job the runner never confirmed starting
@@ -66,42 +95,42 @@ class QueueDaemon(Daemon):
         return self._schedule()
 
     def _on_turn_result(self, env: Envelope) -> bool:
-        b = env.body
-        job = Job.get_or_none(Job.id == b["job"])
-        if job is None or job.group.folder != b["group"]:
+        body = env.body
+        job = Job.get_or_none(Job.id == body["job"])
+        if job is None or job.group.folder != body["group"]:
             # The group comes from the directory the file was found in: a container
             # naming another group's job is forging, not confused.
-            self.inbox.reject(env.path, f"job {b['job']} does not belong to group {b['group']!r}")
+            self.inbox.reject(env.path, f"job {body['job']} does not belong to group {body['group']!r}")
             return False
-        turn = Turn.get_or_none(Turn.job == job, Turn.seq == b["turn"])
+        turn = Turn.get_or_none(Turn.job == job, Turn.seq == body["turn"])
         if turn is None:
-            self.log.warning("job=%s turn=%s unknown turn; ignored", job.id, b["turn"])
+            self.log.warning("job=%s turn=%s unknown turn; ignored", job.id, body["turn"])
             return False
         if turn.status == "done":
             return False  # re-processed after a crash: already applied
         group = job.group
         if job.task_run:
-            return self._task_turn_done(job, turn, b)
-        if b.get("error") and not b["text"].strip():
+            return self._task_turn_done(job, turn, body)
+        if body.get("error") and not body["text"].strip():
             self.log.warning("group=%s job=%s turn=%s agent error: %s", group.folder, job.id,
-                             turn.seq, b["error"][:200])
-            job.error = b["error"][:2000]
+                             turn.seq, body["error"][:200])
+            job.error = body["error"][:2000]
             job.save()
             self._close(job)  # a fresh container will retry the pending messages
             self._typing(group.jid, False)
             return False
-        if b["text"].strip():
+        if body["text"].strip():
             # Durable in the router's spool before the cursor moves.
             self.router_spool.put("outbound", {"key": f"job:{job.id}:turn:{turn.seq}", "chat": group.jid,
-                                               "text": b["text"], "kind": "reply",
+                                               "text": body["text"], "kind": "reply",
                                                "reply_to": turn.last_message_id})
         with db.atomic("IMMEDIATE"):
             turn.status, turn.done_at = "done", time.time()
             turn.save()
             Cursor.update(last_message_id=fn.MAX(Cursor.last_message_id, turn.last_message_id),
                           failures=0, retry_at=0).where(Cursor.group == group).execute()
-            if b.get("session_id"):
-                Session.insert(group=group, session_id=b["session_id"], updated_at=time.time()) \
+            if body.get("session_id"):
+                Session.insert(group=group, session_id=body["session_id"], updated_at=time.time()) \
                     .on_conflict_replace().execute()
         self.log.info("group=%s job=%s turn=%s answered up to message=%s", group.folder, job.id,
                       turn.seq, turn.last_message_id)
@@ -109,22 +138,22 @@ class QueueDaemon(Daemon):
         return True
 
     def _on_job_event(self, env: Envelope) -> None:
-        b = env.body
-        job = Job.get_or_none(Job.id == b["job"])
+        body = env.body
+        job = Job.get_or_none(Job.id == body["job"])
         if job is None:
-            self.log.warning("job_event for unknown job=%s ignored", b["job"])
+            self.log.warning("job_event for unknown job=%s ignored", body["job"])
             return
-        if b["event"] == "started":
+        if body["event"] == "started":
             if job.status == "queued":
                 job.status, job.started_at = "running", time.time()
-                job.container = b.get("container", "")
+                job.container = body.get("container", "")
                 job.save()
                 self.log.info("group=%s job=%s container started", job.group.folder, job.id)
-        elif b["event"] == "exited":
+        elif body["event"] == "exited":
             if job.status in ACTIVE:
-                self._finish(job, b.get("exit_code"), b.get("error", ""))
+                self._finish(job, body.get("exit_code"), body.get("error", ""))
         else:
-            self.inbox.reject(env.path, f"unknown job event {b['event']!r}")
+            self.inbox.reject(env.path, f"unknown job event {body['event']!r}")
 
     def _finish(self, job: Job, exit_code: int | None, error: str) -> None:
         """A job's container is gone: settle its turns, count a failure if it failed."""
@@ -310,15 +339,15 @@ class QueueDaemon(Daemon):
 
     # -- scheduled tasks ----------------------------------------------------
     def _on_task_fire(self, env: Envelope) -> None:
-        b = env.body
-        task = Task.get_or_none(Task.id == b["task"])
+        body = env.body
+        task = Task.get_or_none(Task.id == body["task"])
         if task is None or task.status != "active":
-            self.log.info("task=%s fired but is %s; ignored", b["task"], task.status if task else "gone")
+            self.log.info("task=%s fired but is %s; ignored", body["task"], task.status if task else "gone")
             return
-        created = TaskRun.insert(task=task, fire_key=env.name, fired_at=b["fired_at"], due_at=b["due_at"]) \
+        created = TaskRun.insert(task=task, fire_key=env.name, fired_at=body["fired_at"], due_at=body["due_at"]) \
             .on_conflict_ignore().execute()
         if created:
-            late = b["fired_at"] - b["due_at"] if b["due_at"] else 0.0
+            late = body["fired_at"] - body["due_at"] if body["due_at"] else 0.0
             self.log.info("group=%s task=%s fired (%.2fs after due)", task.group.folder, task.id, late)
 
     def _next_task_run(self, group: Group, now: float) -> TaskRun | float | None:
@@ -348,28 +377,28 @@ class QueueDaemon(Daemon):
         self.log.info("group=%s job=%s task=%s run=%s queued", group.folder, job.id, task.id, run.id)
         return job
 
-    def _task_turn_done(self, job: Job, turn: Turn, b: dict) -> bool:
+    def _task_turn_done(self, job: Job, turn: Turn, body: dict) -> bool:
         run = TaskRun.get_by_id(job.task_run)
         task = run.task
         self._close(job)  # a task is one turn: free the slot for the group's chat
-        if b.get("error") and not b["text"].strip():
-            job.error = b["error"][:2000]
+        if body.get("error") and not body["text"].strip():
+            job.error = body["error"][:2000]
             job.save()
             return False
-        if b["text"].strip():
+        if body["text"].strip():
             self.router_spool.put("outbound", {"key": f"task:{run.id}", "chat": task.chat,
-                                               "text": b["text"], "kind": "task"})
+                                               "text": body["text"], "kind": "task"})
         with db.atomic("IMMEDIATE"):
             turn.status, turn.done_at = "done", time.time()
             turn.save()
-            run.status, run.finished_at, run.result = "success", time.time(), b["text"][:4000]
+            run.status, run.finished_at, run.result = "success", time.time(), body["text"][:4000]
             run.save()
             task.last_run, task.last_result = run.started_at, "success"
             if task.schedule_type == "once":
                 task.status = "completed"
             task.save()
-            if task.context_mode == "group" and b.get("session_id"):
-                Session.insert(group=job.group, session_id=b["session_id"], updated_at=time.time()) \
+            if task.context_mode == "group" and body.get("session_id"):
+                Session.insert(group=job.group, session_id=body["session_id"], updated_at=time.time()) \
                     .on_conflict_replace().execute()
         self.log.info("group=%s job=%s task=%s run=%s succeeded", job.group.folder, job.id, task.id, run.id)
         nudge(self.cfg.socket("scheduler"))
@@ -419,5 +448,4 @@ class QueueDaemon(Daemon):
                 + (f", {failing} failing" if failing else ""))
 
 
-def main() -> None:
-    QueueDaemon().run()
+main = QueueDaemon.main

@@ -1,25 +1,45 @@
-"""The router daemon: the outbox between agents and the channel.
+"""router: the outbox between agents and the channel.
 
-``outbound`` files in ``spool/router`` are formatted and stored as outbox
-rows under their idempotency key (a re-delivered file finds its row and adds
-nothing), then deleted. Pending rows are handed to the channel one by one, in
-order per chat, and marked sent only when the channel confirms. A row that
-fails is retried with backoff; rows still pending at start are sent then.
+SUMMARY
+    Stores each reply once (by its key), hands pending ones to the channel in
+    order per chat, and marks them sent when the channel confirms.
+
+READS
+    ``spool/router`` (``outbound``: key, chat, text, kind, sender, reply_to);
+    the ``outbox`` and ``message`` tables.
+
+WRITES
+    ``outbox`` rows (a re-delivered file finds its row and adds nothing); the
+    channel's ``deliver`` requests. A failed send is retried with backoff;
+    rows still pending at start are sent then.
+
+PRIVILEGE
+    The service user; no network.
+
+HOSTILE INPUT
+    Reply texts are the agents': ``<internal>`` notes are removed, nothing
+    else is interpreted (formatting is the channel's).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import re
 import time
 
-from .daemon import Daemon
-from .formatting import strip_internal
-from .models import Message, Outbox, db
-from .prompt import backoff
-from .protocol import VERSION, Spool
+from nanoclaw.core.backoff import backoff
+from nanoclaw.core.models import Message, Outbox, db
+from nanoclaw.core.protocol import Spool, arequest
+from nanoclaw.core.skeleton import Daemon
 
 SEND_TIMEOUT = 60.0
+_INTERNAL = re.compile(r"<internal>.*?(?:</internal>|$)", re.DOTALL | re.IGNORECASE)
+
+
+def strip_internal(text: str) -> str:
+    """Remove the agent's ``<internal>…</internal>`` notes (an unclosed one runs to the end)."""
+    return _INTERNAL.sub("", text).strip()
+
 RETRY_BASE, RETRY_MAX, MAX_SEND_ATTEMPTS = 1.0, 600.0, 50
 
 
@@ -89,25 +109,15 @@ class RouterDaemon(Daemon):
 
     async def _send(self, row: Outbox) -> tuple[bool, str]:
         """Hand one row to the channel; (True, channel message id) once it confirms."""
-        req = {"v": VERSION, "op": "deliver", "outbox_id": row.id, "chat": row.chat,
+        req = {"op": "deliver", "outbox_id": row.id, "chat": row.chat,
                "text": row.text, "kind": row.kind, "sender": row.sender or self.cfg.assistant_name}
         quote = quote_for(row)
         if quote:
             req["quote"] = quote
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.cfg.socket("channel"))), 5)
-        except (OSError, asyncio.TimeoutError) as exc:
-            return False, f"channel unreachable: {exc}"
-        try:
-            writer.write(json.dumps(req).encode() + b"\n")
-            await writer.drain()
-            line = await asyncio.wait_for(reader.readline(), SEND_TIMEOUT)
-            reply = json.loads(line) if line else {"ok": False, "error": "channel closed the connection"}
-        except (OSError, asyncio.TimeoutError, ValueError) as exc:
-            return False, f"channel did not confirm: {exc!r}"
-        finally:
-            writer.close()
+            reply = await arequest(self.cfg.socket("channel"), req, timeout=SEND_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:  # not reached, or no confirmation
+            return False, f"channel unreachable or silent: {exc!r}"
         if reply.get("ok"):
             return True, str(reply.get("channel_id", ""))
         return False, str(reply.get("error", "refused"))
@@ -132,5 +142,4 @@ def quote_for(row: Outbox) -> dict | None:
     return {"id": asked.channel_id, "sender": asked.sender, "text": asked.text[:500]}
 
 
-def main() -> None:
-    RouterDaemon().run()
+main = RouterDaemon.main

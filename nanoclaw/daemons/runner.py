@@ -1,13 +1,30 @@
-"""The runner daemon: turns ``job`` files into agent containers and back into events.
+"""runner: turns ``job`` files into agent containers, and containers back into events.
 
-For each job in ``spool/runner`` it writes the first prompt into the group's
-``ipc/<group>/in``, starts ``nanoclaw-<folder>-<job>`` through the Podman API
-(``podman system service``) with only that group's directories mounted, waits
-for it under a hard timeout, and reports ``started``/``exited`` events to the
-queue. The job file stays in ``cur/`` for the container's whole life, so a
-runner that dies and restarts finds it there and re-attaches to the container
-that is still running — an agent is never killed just because we restarted.
-Containers whose job file is gone are orphans and are removed.
+SUMMARY
+    Starts ``nanoclaw-<folder>-<job>`` through the Podman API with only that
+    group's directories mounted, waits for it under a hard deadline, and
+    reports ``started``/``exited`` to the queue.
+
+READS
+    ``spool/runner`` (``job``); the Podman API (``podman system service``).
+    A job file stays in ``cur/`` for its container's whole life, so a
+    restarted runner re-attaches instead of killing the agent; containers no
+    job file accounts for are orphans and are removed.
+
+WRITES
+    The first prompt into ``ipc/<group>/in`` (host-only); the group's
+    directories (``prepare_dirs``: ``out/new``, ``out/tmp`` made again where a
+    container replaced them); ``job_event`` files to ``spool/queue``.
+
+PRIVILEGE
+    The service user, driving its own rootless Podman (agents run as it,
+    ``--userns=keep-id``, every capability dropped, no network). Rootful
+    (tests), the agent's uid is handed its directories with ``Dir.give``.
+
+HOSTILE INPUT
+    The group's folder, ``ipc/out`` and session directory, which the previous
+    container wrote: only touched through ``safefs`` (no link followed, no
+    recursive chown). A container's own logs, shown in our log as its last words.
 """
 
 from __future__ import annotations
@@ -26,10 +43,10 @@ from podman.errors import APIError, NotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
-from .config import Config
-from .daemon import Daemon
-from .protocol import Envelope, Spool, nudge, request
-from .safefs import Dir
+from nanoclaw.core.config import Config
+from nanoclaw.core.protocol import Envelope, Spool, nudge, request
+from nanoclaw.core.safefs import Dir
+from nanoclaw.core.skeleton import Daemon
 
 START_TRIES = 3  # attempts to start (or re-attach to) a job's container before it fails
 LABEL = "nanoclaw.job"
@@ -79,7 +96,7 @@ def container_name(folder: str, job: int) -> str:
 
 def group_dirs(cfg: Config, folder: str) -> dict[str, Path]:
     """The host directories a group's container may see (made by :func:`prepare_dirs`)."""
-    from .proxy import proxy_dir
+    from nanoclaw.daemons.proxy import proxy_dir
     return {
         "group": cfg.groups_dir / folder,
         "global": cfg.global_dir,
@@ -286,15 +303,15 @@ class RunnerDaemon(Daemon):
         finally:
             self.running.pop(job, None)
 
-    def _give_up(self, b: dict, reason: str) -> None:
+    def _give_up(self, body: dict, reason: str) -> None:
         """The container cannot start: remove what is left of it and report the job failed."""
-        name = container_name(b["group"], b["job"])
+        name = container_name(body["group"], body["job"])
         try:
             with self.client() as client:
                 client.containers.get(name).remove(force=True)
         except (APIError, NotFound, RequestsConnectionError, OSError):
             pass
-        self._event(b["job"], "exited", exit_code=-1, error=reason, container=name)
+        self._event(body["job"], "exited", exit_code=-1, error=reason, container=name)
 
     def _event(self, job: int, event: str, **extra: Any) -> None:
         self.queue_spool.put("job_event", {"job": job, "event": event, **extra})
@@ -302,12 +319,12 @@ class RunnerDaemon(Daemon):
 
     def _run_job(self, env: Envelope) -> None:
         """Start (or re-attach to) one job's container and wait for it; runs in a thread."""
-        b = env.body
-        name = container_name(b["group"], b["job"])
+        body = env.body
+        name = container_name(body["group"], body["job"])
         with self.client(timeout=None) as client:  # container waits are long
             try:
                 ctr = client.containers.get(name)
-                self.log.info("group=%s job=%s re-attached to %s (state %s)", b["group"], b["job"],
+                self.log.info("group=%s job=%s re-attached to %s (state %s)", body["group"], body["job"],
                               name, ctr.status)
                 deadline = self._deadline(ctr)
                 if ctr.status in ("created", "configured"):
@@ -317,16 +334,16 @@ class RunnerDaemon(Daemon):
                     # as when nanoclaw-podman restarts): podman still says "running", or on 4.3
                     # "stopping", and would for the whole timeout.
                     self.log.warning("group=%s job=%s container %s is %s in name only; removing",
-                                     b["group"], b["job"], name, ctr.status)
+                                     body["group"], body["job"], name, ctr.status)
                     ctr.remove(force=True)
-                    self._event(b["job"], "exited", exit_code=-1, error="the container died with its monitor",
+                    self._event(body["job"], "exited", exit_code=-1, error="the container died with its monitor",
                                 container=name)
                     return
             except NotFound:
-                ctr = self._start(client, b)
+                ctr = self._start(client, body)
                 deadline = self._deadline(ctr)
-            self._event(b["job"], "started", container=name)
-            code, error = self._wait(ctr, deadline, b)
+            self._event(body["job"], "started", container=name)
+            code, error = self._wait(ctr, deadline, body)
             if code != 0:
                 try:
                     tail = ctr.logs(stdout=True, stderr=True, tail=20)
@@ -335,35 +352,35 @@ class RunnerDaemon(Daemon):
                 except (APIError, NotFound):
                     pass
             if code != 0:  # the agent's own last words (a traceback, not chat text) say why
-                self.log.warning("group=%s job=%s container %s failed: %s", b["group"], b["job"], name,
+                self.log.warning("group=%s job=%s container %s failed: %s", body["group"], body["job"], name,
                                  (error or "")[-400:].replace("\n", " | "))
-            self._event(b["job"], "exited", exit_code=code, error=error or "", container=name)
+            self._event(body["job"], "exited", exit_code=code, error=error or "", container=name)
             try:
                 ctr.remove(force=True)
             except NotFound:
                 pass
-            self.log.info("group=%s job=%s container %s exited code=%s", b["group"], b["job"], name, code)
+            self.log.info("group=%s job=%s container %s exited code=%s", body["group"], body["job"], name, code)
 
-    def _start(self, client: PodmanClient, b: dict) -> Any:
-        dirs = prepare_dirs(self.cfg, b["group"], b["is_main"])
+    def _start(self, client: PodmanClient, body: dict) -> Any:
+        dirs = prepare_dirs(self.cfg, body["group"], body["is_main"])
         inbox = Spool(dirs["in"])
         # Prompts left from an earlier container are covered by this job's prompt
         # (it holds every message since the cursor): clear them. in/ is host-only.
         for d in (inbox.new, inbox.cur, inbox.tmp):
             shutil.rmtree(d, ignore_errors=True)
-        inbox.ensure().put("prompt", {"job": b["job"], "turn": 0, "prompt": b["prompt"],
-                                      "session_id": b["session_id"]})
+        inbox.ensure().put("prompt", {"job": body["job"], "turn": 0, "prompt": body["prompt"],
+                                      "session_id": body["session_id"]})
         try:
-            ready = request(self.cfg.socket("proxy"), {"op": "ensure", "group": b["group"]}, timeout=5)
+            ready = request(self.cfg.socket("proxy"), {"op": "ensure", "group": body["group"]}, timeout=5)
             if not ready.get("ok"):
-                self.log.warning("group=%s proxy has no socket for this group", b["group"])
+                self.log.warning("group=%s proxy has no socket for this group", body["group"])
         except (OSError, ValueError) as exc:
             self.log.warning("group=%s credential proxy unreachable (%s); the agent cannot reach the API",
-                             b["group"], exc)
+                             body["group"], exc)
         t0 = time.monotonic()
-        ctr = client.containers.create(self.cfg.container.image, **container_kwargs(self.cfg, b))
+        ctr = client.containers.create(self.cfg.container.image, **container_kwargs(self.cfg, body))
         ctr.start()
-        self.log.info("group=%s job=%s started %s in %.2fs", b["group"], b["job"], ctr.name,
+        self.log.info("group=%s job=%s started %s in %.2fs", body["group"], body["job"], ctr.name,
                       time.monotonic() - t0)
         return ctr
 
@@ -383,13 +400,13 @@ class RunnerDaemon(Daemon):
         except (APIError, NotFound, ValueError):  # podman 4.3 answers an empty body: no processes
             return False
 
-    def _wait(self, ctr: Any, deadline: float, b: dict) -> tuple[int, str]:
+    def _wait(self, ctr: Any, deadline: float, body: dict) -> tuple[int, str]:
         """Wait for the container to exit; a timer kills it at the deadline."""
         timed_out = threading.Event()
 
         def kill() -> None:
             timed_out.set()
-            self.log.error("group=%s job=%s timed out after %.0fs; killing", b["group"], b["job"],
+            self.log.error("group=%s job=%s timed out after %.0fs; killing", body["group"], body["job"],
                            self.cfg.container.timeout)
             try:
                 ctr.kill()
@@ -424,5 +441,4 @@ class RunnerDaemon(Daemon):
             task.cancel()
 
 
-def main() -> None:
-    RunnerDaemon().run()
+main = RunnerDaemon.main

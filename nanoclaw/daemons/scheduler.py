@@ -1,12 +1,26 @@
-"""The scheduler daemon: keeps the timers equal to the tasks in the database.
+"""scheduler: keeps each scheduled task's timer equal to the database.
 
-It owns no schedule of its own. Each pass (at start, on a nudge from the CLI
-or the ipc daemon, and every 30 s) it asks the configured backend to make the
-timers match the active tasks — creating missing ones, rewriting changed ones,
-removing orphans — and refreshes each group's ``tasks.json`` for its agent.
-Under systemd it writes timer specs that the root one-shot ``nanoclaw timers
-sync`` turns into units (see timers.py); it runs as the service user itself.
-When a timer fires, ``nanoclaw tasks fire ID`` hands the task to the queue.
+SUMMARY
+    Owns no schedule: each pass (at start, on a nudge from the CLI or ipc,
+    every 30 s) makes the timers match the active tasks and refreshes each
+    group's ``tasks.json``. When a timer fires, ``nanoclaw tasks fire ID``
+    hands the task to the queue.
+
+READS
+    The ``task`` table.
+
+WRITES
+    Under systemd, timer specs in ``<state>/timers/`` (``core.timer_specs``)
+    that the root one-shot ``nanoclaw timers sync`` (``admin/timer_sync.py``)
+    re-validates into units; without systemd, lines in the service user's
+    crontab. ``ipc/<group>/in/tasks.json``, which agents see read-only.
+
+PRIVILEGE
+    The service user; no network. It never runs as root.
+
+HOSTILE INPUT
+    Task prompts and schedules come from agents' requests (validated by ipc
+    through ``core.tasks``); specs are re-validated by the root side anyway.
 """
 
 from __future__ import annotations
@@ -14,11 +28,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import tasks as tasks_mod
-from .config import Config
-from .daemon import Daemon
-from .models import Task
-from .timers import CrontabTimers, TimerSpecs, fire_command
+from nanoclaw.core import tasks as tasks_mod
+from nanoclaw.core.config import Config
+from nanoclaw.core.models import Task
+from nanoclaw.core.skeleton import Daemon
+from nanoclaw.core.timer_specs import CrontabTimers, TimerSpecs, fire_command
 
 
 def backend_for(cfg: Config):
@@ -54,5 +68,4 @@ class SchedulerDaemon(Daemon):
         return f"{self.active} active task(s) as {self.backend.name} timers"
 
 
-def main() -> None:
-    SchedulerDaemon().run()
+main = SchedulerDaemon.main

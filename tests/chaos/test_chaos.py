@@ -22,7 +22,7 @@ from collections import Counter
 
 import pytest
 
-from nanoclaw.protocol import SWEEP_EVERY
+from nanoclaw.core.protocol import SWEEP_EVERY
 
 pytestmark = pytest.mark.podman
 

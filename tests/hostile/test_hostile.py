@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.protocol import Spool
+from nanoclaw.core.protocol import Spool
 
 pytestmark = pytest.mark.podman
 

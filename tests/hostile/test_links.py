@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.protocol import Spool, unique_name
+from nanoclaw.core.protocol import Spool, unique_name
 
 MARK = "beta's memory: do not touch\n"
 

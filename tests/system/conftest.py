@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from conftest import need_podman
 
 from .machine import Machine, booted_and_installed

@@ -155,7 +155,7 @@ systemctl restart nanoclaw.target""")
 
     def query(self, code: str):
         """Run Python against the installed package and its database; returns the printed JSON."""
-        prog = ("import json; from pathlib import Path; from nanoclaw.models import *; "
+        prog = ("import json; from pathlib import Path; from nanoclaw.core.models import *; "
                 "open_db(Path('/var/lib/nanoclaw/nanoclaw.db'))\n"
                 + code)
         r = self.sh(f"/opt/nanoclaw/bin/python -c {shlex.quote(prog)}")
@@ -185,7 +185,7 @@ systemctl restart nanoclaw.target""")
 def host_container_options(image: str) -> list[str]:
     """Options this host's rootful podman needs to run the machine (found by trying)."""
     sys.path.insert(0, str(ROOT))
-    from nanoclaw.hostcheck import Probe, try_run
+    from nanoclaw.admin.hostcheck import Probe, try_run
     tried = []
     for probe in (Probe(limits=False), Probe("runc", ("nofile=1024:1024", "nproc=4096:4096"), limits=False)):
         result = try_run(image, probe)

@@ -30,18 +30,34 @@ import asyncio
 import logging
 import os
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .. import config as config_mod
-from ..formatting import split_message, to_whatsapp
-from ..models import Group, Message, db
-from .base import Backend, Receive, SendError, StoreError
-from ..safefs import Dir
-from .wa_proto import (GROUP_SERVER, SERVERS, Backoff, JIDError, Media, chat_of, is_phone, jid_str,
-                       media_of, message_text, parse_jid, phone_digits, to_inbound)
+from nanoclaw.channels.base import Backend, Receive, SendError, StoreError
+from nanoclaw.channels.whatsapp.convert import (
+    GROUP_SERVER,
+    SERVERS,
+    JIDError,
+    Media,
+    chat_of,
+    is_phone,
+    jid_str,
+    media_of,
+    message_text,
+    parse_jid,
+    phone_digits,
+    to_inbound,
+)
+from nanoclaw.channels.whatsapp.format import split_message, to_whatsapp
+from nanoclaw.channels.whatsapp.pairing import Pairing
+from nanoclaw.channels.whatsapp.ratelimit import TokenBucket
+from nanoclaw.channels.whatsapp.sentids import SentIds
+from nanoclaw.core import config as config_mod
+from nanoclaw.core.backoff import Backoff
+from nanoclaw.core.models import Group, Message, db
+from nanoclaw.core.safefs import Dir
 
 log = logging.getLogger("nanoclaw.whatsapp")
 
@@ -57,103 +73,13 @@ Emit = Callable[[dict], Awaitable[None]]
 
 def quoted(message_cls: Any, text: str, quote: dict) -> Any:
     """A text message showing ``quote`` ({id, sender, text}) as the message it replies to."""
-    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ContextInfo, ExtendedTextMessage
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import (
+        ContextInfo,
+        ExtendedTextMessage,
+    )
     context = ContextInfo(stanzaID=str(quote.get("id", "")), participant=str(quote.get("sender", "")),
                           quotedMessage=message_cls(conversation=str(quote.get("text", ""))))
     return message_cls(extendedTextMessage=ExtendedTextMessage(text=text, contextInfo=context))
-
-
-class TokenBucket:
-    """Outbound rate limit: ``burst`` sends at once, then ``per_minute`` on average.
-
-    WhatsApp bans accounts that send like bots; a long answer split in chunks
-    or a chatty agent must not come out as a burst of dozens of messages.
-    """
-
-    def __init__(self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
-        self.rate = max(per_minute, 0.001) / 60.0
-        self.burst = max(1, burst)
-        self.tokens = float(self.burst)
-        self.clock, self.sleep = clock, sleep
-        self.stamp = clock()
-        self.lock = asyncio.Lock()
-
-    async def acquire(self) -> float:
-        """Take one token, waiting as long as needed; return the seconds waited."""
-        waited = 0.0
-        async with self.lock:  # first come, first served: chunks keep their order
-            while True:
-                now = self.clock()
-                self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return waited
-                need = (1 - self.tokens) / self.rate
-                waited += need
-                await self.sleep(need)
-
-
-class SentIds:
-    """Ids WhatsApp gave the messages we sent, remembered across restarts.
-
-    An append-only file of the last ``keep`` ids (compacted when it doubles):
-    a late echo of our own reply after a restart must still be recognised,
-    or in the owner's self-chat the assistant would answer itself.
-    """
-
-    def __init__(self, path: Path, keep: int = 5000) -> None:
-        self.path, self.keep = path, keep
-        self.ids: deque[str] = deque(maxlen=keep)
-        try:
-            self.ids.extend(line.strip() for line in path.read_text().splitlines() if line.strip())
-        except FileNotFoundError:
-            pass
-        self.members = set(self.ids)
-        self.lines = len(self.ids)
-
-    def __contains__(self, msg_id: str) -> bool:
-        return msg_id in self.members
-
-    def add(self, msg_id: str) -> None:
-        if msg_id in self.members:
-            return
-        if len(self.ids) == self.keep:
-            self.members.discard(self.ids[0])
-        self.ids.append(msg_id)
-        self.members.add(msg_id)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, (msg_id + "\n").encode())
-        finally:
-            os.close(fd)
-        self.lines += 1
-        if self.lines > 2 * self.keep:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(i + "\n" for i in self.ids))
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-            self.lines = len(self.ids)
-
-
-class Pairing:
-    """One `nanoclaw pair` in progress: events for the CLI, then one result."""
-
-    def __init__(self, phone: str | None) -> None:
-        self.phone = phone
-        self.events: asyncio.Queue[dict] = asyncio.Queue()
-        self.code_requested = False
-        self.done = False
-
-    def push(self, event: dict) -> None:
-        if not self.done:
-            self.events.put_nowait(event)
-
-    def finish(self, ok: bool, **fields: Any) -> None:
-        if not self.done:
-            self.events.put_nowait({"final": True, "ok": ok, **fields})
-            self.done = True
 
 
 def new_client(session: Path) -> Any:
@@ -445,9 +371,18 @@ class WhatsAppBackend(Backend):
 
     # -- events --------------------------------------------------------------------------
     def _register(self, client: Any) -> None:
-        from neonize.aioze.events import (ClientOutdatedEv, ConnectedEv, ConnectFailureEv, DisconnectedEv,
-                                          LoggedOutEv, MessageEv, PairStatusEv, ReceiptEv, StreamReplacedEv,
-                                          TemporaryBanEv)
+        from neonize.aioze.events import (
+            ClientOutdatedEv,
+            ConnectedEv,
+            ConnectFailureEv,
+            DisconnectedEv,
+            LoggedOutEv,
+            MessageEv,
+            PairStatusEv,
+            ReceiptEv,
+            StreamReplacedEv,
+            TemporaryBanEv,
+        )
         table = {ConnectedEv: self._on_connected, DisconnectedEv: self._on_disconnected,
                  LoggedOutEv: self._on_logged_out, StreamReplacedEv: self._on_stream_replaced,
                  ClientOutdatedEv: self._on_outdated, TemporaryBanEv: self._on_temp_ban,

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .base import Inbound
+from nanoclaw.channels.base import Inbound
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from neonize.proto.Neonize_pb2 import JID, MessageSource
@@ -181,23 +181,3 @@ def to_inbound(ev: Any, *, chat: str, text: str, own_lid: str = "", own_phone: s
                    channel_id=info.ID, timestamp=info.Timestamp / 1000.0, from_me=src.IsFromMe, media=media)
 
 
-class Backoff:
-    """Delays between connect attempts: ``first``·2ⁿ seconds, capped at ``cap``.
-
-    whatsmeow reconnects by itself only once a session has connected; a
-    failed first connect (no network at boot) or a dropped connect task is
-    ours to retry, and without a cap a long outage would leave us waiting
-    hours after the network is back.
-    """
-
-    def __init__(self, first: float = 2.0, cap: float = 300.0) -> None:
-        self.first, self.cap = first, cap
-        self.attempt = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.first * (2 ** self.attempt))
-        self.attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0

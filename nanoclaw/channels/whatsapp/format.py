@@ -1,25 +1,16 @@
-"""Outbound text as the chat should see it."""
+"""Replies as WhatsApp shows them: its markup, and messages of a readable length.
+
+WhatsApp has its own light markup (*bold*, _italic_, ~strike~, ```mono```) and
+no headings or links. Agents write Markdown, so replies are translated, except
+inside code, where every character is meant literally. The length of one
+message is ``[whatsapp] max_message_chars`` (WhatsApp allows ~65k, but long
+bubbles are unreadable on a phone).
+"""
 
 from __future__ import annotations
 
-import re
-
 from markdown_it import MarkdownIt
 from markdown_it.tree import SyntaxTreeNode
-
-_INTERNAL = re.compile(r"<internal>.*?(?:</internal>|$)", re.DOTALL | re.IGNORECASE)
-
-def strip_internal(text: str) -> str:
-    """Remove the agent's ``<internal>…</internal>`` notes (an unclosed one runs to the end)."""
-    return _INTERNAL.sub("", text).strip()
-
-
-# -- WhatsApp ------------------------------------------------------------------
-# WhatsApp has its own light markup (*bold*, _italic_, ~strike~, ```mono```) and
-# no headings or links. Agents write Markdown, so replies are translated, except
-# inside code, where every character is meant literally.
-
-WHATSAPP_LIMIT = 4000  # WhatsApp allows ~65k, but long bubbles are unreadable on a phone
 
 _MD = MarkdownIt("commonmark", {"html": True}).enable("strikethrough")
 
@@ -178,7 +169,7 @@ def _split_block(block: str, limit: int) -> list[str]:
     return _cut(block, limit)
 
 
-def split_message(text: str, limit: int = WHATSAPP_LIMIT) -> list[str]:
+def split_message(text: str, limit: int) -> list[str]:
     """Split a reply into chunks of at most ``limit`` characters, in order.
 
     Chunks end at paragraph boundaries where possible, else at line then word
