@@ -155,6 +155,30 @@ def _task_action(action: str) -> Any:
     return handler
 
 
+@tool("update_task", "Change a scheduled task's prompt and/or its schedule (give both type and value).",
+      {"type": "object", "properties": {
+          "task_id": {"type": "integer"},
+          "prompt": {"type": "string", "description": "the new prompt (leave out to keep it)"},
+          "schedule_type": {"type": "string", "enum": ["cron", "interval", "once"]},
+          "schedule_value": {"type": "string", "description": "as for schedule_task"}},
+       "required": ["task_id"]})
+async def update_task(args: dict) -> dict:
+    change = {k: args[k] for k in ("prompt", "schedule_type", "schedule_value") if args.get(k)}
+    _request("task_request", {"action": "update", "task": {"id": int(args["task_id"]), **change}})
+    return _ok(f"Request to change task {args['task_id']} handed to the host; it confirms in the chat.")
+
+
+@tool("list_available_groups", "Main group only: the chats the assistant can see (WhatsApp groups it is in "
+      "and registered groups), with names, ids and whether they are registered, to use with register_group.",
+      {"type": "object", "properties": {}})
+async def list_available_groups(args: dict) -> dict:
+    try:
+        chats = json.loads((IPC / "in" / "available_groups.json").read_text())
+    except (OSError, ValueError):
+        return _ok("The host has not listed any chats yet.")
+    return _ok(json.dumps(chats, indent=1) if chats else "No chats are known.")
+
+
 @tool("register_group", "Main group only: register a chat as a new group with its own agent.",
       {"type": "object", "properties": {
           "jid": {"type": "string"}, "name": {"type": "string"},
@@ -167,8 +191,8 @@ async def register_group(args: dict) -> dict:
     return _ok("Registration request handed to the host.")
 
 
-TOOLS = [send_message, schedule_task, list_tasks, _task_action("pause"), _task_action("resume"),
-         _task_action("cancel")] + ([register_group] if IS_MAIN else [])
+TOOLS = [send_message, schedule_task, list_tasks, update_task, _task_action("pause"), _task_action("resume"),
+         _task_action("cancel")] + ([register_group, list_available_groups] if IS_MAIN else [])
 
 
 # -- the agent --------------------------------------------------------------------
@@ -178,7 +202,15 @@ def system_append() -> str:
              f"{' (the owner’s main admin channel)' if IS_MAIN else ''}. Your working directory "
              "/workspace/group is this group's folder and persists; /workspace/global holds shared "
              "memory. Messages arrive wrapped in <messages>; your final answer is sent to the chat. "
-             "Put anything not meant for the chat inside <internal>…</internal>."]
+             "Put anything not meant for the chat inside <internal>…</internal>. Files people send "
+             "(photos, documents, voice notes) are saved in /workspace/group/inbox/ and named in their "
+             "message as <attachment …/>: open images and PDFs with the Read tool to see them; a voice "
+             "note is not transcribed, so say you cannot hear it rather than guess."]
+    mounts = [m.split(":", 1) for m in os.environ.get("NANOCLAW_MOUNTS", "").split(",") if ":" in m]
+    if mounts:
+        parts.append("The owner has given you these folders of theirs: " + "; ".join(
+            f"/workspace/extra/{name} ({'read-write' if mode == 'rw' else 'read-only'})" for name, mode in mounts)
+            + ". Work on them as the owner asks; they are the owner's own files.")
     global_md = WORKSPACE / "global" / "CLAUDE.md"
     try:
         parts.append("Shared memory (/workspace/global/CLAUDE.md):\n" + global_md.read_text()[:20000])

@@ -6,6 +6,7 @@ reaches the fake API only through the host's credential proxy.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -201,6 +202,7 @@ def test_main_agent_registers_a_group_and_others_cannot(make_agent_system, fake_
     req = fake_api.message_requests()[-1]
     assert "Read-only file system" in content_text(tool_results(last_user_content(req["body"]))[0]["content"])
     assert "mcp__nanoclaw__register_group" not in [t["name"] for t in req["body"]["tools"]]
+    assert "mcp__nanoclaw__list_available_groups" not in [t["name"] for t in req["body"]["tools"]]
     with s.db() as con:
         family_job = con.execute("select j.id from job j join 'group' g on g.id = j.group_id "
                                  "where g.folder='family'").fetchone()[0]
@@ -256,3 +258,71 @@ def test_a_session_that_cannot_be_resumed_is_replaced_not_fatal(make_agent_syste
         stored = con.execute("select session_id from session").fetchall()
     assert len(stored) == 1 and stored[0][0] != "session-that-is-gone"
     assert jobs(s) == 1  # answered on the first attempt, no retry needed
+
+
+def _png() -> bytes:
+    """A real 2x2 PNG (red), made here rather than shipped as a binary."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * 2 for _ in range(2))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_a_photo_sent_to_the_chat_reaches_the_model_as_an_image(make_agent_system, fake_api, tmp_path):
+    """The prompt names the file in the inbox; the agent's Read tool turns it into an image block."""
+    photo = tmp_path / "garden.png"
+    photo.write_bytes(_png())
+
+    def read_the_attachment(body: dict) -> dict:
+        text = content_text(last_user_content(body))
+        path = re.search(r'<attachment kind="image" file="([^"]+)" type="image/png"', text).group(1)
+        return {"tool_use": {"name": "Read", "input": {"file_path": path}}}
+    fake_api.then(read_the_attachment)
+    s = make_agent_system()
+    w = s.watch("main")
+    s.cli("send", "main", "--file", str(photo), "what", "is", "this?")
+    assert w.reply(120) == "tool done"
+    first, second = fake_api.message_requests()[:2]
+    assert "what is this?" in content_text(last_user_content(first["body"]))
+    [result] = tool_results(last_user_content(second["body"]))
+    images = [b for b in result["content"] if isinstance(b, dict) and b.get("type") == "image"]
+    assert images and images[0]["source"]["media_type"] == "image/png"
+    assert base64.b64decode(images[0]["source"]["data"]).startswith(b"\x89PNG")
+    inbox = list((s.state / "groups" / "main" / "inbox").iterdir())
+    assert len(inbox) == 1 and inbox[0].read_bytes() == photo.read_bytes()
+
+
+def test_the_agent_changes_a_task_and_the_main_agent_lists_the_chats(make_agent_system, fake_api):
+    s = make_agent_system()
+    s.cli("groups", "add", "family", "--name", "Family")
+    s.cli("tasks", "add", "main", "--cron", "0 9 * * *", "--tz", "UTC", "morning", "summary")
+    fake_api.then({"tool_use": {"name": "mcp__nanoclaw__update_task", "input": {
+        "task_id": 1, "prompt": "evening summary", "schedule_type": "cron", "schedule_value": "0 18 * * *"}}})
+    w = s.watch("main")
+    s.send("main", "move my summary to the evening")
+    got = {w.reply(120), w.reply(60)}
+    assert "tool done" in got
+    assert any(t.startswith("Updated: task 1 for main: cron 0 18 * * * (at 18:00 every day UTC)") for t in got), got
+    listing = s.cli("tasks", "list").stdout
+    assert "0 18 * * *" in listing and "evening summary" in listing
+    # an impossible change is refused and nothing changes
+    fake_api.then({"tool_use": {"name": "mcp__nanoclaw__update_task", "input": {
+        "task_id": 1, "schedule_type": "cron", "schedule_value": "0 0 31 2 *"}}})
+    s.send("main", "every 31st of February then")
+    got = {w.reply(120), w.reply(60)}
+    assert any("Task request refused: cron '0 0 31 2 *' never fires" in t for t in got), got
+    assert "0 18 * * *" in s.cli("tasks", "list").stdout
+    # main's agent lists the chats it could register
+    fake_api.then({"tool_use": {"name": "mcp__nanoclaw__list_available_groups", "input": {}}})
+    s.send("main", "which chats can you see?")
+    assert w.reply(120) == "tool done"
+    # a warm session keeps the turn's earlier tool results in the same user message: the last one is ours
+    result = content_text(tool_results(last_user_content(fake_api.message_requests()[-1]["body"]))[-1]["content"])
+    chats = json.loads(result)
+    assert {"jid": "family@term", "name": "Family", "registered_as": "family"} in chats
+    tools = [t["name"] for t in fake_api.message_requests()[-1]["body"]["tools"]]
+    assert "mcp__nanoclaw__update_task" in tools and "mcp__nanoclaw__list_available_groups" in tools

@@ -35,6 +35,19 @@ def test_cli_manages_tasks_and_refuses_bad_input(offline_system):
     assert "no task 99" in s.cli("tasks", "log", "99", check=False).stderr
 
 
+def test_the_owner_changes_a_tasks_prompt_and_schedule(offline_system):
+    s = offline_system
+    s.cli("groups", "add", "main", "--main")
+    s.cli("tasks", "add", "main", "--cron", "0 9 * * *", "--tz", "UTC", "morning", "summary")
+    out = s.cli("tasks", "update", "1", "--every", "2h", "--prompt", "evening summary").stdout
+    assert out.startswith("updated task 1 for main: every 2h, next: ")
+    assert "'evening summary'" in s.cli("tasks", "list").stdout
+    assert s.cli("tasks", "update", "1", "--cron", "0 0 31 2 *", check=False).stderr.strip() == \
+        "nanoclaw: cron '0 0 31 2 *' never fires: no date matches all its fields"
+    assert "nothing to change" in s.cli("tasks", "update", "1", check=False).stderr
+    assert "every 2h" in s.cli("tasks", "log", "1").stdout  # unchanged by the refusals
+
+
 def test_a_schedule_that_can_never_fire_is_refused_before_anything_is_stored(offline_system):
     """The defect: '0 0 31 2 *' printed a traceback yet left an active task with no next run
     (and a timer that never elapses); `tasks log` crashed on it too."""

@@ -1086,6 +1086,22 @@ def test_the_label_goes_on_the_first_chunk_only(harness):
     assert all(len(m) <= 40 for m in sent)
 
 
+def test_the_main_agents_list_of_chats_holds_the_whatsapp_groups_we_are_in(harness):
+    """What list_available_groups reads: written by the channel into main's read-only in/."""
+    async def go():
+        h = await harness().start()
+        h.client.groups = [group_info(FAMILY, "Family", 4), group_info("120363000000000002", "Book club", 9)]
+        await h.daemon.work()
+        path = h.cfg.ipc_dir / "main" / "in" / "available_groups.json"
+        chats = json.loads(path.read_text())
+        await h.close()
+        return chats
+    chats = run(go())
+    assert {"jid": "120363000000000002@g.us", "name": "Book club", "members": 9, "registered_as": None} in chats
+    assert {"jid": f"{FAMILY}@g.us", "name": "Family", "members": 4, "registered_as": "family"} in chats
+    assert {"jid": "term@term", "name": "term", "registered_as": "term"} in chats  # registered, not on WhatsApp
+
+
 def test_the_router_quotes_only_when_others_spoke_since(tmp_path):
     from nanoclaw.core.models import Group, Job, Message, Outbox, Turn, open_db
     from nanoclaw.daemons.router import quote_for

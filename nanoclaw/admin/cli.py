@@ -41,18 +41,43 @@ def _print_line(sender: str, text: str) -> None:
     print(f"[{sender}] {text}", flush=True)
 
 
+def _attach(cfg: config_mod.Config, group_ref: str, path: str) -> dict:
+    """Put a file into the group's inbox (as a chat network's attachment is) and describe it."""
+    import mimetypes
+
+    from nanoclaw.core import attachments
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core.models import open_db
+    open_db(cfg.db_path)
+    group = groups_mod.find_group(group_ref)
+    data = Path(path).read_bytes()
+    if len(data) > cfg.whatsapp.max_media_bytes:
+        raise ValueError(f"{path} is {len(data)} bytes; attachments may be {cfg.whatsapp.max_media_bytes}")
+    mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    where = attachments.save(cfg, group.folder, f"{uuid.uuid4().hex[:8]}-{Path(path).name}", data)
+    return attachments.describe(attachments.kind_of(mime), mime, len(data), where)
+
+
 def cmd_send(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     text = " ".join(args.text)
     if not text.strip():
         print("nanoclaw: refusing to send an empty message", file=sys.stderr)
         return 2
+    media = None
+    if args.file:
+        from nanoclaw.core.groups import GroupError
+        try:
+            media = _attach(cfg, args.group, args.file)
+        except (OSError, ValueError, GroupError) as exc:
+            print(f"nanoclaw: cannot attach {args.file}: {exc}", file=sys.stderr)
+            return 2
     client = ChannelClient(cfg)
     if args.wait:
         reply = client.call({"op": "watch", "group": args.group})
         if not reply.get("ok"):
             print(f"nanoclaw: {reply.get('error')}", file=sys.stderr)
             return 1
-    reply = client.call({"op": "inbound", "group": args.group, "text": text,
+    reply = client.call({"op": "inbound", "group": args.group, "text": text, "media": media,
                          "id": args.id or uuid.uuid4().hex, "sender": args.sender})
     if not reply.get("ok"):
         print(f"nanoclaw: {reply.get('error')}", file=sys.stderr)
@@ -187,6 +212,8 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     if args.action == "discover":
         return cmd_discover(cfg)
     open_db(cfg.db_path)
+    if args.action == "mount":
+        return cmd_mount(cfg, args)
     try:
         if args.action == "add":
             group = groups_mod.add_group(cfg, args.folder, name=args.name, jid=args.jid,
@@ -209,8 +236,44 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     except groups_mod.GroupError as exc:
         print(f"nanoclaw: {exc}", file=sys.stderr)
         return 2
-    for daemon in ("queue", "ipc", "proxy"):
+    for daemon in ("queue", "ipc", "proxy", "channel"):
         nudge(cfg.socket(daemon))
+    return 0
+
+
+def cmd_mount(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """The owner's folders in a group's containers (only ever set here, never by an agent)."""
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core import mounts
+    from nanoclaw.core.models import Group, Mount
+    try:
+        if args.mount_action == "list":
+            rows = Mount.select().join(Group).order_by(Group.folder, Mount.name)
+            if args.group:
+                rows = rows.where(Group.id == groups_mod.find_group(args.group).id)
+            rows = list(rows)
+            if not rows:
+                print("no mounts (add one: nanoclaw groups mount add GROUP HOST_PATH [--as NAME] [--rw])")
+            for m in rows:
+                try:
+                    mounts.check(cfg, m.host_path, m.rw)
+                    state = "ok"
+                except mounts.MountError as exc:
+                    state = f"REFUSED now: {exc}"
+                print(f"{m.group.folder:<16} /workspace/extra/{m.name:<20} {'rw' if m.rw else 'ro'}  "
+                      f"{m.host_path}  {state}")
+            return 0
+        group = groups_mod.find_group(args.group)
+        if args.mount_action == "add":
+            m = mounts.add(cfg, group, args.host_path, args.name, args.rw)
+            print(f"{group.folder}: {m.host_path} at /workspace/extra/{m.name} "
+                  f"({'read-write' if m.rw else 'read-only'}), from its next container on")
+        else:
+            mounts.remove(group, args.name)
+            print(f"{group.folder}: /workspace/extra/{args.name} removed, from its next container on")
+    except (mounts.MountError, groups_mod.GroupError) as exc:
+        print(f"nanoclaw: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -266,6 +329,12 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             task = tasks_mod.create(cfg, group, " ".join(args.prompt), kind, value, tz=args.tz,
                                     context_mode="isolated" if args.isolated else "group")
             print(f"added {tasks_mod.describe(task)}")
+        elif args.action == "update":
+            kind, value = ("cron", args.cron) if args.cron else ("interval", args.every) if args.every \
+                else ("once", args.at) if args.at else (None, None)
+            task = tasks_mod.update(tasks_mod.find(args.id, None), prompt=args.prompt,
+                                    kind=kind, value=value)
+            print(f"updated {tasks_mod.describe(task)}")
         elif args.action in ("pause", "resume", "cancel"):
             task = tasks_mod.change(tasks_mod.find(args.id, None), args.action)
             print(f"task {task.id} is now {task.status}")
@@ -440,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("send", help="send one message to a group")
     sp.add_argument("group")
     sp.add_argument("text", nargs="+")
+    sp.add_argument("--file", metavar="PATH", help="attach a file (a photo, a PDF, …): it goes to the group's "
+                                                  "inbox/ and the agent is told where")
     sp.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for the reply and print it")
     sp.add_argument("--id", help="message id (resending with the same id stores it once)")
     sp.add_argument("--sender", default="owner@term", help="sender id (default: owner@term)")
@@ -456,6 +527,19 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("folder")
     gsub.add_parser("list", help="list groups")
     gsub.add_parser("discover", help="list the WhatsApp account's groups (to register one)")
+    gm = gsub.add_parser("mount", help="the owner's folders in a group's containers (allowlist: "
+                                       "CONFIG/mount-allowlist.toml)")
+    msub = gm.add_subparsers(dest="mount_action", required=True)
+    ma = msub.add_parser("add", help="mount HOST_PATH at /workspace/extra/NAME in GROUP's containers")
+    ma.add_argument("group")
+    ma.add_argument("host_path")
+    ma.add_argument("--as", dest="name", help="the name inside (default: the folder's name)")
+    ma.add_argument("--rw", action="store_true", help="read-write (where the allowlist permits it)")
+    ml = msub.add_parser("list", help="every mount, and whether the allowlist allows it now")
+    ml.add_argument("group", nargs="?")
+    mr = msub.add_parser("remove", help="remove GROUP's mount NAME")
+    mr.add_argument("group")
+    mr.add_argument("name")
     sp = sub.add_parser("pair", help="link WhatsApp: scan a QR code, or --phone for a pairing code")
     sp.add_argument("--phone", metavar="NUMBER", help="your number in international format, e.g. +491701234567: "
                                                      "show a code to type on the phone instead of a QR code")
@@ -490,6 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--tz", help="timezone (default: the owner's)")
     ta.add_argument("--isolated", action="store_true", help="run in a fresh session, not the group's")
     ta.add_argument("prompt", nargs="+")
+    tu = tsub.add_parser("update", help="change a task's prompt and/or schedule")
+    tu.add_argument("id", type=int)
+    when = tu.add_mutually_exclusive_group()
+    when.add_argument("--cron", help="a new cron schedule")
+    when.add_argument("--every", help="a new interval")
+    when.add_argument("--at", help="a new one-off time")
+    tu.add_argument("--prompt", help="a new prompt")
     for action in ("pause", "resume", "cancel", "run-now", "log"):
         tsub.add_parser(action, help=f"{action} a task").add_argument("id", type=int)
     tf = tsub.add_parser("fire", help="(run by timers) hand a task to the queue")

@@ -1,7 +1,7 @@
 """``nanoclaw image build``: the agent image, built with no registry and no network.
 
 1. The base image: ``[container] base_image``. The default,
-   ``localhost/nanoclaw-base:bookworm``, is made here with debootstrap when
+   ``localhost/nanoclaw-base:bookworm-2``, is made here with debootstrap when
    missing (``container/build-base.sh``); any other name is pulled.
 2. A wheelhouse: ``pip download`` of ``container/requirements.txt`` on the host,
    for the base image's Python version and platform, cached between builds.

@@ -74,6 +74,19 @@ class Group(Base):
     added_at = FloatField(default=now)
 
 
+class Mount(Base):
+    """One of the owner's folders in a group's containers (only the CLI writes these)."""
+
+    group = ForeignKeyField(Group, on_delete="CASCADE", index=True)
+    name = CharField()  # at /workspace/extra/<name>
+    host_path = CharField()  # as the owner gave it; resolved and checked again at every start
+    rw = BooleanField(default=False)
+    added_at = FloatField(default=now)
+
+    class Meta:
+        indexes = ((("group", "name"), True),)
+
+
 class Message(Base):
     """One chat message, inbound or sent by us (``is_bot``)."""
 
@@ -197,7 +210,7 @@ class TaskRun(Base):
     error = TextField(default="")
 
 
-MODELS = [Group, Message, Cursor, Session, Job, Turn, Outbox, Task, TaskRun]
+MODELS = [Group, Mount, Message, Cursor, Session, Job, Turn, Outbox, Task, TaskRun]
 
 
 def open_db(path: Path) -> SqliteDatabase:

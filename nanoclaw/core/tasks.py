@@ -73,6 +73,29 @@ def change(task: Task, action: str) -> Task:
     return task
 
 
+def update(task: Task, *, prompt: str | None = None, kind: str | None = None, value: str | None = None) -> Task:
+    """Change a task's prompt and/or schedule (validated as when it was made); raise TaskError
+    or ScheduleError with the reason, before anything changes."""
+    if task.status not in ("active", "paused"):
+        raise TaskError(f"task {task.id} is {task.status}; it cannot be changed")
+    if prompt is not None and not prompt.strip():
+        raise TaskError("the task's prompt must not be empty")
+    if (kind is None) != (value is None):
+        raise TaskError("a new schedule needs both its type and its value")
+    if prompt is None and kind is None:
+        raise TaskError("nothing to change: give a prompt or a schedule")
+    with db.atomic("IMMEDIATE"):
+        if prompt is not None:
+            task.prompt = prompt
+        if kind is not None:
+            sched = validate(kind, value or "", task.timezone)  # refuses what can never fire
+            nxt = sched.next_run()
+            task.schedule_type, task.schedule_value = sched.kind, sched.value
+            task.next_run, task.last_run = (nxt.timestamp() if nxt else None), None
+        task.save()
+    return task
+
+
 def describe(task: Task) -> str:
     try:
         when = schedule_of(task).describe() if task.status == "active" else task.status

@@ -43,12 +43,15 @@ from nanoclaw.channels import (
     TerminalBackend,
     WhatsAppBackend,
 )
+from nanoclaw.core import attachments
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.models import Group, Message, db, storage_problem
 from nanoclaw.core.protocol import nudge
+from nanoclaw.core.safefs import write_atomic
 from nanoclaw.core.skeleton import Daemon
 
-MAX_TEXT = 64 * 1024  # longer inbound text is refused, not truncated silently
+MAX_TEXT = 64 * 1024
+CHATS_REFRESH = 3600.0  # seconds between listings of the WhatsApp groups we are in  # longer inbound text is refused, not truncated silently
 HISTORY = 10
 
 
@@ -56,6 +59,9 @@ class ChannelDaemon(Daemon):
     name = "channel"
 
     async def setup(self) -> None:
+        self._chats: list[dict] = []  # the WhatsApp groups we are in, as discover() last said
+        self._chats_at = 0.0
+        self._chats_written = ""
         self.received = 0
         self.store_failure = ""  # why the last message could not be stored, until one is
         self.backends: list[Backend] = []
@@ -65,7 +71,7 @@ class ChannelDaemon(Daemon):
             self.backends.append(BACKENDS[name].create(self.cfg))
         self.terminal = next((b for b in self.backends if isinstance(b, TerminalBackend)), None)
         for backend in self.backends:
-            backend.on_status = self._set_status
+            backend.on_status = self._status_changed
             await backend.start(self.receive)
 
     async def receive(self, msg: Inbound) -> tuple[int, bool]:
@@ -120,6 +126,38 @@ class ChannelDaemon(Daemon):
             wa = self._whatsapp()
             return await wa.discover() if wa else self._no_whatsapp()
         return await super().handle(req, writer)
+
+    def _status_changed(self) -> None:
+        self._set_status()
+        self.wake.set()  # e.g. WhatsApp connected: time to list its groups for the main agent
+
+    async def work(self) -> float | None:
+        """Keep ``available_groups.json`` in the main group's ``in/`` (read-only to its agent, whose
+        ``list_available_groups`` tool reads it): the WhatsApp groups we are in, and every
+        registered chat, each with its name, id and the folder it is registered as."""
+        main = Group.get_or_none(Group.is_main == True)  # noqa: E712
+        wa = self._whatsapp()
+        if wa is not None and wa.connected and time.time() - self._chats_at >= CHATS_REFRESH:
+            try:
+                reply = await wa.discover()
+                if reply.get("ok"):
+                    self._chats, self._chats_at = reply["groups"], time.time()
+            except Exception as exc:  # WhatsApp may drop mid-call: the next pass tries again
+                self.log.debug("listing WhatsApp groups failed: %s", exc)
+        if main is not None:
+            registered = {g.jid: g.folder for g in Group.select()}
+            chats = [{"jid": c["jid"], "name": c["name"], "members": c["participants"],
+                      "registered_as": registered.get(c["jid"])} for c in self._chats]
+            listed = {c["jid"] for c in chats}
+            chats += [{"jid": g.jid, "name": g.name, "registered_as": g.folder}
+                      for g in Group.select().order_by(Group.folder) if g.jid not in listed]
+            text = json.dumps(chats, indent=1, ensure_ascii=False)
+            if text != self._chats_written:
+                path = self.cfg.ipc_dir / main.folder / "in" / "available_groups.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, text, 0o644)
+                self._chats_written = text
+        return CHATS_REFRESH if wa is not None and wa.connected else None
 
     def disconnected(self, writer: asyncio.StreamWriter) -> None:
         # `nanoclaw send --wait` or a chat that exited: no longer a terminal attached
@@ -182,7 +220,12 @@ class ChannelDaemon(Daemon):
         if error:
             return error
         text = req.get("text")
-        if not isinstance(text, str) or not text.strip():
+        media = None
+        if req.get("media") is not None:  # a file `nanoclaw send --file` put in the group's inbox
+            media = attachments.valid(self.cfg, group.folder, req["media"])
+            if media is None:
+                return {"ok": False, "error": "the attachment is not a file in this group's inbox/"}
+        if not isinstance(text, str) or not (text.strip() or media):
             return {"ok": False, "error": "empty message"}
         if len(text) > MAX_TEXT:
             return {"ok": False, "error": f"message too long ({len(text)} > {MAX_TEXT} characters)"}
@@ -193,7 +236,7 @@ class ChannelDaemon(Daemon):
         try:
             row_id, dup = await self.receive(Inbound(
                 chat=group.jid, sender=sender, sender_name=str(req.get("sender_name") or sender.split("@")[0]),
-                text=text, channel_id=msg_id, timestamp=time.time(), from_me=sender == "owner@term"))
+                text=text, channel_id=msg_id, timestamp=time.time(), from_me=sender == "owner@term", media=media))
         except StoreError as exc:
             return {"ok": False, "error": str(exc)}
         return {"ok": True, "message_id": row_id, "duplicate": dup, "chat": group.jid}

@@ -130,6 +130,14 @@ class IpcDaemon(Daemon):
                                         context_mode=str(spec.get("context_mode") or "group"),
                                         target=target, created_by=group.folder)
                 text = f"Scheduled: {tasks_mod.describe(task)}."
+            elif body["action"] == "update":
+                if not isinstance(spec.get("id"), int):
+                    raise tasks_mod.TaskError("a task id is required")
+                fields = {k: spec[k] for k in ("prompt", "schedule_type", "schedule_value")
+                          if isinstance(spec.get(k), str) and spec[k]}
+                task = tasks_mod.update(tasks_mod.find(spec["id"], group), prompt=fields.get("prompt"),
+                                        kind=fields.get("schedule_type"), value=fields.get("schedule_value"))
+                text = f"Updated: {tasks_mod.describe(task)}."
             elif body["action"] in ("pause", "resume", "cancel"):
                 if not isinstance(spec.get("id"), int):
                     raise tasks_mod.TaskError("a task id is required")
@@ -162,6 +170,7 @@ class IpcDaemon(Daemon):
             spool.reject(env.path, f"group={group.folder}: register_group refused: {exc}")
             return None
         self.log.info("group=%s registered group folder=%s jid=%s", group.folder, body["folder"], body["jid"])
+        nudge(self.cfg.socket("channel"))  # the main agent's list of chats now shows it registered
         return "queue"
 
     def status(self) -> str:

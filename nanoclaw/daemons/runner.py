@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import shutil
 import threading
@@ -43,11 +44,13 @@ from podman.errors import APIError, NotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
+from nanoclaw.core import mounts as mounts_mod
 from nanoclaw.core.config import Config
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request
 from nanoclaw.core.safefs import Dir
 from nanoclaw.core.skeleton import Daemon
 
+log = logging.getLogger("nanoclaw.runner")
 START_TRIES = 3  # attempts to start (or re-attach to) a job's container before it fails
 LABEL = "nanoclaw.job"
 DEADLINE_LABEL = "nanoclaw.deadline"  # epoch seconds: the container's life ends then, whatever restarts
@@ -216,6 +219,11 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
         kwargs["mem_limit"] = c.memory
     if c.pids_limit > 0:
         kwargs["pids_limit"] = c.pids_limit
+    extra = mounts_mod.for_container(cfg, job["group"], log)
+    for name, path, rw in extra:  # the owner's folders, re-checked against the allowlist now
+        mounts.append({"type": "bind", "source": str(path), "target": f"/workspace/extra/{name}",
+                       "read_only": not rw})
+    env["NANOCLAW_MOUNTS"] = ",".join(f"{name}:{'rw' if rw else 'ro'}" for name, _, rw in extra)
     for spec in c.volumes:
         source, target, *mode = spec.split(":")
         mounts.append({"type": "bind", "source": source, "target": target, "read_only": mode == ["ro"]})

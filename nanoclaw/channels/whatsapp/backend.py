@@ -54,10 +54,10 @@ from nanoclaw.channels.whatsapp.format import split_message, to_whatsapp
 from nanoclaw.channels.whatsapp.pairing import Pairing
 from nanoclaw.channels.whatsapp.ratelimit import TokenBucket
 from nanoclaw.channels.whatsapp.sentids import SentIds
+from nanoclaw.core import attachments
 from nanoclaw.core import config as config_mod
 from nanoclaw.core.backoff import Backoff
 from nanoclaw.core.models import Group, Message, db
-from nanoclaw.core.safefs import Dir
 
 log = logging.getLogger("nanoclaw.whatsapp")
 
@@ -558,12 +558,11 @@ class WhatsAppBackend(Backend):
             return media.describe(None, f"not downloaded: {media.size} bytes is over the limit")
         try:
             data = await client.download_any(ev.Message)
-            with Dir.open(self.cfg.groups_dir / group.folder) as folder, folder.ensure_dir("inbox") as inbox:
-                inbox.write(media.filename, data, 0o644)
+            where = attachments.save(self.cfg, group.folder, media.filename, data)
         except Exception as exc:
             log.warning("group=%s msg=%s %s download failed: %s", group.folder, ev.Info.ID, media.label, exc)
             return media.describe(None, "not downloaded: the download failed")
-        described = media.describe(f"inbox/{media.filename}")
+        described = media.describe(where)
         described["size"] = len(data)
         return described
 

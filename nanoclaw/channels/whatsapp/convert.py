@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nanoclaw.channels.base import Inbound
+from nanoclaw.core import attachments
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from neonize.proto.Neonize_pb2 import JID, MessageSource
@@ -138,14 +139,7 @@ class Media:
 
     def describe(self, file: str | None, note: str = "") -> dict:
         """The attachment as stored with its message (``Message.media``)."""
-        out = {"kind": self.label, "type": self.mime, "size": self.size}
-        if self.seconds:
-            out["seconds"] = self.seconds
-        if file:
-            out["file"] = file
-        if note:
-            out["note"] = note
-        return out
+        return attachments.describe(self.label, self.mime, self.size, file, self.seconds, note)
 
 
 def media_of(msg: Any, msg_id: str) -> Media | None:
