@@ -115,9 +115,11 @@ def test_whatsapp_config_table(tmp_path, monkeypatch):
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import stat  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from neonize.aioze.events import (  # noqa: E402
@@ -129,9 +131,11 @@ from neonize.aioze.events import (  # noqa: E402
     ReceiptEv,
     StreamReplacedEv,
 )
+from neonize.exc import NeonizeError  # noqa: E402
 from neonize.proto.Neonize_pb2 import (  # noqa: E402
     JID,
     Device,
+    DeviceSentMeta,
     GroupInfo,
     GroupName,
     GroupParticipant,
@@ -151,12 +155,18 @@ from neonize.utils.jid import Jid2String  # noqa: E402
 
 from nanoclaw.channels.whatsapp import WhatsAppBackend  # noqa: E402
 from nanoclaw.channels.whatsapp import convert as wa_proto  # noqa: E402
+from nanoclaw.channels.whatsapp import pairing as pairing_mod  # noqa: E402
 from nanoclaw.channels.whatsapp.ratelimit import TokenBucket  # noqa: E402
 from nanoclaw.core import groups as groups_mod  # noqa: E402
 from nanoclaw.core.backoff import Backoff  # noqa: E402
 from nanoclaw.core.models import Group, Message, open_db  # noqa: E402
 from nanoclaw.core.prompt import needs_agent  # noqa: E402
 from nanoclaw.daemons.channel import ChannelDaemon  # noqa: E402
+
+from whatsapp_offline import link_session, unlink_session  # noqa: E402, I001
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
 
 OWNER = "491700000001"  # the linked account: the main group is its self-chat
 OWNER_LID = "88000000000001"
@@ -174,14 +184,16 @@ EMPTY = JID(User="", RawAgent=0, Device=0, Integrator=0, Server="", IsEmpty=True
 
 def message_ev(chat: JID, sender: JID, msg_id: str, text: str | None = None, *, body: WAMessage | None = None,
                from_me: bool = False, sender_alt: JID = EMPTY, recipient_alt: JID = EMPTY,
-               pushname: str = "Alice", ts: int = T0) -> MessageEv:
-    """A MessageEv exactly as neonize hands it over: serialised (all required fields) and parsed."""
+               pushname: str = "Alice", ts: int = T0, destination: str | None = None) -> MessageEv:
+    """A MessageEv exactly as neonize hands it over: serialised (all required fields) and parsed.
+    ``destination``: the DeviceSentMeta whatsmeow adds to what the owner's phone sent."""
+    meta = {} if destination is None else {"DeviceSentMeta": DeviceSentMeta(DestinationJID=destination, Phash="")}
     ev = MessageEv(
         Info=MessageInfo(MessageSource=MessageSource(Chat=chat, Sender=sender, IsFromMe=from_me,
                                                      IsGroup=chat.Server == "g.us", SenderAlt=sender_alt,
                                                      RecipientAlt=recipient_alt, BroadcastListOwner=EMPTY),
                          ID=msg_id, ServerID=0, Type="text" if body is None else "media", Pushname=pushname,
-                         Timestamp=ts, Category="", Multicast=False, MediaType="", Edit=""),
+                         Timestamp=ts, Category="", Multicast=False, MediaType="", Edit="", **meta),
         Message=body if body is not None else WAMessage(conversation=text),
         IsEphemeral=False, IsViewOnce=False, IsViewOnceV2=False, IsViewOnceV2Extension=False,
         IsDocumentWithCaption=False, IsLottieSticker=False, IsEdit=False, UnavailableRequestID="", RetryCount=0)
@@ -217,9 +229,12 @@ class RecordingClient:
         self.on_send = None  # called inside send_message, before it returns (echo races)
         self.fail_send_at: int | None = None
         self.sent = 0
+        self.lids: dict[str, JID] = {}  # what whatsmeow's store maps LIDs to
+        self.download_gate: asyncio.Event | None = None  # a slow download, until set
+        self.stop_ends_task = True  # False: neonize 0.5.2 stopped while pairing (never ends)
         self._stop: asyncio.Event | None = None
 
-    async def connect(self):
+    async def connect(self, *proxy):
         self.calls.append(("connect",))
         if self.connect_failures:
             exc = self.connect_failures.pop(0)
@@ -228,13 +243,17 @@ class RecordingClient:
                 raise exc
             return asyncio.ensure_future(fail())
         self._stop = asyncio.Event()
-        self.session.write_bytes(b"")  # whatsmeow creates its DB at connect
+        self.session.touch()  # whatsmeow creates its DB at connect
         return asyncio.ensure_future(self._stop.wait())
 
     async def stop(self):
         self.calls.append(("stop",))
-        if self._stop:
+        if self._stop and self.stop_ends_task:
             self._stop.set()
+
+    async def get_pn_from_lid(self, lid: JID) -> JID:
+        self.calls.append(("get_pn_from_lid", Jid2String(lid)))
+        return self.lids.get(lid.User, EMPTY)
 
     async def send_message(self, to: JID, message: WAMessage) -> SendResponse:
         self.sent += 1
@@ -260,6 +279,8 @@ class RecordingClient:
 
     async def download_any(self, message: WAMessage) -> bytes:
         self.calls.append(("download_any", message.ListFields()[0][0].name))
+        if self.download_gate is not None:
+            await self.download_gate.wait()
         return self.media
 
     async def PairPhone(self, phone: str, push: bool) -> str:
@@ -268,6 +289,54 @@ class RecordingClient:
 
     async def get_me(self) -> Device:
         return self.me
+
+
+class ScriptedPairing(RecordingClient):
+    """The recording stand-in inside the pairing process (pairproc), playing what WhatsApp does
+    there. The script is a JSON list in $NC_PAIR_SCRIPT, one step each:
+    {"qr": data} a QR code; {"pair": true|false, "error": …} the phone's answer (true links the
+    store first, as whatsmeow does); {"status": s} how whatsmeow's QR phase ended; {"wait": path}
+    nothing until that file exists; {"block": true} the event loop blocked for good (a Go call
+    that never returns); {"hang": true} nothing more, and stop() never ends (neonize 0.5.2
+    stopped during pairing); {"fail": text} the connect fails."""
+
+    on_login_status = staticmethod(lambda status: None)
+
+    async def connect(self, *proxy):
+        self.calls.append(("connect",))
+        steps = json.loads(os.environ["NC_PAIR_SCRIPT"])
+        self._stop = asyncio.Event()
+
+        async def play():
+            for step in steps:
+                if "qr" in step:
+                    await self.event.handlers["qr"](self, step["qr"].encode())
+                elif "pair" in step:
+                    if step["pair"]:
+                        link_session(self.session, OWNER)
+                    await self.event.handlers[PairStatusEv](self, pair_status(step["pair"], step.get("error", "")))
+                elif "status" in step:
+                    self.on_login_status(step["status"])
+                elif "wait" in step:
+                    while not Path(step["wait"]).exists():
+                        await asyncio.sleep(0.01)
+                elif "block" in step:
+                    time.sleep(3600)
+                elif "hang" in step:
+                    self.stop_ends_task = False
+                elif "fail" in step:
+                    raise NeonizeError(step["fail"])
+            await self._stop.wait()
+        return asyncio.ensure_future(play())
+
+    async def PairPhone(self, phone: str, push: bool) -> str:
+        return f"ABCD-{phone[-4:]}"  # shows which digits arrived
+
+
+# How the channel runs the pairing process in these tests: pairproc itself, with the stand-in.
+PAIR_CHILD = (sys.executable, "-c", f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(TESTS)!r}]; "
+              "import test_whatsapp as t; from nanoclaw.channels.whatsapp import pairproc; "
+              "pairproc.main(client_factory=t.ScriptedPairing)")
 
 
 def group_info(user: str, name: str, members: int) -> GroupInfo:
@@ -280,7 +349,7 @@ def group_info(user: str, name: str, members: int) -> GroupInfo:
 class Harness:
     """A real ChannelDaemon (both backends) over a real SQLite DB, WhatsApp on the recording client."""
 
-    def __init__(self, tmp: Path, **whatsapp) -> None:
+    def __init__(self, tmp: Path, paired: bool = True, **whatsapp) -> None:
         self.cfg = config_mod.Config(
             state_dir=tmp / "state", runtime_dir=tmp / "run", config_dir=tmp / "etc", timezone="UTC",
             channels=("whatsapp", "terminal"),
@@ -292,6 +361,9 @@ class Harness:
         self.main = groups_mod.add_group(self.cfg, "main", jid=f"{OWNER}@s.whatsapp.net", is_main=True)
         self.family = groups_mod.add_group(self.cfg, "family", name="Family", jid=f"{FAMILY}@g.us")
         groups_mod.add_group(self.cfg, "term")  # a terminal chat beside WhatsApp
+        self.session = self.cfg.state_dir / "whatsapp" / "session.db"
+        if paired:
+            link_session(self.session, OWNER)
 
     async def start(self, connected: bool = True) -> "Harness":
         self.daemon = ChannelDaemon(self.cfg)
@@ -299,8 +371,13 @@ class Harness:
         self.wa = next(b for b in self.daemon.backends if isinstance(b, WhatsAppBackend))
         self.client: RecordingClient = self.wa.client
         if connected:
-            await self.fire(ConnectedEv(status=True))
+            await self.connect()
         return self
+
+    async def connect(self) -> None:
+        """WhatsApp answers the channel's connect (a linked session connects by itself)."""
+        await wait_until(lambda: ("connect",) in self.client.calls)
+        await self.fire(ConnectedEv(status=True))
 
     async def fire(self, ev, handler=None) -> None:
         """Deliver an event as neonize does: to the handler registered for its type."""
@@ -323,10 +400,11 @@ class Harness:
 @pytest.fixture
 def harness(tmp_path, monkeypatch):
     monkeypatch.setattr(WhatsAppBackend, "client_factory", staticmethod(RecordingClient))
+    monkeypatch.setattr(WhatsAppBackend, "pair_command", PAIR_CHILD)
     made: list[Harness] = []
 
-    def make(**whatsapp) -> Harness:
-        h = Harness(tmp_path / f"h{len(made)}", **whatsapp)
+    def make(paired: bool = True, **whatsapp) -> Harness:
+        h = Harness(tmp_path / f"h{len(made)}", paired, **whatsapp)
         made.append(h)
         return h
     yield make
@@ -777,31 +855,33 @@ def test_stream_replaced_also_stops_retrying(harness):
     assert connects == 1 and status.startswith("replaced — another program uses this WhatsApp session")
 
 
-def test_an_unpaired_session_waits_for_nanoclaw_pair(harness):
+def test_an_unpaired_session_is_never_connected_by_the_channel(harness):
+    """The defect: the channel's client connected an unlinked session, whatsmeow went into its
+    QR phase, and stopping it there never ends in neonize 0.5.2 (the channel hung for good)."""
     async def go():
-        h = await harness().start(connected=False)
-        await wait_until(lambda: ("connect",) in h.client.calls)
-        await h.fire(b"2@qrdata,1,2,3", "qr")  # whatsmeow wants a QR scan: nobody is looking
+        h = await harness(paired=False).start(connected=False)
         await wait_until(h.wa.parked.is_set)
-        status = h.wa.status()
-        connects = sum(c == ("connect",) for c in h.client.calls)
+        status, stuck = h.wa.status(), h.daemon.stuck()
         await h.close()
-        return status, connects
-    status, connects = run(go())
-    assert status == "not paired — run `nanoclaw pair`" and connects == 1
+        return status, stuck, h.client.calls
+    status, stuck, calls = run(go())
+    assert status == "not paired — run `nanoclaw pair`" and stuck == ""
+    assert ("connect",) not in calls
 
 
 class FakeWriter:
     """The pairing CLI's end of the socket, as the daemon sees it."""
 
-    def __init__(self) -> None:
+    def __init__(self, gone: bool = False) -> None:
         self.lines: list[dict] = []
+        self.gone = gone  # the terminal went away (Ctrl-C): writing fails
 
     def write(self, data: bytes) -> None:
         self.lines += [json.loads(line) for line in data.decode().splitlines()]
 
     async def drain(self) -> None:
-        pass
+        if self.gone:
+            raise BrokenPipeError("the terminal went away")
 
 
 def pair_status(ok: bool, error: str = "") -> PairStatusEv:
@@ -811,65 +891,243 @@ def pair_status(ok: bool, error: str = "") -> PairStatusEv:
     return PairStatusEv.FromString(ev.SerializeToString())
 
 
-def test_pairing_streams_qr_codes_then_success(harness):
-    from neonize.proto.Neonize_pb2 import LoggedOut
+def pair_script(monkeypatch, *steps: dict) -> None:
+    monkeypatch.setenv("NC_PAIR_SCRIPT", json.dumps(steps))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_pairing_runs_in_its_own_process_then_the_channel_connects(harness, monkeypatch):
+    pair_script(monkeypatch, {"qr": "2@first,code"}, {"qr": "2@second,code"}, {"pair": True})
 
     async def go():
-        h = await harness().start()
-        await wait_until(lambda: ("connect",) in h.client.calls)
-        await h.fire(LoggedOutEv(OnConnect=True, Reason=1))  # the phone unlinked us
-        writer = FakeWriter()
-        pair = asyncio.create_task(h.daemon.handle({"op": "pair"}, writer))
-        await wait_until(lambda: sum(c == ("connect",) for c in h.client.calls) == 2)
-        await h.fire(b"2@first,code", "qr")
-        await h.fire(b"2@second,code", "qr")  # codes rotate
-        await wait_until(lambda: len(writer.lines) == 2)
-        await h.fire(pair_status(True))
-        reply = await asyncio.wait_for(pair, 2)
+        h = await harness(paired=False).start(connected=False)
+        await wait_until(h.wa.parked.is_set)
+        connects_during_pairing: list[int] = []
+
+        class Watching(FakeWriter):
+            def write(self, data: bytes) -> None:  # each code shown: is the channel's client off?
+                super().write(data)
+                connects_during_pairing.append(h.client.calls.count(("connect",)))
+        writer = Watching()
+        reply = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, writer), 30)
+        await wait_until(lambda: ("connect",) in h.client.calls)  # the channel connects after the child
         await h.fire(ConnectedEv(status=True))
         status = h.wa.status()
         again = await h.daemon.handle({"op": "pair"}, FakeWriter())
         await h.close()
-        return writer.lines, reply, status, again
-    del LoggedOut
-    lines, reply, status, again = run(go())
+        return writer.lines, reply, connects_during_pairing, status, again
+    lines, reply, connects_during_pairing, status, again = run(go())
     assert lines == [{"op": "pair", "event": "qr", "data": "2@first,code"},
                      {"op": "pair", "event": "qr", "data": "2@second,code"}]
     assert reply == {"ok": True, "paired": f"{OWNER}@s.whatsapp.net"}
+    assert connects_during_pairing == [0, 0]  # the channel's own client stayed off while pairing ran
     assert status == f"connected as {OWNER}@s.whatsapp.net"
-    assert again["ok"] and again["already"]
+    assert again["ok"] and again["already"] and again["paired"] == f"{OWNER}@s.whatsapp.net"
 
 
-def test_pairing_with_a_phone_number_streams_the_code_and_reports_failure(harness):
+def test_pairing_with_a_phone_number_streams_the_code_and_reports_failure(harness, monkeypatch):
+    pair_script(monkeypatch, {"qr": "2@qr"}, {"pair": False, "error": "the phone said no"})
+
     async def go():
-        h = await harness().start(connected=False)
+        h = await harness(paired=False).start(connected=False)
         writer = FakeWriter()
-        pair = asyncio.create_task(h.daemon.handle({"op": "pair", "phone": "+49 170 0000001"}, writer))
-        await wait_until(lambda: ("connect",) in h.client.calls)
-        await h.fire(b"2@qr", "qr")  # the code can only be asked for after the first QR
-        await wait_until(lambda: writer.lines)
-        await h.fire(pair_status(False, "the phone said no"))
-        reply = await asyncio.wait_for(pair, 2)
+        reply = await asyncio.wait_for(h.daemon.handle({"op": "pair", "phone": "+49 170 0000001"}, writer), 30)
         bad = await h.daemon.handle({"op": "pair", "phone": "call me maybe"}, FakeWriter())
-        await h.close()
-        return writer.lines, reply, bad, h.client.calls
-    lines, reply, bad, calls = run(go())
-    assert ("PairPhone", "491700000001") in calls
-    assert lines == [{"op": "pair", "event": "code", "code": "ABCD-EFGH"}]
-    assert reply == {"ok": False, "error": "pairing failed: the phone said no"}
-    assert not bad["ok"] and "phone number" in bad["error"]
-
-
-def test_pairing_times_out_plainly(harness):
-    async def go():
-        h = await harness(pair_timeout=0.2).start(connected=False)
-        reply = await h.daemon.handle({"op": "pair"}, FakeWriter())
         status = h.wa.status()
         await h.close()
-        return reply, status
-    reply, status = run(go())
-    assert reply == {"ok": False, "error": "no phone linked within 0s"} or "no phone linked" in reply["error"]
+        return writer.lines, reply, bad, status
+    lines, reply, bad, status = run(go())
+    assert lines == [{"op": "pair", "event": "code", "code": "ABCD-0001"}]  # PairPhone got the digits
+    assert reply == {"ok": False, "error": "pairing failed: the phone said no"}
+    assert not bad["ok"] and "phone number" in bad["error"]
     assert status == "not paired — run `nanoclaw pair`"
+
+
+def test_when_the_codes_run_out_pairing_says_so_and_the_channel_stays_free(harness, monkeypatch):
+    pair_script(monkeypatch, {"qr": "2@x"}, {"status": "timeout"})
+
+    async def go():
+        h = await harness(paired=False).start(connected=False)
+        reply = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 30)
+        await wait_until(h.wa.parked.is_set)
+        status, stuck = h.wa.status(), h.daemon.stuck()
+        await h.close()
+        return reply, status, stuck, h.client.calls
+    reply, status, stuck, calls = run(go())
+    assert not reply["ok"] and "the QR codes ran out" in reply["error"]
+    assert "Run `nanoclaw pair` again" in reply["error"]
+    assert status == "not paired — run `nanoclaw pair`" and stuck == "" and ("connect",) not in calls
+
+
+def test_the_pairing_timeout_is_inside_whatsmeows_qr_window():
+    assert config_mod.WhatsAppConfig().pair_timeout < config_mod.QR_WINDOW <= 160
+    with pytest.raises(config_mod.ConfigError, match="QR codes run out"):
+        config_mod.WhatsAppConfig(pair_timeout=180.0)
+
+
+def test_a_pairing_process_that_hangs_is_killed_and_pairing_can_start_again(harness, monkeypatch):
+    """The hang neonize can produce is the process's, never the channel's: past its timeout
+    the child is killed, the answer is plain, and the next `nanoclaw pair` works."""
+    monkeypatch.setattr(pairing_mod, "GRACE", 0.5)
+    pair_script(monkeypatch, {"qr": "2@x"}, {"block": True})
+
+    async def go():
+        h = await harness(paired=False, pair_timeout=0.5).start(connected=False)
+        task = asyncio.ensure_future(h.daemon.handle({"op": "pair"}, FakeWriter()))
+        await wait_until(lambda: h.wa._pairing is not None and h.wa._pairing.proc is not None, 10)
+        pid = h.wa._pairing.proc.pid
+        started = time.monotonic()
+        reply = await asyncio.wait_for(task, 30)
+        took = time.monotonic() - started
+        gone = not alive(pid)
+        pair_script(monkeypatch, {"qr": "2@y"}, {"pair": True})
+        again = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 30)
+        await h.close()
+        return reply, took, gone, again
+    reply, took, gone, again = run(go())
+    assert not reply["ok"] and "hung and was stopped" in reply["error"]
+    assert took < 10 and gone
+    assert again == {"ok": True, "paired": f"{OWNER}@s.whatsapp.net"}
+
+
+def test_pairing_can_be_abandoned_and_run_again_without_a_restart(harness, monkeypatch, tmp_path):
+    gate = tmp_path / "phone-scanned"
+    pair_script(monkeypatch, {"qr": "2@first"}, {"wait": str(gate)}, {"pair": True})
+
+    async def go():
+        h = await harness(paired=False).start(connected=False)
+        # the terminal went away (Ctrl-C): the first code cannot be shown
+        abandoned = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter(gone=True)), 30)
+        status_after = h.wa.status()
+        # a second `nanoclaw pair` while a first one still waits takes over from it
+        w1, w2 = FakeWriter(), FakeWriter()
+        first = asyncio.ensure_future(h.daemon.handle({"op": "pair"}, w1))
+        await wait_until(lambda: w1.lines, 10)
+        first_pid = h.wa._pairing.proc.pid
+        second = asyncio.ensure_future(h.daemon.handle({"op": "pair"}, w2))
+        superseded = await asyncio.wait_for(first, 10)
+        await wait_until(lambda: w2.lines, 10)
+        gate.touch()
+        paired = await asyncio.wait_for(second, 30)
+        await h.close()
+        return abandoned, status_after, superseded, alive(first_pid), paired
+    abandoned, status_after, superseded, first_alive, paired = run(go())
+    assert abandoned == {"ok": False, "error": "abandoned"}
+    assert status_after == "not paired — run `nanoclaw pair`"
+    assert superseded == {"ok": False, "error": "another `nanoclaw pair` took over"} and not first_alive
+    assert paired == {"ok": True, "paired": f"{OWNER}@s.whatsapp.net"}
+
+
+def test_pair_on_a_linked_session_that_is_still_connecting_leaves_it_alone(harness):
+    """The defect: `nanoclaw pair` before the first ConnectedEv waited for a pairing that could
+    never come, then stopped the healthy client as 'unpaired'."""
+    async def go():
+        h = await harness(pair_timeout=0.3).start(connected=False)
+        await wait_until(lambda: ("connect",) in h.client.calls)
+        reply = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 5)
+        await h.fire(ConnectedEv(status=True))
+        status = h.wa.status()
+        await h.close()
+        return reply, status, h.client.calls
+    reply, status, calls = run(go())
+    assert reply == {"ok": True, "paired": f"{OWNER}@s.whatsapp.net", "already": True, "status": "connecting"}
+    assert calls.count(("stop",)) == 1  # only the shutdown's
+    assert calls.count(("connect",)) == 1
+    assert status == f"connected as {OWNER}@s.whatsapp.net"
+
+
+def test_after_a_logout_pair_links_again_and_the_channel_reconnects(harness, monkeypatch):
+    pair_script(monkeypatch, {"qr": "2@again"}, {"pair": True})
+
+    async def go():
+        h = await harness().start()
+        unlink_session(h.session)  # what whatsmeow does on a logout, before saying so
+        await h.fire(LoggedOutEv(OnConnect=False, Reason=1))
+        await wait_until(h.wa.parked.is_set)
+        reply = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 30)
+        await wait_until(lambda: h.client.calls.count(("connect",)) == 2)
+        await h.close()
+        return reply
+    assert run(go()) == {"ok": True, "paired": f"{OWNER}@s.whatsapp.net"}
+
+
+def test_cli_pair_and_discover_through_the_channel_socket(harness, monkeypatch, capsys):
+    import argparse
+
+    from nanoclaw.admin import cli
+    pair_script(monkeypatch, {"qr": "2@Zm9vYmFy,qr,code"}, {"pair": True})
+
+    async def go():
+        h = await harness(paired=False).start(connected=False)
+        server = await asyncio.start_unix_server(h.daemon._serve_client, path=str(h.cfg.socket("channel")))
+        paired_rc = await asyncio.wait_for(asyncio.to_thread(cli.cmd_pair, h.cfg, argparse.Namespace(phone=None)), 30)
+        await wait_until(lambda: ("connect",) in h.client.calls)
+        await h.fire(ConnectedEv(status=True))
+        h.client.groups = [group_info(FAMILY, "Family", 4), group_info("120363000000000002", "Book club", 9)]
+        discover_rc = await asyncio.to_thread(cli.cmd_discover, h.cfg)
+        server.close()
+        await h.close()
+        return paired_rc, discover_rc
+    paired_rc, discover_rc = run(go())
+    out = capsys.readouterr().out
+    assert paired_rc == 0 and discover_rc == 0
+    assert "Scan with WhatsApp" in out and any(block in out for block in "\u2580\u2584\u2588")  # a drawn QR
+    assert f"paired as {OWNER}@s.whatsapp.net" in out
+    assert "Book club" in out and "120363000000000002@g.us" in out and "family" in out
+    assert "nanoclaw groups add FOLDER --jid JID" in out
+    assert f"nanoclaw groups add main --main --jid {OWNER}@s.whatsapp.net" in out
+
+
+CLI_ENV = ("NANOCLAW_CONFIG", "NANOCLAW_STATE_DIR", "NANOCLAW_RUNTIME_DIR", "NANOCLAW_CONFIG_DIR")
+
+
+def test_nanoclaw_pair_interrupted_then_run_again(harness, monkeypatch, tmp_path):
+    """The real CLI, interrupted with Ctrl-C while it shows a code, then run again at once."""
+    gate = tmp_path / "next-code"
+    pair_script(monkeypatch, {"qr": "2@first"}, {"wait": str(gate)}, {"qr": "2@second"}, {"pair": True})
+
+    async def go():
+        h = await harness(paired=False).start(connected=False)
+        (h.cfg.config_dir).mkdir(parents=True, exist_ok=True)
+        (h.cfg.config_dir / "config.toml").write_text('channels = ["whatsapp", "terminal"]\n')
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NANOCLAW_CONFIG": str(h.cfg.config_dir / "config.toml"),
+               "NANOCLAW_STATE_DIR": str(h.cfg.state_dir), "NANOCLAW_RUNTIME_DIR": str(h.cfg.runtime_dir),
+               "NANOCLAW_CONFIG_DIR": str(h.cfg.config_dir)}
+        server = await asyncio.start_unix_server(h.daemon._serve_client, path=str(h.cfg.socket("channel")))
+
+        async def cli_pair():
+            return await asyncio.create_subprocess_exec(sys.executable, "-m", "nanoclaw", "pair", env=env,
+                                                        stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.PIPE)
+        first = await cli_pair()
+        shown = await asyncio.wait_for(first.stdout.readuntil(b"waiting for the phone"), 30)
+        child = h.wa._pairing.proc.pid
+        first.send_signal(signal.SIGINT)
+        first_rc = await asyncio.wait_for(first.wait(), 10)
+        gate.touch()  # the next code comes: the daemon finds the terminal gone
+        await wait_until(lambda: h.wa._pairing is None and not alive(child), 10)
+        status_between = h.wa.status()
+        gate.unlink()
+        second = await cli_pair()
+        await asyncio.wait_for(second.stdout.readuntil(b"waiting for the phone"), 30)
+        gate.touch()
+        out, err = await asyncio.wait_for(second.communicate(), 30)
+        await wait_until(lambda: ("connect",) in h.client.calls)
+        server.close()
+        await h.close()
+        return shown, first_rc, status_between, second.returncode, out.decode(), err.decode()
+    shown, first_rc, status_between, rc, out, err = run(go())
+    assert b"Scan with WhatsApp" in shown and first_rc == 130
+    assert status_between == "not paired — run `nanoclaw pair`"
+    assert rc == 0, err
+    assert f"paired as {OWNER}@s.whatsapp.net" in out
 
 
 def test_discover_lists_groups_and_names_are_refreshed(harness):
@@ -877,7 +1135,7 @@ def test_discover_lists_groups_and_names_are_refreshed(harness):
         h = await harness().start(connected=False)
         h.client.groups = [group_info(FAMILY, "Family (renamed)", 4), group_info("120363000000000002", "Book club", 9)]
         offline = await h.daemon.handle({"op": "discover_groups"}, None)
-        await h.fire(ConnectedEv(status=True))
+        await h.connect()
         found = await h.daemon.handle({"op": "discover_groups"}, None)
         await wait_until(lambda: Group.get(Group.folder == "family").name == "Family (renamed)")
         await h.close()
@@ -926,36 +1184,6 @@ def test_session_file_is_private(harness):
         await h.close()
         return mode
     assert run(go()) == 0o600
-
-
-def test_cli_pair_and_discover_through_the_channel_socket(harness, capsys):
-    import argparse
-
-    from nanoclaw.admin import cli
-
-    async def go():
-        h = await harness().start(connected=False)
-        server = await asyncio.start_unix_server(h.daemon._serve_client, path=str(h.cfg.socket("channel")))
-        pairing = asyncio.ensure_future(asyncio.to_thread(cli.cmd_pair, h.cfg, argparse.Namespace(phone=None)))
-        await wait_until(lambda: ("connect",) in h.client.calls)
-        await wait_until(lambda: h.wa._pairing is not None)
-        await h.fire(b"2@Zm9vYmFy,qr,code", "qr")  # queued before the result: the CLI draws it first
-        await h.fire(pair_status(True))
-        paired_rc = await asyncio.wait_for(pairing, 5)
-        await h.fire(ConnectedEv(status=True))
-        h.client.groups = [group_info(FAMILY, "Family", 4), group_info("120363000000000002", "Book club", 9)]
-        discover_rc = await asyncio.to_thread(cli.cmd_discover, h.cfg)
-        server.close()
-        await h.close()
-        return paired_rc, discover_rc
-    paired_rc, discover_rc = run(go())
-    out = capsys.readouterr().out
-    assert paired_rc == 0 and discover_rc == 0
-    assert "Scan with WhatsApp" in out and any(block in out for block in "\u2580\u2584\u2588")  # a drawn QR
-    assert f"paired as {OWNER}@s.whatsapp.net" in out
-    assert "Book club" in out and "120363000000000002@g.us" in out and "family" in out
-    assert "nanoclaw groups add FOLDER --jid JID" in out
-    assert f"nanoclaw groups add main --main --jid {OWNER}@s.whatsapp.net" in out
 
 
 OFFLINE_PROBE = r"""

@@ -5,7 +5,10 @@
     format     Markdown to WhatsApp markup, and splitting into messages
     ratelimit  the outbound token bucket
     sentids    the ids WhatsApp gave our sends, remembered across restarts
-    pairing    one `nanoclaw pair` in progress
+    session    whether whatsmeow's store holds a linked device (read without neonize)
+    liveness   the client's connect and stop, each with a deadline; which one is overdue
+    pairing    one `nanoclaw pair` as the daemon runs it: the pairing process, relayed
+    pairproc   the pairing process itself (a child that a neonize hang dies with)
 """
 
 from nanoclaw.channels.whatsapp.backend import WhatsAppBackend
