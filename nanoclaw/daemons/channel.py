@@ -47,6 +47,7 @@ from nanoclaw.channels import (
     TerminalBackend,
     WhatsAppBackend,
 )
+from nanoclaw.core import config as config_mod
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.models import Group, Message, db, storage_problem
 from nanoclaw.core.protocol import Spool, nudge
@@ -293,6 +294,14 @@ class ChannelDaemon(Daemon):
             self.log.info("exiting without waiting for the WhatsApp client's thread")
             logging.shutdown()
             os._exit(0)
+
+    @classmethod
+    def main(cls) -> None:
+        cfg = config_mod.get()
+        if "whatsapp" in cfg.channels:
+            from nanoclaw.channels.whatsapp.goenv import exec_with_go_environment
+            exec_with_go_environment(cfg.whatsapp)  # returns once the environment is right
+        cls(cfg).run()
 
 
 main = ChannelDaemon.main

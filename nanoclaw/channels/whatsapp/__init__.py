@@ -9,6 +9,7 @@
     liveness   the client's connect and stop, each with a deadline; which one is overdue
     pairing    one `nanoclaw pair` as the daemon runs it: the pairing process, relayed
     pairproc   the pairing process itself (a child that a neonize hang dies with)
+    goenv      what neonize's Go side reads from the environment (the bot label)
 """
 
 from nanoclaw.channels.whatsapp.backend import WhatsAppBackend
