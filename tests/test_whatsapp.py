@@ -113,6 +113,7 @@ def test_whatsapp_config_table(tmp_path, monkeypatch):
 # -- the backend, fed real neonize protobuf events ------------------------------------
 
 import asyncio  # noqa: E402
+import ctypes  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -527,6 +528,95 @@ def test_owner_self_chat_reaches_the_agent(harness):
         ("remind me to call mum", True, False, f"{OWNER}@s.whatsapp.net"),
         ("and buy milk", True, False, f"{OWNER}@s.whatsapp.net")]
     assert needs_agent(rows, requires_trigger=False, trigger="@Andy", allowed=None)
+
+
+def test_a_dm_the_owner_sent_to_someone_else_never_passes_for_the_self_chat(harness):
+    """The defect: a DM typed on the phone, reported with Chat = our own JID and the real
+    recipient only in DeviceSentMeta.DestinationJID, was stored in the main group, whose agent
+    answers every message. A self-chat message's destination is us."""
+    async def go():
+        h = await harness().start()
+        await h.fire(message_ev(jid(OWNER), jid(OWNER), "D1", "see you at 8", from_me=True,
+                                destination=f"{ALICE}@s.whatsapp.net"))
+        await h.fire(message_ev(jid(OWNER_LID, "lid"), jid(OWNER_LID, "lid"), "D2", "bring wine", from_me=True,
+                                destination=f"{ALICE_LID}:0@lid"))
+        await h.fire(message_ev(jid(OWNER), jid(OWNER), "S1", "remind me to call mum", from_me=True,
+                                destination=f"{OWNER}@s.whatsapp.net"))
+        await h.fire(message_ev(jid(OWNER_LID, "lid"), jid(OWNER_LID, "lid"), "S2", "buy milk", from_me=True,
+                                destination=f"{OWNER}:0@s.whatsapp.net"))
+        main_rows = h.rows(h.main.jid)
+        groups_mod.add_group(h.cfg, "alice", jid=f"{ALICE}@s.whatsapp.net")
+        await h.fire(message_ev(jid(OWNER), jid(OWNER), "D3", "one more thing", from_me=True,
+                                destination=f"{ALICE}:0@s.whatsapp.net"))
+        alice_rows = h.rows(f"{ALICE}@s.whatsapp.net")
+        await h.close()
+        return main_rows, alice_rows
+    main_rows, alice_rows = run(go())
+    assert [r.channel_id for r in main_rows] == ["S1", "S2"]
+    assert [(r.channel_id, r.from_me, r.sender) for r in alice_rows] == [("D3", True, f"{OWNER}@s.whatsapp.net")]
+
+
+def test_a_dm_arriving_as_a_bare_lid_reaches_the_registered_phone_chat(harness):
+    """The defect: a DM with only an @lid (no phone form beside it) was dropped as unregistered;
+    whatsmeow's store knows the phone number (get_pn_from_lid), asked only while connected."""
+    async def go():
+        h = await harness().start()
+        groups_mod.add_group(h.cfg, "alice", jid=f"{ALICE}@s.whatsapp.net")
+        h.client.lids[ALICE_LID] = jid(ALICE)
+        await h.fire(message_ev(jid(ALICE_LID, "lid"), jid(ALICE_LID, "lid", device=2), "L1", "hi, only my lid"))
+        await h.fire(message_ev(jid(ALICE_LID, "lid"), jid(ALICE_LID, "lid"), "L2", "again"))  # remembered
+        await h.fire(message_ev(jid("77000000000099", "lid"), jid("77000000000099", "lid"), "L3", "who am I"))
+        await h.fire(DisconnectedEv())
+        await h.fire(message_ev(jid("77000000000098", "lid"), jid("77000000000098", "lid"), "L4", "offline"))
+        rows = h.rows()
+        lookups = [c[1] for c in h.client.calls if c[0] == "get_pn_from_lid"]
+        await h.close()
+        return rows, lookups
+    rows, lookups = run(go())
+    alice = f"{ALICE}@s.whatsapp.net"
+    assert [(r.chat, r.sender, r.channel_id) for r in rows] == [(alice, alice, "L1"), (alice, alice, "L2")]
+    assert lookups == [f"{ALICE_LID}@lid", "77000000000099@lid"]  # none while disconnected
+
+
+def test_a_photo_is_stored_before_the_question_that_followed_it(harness):
+    """The defect: neonize runs each handler as its own task, so "what is this?" was stored
+    (and could start the agent) while the photo before it was still downloading. Dispatched
+    here by neonize's own Event.execute, from another thread, as its Go callback does."""
+    from neonize.aioze import events as events_mod
+    from neonize.aioze.events import Event
+    from neonize.events import EVENT_TO_INT
+
+    async def go():
+        h = await harness().start()
+        h.client.download_gate = asyncio.Event()
+        dispatch = Event(h.client)
+        dispatch.list_func[EVENT_TO_INT[MessageEv]] = h.client.event.handlers[MessageEv]
+        saved, events_mod.event_global_loop = events_mod.event_global_loop, asyncio.get_running_loop()
+
+        def deliver(ev: MessageEv) -> None:
+            data = ev.SerializeToString()
+            buf = ctypes.create_string_buffer(data, len(data))
+            dispatch.execute(0, ctypes.addressof(buf), len(data), EVENT_TO_INT[MessageEv])
+        try:
+            family, alice = jid(FAMILY, "g.us"), jid(ALICE)
+            for ev in (message_ev(family, alice, "P1", body=WAMessage(imageMessage=ImageMessage(
+                           mimetype="image/jpeg", fileLength=15))),
+                       message_ev(family, alice, "Q1", "@Andy what is this?", ts=T0 + 2000),
+                       message_ev(jid(OWNER), jid(OWNER), "O1", "another chat", from_me=True)):
+                await asyncio.to_thread(deliver, ev)
+            await wait_until(lambda: h.rows(h.main.jid))  # other chats are not held up
+            held = h.rows(h.family.jid)
+            h.client.download_gate.set()
+            await wait_until(lambda: len(h.rows(h.family.jid)) == 2)
+        finally:
+            events_mod.event_global_loop = saved
+        rows = h.rows(h.family.jid)
+        await h.close()
+        return held, rows
+    held, rows = run(go())
+    assert held == []  # the question waits for the photo still downloading
+    assert [r.channel_id for r in rows] == ["P1", "Q1"]
+    assert json.loads(rows[0].media)["file"] == "inbox/P1.jpg"
 
 
 def test_our_own_replies_echo_back_but_are_never_new_messages(harness):

@@ -5,6 +5,7 @@
     format     Markdown to WhatsApp markup, and splitting into messages
     ratelimit  the outbound token bucket
     sentids    the ids WhatsApp gave our sends, remembered across restarts
+    ordering   a chat's messages stored in arrival order (a photo before its question)
     session    whether whatsmeow's store holds a linked device (read without neonize)
     liveness   the client's connect and stop, each with a deadline; which one is overdue
     pairing    one `nanoclaw pair` as the daemon runs it: the pairing process, relayed

@@ -9,7 +9,8 @@ send goes out as the owner. Hence three rules:
   restart does not forget them) and, for an echo that overtakes the send's
   return, the exact chunk still in flight to that chat. Never a text prefix.
 * The owner's own messages (``from_me`` but not ours) are real input: the main
-  group is the owner's self-chat.
+  group is the owner's self-chat. A self-chat message's destination is us: a
+  DM the owner typed to someone else never passes for it (``chat_of``).
 * Only registered chats reach the agent; others are dropped (or stored when
   ``[whatsapp] store_unregistered`` is set) and never answered — the queue
   only ever looks at registered groups' chats.
@@ -54,6 +55,7 @@ from typing import Any, TypeVar
 from nanoclaw.channels.base import Backend, Receive, SendError, StoreError
 from nanoclaw.channels.whatsapp.convert import (
     GROUP_SERVER,
+    LID_SERVER,
     SERVERS,
     JIDError,
     Media,
@@ -64,10 +66,12 @@ from nanoclaw.channels.whatsapp.convert import (
     message_text,
     parse_jid,
     phone_digits,
+    sender_of,
     to_inbound,
 )
 from nanoclaw.channels.whatsapp.format import split_message, to_whatsapp
 from nanoclaw.channels.whatsapp.liveness import Liveness
+from nanoclaw.channels.whatsapp.ordering import ChatOrder
 from nanoclaw.channels.whatsapp.pairing import PAIR_COMMAND, PairingRun
 from nanoclaw.channels.whatsapp.ratelimit import TokenBucket
 from nanoclaw.channels.whatsapp.sentids import SentIds
@@ -86,6 +90,7 @@ TYPING_MAX = 600.0  # never show typing longer than this for one job
 PARKED = {"unpaired", "logged_out", "replaced", "outdated", "pairing"}
 NOT_PAIRED = "not paired — run `nanoclaw pair`"
 NOT_STORED_QUIET = 600.0  # seconds between two "not stored" notices to one chat
+MEDIA_TIMEOUT = 120.0  # a download still going after this is given up: the chat's next messages wait for it
 STOP_WAIT = 5.0  # at shutdown, for each of: the client's stop, its task
 T = TypeVar("T")
 
@@ -139,11 +144,13 @@ class WhatsAppBackend(Backend):
         self._done: OrderedDict[str, str] = OrderedDict()  # outbox msg_id -> first chunk id
         self._typing: dict[str, asyncio.Task] = {}
         self._not_stored_told: dict[str, float] = {}
+        self._phones: OrderedDict[str, str] = OrderedDict()  # LID -> phone JID, as the store mapped it
         self._pairing: PairingRun | None = None
         self._wake = asyncio.Event()
         self.parked = asyncio.Event()  # set while the connect loop waits for pairing
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
+        self._order = ChatOrder()
         self._runner: asyncio.Task | None = None
         self._refresher: asyncio.Task | None = None
         self._lifecycle = asyncio.Lock()  # connect/stop are not safe concurrently (neonize notes)
@@ -592,18 +599,30 @@ class WhatsAppBackend(Backend):
         log.debug("receipt type=%s ids=%s", ev.Type, list(ev.MessageIDs))
 
     async def _on_message(self, client: Any, ev: Any) -> None:
+        src = ev.Info.MessageSource
+        if src.Chat.Server in ("broadcast", "newsletter"):
+            return  # status updates and channels are not conversations
+        # Entered before the first await: the place in the chat's line is the arrival order.
+        async with self._order.turn(jid_str(src.Chat)):
+            await self._intake(client, ev)
+
+    async def _intake(self, client: Any, ev: Any) -> None:
         info = ev.Info
         src = info.MessageSource
         raw_chat = jid_str(src.Chat)
-        if src.Chat.Server in ("broadcast", "newsletter"):
-            return  # status updates and channels are not conversations
-        chat = chat_of(src, self.own_lid, self.own_phone)
+        destination = info.DeviceSentMeta.DestinationJID if info.HasField("DeviceSentMeta") else ""
+        chat = chat_of(src, self.own_lid, self.own_phone, destination)
+        if chat.endswith("@" + LID_SERVER):
+            chat = await self._phone_for(chat) or chat
+        # Our own JID as it arrived never stands in for what chat_of made of it (a DM the
+        # owner sent to someone else must not find the main group under it).
+        forms = {chat} if chat != raw_chat and raw_chat in (self.own_phone, self.own_lid) else {chat, raw_chat}
         msg_id = info.ID
         text = message_text(ev.Message)
-        if src.IsFromMe and self._is_ours(msg_id, {chat, raw_chat}, text):
+        if src.IsFromMe and self._is_ours(msg_id, forms, text):
             log.debug("chat=%s msg=%s our own message echoed; ignored", chat, msg_id)
             return
-        group = Group.get_or_none(Group.jid.in_(list({chat, raw_chat})))
+        group = Group.get_or_none(Group.jid.in_(list(forms)))
         if group is not None:
             chat = group.jid  # store under the form the owner registered
         elif not self.wcfg.store_unregistered:
@@ -613,6 +632,9 @@ class WhatsAppBackend(Backend):
             # A re-delivery (or our own reply's first chunk): skip before any download.
             log.debug("chat=%s msg=%s already stored", chat, msg_id)
             return
+        sender = sender_of(src, self.own_lid, self.own_phone)
+        if sender.endswith("@" + LID_SERVER):
+            sender = await self._phone_for(sender) or sender
         media = media_of(ev.Message, msg_id)
         attachment = await self._save_media(client, ev, media, group) if media is not None else None
         if not text.strip() and attachment is None:
@@ -620,9 +642,23 @@ class WhatsAppBackend(Backend):
             return
         try:
             await self.receive(to_inbound(ev, chat=chat, text=text[:MAX_TEXT], own_lid=self.own_lid,
-                                          own_phone=self.own_phone, media=attachment))
+                                          own_phone=self.own_phone, media=attachment, sender=sender))
         except StoreError as exc:
             await self._tell_not_stored(chat, str(exc))
+
+    async def _phone_for(self, lid: str) -> str | None:
+        """The phone JID whatsmeow's store has for ``lid``: a DM can arrive as a bare @lid
+        with no phone form beside it (whatsmeow issues 1014, 1262), and a registered chat
+        is known by its phone form."""
+        if lid in self._phones:
+            return self._phones[lid]
+        pn = await self._while_connected(lambda: self.client.get_pn_from_lid(parse_jid(lid)))
+        if pn is None or not pn.User:
+            return None
+        self._phones[lid] = jid_str(pn)
+        while len(self._phones) > 1000:
+            self._phones.popitem(last=False)
+        return self._phones[lid]
 
     async def _tell_not_stored(self, chat: str, reason: str) -> None:
         """The message could not be stored (say, a full disk), and WhatsApp will not send it
@@ -658,7 +694,7 @@ class WhatsAppBackend(Backend):
         if media.size and media.size > self.wcfg.max_media_bytes:
             return media.describe(None, f"not downloaded: {media.size} bytes is over the limit")
         try:
-            data = await client.download_any(ev.Message)
+            data = await asyncio.wait_for(client.download_any(ev.Message), MEDIA_TIMEOUT)
             with Dir.open(self.cfg.groups_dir / group.folder) as folder, folder.ensure_dir("inbox") as inbox:
                 inbox.write(media.filename, data, 0o644)
         except Exception as exc:
