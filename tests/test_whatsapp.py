@@ -125,12 +125,14 @@ from pathlib import Path  # noqa: E402
 
 from neonize.aioze.events import (  # noqa: E402
     ConnectedEv,
+    ConnectFailureEv,
     DisconnectedEv,
     LoggedOutEv,
     MessageEv,
     PairStatusEv,
     ReceiptEv,
     StreamReplacedEv,
+    TemporaryBanEv,
 )
 from neonize.exc import NeonizeError  # noqa: E402
 from neonize.proto.Neonize_pb2 import (  # noqa: E402
@@ -157,6 +159,7 @@ from neonize.utils.jid import Jid2String  # noqa: E402
 from nanoclaw.channels.whatsapp import WhatsAppBackend  # noqa: E402
 from nanoclaw.channels.whatsapp import convert as wa_proto  # noqa: E402
 from nanoclaw.channels.whatsapp import pairing as pairing_mod  # noqa: E402
+from nanoclaw.channels.whatsapp.pairing import PAIR_COMMAND  # noqa: E402
 from nanoclaw.channels.whatsapp.ratelimit import TokenBucket  # noqa: E402
 from nanoclaw.core import groups as groups_mod  # noqa: E402
 from nanoclaw.core.backoff import Backoff  # noqa: E402
@@ -164,7 +167,7 @@ from nanoclaw.core.models import Group, Message, open_db  # noqa: E402
 from nanoclaw.core.prompt import needs_agent  # noqa: E402
 from nanoclaw.daemons.channel import ChannelDaemon  # noqa: E402
 
-from whatsapp_offline import closed_port, link_session, unlink_session  # noqa: E402, I001
+from whatsapp_offline import SilentProxy, closed_port, link_session, unlink_session  # noqa: E402, I001
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -959,6 +962,123 @@ def test_an_unpaired_session_is_never_connected_by_the_channel(harness):
     assert ("connect",) not in calls
 
 
+def connects(h: Harness) -> int:
+    return h.client.calls.count(("connect",))
+
+
+def test_a_temporary_ban_is_waited_out_then_the_channel_connects_again(harness):
+    """The defect: a ban only set a status, and whatsmeow never reconnects after one:
+    WhatsApp stayed dead until someone restarted the unit."""
+    async def go():
+        h = await harness().start()
+        banned_at = time.monotonic()
+        await h.fire(TemporaryBanEv(Code=TemporaryBanEv.SEND_TO_TOO_MANY_PEOPLE, Expire=1))
+        status, stopped = h.wa.status(), ("stop",) in h.client.calls
+        send = await h.daemon._deliver({"chat": h.main.jid, "text": "hi", "outbox_id": 4})
+        still_one = connects(h)
+        await wait_until(lambda: connects(h) == 2, 5)
+        waited = time.monotonic() - banned_at
+        await h.connect()
+        after = h.wa.status()
+        await h.close()
+        return status, stopped, send, still_one, waited, after
+    status, stopped, send, still_one, waited, after = run(go())
+    assert status.startswith("temporarily banned by WhatsApp (send to too many people); next attempt at ")
+    assert stopped and still_one == 1 and not send["ok"]
+    assert waited >= 0.9  # not before the ban's expiry
+    assert after == f"connected as {OWNER}@s.whatsapp.net"
+
+
+def test_a_connect_failure_is_retried_with_backoff(harness):
+    from neonize.proto.Neonize_pb2 import Node
+
+    async def go():
+        h = await harness().start()
+        statuses: list[str] = []
+        h.daemon.notify = lambda line: statuses.append(line)
+        failure = ConnectFailureEv(Reason=ConnectFailureEv.DESCRIPTOR.fields_by_name["Reason"].enum_type
+                                   .values_by_name["INTERNAL_SERVER_ERROR"].number, Message="", Raw=Node(Tag="failure"))
+        await h.fire(failure)
+        await wait_until(lambda: connects(h) == 2)
+        await h.fire(failure)  # again: the backoff grows
+        await wait_until(lambda: connects(h) == 3)
+        await h.connect()
+        await h.close()
+        return statuses, h.wa.backoff.attempt
+    statuses, attempt = run(go())
+    retrying = [s for s in statuses if "next attempt" in s]
+    assert retrying and "connect failure: internal server error" in retrying[0]
+    assert attempt == 0  # reset once connected
+
+
+def test_a_lost_session_is_told_in_the_main_chat_when_that_is_on_another_channel(harness):
+    from nanoclaw.core.protocol import Spool
+
+    async def go():
+        h = await harness().start()
+        Group.update(jid="main@term").where(Group.folder == "main").execute()
+        await h.fire(LoggedOutEv(OnConnect=False, Reason=1))
+        await h.fire(LoggedOutEv(OnConnect=False, Reason=1))  # said twice: told once
+        spool = Spool(h.cfg.spool_dir / "router")
+        notices = [e.body for e in spool.take(spool.claim_new())]
+        await h.close()
+        return notices, h.wa.status()
+    notices, status = run(go())
+    assert status == "logged out — run `nanoclaw pair`"
+    assert len(notices) == 1
+    assert notices[0]["chat"] == "main@term" and notices[0]["kind"] == "notice"
+    assert notices[0]["text"].startswith("whatsapp: WhatsApp logged this server out")
+
+
+def test_a_connect_that_never_concludes_is_reported_stuck(harness):
+    """A dial through a silent network, a connect no event ever concludes: past client_timeout
+    the channel says it is stuck (and so stops feeding systemd's watchdog)."""
+    async def go():
+        h = await harness(client_timeout=0.2).start(connected=False)
+        await wait_until(lambda: connects(h) == 1)
+        early = h.daemon.stuck()
+        await wait_until(lambda: h.daemon.stuck())
+        stuck, status = h.daemon.stuck(), h.daemon.status()
+        await h.fire(ConnectedEv(status=True))
+        after = h.daemon.stuck()
+        await h.close()
+        return early, stuck, status, after
+    early, stuck, status, after = run(go())
+    assert early == "" and after == ""
+    assert stuck.startswith("the WhatsApp client is stuck: connecting for ")
+    assert "STUCK: the WhatsApp client is stuck" in status
+
+
+def test_a_stop_that_never_ends_is_reported_stuck_and_shutdown_does_not_wait_for_it(harness):
+    async def go():
+        h = await harness(client_timeout=0.2).start()
+        h.client.stop_ends_task = False
+        await h.fire(StreamReplacedEv())
+        await wait_until(lambda: h.daemon.stuck())
+        stuck = h.daemon.stuck()
+        started = time.monotonic()
+        await h.close()
+        return stuck, time.monotonic() - started, h.wa.lingering
+    stuck, took, lingering = run(go())
+    assert stuck.startswith("the WhatsApp client is stuck: stopping for ")
+    assert took < 15 and lingering
+
+
+def test_a_qr_code_on_the_channels_own_client_throws_the_process_away(harness):
+    """The store lost its device after the channel looked: the client shows QR codes, and
+    neonize 0.5.2 can never stop it there. Only a new process helps: stuck at once."""
+    async def go():
+        h = await harness().start(connected=False)
+        await wait_until(lambda: connects(h) == 1)
+        await h.fire(b"2@qrdata,1,2,3", "qr")
+        stuck, status = h.daemon.stuck(), h.wa.status()
+        await h.close()
+        return stuck, status
+    stuck, status = run(go())
+    assert stuck.startswith("the WhatsApp client is stuck: asking for a QR scan")
+    assert status == "not paired — run `nanoclaw pair`"
+
+
 class FakeWriter:
     """The pairing CLI's end of the socket, as the daemon sees it."""
 
@@ -1466,3 +1586,258 @@ def test_the_channel_runs_with_neonizes_bot_label_as_configured(make_system, bot
     s.stop("channel")
     assert f"NEONIZE_BOT_TAG={expected}".encode() in environ
     assert status.startswith("whatsapp: not paired")  # the same process, serving as usual
+
+
+# -- the real neonize client, offline (each in a process of its own: a hang fails, not hangs) --
+
+REAL_LIFECYCLE = r"""
+import asyncio, ctypes, json, sys, time
+from pathlib import Path
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+import test_whatsapp as t
+from whatsapp_offline import SilentProxy, link_session, map_lid
+from neonize.aioze.events import ConnectedEv, MessageEv
+from neonize.events import EVENT_TO_INT
+from nanoclaw.core import config as config_mod, groups as groups_mod
+from nanoclaw.core.models import Message, open_db
+from nanoclaw.daemons.channel import ChannelDaemon
+
+tmp = Path(sys.argv[1])
+proxy = SilentProxy()
+cfg = config_mod.Config(state_dir=tmp / "state", runtime_dir=tmp / "run", config_dir=tmp / "etc",
+                        channels=("whatsapp", "terminal"),
+                        whatsapp=config_mod.WhatsAppConfig(proxy=proxy.url, reconnect_min=0.05, reconnect_max=0.1))
+cfg.runtime_dir.mkdir(parents=True)
+open_db(cfg.db_path)
+groups_mod.add_group(cfg, "main", jid=f"{t.OWNER}@s.whatsapp.net", is_main=True)
+groups_mod.add_group(cfg, "alice", jid=f"{t.ALICE}@s.whatsapp.net")
+session = cfg.state_dir / "whatsapp" / "session.db"
+link_session(session, t.OWNER)
+map_lid(session, t.ALICE_LID, t.ALICE)
+out = {}
+
+
+def dispatch(client, ev):  # what neonize's Go callback does, on its own thread
+    data = ev.SerializeToString()
+    buf = ctypes.create_string_buffer(data, len(data))
+    client.event.execute(0, ctypes.addressof(buf), len(data), EVENT_TO_INT[type(ev)])
+
+
+async def until(pred, timeout=20):
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def rows():
+    return [(m.chat, m.sender, m.channel_id) for m in Message.select().order_by(Message.id)]
+
+
+async def main():
+    d = ChannelDaemon(cfg)
+    await d.setup()
+    wa = d._whatsapp()
+    await until(lambda: proxy.accepted)  # the real client dials through the proxy, which says nothing
+    out["dialing"] = [wa.state, d.stuck()]
+    await asyncio.to_thread(dispatch, wa.client, ConnectedEv(status=True))
+    await until(lambda: wa.me)
+    out["me"] = wa.me  # GetMe on the real client, which loaded the linked store
+    lid_dm = t.message_ev(t.jid(t.ALICE_LID, "lid"), t.jid(t.ALICE_LID, "lid"), "R1", "only my lid")
+    await asyncio.to_thread(dispatch, wa.client, lid_dm)
+    await until(lambda: rows())
+    out["mapped"] = rows()  # GetPNFromLID on the real client, from whatsmeow's own store
+    # stop while the real client is still dialing: it ends once the dial does (here: the proxy
+    # hangs up); then stop again, twice, on the backend and on the client itself
+    stopping = asyncio.ensure_future(wa.stop())
+    await until(lambda: wa._stopped_by_us)
+    proxy.close()
+    await asyncio.wait_for(stopping, 30)
+    out["after_stop"] = [wa.connected, wa.lingering, wa._task.done()]
+    await wa.stop()
+    await wa.client.stop()
+    await wa.client.stop()
+    # events and calls after the stop: GetMe and GetPNFromLID would kill the process now
+    await asyncio.to_thread(dispatch, wa.client, ConnectedEv(status=True))
+    await asyncio.to_thread(dispatch, wa.client, t.message_ev(t.jid("77000000000055", "lid"),
+                                                              t.jid("77000000000055", "lid"), "R2", "late"))
+    await asyncio.to_thread(dispatch, wa.client, t.message_ev(
+        t.jid("77000000000055", "lid"), t.jid("77000000000055", "lid"), "R3", "late, with my number",
+        sender_alt=t.jid(t.ALICE)))
+    await until(lambda: len(rows()) == 2)  # R3 stored after R2 (same chat, in order): R2 was handled
+    out["late"] = [rows()[-1], wa.connected]
+    out["deliver"] = await d._deliver({"chat": f"{t.ALICE}@s.whatsapp.net", "text": "hi", "outbox_id": 1})
+    await wa.typing(f"{t.ALICE}@s.whatsapp.net", True)
+    out["discover"] = await wa.discover()
+    out["pair"] = await wa.pair(None, None)
+    out["client_calls"] = {}
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage
+    for name, call in (("send", lambda: wa.client.send_message(t.jid(t.ALICE), WAMessage(conversation="x"))),
+                       ("groups", wa.client.get_joined_groups),
+                       ("download", lambda: wa.client.download_any(WAMessage(imageMessage=t.ImageMessage(
+                           URL="https://mmg.whatsapp.net/x", directPath="/v/x", mediaKey=b"k" * 32)))),
+                       ("pairphone", lambda: wa.client.PairPhone("491700000001", True))):
+        try:
+            await call()
+            out["client_calls"][name] = "returned"
+        except Exception as exc:
+            out["client_calls"][name] = str(exc)[:40]
+    print(json.dumps(out), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_the_real_client_connects_stops_and_is_called_after_stop_without_harm(tmp_path):
+    """neonize's real client on a linked store, dialing a server that never answers: connected
+    (through neonize's own dispatch), a bare-LID DM mapped by the real store, a stop while
+    dialing, stops twice, then late events and every call the channel makes. GetMe and
+    GetPNFromLID kill the process once the client is stopped; the channel never makes them then."""
+    proc = subprocess.run([sys.executable, "-c", REAL_LIFECYCLE, str(tmp_path), str(ROOT), str(TESTS)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    alice = f"{ALICE}@s.whatsapp.net"
+    assert out["dialing"] == ["connecting", ""]
+    assert out["me"] == f"{OWNER}@s.whatsapp.net"
+    assert out["mapped"] == [[alice, alice, "R1"]]
+    assert out["after_stop"] == [False, False, True]
+    assert out["late"] == [[alice, alice, "R3"], False]
+    assert not out["deliver"]["ok"] and "not connected" in out["deliver"]["error"]
+    assert not out["discover"]["ok"]
+    assert out["pair"]["ok"] and out["pair"]["already"]
+    assert out["client_calls"] == {"send": "client is nil", "groups": "client is nil", "download": "client is nil",
+                                   "pairphone": out["client_calls"]["pairphone"]}
+    assert "client is nil" in out["client_calls"]["pairphone"]
+
+
+class NotifyListener:
+    """systemd's end of NOTIFY_SOCKET: what the daemon tells it, with when."""
+
+    def __init__(self, path: Path) -> None:
+        import socket as socket_mod
+        self.sock = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.got: list[tuple[float, str]] = []
+
+    def read(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                self.got.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except TimeoutError:
+                pass
+
+    def drain(self) -> None:
+        """Read what is already queued (stamped with the time it is read, not sent)."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.got.append((time.monotonic(), self.sock.recv(4096).decode()))
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.settimeout(0.2)
+
+    def pings_after(self, t: float) -> int:
+        return sum(1 for at, line in self.got if at > t and line == "WATCHDOG=1")
+
+
+def hung_channel(make_system, tmp_path, proxy: SilentProxy, **env: str):
+    """The real channel daemon, its real client dialing a server that never answers."""
+    s = make_system(channels=["whatsapp", "terminal"], whatsapp={"proxy": proxy.url, "client_timeout": 1.0})
+    link_session(s.state / "whatsapp" / "session.db", OWNER)
+    s.env.update(env)
+    return s
+
+
+def test_a_channel_whose_client_hangs_stops_feeding_the_watchdog(make_system, tmp_path):
+    """What systemd sees: READY, WATCHDOG=1 while the connect is young, none once it is
+    overdue (systemd would now replace the process: tests/system). SIGTERM then still ends
+    the process promptly, though the real client's dial lasts a minute."""
+    proxy = SilentProxy()
+    listener = NotifyListener(tmp_path / "notify")
+    s = hung_channel(make_system, tmp_path, proxy, NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="400000")
+    try:
+        s.start("channel")
+        listener.read(0.6)
+        fed_while_young = listener.pings_after(0)
+        s.wait_for(lambda: "STUCK" in s.request("channel", {"op": "status"})["status"], 10, what="stuck")
+        listener.drain()  # pings sent before it was stuck
+        stuck_at = time.monotonic()
+        listener.read(2.0)
+        fed_while_stuck = listener.pings_after(stuck_at)
+        proc = s.procs["channel"]
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+        took = time.monotonic() - started
+    finally:
+        proxy.close()
+    assert proxy.accepted  # the real client was dialing
+    assert fed_while_young >= 1 and fed_while_stuck == 0
+    assert any(line.startswith("STATUS=") and "STUCK: the WhatsApp client is stuck: connecting" in line
+               for _, line in listener.got)
+    assert rc == 0 and took < 20
+    assert "watchdog no longer fed: the WhatsApp client is stuck" in s.log("channel")
+
+
+def test_without_a_watchdog_a_channel_whose_client_hangs_exits_to_be_restarted(make_system, tmp_path):
+    proxy = SilentProxy()
+    s = hung_channel(make_system, tmp_path, proxy)
+    try:
+        s.start("channel")
+        rc = s.procs["channel"].wait(30)
+    finally:
+        proxy.close()
+    assert rc == 70
+    assert "exiting to be restarted: the WhatsApp client is stuck: connecting" in s.log("channel")
+
+
+def test_the_real_pairing_process_says_when_whatsapp_cannot_be_reached(harness, monkeypatch):
+    monkeypatch.setattr(WhatsAppBackend, "pair_command", PAIR_COMMAND)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+
+    async def go():
+        h = await harness(paired=False, proxy=closed_port()).start(connected=False)
+        refused = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 60)
+        status = h.wa.status()
+        await h.close()
+        return refused, status
+    refused, status = run(go())
+    assert not refused["ok"] and refused["error"].startswith("cannot reach WhatsApp: ")
+    assert status == "not paired — run `nanoclaw pair`"
+
+
+def test_the_real_pairing_process_ends_on_time_when_whatsapp_never_answers(harness, monkeypatch):
+    """The real client in pairproc, dialing a server that never answers: its dial would last a
+    minute and a stop would wait for it; the pairing still ends at its own timeout."""
+    monkeypatch.setattr(WhatsAppBackend, "pair_command", PAIR_COMMAND)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    proxy = SilentProxy()
+
+    async def go():
+        h = await harness(paired=False, proxy=proxy.url, pair_timeout=2.0).start(connected=False)
+        started = time.monotonic()
+        reply = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 60)
+        took = time.monotonic() - started
+        await h.close()
+        return reply, took
+    try:
+        reply, took = run(go())
+    finally:
+        proxy.close()
+    assert proxy.accepted
+    assert reply == {"ok": False, "error": "WhatsApp sent no pairing code within 2s: is it reachable from here "
+                                           "(network, [whatsapp] proxy)?"}
+    assert took < 10
+
+
+def test_neonize_still_has_the_login_status_callback_pairing_listens_to():
+    """pairproc hears how the QR phase ended through neonize's private __onLoginStatus; an
+    upgrade that renames it must fail here, not leave pairing deaf."""
+    from neonize.aioze.client import NewAClient
+    assert callable(getattr(NewAClient, "_NewAClient__onLoginStatus", None))
+    assert "_NewAClient__onLoginStatus" in NewAClient.connect_with_proxy.__code__.co_consts[-1].co_names or \
+        "_NewAClient__onLoginStatus" in NewAClient.connect_with_proxy.__code__.co_names

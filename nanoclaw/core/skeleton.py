@@ -165,6 +165,7 @@ class Daemon:
             if not told:  # once per episode: the text counts seconds
                 told = stuck
                 self.log.error("%s: %s", "watchdog no longer fed" if usec else "exiting to be restarted", stuck)
+                self._set_status()  # a status() that shows it is published now, not at the next pass
             if not usec:
                 logging.shutdown()
                 os._exit(EXIT_STUCK)  # a normal exit would wait for the stuck thread

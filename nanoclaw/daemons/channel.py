@@ -285,12 +285,13 @@ class ChannelDaemon(Daemon):
         for backend in self.backends:
             await backend.stop()
 
-    def run(self) -> None:
-        super().run()
+    async def run_async(self) -> None:
+        await super().run_async()
         wa = self._whatsapp() if hasattr(self, "backends") else None
         if wa is not None and wa.lingering:
             # neonize left a Go call blocked in a worker thread (a stop during a dial waits for
-            # the dial): a normal exit would wait for it until systemd's SIGKILL.
+            # the dial): asyncio.run, then the interpreter, would wait for it until systemd's
+            # SIGKILL. Everything is stored; leave from inside the loop.
             self.log.info("exiting without waiting for the WhatsApp client's thread")
             logging.shutdown()
             os._exit(0)

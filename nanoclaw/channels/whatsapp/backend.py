@@ -214,6 +214,8 @@ class WhatsAppBackend(Backend):
         if self._task is not None and not self._task.done():
             await asyncio.wait({self._task}, timeout=STOP_WAIT)
         self.lingering = self._task is not None and not self._task.done()
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            self._task.exception()  # seen: the loop that would have read it is ending
         if self._runner:
             self._runner.cancel()
             await asyncio.wait({self._runner}, timeout=STOP_WAIT)
