@@ -1079,6 +1079,72 @@ def test_a_qr_code_on_the_channels_own_client_throws_the_process_away(harness):
     assert status == "not paired — run `nanoclaw pair`"
 
 
+def test_neonize_cannot_hold_the_ack_until_the_message_is_stored():
+    """whatsmeow acknowledges a message once its Go event handler returns (SynchronousAck
+    would make it wait for that handler). neonize's handler only queues the event for
+    Python, and neonize's Python dispatch (Event.execute, what the Go callback calls)
+    returns before our handler has even started; neonize exposes no SynchronousAck. So the
+    ack always precedes the store: what a crash can lose is said in the README."""
+    import inspect
+
+    import neonize
+    from neonize.aioze import events as events_mod
+    from neonize.aioze.client import NewAClient
+    from neonize.aioze.events import Event
+    from neonize.events import EVENT_TO_INT
+
+    finished: list[str] = []
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        saved, events_mod.event_global_loop = events_mod.event_global_loop, loop
+        release = asyncio.Event()
+        try:
+            dispatch = Event(None)
+
+            async def handler(client, ev):  # our store, still going
+                await release.wait()
+                finished.append(ev.Info.ID)
+            dispatch.list_func[EVENT_TO_INT[MessageEv]] = handler
+            data = message_ev(jid(FAMILY, "g.us"), jid(ALICE), "ACK1", "hello").SerializeToString()
+            buf = ctypes.create_string_buffer(data, len(data))
+
+            def go_callback() -> list[str]:
+                dispatch.execute(0, ctypes.addressof(buf), len(data), EVENT_TO_INT[MessageEv])
+                return list(finished)  # execute returned: the Go side goes on (and acks)
+            seen = await asyncio.wait_for(asyncio.to_thread(go_callback), 5)
+            release.set()
+            await wait_until(lambda: finished)
+            return seen
+        finally:
+            release.set()
+            events_mod.event_global_loop = saved
+    assert run(go()) == []
+    sources = "".join(p.read_text(errors="replace") for p in Path(neonize.__file__).parent.rglob("*.py"))
+    assert "SynchronousAck" not in sources
+    assert list(inspect.signature(NewAClient.connect).parameters) == ["self", "proxy_settings"]
+
+
+def test_a_message_still_being_stored_at_shutdown_is_stored_before_the_client_stops(harness):
+    async def go():
+        h = await harness().start()
+        h.client.download_gate = asyncio.Event()
+        handler = asyncio.ensure_future(h.fire(message_ev(jid(FAMILY, "g.us"), jid(ALICE), "LATE1", body=WAMessage(
+            imageMessage=ImageMessage(caption="@Andy look", mimetype="image/jpeg", fileLength=15)))))
+        await wait_until(lambda: ("download_any", "imageMessage") in h.client.calls)
+        closing = asyncio.ensure_future(h.close())
+        await wait_until(lambda: h.wa._stopping)
+        stopped_while_downloading = ("stop",) in h.client.calls
+        h.client.download_gate.set()
+        await asyncio.wait_for(closing, 20)
+        await handler
+        return stopped_while_downloading, h.rows(h.family.jid), h.client.calls
+    stopped_while_downloading, rows, calls = run(go())
+    assert not stopped_while_downloading
+    assert [r.channel_id for r in rows] == ["LATE1"]
+    assert calls.index(("stop",)) > calls.index(("download_any", "imageMessage"))
+
+
 class FakeWriter:
     """The pairing CLI's end of the socket, as the daemon sees it."""
 

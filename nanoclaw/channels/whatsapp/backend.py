@@ -91,7 +91,7 @@ PARKED = {"unpaired", "logged_out", "replaced", "outdated", "pairing"}
 NOT_PAIRED = "not paired — run `nanoclaw pair`"
 NOT_STORED_QUIET = 600.0  # seconds between two "not stored" notices to one chat
 MEDIA_TIMEOUT = 120.0  # a download still going after this is given up: the chat's next messages wait for it
-STOP_WAIT = 5.0  # at shutdown, for each of: the client's stop, its task
+STOP_WAIT = 5.0  # at shutdown, for each of: handlers still storing, the client's stop, its task
 T = TypeVar("T")
 
 Emit = Callable[[dict], Awaitable[None]]
@@ -151,6 +151,7 @@ class WhatsAppBackend(Backend):
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
         self._order = ChatOrder()
+        self._storing: set[asyncio.Task] = set()  # message handlers that have not stored yet
         self._runner: asyncio.Task | None = None
         self._refresher: asyncio.Task | None = None
         self._lifecycle = asyncio.Lock()  # connect/stop are not safe concurrently (neonize notes)
@@ -199,7 +200,9 @@ class WhatsAppBackend(Backend):
         return f"the WhatsApp client is stuck: {overdue}" if overdue else ""
 
     async def stop(self) -> None:
-        """Stop within about 2 × STOP_WAIT whatever neonize does."""
+        """Stop within about 3 × STOP_WAIT whatever neonize does: handlers still storing
+        first (whatsmeow told WhatsApp we have their messages when it queued them), then
+        the client."""
         self._stopping = True
         self._wake.set()
         for task in list(self._typing.values()) + [self._refresher]:
@@ -207,6 +210,8 @@ class WhatsAppBackend(Backend):
                 task.cancel()
         if self._pairing is not None:
             self._pairing.cancel()
+        if self._storing:
+            await asyncio.wait(set(self._storing), timeout=STOP_WAIT)
         try:
             await asyncio.wait_for(self._stop_client(), STOP_WAIT)
         except asyncio.TimeoutError:
@@ -604,9 +609,14 @@ class WhatsAppBackend(Backend):
         src = ev.Info.MessageSource
         if src.Chat.Server in ("broadcast", "newsletter"):
             return  # status updates and channels are not conversations
-        # Entered before the first await: the place in the chat's line is the arrival order.
-        async with self._order.turn(jid_str(src.Chat)):
-            await self._intake(client, ev)
+        task = asyncio.current_task()
+        self._storing.add(task)  # a stop lets it finish: WhatsApp already has our ack
+        try:
+            # Entered before the first await: the place in the chat's line is the arrival order.
+            async with self._order.turn(jid_str(src.Chat)):
+                await self._intake(client, ev)
+        finally:
+            self._storing.discard(task)
 
     async def _intake(self, client: Any, ev: Any) -> None:
         info = ev.Info
