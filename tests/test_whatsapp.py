@@ -1318,6 +1318,20 @@ def test_pairing_can_be_abandoned_and_run_again_without_a_restart(harness, monke
     assert paired == {"ok": True, "paired": f"{OWNER}@s.whatsapp.net"}
 
 
+def test_a_pairing_process_that_dies_without_an_answer_is_reported(harness, monkeypatch):
+    monkeypatch.setattr(WhatsAppBackend, "pair_command", (sys.executable, "-c", "import sys; sys.exit(3)"))
+
+    async def go():
+        h = await harness(paired=False).start(connected=False)
+        reply = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 30)
+        status = h.wa.status()
+        await h.close()
+        return reply, status
+    reply, status = run(go())
+    assert reply == {"ok": False, "error": "the pairing process ended without an answer (exit status 3)"}
+    assert status == "not paired — run `nanoclaw pair`"
+
+
 def test_pair_on_a_linked_session_that_is_still_connecting_leaves_it_alone(harness):
     """The defect: `nanoclaw pair` before the first ConnectedEv waited for a pairing that could
     never come, then stopped the healthy client as 'unpaired'."""

@@ -326,7 +326,7 @@ class WhatsAppBackend(Backend):
         self._set("pairing", "pairing — waiting for the phone")
         try:
             result = await run.run(emit)
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, asyncio.TimeoutError):  # the CLI is gone or stopped reading
             log.info("pairing abandoned: the terminal went away")
             result = {"ok": False, "error": "abandoned"}
         finally:

@@ -46,9 +46,12 @@ class PairingRun:
             return {"ok": False, "error": f"cannot start the pairing process: {exc}"}
         answered = False  # the child said its last word: let it exit by itself
         try:
-            self.proc.stdin.write(json.dumps(self.request).encode() + b"\n")
-            await self.proc.stdin.drain()
-            self.proc.stdin.close()
+            try:
+                self.proc.stdin.write(json.dumps(self.request).encode() + b"\n")
+                await self.proc.stdin.drain()
+                self.proc.stdin.close()
+            except (ConnectionError, OSError):
+                pass  # it died at once: its exit status is the answer, below
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.timeout + GRACE
             while True:
