@@ -110,6 +110,9 @@ done
 if ! ldconfig -p | grep -q 'libmagic\.so\.1 '; then
     if apt-cache show libmagic1t64 >/dev/null 2>&1; then need+=(libmagic1t64); else need+=(libmagic1); fi
 fi
+# neonize needs ffmpeg and ffprobe for voice notes and other media. Installed whatever the
+# configuration says: WhatsApp is usually enabled after installing, without running this again.
+command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need+=(ffmpeg)
 if [ "${#need[@]}" -gt 0 ]; then
     [ "$APT" -eq 1 ] || die "missing packages: ${need[*]} (--no-apt given: install them, then re-run)"
     echo "installing ${need[*]}"

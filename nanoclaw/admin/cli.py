@@ -178,8 +178,8 @@ def cmd_pair(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         print(f"nanoclaw: pairing failed: {event.get('error')}", file=sys.stderr)
         return 1
     if event.get("already"):
-        print(f"already paired as {event['paired']} (to link another account, unlink this device "
-              "on the phone first)")
+        print(f"already paired as {event['paired']}; WhatsApp: {event.get('status', '?')}\n"
+              "(to link another account, unlink this device on the phone first)")
     else:
         print(f"paired as {event['paired']}")
     return 0

@@ -75,3 +75,12 @@ class Backend(ABC):
 
     def on_status(self) -> None:
         """Called when ``status()`` changes; the channel daemon replaces it to publish at once."""
+
+    def on_alert(self, text: str) -> None:
+        """Called with what the owner must read elsewhere (this network stopped for good, or
+        for hours); the channel daemon replaces it to post ``text`` to the main chat."""
+
+    def stuck(self) -> str:
+        """What of this backend is stuck past its time ("" when nothing): the channel then
+        stops feeding the watchdog, so the process is replaced."""
+        return ""

@@ -46,20 +46,42 @@ class ContainerConfig:
     build_args: tuple[str, ...] = ("same-as-run",)
 
 
+# whatsmeow shows 6 QR codes, the first for 60 s and the others for 20 s each: about 160 s
+# in all, after which it gives up. A pairing timeout beyond it would wait for nothing.
+QR_WINDOW = 160.0
+
+
 @dataclass(frozen=True)
 class WhatsAppConfig:
     """The WhatsApp channel (``[whatsapp]``). Only read when ``channels`` has "whatsapp"."""
 
     store_unregistered: bool = False  # keep messages from unregistered chats (never answered)
-    send_rate_per_minute: float = 20.0  # sustained outbound rate, all chats together
-    send_burst: int = 5  # messages that may go out back to back before the rate applies
+    # Outbound rate, all chats together. WhatsApp publishes no limit; whatsmeow's users report
+    # more than about 5 messages a minute as what gets accounts banned: stay under it.
+    send_rate_per_minute: float = 4.0
+    send_burst: int = 3  # messages that may go out back to back (a 3-part answer at once)
     max_message_chars: int = 4000  # longer replies are split into several messages
     download_media: bool = True  # images, voice notes, documents into groups/<folder>/inbox/
     max_media_bytes: int = 25 * 1024 * 1024  # bigger media is referenced, not downloaded
     reconnect_min: float = 2.0  # first retry delay after a failed connect (doubles each time)
     reconnect_max: float = 300.0  # cap on that delay
-    pair_timeout: float = 180.0  # how long `nanoclaw pair` waits for the phone
+    pair_timeout: float = 150.0  # how long `nanoclaw pair` waits for the phone (at most QR_WINDOW)
     name_refresh: float = 3600.0  # seconds between refreshes of registered groups' names
+    # neonize marks messages to people (not groups) as sent by a bot unless told not to
+    # (NEONIZE_BOT_TAG); the assistant writes as the owner, so no label by default.
+    bot_label: bool = False
+    # A connect, or a stop, of the WhatsApp client taking longer than this is a hang: the
+    # channel stops feeding systemd's watchdog and is restarted. whatsmeow's own dial gives
+    # up after 60 s, so this must be longer.
+    client_timeout: float = 120.0
+    proxy: str = ""  # e.g. socks5://127.0.0.1:1080 or http://proxy:3128 for all WhatsApp traffic
+
+    def __post_init__(self) -> None:
+        if not 0 < self.pair_timeout <= QR_WINDOW:
+            raise ConfigError(f"whatsapp.pair_timeout must be between 0 and {QR_WINDOW:.0f} seconds "
+                              "(whatsmeow's QR codes run out after that)")
+        if self.client_timeout <= 0:
+            raise ConfigError("whatsapp.client_timeout must be positive")
 
 
 def _under(base: str, *parts: str) -> property:

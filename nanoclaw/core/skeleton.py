@@ -29,6 +29,8 @@ from nanoclaw.core.models import open_db
 from nanoclaw.core.protocol import MAX_LINE, BadMessage, parse_line
 
 RESCAN_SECONDS = 30.0
+UNWATCHED_CHECK = 5.0  # without systemd's watchdog: how often stuck() is asked
+EXIT_STUCK = 70  # EX_SOFTWARE: how a stuck daemon without a watchdog exits
 
 
 class Daemon:
@@ -73,6 +75,12 @@ class Daemon:
     def status(self) -> str:
         """A one-line live summary for systemd's STATUS= and ``nanoclaw status``."""
         return "running"
+
+    def stuck(self) -> str:
+        """What part of the daemon is stuck past its time ("" when nothing is). A daemon whose
+        parts can hang where it cannot end them (a library's blocked call) overrides this:
+        while it says something, the watchdog is not fed and the process gets replaced."""
+        return ""
 
     async def shutdown(self) -> None:
         """Drain before exit (SIGTERM)."""
@@ -140,13 +148,27 @@ class Daemon:
                 pass
 
     async def _watchdog(self) -> None:
+        """Feed systemd's watchdog every half period while nothing is ``stuck()``. Without
+        one (``nanoclaw run-all``, a terminal), a stuck daemon exits itself instead, so that
+        its supervisor starts it again: either way no hang outlives the process."""
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if not usec:
-            return
-        period = usec / 1e6 / 2
+        period = usec / 1e6 / 2 if usec else UNWATCHED_CHECK
+        told = ""
         while True:
             await asyncio.sleep(period)
-            self.notify("WATCHDOG=1")
+            stuck = self.stuck()
+            if not stuck:
+                told = ""
+                if usec:
+                    self.notify("WATCHDOG=1")
+                continue
+            if not told:  # once per episode: the text counts seconds
+                told = stuck
+                self.log.error("%s: %s", "watchdog no longer fed" if usec else "exiting to be restarted", stuck)
+                self._set_status()  # a status() that shows it is published now, not at the next pass
+            if not usec:
+                logging.shutdown()
+                os._exit(EXIT_STUCK)  # a normal exit would wait for the stuck thread
 
     def _set_status(self) -> None:
         line = self.status()

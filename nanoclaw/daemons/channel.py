@@ -15,7 +15,9 @@ WRITES
     bot messages (``is_bot``) for what it sent, which is how our own messages
     are recognised later, never by their text; media into
     ``groups/<folder>/inbox/`` (walked with ``safefs``: the agent can write
-    that folder).
+    that folder); a notice to ``spool/router`` for the main chat when a
+    network stops for good or for hours (WhatsApp logged out, banned) and
+    the main chat is on another one.
 
 PRIVILEGE
     The service user; network for WhatsApp only (nanoclaw-channel.service).
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import time
 import uuid
 
@@ -44,9 +48,10 @@ from nanoclaw.channels import (
     WhatsAppBackend,
 )
 from nanoclaw.core import attachments
+from nanoclaw.core import config as config_mod
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.models import Group, Message, db, storage_problem
-from nanoclaw.core.protocol import nudge
+from nanoclaw.core.protocol import Spool, nudge
 from nanoclaw.core.safefs import write_atomic
 from nanoclaw.core.skeleton import Daemon
 
@@ -72,6 +77,7 @@ class ChannelDaemon(Daemon):
         self.terminal = next((b for b in self.backends if isinstance(b, TerminalBackend)), None)
         for backend in self.backends:
             backend.on_status = self._status_changed
+            backend.on_alert = lambda text, b=backend: self._alert(b, text)
             await backend.start(self.receive)
 
     async def receive(self, msg: Inbound) -> tuple[int, bool]:
@@ -291,15 +297,55 @@ class ChannelDaemon(Daemon):
                            text=text, timestamp=time.time(), channel_id=msg_id, from_me=True,
                            is_bot=True, outbox_id=outbox_id).on_conflict_ignore().execute()
 
+    def _alert(self, backend: Backend, text: str) -> None:
+        """Tell the owner that ``backend`` stopped (for good, or for hours) in the main chat, when
+        that chat is on another network: the network that failed cannot carry the news. The
+        router delivers it like any notice (spool/router)."""
+        main = Group.get_or_none(Group.is_main == True)  # noqa: E712
+        other = self._backend_for(main.jid) if main else None
+        if other is None or other is backend:
+            self.log.info("%s alert not posted: the main chat is not on another channel", backend.name)
+            return
+        Spool(self.cfg.spool_dir / "router").ensure().put("outbound", {
+            "key": f"channel:{backend.name}:{uuid.uuid4().hex}", "chat": main.jid, "kind": "notice",
+            "text": f"{backend.name}: {text}"})
+        nudge(self.cfg.socket("router"))
+        self.log.info("%s alert posted to the main chat %s", backend.name, main.jid)
+
     def status(self) -> str:
         parts = [f"{b.name}: {b.status()}" for b in self.backends]
         if self.store_failure:
             parts.append(f"MESSAGES NOT STORED: {self.store_failure}")
+        stuck = self.stuck()
+        if stuck:
+            parts.append(f"STUCK: {stuck}")
         return "; ".join(parts) + f"; {self.received} received since start"
+
+    def stuck(self) -> str:
+        return "; ".join(filter(None, (b.stuck() for b in getattr(self, "backends", ()))))
 
     async def shutdown(self) -> None:
         for backend in self.backends:
             await backend.stop()
+
+    async def run_async(self) -> None:
+        await super().run_async()
+        wa = self._whatsapp() if hasattr(self, "backends") else None
+        if wa is not None and wa.lingering:
+            # neonize left a Go call blocked in a worker thread (a stop during a dial waits for
+            # the dial): asyncio.run, then the interpreter, would wait for it until systemd's
+            # SIGKILL. Everything is stored; leave from inside the loop.
+            self.log.info("exiting without waiting for the WhatsApp client's thread")
+            logging.shutdown()
+            os._exit(0)
+
+    @classmethod
+    def main(cls) -> None:
+        cfg = config_mod.get()
+        if "whatsapp" in cfg.channels:
+            from nanoclaw.channels.whatsapp.goenv import exec_with_go_environment
+            exec_with_go_environment(cfg.whatsapp)  # returns once the environment is right
+        cls(cfg).run()
 
 
 main = ChannelDaemon.main

@@ -168,10 +168,47 @@ def test_whatsapp_backend_runs_in_the_channel_sandbox(machine: Machine):
         assert int(machine.show("nanoclaw-channel", "NRestarts")) == 0
         session = machine.sh("stat -c '%a %U' /var/lib/nanoclaw/whatsapp").stdout.split()
         assert session == ["700", "nanoclaw"]
+        # neonize's Go side reads its bot label switch from the environment the process started with
+        environ = machine.sh("tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value nanoclaw-channel)/environ")
+        assert "NEONIZE_BOT_TAG=off" in environ.stdout.splitlines()
         # and the terminal beside it still answers
         assert "echo: beside whatsapp" in send(machine, "beside whatsapp")
     finally:
         machine.sh("sed -i '/^channels = /d' /etc/nanoclaw/config.toml && systemctl restart nanoclaw-channel")
+
+
+def test_a_channel_whose_whatsapp_client_hangs_is_restarted_by_the_watchdog(machine: Machine):
+    """No path leaves the channel waiting forever. neonize's real client, on a session that
+    looks linked, dials through a proxy that accepts and never answers: whatsmeow would wait a
+    minute, and a stop waits for it. Past client_timeout the channel stops feeding its
+    watchdog and systemd replaces the process. Also: ffmpeg is there for neonize."""
+    dropin = "/etc/systemd/system/nanoclaw-channel.service.d/test-watchdog.conf"
+    session = "/var/lib/nanoclaw/whatsapp/session.db"
+    tool = "/opt/nanoclaw/bin/python /root/nanoclaw/tests/whatsapp_offline.py"
+    machine.sh(f"systemd-run --unit nc-silent-proxy --collect {tool} silent 18099")
+    machine.sh("cp -p /etc/nanoclaw/config.toml /tmp/config.toml.before-hang "
+               "&& sed -i '1i channels = [\"whatsapp\", \"terminal\"]' /etc/nanoclaw/config.toml "
+               "&& printf '\\n[whatsapp]\\nproxy = \"http://127.0.0.1:18099\"\\nclient_timeout = 5.0\\n' "
+               ">> /etc/nanoclaw/config.toml "
+               "&& install -d -o nanoclaw -g nanoclaw -m 0700 /var/lib/nanoclaw/whatsapp "
+               f"&& {tool} link {session} && chown nanoclaw:nanoclaw {session} && chmod 0600 {session} "
+               f"&& printf '[Service]\\nWatchdogSec=3\\nTimeoutAbortSec=2\\n' > {dropin} "
+               "&& systemctl daemon-reload && systemctl restart nanoclaw-channel")
+    try:
+        restarts = int(machine.show("nanoclaw-channel", "NRestarts"))
+        machine.wait_for(lambda: int(machine.show("nanoclaw-channel", "NRestarts")) > restarts, 60,
+                         "the watchdog restart")
+        log = machine.journal("-u", "nanoclaw-channel", "--since", "-2min")
+        assert "watchdog no longer fed: the WhatsApp client is stuck: connecting" in log, log[-3000:]
+        assert "watchdog timeout" in log.lower(), log[-3000:]  # systemd's own word for what it did
+        assert "ffmpeg and ffprobe not found" not in log  # neonize checks at connect
+        assert machine.sh("command -v ffmpeg && command -v ffprobe", check=False).returncode == 0
+    finally:
+        machine.sh(f"rm -f {dropin} {session}* && cp -p /tmp/config.toml.before-hang /etc/nanoclaw/config.toml; "
+                   "systemctl stop nc-silent-proxy; systemctl daemon-reload; systemctl reset-failed nanoclaw-channel; "
+                   "systemctl restart nanoclaw-channel", check=False)
+    machine.wait_for(lambda: machine.state("nanoclaw-channel") == "active", 30, "the channel active again")
+    assert "echo: after the hung client" in send(machine, "after the hung client")
 
 
 def test_the_credential_reaches_the_api_and_never_the_container(machine: Machine):

@@ -5,7 +5,12 @@
     format     Markdown to WhatsApp markup, and splitting into messages
     ratelimit  the outbound token bucket
     sentids    the ids WhatsApp gave our sends, remembered across restarts
-    pairing    one `nanoclaw pair` in progress
+    ordering   a chat's messages stored in arrival order (a photo before its question)
+    session    whether whatsmeow's store holds a linked device (read without neonize)
+    liveness   the client's connect and stop, each with a deadline; which one is overdue
+    pairing    one `nanoclaw pair` as the daemon runs it: the pairing process, relayed
+    pairproc   the pairing process itself (a child that a neonize hang dies with)
+    goenv      what neonize's Go side reads from the environment (the bot label)
 """
 
 from nanoclaw.channels.whatsapp.backend import WhatsAppBackend

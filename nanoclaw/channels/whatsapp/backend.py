@@ -9,7 +9,8 @@ send goes out as the owner. Hence three rules:
   restart does not forget them) and, for an echo that overtakes the send's
   return, the exact chunk still in flight to that chat. Never a text prefix.
 * The owner's own messages (``from_me`` but not ours) are real input: the main
-  group is the owner's self-chat.
+  group is the owner's self-chat. A self-chat message's destination is us: a
+  DM the owner typed to someone else never passes for it (``chat_of``).
 * Only registered chats reach the agent; others are dropped (or stored when
   ``[whatsapp] store_unregistered`` is set) and never answered — the queue
   only ever looks at registered groups' chats.
@@ -18,10 +19,26 @@ neonize calls handlers on our event loop; an async handler's exception would
 be silently lost, so every handler is wrapped to log it. There is one handler
 per event type (neonize keeps the last registered).
 
-Lifecycle: our own connect loop retries failed connects with capped
-exponential backoff (whatsmeow retries only sessions that were connected).
-"Logged out", "stream replaced" and "client outdated" stop all retrying until
-``nanoclaw pair`` (the channel's ``pair`` op) starts pairing again.
+Lifecycle, for a client that may hang (the neonize notes, second half):
+
+* The channel's own client only ever connects a linked session (whatsmeow's
+  store holds a device: :mod:`session`). An unlinked one would sit in pairing,
+  where neonize 0.5.2 cannot be stopped; pairing runs in its own short-lived
+  process (:mod:`pairproc`, driven by :mod:`pairing`) while this client is
+  stopped, and the channel connects once it has ended.
+* Every connect and every stop has a deadline (``client_timeout``). One that
+  passes makes ``stuck()`` say so: the daemon stops feeding systemd's watchdog
+  and systemd replaces the process. Nothing here awaits a neonize task without
+  a bound, and shutdown does not wait for a Go thread that will not return.
+* A failed connect and a connect failure WhatsApp reports are retried with
+  capped exponential backoff (our own loop: whatsmeow retries neither), a
+  temporary ban after its expiry. Only "logged out" (the session is gone),
+  "stream replaced" (another program uses it) and "client outdated" stop all
+  retrying until `nanoclaw pair`; they are said in the status, the journal and
+  the main chat when that is on another channel.
+* GetMe and GetPNFromLID crash the process once the client is stopped (they
+  index a nil client): they are called only while connected, never beside a
+  stop (the lifecycle lock).
 """
 
 from __future__ import annotations
@@ -33,11 +50,12 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nanoclaw.channels.base import Backend, Receive, SendError, StoreError
 from nanoclaw.channels.whatsapp.convert import (
     GROUP_SERVER,
+    LID_SERVER,
     SERVERS,
     JIDError,
     Media,
@@ -48,13 +66,17 @@ from nanoclaw.channels.whatsapp.convert import (
     message_text,
     parse_jid,
     phone_digits,
+    sender_of,
     to_inbound,
 )
 from nanoclaw.channels.whatsapp.format import split_message, to_whatsapp
-from nanoclaw.channels.whatsapp.pairing import Pairing
+from nanoclaw.channels.whatsapp.liveness import Liveness
+from nanoclaw.channels.whatsapp.ordering import ChatOrder
+from nanoclaw.channels.whatsapp.pairing import PAIR_COMMAND, PairingRun
 from nanoclaw.channels.whatsapp.ratelimit import TokenBucket
 from nanoclaw.channels.whatsapp.sentids import SentIds
 from nanoclaw.core import attachments
+from nanoclaw.channels.whatsapp.session import SessionError, linked_account
 from nanoclaw.core import config as config_mod
 from nanoclaw.core.backoff import Backoff
 from nanoclaw.core.models import Group, Message, db
@@ -64,9 +86,13 @@ log = logging.getLogger("nanoclaw.whatsapp")
 MAX_TEXT = 64 * 1024
 TYPING_REFRESH = 10.0  # WhatsApp clears "typing…" by itself after a while: say it again
 TYPING_MAX = 600.0  # never show typing longer than this for one job
-# States in which the connect loop waits for `nanoclaw pair` instead of retrying.
-HALTED = {"unpaired", "logged_out", "replaced", "outdated"}
+# States in which the connect loop waits for `nanoclaw pair` (or a pairing) instead of connecting.
+PARKED = {"unpaired", "logged_out", "replaced", "outdated", "pairing"}
+NOT_PAIRED = "not paired — run `nanoclaw pair`"
 NOT_STORED_QUIET = 600.0  # seconds between two "not stored" notices to one chat
+MEDIA_TIMEOUT = 120.0  # a download still going after this is given up: the chat's next messages wait for it
+STOP_WAIT = 5.0  # at shutdown, for each of: handlers still storing, the client's stop, its task
+T = TypeVar("T")
 
 Emit = Callable[[dict], Awaitable[None]]
 
@@ -90,8 +116,9 @@ def new_client(session: Path) -> Any:
 
 class WhatsAppBackend(Backend):
     name = "whatsapp"
-    # Tests replace this with a recording stand-in for the neonize client.
+    # Tests replace these: a recording stand-in for the neonize client, a scripted pairing child.
     client_factory: Callable[[Path], Any] = staticmethod(new_client)
+    pair_command: tuple[str, ...] = PAIR_COMMAND
 
     @classmethod
     def create(cls, cfg: config_mod.Config) -> WhatsAppBackend:
@@ -117,17 +144,25 @@ class WhatsAppBackend(Backend):
         self._done: OrderedDict[str, str] = OrderedDict()  # outbox msg_id -> first chunk id
         self._typing: dict[str, asyncio.Task] = {}
         self._not_stored_told: dict[str, float] = {}
-        self._pairing: Pairing | None = None
+        self._phones: OrderedDict[str, str] = OrderedDict()  # LID -> phone JID, as the store mapped it
+        self._pairing: PairingRun | None = None
         self._wake = asyncio.Event()
         self.parked = asyncio.Event()  # set while the connect loop waits for pairing
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
+        self._order = ChatOrder()
+        self._storing: set[asyncio.Task] = set()  # message handlers that have not stored yet
         self._runner: asyncio.Task | None = None
         self._refresher: asyncio.Task | None = None
         self._lifecycle = asyncio.Lock()  # connect/stop are not safe concurrently (neonize notes)
         self._send_lock = asyncio.Lock()  # one reply's chunks go out together, in order
+        self.live = Liveness()
         self.connected = False
+        self._task: asyncio.Task | None = None  # neonize's connect task, while there is one
         self._stopped_by_us = False  # the running connect task ends because we stopped it
+        self._end_reason: str | None = None  # why we stopped it, when that calls for a retry
+        self._retry_at = 0.0  # wall clock: when a ban ends
+        self.lingering = False  # shutdown left a neonize task (and its Go thread) running
 
     # -- Backend -----------------------------------------------------------------------
     def owns(self, chat: str) -> bool:
@@ -160,20 +195,35 @@ class WhatsAppBackend(Backend):
         if changed:
             self.on_status()
 
+    def stuck(self) -> str:
+        overdue = self.live.overdue()
+        return f"the WhatsApp client is stuck: {overdue}" if overdue else ""
+
     async def stop(self) -> None:
+        """Stop within about 3 × STOP_WAIT whatever neonize does: handlers still storing
+        first (whatsmeow told WhatsApp we have their messages when it queued them), then
+        the client."""
         self._stopping = True
         self._wake.set()
         for task in list(self._typing.values()) + [self._refresher]:
             if task:
                 task.cancel()
-        await self._stop_client()
+        if self._pairing is not None:
+            self._pairing.cancel()
+        if self._storing:
+            await asyncio.wait(set(self._storing), timeout=STOP_WAIT)
+        try:
+            await asyncio.wait_for(self._stop_client(), STOP_WAIT)
+        except asyncio.TimeoutError:
+            log.warning("whatsapp client did not stop within %.0fs; exiting without it", STOP_WAIT)
+        if self._task is not None and not self._task.done():
+            await asyncio.wait({self._task}, timeout=STOP_WAIT)
+        self.lingering = self._task is not None and not self._task.done()
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            self._task.exception()  # seen: the loop that would have read it is ending
         if self._runner:
-            try:
-                await asyncio.wait_for(self._runner, 10)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                self._runner.cancel()
-            except Exception:
-                log.exception("whatsapp connect loop failed while stopping")
+            self._runner.cancel()
+            await asyncio.wait({self._runner}, timeout=STOP_WAIT)
 
     async def send(self, chat: str, text: str, msg_id: str, quote: dict | None = None, sender: str = "") -> str:
         """Send a reply as one or more chunks; return the first chunk's WhatsApp id.
@@ -246,38 +296,52 @@ class WhatsAppBackend(Backend):
 
     # -- pairing and discovery (socket ops) -------------------------------------------
     async def pair(self, phone: str | None, emit: Emit) -> dict:
-        """Link this server as a device; stream QR codes (or the phone code) to ``emit``."""
-        if self._pairing is not None:
-            return {"ok": False, "error": "a pairing is already in progress"}
+        """Link this server as a device; stream QR codes (or the phone code) to ``emit``.
+
+        A linked session is left alone (and reconnected if it had stopped for good): this
+        never disconnects a working or connecting client. Otherwise our client is stopped
+        and the pairing process (:mod:`pairproc`) does the work; a `nanoclaw pair` already
+        running is ended in favour of this one (its terminal may be long gone)."""
         if phone is not None and not is_phone(phone):
             return {"ok": False, "error": f"not a phone number: {phone!r} (international format, e.g. +49 170 1234567)"}
-        if self.me and self.state not in HALTED:
-            return {"ok": True, "paired": self.me, "already": True}
-        pairing = self._pairing = Pairing(phone_digits(phone) if phone else None)
+        if self._pairing is not None:
+            self._pairing.cancel()
+            await self._pairing.end()
+        try:
+            account = linked_account(self.session)
+        except SessionError as exc:
+            return {"ok": False, "error": str(exc)}
+        if account and self.state != "logged_out":
+            if self.state in ("replaced", "outdated", "unpaired", "waiting"):
+                self._set("starting", f"linked as {account}; connecting")
+                self._wake.set()
+            return {"ok": True, "paired": account, "already": True, "status": self._status}
+        if not await self._release_client():
+            return {"ok": False, "error": "the WhatsApp client did not stop; the channel will be restarted "
+                                          "by its watchdog: run `nanoclaw pair` again then"}
+        run = self._pairing = PairingRun(self.pair_command, {
+            "session": str(self.session), "phone": phone_digits(phone) if phone else None,
+            "timeout": self.wcfg.pair_timeout, "proxy": self.wcfg.proxy}, self.wcfg.pair_timeout)
         log.info("pairing started (%s)", "phone code" if phone else "QR code")
         self._set("pairing", "pairing — waiting for the phone")
-        self._wake.set()
-        deadline = asyncio.get_running_loop().time() + self.wcfg.pair_timeout
         try:
-            while True:
-                left = deadline - asyncio.get_running_loop().time()
-                try:
-                    event = await asyncio.wait_for(pairing.events.get(), max(0.0, left))
-                except asyncio.TimeoutError:
-                    pairing.done = True
-                    await self._halt("unpaired", "not paired — run `nanoclaw pair`", logging.WARNING)
-                    return {"ok": False, "error": f"no phone linked within {self.wcfg.pair_timeout:.0f}s"}
-                if event.pop("final", False):
-                    return event
-                await emit(event)
-        except (ConnectionError, OSError):
+            result = await run.run(emit)
+        except (ConnectionError, OSError, asyncio.TimeoutError):  # the CLI is gone or stopped reading
             log.info("pairing abandoned: the terminal went away")
-            pairing.finish(False, error="abandoned")
-            if self.state == "pairing":
-                await self._halt("unpaired", "not paired — run `nanoclaw pair`", logging.WARNING)
-            return {"ok": False, "error": "abandoned"}
+            result = {"ok": False, "error": "abandoned"}
         finally:
-            self._pairing = None
+            if self._pairing is run:
+                self._pairing = None
+        if self._pairing is None and not self._stopping:  # not taken over by a newer pairing
+            if result.get("ok"):
+                log.info("whatsapp paired as %s", result.get("paired"))
+                self.backoff.reset()
+                self._set("starting", f"paired as {result.get('paired')}; connecting")
+            else:
+                log.warning("whatsapp pairing failed: %s", result.get("error"))
+                self._set("unpaired", NOT_PAIRED)
+            self._wake.set()
+        return result
 
     async def discover(self) -> dict:
         """The account's groups, for `nanoclaw groups discover`."""
@@ -299,38 +363,58 @@ class WhatsAppBackend(Backend):
 
     async def _run(self) -> None:
         while not self._stopping:
-            if self.state in HALTED and (self._pairing is None or self._pairing.done):
+            if self.state in PARKED:
                 self.parked.set()  # waiting for `nanoclaw pair`: no connect until woken
                 await self._wait(None)
                 self.parked.clear()
                 continue
-            if self._pairing is None:
-                self._set("connecting", "connecting")
-            error: BaseException | None = None
+            if self.state == "banned" and self._retry_at > time.time():
+                await self._wait(self._retry_at - time.time())
+                continue
             try:
-                async with self._lifecycle:
-                    self._stopped_by_us = False
-                    task = await self.client.connect()
-                self._chmod_session()
-                await task  # runs until stopped; whatsmeow reconnects inside it once logged in
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NeonizeError: no network, refused, …
-                error = exc
-            self.connected = False
-            if self._stopped_by_us or self._stopping:
-                continue  # we ended it (halt, pairing restart, shutdown): no failure, no backoff
-            self._connect_failed(error)
+                account = linked_account(self.session)
+            except SessionError as exc:
+                failure: str | None = str(exc)
+            else:
+                if account is None:
+                    if self.state != "unpaired":
+                        log.warning("whatsapp: %s", NOT_PAIRED)
+                    self._set("unpaired", NOT_PAIRED)
+                    continue
+                failure = await self._connect_once()
+            if failure is None or self._stopping:
+                continue  # we ended it (halt, ban, pairing, shutdown): whoever did set the state
+            log.warning("whatsapp %s", failure)
             delay = self.backoff.next()
-            self._set("waiting", f"disconnected — next attempt in {delay:.0f}s ({self._status})")
+            self._set("waiting", f"disconnected — next attempt in {delay:.0f}s ({failure})")
             await self._wait(delay)
 
-    def _connect_failed(self, exc: BaseException | None) -> None:
-        reason = f"connect failed: {exc}" if exc else "connection ended"
-        log.warning("whatsapp %s", reason)
-        self._status = reason
-        if self._pairing is not None:
-            self._pairing.finish(False, error=f"cannot reach WhatsApp: {exc or 'connection ended'}")
+    async def _connect_once(self) -> str | None:
+        """One connect, until its task ends; why it failed, or None when we stopped it."""
+        self._set("connecting", "connecting")
+        self.live.begin("connecting", self.wcfg.client_timeout)
+        try:
+            async with self._lifecycle:
+                self._stopped_by_us, self._end_reason = False, None
+                proxy = (self._proxy_settings(),) if self.wcfg.proxy else ()
+                self._task = await self.client.connect(*proxy)
+        except Exception as exc:
+            self.live.end()
+            return f"connect failed: {exc}"
+        self._chmod_session()
+        # Never `await task`: cancelling that would cancel neonize's task, whose own
+        # cancellation handler makes a blocking Go call on the event loop.
+        await asyncio.wait({self._task})
+        self.connected = False
+        self.live.end()
+        if self._stopped_by_us:
+            return self._end_reason
+        exc = None if self._task.cancelled() else self._task.exception()
+        return f"connect failed: {exc}" if exc else "connection ended"
+
+    def _proxy_settings(self) -> Any:
+        from neonize._binder import ProxySettings
+        return ProxySettings(proxy_address=self.wcfg.proxy)
 
     async def _wait(self, timeout: float | None) -> None:
         try:
@@ -339,23 +423,50 @@ class WhatsAppBackend(Backend):
             pass
         self._wake.clear()
 
-    async def _halt(self, state: str, status: str, level: int = logging.ERROR) -> None:
-        """Stop connecting until pairing: log once per state change, not per event."""
+    async def _halt(self, state: str, status: str, alert: str = "", level: int = logging.ERROR) -> None:
+        """Stop connecting until `nanoclaw pair`: log once per state change, not per event;
+        tell the owner elsewhere once, too."""
         if self.state != state:
             log.log(level, "whatsapp: %s", status)
+            if alert:
+                self.on_alert(alert)
         self._set(state, status)
-        self.connected = False
         await self._stop_client()
 
-    async def _stop_client(self) -> None:
-        if self.client is None:
-            return
+    async def _stop_client(self, reason: str | None = None) -> None:
+        """Stop the running client (once); ``reason`` makes the connect loop retry with backoff."""
+        self.connected = False
         async with self._lifecycle:
-            self._stopped_by_us = True
+            if self._task is None or self._task.done() or self._stopped_by_us:
+                return
+            self._stopped_by_us, self._end_reason = True, reason
+            self.live.begin("stopping", self.wcfg.client_timeout)
             try:
                 await self.client.stop()
             except Exception as exc:
                 log.warning("whatsapp client stop failed: %s", exc)
+
+    async def _release_client(self) -> bool:
+        """Our client stopped and its task ended (within client_timeout), before pairing."""
+        if self._task is None or self._task.done():
+            return True
+        await self._stop_client()
+        done, _ = await asyncio.wait({self._task}, timeout=self.wcfg.client_timeout)
+        return bool(done)
+
+    async def _while_connected(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """Run a call neonize crashes on once its client is stopped (GetMe, GetPNFromLID index
+        a nil client): only while connected, never beside a stop; None otherwise or on error."""
+        if not self.connected:
+            return None
+        async with self._lifecycle:
+            if not self.connected:
+                return None
+            try:
+                return await call()
+            except Exception as exc:
+                log.debug("whatsapp call failed: %s", exc)
+                return None
 
     def _chmod_session(self) -> None:
         for path in self.dir.glob("session.db*"):
@@ -378,7 +489,6 @@ class WhatsAppBackend(Backend):
             DisconnectedEv,
             LoggedOutEv,
             MessageEv,
-            PairStatusEv,
             ReceiptEv,
             StreamReplacedEv,
             TemporaryBanEv,
@@ -386,8 +496,8 @@ class WhatsAppBackend(Backend):
         table = {ConnectedEv: self._on_connected, DisconnectedEv: self._on_disconnected,
                  LoggedOutEv: self._on_logged_out, StreamReplacedEv: self._on_stream_replaced,
                  ClientOutdatedEv: self._on_outdated, TemporaryBanEv: self._on_temp_ban,
-                 ConnectFailureEv: self._on_connect_failure, PairStatusEv: self._on_pair_status,
-                 MessageEv: self._on_message, ReceiptEv: self._on_receipt}
+                 ConnectFailureEv: self._on_connect_failure, MessageEv: self._on_message,
+                 ReceiptEv: self._on_receipt}
         for event_type, fn in table.items():
             # Held here too: neonize may keep only weak references.
             self.handlers[event_type] = self._guard(event_type.__name__, fn)
@@ -405,16 +515,21 @@ class WhatsAppBackend(Backend):
         handler.__name__ = f"on_{name}"
         return handler
 
+    def _current(self, client: Any) -> bool:
+        """Whether an event comes from the client we run (not a late one from a client we stopped)."""
+        return client is self.client and self._task is not None and not self._task.done() \
+            and not self._stopped_by_us
+
     async def _on_connected(self, client: Any, ev: Any) -> None:
+        if not self._current(client):
+            return
         self.connected = True
+        self.live.end()
         self.backoff.reset()
         self._chmod_session()
         me = getattr(client, "me", None)  # neonize keeps the Device event here
         if me is None or not me.JID.User:
-            try:
-                me = await client.get_me()
-            except Exception as exc:
-                log.debug("get_me failed: %s", exc)
+            me = await self._while_connected(client.get_me)
         if me is not None and me.JID.User:
             self.own_phone, self.me = jid_str(me.JID), jid_str(me.JID)
             self.own_lid = jid_str(me.LID) if me.LID.User else ""
@@ -431,78 +546,95 @@ class WhatsAppBackend(Backend):
             log.warning("whatsapp disconnected; whatsmeow is reconnecting")
 
     async def _on_logged_out(self, client: Any, ev: Any) -> None:
-        # whatsmeow has deleted the session; retrying cannot help until paired again.
+        # The session is gone (whatsmeow deleted it from its store): only pairing can help.
         self.me = ""
-        await self._halt("logged_out", "logged out — run `nanoclaw pair`")
-        if self._pairing:
-            self._pairing.finish(False, error="logged out by the phone")
+        await self._halt("logged_out", "logged out — run `nanoclaw pair`",
+                         "WhatsApp logged this server out (the device was unlinked on the phone, or the "
+                         "session expired): nothing is received there until you run `nanoclaw pair`.")
 
     async def _on_stream_replaced(self, client: Any, ev: Any) -> None:
+        # Retrying would fight the other program for the session, each throwing the other out.
         await self._halt("replaced", "replaced — another program uses this WhatsApp session; "
-                                     "stop it, then restart the channel or run `nanoclaw pair`")
+                                     "stop it, then restart the channel or run `nanoclaw pair`",
+                         "Another program took over this WhatsApp session: stop it, then run "
+                         "`nanoclaw pair` (nothing is received on WhatsApp until then).")
 
     async def _on_outdated(self, client: Any, ev: Any) -> None:
-        await self._halt("outdated", "client outdated — WhatsApp refuses this neonize version; upgrade it")
+        # Retrying cannot help before an upgrade; hammering the server could earn a ban.
+        await self._halt("outdated", "client outdated — WhatsApp refuses this neonize version; upgrade it",
+                         "WhatsApp refuses this version of the WhatsApp library (client outdated): "
+                         "upgrade nanoclaw, then run `nanoclaw pair`.")
 
     async def _on_temp_ban(self, client: Any, ev: Any) -> None:
-        self._status = f"temporarily banned by WhatsApp (code {ev.Code}, {ev.Expire}s left)"
-        log.error("whatsapp %s", self._status)
+        """whatsmeow never reconnects after a temporary ban; we do, once it has expired."""
+        try:
+            why = type(ev).TempBanReason.Name(ev.Code).lower().replace("_", " ")
+        except ValueError:
+            why = f"code {ev.Code}"
+        wait = ev.Expire if ev.Expire > 0 else self.backoff.next()
+        self._retry_at = time.time() + wait
+        until = time.strftime("%Y-%m-%d %H:%M", time.localtime(self._retry_at))
+        status = f"temporarily banned by WhatsApp ({why}); next attempt at {until}"
+        if self.state != "banned":
+            log.error("whatsapp %s", status)
+            self.on_alert(f"WhatsApp has banned this account for a while ({why}): nothing is sent or "
+                          f"received there until about {until}, when the channel tries again.")
+        self._set("banned", status)
+        await self._stop_client()
 
     async def _on_connect_failure(self, client: Any, ev: Any) -> None:
-        self._status = f"connect failure: {ev.Message or ev.Reason}"
-        log.warning("whatsapp %s", self._status)
+        """whatsmeow stops after a connect failure it does not know; we retry with backoff."""
+        try:
+            why = ev.Message or type(ev).DESCRIPTOR.fields_by_name["Reason"].enum_type.values_by_number[
+                ev.Reason].name.lower().replace("_", " ")
+        except KeyError:
+            why = f"reason {ev.Reason}"
+        await self._stop_client(f"connect failure: {why}")
 
     async def _on_qr(self, client: Any, data: bytes) -> None:
-        pairing = self._pairing
-        if pairing is None or pairing.done:
-            # A QR code means the session is not linked; showing it in a log is
-            # useless, so stop until the owner runs `nanoclaw pair`.
-            await self._halt("unpaired", "not paired — run `nanoclaw pair`", logging.WARNING)
+        # Our client connects linked sessions only; a QR code means the store lost its device
+        # after we looked. neonize 0.5.2 can never end a connect stopped while it shows codes,
+        # so this process is thrown away (the watchdog) and the next one sees an unpaired session.
+        if not self._current(client) or self.state == "unpaired":
             return
-        if pairing.phone is None:
-            pairing.push({"event": "qr", "data": data.decode() if isinstance(data, bytes) else str(data)})
-        elif not pairing.code_requested:
-            pairing.code_requested = True  # PairPhone works only after the first QR
-            self._spawn(self._pair_phone(client, pairing))
-
-    async def _pair_phone(self, client: Any, pairing: Pairing) -> None:
-        try:
-            code = await client.PairPhone(pairing.phone, True)
-        except Exception as exc:
-            pairing.finish(False, error=f"WhatsApp refused the phone number: {exc}")
-            return
-        pairing.push({"event": "code", "code": code})
-
-    async def _on_pair_status(self, client: Any, ev: Any) -> None:
-        ok = ev.Status == 2  # PairStatus.SUCCESS
-        pairing = self._pairing
-        if ok:
-            self.me = self.own_phone = jid_str(ev.ID)
-            log.info("whatsapp paired as %s", self.me)
-            self._set("connecting", f"paired as {self.me}; connecting")
-            if pairing:
-                pairing.finish(True, paired=self.me)
-        else:
-            log.error("whatsapp pairing failed: %s", ev.Error)
-            if pairing:
-                pairing.finish(False, error=f"pairing failed: {ev.Error or 'unknown error'}")
+        log.error("whatsapp: the session is not linked any more (asked for a QR scan); the channel "
+                  "will be restarted")
+        self._set("unpaired", NOT_PAIRED)
+        self.live.begin("asking for a QR scan (neonize cannot stop it)", 0)
 
     async def _on_receipt(self, client: Any, ev: Any) -> None:
         log.debug("receipt type=%s ids=%s", ev.Type, list(ev.MessageIDs))
 
     async def _on_message(self, client: Any, ev: Any) -> None:
+        src = ev.Info.MessageSource
+        if src.Chat.Server in ("broadcast", "newsletter"):
+            return  # status updates and channels are not conversations
+        task = asyncio.current_task()
+        self._storing.add(task)  # a stop lets it finish: WhatsApp already has our ack
+        try:
+            # Entered before the first await: the place in the chat's line is the arrival order.
+            async with self._order.turn(jid_str(src.Chat)):
+                await self._intake(client, ev)
+        finally:
+            self._storing.discard(task)
+
+    async def _intake(self, client: Any, ev: Any) -> None:
         info = ev.Info
         src = info.MessageSource
         raw_chat = jid_str(src.Chat)
-        if src.Chat.Server in ("broadcast", "newsletter"):
-            return  # status updates and channels are not conversations
-        chat = chat_of(src, self.own_lid, self.own_phone)
+        destination = info.DeviceSentMeta.DestinationJID if info.HasField("DeviceSentMeta") else ""
+        chat = chat_of(src, self.own_lid, self.own_phone, destination)
+        if chat.endswith("@" + LID_SERVER):
+            chat = await self._phone_for(chat) or chat
+        # Our own JID as it arrived never stands in for what chat_of made of it (a DM the
+        # owner sent to someone else must not find the main group under it).
+        forms = {chat} if chat != raw_chat and raw_chat in (self.own_phone, self.own_lid) else {chat, raw_chat}
         msg_id = info.ID
         text = message_text(ev.Message)
-        if src.IsFromMe and self._is_ours(msg_id, {chat, raw_chat}, text):
+        if src.IsFromMe and self._is_ours(msg_id, forms, text):
             log.debug("chat=%s msg=%s our own message echoed; ignored", chat, msg_id)
             return
-        group = Group.get_or_none(Group.jid.in_(list({chat, raw_chat})))
+        group = Group.get_or_none(Group.jid.in_(list(forms)))
         if group is not None:
             chat = group.jid  # store under the form the owner registered
         elif not self.wcfg.store_unregistered:
@@ -512,6 +644,9 @@ class WhatsAppBackend(Backend):
             # A re-delivery (or our own reply's first chunk): skip before any download.
             log.debug("chat=%s msg=%s already stored", chat, msg_id)
             return
+        sender = sender_of(src, self.own_lid, self.own_phone)
+        if sender.endswith("@" + LID_SERVER):
+            sender = await self._phone_for(sender) or sender
         media = media_of(ev.Message, msg_id)
         attachment = await self._save_media(client, ev, media, group) if media is not None else None
         if not text.strip() and attachment is None:
@@ -519,9 +654,23 @@ class WhatsAppBackend(Backend):
             return
         try:
             await self.receive(to_inbound(ev, chat=chat, text=text[:MAX_TEXT], own_lid=self.own_lid,
-                                          own_phone=self.own_phone, media=attachment))
+                                          own_phone=self.own_phone, media=attachment, sender=sender))
         except StoreError as exc:
             await self._tell_not_stored(chat, str(exc))
+
+    async def _phone_for(self, lid: str) -> str | None:
+        """The phone JID whatsmeow's store has for ``lid``: a DM can arrive as a bare @lid
+        with no phone form beside it (whatsmeow issues 1014, 1262), and a registered chat
+        is known by its phone form."""
+        if lid in self._phones:
+            return self._phones[lid]
+        pn = await self._while_connected(lambda: self.client.get_pn_from_lid(parse_jid(lid)))
+        if pn is None or not pn.User:
+            return None
+        self._phones[lid] = jid_str(pn)
+        while len(self._phones) > 1000:
+            self._phones.popitem(last=False)
+        return self._phones[lid]
 
     async def _tell_not_stored(self, chat: str, reason: str) -> None:
         """The message could not be stored (say, a full disk), and WhatsApp will not send it
@@ -557,7 +706,7 @@ class WhatsAppBackend(Backend):
         if media.size and media.size > self.wcfg.max_media_bytes:
             return media.describe(None, f"not downloaded: {media.size} bytes is over the limit")
         try:
-            data = await client.download_any(ev.Message)
+            data = await asyncio.wait_for(client.download_any(ev.Message), MEDIA_TIMEOUT)
             where = attachments.save(self.cfg, group.folder, media.filename, data)
         except Exception as exc:
             log.warning("group=%s msg=%s %s download failed: %s", group.folder, ev.Info.ID, media.label, exc)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from nanoclaw.channels.base import Inbound
 from nanoclaw.core import attachments
+from nanoclaw.channels.whatsapp.session import bare_jid
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from neonize.proto.Neonize_pb2 import JID, MessageSource
@@ -88,15 +89,26 @@ def sender_of(src: MessageSource, own_lid: str = "", own_phone: str = "") -> str
     return own_phone if own_lid and own_phone and text == own_lid else text
 
 
-def chat_of(src: MessageSource, own_lid: str = "", own_phone: str = "") -> str:
+def chat_of(src: MessageSource, own_lid: str = "", own_phone: str = "", destination: str = "") -> str:
     """The chat as one stable string: a direct chat in its phone form when known.
 
     A direct chat's ``Chat`` may be the other side's LID; the phone form is in
     ``SenderAlt`` (their message) or ``RecipientAlt`` (ours). The owner's own
     self-chat (the main group) maps to the owner's phone JID.
+
+    ``destination`` is the message's ``DeviceSentMeta.DestinationJID`` (what the owner's
+    phone says it sent to). The main group answers every message, so a DM the owner typed
+    to someone else must never pass for the self-chat; it has been seen arriving with
+    ``Chat`` = our own JID and the real recipient only there. A self-chat message's
+    destination is us: one naming someone else puts the message in that chat.
     """
+    if src.IsGroup:
+        return jid_str(src.Chat)
+    dest = bare_jid(destination) if src.IsFromMe else ""
+    if dest and dest not in (own_phone, own_lid) and dest.partition("@")[0] != src.Chat.User:
+        return dest  # a DM to someone else (a LID there is mapped later, as any LID chat)
     chat = jid_str(src.Chat)
-    if src.IsGroup or src.Chat.Server != LID_SERVER:
+    if src.Chat.Server != LID_SERVER:
         return chat
     if own_lid and own_phone and chat == own_lid:
         return own_phone
@@ -167,11 +179,11 @@ def media_of(msg: Any, msg_id: str) -> Media | None:
 
 
 def to_inbound(ev: Any, *, chat: str, text: str, own_lid: str = "", own_phone: str = "",
-               media: dict | None = None) -> Inbound:
-    """A MessageEv as the channel stores it. WhatsApp's timestamps are milliseconds."""
+               media: dict | None = None, sender: str = "") -> Inbound:
+    """A MessageEv as the channel stores it. WhatsApp's timestamps are milliseconds.
+    ``sender`` replaces the one read from the event (a LID the store mapped to a phone)."""
     info = ev.Info
     src = info.MessageSource
-    return Inbound(chat=chat, sender=sender_of(src, own_lid, own_phone), sender_name=info.Pushname, text=text,
-                   channel_id=info.ID, timestamp=info.Timestamp / 1000.0, from_me=src.IsFromMe, media=media)
-
-
+    return Inbound(chat=chat, sender=sender or sender_of(src, own_lid, own_phone), sender_name=info.Pushname,
+                   text=text, channel_id=info.ID, timestamp=info.Timestamp / 1000.0, from_me=src.IsFromMe,
+                   media=media)
