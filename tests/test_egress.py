@@ -1,0 +1,435 @@
+"""Web egress through the host proxy: policy, refusals before any connect, limits, journal.
+
+Every server here listens on 127.0.0.1 and every test's traffic stays on loopback.
+Refusals of private and metadata addresses are proven twice: the proxy's line
+names the rule, and strace of the proxy process shows no connect() to the
+refused address at all. A name that resolves to a private address exists only
+in the proxy's own mount namespace, whose /etc/hosts the test writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import SECRET
+
+from nanoclaw.core import config as config_mod
+from nanoclaw.core.egress import EgressPolicy, classify, normalize_host, parse_ip
+from nanoclaw.core.log import journal_fields
+
+PAGE = b"<html><body><h1>Egress works</h1><p>the page's marker: PELICAN-7731</p></body></html>"
+
+
+# -- the policy, pure -------------------------------------------------------------------
+
+@pytest.mark.parametrize("address, kind", [
+    ("127.0.0.1", "loopback"), ("10.0.0.1", "RFC 1918"), ("172.16.5.4", "RFC 1918"),
+    ("192.168.1.1", "RFC 1918"), ("169.254.169.254", "link-local"), ("100.64.0.1", "carrier-grade NAT"),
+    ("0.0.0.0", "unspecified"), ("224.0.0.251", "multicast"), ("255.255.255.255", "reserved"),
+    ("::1", "loopback"), ("::", "unspecified"), ("fd00::1", "unique-local"), ("fe80::1", "link-local"),
+    ("ff02::1", "multicast"), ("::ffff:10.0.0.1", "RFC 1918"), ("64:ff9b::a9fe:a9fe", "link-local"),
+    ("2002:a00:1::1", "RFC 1918"), ("192.0.2.1", "not a public address"),
+])
+def test_every_local_address_is_classified(address, kind):
+    assert kind in (classify(parse_ip(address)) or "")
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+def test_public_addresses_are_not_local(address):
+    assert classify(parse_ip(address)) is None
+
+
+def test_policy_rules_in_order():
+    open_ = EgressPolicy(deny_domains=("tracker.example",), allow_addresses=("192.168.1.20",)).validated()
+    assert open_.check_name("example.org", 443) is None
+    assert open_.check_name("example.org", 22).rule == "port"
+    assert open_.check_name("ads.tracker.example", 443).rule == "deny-list"  # a domain covers its subdomains
+    assert open_.check_name("nottracker.example", 443) is None  # ... but not look-alikes
+    assert open_.check_address(parse_ip("192.168.1.20")) is None  # opened by the owner
+    assert open_.check_address(parse_ip("192.168.1.21")).rule == "local-address"
+    assert open_.check_address(parse_ip("93.184.216.34")) is None
+    allow = EgressPolicy(mode="allowlist", allow_domains=("Wikipedia.ORG.",), deny_domains=("x.wikipedia.org",))
+    allow = allow.validated()
+    assert allow.check_name("en.wikipedia.org", 443) is None
+    assert allow.check_name("x.wikipedia.org", 443).rule == "deny-list"  # deny wins
+    assert allow.check_name("example.org", 443).rule == "allowlist"
+    assert EgressPolicy(mode="off").check_name("example.org", 443).rule == "egress-off"
+    for bad in ("a b", "-x.org", "x..org", "ex\u00e4mple.org", "a" * 254, "host\r\ninjected: 1"):
+        assert normalize_host(bad) is None, bad
+
+
+def test_egress_configuration_is_validated(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[egress]\nallow_addresses = ["127.0.0.1"]\nports = [443]\n'
+                    '[egress.groups.family]\nmode = "allowlist"\nallow_domains = ["wikipedia.org"]\n')
+    cfg = config_mod.load(good)
+    assert cfg.egress_for("main").mode == "open" and cfg.egress_for("main").ports == (443,)
+    family = cfg.egress_for("family")  # its own keys over [egress]
+    assert (family.mode, family.allow_domains, family.allow_addresses) == ("allowlist", ("wikipedia.org",),
+                                                                            ("127.0.0.1",))
+    for text, error in [('[egress]\nmode = "sometimes"', "egress.mode: expected one of open, allowlist, off"),
+                        ('[egress]\nports = ["443"]', "egress.ports: expected a list of integers"),
+                        ('[egress]\nallow_addresses = ["intranet"]', "not an IP address or network"),
+                        ('[egress.groups."../x"]\nmode = "off"', "not a group folder name"),
+                        ('[egress.groups.family]\nmax_tunels = 3', "unknown setting 'max_tunels'"),
+                        ('[egress]\nmax_tunnels = 0', "max_tunnels must be at least 1")]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(config_mod.ConfigError, match=re.escape(error)):
+            config_mod.load(bad)
+
+
+# -- servers the proxy may reach, all on 127.0.0.1 ------------------------------------------
+
+class Site:
+    """An HTTP or HTTPS server on 127.0.0.1 that records what reached it."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None, body: bytes = PAGE) -> None:
+        self.requests: list[dict] = []
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                site.requests.append({"method": self.command, "path": self.path,
+                                      "headers": {k.lower(): v for k, v in self.headers.items()},
+                                      "body": self.rfile.read(length) if length else b""})
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Path:
+    """A throwaway CA and a certificate for pages.test and 127.0.0.1, made with openssl."""
+    d = tmp_path_factory.mktemp("certs")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", d / "ca.key", "-out", d / "ca.pem", "-days", "2",
+                    "-subj", "/CN=nanoclaw test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"], check=True, capture_output=True)
+    subprocess.run(["openssl", "req", *ec, "-keyout", d / "site.key", "-out", d / "site.csr",
+                    "-subj", "/CN=pages.test"], check=True, capture_output=True)
+    (d / "ext.cnf").write_text("subjectAltName=DNS:pages.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", d / "site.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
+                    "-CAcreateserial", "-out", d / "site.pem", "-days", "2", "-extfile", d / "ext.cnf"],
+                   check=True, capture_output=True)
+    return d
+
+
+def server_tls(certs: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certs / "site.pem", certs / "site.key")
+    return ctx
+
+
+@pytest.fixture
+def sites(certs):
+    made: list[Site] = []
+
+    def make(tls: bool = False, body: bytes = PAGE) -> Site:
+        made.append(Site(server_tls(certs) if tls else None, body))
+        return made[-1]
+
+    yield make
+    for site in made:
+        site.close()
+
+
+# -- talking to a group's web socket as the container's forwarder would -------------------
+
+def web_sock(system, group: str = "main") -> Path:
+    sock = system.run / "proxy" / group / "web.sock"
+    system.wait_for(sock.exists, 10, what=f"{group}'s web socket")
+    return sock
+
+
+def read_head(conn: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ")[1]), headers, rest
+
+
+def ask(sock: Path, raw: bytes, timeout: float = 15) -> tuple[int, dict[str, str], bytes]:
+    """One request on the web socket; the proxy closes the connection after it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(str(sock))
+        conn.sendall(raw)
+        status, headers, body = read_head(conn)
+        while chunk := conn.recv(65536):
+            body += chunk
+    return status, headers, body
+
+
+def get(sock: Path, url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    host = headers.pop("Host", url.split("/")[2])
+    extra = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return ask(sock, f"GET {url} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode())
+
+
+def tunnel(sock: Path, authority: str, timeout: float = 15) -> tuple[int, dict[str, str], socket.socket, bytes]:
+    """CONNECT; the socket is the tunnel when the answer is 200 (then nothing follows the head),
+    else the refusal's body follows it."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(timeout)
+    conn.connect(str(sock))
+    conn.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    status, headers, rest = read_head(conn)
+    assert status != 200 or rest == b""
+    return status, headers, conn, rest
+
+
+def https_get(conn: socket.socket, certs: Path, name: str, path: str = "/page") -> bytes:
+    """An HTTPS request inside a tunnel, verified against the test CA: TLS is end to end."""
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with ctx.wrap_socket(conn, server_hostname=name) as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    return data
+
+
+def egress_lines(system) -> list[dict[str, str]]:
+    """The proxy's line per connection, as the journal fields it carries under systemd."""
+    return [journal_fields(line) | {"LINE": line} for line in system.log("proxy").splitlines()
+            if " egress group=" in line]
+
+
+def wait_lines(system, n: int) -> list[dict[str, str]]:
+    return system.wait_for(lambda: lines if len(lines := egress_lines(system)) >= n else None, 15,
+                           what=f"{n} egress line(s)")
+
+
+# -- evidence that nothing was sent to a refused address ------------------------------------
+
+def private_hosts(path: Path, names: dict[str, str]) -> list[str]:
+    """A wrapper that runs a daemon in its own mount namespace where /etc/hosts is ``names``:
+    its resolver sees them, nothing else on the machine does."""
+    path.write_text("127.0.0.1 localhost\n" + "".join(f"{ip} {name}\n" for name, ip in names.items()))
+    return ["unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(path)]
+
+
+class Strace:
+    """strace attached to a running process and its threads: every connect() it makes."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(["strace", "-f", "-e", "trace=connect,sendto,sendmsg", "-o", str(out),
+                                      "-p", str(pid)], stderr=subprocess.PIPE, text=True)
+        assert "attached" in self.proc.stderr.readline()
+
+    def text(self) -> str:
+        return self.out.read_text() if self.out.exists() else ""
+
+    def wait_for_connect(self, port: int, timeout: float = 15) -> None:
+        """Tracing is live once a connect() to this loopback port shows."""
+        deadline = time.time() + timeout
+        while f"htons({port})" not in self.text():
+            assert time.time() < deadline, f"strace never saw a connect to port {port}:\n{self.text()[-2000:]}"
+            time.sleep(0.05)
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        self.proc.wait(10)
+        return self.text()
+
+
+@pytest.fixture
+def need_strace():
+    if subprocess.run(["which", "strace"], capture_output=True).returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("strace is not installed (CI=true: the refusal evidence needs it)")
+        pytest.skip("strace is not installed")
+
+
+def egress_system(make_system, ports: list[int], **egress) -> object:
+    settings = {"mode": "open", "allow_addresses": ["127.0.0.1"], "ports": [80, 443, *ports], **egress}
+    s = make_system(egress=settings)
+    s.cli("groups", "add", "main", "--main")
+    return s
+
+
+# -- the proxy on its own -------------------------------------------------------------
+
+def test_connect_tunnel_keeps_tls_end_to_end(make_system, sites, certs):
+    site = sites(tls=True)
+    s = egress_system(make_system, [site.port])
+    s.start("proxy")
+    status, headers, conn, _ = tunnel(web_sock(s), f"127.0.0.1:{site.port}")
+    assert status == 200
+    answer = https_get(conn, certs, "127.0.0.1")  # the site's own certificate, checked here
+    assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200")
+    assert answer.endswith(PAGE)
+    [line] = wait_lines(s, 1)
+    assert line["GROUP"] == "main" and line["HOST"] == "127.0.0.1" and line["PORT"] == str(site.port)
+    assert line["VERDICT"] == "allowed"
+    # TLS records both ways: more than the page came in, a request went out
+    assert int(line["BYTES_IN"]) > len(PAGE) and int(line["BYTES_OUT"]) > 100
+    assert PAGE.decode() not in s.log("proxy")
+
+
+def test_plain_http_goes_to_the_checked_address_with_the_urls_host(make_system, sites):
+    site = sites()
+    s = egress_system(make_system, [site.port])
+    s.start("proxy")
+    sock = web_sock(s)
+    # the agent's Host header cannot steer the request elsewhere (RFC 9112: the URL's wins)
+    status, headers, body = get(sock, f"http://127.0.0.1:{site.port}/page?q=1", Host="metadata.internal",
+                                X_Agent="kept", Proxy_Authorization="Basic eA==")
+    assert status == 200 and body == PAGE and headers["content-length"] == str(len(PAGE))
+    [seen] = site.requests
+    assert seen["path"] == "/page?q=1" and seen["headers"]["host"] == f"127.0.0.1:{site.port}"
+    assert seen["headers"]["x-agent"] == "kept" and "proxy-authorization" not in seen["headers"]
+    # a body goes through, and the API credential never goes anywhere but the API
+    status, _, body = ask(sock, f"POST http://127.0.0.1:{site.port}/form HTTP/1.1\r\nHost: x\r\n"
+                                f"Content-Length: 11\r\nConnection: close\r\n\r\nhello=world".encode())
+    assert status == 200 and site.requests[-1]["body"] == b"hello=world"
+    assert not any(SECRET in json.dumps(r["headers"]) for r in site.requests)
+    lines = wait_lines(s, 2)
+    assert [(x["HOST"], x["VERDICT"]) for x in lines] == [("127.0.0.1", "allowed")] * 2
+    assert int(lines[0]["BYTES_IN"]) == len(PAGE) and int(lines[1]["BYTES_OUT"]) == 11
+    # https:// in absolute form and origin-form requests are not proxy requests
+    status, headers, body = get(sock, f"https://127.0.0.1:{site.port}/")
+    assert status == 400 and b"CONNECT" in body
+    status, headers, body = ask(sock, b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 400 and headers["x-nanoclaw-egress-rule"] == "bad-request"
+    assert len(site.requests) == 2
+
+
+def test_local_addresses_are_refused_before_any_connect(make_system, sites, tmp_path, need_strace):
+    """10.0.0.1, the metadata address, names that resolve to local addresses, loopback the owner
+    did not open: each refused by rule with a 403 the agent can read, and strace shows the
+    proxy never called connect() for any of them. The one allowed page proves tracing was live."""
+    site = sites()
+    s = egress_system(make_system, [site.port])
+    s.wrap["proxy"] = private_hosts(tmp_path / "hosts", {
+        "internal.test": "10.1.2.3", "metadata.test": "169.254.169.254", "sneaky.test": "127.0.0.9",
+        "pages.test": "127.0.0.1"})
+    s.start("proxy")
+    sock = web_sock(s)
+    trace = Strace(s.procs["proxy"].pid, tmp_path / "strace.txt")
+    try:
+        assert get(sock, f"http://pages.test:{site.port}/page")[0] == 200  # allowed: 127.0.0.1 is opened
+        trace.wait_for_connect(site.port)
+        refused = [("GET", "10.0.0.1", 80, "10.0.0.1 is private (RFC 1918)"),
+                   ("GET", "169.254.169.254", 80, "link-local (169.254.0.0/16, cloud metadata)"),
+                   ("CONNECT", "169.254.169.254", 443, "cloud metadata"),
+                   ("CONNECT", "internal.test", 443, "internal.test resolves to local addresses only: 10.1.2.3 is private"),
+                   ("GET", "metadata.test", 80, "metadata.test resolves to local addresses only: 169.254.169.254 is link-local"),
+                   ("GET", "sneaky.test", 80, "127.0.0.9 is loopback"),
+                   ("CONNECT", "[::ffff:10.0.0.1]", 443, "::ffff:a00:1 is private (RFC 1918)"),
+                   ("CONNECT", "[::1]", 443, "::1 is loopback")]
+        for method, host, port, why in refused:
+            if method == "GET":
+                status, headers, body = get(sock, f"http://{host}:{port}/latest/meta-data/")
+            else:
+                status, headers, conn, body = tunnel(sock, f"{host}:{port}")
+                while chunk := conn.recv(65536):
+                    body += chunk
+                conn.close()
+            assert status == 403, (host, status, body)
+            assert headers["x-nanoclaw-egress-rule"] == "local-address"
+            assert b"rule: local-address" in body and why.encode() in body, body
+    finally:
+        traced = trace.stop()
+    for address in ("10.0.0.1", "169.254.169.254", "10.1.2.3", "127.0.0.9", "::1", "::ffff:10.0.0.1"):
+        assert f'inet_addr("{address}")' not in traced and f'"{address}"' not in traced, address
+    assert f"htons({site.port})" in traced  # the allowed one did connect, and it was seen
+    lines = wait_lines(s, 1 + len(refused))
+    assert [x["VERDICT"] for x in lines] == ["allowed"] + ["refused"] * len(refused)
+    assert all(x["RULE"] == "local-address" and x["BYTES_IN"] == x["BYTES_OUT"] == "0" for x in lines[1:])
+    assert [x["HOST"] for x in lines[1:4]] == ["10.0.0.1", "169.254.169.254", "169.254.169.254"]
+
+
+def test_modes_and_lists_refuse_by_name_without_a_lookup(make_system, sites):
+    site = sites()
+    s = make_system(egress={"mode": "open", "allow_addresses": ["127.0.0.1"], "ports": [80, 443, site.port],
+                            "deny_domains": ["127.0.0.1"],
+                            "groups": {"family": {"mode": "off"},
+                                       "work": {"mode": "allowlist", "allow_domains": ["127.0.0.1"],
+                                                "deny_domains": []},
+                                       "ports": {"deny_domains": [], "ports": [443]}}})
+    for group in ("main", "family", "work", "ports"):
+        s.cli("groups", "add", group, *(["--main"] if group == "main" else []))
+    s.start("proxy")
+    url = f"http://127.0.0.1:{site.port}/page"
+    expect = {"main": (403, "deny-list"), "family": (403, "egress-off"), "work": (200, None),
+              "ports": (403, "port")}
+    for group, (code, rule) in expect.items():
+        status, headers, body = get(web_sock(s, group), url)
+        assert (status, headers.get("x-nanoclaw-egress-rule")) == (code, rule), (group, body)
+    status, headers, body = get(web_sock(s, "work"), "http://elsewhere.example/")
+    assert status == 403 and headers["x-nanoclaw-egress-rule"] == "allowlist"
+    assert b"elsewhere.example is not on this group's allow list" in body
+    status, headers, body = get(web_sock(s, "main"), "http://bad_host!/")
+    assert status == 400 and headers["x-nanoclaw-egress-rule"] == "bad-host"
+    assert len(site.requests) == 1  # work's
+    lines = wait_lines(s, 6)
+    assert sorted(x["GROUP"] for x in lines) == ["family", "main", "main", "ports", "work", "work"]
+    assert "HOST" in lines[-1] and lines[-1]["HOST"] == "-"  # an invalid name is never logged
+
+
+def test_tunnel_limit_and_byte_cap(make_system, sites, certs):
+    big = sites(body=b"x" * 300_000)
+    small = sites(tls=True)
+    s = egress_system(make_system, [big.port, small.port], max_tunnels=1, max_bytes_per_run=200_000)
+    s.start("proxy")
+    sock = web_sock(s)
+    status, _, held, _ = tunnel(sock, f"127.0.0.1:{small.port}")
+    assert status == 200
+    status, headers, _, body = tunnel(sock, f"127.0.0.1:{small.port}")
+    assert status == 429 and headers["x-nanoclaw-egress-rule"] == "tunnel-limit"
+    assert https_get(held, certs, "127.0.0.1").endswith(PAGE)  # the held one still works; then it closes
+    wait_lines(s, 2)
+    # a download past the run's allowance is cut: the agent gets less than the length it was promised
+    status, headers, body = get(sock, f"http://127.0.0.1:{big.port}/big")
+    assert status == 200 and int(headers["content-length"]) == 300_000 and len(body) < 300_000
+    lines = wait_lines(s, 3)
+    assert (lines[-1]["VERDICT"], lines[-1]["RULE"]) == ("cut", "byte-cap")
+    status, headers, body = get(sock, f"http://127.0.0.1:{big.port}/again")
+    assert status == 429 and headers["x-nanoclaw-egress-rule"] == "byte-cap"
+    # the runner's ensure before a new container starts a new run
+    assert s.request("proxy", {"op": "ensure", "group": "main"})["ok"]
+    status, _, conn, _ = tunnel(sock, f"127.0.0.1:{small.port}")
+    assert status == 200 and https_get(conn, certs, "127.0.0.1").endswith(PAGE)
+    lines = wait_lines(s, 5)
+    assert [x["VERDICT"] for x in lines] == ["refused", "allowed", "cut", "refused", "allowed"]
