@@ -10,7 +10,11 @@ PODMAN=${PODMAN:-podman}
 image=${1:-localhost/nanoclaw-base:bookworm}
 suite=${2:-bookworm}
 mirror=${3:-http://deb.debian.org/debian}
-if $PODMAN image exists "$image"; then
+# What agents need besides Python: curl and git (they reach the web through the host's
+# proxy). The list is kept on the image as a label, so a base made with another list is made again.
+packages=python3,python3-venv,ca-certificates,tzdata,curl,git
+if [ "$($PODMAN image inspect --format '{{index .Config.Labels "nanoclaw.packages"}}' "$image" 2>/dev/null)" \
+        = "$packages" ]; then
     echo "base image $image already present"
     exit 0
 fi
@@ -20,7 +24,7 @@ chmod 0755 "$rootfs"  # it becomes the image's /: mktemp's 0700 would lock out n
 trap 'rm -rf "$rootfs" "$rootfs.log"' EXIT
 for attempt in 1 2 3; do  # a mirror fails now and then: try again before giving up
     echo "debootstrap $suite into $rootfs (about a minute; attempt $attempt of 3)..."
-    if debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,tzdata \
+    if debootstrap --variant=minbase --include="$packages" \
             "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1; then
         break
     fi
@@ -34,5 +38,5 @@ for attempt in 1 2 3; do  # a mirror fails now and then: try again before giving
     sleep $((attempt * 10))
 done
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-tar -C "$rootfs" -c . | $PODMAN import -q - "$image" >/dev/null
+tar -C "$rootfs" -c . | $PODMAN import -q --change "LABEL nanoclaw.packages=$packages" - "$image" >/dev/null
 echo "imported $image"

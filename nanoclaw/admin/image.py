@@ -75,12 +75,13 @@ def image_exists(name: str) -> bool:
 
 def ensure_base(cfg: Config, progress: Progress) -> str:
     base = cfg.container.base_image
-    if image_exists(base):
-        progress(f"base image {base} present")
-        return base
     if base.startswith("localhost/nanoclaw-base"):
-        progress(f"making base image {base} with debootstrap (about a minute)")
+        # Always asked: the script itself keeps a base made with today's package list and makes
+        # one made with an older list (without curl or git, say) again.
+        progress(f"base image {base}: made with debootstrap if missing or stale (about a minute)")
         _run([str(container_dir() / "build-base.sh"), base], "debootstrap base image")
+    elif image_exists(base):
+        progress(f"base image {base} present")
     else:
         progress(f"pulling base image {base}")
         _run(["podman", "pull", base], f"pulling {base}")
