@@ -15,20 +15,16 @@ import re
 import socket
 import ssl
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from conftest import SECRET
+from web_sites import PAGE, Site, make_certs, server_tls
 
 from nanoclaw.core import config as config_mod
 from nanoclaw.core.egress import EgressPolicy, classify, normalize_host, parse_ip
 from nanoclaw.core.log import journal_fields
-
-PAGE = b"<html><body><h1>Egress works</h1><p>the page's marker: PELICAN-7731</p></body></html>"
-
 
 # -- the policy, pure -------------------------------------------------------------------
 
@@ -91,65 +87,9 @@ def test_egress_configuration_is_validated(tmp_path):
 
 # -- servers the proxy may reach, all on 127.0.0.1 ------------------------------------------
 
-class Site:
-    """An HTTP or HTTPS server on 127.0.0.1 that records what reached it."""
-
-    def __init__(self, tls: ssl.SSLContext | None = None, body: bytes = PAGE) -> None:
-        self.requests: list[dict] = []
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                site.requests.append({"method": self.command, "path": self.path,
-                                      "headers": {k.lower(): v for k, v in self.headers.items()},
-                                      "body": self.rfile.read(length) if length else b""})
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _answer
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Path:
-    """A throwaway CA and a certificate for pages.test and 127.0.0.1, made with openssl."""
-    d = tmp_path_factory.mktemp("certs")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", d / "ca.key", "-out", d / "ca.pem", "-days", "2",
-                    "-subj", "/CN=nanoclaw test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"], check=True, capture_output=True)
-    subprocess.run(["openssl", "req", *ec, "-keyout", d / "site.key", "-out", d / "site.csr",
-                    "-subj", "/CN=pages.test"], check=True, capture_output=True)
-    (d / "ext.cnf").write_text("subjectAltName=DNS:pages.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    subprocess.run(["openssl", "x509", "-req", "-in", d / "site.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
-                    "-CAcreateserial", "-out", d / "site.pem", "-days", "2", "-extfile", d / "ext.cnf"],
-                   check=True, capture_output=True)
-    return d
-
-
-def server_tls(certs: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(certs / "site.pem", certs / "site.key")
-    return ctx
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture
@@ -537,3 +477,28 @@ def test_agent_requests_to_local_addresses_are_refused_before_leaving(make_agent
     assert f"htons({page.port})" in traced
     for address in ("10.0.0.1", "169.254.169.254", "10.1.2.3"):
         assert f'"{address}"' not in traced, address
+
+
+@pytest.mark.podman
+def test_websearch_is_an_api_request_through_the_credential_proxy(make_agent_system, fake_api):
+    """WebSearch runs at the API (a server-side tool): the CLI asks the Messages API with the
+    web_search tool, through api.sock like every model request; nothing goes through web.sock."""
+    s = make_agent_system()
+
+    def search_results(body: dict) -> dict:
+        return {"text": "Search results: pelicans are large water birds (PELICAN-7731)."}
+
+    fake_api.then({"tool_use": {"name": "WebSearch", "input": {"query": "pelican facts"}}}, search_results)
+    w = s.watch("main")
+    s.send("main", "search the web for pelicans")
+    assert w.reply(120) == "tool done"
+    requests = fake_api.message_requests()
+    searching = [r for r in requests if any(str(t.get("type", "")).startswith("web_search")
+                                            for t in r["body"].get("tools", []))]
+    print(json.dumps([r["body"].get("tools") for r in searching])[:2000])
+    assert len(searching) == 1
+    assert searching[0]["headers"]["x-api-key"] == SECRET  # the proxy added the credential: it came through
+    assert s.log("proxy").count("POST /v1/messages -> 200") == len(requests)
+    [result] = tool_outputs(fake_api).values()
+    assert "PELICAN-7731" in result
+    assert egress_lines(s) == []

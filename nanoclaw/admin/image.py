@@ -2,7 +2,8 @@
 
 1. The base image: ``[container] base_image``. The default,
    ``localhost/nanoclaw-base:bookworm``, is made here with debootstrap when
-   missing (``container/build-base.sh``); any other name is pulled.
+   missing or made with another package list (``container/build-base.sh``);
+   any other name is pulled.
 2. A wheelhouse: ``pip download`` of ``container/requirements.txt`` on the host,
    for the base image's Python version and platform, cached between builds.
 3. ``podman build --network none`` of ``container/Containerfile`` (two stages,
