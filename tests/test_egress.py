@@ -259,20 +259,22 @@ def test_plain_http_goes_to_the_checked_address_with_the_urls_host(make_system, 
     [seen] = site.requests
     assert seen["path"] == "/page?q=1" and seen["headers"]["host"] == f"127.0.0.1:{site.port}"
     assert seen["headers"]["x-agent"] == "kept" and "proxy-authorization" not in seen["headers"]
+    status, _, _ = get(sock, f"http://user:secret@127.0.0.1:{site.port}/userinfo")
+    assert status == 200 and site.requests[-1]["headers"]["host"] == f"127.0.0.1:{site.port}"  # never user:secret@
     # a body goes through, and the API credential never goes anywhere but the API
     status, _, body = ask(sock, f"POST http://127.0.0.1:{site.port}/form HTTP/1.1\r\nHost: x\r\n"
                                 f"Content-Length: 11\r\nConnection: close\r\n\r\nhello=world".encode())
     assert status == 200 and site.requests[-1]["body"] == b"hello=world"
     assert not any(SECRET in json.dumps(r["headers"]) for r in site.requests)
-    lines = wait_lines(s, 2)
-    assert [(x["HOST"], x["VERDICT"]) for x in lines] == [("127.0.0.1", "allowed")] * 2
-    assert int(lines[0]["BYTES_IN"]) == len(PAGE) and int(lines[1]["BYTES_OUT"]) == 11
+    lines = wait_lines(s, 3)
+    assert [(x["HOST"], x["VERDICT"]) for x in lines] == [("127.0.0.1", "allowed")] * 3
+    assert int(lines[0]["BYTES_IN"]) == len(PAGE) and int(lines[2]["BYTES_OUT"]) == 11
     # https:// in absolute form and origin-form requests are not proxy requests
     status, headers, body = get(sock, f"https://127.0.0.1:{site.port}/")
     assert status == 400 and b"CONNECT" in body
     status, headers, body = ask(sock, b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 400 and headers["x-nanoclaw-egress-rule"] == "bad-request"
-    assert len(site.requests) == 2
+    assert len(site.requests) == 3
 
 
 def test_local_addresses_are_refused_before_any_connect(make_system, sites, tmp_path, need_strace):

@@ -37,8 +37,9 @@ PRIVILEGE
 
 HOSTILE INPUT
     Every byte on a group socket is the agent's. Request heads are parsed by
-    aiohttp with size limits. api.sock: only API paths pass, bodies are
-    size-limited, refusals are well-formed JSON. web.sock: host names are
+    aiohttp with size limits (a malformed head gets aiohttp's plain 400).
+    api.sock: only API paths pass, bodies are size-limited, the proxy's own
+    refusals are well-formed JSON. web.sock: host names are
     validated before they are matched or logged; refusals are HTTP errors whose
     text names the rule; connections at once per group, bytes per container
     run and silence in a tunnel are limited.
@@ -52,7 +53,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -152,6 +153,7 @@ class Connection:
     verdict: str = "allowed"  # allowed | refused | failed | cut
     rule: str = "-"
     detail: str = ""
+    counted: bool = False  # holds one of the group's max_tunnels
 
 
 class _TunnelInbound:
@@ -240,24 +242,26 @@ class ProxyDaemon(Daemon):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o755)
             self.sites[folder] = [
-                await self._serve(d / API_SOCKET, lambda r, f=folder: self._api(f, r), keepalive=75),
-                # An agent connection carries one request or one tunnel: idle ones go soon.
-                await self._serve(d / WEB_SOCKET, lambda r, f=folder: self._web(f, r), keepalive=30),
+                await self._serve(d / API_SOCKET, lambda r, f=folder: self._api(f, r), keepalive_timeout=75),
+                # An agent connection carries one request or one tunnel: idle ones go soon, and
+                # an unread request body (a refused upload, a tunnel's rest) is not waited for.
+                await self._serve(d / WEB_SOCKET, lambda r, f=folder: self._web(f, r), keepalive_timeout=30,
+                                  lingering_time=1.0),
             ]
         for folder in set(self.sites) - folders:
             for runner in self.sites.pop(folder):
                 await runner.cleanup()
         return None
 
-    async def _serve(self, sock: Path, handler, keepalive: float) -> web.BaseRunner:
+    async def _serve(self, sock: Path, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+                     **options: float) -> web.BaseRunner:
         """Serve ``handler`` on a group socket. aiohttp's low-level server: no router, so a
         CONNECT's authority-form target reaches the handler as it came."""
         try:
             sock.unlink()
         except FileNotFoundError:
             pass
-        runner = web.ServerRunner(web.Server(handler, access_log=None, keepalive_timeout=keepalive, **HEAD_LIMITS),
-                                  shutdown_timeout=1)
+        runner = web.ServerRunner(web.Server(handler, access_log=None, **options, **HEAD_LIMITS), shutdown_timeout=1)
         await runner.setup()
         await web.UnixSite(runner, str(sock)).start()
         os.chmod(sock, 0o666)  # the container's uid differs; the directory limits who sees it
@@ -301,7 +305,9 @@ class ProxyDaemon(Daemon):
         finally:
             upstream.release()
         self.requests += 1
-        self.log.info("group=%s %s %s -> %s in %.2fs%s", folder, request.method, target.split("?")[0],
+        # '=' escaped: the agent's path must not read as a journal field (host=..., verdict=...)
+        self.log.info("group=%s %s %s -> %s in %.2fs%s", folder, request.method,
+                      target.split("?")[0].replace("=", "%3D"),
                       upstream.status, time.monotonic() - started, f" ({broken})" if broken else "")
         return resp
 
@@ -346,6 +352,8 @@ class ProxyDaemon(Daemon):
             _drop(request)
             return web.Response(status=429)  # never sent: the connection is closed
         finally:
+            if conn.counted:
+                self._state(folder).active -= 1
             self.web_connections += 1
             line = ("egress group=%s host=%s port=%s ip=%s method=%s bytes_in=%d bytes_out=%d "
                     "verdict=%s rule=%s in %.2fs")
@@ -400,6 +408,9 @@ class ProxyDaemon(Daemon):
         if policy.max_bytes_per_run and state.run_bytes >= policy.max_bytes_per_run:
             return [], self._refuse(conn, Refusal(
                 "byte-cap", f"this run used its {policy.max_bytes_per_run} byte allowance"), 429)
+        # Counted from here, the lookup included: lookups hold threads, and a group's are bounded too.
+        state.active += 1
+        conn.counted = True
         literal = parse_ip(host)
         if literal is not None:
             candidates = [literal]
@@ -438,23 +449,18 @@ class ProxyDaemon(Daemon):
         addresses, refusal = await self._admit(conn, policy, raw_host, port)
         if refusal is not None:
             return refusal
-        state = self._state(conn.folder)
-        state.active += 1
         try:
-            try:
-                reader, writer = await self._connect(conn, policy, addresses, port)
-            except OSError as exc:
-                return self._refuse(conn, Refusal("connect", f"cannot connect: {exc}"), 502, "failed")
-            try:
-                resp = web.StreamResponse(status=200, reason="Connection established")
-                resp.force_close()
-                await resp.prepare(request)
-                await self._pipe(conn, policy, _TunnelInbound(request).reader, writer, reader, resp)
-                return resp
-            finally:
-                writer.close()
+            reader, writer = await self._connect(conn, policy, addresses, port)
+        except OSError as exc:
+            return self._refuse(conn, Refusal("connect", f"cannot connect: {exc}"), 502, "failed")
+        try:
+            resp = web.StreamResponse(status=200, reason="Connection established")
+            resp.force_close()
+            await resp.prepare(request)
+            await self._pipe(conn, policy, _TunnelInbound(request).reader, writer, reader, resp)
+            return resp
         finally:
-            state.active -= 1
+            writer.close()
 
     async def _connect(self, conn: Connection, policy: EgressPolicy, addresses: list[IPAddress],
                        port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -531,9 +537,9 @@ class ProxyDaemon(Daemon):
         if refusal is not None:
             return refusal
         headers = _end_to_end(request.headers)
-        headers["Host"] = target.raw_authority
-        state = self._state(conn.folder)
-        state.active += 1
+        # host[:port] as the URL names it; never userinfo (http://user:pass@host/)
+        headers["Host"] = (f"[{raw_host}]" if ":" in raw_host else raw_host) + \
+            (f":{target.explicit_port}" if target.explicit_port else "")
 
         async def body():
             async for chunk in request.content.iter_any():
@@ -569,8 +575,6 @@ class ProxyDaemon(Daemon):
             if conn.verdict == "cut":
                 raise Cut(conn.detail) from exc  # our own cap, surfacing through aiohttp's upload
             return self._refuse(conn, Refusal("upstream", f"the site failed: {exc!r}"), 502, "failed")
-        finally:
-            state.active -= 1
 
     def status(self) -> str:
         cred = self.credential.kind if self.credential else "NO CREDENTIAL"
