@@ -15,6 +15,7 @@ import re
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -245,6 +246,38 @@ def test_connect_tunnel_keeps_tls_end_to_end(make_system, sites, certs):
     # TLS records both ways: more than the page came in, a request went out
     assert int(line["BYTES_IN"]) > len(PAGE) and int(line["BYTES_OUT"]) > 100
     assert PAGE.decode() not in s.log("proxy")
+
+
+def test_a_tunnel_carries_megabytes_both_ways_at_once(make_system):
+    """Bytes, not requests: an echo service behind CONNECT gets 3 MB while it answers, so
+    both directions and the proxy's pausing of a fast sender are exercised. (The agent's side
+    closes whole: aiohttp, like the container's forwarder, ends a connection on EOF.)"""
+    echo = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = echo.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = echo.getsockname()[1]
+    s = egress_system(make_system, [port])
+    s.start("proxy")
+    status, _, conn, _ = tunnel(web_sock(s), f"127.0.0.1:{port}")
+    assert status == 200
+    payload = os.urandom(3 * 1024 * 1024)
+    sender = threading.Thread(target=conn.sendall, args=(payload,))
+    sender.start()
+    received = bytearray()
+    while len(received) < len(payload) and (chunk := conn.recv(65536)):
+        received += chunk
+    sender.join(30)
+    conn.close()
+    echo.close()
+    assert bytes(received) == payload
+    [line] = wait_lines(s, 1)
+    assert (line["BYTES_IN"], line["BYTES_OUT"], line["VERDICT"]) == (str(len(payload)), str(len(payload)), "allowed")
 
 
 def test_plain_http_goes_to_the_checked_address_with_the_urls_host(make_system, sites):

@@ -490,8 +490,10 @@ class ProxyDaemon(Daemon):
                 self._count(conn, policy, outbound=len(data))
                 site_writer.write(data)
                 await site_writer.drain()
+            # The agent's EOF: aiohttp (as the container's forwarder) closes the whole connection
+            # on it, so no answer could reach the agent now; the site is told all the same.
             if site_writer.can_write_eof():
-                site_writer.write_eof()  # the agent finished sending; the answer may still come
+                site_writer.write_eof()
 
         async def down() -> None:
             nonlocal last
@@ -503,7 +505,7 @@ class ProxyDaemon(Daemon):
         sending, receiving = asyncio.ensure_future(up()), asyncio.ensure_future(down())
         pending = {sending, receiving}
         try:
-            while receiving in pending:  # the agent may have finished sending; the answer goes on
+            while receiving in pending:  # the site's side ends the tunnel (or a break, a cut, silence)
                 timeout = policy.idle_timeout - (time.monotonic() - last)
                 if timeout <= 0:
                     conn.verdict, conn.rule = "cut", "idle-timeout"
