@@ -255,10 +255,11 @@ def test_a_tunnel_carries_megabytes_both_ways_at_once(make_system):
     echo = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
-        conn, _ = echo.accept()
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
+        for _ in range(2):
+            conn, _ = echo.accept()
+            with conn:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
 
     threading.Thread(target=serve, daemon=True).start()
     port = echo.getsockname()[1]
@@ -274,10 +275,19 @@ def test_a_tunnel_carries_megabytes_both_ways_at_once(make_system):
         received += chunk
     sender.join(30)
     conn.close()
-    echo.close()
     assert bytes(received) == payload
     [line] = wait_lines(s, 1)
     assert (line["BYTES_IN"], line["BYTES_OUT"], line["VERDICT"]) == (str(len(payload)), str(len(payload)), "allowed")
+    # bytes sent right behind the CONNECT head, before the 200, are the tunnel's too
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as eager:
+        eager.settimeout(15)
+        eager.connect(str(web_sock(s)))
+        eager.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: x\r\n\r\nearly bytes".encode())
+        status, _, rest = read_head(eager)
+        while len(rest) < len(b"early bytes") and (chunk := eager.recv(65536)):
+            rest += chunk
+    assert status == 200 and rest == b"early bytes"
+    echo.close()
 
 
 def test_plain_http_goes_to_the_checked_address_with_the_urls_host(make_system, sites):
