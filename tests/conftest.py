@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_DIR = ROOT / "tests" / "agent"
-BASE_IMAGE = os.environ.get("NANOCLAW_TEST_BASE", "localhost/nanoclaw-base:bookworm")
+BASE_IMAGE = os.environ.get("NANOCLAW_TEST_BASE", "localhost/nanoclaw-base:bookworm-2")
 from nanoclaw import DAEMONS  # noqa: E402
 
 

@@ -1,9 +1,8 @@
 """``nanoclaw image build``: the agent image, built with no registry and no network.
 
 1. The base image: ``[container] base_image``. The default,
-   ``localhost/nanoclaw-base:bookworm``, is made here with debootstrap when
-   missing or made with another package list (``container/build-base.sh``);
-   any other name is pulled.
+   ``localhost/nanoclaw-base:bookworm-2``, is made here with debootstrap when
+   missing (``container/build-base.sh``); any other name is pulled.
 2. A wheelhouse: ``pip download`` of ``container/requirements.txt`` on the host,
    for the base image's Python version and platform, cached between builds.
 3. ``podman build --network none`` of ``container/Containerfile`` (two stages,
@@ -76,13 +75,12 @@ def image_exists(name: str) -> bool:
 
 def ensure_base(cfg: Config, progress: Progress) -> str:
     base = cfg.container.base_image
-    if base.startswith("localhost/nanoclaw-base"):
-        # Always asked: the script itself keeps a base made with today's package list and makes
-        # one made with an older list (without curl or git, say) again.
-        progress(f"base image {base}: made with debootstrap if missing or stale (about a minute)")
-        _run([str(container_dir() / "build-base.sh"), base], "debootstrap base image")
-    elif image_exists(base):
+    if image_exists(base):
         progress(f"base image {base} present")
+        return base
+    if base.startswith("localhost/nanoclaw-base"):
+        progress(f"making base image {base} with debootstrap (about a minute)")
+        _run([str(container_dir() / "build-base.sh"), base], "debootstrap base image")
     else:
         progress(f"pulling base image {base}")
         _run(["podman", "pull", base], f"pulling {base}")

@@ -31,7 +31,7 @@ class ContainerConfig:
     """
 
     image: str = "localhost/nanoclaw-agent:0.1.0"
-    base_image: str = "localhost/nanoclaw-base:bookworm"  # FROM for `nanoclaw image build`
+    base_image: str = "localhost/nanoclaw-base:bookworm-2"  # FROM for `nanoclaw image build`
     podman_url: str = ""  # empty: derived from the runtime dir (see podman_socket)
     runtime: str = ""  # OCI runtime; empty lets podman choose
     ulimits: tuple[str, ...] = ()  # e.g. ("nofile=1024:1024", "nproc=4096:4096")
