@@ -215,11 +215,14 @@ class Strace:
 
 
 @pytest.fixture
-def need_strace():
-    if subprocess.run(["which", "strace"], capture_output=True).returncode != 0:
+def need_root_and_strace():
+    """strace, and root for it and for the private mount namespace (as in CI)."""
+    missing = "strace is not installed" if subprocess.run(["which", "strace"], capture_output=True).returncode \
+        else "not root (a private /etc/hosts needs a mount namespace)" if os.geteuid() != 0 else ""
+    if missing:
         if os.environ.get("CI") == "true":
-            pytest.fail("strace is not installed (CI=true: the refusal evidence needs it)")
-        pytest.skip("strace is not installed")
+            pytest.fail(f"{missing} (CI=true: the refusal evidence needs it)")
+        pytest.skip(missing)
 
 
 def egress_system(make_system, ports: list[int], **egress) -> object:
@@ -320,7 +323,7 @@ def test_plain_http_goes_to_the_checked_address_with_the_urls_host(make_system, 
     assert len(site.requests) == 3
 
 
-def test_local_addresses_are_refused_before_any_connect(make_system, sites, tmp_path, need_strace):
+def test_local_addresses_are_refused_before_any_connect(make_system, sites, tmp_path, need_root_and_strace):
     """10.0.0.1, the metadata address, names that resolve to local addresses, loopback the owner
     did not open: each refused by rule with a 403 the agent can read, and strace shows the
     proxy never called connect() for any of them. The one allowed page proves tracing was live."""
@@ -455,7 +458,8 @@ def tool_outputs(fake_api) -> dict[str, str]:
 
 
 @pytest.mark.podman
-def test_agent_curl_and_webfetch_reach_an_allowed_page(make_agent_system, fake_api, sites, certs, tmp_path):
+def test_agent_curl_and_webfetch_reach_an_allowed_page(make_agent_system, fake_api, sites, certs, tmp_path,
+                                                     need_root_and_strace):
     page, tls_page = sites(), sites(tls=True)
     s = agent_egress_system(make_agent_system, tmp_path, certs, [page.port, tls_page.port])
     fake_api.then({"tool_use": {"name": "Bash", "input": {"description": "fetch pages", "command": (
@@ -485,7 +489,7 @@ def test_agent_curl_and_webfetch_reach_an_allowed_page(make_agent_system, fake_a
 
 @pytest.mark.podman
 def test_agent_requests_to_local_addresses_are_refused_before_leaving(make_agent_system, fake_api, sites, certs,
-                                                                     tmp_path, need_strace):
+                                                                     tmp_path, need_root_and_strace):
     page = sites()
     s = agent_egress_system(make_agent_system, tmp_path, certs, [page.port])
     trace = Strace(s.procs["proxy"].pid, tmp_path / "strace.txt")
