@@ -12,7 +12,10 @@ after ``NANOCLAW_IDLE_TIMEOUT`` seconds without work.
 The container has no network. The CLI's ``ANTHROPIC_BASE_URL`` points at a
 tiny forwarder here on 127.0.0.1 that relays to the host's credential proxy
 through the Unix socket mounted at ``/run/nanoclaw-proxy/api.sock``; the real
-credential is added on the host and never enters this container.
+credential is added on the host and never enters this container. A second
+forwarder relays ``HTTP_PROXY``/``HTTPS_PROXY`` to ``web.sock`` beside it: the
+host's egress proxy, which applies the group's policy (CONNECT keeps TLS end
+to end). Both forwarders only move bytes; all HTTP is parsed on the host.
 
 Tools the agent gets (an in-process MCP server) only *ask*: each writes a
 request to ``out/`` and the host's ipc daemon decides whether it is allowed.
@@ -46,6 +49,10 @@ from protocol import BadMessage, Spool  # noqa: E402
 WORKSPACE = Path("/workspace")
 IPC = WORKSPACE / "ipc"
 PROXY_SOCKET = Path("/run/nanoclaw-proxy/api.sock")
+WEB_SOCKET = Path("/run/nanoclaw-proxy/web.sock")
+# This container's own loopback stays its own (the API forwarder, servers the agent starts);
+# every other address, private ones included, goes to the host's proxy, which decides.
+NO_PROXY = "localhost,127.0.0.1,::1"
 JOB = int(os.environ.get("NANOCLAW_JOB", "0"))
 GROUP = os.environ.get("NANOCLAW_GROUP", "")
 IS_MAIN = os.environ.get("NANOCLAW_IS_MAIN") == "1"
@@ -61,7 +68,7 @@ def log(msg: str) -> None:
     print(f"agent-runner: {msg}", file=sys.stderr, flush=True)
 
 
-# -- the API forwarder ------------------------------------------------------------
+# -- the forwarders to the host's proxy sockets ----------------------------------------
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
@@ -77,18 +84,19 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             pass
 
 
-async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _forward(sock: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        ureader, uwriter = await asyncio.open_unix_connection(str(PROXY_SOCKET))
+        ureader, uwriter = await asyncio.open_unix_connection(str(sock))
     except OSError as exc:
-        log(f"credential proxy unreachable at {PROXY_SOCKET}: {exc}")
+        log(f"host proxy unreachable at {sock}: {exc}")
         writer.close()
         return
     await asyncio.gather(_pipe(reader, uwriter), _pipe(ureader, writer))
 
 
-async def start_forwarder() -> str:
-    server = await asyncio.start_server(_forward, "127.0.0.1", 0)
+async def start_forwarder(sock: Path = PROXY_SOCKET) -> str:
+    """Relay a new port on 127.0.0.1 to one of the host's proxy sockets; returns its URL."""
+    server = await asyncio.start_server(lambda r, w: _forward(sock, r, w), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     return f"http://127.0.0.1:{port}"
 
@@ -219,7 +227,17 @@ def system_append() -> str:
     return "\n\n".join(parts)
 
 
-def options(base_url: str, resume: str | None) -> ClaudeAgentOptions:
+def proxy_env(web_proxy: str) -> dict[str, str]:
+    """The web through the host: every tool (WebFetch, curl, pip, git, Python) reads one of
+    these spellings; NO_PROXY keeps the API forwarder and the container's loopback direct."""
+    env = {}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+        env[name] = env[name.lower()] = web_proxy
+    env["NO_PROXY"] = env["no_proxy"] = NO_PROXY
+    return env
+
+
+def options(base_url: str, web_proxy: str, resume: str | None) -> ClaudeAgentOptions:
     home = Path(os.environ.get("HOME", "/tmp/home"))
     home.mkdir(parents=True, exist_ok=True)
     env = {
@@ -233,6 +251,7 @@ def options(base_url: str, resume: str | None) -> ClaudeAgentOptions:
         "ENABLE_TOOL_SEARCH": "false",  # few tools: give them to the model directly
         "XDG_CACHE_HOME": "/tmp/cache",
         "CLAUDE_CODE_TMPDIR": "/tmp",
+        **proxy_env(web_proxy),
     }
     if os.geteuid() == 0:
         env["IS_SANDBOX"] = "1"  # a misconfigured root container is still a sandbox
@@ -258,13 +277,14 @@ RESUME_FAILED = re.compile(r"--resume|no conversation found|session id", re.IGNO
 class Agent:
     """A warm Claude session: connect once, then one ``turn`` per prompt."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, web_proxy: str) -> None:
         self.base_url = base_url
+        self.web_proxy = web_proxy
         self.client: ClaudeSDKClient | None = None
         self.session_id: str | None = None
 
     async def _connect(self, resume: str | None) -> None:
-        self.client = ClaudeSDKClient(options(self.base_url, resume))
+        self.client = ClaudeSDKClient(options(self.base_url, self.web_proxy, resume))
         await self.client.connect()
 
     async def turn(self, prompt: str, resume: str | None) -> dict:
@@ -316,8 +336,7 @@ class Agent:
 
 
 async def main() -> int:
-    base_url = await start_forwarder()
-    agent = Agent(base_url)
+    agent = Agent(await start_forwarder(PROXY_SOCKET), await start_forwarder(WEB_SOCKET))
     notify = INotify()
     notify.add_watch(str(inbox.new), flags.MOVED_TO | flags.CLOSE_WRITE)
     woke = asyncio.Event()

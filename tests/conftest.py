@@ -111,6 +111,8 @@ class System:
         self.env.pop("NOTIFY_SOCKET", None)
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
+        # A command a daemon is started under (e.g. a private mount namespace), by daemon name.
+        self.wrap: dict[str, list[str]] = {}
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "nanoclaw", *args], env=self.env, text=True,
@@ -125,8 +127,8 @@ class System:
             log = self.base / f"{name}.log"
             self.logs[name] = log
             with open(log, "ab") as fh:
-                self.procs[name] = subprocess.Popen([sys.executable, "-m", "nanoclaw", name], env=self.env,
-                                                    stdout=fh, stderr=subprocess.STDOUT)
+                self.procs[name] = subprocess.Popen([*self.wrap.get(name, []), sys.executable, "-m", "nanoclaw", name],
+                                                    env=self.env, stdout=fh, stderr=subprocess.STDOUT)
         for name in names or DAEMONS:
             self.wait_ready(name)
 
@@ -252,14 +254,14 @@ class Watcher:
         self.client.close()
 
 
-def _toml(cfg: dict) -> str:
+def _toml(cfg: dict, prefix: str = "") -> str:
     lines, tables = [], []
     for k, v in cfg.items():
         (tables if isinstance(v, dict) else lines).append((k, v))
     out = [f"{k} = {json.dumps(v)}" for k, v in lines]
-    for name, table in tables:
-        out.append(f"\n[{name}]")
-        out += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    for name, table in tables:  # nested dicts are sub-tables: [egress.groups.family]
+        out.append(f"\n[{prefix}{name}]")
+        out.append(_toml(table, f"{prefix}{name}.").rstrip("\n"))
     return "\n".join(out) + "\n"
 
 

@@ -25,3 +25,26 @@ def test_a_refusal_is_valid_json_whatever_the_path_holds(offline_system):
         assert head.startswith(b"HTTP/1.1 403"), head
         error = json.loads(body)["error"]
         assert error["type"] == "nanoclaw_proxy" and repr(path) in error["message"]
+
+
+def test_an_agents_api_path_cannot_forge_journal_fields(make_system, fake_api):
+    """The relay's line names the path; the agent chooses it, so '=' in it must not become a
+    journal field such as HOST= or VERDICT= (the egress proxy's fields)."""
+    from nanoclaw.core.log import journal_fields
+    s = make_system(proxy_upstream=fake_api.url)
+    cred = s.confdir / "credentials" / "anthropic-credential"
+    cred.parent.mkdir(parents=True)
+    cred.write_text("sk-ant-api03-journal-test\n")
+    cred.chmod(0o600)
+    s.cli("groups", "add", "main", "--main")
+    s.start("proxy")
+    sock = s.run / "proxy" / "main" / "api.sock"
+    s.wait_for(sock.exists, 10, what="main's API socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(10)
+        c.connect(str(sock))
+        c.sendall(b"GET /v1/x/host=evil.example/verdict=allowed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert c.recv(65536).startswith(b"HTTP/1.1 200")
+    line = s.wait_for(lambda: next((x for x in s.log("proxy").splitlines() if "GET /v1/x/" in x), None), 10,
+                      what="the relay's line")
+    assert journal_fields(line) == {"GROUP": "main"}, line

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
+
+from nanoclaw.core.egress import EgressPolicy
 
 
 class ConfigError(Exception):
@@ -114,6 +116,8 @@ class Config:
     max_spool_bytes: int = 1 << 20
     container: ContainerConfig = field(default_factory=ContainerConfig)
     whatsapp: WhatsAppConfig = field(default_factory=WhatsAppConfig)
+    egress: EgressPolicy = field(default_factory=EgressPolicy)  # [egress]: every group's web access
+    egress_groups: dict[str, EgressPolicy] = field(default_factory=dict)  # [egress.groups.<folder>]
 
     # Derived locations: one state dir, one runtime dir.
     db_path = _under("state_dir", "nanoclaw.db")
@@ -123,6 +127,10 @@ class Config:
     ipc_dir = _under("state_dir", "ipc")  # each group's in/ (host -> agent) and out/ (agent -> host)
     sessions_dir = _under("state_dir", "sessions")  # each group's Claude session state
     timer_spec_dir = _under("state_dir", "timers")  # the scheduler's timer specs for the root sync
+
+    def egress_for(self, folder: str) -> EgressPolicy:
+        """A group's web egress policy: its own table over ``[egress]``, else ``[egress]``."""
+        return self.egress_groups.get(folder, self.egress)
 
     def socket(self, daemon: str) -> Path:
         """The Unix socket a daemon listens on."""
@@ -155,12 +163,14 @@ def _coerce(cls: type, table: dict, where: str) -> dict:
     known = {f.name: f for f in fields(cls)}
     out = {}
     for key, value in table.items():
-        if key not in known:
+        if key not in known or known[key].default is MISSING:  # tables (egress_groups) are read apart
             raise ConfigError(f"{where}: unknown setting {key!r}")
         default = known[key].default
         if isinstance(default, tuple):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{where}.{key}: expected a list of strings")
+            kind = type(default[0]) if default else str  # (80, 443): a list of integers
+            if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool)
+                                                      for v in value):
+                raise ConfigError(f"{where}.{key}: expected a list of {'integers' if kind is int else 'strings'}")
             value = tuple(value)
         elif isinstance(default, Path):
             value = Path(value)
@@ -173,6 +183,31 @@ def _coerce(cls: type, table: dict, where: str) -> dict:
             value = float(value)
         out[key] = value
     return out
+
+
+def _egress(table: dict) -> tuple[EgressPolicy, dict[str, EgressPolicy]]:
+    """``[egress]`` and its ``[egress.groups.<folder>]`` tables; a group's table changes only
+    the keys it names. Every value is checked here, so a typo stops the daemons at start."""
+    from nanoclaw.core.groups import FOLDER_RE  # groups imports this module
+
+    table = dict(table)
+    groups = table.pop("groups", {})
+    if not isinstance(groups, dict) or not all(isinstance(t, dict) for t in groups.values()):
+        raise ConfigError("egress.groups: expected one table per group folder, [egress.groups.<folder>]")
+
+    def policy(base: EgressPolicy, values: dict, where: str) -> EgressPolicy:
+        try:
+            return replace(base, **_coerce(EgressPolicy, values, where)).validated()
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{exc}") from None
+
+    default = policy(EgressPolicy(), table, "egress")
+    per_group = {}
+    for folder, values in groups.items():
+        if not FOLDER_RE.match(folder):
+            raise ConfigError(f"egress.groups: {folder!r} is not a group folder name")
+        per_group[folder] = policy(default, values, f"egress.groups.{folder}")
+    return default, per_group
 
 
 # What `nanoclaw doctor --redetect` finds by trying; kept apart from the owner's config.toml
@@ -204,6 +239,7 @@ def load(path: Path | None = None) -> Config:
         raise ConfigError(f"{path}: no such configuration file")
     owner_container = _coerce(ContainerConfig, data.pop("container", {}), "container")
     whatsapp = WhatsAppConfig(**_coerce(WhatsAppConfig, data.pop("whatsapp", {}), "whatsapp"))
+    egress, egress_groups = _egress(data.pop("egress", {}))
     settings = _coerce(Config, data, "config")
     for key, env in (("state_dir", "NANOCLAW_STATE_DIR"), ("runtime_dir", "NANOCLAW_RUNTIME_DIR"),
                      ("config_dir", "NANOCLAW_CONFIG_DIR")):
@@ -218,7 +254,7 @@ def load(path: Path | None = None) -> Config:
             raise ConfigError(f"{detected_path}: not a detected setting: {', '.join(sorted(unknown))}")
         detected = _coerce(ContainerConfig, table, f"{detected_path.name}: container")
     container = ContainerConfig(**{**detected, **owner_container})
-    cfg = Config(container=container, whatsapp=whatsapp, **settings)
+    cfg = Config(container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, **settings)
     if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
     return cfg
