@@ -19,6 +19,12 @@ to end). Both forwarders only move bytes; all HTTP is parsed on the host.
 
 Tools the agent gets (an in-process MCP server) only *ask*: each writes a
 request to ``out/`` and the host's ipc daemon decides whether it is allowed.
+
+In a team, ``NANOCLAW_AGENT`` names the member this container runs (empty for
+the group's lead). A member reads its instructions from its file in
+``/workspace/group/agents/`` (mounted read-only: the host writes it), gets
+the team tools (``list_agents``, ``delegate``) and ``send_message``, and
+speaks in the chat under its own name; only the lead may ``create_agent``.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ GROUP = os.environ.get("NANOCLAW_GROUP", "")
 IS_MAIN = os.environ.get("NANOCLAW_IS_MAIN") == "1"
 IDLE_TIMEOUT = float(os.environ.get("NANOCLAW_IDLE_TIMEOUT", "600"))
 MODEL = os.environ.get("NANOCLAW_MODEL", "")
+AGENT = os.environ.get("NANOCLAW_AGENT", "")  # "" = the group's lead
+TEAM_DIR = WORKSPACE / "group" / "agents"
 
 inbox = Spool(IPC / "in")  # read-only: the host writes it, we only read
 outbox = Spool(IPC / "out")  # ours: out/tmp and out/new
@@ -199,13 +207,99 @@ async def register_group(args: dict) -> dict:
     return _ok("Registration request handed to the host.")
 
 
-TOOLS = [send_message, schedule_task, list_tasks, update_task, _task_action("pause"), _task_action("resume"),
-         _task_action("cancel")] + ([register_group, list_available_groups] if IS_MAIN else [])
+# -- the team ---------------------------------------------------------------------
+
+def read_member(path: Path) -> dict[str, str]:
+    """A member file's front matter (description, model, tools) and its instructions ("body")."""
+    text = path.read_text()
+    front: dict[str, str] = {}
+    if text.startswith("---\n"):
+        head, _, text = text[4:].partition("\n---")
+        for line in head.splitlines():
+            key, colon, value = line.partition(":")
+            if colon:
+                front[key.strip()] = value.strip()
+    return {**front, "body": text.lstrip("-").strip()}
+
+
+def team() -> dict[str, dict[str, str]]:
+    members = {}
+    for path in sorted(TEAM_DIR.glob("*.md")):
+        try:
+            members[path.stem] = read_member(path)
+        except (OSError, UnicodeDecodeError):
+            continue
+    return members
+
+
+def display(name: str) -> str:
+    return name.replace("_", " ").replace("-", " ").title()
+
+
+@tool("list_agents", "List the members of this group's team: their names and what each is for.",
+      {"type": "object", "properties": {}})
+async def list_agents(args: dict) -> dict:
+    members = {n: m for n, m in team().items() if n != AGENT}
+    if not members:
+        return _ok("This group has no team members" + ("." if AGENT else " yet; create_agent makes one."))
+    return _ok("\n".join(f"- {name} ({display(name)}): {m.get('description', '')}" for name, m in members.items()))
+
+
+@tool("delegate", "Hand a task to a member of the team (see list_agents). It works in its own container and "
+      "its answer comes back to you later as a new message from it: end your turn now rather than wait. "
+      "Say in the task everything the member needs; it does not see this conversation.",
+      {"type": "object", "properties": {
+          "agent": {"type": "string", "description": "the member's name"},
+          "task": {"type": "string", "description": "what to do, with all the context needed"}},
+       "required": ["agent", "task"]})
+async def delegate(args: dict) -> dict:
+    _request("delegate", {"agent": args["agent"], "task": args["task"]})
+    return _ok(f"Handed to {args['agent']}; its answer will come to you as a new message. "
+               "End your turn now; do not wait for it.")
+
+
+@tool("create_agent", "Add a member to this group's team (or replace one): a specialised agent with its own "
+      "container and memory that you can delegate to.",
+      {"type": "object", "properties": {
+          "name": {"type": "string", "description": "lower-case, letters, digits, - and _ (e.g. researcher)"},
+          "description": {"type": "string", "description": "what it is for, in one line"},
+          "instructions": {"type": "string", "description": "its standing instructions"},
+          "model": {"type": "string", "description": "optional: a model name for it"}},
+       "required": ["name", "description", "instructions"]})
+async def create_agent(args: dict) -> dict:
+    body = {"name": args["name"], "description": args["description"], "instructions": args["instructions"]}
+    if args.get("model"):
+        body["model"] = args["model"]
+    _request("create_agent", body)
+    return _ok("Request handed to the host; it checks it and confirms in the chat.")
+
+
+if AGENT:  # a member: talk, and work with the team; groups, tasks and new members are the lead's
+    TOOLS = [send_message, list_agents, delegate]
+else:
+    TOOLS = [send_message, schedule_task, list_tasks, update_task, _task_action("pause"), _task_action("resume"),
+             _task_action("cancel"), list_agents, create_agent, delegate] \
+        + ([register_group, list_available_groups] if IS_MAIN else [])
 
 
 # -- the agent --------------------------------------------------------------------
 
+def member_prompt(me: dict[str, str]) -> str:
+    return (f"You are {display(AGENT)} ({AGENT}), a member of the team of the group '{GROUP}': "
+            f"{me.get('description', '')}. The group's lead agent and other members hand you tasks; "
+            "they arrive wrapped in <messages>, from=\"agent:...\" naming who asked. People in the chat "
+            f"may also address you directly as @{display(AGENT)}. Your final answer goes to the chat "
+            f"under your name and back to whoever asked. /workspace/group is the team's shared "
+            "folder.\n\nYour instructions:\n" + me.get("body", ""))
+
+
 def system_append() -> str:
+    if AGENT:
+        try:
+            me = read_member(TEAM_DIR / f"{AGENT}.md")
+        except OSError:
+            me = {}
+        return member_prompt(me)
     parts = [f"You are running inside nanoclaw as the agent of the group '{GROUP}'"
              f"{' (the owner’s main admin channel)' if IS_MAIN else ''}. Your working directory "
              "/workspace/group is this group's folder and persists; /workspace/global holds shared "
@@ -255,7 +349,16 @@ def options(base_url: str, web_proxy: str, resume: str | None) -> ClaudeAgentOpt
     }
     if os.geteuid() == 0:
         env["IS_SANDBOX"] = "1"  # a misconfigured root container is still a sandbox
+    limits: dict[str, Any] = {}
+    if AGENT:  # a member limited to some tools gets those built-ins only (its nanoclaw tools always)
+        try:
+            named = read_member(TEAM_DIR / f"{AGENT}.md").get("tools", "").strip("[]")
+        except OSError:
+            named = ""
+        if named.strip():
+            limits["tools"] = [t.strip() for t in named.split(",") if t.strip()]
     return ClaudeAgentOptions(
+        **limits,
         cwd=str(WORKSPACE / "group"),
         env=env,
         resume=resume,
@@ -344,7 +447,7 @@ async def main() -> int:
     loop.add_reader(notify.fd, lambda: (notify.read(timeout=0), woke.set()))
     last_work = time.monotonic()
     seen: set[str] = set()  # in/ is read-only: what we have handled is remembered here
-    log(f"group={GROUP} job={JOB} ready; idle timeout {IDLE_TIMEOUT:.0f}s")
+    log(f"group={GROUP}{' agent=' + AGENT if AGENT else ''} job={JOB} ready; idle timeout {IDLE_TIMEOUT:.0f}s")
     try:
         while True:
             woke.clear()

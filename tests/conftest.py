@@ -250,6 +250,14 @@ class Watcher:
             if event.get("op") == "message" and event.get("from") == "assistant":
                 return event["text"]
 
+    def said(self, timeout: float = 60) -> tuple[str, str]:
+        """The next message from the assistant or a team member: (the name it went out under, text)."""
+        deadline = time.time() + timeout
+        while True:
+            event = self.next(max(0.1, deadline - time.time()))
+            if event.get("op") == "message" and event.get("from") == "assistant":
+                return event.get("name", ""), event["text"]
+
     def close(self) -> None:
         self.client.close()
 

@@ -90,7 +90,7 @@ def cmd_send(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         while True:
             event = client.recv()
             if event.get("op") == "message" and event.get("from") == "assistant":
-                _print_line(cfg.assistant_name, event["text"])
+                _print_line(event.get("name") or cfg.assistant_name, event["text"])
                 return 0
     except (socket.timeout, TimeoutError):
         print(f"nanoclaw: no reply within {args.wait:.0f}s (it may still come: nanoclaw chat "
@@ -106,7 +106,7 @@ def cmd_chat(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         return 1
     print(f"chatting in {reply['group']} ({reply['chat']}); Ctrl-D to leave", flush=True)
     for m in reply["history"]:
-        _print_line(cfg.assistant_name if m["from"] == "assistant" else m["from"], m["text"])
+        _print_line((m.get("name") or cfg.assistant_name) if m["from"] == "assistant" else m["from"], m["text"])
     mine: set[str] = set()
     acks: list[dict] = []
     got_ack = threading.Condition()
@@ -120,7 +120,8 @@ def cmd_chat(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                         acks.append(event)
                         got_ack.notify()
                 elif event.get("op") == "message" and event.get("id") not in mine:
-                    who = cfg.assistant_name if event.get("from") == "assistant" else event.get("from")
+                    who = ((event.get("name") or cfg.assistant_name) if event.get("from") == "assistant"
+                           else event.get("from"))  # a team member speaks under its own name
                     _print_line(str(who), event.get("text", ""))
         except (ConnectionError, OSError):
             print("nanoclaw: connection to the channel daemon lost", file=sys.stderr)
@@ -272,6 +273,50 @@ def cmd_mount(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             mounts.remove(group, args.name)
             print(f"{group.folder}: /workspace/extra/{args.name} removed, from its next container on")
     except (mounts.MountError, groups_mod.GroupError) as exc:
+        print(f"nanoclaw: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_agents(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """A group's team: the members its lead can delegate to (files the host writes)."""
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core import team
+    from nanoclaw.core.models import Group, Job, open_db
+    open_db(cfg.db_path)
+    try:
+        if args.agents_action == "list":
+            groups = [groups_mod.find_group(args.group)] if args.group else list(Group.select().order_by(Group.folder))
+            shown = 0
+            for group in groups:
+                live = {j.agent: j.status for j in Job.select().where(Job.group == group, Job.agent != "",
+                                                                      Job.status.in_(("queued", "running")))}
+                for m in team.members(cfg, group.folder):
+                    extra = "".join([f"  model={m.model}" if m.model else "",
+                                     f"  tools={','.join(m.tools)}" if m.tools else "",
+                                     f"  [{live[m.name]}]" if m.name in live else ""])
+                    print(f"{group.folder:<16} {m.name:<16} {m.description}{extra}")
+                    shown += 1
+            if not shown:
+                print("no team members (add one: nanoclaw agents add GROUP NAME --description TEXT "
+                      "--instructions TEXT)")
+            return 0
+        group = groups_mod.find_group(args.group)
+        if args.agents_action == "add":
+            instructions = args.instructions
+            if args.file:
+                instructions = Path(args.file).read_text()
+            if not instructions:
+                raise team.TeamError("give the member's instructions: --instructions TEXT or --file PATH")
+            tools = tuple(t.strip() for t in (args.tools or "").split(",") if t.strip())
+            m = team.write(cfg, group.folder, team.Member(args.name, args.description or "", instructions,
+                                                          args.model or "", tools))
+            print(f"{group.folder}: {m.display} ({m.name}) is on the team: {m.description}")
+            nudge(cfg.socket("queue"))
+        else:
+            team.remove(cfg, group.folder, args.name)
+            print(f"{group.folder}: {args.name} removed from the team (its memory is kept)")
+    except (team.TeamError, groups_mod.GroupError, OSError) as exc:
         print(f"nanoclaw: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -540,6 +585,21 @@ def build_parser() -> argparse.ArgumentParser:
     mr = msub.add_parser("remove", help="remove GROUP's mount NAME")
     mr.add_argument("group")
     mr.add_argument("name")
+    sp = sub.add_parser("agents", help="a group's team of agents: list, add, remove")
+    asub = sp.add_subparsers(dest="agents_action", required=True)
+    al = asub.add_parser("list", help="the members of one group's team, or of all")
+    al.add_argument("group", nargs="?")
+    aa = asub.add_parser("add", help="add (or replace) a member: groups/GROUP/agents/NAME.md")
+    aa.add_argument("group")
+    aa.add_argument("name", help="letters, digits, - and _ (it speaks as its name in title case)")
+    aa.add_argument("--description", required=True, help="what it is for, in one line")
+    aa.add_argument("--instructions", help="its standing instructions")
+    aa.add_argument("--file", help="read the instructions from this file")
+    aa.add_argument("--model", help="a model of its own (default: the group's)")
+    aa.add_argument("--tools", help="only these built-in tools, comma-separated (e.g. Read,Bash,WebFetch)")
+    ar = asub.add_parser("remove", help="remove a member (its session and memory are kept)")
+    ar.add_argument("group")
+    ar.add_argument("name")
     sp = sub.add_parser("pair", help="link WhatsApp: scan a QR code, or --phone for a pairing code")
     sp.add_argument("--phone", metavar="NUMBER", help="your number in international format, e.g. +491701234567: "
                                                      "show a code to type on the phone instead of a QR code")
@@ -612,7 +672,7 @@ def main(argv: list[str] | None = None) -> None:
     handler = {"chat": cmd_chat, "send": cmd_send, "groups": cmd_groups, "ping": cmd_ping,
                "image": cmd_image, "tasks": cmd_tasks, "timers": cmd_timers, "doctor": cmd_doctor,
                "status": cmd_status, "pair": cmd_pair, "credential": cmd_credential,
-               "spool": cmd_spool}[args.command]
+               "spool": cmd_spool, "agents": cmd_agents}[args.command]
     try:
         sys.exit(handler(cfg, args))
     except KeyboardInterrupt:

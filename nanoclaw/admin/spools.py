@@ -41,6 +41,10 @@ def spools(cfg: Config) -> list[tuple[Spool, str]]:
     for folder in folders:
         out.append((Spool(ipc_host / folder, exposed=cfg.ipc_dir / folder / "out", max_bytes=cfg.max_spool_bytes,
                           name=f"ipc/{folder}"), "ipc"))
+        members = ipc_host / folder / "agents"  # a team's members each have their own
+        for agent in sorted(p.name for p in members.iterdir()) if members.is_dir() else []:
+            out.append((Spool(members / agent, exposed=cfg.agent_ipc(folder, agent) / "out",
+                              max_bytes=cfg.max_spool_bytes, name=f"ipc/{folder}/{agent}"), "ipc"))
     return out
 
 

@@ -55,6 +55,9 @@ def show(cfg: Config) -> int:
     queued = Job.select().where(Job.status == "queued").count()
     print(f"agents:   {len(running)} running" + (f" ({', '.join(j.container for j in running)})" if running else "")
           + f", {queued} queued")
+    team = list(Job.select().where(Job.status.in_(("running", "queued")), Job.agent != "").order_by(Job.id))
+    if team:  # live team members, each in its own container
+        print("team:     " + ", ".join(f"{j.group.folder}/{j.agent} ({j.status})" for j in team))
     day_ago = time.time() - 86400
     for job in list(Job.select().where(Job.status == "failed", Job.finished_at > day_ago)
                     .order_by(Job.id.desc()).limit(3)):
@@ -62,10 +65,11 @@ def show(cfg: Config) -> int:
         print(f"failed:   {job.group.folder} job {job.id} at {when}: "
               f"{(job.error or f'exit code {job.exit_code}').splitlines()[0][:160]}")
     for cursor in list(Cursor.select().where(Cursor.failures > 0)):
-        last = (Job.select().where(Job.group == cursor.group, Job.status == "failed")
+        last = (Job.select().where(Job.group == cursor.group, Job.agent == cursor.agent, Job.status == "failed")
                 .order_by(Job.id.desc()).first())
         wait = max(0, cursor.retry_at - time.time())
-        print(f"failing:  {cursor.group.folder}: {cursor.failures}/{cfg.max_attempts} attempts failed"
+        who = cursor.group.folder + (f"/{cursor.agent}" if cursor.agent else "")
+        print(f"failing:  {who}: {cursor.failures}/{cfg.max_attempts} attempts failed"
               + (f", next in {wait:.0f}s" if wait else "") + (f": {last.error.splitlines()[0][:160]}"
                                                              if last and last.error else ""))
     pending = Outbox.select().where(Outbox.status == "pending").count()

@@ -92,6 +92,15 @@ def _under(base: str, *parts: str) -> property:
 
 
 @dataclass(frozen=True)
+class TeamConfig:
+    """Teams of agents in a group (``[team]``)."""
+
+    max_members: int = 5  # members one group may have
+    max_depth: int = 3  # delegations within delegations, from one human message
+    max_delegations: int = 10  # delegations in all, from one human message
+
+
+@dataclass(frozen=True)
 class Config:
     """Resolved settings for every daemon and the CLI."""
 
@@ -118,6 +127,7 @@ class Config:
     whatsapp: WhatsAppConfig = field(default_factory=WhatsAppConfig)
     egress: EgressPolicy = field(default_factory=EgressPolicy)  # [egress]: every group's web access
     egress_groups: dict[str, EgressPolicy] = field(default_factory=dict)  # [egress.groups.<folder>]
+    team: TeamConfig = field(default_factory=TeamConfig)
 
     # Derived locations: one state dir, one runtime dir.
     db_path = _under("state_dir", "nanoclaw.db")
@@ -131,6 +141,15 @@ class Config:
     def egress_for(self, folder: str) -> EgressPolicy:
         """A group's web egress policy: its own table over ``[egress]``, else ``[egress]``."""
         return self.egress_groups.get(folder, self.egress)
+
+    def agent_ipc(self, folder: str, agent: str = "") -> Path:
+        """A group's lead's IPC directory (``in``, ``out``), or a member's: never inside what
+        another agent of the team has mounted."""
+        return self.ipc_dir / folder / "agents" / agent if agent else self.ipc_dir / folder
+
+    def agent_session(self, folder: str, agent: str = "") -> Path:
+        """The Claude session state of a group's lead, or of a member (``.team`` cannot be a folder)."""
+        return self.sessions_dir / ".team" / folder / agent if agent else self.sessions_dir / folder
 
     def socket(self, daemon: str) -> Path:
         """The Unix socket a daemon listens on."""
@@ -240,6 +259,7 @@ def load(path: Path | None = None) -> Config:
     owner_container = _coerce(ContainerConfig, data.pop("container", {}), "container")
     whatsapp = WhatsAppConfig(**_coerce(WhatsAppConfig, data.pop("whatsapp", {}), "whatsapp"))
     egress, egress_groups = _egress(data.pop("egress", {}))
+    team = TeamConfig(**_coerce(TeamConfig, data.pop("team", {}), "team"))
     settings = _coerce(Config, data, "config")
     for key, env in (("state_dir", "NANOCLAW_STATE_DIR"), ("runtime_dir", "NANOCLAW_RUNTIME_DIR"),
                      ("config_dir", "NANOCLAW_CONFIG_DIR")):
@@ -254,9 +274,12 @@ def load(path: Path | None = None) -> Config:
             raise ConfigError(f"{detected_path}: not a detected setting: {', '.join(sorted(unknown))}")
         detected = _coerce(ContainerConfig, table, f"{detected_path.name}: container")
     container = ContainerConfig(**{**detected, **owner_container})
-    cfg = Config(container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, **settings)
+    cfg = Config(container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, team=team,
+                 **settings)
     if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
+    if min(team.max_depth, team.max_delegations) < 1 or team.max_members < 0:
+        raise ConfigError("[team] max_depth and max_delegations must be at least 1, max_members at least 0")
     return cfg
 
 

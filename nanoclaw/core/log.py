@@ -19,7 +19,7 @@ import sys
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 # The subjects our log lines name; each becomes an upper-case journal field.
-FIELDS = ("group", "job", "chat", "msg", "message", "task", "outbox", "run", "container",
+FIELDS = ("group", "agent", "job", "chat", "msg", "message", "task", "outbox", "run", "container",
           # the egress proxy's line per connection
           "host", "port", "bytes_in", "bytes_out", "verdict", "rule")
 # MESSAGE is the journal's text itself: a message row id goes elsewhere.

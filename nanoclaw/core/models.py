@@ -15,6 +15,7 @@ from peewee import (
     SQL,
     BooleanField,
     CharField,
+    CompositeKey,
     FloatField,
     ForeignKeyField,
     IntegerField,
@@ -100,34 +101,54 @@ class Message(Base):
     from_me = BooleanField(default=False)
     is_bot = BooleanField(default=False)
     outbox_id = IntegerField(null=True, index=True)  # for what we sent: the outbox row it came from
+    # Within a team, not the chat's: a delegation (for member ``agent``) or a member's answer (for
+    # the agent that asked, "" = the lead), with the human message that started the chain and
+    # how many delegations deep it is; ``answers`` is the delegation a result answers.
+    agent = CharField(null=True)
+    chain = IntegerField(null=True, index=True)
+    depth = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    answers = IntegerField(null=True, index=True)
     media = TextField(null=True)  # JSON: an attachment (kind, type, size, file in the group folder, note)
 
     class Meta:
         indexes = ((("chat", "channel_id"), True),)
 
 
-class Cursor(Base):
-    """Per group: the last message whose agent run finished with its reply in the outbox."""
+# A group's lead agent is agent "" (the empty name); the members of its team have their names.
+AGENT_DEFAULT = [SQL("DEFAULT ''")]
 
-    group = ForeignKeyField(Group, primary_key=True, on_delete="CASCADE")
+
+class Cursor(Base):
+    """Per group and agent: the last message for it whose run finished with its reply in the outbox."""
+
+    group = ForeignKeyField(Group, on_delete="CASCADE")
+    agent = CharField(default="", constraints=AGENT_DEFAULT)
     last_message_id = IntegerField(default=0)
     failures = IntegerField(default=0)  # consecutive failed runs
     retry_at = FloatField(default=0.0)  # no new run before this time (backoff)
 
+    class Meta:
+        primary_key = CompositeKey("group", "agent")
+
 
 class Session(Base):
-    """The agent session a group continues."""
+    """The agent session a group's lead (or a member of its team) continues."""
 
-    group = ForeignKeyField(Group, primary_key=True, on_delete="CASCADE")
+    group = ForeignKeyField(Group, on_delete="CASCADE")
+    agent = CharField(default="", constraints=AGENT_DEFAULT)
     session_id = CharField()
     updated_at = FloatField(default=now)
 
+    class Meta:
+        primary_key = CompositeKey("group", "agent")
+
 
 class Job(Base):
-    """One agent container's life for one group: a first turn and any follow-ups."""
+    """One agent container's life for one group's agent: a first turn and any follow-ups."""
 
     id = AutoIncrementField()
     group = ForeignKeyField(Group, on_delete="CASCADE", index=True)
+    agent = CharField(default="", constraints=AGENT_DEFAULT)  # "" = the group's lead
     status = CharField(default="queued", index=True)  # queued, running, done, failed
     created_at = FloatField(default=now)
     started_at = FloatField(null=True)
@@ -226,9 +247,27 @@ def open_db(path: Path) -> SqliteDatabase:
     })
     db.connect(reuse_if_open=True)
     with db.atomic("IMMEDIATE"):
-        db.create_tables(MODELS, safe=True)
+        for model in (Cursor, Session):
+            _rekey_by_agent(model)
+        # Columns first, then tables and indexes: an index on a column not there yet would be
+        # made on a string literal (SQLite's quirk with unknown double-quoted names).
         _add_missing_columns()
+        db.create_tables(MODELS, safe=True)
     return db
+
+
+def _rekey_by_agent(model: type[Base]) -> None:
+    """An older database keyed cursor and session by group alone: rebuild the table keyed by
+    (group, agent), the old rows becoming the leads' (SQLite cannot change a primary key)."""
+    table = model._meta.table_name
+    columns = [c.name for c in db.get_columns(table)] if db.table_exists(table) else []
+    if not columns or "agent" in columns:
+        return
+    db.execute_sql(f'ALTER TABLE "{table}" RENAME TO "{table}_before_teams"')
+    model.create_table()
+    kept = ", ".join(f'"{c}"' for c in columns)
+    db.execute_sql(f'INSERT INTO "{table}" ({kept}, "agent") SELECT {kept}, \'\' FROM "{table}_before_teams"')
+    db.execute_sql(f'DROP TABLE "{table}_before_teams"')
 
 
 def _add_missing_columns() -> None:
@@ -241,6 +280,8 @@ def _add_missing_columns() -> None:
     migrator = SqliteMigrator(db)
     for model in MODELS:
         table = model._meta.table_name
+        if not db.table_exists(table):
+            continue
         present = {c.name for c in db.get_columns(table)}
         missing = [f for f in model._meta.sorted_fields if f.column_name not in present]
         if missing:

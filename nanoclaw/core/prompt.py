@@ -31,6 +31,8 @@ def addressed(m: Message, *, requires_trigger: bool, trigger: str, allowed: set[
     trigger (a photo's caption counts: the attachment is stored beside the
     text, not in it). ``allowed`` None means every sender is allowed.
     """
+    if getattr(m, "agent", None) is not None:  # within a team: for its agent once it may act on it
+        return getattr(m, "ready", True)
     if m.is_bot or (allowed is not None and m.sender not in allowed):
         return False
     return not requires_trigger or matches_trigger(m.text, trigger)
@@ -58,6 +60,11 @@ def next_batch(pending: Sequence[Message], *, cap: int, batch: int, requires_tri
     if first is None:
         return [], 0
     covered = list(pending[:first + max(1, batch)])
+    # A team answer not yet ready (its asker still waits on others) stays pending, and so
+    # does everything after it: the asker reads its team's answers together.
+    held = next((i for i, m in enumerate(covered) if i > first and not getattr(m, "ready", True)), None)
+    if held is not None:
+        covered = covered[:held]
     return covered, len(covered) - first + cap
 
 
@@ -116,7 +123,8 @@ def build_prompt(messages: Sequence[Message], *, cap: int, tz: str) -> str:
     lines.append("<messages>")
     for m in shown:
         when = datetime.fromtimestamp(m.timestamp, zone).strftime("%Y-%m-%d %H:%M:%S")
-        lines.append(f"<message sender={_attr(m.sender_name or m.sender)} time={_attr(when)}>"
+        team = f" from={_attr(m.sender)}" if getattr(m, "agent", None) is not None else ""  # agent:researcher
+        lines.append(f"<message sender={_attr(m.sender_name or m.sender)}{team} time={_attr(when)}>"
                      f"{attachment(getattr(m, 'media', None))}{escape(_clean(m.text))}</message>")
     lines.append("</messages>")
     return "\n".join(lines)

@@ -57,7 +57,7 @@ Schema = dict[str, tuple]
 SCHEMAS: dict[str, Schema] = {
     # queue -> runner: start an agent container for a job
     "job": {"job": (int,), "group": (str,), "chat": (str,), "is_main": (bool,),
-            "prompt": (str,), "session_id": (str, type(None))},
+            "prompt": (str,), "session_id": (str, type(None)), "agent": (str, _OPT)},
     # host -> container (ipc/<group>/in): a prompt for one turn, or a request to exit
     "prompt": {"job": (int,), "turn": (int,), "prompt": (str,), "session_id": (str, type(None))},
     "close": {"job": (int,)},
@@ -68,8 +68,12 @@ SCHEMAS: dict[str, Schema] = {
     "send_message": {"job": (int,), "text": (str,), "chat": (str, type(None), _OPT)},
     "task_request": {"job": (int,), "action": (str,), "task": (dict,)},
     "register_group": {"job": (int,), "jid": (str,), "name": (str,), "folder": (str,), "trigger": (str,)},
+    # container -> host, within a team: hand a member a task; the lead's new member
+    "delegate": {"job": (int,), "agent": (str,), "task": (str,)},
+    "create_agent": {"job": (int,), "name": (str,), "description": (str,), "instructions": (str,),
+                     "model": (str, _OPT), "tools": (list, _OPT)},
     # ipc -> queue: a turn's result from a group's container (group taken from the directory)
-    "turn_result": {"group": (str,), "job": (int,), "turn": (int,), "text": (str,),
+    "turn_result": {"group": (str,), "agent": (str, _OPT), "job": (int,), "turn": (int,), "text": (str,),
                     "session_id": (str, type(None)), "error": (str, type(None))},
     # runner -> queue: a job's container started or ended
     "job_event": {"job": (int,), "event": (str,), "exit_code": (int, type(None), _OPT),

@@ -252,9 +252,10 @@ class ChannelDaemon(Daemon):
         if error:
             return error
         self.terminal.attach(group.jid, writer)
-        recent = list(Message.select().where(Message.chat == group.jid)
+        recent = list(Message.select().where(Message.chat == group.jid, Message.agent.is_null())  # not team-internal
                       .order_by(Message.id.desc()).limit(HISTORY))
         history = [{"text": m.text, "from": "assistant" if m.is_bot else (m.sender_name or m.sender),
+                    "name": m.sender_name if m.is_bot and m.sender_name != self.cfg.assistant_name else "",
                     "time": m.timestamp} for m in reversed(recent)]
         return {"ok": True, "chat": group.jid, "group": group.folder, "history": history}
 
@@ -276,7 +277,7 @@ class ChannelDaemon(Daemon):
         sender = req.get("sender") if isinstance(req.get("sender"), str) else ""
         if backend is self.terminal:
             # A terminal chat's delivery *is* its history: record, then show.
-            self._record_sent(chat, text, msg_id, outbox_id)
+            self._record_sent(chat, text, msg_id, outbox_id, sender)
             await self.terminal.send(chat, text, msg_id, sender=sender)
         else:
             try:
@@ -284,16 +285,17 @@ class ChannelDaemon(Daemon):
                 msg_id = await backend.send(chat, text, msg_id, quote=quote, sender=sender)
             except SendError as exc:
                 return {"ok": False, "error": str(exc)}
-            self._record_sent(chat, text, msg_id, outbox_id)
+            self._record_sent(chat, text, msg_id, outbox_id, sender)
             if self.terminal:
-                await self.terminal.show(chat, {"text": text, "id": msg_id, "from": "assistant"})
+                await self.terminal.show(chat, {"text": text, "id": msg_id, "from": "assistant", "name": sender})
         self.log.info("chat=%s outbox=%s sent as %s", chat, outbox_id, msg_id)
         return {"ok": True, "channel_id": msg_id}
 
-    def _record_sent(self, chat: str, text: str, msg_id: str, outbox_id: int) -> None:
-        """Store what we sent as a bot message: the flag, not its text, marks it as ours."""
+    def _record_sent(self, chat: str, text: str, msg_id: str, outbox_id: int, sender: str = "") -> None:
+        """Store what we sent as a bot message: the flag, not its text, marks it as ours
+        (``sender`` is the team member it went out as, if not the assistant)."""
         with db.atomic("IMMEDIATE"):
-            Message.insert(chat=chat, sender=self.cfg.assistant_name, sender_name=self.cfg.assistant_name,
+            Message.insert(chat=chat, sender=self.cfg.assistant_name, sender_name=sender or self.cfg.assistant_name,
                            text=text, timestamp=time.time(), channel_id=msg_id, from_me=True,
                            is_bot=True, outbox_id=outbox_id).on_conflict_ignore().execute()
 

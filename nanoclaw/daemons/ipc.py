@@ -1,18 +1,22 @@
 """ipc: reads what agents ask for, and decides if they may.
 
 SUMMARY
-    Claims each group's ``ipc/<group>/out`` requests and results; passes turn
-    results to the queue and authorised messages to the router; refuses the
-    rest into ``bad/`` with a logged reason.
+    Claims each group's ``ipc/<group>/out`` requests and results (and each
+    team member's, ``ipc/<group>/agents/<name>/out``); passes turn results to
+    the queue and authorised messages to the router; stores delegations;
+    refuses the rest into ``bad/`` with a logged reason.
 
 READS
-    ``ipc/<group>/out/new`` of every registered group (the container's own
-    spool); the database (jobs, groups, tasks).
+    ``ipc/<group>/out/new`` of every registered group and of its members'
+    directories (the containers' own spools); the database (jobs, groups,
+    tasks, the team's messages).
 
 WRITES
     ``turn_result`` to ``spool/queue``; ``outbound`` to ``spool/router``; tasks
-    (through ``core.tasks``) and groups (``register_group``, main only);
-    ``spool/ipc/<group>/{cur,bad}`` on the host's side.
+    (through ``core.tasks``), groups (``register_group``, main only), member
+    files (``create_agent``, a lead only, through ``core.team``) and
+    delegation messages (within the team caps); ``spool/ipc/<group>[/agents/<name>]/{cur,bad}``
+    on the host's side.
 
 PRIVILEGE
     The service user; no network.
@@ -22,14 +26,22 @@ HOSTILE INPUT
     directory it was found in, never what the file says; files are claimed by
     renaming the entry through directory descriptors (``safefs``), so a link
     is moved and refused as a link, never followed; a non-main group may only
-    message its own chat and manage its own tasks.
+    message its own chat and manage its own tasks. The agent a request speaks
+    for is the directory too: a team member may message its own chat and
+    delegate within its team, nothing else (no groups, tasks, members, or
+    other chats).
 """
 
 from __future__ import annotations
 
+import os
+import time
+
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import tasks as tasks_mod
-from nanoclaw.core.models import Group, Job
+from nanoclaw.core import team as team_mod
+from nanoclaw.core.groups import FOLDER_RE
+from nanoclaw.core.models import Group, Job, Message, Turn, db
 from nanoclaw.core.protocol import Envelope, Spool, nudge
 from nanoclaw.core.schedules import ScheduleError
 from nanoclaw.core.skeleton import Daemon
@@ -44,63 +56,88 @@ class IpcDaemon(Daemon):
         self.spools: dict[str, Spool] = {}
         self._first_pass = True
 
-    def _spool(self, folder: str) -> Spool:
-        spool = self.spools.get(folder)
+    def _spool(self, folder: str, agent: str = "") -> Spool:
+        key = f"{folder}/{agent}" if agent else folder
+        spool = self.spools.get(key)
         if spool is None:
             # The container writes out/{tmp,new}; cur/ and bad/ stay on the host's side.
-            spool = Spool(self.cfg.spool_dir / "ipc" / folder, exposed=self.cfg.ipc_dir / folder / "out",
-                          max_bytes=self.cfg.max_spool_bytes, name=f"ipc/{folder}").ensure()
-            self.spools[folder] = spool
+            host = self.cfg.spool_dir / "ipc" / folder / ("agents/" + agent if agent else "")
+            spool = Spool(host, exposed=self.cfg.agent_ipc(folder, agent) / "out",
+                          max_bytes=self.cfg.max_spool_bytes, name=f"ipc/{key}").ensure()
+            self.spools[key] = spool
             self.watch(spool.new)
         return spool
 
+    def _agents(self, folder: str) -> list[str]:
+        """The lead ("") and every member that has an IPC directory (the runner makes them; the
+        names are the host's own, under a directory no container sees)."""
+        try:
+            names = os.listdir(self.cfg.agent_ipc(folder) / "agents")
+        except OSError:
+            names = []
+        return [""] + sorted(n for n in names if FOLDER_RE.match(n))
+
     def work(self) -> float | None:
-        nudge_queue = nudge_router = False
+        targets: set[str] = set()
         for group in list(Group.select()):  # materialised: no read cursor open across writes
-            spool = self._spool(group.folder)
-            paths = spool.leftovers() if self._first_pass else []
-            for env in spool.take(paths + spool.claim_new()):
-                try:
-                    target = self._dispatch(group, spool, env)
-                except Exception as exc:
-                    self.log.exception("group=%s request %s failed", group.folder, env.name)
-                    spool.reject(env.path, f"processing failed: {exc}")
-                    continue
-                if target is None:
-                    continue  # refused: already moved to bad/
-                nudge_queue |= target == "queue"
-                nudge_router |= target == "router"
-                spool.done(env.path)
+            for agent in self._agents(group.folder):
+                targets |= self._drain(group, agent)
         self._first_pass = False
-        if nudge_queue:
-            nudge(self.cfg.socket("queue"))
-        if nudge_router:
-            nudge(self.cfg.socket("router"))
+        for daemon in sorted(targets & {"queue", "router"}):
+            nudge(self.cfg.socket(daemon))
         return None
 
-    def _dispatch(self, group: Group, spool: Spool, env: Envelope) -> str | None:
+    def _drain(self, group: Group, agent: str) -> set[str]:
+        """Handle what one agent's container has asked; returns the daemons to nudge."""
+        spool = self._spool(group.folder, agent)
+        paths = spool.leftovers() if self._first_pass else []
+        targets = set()
+        for env in spool.take(paths + spool.claim_new()):
+            try:
+                target = self._dispatch(group, agent, spool, env)
+            except Exception as exc:
+                self.log.exception("group=%s agent=%s request %s failed", group.folder, agent or "lead", env.name)
+                spool.reject(env.path, f"processing failed: {exc}")
+                continue
+            if target is None:
+                continue  # refused: already moved to bad/
+            targets.add(target)
+            spool.done(env.path)
+        return targets
+
+    def _dispatch(self, group: Group, agent: str, spool: Spool, env: Envelope) -> str | None:
         body = env.body
-        if env.type not in ("result", "send_message", "register_group", "task_request"):
-            spool.reject(env.path, f"group={group.folder}: request type {env.type!r} is not supported")
+        who = f"group={group.folder}" + (f" agent={agent}" if agent else "")
+        if env.type not in ("result", "send_message", "register_group", "task_request", "delegate", "create_agent"):
+            spool.reject(env.path, f"{who}: request type {env.type!r} is not supported")
             return None
         job = Job.get_or_none(Job.id == body["job"])
         if job is None or job.group_id != group.id:
-            spool.reject(env.path, f"group={group.folder}: job {body['job']} is not this group's")
+            spool.reject(env.path, f"{who}: job {body['job']} is not this group's")
+            return None
+        if job.agent != agent:  # the lead's job named from a member's directory, or the reverse
+            spool.reject(env.path, f"{who}: job {body['job']} is not this agent's")
+            return None
+        if agent and env.type in ("register_group", "task_request", "create_agent"):
+            spool.reject(env.path, f"{who}: a team member may not {env.type.replace('_', ' ')}; that is the lead's")
             return None
         if env.type == "register_group":
             return self._register_group(group, spool, env)
         if env.type == "task_request":
             return self._task_request(group, spool, env)
+        if env.type == "create_agent":
+            return self._create_agent(group, spool, env)
+        if env.type == "delegate":
+            return self._delegate(group, agent, job, spool, env)
         if env.type == "result":
             self.queue_spool.put("turn_result", {
-                "group": group.folder, "job": job.id, "turn": body["turn"], "text": body["text"],
+                "group": group.folder, "agent": agent, "job": job.id, "turn": body["turn"], "text": body["text"],
                 "session_id": body.get("session_id"), "error": body.get("error")}, name=env.name)
             return "queue"
         chat = body.get("chat") or group.jid
         if chat != group.jid:
-            if not group.is_main:
-                spool.reject(env.path, f"group={group.folder}: may only message its own chat, "
-                                       f"not {chat!r}")
+            if not group.is_main or agent:
+                spool.reject(env.path, f"{who}: may only message its own chat, not {chat!r}")
                 return None
             target = Group.get_or_none((Group.jid == chat) | (Group.folder == chat))
             if target is None:
@@ -110,10 +147,90 @@ class IpcDaemon(Daemon):
         if not body["text"].strip():
             spool.reject(env.path, f"group={group.folder}: empty message")
             return None
-        self.router_spool.put("outbound", {"key": f"ipc:{group.folder}:{env.name}", "chat": chat,
-                                           "text": body["text"], "kind": "message"}, name=env.name)
-        self.log.info("group=%s job=%s send_message to chat=%s", group.folder, job.id, chat)
+        key = f"ipc:{group.folder}:{agent}:{env.name}" if agent else f"ipc:{group.folder}:{env.name}"
+        self.router_spool.put("outbound", {"key": key, "chat": chat, "text": body["text"], "kind": "message",
+                                           "sender": team_mod.display(agent) if agent else ""}, name=env.name)
+        self.log.info("%s job=%s send_message to chat=%s", who, job.id, chat)
         return "router"
+
+    # -- teams --------------------------------------------------------------
+    def _create_agent(self, group: Group, spool: Spool, env: Envelope) -> str | None:
+        """A lead's new (or changed) team member, checked here and written by the host."""
+        body = env.body
+        tools = body.get("tools") or []
+        try:
+            member = team_mod.write(self.cfg, group.folder, team_mod.Member(
+                name=body["name"], description=" ".join(body["description"].split()),
+                instructions=body["instructions"], model=body.get("model") or "",
+                tools=tuple(str(t) for t in tools)))
+        except team_mod.TeamError as exc:
+            spool.reject(env.path, f"group={group.folder}: create_agent refused: {exc}")
+            self._notice(group, f"ipc:{group.folder}:{env.name}:refused", f"Team member not created: {exc}")
+            return None
+        self.log.info("group=%s created team member agent=%s", group.folder, member.name)
+        self._notice(group, f"ipc:{group.folder}:{env.name}:ok",
+                     f"New team member: {member.display} ({member.description}).")
+        return "router"
+
+    def _delegate(self, group: Group, agent: str, job: Job, spool: Spool, env: Envelope) -> str | None:
+        """Store a delegation as a message for the member, within the team's caps.
+
+        The chain is the human message (or scheduled run) the asking turn started from; depth
+        counts delegations within delegations. At a cap the delegation is refused and the chat
+        is told once per chain.
+        """
+        body, who = env.body, f"group={group.folder} agent={agent or 'lead'}"
+        target = body["agent"]
+        if target == agent or team_mod.member(self.cfg, group.folder, target) is None:
+            spool.reject(env.path, f"{who}: delegate refused: no other team member {target!r} in this group")
+            self._notice(group, f"ipc:{group.folder}:{agent}:{env.name}:refused",
+                         f"{team_mod.display(agent) if agent else 'The lead'} asked for {target!r}, "
+                         f"who is not on this group's team (nanoclaw agents list {group.folder}).")
+            return None
+        if not body["task"].strip():
+            spool.reject(env.path, f"{who}: delegate refused: an empty task")
+            return None
+        chain, depth = self._chain_of(job)
+        team = self.cfg.team
+        count = Message.select().where(Message.chat == group.jid, Message.chain == chain,
+                                       Message.agent.is_null(False), Message.answers.is_null()).count()
+        limit = None
+        if depth + 1 > team.max_depth:
+            limit = f"more than {team.max_depth} delegations deep"
+        elif count >= team.max_delegations:
+            limit = f"more than {team.max_delegations} delegations for one request"
+        if limit:
+            spool.reject(env.path, f"{who}: delegate to {target} refused: chain {chain} would go {limit}")
+            self._notice(group, f"team:{group.folder}:chain:{chain}:limit",
+                         f"The team stopped handing work on: that would be {limit} ([team] limits). "
+                         "The answers so far stand.")
+            return None
+        with db.atomic("IMMEDIATE"):
+            Message.insert(chat=group.jid, sender=team_mod.sender(agent),
+                           sender_name=team_mod.display(agent) if agent else self.cfg.assistant_name,
+                           text=body["task"], timestamp=time.time(),
+                           channel_id=f"delegate:{agent or 'lead'}:{env.name}", agent=target, chain=chain,
+                           depth=depth + 1).on_conflict_ignore().execute()
+        self.log.info("%s job=%s delegated to agent=%s chain=%s depth=%d", who, job.id, target, chain, depth + 1)
+        return "queue"
+
+    @staticmethod
+    def _chain_of(job: Job) -> tuple[int, int]:
+        """(chain, depth) of the input the job's latest turn answers: a human message starts a
+        chain of its own (depth 0); a team message carries its chain; a scheduled run is -run."""
+        if job.task_run:
+            return -job.task_run, 0
+        turn = job.turns.order_by(Turn.seq.desc()).first()
+        m = Message.get_or_none(Message.id == turn.last_message_id) if turn else None
+        if m is None:
+            return 0, 0
+        if m.agent is None:
+            return m.id, 0
+        return m.chain or 0, m.depth
+
+    def _notice(self, group: Group, key: str, text: str) -> None:
+        self.router_spool.put("outbound", {"key": key, "chat": group.jid, "text": text, "kind": "notice"})
+        nudge(self.cfg.socket("router"))
 
     def _task_request(self, group: Group, spool: Spool, env: Envelope) -> str | None:
         """Create or change a task on an agent's behalf, and tell the chat what happened."""

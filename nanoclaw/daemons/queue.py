@@ -2,7 +2,8 @@
 
 SUMMARY
     Turns stored messages (and fired tasks) into agent turns, one container
-    per group at a time, under a global cap, with retries and backoff.
+    per group's agent at a time (the lead, and each member of its team),
+    under a global cap, with retries and backoff.
 
 READS
     New ``message`` rows (the channel nudges it); ``spool/queue``:
@@ -15,10 +16,18 @@ WRITES
     read-only); ``outbound`` files to ``spool/router``; jobs, turns, cursors,
     sessions and task runs in the database.
 
-    Delivery rule: a group's cursor is the last message whose turn finished
+    Delivery rule: an agent's cursor is the last message whose turn finished
     *and* whose reply is durably queued for the router. Only then does it
     advance; a crash before that re-delivers, and the reply's key
     (``job:<id>:turn:<n>``) keeps the chat from hearing it twice.
+
+    Teams: a delegation is a message for a member; a member's answer is sent
+    to the chat under its name and, in the same transaction as its cursor,
+    stored as a message for whoever asked (once per delegation: its
+    ``channel_id`` is ``result:<delegation>``). An asker runs on its answers
+    when none of its delegations in that chain is still out, so a lead that
+    handed out two tasks reads both answers in one turn; it holds no slot
+    while it waits.
 
 PRIVILEGE
     The service user; no network.
@@ -32,11 +41,13 @@ HOSTILE INPUT
 from __future__ import annotations
 
 import time
+from typing import Any
 from xml.sax.saxutils import escape
 
 from peewee import fn
 
 from nanoclaw.core import groups as groups_mod
+from nanoclaw.core import team as team_mod
 from nanoclaw.core.backoff import backoff
 from nanoclaw.core.models import (
     Cursor,
@@ -54,6 +65,7 @@ from nanoclaw.core.protocol import Envelope, Spool, nudge, tell
 from nanoclaw.core.skeleton import Daemon
 
 ACTIVE = ("queued", "running")
+AgentKey = tuple[int, str]  # (group id, agent): "" is the group's lead
 STALE_QUEUED_SECONDS = 300.0  # a job the runner never confirmed starting
 
 
@@ -65,6 +77,7 @@ class QueueDaemon(Daemon):
         self.runner_spool = Spool(self.cfg.spool_dir / "runner").ensure()
         self.router_spool = Spool(self.cfg.spool_dir / "router").ensure()
         self.watch(self.inbox.new)
+        self._teams: dict[str, tuple[int, list[str]]] = {}  # folder -> (agents/ mtime, member names)
         self._pending = self.inbox.leftovers()
         if self._pending:
             self.log.info("re-processing %d event(s) left in cur/", len(self._pending))
@@ -97,10 +110,11 @@ class QueueDaemon(Daemon):
     def _on_turn_result(self, env: Envelope) -> bool:
         body = env.body
         job = Job.get_or_none(Job.id == body["job"])
-        if job is None or job.group.folder != body["group"]:
-            # The group comes from the directory the file was found in: a container
-            # naming another group's job is forging, not confused.
-            self.inbox.reject(env.path, f"job {body['job']} does not belong to group {body['group']!r}")
+        if job is None or job.group.folder != body["group"] or job.agent != body.get("agent", ""):
+            # The group and agent come from the directory the file was found in: a container
+            # naming another group's (or agent's) job is forging, not confused.
+            self.inbox.reject(env.path, f"job {body['job']} does not belong to group {body['group']!r}"
+                                        f" agent {body.get('agent', '')!r}")
             return False
         turn = Turn.get_or_none(Turn.job == job, Turn.seq == body["turn"])
         if turn is None:
@@ -121,19 +135,25 @@ class QueueDaemon(Daemon):
             return False
         if body["text"].strip():
             # Durable in the router's spool before the cursor moves.
-            self.router_spool.put("outbound", {"key": f"job:{job.id}:turn:{turn.seq}", "chat": group.jid,
-                                               "text": body["text"], "kind": "reply",
-                                               "reply_to": turn.last_message_id})
+            out = {"key": f"job:{job.id}:turn:{turn.seq}", "chat": group.jid, "text": body["text"], "kind": "reply"}
+            reply_to = self._reply_to(turn.last_message_id)
+            if reply_to:
+                out["reply_to"] = reply_to
+            if job.agent:  # a member speaks in the chat under its own name
+                out["sender"] = team_mod.display(job.agent)
+            self.router_spool.put("outbound", out)
         with db.atomic("IMMEDIATE"):
             turn.status, turn.done_at = "done", time.time()
             turn.save()
             Cursor.update(last_message_id=fn.MAX(Cursor.last_message_id, turn.last_message_id),
-                          failures=0, retry_at=0).where(Cursor.group == group).execute()
+                          failures=0, retry_at=0).where(Cursor.group == group, Cursor.agent == job.agent).execute()
             if body.get("session_id"):
-                Session.insert(group=group, session_id=body["session_id"], updated_at=time.time()) \
-                    .on_conflict_replace().execute()
-        self.log.info("group=%s job=%s turn=%s answered up to message=%s", group.folder, job.id,
-                      turn.seq, turn.last_message_id)
+                Session.insert(group=group, agent=job.agent, session_id=body["session_id"],
+                               updated_at=time.time()).on_conflict_replace().execute()
+            if job.agent:
+                self._answer(group, job.agent, turn.last_message_id, body["text"].strip())
+        self.log.info("group=%s agent=%s job=%s turn=%s answered up to message=%s", group.folder,
+                      job.agent or "lead", job.id, turn.seq, turn.last_message_id)
         self._typing(group.jid, False)
         return True
 
@@ -173,7 +193,7 @@ class QueueDaemon(Daemon):
             # forget the turns so the next job picks the messages up again.
             for t in undone:
                 t.delete_instance()
-            cursor = Cursor.get(Cursor.group == group)
+            cursor = Cursor.get(Cursor.group == group, Cursor.agent == job.agent)
             if failed and undone:
                 cursor.failures += 1
                 if cursor.failures >= self.cfg.max_attempts:
@@ -191,14 +211,19 @@ class QueueDaemon(Daemon):
             self._typing(group.jid, False)
 
     def _give_up(self, job: Job, cursor: Cursor, upto: int) -> None:
-        """Retries are exhausted: tell the chat in one line and move past the messages."""
+        """Retries are exhausted: tell the chat in one line and move past the messages
+        (a member's askers are told too, so no one waits on it for ever)."""
         group = job.group
         why = f"the agent failed {cursor.failures} times"
         if job.error.startswith("the container could not start"):
             why = job.error.replace("the container", "my container", 1)
+        who = f"{team_mod.display(job.agent)} could not answer" if job.agent else "Sorry, I could not answer that"
         self.router_spool.put("outbound", {
             "key": f"job:{job.id}:failed", "chat": group.jid, "kind": "notice",
-            "text": f"Sorry, I could not answer that: {why}. Please try again later."})
+            "text": f"{who}: {why}. Please try again later."})
+        if job.agent:
+            self._answer(group, job.agent, upto, f"({team_mod.display(job.agent)} could not answer: {why}.)",
+                         forced=True)
         cursor.last_message_id = max(cursor.last_message_id, upto)
         cursor.failures, cursor.retry_at = 0, 0
         self.log.error("group=%s job=%s gave up after %d attempts; chat told", group.folder, job.id,
@@ -209,7 +234,7 @@ class QueueDaemon(Daemon):
     def _close(self, job: Job) -> None:
         if job.closing:
             return
-        Spool(self.cfg.ipc_dir / job.group.folder / "in").ensure().put("close", {"job": job.id})
+        Spool(self.cfg.agent_ipc(job.group.folder, job.agent) / "in").ensure().put("close", {"job": job.id})
         job.closing = True
         job.save()
         self.log.info("group=%s job=%s asked to close", job.group.folder, job.id)
@@ -221,52 +246,159 @@ class QueueDaemon(Daemon):
         # snapshot, and BEGIN IMMEDIATE on a stale snapshot fails at once (SQLITE_BUSY).
         for job in list(Job.select().where(Job.status == "queued", Job.created_at < now - STALE_QUEUED_SECONDS)):
             self._finish(job, None, "the runner never started it")
-        active = {j.group_id: j for j in Job.select().where(Job.status.in_(ACTIVE))}
-        waiting: list[Group] = []
+        active: dict[AgentKey, Job] = {(j.group_id, j.agent): j for j in Job.select().where(Job.status.in_(ACTIVE))}
+        waiting: list[AgentKey] = []
         for group in list(Group.select()):
-            cursor = Cursor.get_or_create(group=group)[0]
-            job = active.get(group.id)
-            upto = cursor.last_message_id
-            if job is not None:
-                upto = max([upto] + [t.last_message_id for t in job.turns])
-            pending = list(Message.select().where(Message.chat == group.jid, Message.id > upto,
-                                                  Message.is_bot == False)  # noqa: E712
-                           .order_by(Message.id))
-            if not pending:
-                if job is not None:
-                    # A warm container idling for follow-ups must not hold a due task back
-                    # for its whole idle timeout: close it, the task starts next pass.
-                    if isinstance(self._next_task_run(group, now), TaskRun) and self._idle(job):
-                        self._close(job)
+            for agent, pending in self._pending_by_agent(group, active).items():
+                key = (group.id, agent)
+                job = active.get(key)
+                if not pending:
+                    if agent:
+                        continue  # scheduled tasks are the lead's
+                    if job is not None:
+                        # A warm container idling for follow-ups must not hold a due task back
+                        # for its whole idle timeout: close it, the task starts next pass.
+                        if isinstance(self._next_task_run(group, now), TaskRun) and self._idle(job):
+                            self._close(job)
+                        continue
+                    due = self._next_task_run(group, now)
+                    if isinstance(due, TaskRun):
+                        if len(active) < self.cfg.max_concurrent:
+                            active[key] = self._start_task_job(group, due)
+                        else:
+                            waiting.append(key)
+                    elif due is not None:
+                        next_due = min(next_due or due, due)
                     continue
-                due = self._next_task_run(group, now)
-                if isinstance(due, TaskRun):
-                    if len(active) < self.cfg.max_concurrent:
-                        active[group.id] = self._start_task_job(group, due)
-                    else:
-                        waiting.append(group)
-                elif due is not None:
-                    next_due = min(next_due or due, due)
-                continue
-            batch, prompt = self._batch(group, pending)
-            if not batch:
-                continue  # nothing addressed to the agent: the messages wait as context
-            if job is not None:
-                if job.status == "running" and not job.closing:
-                    self._follow_up(job, group, pending)
-                continue  # a queued or closing job: the messages wait for the next one
-            if cursor.retry_at > now:
-                next_due = min(next_due or cursor.retry_at, cursor.retry_at)
-                continue
-            if len(active) >= self.cfg.max_concurrent:
-                waiting.append(group)
-                continue
-            active[group.id] = self._start_job(group, batch, prompt)
+                batch, prompt = self._batch(group, agent, pending)
+                if not batch:
+                    continue  # nothing addressed to the agent: the messages wait as context
+                if job is not None:
+                    if job.status == "running" and not job.closing:
+                        self._follow_up(job, group, pending)
+                    continue  # a queued or closing job: the messages wait for the next one
+                cursor = Cursor.get(Cursor.group == group, Cursor.agent == agent)
+                if cursor.retry_at > now:
+                    next_due = min(next_due or cursor.retry_at, cursor.retry_at)
+                    continue
+                if len(active) >= self.cfg.max_concurrent:
+                    waiting.append(key)
+                    continue
+                active[key] = self._start_job(group, agent, batch, prompt)
         if waiting:
             self._free_slots(active, len(waiting))
         return None if next_due is None else max(0.0, next_due - time.time())
 
-    def _batch(self, group: Group, pending: list[Message]) -> tuple[list[Message], str]:
+    # -- teams --------------------------------------------------------------
+    def _members(self, group: Group) -> list[str]:
+        """The names of a group's team (cached until its ``agents/`` folder changes)."""
+        try:
+            mtime = (self.cfg.groups_dir / group.folder / team_mod.AGENTS).stat().st_mtime_ns
+        except OSError:
+            return []
+        cached = self._teams.get(group.folder)
+        if cached is None or cached[0] != mtime:
+            cached = self._teams[group.folder] = (mtime, [m.name for m in team_mod.members(self.cfg, group.folder)])
+        return cached[1]
+
+    def _pending_by_agent(self, group: Group, active: dict[AgentKey, Job]) -> dict[str, list[Message]]:
+        """Each agent's pending messages: past its cursor (and its live job's turns), addressed to
+        it or for it from its team. The lead comes first and is always there."""
+        names = self._members(group)
+        cursors = {c.agent: c for c in Cursor.select().where(Cursor.group == group)}
+        if "" not in cursors:
+            cursors[""] = Cursor.create(group=group, agent="")
+        # Agents with team messages waiting, even one whose member file is gone (settled below).
+        waiting = {a for (a,) in Message.select(Message.agent).distinct().where(
+            Message.chat == group.jid, Message.agent.is_null(False),
+            Message.id > min(c.last_message_id for c in cursors.values())).tuples()}
+        agents = [""] + sorted(set(names) | (waiting - {""}))
+        for agent in agents:
+            if agent not in cursors:
+                cursors[agent] = self._new_cursor(group, agent)
+        upto = {}
+        for agent in agents:
+            job = active.get((group.id, agent))
+            upto[agent] = max([cursors[agent].last_message_id] + ([t.last_message_id for t in job.turns] if job else []))
+        rows = list(Message.select().where(Message.chat == group.jid, Message.id > min(upto.values()),
+                                           Message.is_bot == False)  # noqa: E712
+                    .order_by(Message.id))
+        out: dict[str, list[Message]] = {a: [] for a in agents}
+        for m in rows:
+            agent = team_mod.addressee(m, names)
+            if agent in out and m.id > upto[agent]:
+                out[agent].append(m)
+        gone = [a for a in agents if a and a not in names and out[a]]
+        for agent in gone:  # a member removed with work still for it: its askers hear why, nobody waits
+            with db.atomic("IMMEDIATE"):
+                last = out.pop(agent)[-1].id
+                self._answer(group, agent, last, f"({team_mod.display(agent)} is no longer on the team.)",
+                             forced=True)
+                Cursor.update(last_message_id=last).where(Cursor.group == group, Cursor.agent == agent).execute()
+            self.log.warning("group=%s agent=%s has work but no member file; its askers were told", group.folder, agent)
+        for agent, pending in out.items():
+            for m in pending:
+                if m.agent is not None and m.answers is not None:  # an answer: ready when no sibling is out
+                    m.ready = not self._outstanding(group, agent, m.chain)
+        return out
+
+    def _new_cursor(self, group: Group, agent: str) -> Cursor:
+        """A member's first cursor: where the lead's is (what the group's agent already dealt with
+        is not for a member that joined later), or before its first delegation if that is older."""
+        lead = Cursor.get(Cursor.group == group, Cursor.agent == "").last_message_id
+        first = Message.select(fn.MIN(Message.id)).where(Message.chat == group.jid, Message.agent == agent).scalar()
+        return Cursor.create(group=group, agent=agent, last_message_id=min(lead, first - 1) if first else lead)
+
+    @staticmethod
+    def _delegations(group: Group) -> Any:
+        """The group's delegations (team messages that answer nothing) with no answer yet."""
+        answered = Message.select(Message.answers).where(Message.chat == group.jid, Message.answers.is_null(False))
+        return Message.select().where(Message.chat == group.jid, Message.agent.is_null(False),
+                                      Message.answers.is_null(), Message.id.not_in(answered))
+
+    def _outstanding(self, group: Group, asker: str, chain: int) -> bool:
+        """Whether ``asker`` still waits on a delegation it made in ``chain``."""
+        return self._delegations(group).where(Message.sender == team_mod.sender(asker),
+                                              Message.chain == chain).exists()
+
+    def _answer(self, group: Group, agent: str, upto: int, text: str, forced: bool = False) -> None:
+        """Store a member's answer for those who asked it (call in a transaction).
+
+        The delegations to ``agent`` up to message ``upto`` that have no answer get this one,
+        unless the member still waits on a delegation it made after that one arrived (work it
+        handed on for it: its later turn, reading that answer, answers for it). Holding only
+        for *later* delegations means no two agents can wait on each other. ``forced`` (it
+        failed, or left the team) answers every one of them.
+        """
+        owed = list(self._delegations(group).where(Message.agent == agent, Message.id <= upto).order_by(Message.id))
+        mine: dict[int, int] = {}  # chain -> the latest delegation the member still waits on
+        if owed and not forced:
+            for chain, latest in (self._delegations(group).select(Message.chain, fn.MAX(Message.id))
+                                  .where(Message.sender == team_mod.sender(agent))
+                                  .group_by(Message.chain).tuples()):
+                mine[chain] = latest
+        for d in owed:
+            if mine.get(d.chain, 0) > d.id:
+                continue
+            asker = d.sender.removeprefix("agent:")
+            Message.insert(chat=group.jid, sender=team_mod.sender(agent), sender_name=team_mod.display(agent),
+                           text=text or f"({team_mod.display(agent)} finished without an answer.)",
+                           timestamp=time.time(), channel_id=f"result:{d.id}",
+                           agent="" if asker == "lead" else asker, chain=d.chain, depth=max(0, d.depth - 1),
+                           answers=d.id).on_conflict_ignore().execute()
+            self.log.info("group=%s agent=%s answered delegation=%s for %s chain=%s", group.folder, agent, d.id,
+                          asker, d.chain)
+
+    @staticmethod
+    def _reply_to(message_id: int) -> int | None:
+        """What a reply answers in the chat: the message itself, or for team-internal input the
+        human message its chain started from."""
+        m = Message.get_or_none(Message.id == message_id)
+        if m is None or m.agent is None:
+            return message_id
+        return m.chain if m.chain and m.chain > 0 else None
+
+    def _batch(self, group: Group, agent: str, pending: list[Message]) -> tuple[list[Message], str]:
         """The messages the next prompt covers and that prompt; ([], "") if none is for the agent.
 
         Every message addressed to the agent reaches it (in several turns when
@@ -275,10 +407,11 @@ class QueueDaemon(Daemon):
         """
         allowed = groups_mod.allowed_senders(self.cfg, group.folder)
         size = self.cfg.prompt_batch
+        # A member's pending messages were all addressed to it ("@Researcher ..." or its team's).
+        requires_trigger = group.requires_trigger and not group.is_main and not agent
         while True:
             batch, shown = next_batch(pending, cap=self.cfg.prompt_cap, batch=size, trigger=group.trigger,
-                                      requires_trigger=group.requires_trigger and not group.is_main,
-                                      allowed=allowed)
+                                      requires_trigger=requires_trigger, allowed=allowed)
             if not batch:
                 return [], ""
             prompt = build_prompt(batch, cap=shown, tz=self.cfg.tz)
@@ -286,27 +419,27 @@ class QueueDaemon(Daemon):
                 return batch, prompt
             size = max(1, size // 2)
 
-    def _start_job(self, group: Group, batch: list[Message], prompt: str) -> Job:
-        session = Session.get_or_none(Session.group == group)
+    def _start_job(self, group: Group, agent: str, batch: list[Message], prompt: str) -> Job:
+        session = Session.get_or_none(Session.group == group, Session.agent == agent)
         with db.atomic("IMMEDIATE"):
-            job = Job.create(group=group)
+            job = Job.create(group=group, agent=agent)
             Turn.create(job=job, seq=0, first_message_id=batch[0].id, last_message_id=batch[-1].id)
         self.runner_spool.put("job", {"job": job.id, "group": group.folder, "chat": group.jid,
-                                      "is_main": group.is_main, "prompt": prompt,
-                                      "session_id": session.session_id if session else None})
+                                      "is_main": group.is_main and not agent, "prompt": prompt,
+                                      "session_id": session.session_id if session else None, "agent": agent})
         nudge(self.cfg.socket("runner"))
         self._typing(group.jid, True)
-        self.log.info("group=%s job=%s queued messages=%d..%d", group.folder, job.id,
+        self.log.info("group=%s agent=%s job=%s queued messages=%d..%d", group.folder, agent or "lead", job.id,
                       batch[0].id, batch[-1].id)
         return job
 
     def _follow_up(self, job: Job, group: Group, pending: list[Message]) -> None:
         """Deliver new messages into the group's live container instead of starting another:
         as many turns as it takes for every message addressed to the agent."""
-        inbox = Spool(self.cfg.ipc_dir / group.folder / "in").ensure()
+        inbox = Spool(self.cfg.agent_ipc(group.folder, job.agent) / "in").ensure()
         seq = job.turns.select(fn.MAX(Turn.seq)).scalar() or 0
         while True:
-            batch, prompt = self._batch(group, pending)
+            batch, prompt = self._batch(group, job.agent, pending)
             if not batch:
                 break
             seq += 1
@@ -328,7 +461,7 @@ class QueueDaemon(Daemon):
         return job.status == "running" and not job.closing and \
             not job.turns.where(Turn.status != "done").exists()
 
-    def _free_slots(self, active: dict[int, Job], wanted: int) -> None:
+    def _free_slots(self, active: dict[AgentKey, Job], wanted: int) -> None:
         """Ask idle containers to exit so waiting groups get a slot."""
         for job in active.values():
             if wanted <= 0:
@@ -360,7 +493,7 @@ class QueueDaemon(Daemon):
 
     def _start_task_job(self, group: Group, run: TaskRun) -> Job:
         task = run.task
-        session = Session.get_or_none(Session.group == group) if task.context_mode == "group" else None
+        session = Session.get_or_none(Session.group == group, Session.agent == "") if task.context_mode == "group" else None
         prompt = (f'<scheduled_task id="{task.id}" schedule="{escape(task.schedule_type)} '
                   f'{escape(task.schedule_value)}">{escape(task.prompt)}</scheduled_task>\n'
                   "This is a scheduled task, not a chat message; your answer is sent to the chat.")
@@ -398,7 +531,7 @@ class QueueDaemon(Daemon):
                 task.status = "completed"
             task.save()
             if task.context_mode == "group" and body.get("session_id"):
-                Session.insert(group=job.group, session_id=body["session_id"], updated_at=time.time()) \
+                Session.insert(group=job.group, agent="", session_id=body["session_id"], updated_at=time.time()) \
                     .on_conflict_replace().execute()
         self.log.info("group=%s job=%s task=%s run=%s succeeded", job.group.folder, job.id, task.id, run.id)
         nudge(self.cfg.socket("scheduler"))

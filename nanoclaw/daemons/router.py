@@ -136,7 +136,8 @@ def quote_for(row: Outbox) -> dict | None:
     if asked is None or asked.chat != row.chat:
         return None
     spoke_since = Message.select().where(Message.chat == row.chat, Message.id > asked.id,
-                                         Message.is_bot == False).exists()  # noqa: E712
+                                         Message.is_bot == False,  # noqa: E712
+                                         Message.agent.is_null()).exists()  # a team's own messages are not the chat's
     if not spoke_since:
         return None
     return {"id": asked.channel_id, "sender": asked.sender, "text": asked.text[:500]}

@@ -45,6 +45,7 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
 from nanoclaw.core import mounts as mounts_mod
+from nanoclaw.core import team as team_mod
 from nanoclaw.core.config import Config
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request
 from nanoclaw.core.safefs import Dir
@@ -93,25 +94,24 @@ def start_failure(exc: BaseException) -> str:
     return "the container could not start: " + " ".join(text.split())[:200]
 
 
-def container_name(folder: str, job: int) -> str:
-    return f"nanoclaw-{folder}-{job}"
-
-
-def group_dirs(cfg: Config, folder: str) -> dict[str, Path]:
-    """The host directories a group's container may see (made by :func:`prepare_dirs`)."""
+def group_dirs(cfg: Config, folder: str, agent: str = "") -> dict[str, Path]:
+    """The host directories a container of a group's agent may see (made by :func:`prepare_dirs`):
+    the group's folder (the team's shared workspace) and global memory, and the agent's own
+    IPC and session."""
     from nanoclaw.daemons.proxy import proxy_dir
     return {
         "group": cfg.groups_dir / folder,
+        "team": cfg.groups_dir / folder / team_mod.AGENTS,
         "global": cfg.global_dir,
-        "in": cfg.ipc_dir / folder / "in",
-        "out": cfg.ipc_dir / folder / "out",
-        "session": cfg.sessions_dir / folder,
+        "in": cfg.agent_ipc(folder, agent) / "in",
+        "out": cfg.agent_ipc(folder, agent) / "out",
+        "session": cfg.agent_session(folder, agent),
         "proxy": proxy_dir(cfg, folder),
     }
 
 
-def prepare_dirs(cfg: Config, folder: str, is_main: bool = False) -> dict[str, Path]:
-    """Make a group's directories before its container starts.
+def prepare_dirs(cfg: Config, folder: str, is_main: bool = False, agent: str = "") -> dict[str, Path]:
+    """Make the directories of a group's agent before its container starts.
 
     ``in/`` is the host's (the container sees it read-only) and is made
     normally. The rest is the container's to write: each is a trusted base
@@ -120,10 +120,12 @@ def prepare_dirs(cfg: Config, folder: str, is_main: bool = False) -> dict[str, P
     is removed and made again. In rootful runs the agent's uid is handed the
     directories it writes, non-recursively (:meth:`safefs.Dir.give`).
     """
-    dirs = group_dirs(cfg, folder)
+    dirs = group_dirs(cfg, folder, agent)
     Spool(dirs["in"]).ensure()
     for key in ("group", "global", "session", "proxy"):
         dirs[key].mkdir(parents=True, exist_ok=True)
+    with Dir.open(dirs["group"]) as group:  # the team's files: mounted read-only over the shared folder
+        group.ensure_dir(team_mod.AGENTS).close()
     owner = agent_owner(cfg)
     with Dir.open(dirs["out"], create=True) as out:
         for sub in ("new", "tmp"):
@@ -137,6 +139,10 @@ def prepare_dirs(cfg: Config, folder: str, is_main: bool = False) -> dict[str, P
             with Dir.open(dirs[key]) as d:
                 d.give(*owner, children=key != "session")  # the CLAUDE.md (and inbox/) the host made
     return dirs
+
+
+def container_name(folder: str, job: int, agent: str = "") -> str:
+    return f"nanoclaw-{folder}--{agent}-{job}" if agent else f"nanoclaw-{folder}-{job}"
 
 
 def agent_identity(cfg: Config) -> tuple[str, str]:
@@ -172,14 +178,19 @@ def _ulimit(spec: str) -> dict[str, Any]:
 def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
     """Everything Podman needs to start one job's container, from configuration.
 
-    Mounts: the group's folder (rw), global memory (ro; rw for main), the
-    group's IPC dirs (``in`` read-only, ``out`` rw), its agent session state
-    and its API socket (ro). Nothing else of the host.
+    Mounts: the group's folder (rw; its ``agents/`` ro), global memory (ro;
+    rw for main), the agent's IPC dirs (``in`` read-only, ``out`` rw), its
+    session state and its API socket (ro). Nothing else of the host. A team
+    member (``job["agent"]``) gets its own IPC and session, never the lead's.
     """
     c = cfg.container
-    dirs = group_dirs(cfg, job["group"])
+    agent = job.get("agent", "")
+    dirs = group_dirs(cfg, job["group"], agent)
     mounts = [
         {"type": "bind", "source": str(dirs["group"]), "target": "/workspace/group"},
+        # The team's member files, read-only over the shared folder: no agent makes or changes one.
+        {"type": "bind", "source": str(dirs["team"]), "target": f"/workspace/group/{team_mod.AGENTS}",
+         "read_only": True},
         {"type": "bind", "source": str(dirs["global"]), "target": "/workspace/global",
          "read_only": not job["is_main"]},
         # Host to agent read-only (prompts, tasks.json): the host never writes where the agent can.
@@ -197,14 +208,15 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
         "NANOCLAW_IS_MAIN": "1" if job["is_main"] else "0",
         "NANOCLAW_IDLE_TIMEOUT": str(c.idle_timeout),
         "NANOCLAW_MODEL": cfg.model,
+        "NANOCLAW_AGENT": agent,
         "HOME": "/tmp/home",  # the image is read-only; session state lives in /workspace/session
     }
     for pair in c.extra_env:
         key, _, value = pair.partition("=")
         env[key] = value
     kwargs: dict[str, Any] = {
-        "name": container_name(job["group"], job["job"]),
-        "labels": {LABEL: str(job["job"]), "nanoclaw.group": job["group"],
+        "name": container_name(job["group"], job["job"], agent),
+        "labels": {LABEL: str(job["job"]), "nanoclaw.group": job["group"], "nanoclaw.agent": agent,
                    DEADLINE_LABEL: f"{time.time() + c.timeout:.0f}"},
         "environment": env,
         "mounts": mounts,
@@ -215,6 +227,10 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
         "read_only": True,
         "ulimits": [_ulimit(u) for u in c.ulimits],
     }
+    if agent:
+        member = team_mod.member(cfg, job["group"], agent)
+        if member is not None and member.model:
+            env["NANOCLAW_MODEL"] = member.model
     if c.memory:
         kwargs["mem_limit"] = c.memory
     if c.pids_limit > 0:
@@ -268,7 +284,7 @@ class RunnerDaemon(Daemon):
         envs = self._recovering + self.spool.take(self.spool.claim_new())
         self._recovering = []
         if not self._swept:
-            keep = {container_name(e.body["group"], e.body["job"]) for e in envs if e.type == "job"}
+            keep = {container_name(e.body["group"], e.body["job"], e.body.get("agent", "")) for e in envs if e.type == "job"}
             try:
                 await in_daemon_thread(self._sweep_orphans, keep)
                 self._swept = True
@@ -313,7 +329,7 @@ class RunnerDaemon(Daemon):
 
     def _give_up(self, body: dict, reason: str) -> None:
         """The container cannot start: remove what is left of it and report the job failed."""
-        name = container_name(body["group"], body["job"])
+        name = container_name(body["group"], body["job"], body.get("agent", ""))
         try:
             with self.client() as client:
                 client.containers.get(name).remove(force=True)
@@ -328,7 +344,7 @@ class RunnerDaemon(Daemon):
     def _run_job(self, env: Envelope) -> None:
         """Start (or re-attach to) one job's container and wait for it; runs in a thread."""
         body = env.body
-        name = container_name(body["group"], body["job"])
+        name = container_name(body["group"], body["job"], body.get("agent", ""))
         with self.client(timeout=None) as client:  # container waits are long
             try:
                 ctr = client.containers.get(name)
@@ -370,7 +386,9 @@ class RunnerDaemon(Daemon):
             self.log.info("group=%s job=%s container %s exited code=%s", body["group"], body["job"], name, code)
 
     def _start(self, client: PodmanClient, body: dict) -> Any:
-        dirs = prepare_dirs(self.cfg, body["group"], body["is_main"])
+        dirs = prepare_dirs(self.cfg, body["group"], body["is_main"], body.get("agent", ""))
+        if body.get("agent"):
+            nudge(self.cfg.socket("ipc"))  # a member's out/ may be new: ipc watches it from its next pass
         inbox = Spool(dirs["in"])
         # Prompts left from an earlier container are covered by this job's prompt
         # (it holds every message since the cursor): clear them. in/ is host-only.

@@ -9,7 +9,12 @@ optional @trigger):
   chaos ID     (every message) reply "ack ID1 ID2 ..." naming each message the prompt carried
   sh CMD       run CMD with /bin/sh in the container, reply "sh: <exit code>: <output>" (hostile tests)
   task T|V|P   ask for a scheduled task (schedule_task's request: type T, value V, prompt P), reply "asked"
+  delegate A TASK  hand TASK to team member A, reply "delegated"
   anything else: "echo: TEXT"
+In a team (the chaos test's): the lead of a group with a member "helper"
+also delegates "team t<ID> ..." naming each chaos message; a member answers
+"ack m<ID>... done t<ID>..." for what it was given; a prompt of team answers
+only is answered "got t<ID>...".
 Every prompt is also written to /workspace/group/prompts/<job>-<turn>.txt so
 tests can check what the agent was told.
 """
@@ -30,6 +35,7 @@ inbox = Spool(IPC / "in")  # read-only here
 outbox = Spool(IPC / "out")
 idle = float(os.environ.get("NANOCLAW_IDLE_TIMEOUT", "600"))
 job_env = int(os.environ.get("NANOCLAW_JOB", "0"))
+AGENT = os.environ.get("NANOCLAW_AGENT", "")
 
 
 def last_text(prompt):
@@ -43,12 +49,25 @@ def answer(body):
     prompt = body["prompt"]
     (GROUP / "prompts").mkdir(exist_ok=True)
     (GROUP / "prompts" / f"{body['job']}-{body['turn']}.txt").write_text(prompt)
-    every = [html.unescape(t) for t in re.findall(r"<message [^>]*>(.*?)</message>", prompt, re.S)]
-    if every and all(t.startswith("chaos ") for t in every):
+    every = [re.sub(r"^@\w+\s+", "", html.unescape(t))
+             for t in re.findall(r"<message [^>]*>(.*?)</message>", prompt, re.S)]
+    if every and all(t.startswith(("chaos ", "team ", "done ", "ack ")) for t in every):
         # the chaos test: acknowledge every message this prompt carried, by id
+        chaos = [t.split()[1] for t in every if t.startswith("chaos ")]
+        team = [i for t in every if t.startswith("team ") for i in re.findall(r"\bt\d+", t)]
+        answers = [i for t in every if t.startswith(("done ", "ack ")) for i in re.findall(r"\bt\d+", t)]
+        if AGENT:
+            text = " ".join(filter(None, ["ack " + " ".join(chaos) if chaos else "",
+                                          "done " + " ".join(team) if team else ""]))
+        else:
+            text = " ".join(filter(None, ["ack " + " ".join(chaos) if chaos else "",
+                                          "got " + " ".join(answers) if answers else ""]))
+            if chaos and (GROUP / "agents" / "helper.md").exists():  # one delegation per turn
+                outbox.put("delegate", {"job": body["job"], "agent": "helper",
+                                        "task": "team " + " ".join(f"t{m[1:]}" for m in chaos)})
         outbox.put("result", {"job": body["job"], "turn": body["turn"],
                               "session_id": body.get("session_id") or f"session-{body['job']}",
-                              "text": "ack " + " ".join(t.split()[1] for t in every)})
+                              "text": text or "nothing"})
         return True
     text = re.sub(r"^\s*@\w+\s*", "", last_text(prompt))
     word, _, rest = text.partition(" ")
@@ -85,6 +104,10 @@ def answer(body):
         import subprocess
         r = subprocess.run(["/bin/sh", "-c", rest], capture_output=True, text=True, timeout=60)
         reply = f"sh: {r.returncode}: {(r.stdout + r.stderr).strip()}"
+    elif word == "delegate":
+        agent, _, task = rest.partition(" ")
+        outbox.put("delegate", {"job": body["job"], "agent": agent, "task": task})
+        reply = "delegated"
     elif word == "internal":
         reply = "<internal>private reasoning</internal>visible part"
     else:

@@ -7,6 +7,11 @@ later, as systemd's Restart= would. The agents are the scripted test agent in
 real containers, answering "ack <ids>" for every message a prompt carried.
 At the end every message must be acknowledged exactly once, no spool file may
 be stranded, and the database must be consistent.
+
+Group g0 has a team: a member "helper" in its own containers. Every other g0
+message is addressed to it directly ("@Helper chaos m<N>"), and the lead
+delegates each of its turns' messages to it ("team t<N> ..."): each t<N> must
+be answered by Helper in the chat once, and come back to the lead once.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ def test_no_message_lost_or_answered_twice_under_random_kills(make_system, agent
                     container={"image": agent_image, "podman_url": podman_service, "idle_timeout": 2.0})
     for g in GROUPS:
         s.cli("groups", "add", g, "--no-trigger")
+    s.cli("agents", "add", "g0", "helper", "--description", "answers what it is given",
+          "--instructions", "Answer.")
     s.start()
     seed = int(os.environ.get("NANOCLAW_CHAOS_SEED") or time.time())
     rng = random.Random(seed)
@@ -76,7 +83,8 @@ def test_no_message_lost_or_answered_twice_under_random_kills(make_system, agent
     for i in range(MESSAGES):
         group = GROUPS[i % len(GROUPS)]
         msg_id = f"m{i}"
-        while not _send_once(s.run / "channel.sock", group, f"chaos {msg_id}", msg_id):
+        text = f"@Helper chaos {msg_id}" if group == "g0" and i % 20 == 0 else f"chaos {msg_id}"
+        while not _send_once(s.run / "channel.sock", group, text, msg_id):
             resends += 1
             time.sleep(0.2)
         sent[msg_id] = group
@@ -97,9 +105,23 @@ def test_no_message_lost_or_answered_twice_under_random_kills(make_system, agent
                 c[(chat, msg_id)] += 1
         return c
 
+    to_lead = {m for m, g in sent.items() if g == "g0" and int(m[1:]) % 20 != 0}  # delegated on
+
+    def team_answers() -> tuple[Counter, Counter]:
+        """t<N> in the chat from Helper, and in the lead's "got" replies."""
+        with s.db() as con:
+            rows = con.execute("select sender_name, text from message where is_bot = 1 and chat = 'g0@term'").fetchall()
+        helper, lead = Counter(), Counter()
+        for name, text in rows:
+            ids = re.findall(r"\bt(\d+)", text)
+            (helper if name == "Helper" else lead).update(f"m{i}" for i in ids)
+        return helper, lead
+
     def all_acked() -> bool:
         c = acks()
-        return all(c[(f"{g}@term", m)] >= 1 for m, g in sent.items())
+        helper, lead = team_answers()
+        return all(c[(f"{g}@term", m)] >= 1 for m, g in sent.items()) and \
+            all(helper[m] and lead[m] for m in to_lead)
 
     s.wait_for(all_acked, 240, interval=1, what="every message acknowledged")
     time.sleep(3)  # anything late and duplicated would show now
@@ -107,6 +129,12 @@ def test_no_message_lost_or_answered_twice_under_random_kills(make_system, agent
     lost = [m for m, g in sent.items() if c[(f"{g}@term", m)] == 0]
     doubled = [m for m, g in sent.items() if c[(f"{g}@term", m)] > 1]
     foreign = [k for k in c if sent.get(k[1]) and f"{sent[k[1]]}@term" != k[0]]
+    helper, lead = team_answers()
+    team_doubled = [m for m in to_lead if helper[m] != 1 or lead[m] != 1]
+    with s.db() as con:
+        by_helper = Counter(m for (text,) in con.execute(
+            "select text from message where chat = 'g0@term' and is_bot = 1 and sender_name = 'Helper'")
+            for m in re.findall(r"m\d+", text))
 
     s.wait_for(lambda: s.db().execute("select count(*) from job where status in ('queued','running')")
                .fetchone()[0] == 0, 60, what="containers finished")
@@ -116,7 +144,7 @@ def test_no_message_lost_or_answered_twice_under_random_kills(make_system, agent
         for d in (s.state / "spool").rglob("*"):
             if d.is_dir() and d.name in ("new", "cur", "tmp"):
                 found += [str(p) for p in d.iterdir()]
-        for d in (s.state / "ipc").glob("*/out/new"):
+        for d in [*(s.state / "ipc").glob("*/out/new"), *(s.state / "ipc").glob("*/agents/*/out/new")]:
             found += [str(p) for p in d.iterdir()]
         return found
 
@@ -131,17 +159,22 @@ def test_no_message_lost_or_answered_twice_under_random_kills(make_system, agent
     with s.db() as con:
         integrity = con.execute("pragma integrity_check").fetchone()[0]
         pending_outbox = con.execute("select count(*) from outbox where status != 'sent'").fetchone()[0]
-        behind = con.execute("select g.folder from cursor c join 'group' g on g.id = c.group_id where "
-                             "c.last_message_id < (select max(id) from message m where m.chat = g.jid "
-                             "and m.is_bot = 0)").fetchall()
-        stored = con.execute("select count(*) from message where is_bot = 0").fetchone()[0]
+        # every agent's cursor is past the last message for it (the lead's, the helper's, the team's)
+        behind = con.execute("select g.folder, c.agent from cursor c join 'group' g on g.id = c.group_id where "
+                             "c.last_message_id < (select coalesce(max(id), 0) from message m where m.chat = g.jid "
+                             "and m.is_bot = 0 and (m.agent = c.agent or (m.agent is null and "
+                             "(m.text like '@Helper %') = (c.agent = 'helper'))))").fetchall()
+        members = con.execute("select count(distinct job.id) from job where agent = 'helper'").fetchone()[0]
+        stored = con.execute("select count(*) from message where is_bot = 0 and agent is null").fetchone()[0]
     print(f"\nchaos (seed {seed}): {MESSAGES} sent in {send_done - started:.1f}s "
           f"({resends} resends while the channel was down), "
           f"kills {dict(kills)} ({sum(kills.values())} total), all answered after "
           f"{time.time() - started:.1f}s; lost {len(lost)}, duplicated {len(doubled)}, stranded {len(stranded)}, "
-          f"bad {len(bad)}")
+          f"bad {len(bad)}; team in g0: {members} helper containers, {len(to_lead)} delegated, "
+          f"{len(team_doubled)} not answered exactly once")
     assert stored == MESSAGES
-    assert lost == [] and doubled == [] and foreign == []
+    assert lost == [] and doubled == [] and foreign == [] and team_doubled == []
+    assert set(by_helper) == {m for m, g in sent.items() if g == "g0" and int(m[1:]) % 20 == 0}  # Helper's own
     assert stranded == [] and bad == []
     assert integrity == "ok" and pending_outbox == 0 and behind == []
     assert sum(kills.values()) >= 5
