@@ -50,12 +50,11 @@ class Clock:
         self.cond = threading.Condition()
 
     def responder(self, body: dict) -> dict:
-        text = content_text(last_user_content(body))
+        # The newest prompt: the CLI can put a resumed turn's tool result and a new prompt in one message.
+        text = content_text(last_user_content(body)).rpartition("<messages>")[2]
         now = time.time()
         member = "(researcher), a member of the team" in str(body.get("system"))
-        if tool_results(last_user_content(body)):
-            return {"text": "ok"}
-        if member:
+        if member and not tool_results(last_user_content(body)):
             n = re.findall(r"task (\d+)", text)[-1]
             with self.cond:
                 self.arrived.setdefault(n, now)
@@ -63,7 +62,12 @@ class Clock:
             return {"text": f"done {n}"}
         if 'from="agent:researcher"' in text:
             return {"text": "summed " + re.findall(r"done (\d+)", text)[-1]}
-        kind, n = re.findall(r"(bench|plain) (\d+)", text)[-1]
+        found = re.findall(r"(bench|plain) (\d+)", text)
+        # The delegate tool's result comes back with no new prompt, or (resumed sessions) beside
+        # the prompt already answered: each bench message is delegated once.
+        if not found or (found[-1][0] == "bench" and found[-1][1] in self.handed):
+            return {"text": "ok"}
+        kind, n = found[-1]
         if kind == "plain":
             with self.cond:
                 self.lead_asked.setdefault(n, now)
