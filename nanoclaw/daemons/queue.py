@@ -47,6 +47,7 @@ from xml.sax.saxutils import escape
 from peewee import fn
 
 from nanoclaw.core import groups as groups_mod
+from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.backoff import backoff
 from nanoclaw.core.models import (
@@ -477,10 +478,19 @@ class QueueDaemon(Daemon):
         if task is None or task.status != "active":
             self.log.info("task=%s fired but is %s; ignored", body["task"], task.status if task else "gone")
             return
-        created = TaskRun.insert(task=task, fire_key=env.name, fired_at=body["fired_at"], due_at=body["due_at"]) \
-            .on_conflict_ignore().execute()
+        with db.atomic():
+            due = body.get("due_at")
+            existing = TaskRun.get_or_none(TaskRun.fire_key == env.name)
+            if "due_at" not in body and existing is None:
+                # A timer's light fire (tasks.fire_light): the due time and the next one are ours to set,
+                # once, in the same transaction as the run.
+                due = tasks_mod.advance(task, body["fired_at"])
+            elif existing is not None:
+                due = existing.due_at
+            created = TaskRun.insert(task=task, fire_key=env.name, fired_at=body["fired_at"], due_at=due) \
+                .on_conflict_ignore().execute()
         if created:
-            late = body["fired_at"] - body["due_at"] if body["due_at"] else 0.0
+            late = body["fired_at"] - due if due else 0.0
             self.log.info("group=%s task=%s fired (%.2fs after due)", task.group.folder, task.id, late)
 
     def _next_task_run(self, group: Group, now: float) -> TaskRun | float | None:
