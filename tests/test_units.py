@@ -454,3 +454,35 @@ def test_a_timers_light_fire_becomes_one_run_and_moves_the_task_on_once(queue, c
     fire.fire(cfg, 999)  # no such task: the queue ignores it, nothing is created
     queue.work()
     assert TaskRun.select().count() == 1
+
+
+def test_a_due_task_runs_in_a_group_whose_chatter_waits_for_the_trigger(queue, cfg):
+    """The defect: messages without the trigger wait as context, and while any did, the queue
+    never looked at the group's tasks: a busy family chat held its morning summary back
+    until someone wrote "@Andy"."""
+    from nanoclaw.core import tasks as tasks_mod
+    groups_mod.add_group(cfg, "family", jid="family@term")
+    family = Group.get(Group.folder == "family")
+    add_msg("what time is dinner?", time.time(), chat="family@term")
+    queue.work()
+    assert jobs_in(cfg.spool_dir / "runner") == []  # chatter alone wakes nobody
+    task = tasks_mod.create(cfg, family, "summarise the day", "interval", "1h")
+    tasks_mod.fire(cfg, task.id)
+    add_msg("seven, I think", time.time(), chat="family@term")  # and the chatter goes on
+    queue.work()
+    [job] = jobs_in(cfg.spool_dir / "runner")
+    assert job["group"] == "family" and "summarise the day" in job["prompt"]
+
+
+def test_a_trigger_after_a_long_untriggered_backlog_still_wakes_the_agent_with_its_context(queue, cfg):
+    """The queue remembers where it found nothing for anyone and reads only newer messages:
+    the trigger must still be seen, and the prompt must still carry the context before it."""
+    groups_mod.add_group(cfg, "family", jid="family@term")
+    for i in range(30):
+        add_msg(f"chatter {i}", time.time(), chat="family@term")
+        queue.work()
+    assert jobs_in(cfg.spool_dir / "runner") == []
+    add_msg("@Andy what did we decide?", time.time(), chat="family@term")
+    queue.work()
+    [job] = jobs_in(cfg.spool_dir / "runner")
+    assert "what did we decide?" in job["prompt"] and "chatter 29" in job["prompt"]
