@@ -540,7 +540,7 @@ class QueueDaemon(Daemon):
         if task is None or task.status != "active":
             self.log.info("task=%s fired but is %s; ignored", body["task"], task.status if task else "gone")
             return
-        with db.atomic():
+        with db.atomic("IMMEDIATE"):  # read then write: a deferred one could not upgrade (SQLITE_BUSY)
             due = body.get("due_at")
             existing = TaskRun.get_or_none(TaskRun.fire_key == env.name)
             if "due_at" not in body and existing is None:
