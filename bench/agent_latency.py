@@ -84,6 +84,7 @@ def main() -> int:
             cold.append(time.monotonic() - t0)
             s.wait_for(lambda: s.db().execute("select count(*) from job where status in ('queued','running')")
                        .fetchone()[0] == 0, 60)
+        stages = cold_stages(s.log("queue"))
         s.close()
         results["cold container"] = cold
         s = make(work / "warm", api, tag, opts, f"unix://{sock}", idle=600)
@@ -105,7 +106,34 @@ def main() -> int:
     print(f"\nagent latency, message stored -> reply delivered ({args.runs} runs each, fake model)")
     for name, values in results.items():
         print(summary(name, values))
+    print("where a new container's first turn spends its time (median of each stage, from the job's creation):")
+    for name, values in stages.items():
+        print(f"  {STAGE_NAMES.get(name, name):<58} {statistics.median(values):7.0f} ms")
     return 0
+
+
+# The agent runner's clock readings (container/agent_runner.py STAGES), each the end of a stage.
+STAGE_NAMES = {
+    "process": "queue -> runner -> podman create and start (to the process)",
+    "python": "Python start (interpreter and our imports)",
+    "sdk_imported": "claude-agent-sdk import",
+    "cli_spawn": "forwarders up, inbox read",
+    "cli_ready": "CLI spawned and initialized, MCP server listed",
+    "query": "prompt handed to the CLI",
+    "first_answer": "CLI -> proxy -> (fake) API -> first answer back",
+    "result": "turn finished (result message)",
+}
+
+
+def cold_stages(queue_log: str) -> dict[str, list[float]]:
+    """Each stage's durations (ms) from the queue's ``new container's first turn`` lines."""
+    out: dict[str, list[float]] = {}
+    for row in queue_log.splitlines():
+        if "new container's first turn:" in row:
+            for part in row.split("first turn:", 1)[1].split():
+                name, _, ms = part.partition("+")
+                out.setdefault(name, []).append(float(ms.removesuffix("ms")))
+    return out
 
 
 if __name__ == "__main__":

@@ -62,11 +62,16 @@ def make(base: Path, image: str, opts: dict, podman_url: str, idle: float, poll:
     return s
 
 
-def latencies(s: System, runs: int, cold: bool) -> tuple[list[float], list[float]]:
-    """(stored -> picked up, emitted -> sent) per message."""
+def latencies(s: System, runs: int, cold: bool) -> dict[str, list[float]]:
+    """Per message: stored -> picked up by the agent, emitted -> sent, and their stages.
+
+    Stages, from what the pieces record: ``message.timestamp`` (the channel, before its
+    commit), ``turn.sent_at`` (the queue, deciding a turn, before it writes the prompt),
+    the prompt's copy in the group folder (the agent, when it read the prompt), the
+    agent's ``emitted.log``, ``turn.done_at`` (the queue, taking the result from ipc) and
+    the bot message's ``timestamp`` (the channel, having sent it)."""
     w = s.watch("main")
     rng = random.Random(runs)
-    pickup, delivery = [], []
     for i in range(runs):
         if cold:  # the previous container must be gone
             s.wait_for(lambda: s.db().execute("select count(*) from job where status in ('queued','running')")
@@ -84,16 +89,24 @@ def latencies(s: System, runs: int, cold: bool) -> tuple[list[float], list[float
             job, turn, t = row.split()
             emitted[(int(job), int(turn))] = float(t)
     with s.db() as con:
-        turns = con.execute("select job_id, seq, first_message_id from turn order by id").fetchall()
+        turns = con.execute("select job_id, seq, first_message_id, sent_at, done_at from turn order by id").fetchall()
         stored = dict(con.execute("select id, timestamp from message where is_bot = 0").fetchall())
         sent = [r[0] for r in con.execute("select timestamp from message where is_bot = 1 order by id")]
-    for (job, seq, first), sent_at in zip(turns, sent, strict=False):
+    out: dict[str, list[float]] = {k: [] for k in ("pickup", "delivery", "stored -> turn decided",
+                                                    "turn decided -> agent read it", "emitted -> result taken",
+                                                    "result taken -> sent")}
+    for (job, seq, first, decided, taken), sent_at in zip(turns, sent, strict=False):
         prompt_file = folder / "prompts" / f"{job}-{seq}.txt"
         if (cold and seq != 0) or (not cold and job == turns[0][0] and seq == 0):
             continue  # the warm run's first turn started its container
-        pickup.append(prompt_file.stat().st_mtime - stored[first])
-        delivery.append(sent_at - emitted[(job, seq)])
-    return pickup, delivery
+        read = prompt_file.stat().st_mtime
+        out["pickup"].append(read - stored[first])
+        out["delivery"].append(sent_at - emitted[(job, seq)])
+        out["stored -> turn decided"].append(decided - stored[first])
+        out["turn decided -> agent read it"].append(read - decided)
+        out["emitted -> result taken"].append(taken - emitted[(job, seq)])
+        out["result taken -> sent"].append(sent_at - taken)
+    return out
 
 
 def ingest(base: Path, total: int, clients: int = 4) -> tuple[float, int]:
@@ -128,12 +141,18 @@ def ingest(base: Path, total: int, clients: int = 4) -> tuple[float, int]:
     return per * clients / took, stored - len(errors)
 
 
-def rss(s: System) -> dict[str, int]:
+def memory_of(s: System) -> dict[str, dict[str, int]]:
+    """Each daemon's RSS, PSS and USS in KiB. RSS counts the interpreter's and libssl's pages,
+    shared by all seven, once per process; PSS divides shared pages among their sharers, so
+    the seven PSS figures add up to the memory they really take; USS is each one's own."""
     out = {}
     for name, proc in s.procs.items():
-        for row in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-            if row.startswith("VmRSS:"):
-                out[name] = int(row.split()[1])
+        fields = {}
+        for row in Path(f"/proc/{proc.pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, value = row.partition(":")
+            fields[key] = int(value.split()[0])
+        out[name] = {"rss": fields["Rss"], "pss": fields["Pss"],
+                     "uss": fields["Private_Clean"] + fields["Private_Dirty"]}
     return out
 
 
@@ -159,23 +178,26 @@ def main() -> int:
         time.sleep(0.05)
     url = f"unix://{sock}"
     report: dict[str, dict[str, list[float]]] = {}
-    memory: dict[str, int] = {}
+    stages: dict[str, dict[str, list[float]]] = {}
+    memory: dict[str, dict[str, int]] = {}
     try:
         for mode in (["event"] if args.no_baseline else ["event", "polling baseline"]):
             poll = mode != "event"
             s = make(work / f"{mode[:4]}-warm", image, opts, url, idle=120, poll=poll)
-            warm_pickup, warm_delivery = latencies(s, args.runs, cold=False)
+            warm = latencies(s, args.runs, cold=False)
             if not poll:
                 time.sleep(2)
-                memory = rss(s)
+                memory = memory_of(s)
             s.close()
             _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
             s = make(work / f"{mode[:4]}-cold", image, opts, url, idle=0.2, poll=poll)
-            cold_pickup, cold_delivery = latencies(s, max(10, args.runs // 2), cold=True)
+            cold = latencies(s, max(10, args.runs // 2), cold=True)
             s.close()
-            report[mode] = {"stored -> prompt in warm container": warm_pickup,
-                            "stored -> prompt in new container": cold_pickup,
-                            "reply emitted -> sent by channel": warm_delivery + cold_delivery}
+            report[mode] = {"stored -> prompt in warm container": warm["pickup"],
+                            "stored -> prompt in new container": cold["pickup"],
+                            "reply emitted -> sent by channel": warm["delivery"] + cold["delivery"]}
+            stages[mode] = {name: warm[name] for name in ("stored -> turn decided", "turn decided -> agent read it",
+                                                          "emitted -> result taken", "result taken -> sent")}
         rate, stored = ingest(work / "ingest", args.ingest)
     finally:
         _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
@@ -185,6 +207,10 @@ def main() -> int:
         print(f"{mode}{' (' + POLL + ')' if mode != 'event' else ''}:")
         for name, values in rows.items():
             print(line(name, values))
+    for mode, rows in stages.items():
+        print(f"where the warm path's time goes ({mode}):")
+        for name, values in rows.items():
+            print(line("  " + name, values))
     if "polling baseline" in report:
         print("ratio, polling baseline / event-driven (p50):")
         for name in report["event"]:
@@ -192,8 +218,9 @@ def main() -> int:
             print(f"  {name:<40} {po / ev:6.1f}x")
     print(f"sustained ingest: {rate:,.0f} messages/s over {args.ingest} messages from 4 clients; "
           f"stored {stored}/{args.ingest} ({args.ingest - stored} lost)")
-    print("idle RSS: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in memory.items())
-          + f"; total {sum(memory.values()) / 1024:.1f} MiB")
+    for kind in ("rss", "pss", "uss"):
+        print(f"idle {kind.upper()}: " + ", ".join(f"{k} {v[kind] / 1024:.1f} MiB" for k, v in memory.items())
+              + f"; total {sum(v[kind] for v in memory.values()) / 1024:.1f} MiB")
     if not args.no_systemd:
         import importlib.util
         spec = importlib.util.spec_from_file_location("bench_systemd", Path(__file__).with_name("systemd.py"))

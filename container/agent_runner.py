@@ -39,6 +39,20 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+
+def _process_started() -> float:
+    """When this process began (the container's first moment, near enough), wall clock."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        boot = next(float(r.split()[1]) for r in open("/proc/stat") if r.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0
+
+
+# Where a new container's first answer spends its time; sent once, with the first turn's usage.
+STAGES: dict[str, float] = {"process": _process_started(), "python": time.time()}
+
 sys.path.insert(0, "/opt/nanoclaw")
 from claude_agent_sdk import (  # noqa: E402
     AssistantMessage,
@@ -51,6 +65,8 @@ from claude_agent_sdk import (  # noqa: E402
 )
 from inotify_simple import INotify, flags  # noqa: E402
 from protocol import BadMessage, Spool  # noqa: E402
+
+STAGES["sdk_imported"] = time.time()
 
 WORKSPACE = Path("/workspace")
 IPC = WORKSPACE / "ipc"
@@ -387,8 +403,10 @@ class Agent:
         self.session_id: str | None = None
 
     async def _connect(self, resume: str | None) -> None:
+        STAGES.setdefault("cli_spawn", time.time())
         self.client = ClaudeSDKClient(options(self.base_url, self.web_proxy, resume))
-        await self.client.connect()
+        await self.client.connect()  # the CLI started, initialized, our MCP server listed
+        STAGES.setdefault("cli_ready", time.time())
 
     async def turn(self, prompt: str, resume: str | None) -> dict:
         """Answer one prompt. A session that cannot be resumed (its files lost, an id the
@@ -413,11 +431,13 @@ class Agent:
             await self._connect(resume)
         assert self.client is not None
         started = time.monotonic()
+        STAGES.setdefault("query", time.time())
         await self.client.query(prompt)
         texts: list[str] = []
         result: ResultMessage | None = None
         async for message in self.client.receive_response():
             if isinstance(message, AssistantMessage):
+                STAGES.setdefault("first_answer", time.time())
                 texts = [b.text for b in message.content if isinstance(b, TextBlock)] or texts
             elif isinstance(message, ResultMessage):
                 result = message
@@ -426,6 +446,9 @@ class Agent:
         self.session_id = result.session_id or self.session_id
         usage = {"cost_usd": result.total_cost_usd, "num_turns": result.num_turns,
                  "duration_s": round(time.monotonic() - started, 3), "usage": result.usage}
+        if "result" not in STAGES:  # a new container's first turn: where its time went
+            STAGES["result"] = time.time()
+            usage["stages"] = dict(STAGES)
         text = result.result if isinstance(result.result, str) else "\n".join(texts)
         error = None
         if result.is_error:

@@ -126,7 +126,7 @@ def test_systemd_backend_writes_valid_timers_and_removes_orphans(offline_system,
                        "created nanoclaw-task-3.timer"]
     timer1 = (unit_dir / "nanoclaw-task-1.timer").read_text()
     assert "OnCalendar=*-*-13 09:00:00 Europe/Berlin\nOnCalendar=Fri *-*-* 09:00:00 Europe/Berlin" in timer1
-    assert "Persistent=true" in timer1 and "AccuracySec=1s" in timer1
+    assert "Persistent=true" in timer1 and "AccuracySec=10ms" in timer1
     assert "Unit=nanoclaw-task@1.service" in timer1
     assert "OnUnitActiveSec=1800s" in (unit_dir / "nanoclaw-task-2.timer").read_text()
     assert "OnCalendar=2099-01-01 08:00:00 UTC" in (unit_dir / "nanoclaw-task-3.timer").read_text()

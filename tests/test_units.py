@@ -430,3 +430,59 @@ def test_the_cap_leaves_out_old_context_only():
     batch, shown = next_batch(asks, cap=10, batch=12, requires_trigger=False, trigger="@Andy", allowed=None)
     assert len(batch) == 12 and "<omitted" not in build_prompt(batch, cap=shown, tz="UTC")  # the rest: next turn
     assert next_batch(chatter, cap=10, batch=50, requires_trigger=True, trigger="@Andy", allowed=None) == ([], 0)
+
+
+def test_a_timers_light_fire_becomes_one_run_and_moves_the_task_on_once(queue, cfg):
+    """`nanoclaw tasks fire ID` from a timer writes only a spool file (no database): the queue
+    sets the run's due time and the task's next one, once, however often it reads the file."""
+    from nanoclaw.admin import fire
+    from nanoclaw.core import tasks as tasks_mod
+    from nanoclaw.core.models import Task, TaskRun
+    task = tasks_mod.create(cfg, Group.get(Group.folder == "main"), "check", "interval", "1h")
+    due = Task.get_by_id(task.id).next_run
+    fire.fire(cfg, task.id, now=due + 0.05)
+    [pending] = list((cfg.spool_dir / "queue" / "new").iterdir())
+    saved = pending.read_bytes()
+    queue.work()
+    run = TaskRun.get()
+    assert run.due_at == due and abs(run.fired_at - (due + 0.05)) < 1e-6
+    moved_on = Task.get_by_id(task.id).next_run
+    assert abs(moved_on - (due + 0.05 + 3600)) < 1e-3  # an interval counts from the firing
+    (cfg.spool_dir / "queue" / "new" / pending.name).write_bytes(saved)  # the same file again
+    queue.work()
+    assert TaskRun.select().count() == 1 and Task.get_by_id(task.id).next_run == moved_on
+    fire.fire(cfg, 999)  # no such task: the queue ignores it, nothing is created
+    queue.work()
+    assert TaskRun.select().count() == 1
+
+
+def test_a_due_task_runs_in_a_group_whose_chatter_waits_for_the_trigger(queue, cfg):
+    """The defect: messages without the trigger wait as context, and while any did, the queue
+    never looked at the group's tasks: a busy family chat held its morning summary back
+    until someone wrote "@Andy"."""
+    from nanoclaw.core import tasks as tasks_mod
+    groups_mod.add_group(cfg, "family", jid="family@term")
+    family = Group.get(Group.folder == "family")
+    add_msg("what time is dinner?", time.time(), chat="family@term")
+    queue.work()
+    assert jobs_in(cfg.spool_dir / "runner") == []  # chatter alone wakes nobody
+    task = tasks_mod.create(cfg, family, "summarise the day", "interval", "1h")
+    tasks_mod.fire(cfg, task.id)
+    add_msg("seven, I think", time.time(), chat="family@term")  # and the chatter goes on
+    queue.work()
+    [job] = jobs_in(cfg.spool_dir / "runner")
+    assert job["group"] == "family" and "summarise the day" in job["prompt"]
+
+
+def test_a_trigger_after_a_long_untriggered_backlog_still_wakes_the_agent_with_its_context(queue, cfg):
+    """The queue remembers where it found nothing for anyone and reads only newer messages:
+    the trigger must still be seen, and the prompt must still carry the context before it."""
+    groups_mod.add_group(cfg, "family", jid="family@term")
+    for i in range(30):
+        add_msg(f"chatter {i}", time.time(), chat="family@term")
+        queue.work()
+    assert jobs_in(cfg.spool_dir / "runner") == []
+    add_msg("@Andy what did we decide?", time.time(), chat="family@term")
+    queue.work()
+    [job] = jobs_in(cfg.spool_dir / "runner")
+    assert "what did we decide?" in job["prompt"] and "chatter 29" in job["prompt"]

@@ -114,6 +114,7 @@ def test_whatsapp_config_table(tmp_path, monkeypatch):
 
 import asyncio  # noqa: E402
 import ctypes  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -1281,6 +1282,8 @@ def test_a_pairing_process_that_hangs_is_killed_and_pairing_can_start_again(harn
         took = time.monotonic() - started
         gone = not alive(pid)
         pair_script(monkeypatch, {"qr": "2@y"}, {"pair": True})
+        # The second child must only start and link: give it time on a loaded machine.
+        h.wa.wcfg = dataclasses.replace(h.wa.wcfg, pair_timeout=30.0)
         again = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 30)
         await h.close()
         return reply, took, gone, again

@@ -337,6 +337,10 @@ def cmd_ping(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    if args.action == "fire" and not args.if_due:  # a timer: the light path, no database
+        from nanoclaw.admin import fire
+        fire.fire(cfg, args.id)
+        return 0
     from datetime import datetime
 
     from nanoclaw.core import groups as groups_mod

@@ -70,7 +70,7 @@ def timer_unit(spec: Mapping) -> str:
             raise SpecError(f"bad OnCalendar values {values!r}")
         lines += [f"OnCalendar={value}" for value in values]
         lines.append("Persistent=true")
-    lines += ["AccuracySec=1s", f"Unit=nanoclaw-task@{ident}.service", "", "[Install]",
+    lines += ["AccuracySec=10ms", f"Unit=nanoclaw-task@{ident}.service", "", "[Install]",
               "WantedBy=nanoclaw.target", ""]
     return "\n".join(lines)
 

@@ -10,12 +10,20 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
 from nanoclaw.core.models import Message
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+_XML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_XML_ATTR = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"})
+
+
+def escape(text: str) -> str:
+    """``&``, ``<`` and ``>`` as XML entities (what ``xml.sax.saxutils.escape`` does, without
+    importing urllib and the email package into every daemon that builds a prompt)."""
+    return text.translate(_XML)
 
 
 def matches_trigger(text: str, trigger: str) -> bool:
@@ -74,7 +82,7 @@ def _clean(text: str) -> str:
 
 def _attr(value: str) -> str:
     """An always double-quoted, fully escaped attribute value."""
-    return '"' + escape(_clean(value), {'"': "&quot;", "'": "&apos;"}) + '"'
+    return '"' + _clean(value).translate(_XML_ATTR) + '"'
 
 
 def attachment(media: str | dict | None) -> str:

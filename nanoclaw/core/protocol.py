@@ -79,7 +79,8 @@ SCHEMAS: dict[str, Schema] = {
     "job_event": {"job": (int,), "event": (str,), "exit_code": (int, type(None), _OPT),
                   "error": (str, _OPT), "container": (str, _OPT)},
     # a timer (nanoclaw tasks fire) -> queue: run a scheduled task now
-    "task_fire": {"task": (int,), "fired_at": (float,), "due_at": (float, type(None))},
+    # due_at absent: a timer's light fire (admin/fire.py); the queue sets it and the next run
+    "task_fire": {"task": (int,), "fired_at": (float,), "due_at": (float, type(None), _OPT)},
     # anyone -> router: text for a chat; ``key`` makes it idempotent. ``sender`` is the name
     # it goes out under (default: the assistant's); ``reply_to`` the message row it answers.
     "outbound": {"key": (str,), "chat": (str,), "text": (str,), "kind": (str,), "sender": (str, _OPT),

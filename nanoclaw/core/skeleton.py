@@ -29,6 +29,7 @@ from nanoclaw.core.models import open_db
 from nanoclaw.core.protocol import MAX_LINE, BadMessage, parse_line
 
 RESCAN_SECONDS = 30.0
+STATUS_EVERY = 0.5  # seconds between status lines worked out after work passes
 UNWATCHED_CHECK = 5.0  # without systemd's watchdog: how often stuck() is asked
 EXIT_STUCK = 70  # EX_SOFTWARE: how a stuck daemon without a watchdog exits
 
@@ -47,6 +48,8 @@ class Daemon:
         self._inotify = INotify()
         self._watched: dict[Path, int] = {}
         self._last_status = ""
+        self._status_at = float("-inf")  # when the status line was last worked out after a pass
+        self._status_later: asyncio.TimerHandle | None = None
         # Benchmark only: NANOCLAW_BENCH_POLL="queue=2,ipc=1" makes those daemons ignore
         # nudges and inotify and rescan on a fixed period, as a polling design would.
         polls = dict(p.split("=", 1) for p in os.environ.get("NANOCLAW_BENCH_POLL", "").split(",") if "=" in p)
@@ -176,6 +179,21 @@ class Daemon:
             self._last_status = line
             self.notify(f"STATUS={line}")
 
+    def _status_after_pass(self) -> None:
+        """The status line after a work pass, at most every STATUS_EVERY seconds (and once more
+        at the end of a busy spell): under load a pass per message would spend as long
+        counting rows for systemd's STATUS= as doing the work."""
+        now = time.monotonic()
+        if now - self._status_at >= STATUS_EVERY:
+            self._status_at = now
+            self._set_status()
+        elif self._status_later is None:
+            def later() -> None:
+                self._status_later = None
+                self._status_at = time.monotonic()
+                self._set_status()
+            self._status_later = asyncio.get_running_loop().call_later(STATUS_EVERY - (now - self._status_at), later)
+
     async def run_async(self) -> None:
         loop = asyncio.get_running_loop()
         # Many clients at once (terminals, the router, nudges) need file descriptors.
@@ -225,7 +243,7 @@ class Daemon:
                     # Everything work() reads is durable and re-read next pass: log, pause, go on.
                     self.log.exception("work pass failed; retrying in 1s")
                     delay = 1.0
-                self._set_status()
+                self._status_after_pass()
                 took = time.monotonic() - started
                 if took > 5:
                     self.log.warning("work pass took %.1fs", took)

@@ -114,11 +114,22 @@ def fire(cfg: Config, task_id: int, *, if_due: bool = False, now: float | None =
         return False
     due = task.next_run
     Spool(cfg.spool_dir / "queue").ensure().put("task_fire", {"task": task.id, "fired_at": now, "due_at": due})
-    # The next due time is computed from the scheduled time, not from when the timer was late.
-    task.next_run = compute_next(task, after=max(now, due or now)) if task.schedule_type != "once" else None
-    task.save()
+    advance(task, now)
     nudge(cfg.socket("queue"))
     return True
+
+
+def advance(task: Task, fired_at: float) -> float | None:
+    """Move a fired task's ``next_run`` on; return the due time it fired for.
+
+    The next due time is computed from the scheduled time, not from when the timer was late.
+    """
+    due = task.next_run
+    task.next_run = compute_next(task, after=max(fired_at, due or fired_at)) if task.schedule_type != "once" \
+        else None
+    task.save()
+    return due
+
 
 
 def snapshot(cfg: Config) -> None:

@@ -11,7 +11,8 @@ READS
 
 WRITES
     ``message`` rows (``Message``, deduplicated by chat and the network's id),
-    committed *before* the sender is acknowledged, then a nudge to the queue;
+    committed *before* the sender is acknowledged (messages that arrive
+    together share one commit), then a nudge to the queue;
     bot messages (``is_bot``) for what it sent, which is how our own messages
     are recognised later, never by their text; media into
     ``groups/<folder>/inbox/`` (walked with ``safefs``: the agent can write
@@ -69,6 +70,8 @@ class ChannelDaemon(Daemon):
         self._chats_written = ""
         self.received = 0
         self.store_failure = ""  # why the last message could not be stored, until one is
+        self._to_store: list[tuple[Inbound, asyncio.Future[tuple[int, bool]]]] = []  # waiting for a commit
+        self._committer: asyncio.Task | None = None
         self.backends: list[Backend] = []
         for name in self.cfg.channels:
             if name not in BACKENDS:
@@ -95,26 +98,59 @@ class ChannelDaemon(Daemon):
             raise StoreError(f"not stored: {self.store_failure}") from exc
 
     async def _store(self, msg: Inbound) -> tuple[int, bool]:
-        try:
-            with db.atomic("IMMEDIATE"):
-                row = Message.create(chat=msg.chat, sender=msg.sender, sender_name=msg.sender_name,
-                                     text=msg.text, timestamp=msg.timestamp, channel_id=msg.channel_id,
-                                     from_me=msg.from_me, is_bot=False,
-                                     media=json.dumps(msg.media) if msg.media else None)
-        except IntegrityError:
-            existing = Message.get(Message.chat == msg.chat, Message.channel_id == msg.channel_id)
-            self.log.info("chat=%s msg=%s duplicate; stored once", msg.chat, msg.channel_id)
-            return existing.id, True
-        self.received += 1
-        if self.store_failure:
-            self.store_failure = ""
-            self._set_status()
-        self.log.info("chat=%s msg=%s stored as message=%s", msg.chat, msg.channel_id, row.id)
-        nudge(self.cfg.socket("queue"))
-        if self.terminal:
-            await self.terminal.show(msg.chat, {"text": msg.text, "id": msg.channel_id,
-                                                "from": msg.sender_name or msg.sender})
-        return row.id, False
+        """Group commit: messages that arrive together share one transaction, and so one
+        fsync of the WAL; each sender is answered only after the commit that holds its row."""
+        done: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
+        self._to_store.append((msg, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending())
+        return await done
+
+    async def _commit_pending(self) -> None:
+        await asyncio.sleep(0)  # requests read in this turn of the loop join the same commit
+        while self._to_store:
+            batch, self._to_store = self._to_store, []
+            try:
+                results = self._commit(batch)
+            except Exception as exc:  # nothing of the batch is stored: every sender hears why
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            new = [(msg, row_id) for (msg, _), (row_id, dup) in zip(batch, results, strict=True) if not dup]
+            for (_, done), result in zip(batch, results, strict=True):
+                if not done.done():
+                    done.set_result(result)
+            self.received += len(new)
+            if self.store_failure:
+                self.store_failure = ""
+                self._set_status()
+            for msg, row_id in new:
+                self.log.info("chat=%s msg=%s stored as message=%s", msg.chat, msg.channel_id, row_id)
+            if new:
+                nudge(self.cfg.socket("queue"))
+            if self.terminal:
+                for msg, _ in new:
+                    await self.terminal.show(msg.chat, {"text": msg.text, "id": msg.channel_id,
+                                                        "from": msg.sender_name or msg.sender})
+
+    def _commit(self, batch: list[tuple[Inbound, asyncio.Future]]) -> list[tuple[int, bool]]:
+        """(row id, was it a duplicate) for each message, all in one committed transaction."""
+        results = []
+        with db.atomic("IMMEDIATE"):
+            for msg, _ in batch:
+                try:
+                    with db.atomic():  # a savepoint: a duplicate undoes only its own row
+                        row = Message.create(
+                            chat=msg.chat, sender=msg.sender, sender_name=msg.sender_name, text=msg.text,
+                            timestamp=msg.timestamp, channel_id=msg.channel_id, from_me=msg.from_me,
+                            is_bot=False, media=json.dumps(msg.media) if msg.media else None)
+                    results.append((row.id, False))
+                except IntegrityError:
+                    existing = Message.get(Message.chat == msg.chat, Message.channel_id == msg.channel_id)
+                    self.log.info("chat=%s msg=%s duplicate; stored once", msg.chat, msg.channel_id)
+                    results.append((existing.id, True))
+        return results
 
     async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
         op = req["op"]

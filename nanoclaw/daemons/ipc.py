@@ -130,9 +130,13 @@ class IpcDaemon(Daemon):
         if env.type == "delegate":
             return self._delegate(group, agent, job, spool, env)
         if env.type == "result":
-            self.queue_spool.put("turn_result", {
-                "group": group.folder, "agent": agent, "job": job.id, "turn": body["turn"], "text": body["text"],
-                "session_id": body.get("session_id"), "error": body.get("error")}, name=env.name)
+            result = {"group": group.folder, "agent": agent, "job": job.id, "turn": body["turn"], "text": body["text"],
+                      "session_id": body.get("session_id"), "error": body.get("error")}
+            stages = (body.get("usage") or {}).get("stages") if isinstance(body.get("usage"), dict) else None
+            if isinstance(stages, dict):  # a new container's clock readings: numbers only, a few
+                result["usage"] = {"stages": {str(k)[:20]: float(v) for k, v in list(stages.items())[:16]
+                                              if isinstance(v, float) or type(v) is int and abs(v) < 1 << 53}}
+            self.queue_spool.put("turn_result", result, name=env.name)
             return "queue"
         chat = body.get("chat") or group.jid
         if chat != group.jid:

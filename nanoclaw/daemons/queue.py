@@ -42,11 +42,11 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from xml.sax.saxutils import escape
 
 from peewee import fn
 
 from nanoclaw.core import groups as groups_mod
+from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.backoff import backoff
 from nanoclaw.core.models import (
@@ -60,7 +60,7 @@ from nanoclaw.core.models import (
     Turn,
     db,
 )
-from nanoclaw.core.prompt import build_prompt, next_batch
+from nanoclaw.core.prompt import build_prompt, escape, next_batch
 from nanoclaw.core.protocol import Envelope, Spool, nudge, tell
 from nanoclaw.core.skeleton import Daemon
 
@@ -78,6 +78,9 @@ class QueueDaemon(Daemon):
         self.router_spool = Spool(self.cfg.spool_dir / "router").ensure()
         self.watch(self.inbox.new)
         self._teams: dict[str, tuple[int, list[str]]] = {}  # folder -> (agents/ mtime, member names)
+        self._top = 0  # the newest message id the last scheduling pass saw
+        self._task_groups: set[int] = set()  # groups with task runs queued, as of this pass
+        self._nothing_for: dict[int, tuple] = {}  # group id -> what it looked like when nothing was for anyone
         self._pending = self.inbox.leftovers()
         if self._pending:
             self.log.info("re-processing %d event(s) left in cur/", len(self._pending))
@@ -154,6 +157,7 @@ class QueueDaemon(Daemon):
                 self._answer(group, job.agent, turn.last_message_id, body["text"].strip())
         self.log.info("group=%s agent=%s job=%s turn=%s answered up to message=%s", group.folder,
                       job.agent or "lead", job.id, turn.seq, turn.last_message_id)
+        self._log_stages(job, body)
         self._typing(group.jid, False)
         return True
 
@@ -248,11 +252,27 @@ class QueueDaemon(Daemon):
             self._finish(job, None, "the runner never started it")
         active: dict[AgentKey, Job] = {(j.group_id, j.agent): j for j in Job.select().where(Job.status.in_(ACTIVE))}
         waiting: list[AgentKey] = []
+        # Which chats have messages since the last pass, and which groups have task runs queued:
+        # two queries for all groups, so a pass costs little for the groups nothing happened in.
+        top = Message.select(fn.MAX(Message.id)).scalar() or 0
+        changed = {c for (c,) in Message.select(Message.chat).distinct().where(Message.id > self._top).tuples()}
+        self._top = top
+        self._task_groups = {g for (g,) in TaskRun.select(Task.group).join(Task)
+                             .where(TaskRun.status == "queued").distinct().tuples()}
         for group in list(Group.select()):
-            for agent, pending in self._pending_by_agent(group, active).items():
+            # A group whose newest message was already looked at, with no job and nothing addressed
+            # to any agent, need not be read again: its untriggered chatter only waits as context.
+            # Without this every pass re-read it all, so each stored message cost O(backlog).
+            seen = self._seen_signature(group, None if group.jid in changed else self._nothing_for.get(group.id))
+            quiet = not any(k[0] == group.id for k in active) and self._still_nothing(group, seen)
+            by_agent = {"": []} if quiet else self._pending_by_agent(group, active)
+            busy = False
+            for agent, pending in by_agent.items():
                 key = (group.id, agent)
                 job = active.get(key)
-                if not pending:
+                batch, prompt = self._batch(group, agent, pending) if pending else ([], "")
+                busy = busy or bool(batch) or job is not None
+                if not batch:
                     if agent:
                         continue  # scheduled tasks are the lead's
                     if job is not None:
@@ -261,6 +281,7 @@ class QueueDaemon(Daemon):
                         if isinstance(self._next_task_run(group, now), TaskRun) and self._idle(job):
                             self._close(job)
                         continue
+                    # Nothing for the lead (chatter waits as context): a due task may run.
                     due = self._next_task_run(group, now)
                     if isinstance(due, TaskRun):
                         if len(active) < self.cfg.max_concurrent:
@@ -270,9 +291,6 @@ class QueueDaemon(Daemon):
                     elif due is not None:
                         next_due = min(next_due or due, due)
                     continue
-                batch, prompt = self._batch(group, agent, pending)
-                if not batch:
-                    continue  # nothing addressed to the agent: the messages wait as context
                 if job is not None:
                     if job.status == "running" and not job.closing:
                         self._follow_up(job, group, pending)
@@ -285,9 +303,54 @@ class QueueDaemon(Daemon):
                     waiting.append(key)
                     continue
                 active[key] = self._start_job(group, agent, batch, prompt)
+            if busy or any(k[0] == group.id for k in active):
+                self._nothing_for.pop(group.id, None)
+            else:
+                self._nothing_for[group.id] = seen
         if waiting:
             self._free_slots(active, len(waiting))
         return None if next_due is None else max(0.0, next_due - time.time())
+
+    def _log_stages(self, job: Job, body: dict) -> None:
+        """A new container's first turn says where its time went (the agent runner's clock
+        readings): one line from the job's creation on, for ``bench/agent_latency.py`` and
+        for an owner asking why a first answer was slow. The numbers are the agent's: only
+        finite numbers in order are shown."""
+        stages = (body.get("usage") or {}).get("stages")
+        if not isinstance(stages, dict) or not 0 < len(stages) <= 16:
+            return
+        points = [("job", job.created_at)] + [(str(k)[:20], float(v)) for k, v in stages.items()
+                                               if isinstance(v, (int, float)) and 0 < v < 1e11]
+        parts = [f"{b[0]}+{(b[1] - a[1]) * 1000:.0f}ms" for a, b in zip(points, points[1:], strict=False)]
+        self.log.info("group=%s job=%s new container's first turn: %s", job.group.folder, job.id, " ".join(parts))
+
+    def _seen_signature(self, group: Group, unchanged: tuple | None) -> tuple:
+        """What decides whether a group's pending messages hold anything for an agent, besides the
+        messages: its newest message id first (``unchanged``'s when no message came since), then
+        its trigger settings, allowlist and team."""
+        top = unchanged[0] if unchanged else \
+            Message.select(fn.MAX(Message.id)).where(Message.chat == group.jid).scalar() or 0
+        try:
+            allow = groups_mod.allowlist_path(self.cfg, group.folder).stat().st_mtime_ns
+        except OSError:
+            allow = None
+        return top, group.trigger, group.requires_trigger, group.is_main, allow, tuple(self._members(group))
+
+    def _still_nothing(self, group: Group, seen: tuple) -> bool:
+        """True if a group found with nothing for any agent still has nothing: same settings, and
+        none of the messages since is addressed to anyone (read just those, not the backlog)."""
+        before = self._nothing_for.get(group.id)
+        if before is None or before[1:] != seen[1:]:
+            return False
+        if before[0] == seen[0]:
+            return True
+        names = self._members(group)
+        new = list(Message.select().where(Message.chat == group.jid, Message.id > before[0],
+                                          Message.is_bot == False).order_by(Message.id))  # noqa: E712
+        if any(team_mod.addressee(m, names) for m in new) or (new and self._batch(group, "", new)[0]):
+            return False
+        self._nothing_for[group.id] = seen
+        return True
 
     # -- teams --------------------------------------------------------------
     def _members(self, group: Group) -> list[str]:
@@ -477,14 +540,25 @@ class QueueDaemon(Daemon):
         if task is None or task.status != "active":
             self.log.info("task=%s fired but is %s; ignored", body["task"], task.status if task else "gone")
             return
-        created = TaskRun.insert(task=task, fire_key=env.name, fired_at=body["fired_at"], due_at=body["due_at"]) \
-            .on_conflict_ignore().execute()
+        with db.atomic("IMMEDIATE"):  # read then write: a deferred one could not upgrade (SQLITE_BUSY)
+            due = body.get("due_at")
+            existing = TaskRun.get_or_none(TaskRun.fire_key == env.name)
+            if "due_at" not in body and existing is None:
+                # A timer's light fire (tasks.fire_light): the due time and the next one are ours to set,
+                # once, in the same transaction as the run.
+                due = tasks_mod.advance(task, body["fired_at"])
+            elif existing is not None:
+                due = existing.due_at
+            created = TaskRun.insert(task=task, fire_key=env.name, fired_at=body["fired_at"], due_at=due) \
+                .on_conflict_ignore().execute()
         if created:
-            late = body["fired_at"] - body["due_at"] if body["due_at"] else 0.0
+            late = body["fired_at"] - due if due else 0.0
             self.log.info("group=%s task=%s fired (%.2fs after due)", task.group.folder, task.id, late)
 
     def _next_task_run(self, group: Group, now: float) -> TaskRun | float | None:
         """The group's next task run to start now, or when one becomes due (backoff)."""
+        if group.id not in self._task_groups:
+            return None
         run = (TaskRun.select().join(Task).where(Task.group == group, TaskRun.status == "queued")
                .order_by(TaskRun.id).first())
         if run is None:
