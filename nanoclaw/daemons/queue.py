@@ -16,6 +16,11 @@ WRITES
     read-only); ``outbound`` files to ``spool/router``; jobs, turns, cursors,
     sessions and task runs in the database.
 
+    The owner's answers: ``approve N``/``deny N`` in the main chat are carried
+    out here (core/approvals.py), answered in one line and never handed to the
+    main agent; a request nobody answers expires at its time (the next expiry
+    is one of ``work()``'s deadlines).
+
     Delivery rule: an agent's cursor is the last message whose turn finished
     *and* whose reply is durably queued for the router. Only then does it
     advance; a crash before that re-delivers, and the reply's key
@@ -46,6 +51,7 @@ from xml.sax.saxutils import escape
 
 from peewee import fn
 
+from nanoclaw.core import approvals
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.backoff import backoff
@@ -105,7 +111,11 @@ class QueueDaemon(Daemon):
             self.inbox.done(env.path)
         if touched:
             nudge(self.cfg.socket("router"))
-        return self._schedule()
+        # Requests nobody answered expire at their time: the next one's is a deadline like a
+        # retry's, so nothing polls for it.
+        expiry = approvals.expire(self.cfg)
+        due = self._schedule()
+        return min((d for d in (expiry, due) if d is not None), default=None)
 
     def _on_turn_result(self, env: Envelope) -> bool:
         body = env.body
@@ -250,6 +260,8 @@ class QueueDaemon(Daemon):
         waiting: list[AgentKey] = []
         for group in list(Group.select()):
             for agent, pending in self._pending_by_agent(group, active).items():
+                if group.is_main and not agent and pending:
+                    pending = self._owner_answers(group, pending)
                 key = (group.id, agent)
                 job = active.get(key)
                 if not pending:
@@ -288,6 +300,24 @@ class QueueDaemon(Daemon):
         if waiting:
             self._free_slots(active, len(waiting))
         return None if next_due is None else max(0.0, next_due - time.time())
+
+    def _owner_answers(self, main: Group, pending: list[Message]) -> list[Message]:
+        """Carry out the owner's ``approve N``/``deny N`` among the main chat's pending messages
+        (once each: core/approvals.py records the answer) and keep them from the main agent:
+        nanoclaw answers them itself. Returns the messages that are for the agent."""
+        rest = []
+        for m in pending:
+            done = approvals.handle_command(self.cfg, m, main)
+            if not done:
+                rest.append(m)
+            if done != "now":
+                continue
+            self.log.info("message=%s is the owner's answer to a request; handled, not for the agent", m.id)
+            # a new group (or an allowed sender) has work now; the daemons that cache groups look again
+            self.wake.set()
+            for daemon in ("router", "ipc", "proxy", "channel"):
+                nudge(self.cfg.socket(daemon))
+        return rest
 
     # -- teams --------------------------------------------------------------
     def _members(self, group: Group) -> list[str]:
@@ -405,13 +435,14 @@ class QueueDaemon(Daemon):
         there are more than ``prompt_batch``); only older context is capped. A
         prompt that would not fit a spool file covers fewer messages.
         """
-        allowed = groups_mod.allowed_senders(self.cfg, group.folder)
+        allowed = groups_mod.senders_for(self.cfg, group)  # the group's policy: open, allowlist or ask
+        owner = groups_mod.policy_of(self.cfg, group) == "ask"  # the owner never asks themselves
         size = self.cfg.prompt_batch
         # A member's pending messages were all addressed to it ("@Researcher ..." or its team's).
         requires_trigger = group.requires_trigger and not group.is_main and not agent
         while True:
             batch, shown = next_batch(pending, cap=self.cfg.prompt_cap, batch=size, trigger=group.trigger,
-                                      requires_trigger=requires_trigger, allowed=allowed)
+                                      requires_trigger=requires_trigger, allowed=allowed, owner=owner)
             if not batch:
                 return [], ""
             prompt = build_prompt(batch, cap=shown, tz=self.cfg.tz)
