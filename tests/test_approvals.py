@@ -229,6 +229,7 @@ def test_an_ask_group_asks_for_an_unknown_sender(system):
     assert rows(system, "select a.sender from allowedsender a join \"group\" g on g.id = a.group_id "
                         "where g.folder = 'family'") == [("carol@term",)]
     assert not (system.confdir / "allowlists" / "family.json").exists()  # the owner's file is the owner's
+    assert "policy=ask (+1 approved)" in system.cli("groups", "list").stdout
     system.send("family", "@Andy and now?", sender="carol@term")
     assert w.reply(60) == "echo: and now?"
     system.send("family", "@Andy it's me")  # the owner's own message: never asks, always heard

@@ -208,7 +208,7 @@ def cmd_discover(cfg: config_mod.Config) -> int:
 
 def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from nanoclaw.core import groups as groups_mod
-    from nanoclaw.core.models import Group, open_db
+    from nanoclaw.core.models import AllowedSender, Group, open_db
 
     if args.action == "discover":
         return cmd_discover(cfg)
@@ -242,6 +242,8 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                 flags = ("main " if g.is_main else "") + (f"trigger={g.trigger}" if g.requires_trigger
                                                            else "every message")
                 flags += f" policy={groups_mod.policy_of(cfg, g)}"
+                approved = AllowedSender.select().where(AllowedSender.group == g.id).count()
+                flags += f" (+{approved} approved)" if approved else ""
                 print(f"{g.folder:<20} {g.jid:<32} {g.name:<20} {flags}")
     except groups_mod.GroupError as exc:
         print(f"nanoclaw: {exc}", file=sys.stderr)
