@@ -220,20 +220,26 @@ def test_an_ask_group_asks_for_an_unknown_sender(system):
     system.cli("groups", "set", "family", "--policy", "ask")
     w = system.watch("family")
     system.send("family", "@Andy may I?", sender="carol@term")
-    system.wait_for(lambda: cards(system), 20, what="the card")
     assert cards(system) == ["carol in family asks for @Andy " + CARD_END.format(n=1)]
-    with pytest.raises(TimeoutError):
-        w.reply(3)  # held: the sender is not admitted yet
+    system.send("family", "@Andy it's me")  # the owner's own message: never asks, always heard
+    assert w.reply(90) == "echo: it's me"  # carol's came first and was held, not answered
+    system.send("family", "@Andy please", sender="carol@term")  # still waiting: no second card
+    assert len(cards(system)) == 1
     system.send("main", "approve 1")
+    # the agent had passed carol's message (as context of the owner's turn): it is replayed,
+    # in one turn with what she said while she waited (the scripted agent answers the last)
     assert w.reply(90) == "echo: may I?"
+    prompts = system.state / "groups" / "family" / "prompts"
+    last = max(prompts.iterdir(), key=lambda p: p.stat().st_mtime).read_text()
+    assert ">@Andy please</message>" in last
+    assert last.rstrip().endswith(">@Andy may I?</message>\n</messages>")
+    assert rows(system, "select text from message where channel_id='replay:1'") == [("@Andy may I?",)]
     assert rows(system, "select a.sender from allowedsender a join \"group\" g on g.id = a.group_id "
                         "where g.folder = 'family'") == [("carol@term",)]
     assert not (system.confdir / "allowlists" / "family.json").exists()  # the owner's file is the owner's
     assert "policy=ask (+1 approved)" in system.cli("groups", "list").stdout
     system.send("family", "@Andy and now?", sender="carol@term")
     assert w.reply(60) == "echo: and now?"
-    system.send("family", "@Andy it's me")  # the owner's own message: never asks, always heard
-    assert w.reply(60) == "echo: it's me"
     assert len(cards(system)) == 1
 
 
@@ -257,3 +263,26 @@ def test_an_older_database_keeps_each_groups_behaviour_as_its_policy(offline_sys
     assert "policy=ask" in s.cli("groups", "list").stdout
     bad = s.cli("groups", "set", "family", "--policy", "everyone", check=False)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_the_owners_answer_is_read_strictly(tmp_path):
+    from nanoclaw.core import approvals
+    from nanoclaw.core.models import Group, open_db
+    p = approvals.parse_command
+    assert p("approve 7") == ("approve", 7, None)
+    assert p("  Approve #7. ") == ("approve", 7, None)
+    assert p("approve 7 as lisbon") == ("approve", 7, "lisbon")
+    assert p("@Andy deny 12", "@Andy") == ("deny", 12, None)
+    for text in ("approve", "approve seven", "please approve 7", "approve 7 and 8", "approve 7 as a b",
+                 "approve 7\nrm -rf /", "deny -1"):
+        assert p(text, "@Andy") is None, text
+    c = approvals.clean
+    assert c("A\u202eB\u200bC\nD\tE `x`") == "A B C D E 'x'"
+    assert len(c("x" * 500)) == approvals.NAME_CAP and c("x" * 500).endswith("…")
+    open_db(tmp_path / "db.sqlite")
+    assert approvals.derive_folder("Lisbon trip!! 🇵🇹", 3) == "lisbon-trip"
+    assert approvals.derive_folder("Família São João", 3) == "familia-sao-joao"
+    assert approvals.derive_folder("🎉🎉", 3) == "chat-3"
+    assert approvals.derive_folder("Global", 3) == "global-chat"
+    Group.create(jid="x@g.us", name="x", folder="lisbon-trip")
+    assert approvals.derive_folder("Lisbon trip", 4) == "lisbon-trip-2"
