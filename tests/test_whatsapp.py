@@ -543,6 +543,22 @@ def test_unregistered_chats_are_dropped_or_stored_but_never_answered(harness):
     assert not {r.chat for r in rows} & registered
 
 
+def test_a_direct_chat_asks_under_the_other_persons_name_never_the_owners(harness):
+    from nanoclaw.core.models import Outbox
+
+    async def go():
+        h = await harness().start()
+        await h.fire(message_ev(jid(ALICE), jid(ALICE), "A1", "@Andy hi", pushname="Alice\nSmith"))
+        await h.fire(message_ev(jid("491700000003"), jid(OWNER), "A2", "@Andy join us", from_me=True,
+                                pushname="Owner"))
+        cards = [o.text for o in Outbox.select().where(Outbox.chat == h.main.jid).order_by(Outbox.id)]
+        await h.close()
+        return cards
+    assert run(go()) == [
+        f"Alice Smith (+{ALICE}, direct chat) asks for @Andy — reply `approve 1` or `deny 1`",
+        "Someone (+491700000003, direct chat) asks for @Andy — reply `approve 2` or `deny 2`"]
+
+
 def test_owner_self_chat_reaches_the_agent(harness):
     async def go():
         h = await harness().start()

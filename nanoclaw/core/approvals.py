@@ -91,10 +91,11 @@ def _open(now: float):
 def describe(req: Request) -> str:
     """Who asks, for the card, the CLI and the answers: already cleaned names."""
     if req.kind == "chat":
-        name = req.chat_name or req.sender_name or "an unnamed chat"
         if is_group_chat(req.chat):
+            name = req.chat_name or "A group"
             return f"{name} ({req.members} members)" if req.members else f"{name} (group chat)"
         number = _number(req.chat)
+        name = req.chat_name or "Someone"
         return f"{name} ({number}, direct chat)" if number else f"{name} (direct chat)"
     number = _number(req.sender)
     who = req.sender_name or number or "someone"
@@ -234,7 +235,7 @@ def approve(cfg: Config, n: int, folder: str | None = None, *, by: str = "cli",
                 registered = Group.get_or_none(Group.jid == req.chat)
                 if registered is not None:
                     raise ApprovalError(f"the chat of request {n} is already registered as group {registered.folder}")
-                name = req.chat_name or req.sender_name or req.chat
+                name = req.chat_name or _number(req.chat) or req.chat
                 folder = groups_mod.validate_folder(folder) if folder else derive_folder(name, n)
                 group = groups_mod.add_group(cfg, folder, name=name, jid=req.chat)
                 # The agent starts at the message that asked: what the chat said before is not its.

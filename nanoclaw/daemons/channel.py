@@ -283,11 +283,13 @@ class ChannelDaemon(Daemon):
         if not isinstance(msg_id, str) or not isinstance(sender, str) or \
                 (members is not None and (not isinstance(members, int) or isinstance(members, bool))):
             return {"ok": False, "error": "'id' and 'sender' must be strings, 'members' a number"}
+        sender_name = str(req.get("sender_name") or sender.split("@")[0])
+        # a direct chat is named after the person in it, as the WhatsApp backend names it
+        chat_name = str(req.get("chat_name") or ("" if chat.endswith("@g.us") else sender_name))
         try:
             row_id, dup = await self.receive(Inbound(
-                chat=chat, sender=sender, sender_name=str(req.get("sender_name") or sender.split("@")[0]),
-                text=text, channel_id=msg_id, timestamp=time.time(), from_me=False,
-                chat_name=str(req.get("chat_name") or ""), members=members))
+                chat=chat, sender=sender, sender_name=sender_name, text=text, channel_id=msg_id,
+                timestamp=time.time(), from_me=False, chat_name=chat_name, members=members))
         except StoreError as exc:
             return {"ok": False, "error": str(exc)}
         return {"ok": True, "message_id": row_id, "duplicate": dup, "chat": chat}

@@ -662,9 +662,10 @@ class WhatsAppBackend(Backend):
         inbound = to_inbound(ev, chat=chat, text=text[:MAX_TEXT], own_lid=self.own_lid,
                              own_phone=self.own_phone, media=attachment, sender=sender)
         if group is None and matches_trigger(text, self.cfg.default_trigger):
-            # It may ask the owner: the card names the chat (a direct chat by its sender).
+            # It may ask the owner: the card names the chat (a direct chat by the other person,
+            # never by the owner's own name when the owner wrote there).
             name, members = (await self._chat_name(chat) if chat.endswith("@" + GROUP_SERVER)
-                             else (inbound.sender_name, None))
+                             else ("" if inbound.from_me else inbound.sender_name, None))
             inbound = dataclasses.replace(inbound, chat_name=name, members=members)
         try:
             await self.receive(inbound)
