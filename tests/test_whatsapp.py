@@ -516,22 +516,48 @@ def test_lid_and_phone_forms_are_one_sender(harness):
 
 
 def test_unregistered_chats_are_dropped_or_stored_but_never_answered(harness):
+    from nanoclaw.core.models import Outbox, Request
     stranger = jid("120363999999999999", "g.us")
 
     async def go(**cfg):
         h = await harness(**cfg).start()
+        h.client.groups = [group_info("120363999999999999", "Lisbon\u202e trip", 5)]
+        await h.fire(message_ev(stranger, jid(ALICE), "S0", "hello?"))
         await h.fire(message_ev(stranger, jid(ALICE), "S1", "@Andy hello?"))
         await h.fire(message_ev(jid("4915550000"), jid("4915550000"), "S2", "spam"))
         rows = h.rows()
         registered = {g.jid for g in Group.select()}
+        requests = [(r.chat, r.chat_name, r.members) for r in Request.select()]
+        cards = [o.text for o in Outbox.select().where(Outbox.chat == h.main.jid)]
+        lookups = [c for c in h.client.calls if c == ("get_group_info", f"{stranger.User}@g.us")]
         await h.close()
-        return rows, registered
-    rows, _ = run(go())
-    assert rows == []
-    rows, registered = run(go(store_unregistered=True))
-    assert [r.channel_id for r in rows] == ["S1", "S2"]
+        return rows, registered, requests, cards, lookups
+    rows, registered, requests, cards, lookups = run(go())
+    # only the trigger is kept, for the owner's answer: it asks, with the group's name from WhatsApp
+    assert [r.channel_id for r in rows] == ["S1"]
+    assert requests == [(f"{stranger.User}@g.us", "Lisbon trip", 5)]
+    assert cards == ["Lisbon trip (5 members) asks for @Andy — reply `approve 1` or `deny 1`"]
+    assert len(lookups) == 1  # the name is looked up for a trigger only
+    rows, registered, _, _, _ = run(go(store_unregistered=True))
+    assert [r.channel_id for r in rows] == ["S0", "S1", "S2"]
     # the queue serves only registered groups' chats, so these can never start an agent
     assert not {r.chat for r in rows} & registered
+
+
+def test_a_direct_chat_asks_under_the_other_persons_name_never_the_owners(harness):
+    from nanoclaw.core.models import Outbox
+
+    async def go():
+        h = await harness().start()
+        await h.fire(message_ev(jid(ALICE), jid(ALICE), "A1", "@Andy hi", pushname="Alice\nSmith"))
+        await h.fire(message_ev(jid("491700000003"), jid(OWNER), "A2", "@Andy join us", from_me=True,
+                                pushname="Owner"))
+        cards = [o.text for o in Outbox.select().where(Outbox.chat == h.main.jid).order_by(Outbox.id)]
+        await h.close()
+        return cards
+    assert run(go()) == [
+        f"Alice Smith (+{ALICE}, direct chat) asks for @Andy — reply `approve 1` or `deny 1`",
+        "Someone (+491700000003, direct chat) asks for @Andy — reply `approve 2` or `deny 2`"]
 
 
 def test_owner_self_chat_reaches_the_agent(harness):

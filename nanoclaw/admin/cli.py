@@ -208,7 +208,7 @@ def cmd_discover(cfg: config_mod.Config) -> int:
 
 def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from nanoclaw.core import groups as groups_mod
-    from nanoclaw.core.models import Group, open_db
+    from nanoclaw.core.models import AllowedSender, Group, open_db
 
     if args.action == "discover":
         return cmd_discover(cfg)
@@ -223,6 +223,14 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             print(f"added group {group.folder} (chat {group.jid}"
                   f"{', main' if group.is_main else ''}, trigger {group.trigger!r}"
                   f"{'' if group.requires_trigger else ' not required'})")
+        elif args.action == "set":
+            if args.policy is None:
+                raise groups_mod.GroupError("nothing to set: give --policy open|allowlist|ask")
+            group = groups_mod.set_policy(cfg, args.group, args.policy)
+            print(f"{group.folder}: policy {args.policy}"
+                  + {"open": " (anyone in the chat may wake its agent)",
+                     "allowlist": f" (only the senders in {groups_mod.allowlist_path(cfg, group.folder)})",
+                     "ask": " (the allowlist's senders; anyone else asks you first: nanoclaw pending)"}[args.policy])
         elif args.action == "remove":
             groups_mod.remove_group(cfg, args.folder)
             print(f"removed group {args.folder} (its folder {cfg.groups_dir / args.folder} is kept)")
@@ -233,11 +241,60 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             for g in rows:
                 flags = ("main " if g.is_main else "") + (f"trigger={g.trigger}" if g.requires_trigger
                                                            else "every message")
+                flags += f" policy={groups_mod.policy_of(cfg, g)}"
+                approved = AllowedSender.select().where(AllowedSender.group == g.id).count()
+                flags += f" (+{approved} approved)" if approved else ""
                 print(f"{g.folder:<20} {g.jid:<32} {g.name:<20} {flags}")
     except groups_mod.GroupError as exc:
         print(f"nanoclaw: {exc}", file=sys.stderr)
         return 2
     for daemon in ("queue", "ipc", "proxy", "channel"):
+        nudge(cfg.socket(daemon))
+    return 0
+
+
+def cmd_pending(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """Unknown chats and senders waiting for the owner's answer (core/approvals.py)."""
+    import time as time_mod
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from nanoclaw.core import approvals
+    from nanoclaw.core.models import Message, open_db
+    open_db(cfg.db_path)
+    action = getattr(args, "pending_action", None) or args.command
+    if action in ("approve", "deny", "forget") and args.n is None:
+        print(f"nanoclaw: {action} needs the request's number (see: nanoclaw pending)", file=sys.stderr)
+        return 2
+    try:
+        if action == "approve":
+            print(approvals.approve(cfg, args.n, args.folder, by="cli"))
+        elif action == "deny":
+            print(approvals.deny(cfg, args.n, by="cli"))
+        elif action == "forget":
+            print(approvals.forget(cfg, args.n))
+        else:
+            rows = approvals.listing(cfg, everything=args.all)
+            if not rows:
+                print("no requests waiting" + ("" if args.all else " (nanoclaw pending --all: the last week's)"))
+            zone, now = ZoneInfo(cfg.tz), time_mod.time()
+            for r in rows:
+                asked = Message.get_or_none(Message.id == r.message)
+                said = approvals.clean(asked.text, 50) if asked else "(message gone)"
+                if r.status == "pending" and r.expires_at > now:
+                    state = f"waits, expires in {max(1, int((r.expires_at - now) // 60))} min"
+                else:
+                    state = "expired" if r.status == "pending" else r.status
+                    if r.decided_at:
+                        state += " " + datetime.fromtimestamp(r.decided_at, zone).strftime("%m-%d %H:%M")
+                print(f"{r.id:>4}  {r.kind:<6} {approvals.describe(r)}  [{r.chat}]  {state}  \"{said}\"")
+            if any(r.status == "pending" and r.expires_at > now for r in rows):
+                print("\nanswer:  nanoclaw approve N [--folder NAME]   or   nanoclaw deny N")
+            return 0
+    except approvals.ApprovalError as exc:
+        print(f"nanoclaw: {exc}", file=sys.stderr)
+        return 2
+    for daemon in ("queue", "ipc", "proxy", "channel", "router"):
         nudge(cfg.socket(daemon))
     return 0
 
@@ -575,6 +632,11 @@ def build_parser() -> argparse.ArgumentParser:
     gr = gsub.add_parser("remove", help="unregister a group (its folder is kept)")
     gr.add_argument("folder")
     gsub.add_parser("list", help="list groups")
+    gs = gsub.add_parser("set", help="change a group's settings")
+    gs.add_argument("group", help="group folder, name or chat id")
+    gs.add_argument("--policy", choices=["open", "allowlist", "ask"],
+                    help="who may wake its agent: anyone in the chat (open), the senders in its allowlist "
+                         "file (allowlist), or those and anyone else you approve when they ask (ask)")
     gsub.add_parser("discover", help="list the WhatsApp account's groups (to register one)")
     gm = gsub.add_parser("mount", help="the owner's folders in a group's containers (allowlist: "
                                        "CONFIG/mount-allowlist.toml)")
@@ -604,6 +666,20 @@ def build_parser() -> argparse.ArgumentParser:
     ar = asub.add_parser("remove", help="remove a member (its session and memory are kept)")
     ar.add_argument("group")
     ar.add_argument("name")
+    sp = sub.add_parser("pending", help="unknown chats and senders asking for the assistant: list, approve, deny")
+    psub = sp.add_subparsers(dest="pending_action")
+    sp.add_argument("--all", action="store_true", help="also the last week's answered and expired requests")
+    pa = psub.add_parser("approve", help="approve request N: register the chat (or allow the sender), replay its message")
+    pd = psub.add_parser("deny", help="deny request N: no answer, and no new card from it for a week")
+    pf = psub.add_parser("forget", help="lift the denial of request N: it may ask again")
+    for parser in (pa, pd, pf):
+        parser.add_argument("n", type=int, nargs="?", metavar="N")
+    pa.add_argument("--folder", help="the new group's folder (default: from the chat's name)")
+    sp = sub.add_parser("approve", help="approve request N (as: nanoclaw pending approve N)")
+    sp.add_argument("n", type=int, nargs="?", metavar="N")
+    sp.add_argument("--folder", help="the new group's folder (default: from the chat's name)")
+    sp = sub.add_parser("deny", help="deny request N (as: nanoclaw pending deny N)")
+    sp.add_argument("n", type=int, nargs="?", metavar="N")
     sp = sub.add_parser("pair", help="link WhatsApp: scan a QR code, or --phone for a pairing code")
     sp.add_argument("--phone", metavar="NUMBER", help="your number in international format, e.g. +491701234567: "
                                                      "show a code to type on the phone instead of a QR code")
@@ -676,7 +752,8 @@ def main(argv: list[str] | None = None) -> None:
     handler = {"chat": cmd_chat, "send": cmd_send, "groups": cmd_groups, "ping": cmd_ping,
                "image": cmd_image, "tasks": cmd_tasks, "timers": cmd_timers, "doctor": cmd_doctor,
                "status": cmd_status, "pair": cmd_pair, "credential": cmd_credential,
-               "spool": cmd_spool, "agents": cmd_agents}[args.command]
+               "spool": cmd_spool, "agents": cmd_agents, "pending": cmd_pending, "approve": cmd_pending,
+               "deny": cmd_pending}[args.command]
     try:
         sys.exit(handler(cfg, args))
     except KeyboardInterrupt:

@@ -72,6 +72,9 @@ def show(cfg: Config) -> int:
         print(f"failing:  {who}: {cursor.failures}/{cfg.max_attempts} attempts failed"
               + (f", next in {wait:.0f}s" if wait else "") + (f": {last.error.splitlines()[0][:160]}"
                                                              if last and last.error else ""))
+    from nanoclaw.core.approvals import pending_count
+    waiting = pending_count()
+    print(f"requests: {waiting} waiting for your answer" + (" (nanoclaw pending)" if waiting else ""))
     pending = Outbox.select().where(Outbox.status == "pending").count()
     failed = Outbox.select().where(Outbox.status == "failed").count()
     print(f"outbox:   {pending} pending, {failed} failed; {Message.select().count()} messages stored")

@@ -23,6 +23,10 @@ class Inbound:
     sender_name: str = ""
     from_me: bool = False
     media: dict | None = None  # an attachment: kind, type, size, file (under the group folder), note
+    # For a chat no group is registered for (it may ask the owner, core/approvals.py): its
+    # name and size as the network gave them (hostile: cleaned before anyone sees them).
+    chat_name: str = ""
+    members: int | None = None
 
 
 # The channel daemon's store-then-acknowledge callback: returns (row id, duplicate?),

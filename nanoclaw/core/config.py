@@ -123,6 +123,7 @@ class Config:
     systemd_unit_dir: str = "/etc/systemd/system"
     crontab_file: str = ""  # empty: the service user's crontab
     max_spool_bytes: int = 1 << 20
+    approval_timeout: float = 3600.0  # seconds an unknown chat's (or sender's) request waits for the owner
     container: ContainerConfig = field(default_factory=ContainerConfig)
     whatsapp: WhatsAppConfig = field(default_factory=WhatsAppConfig)
     egress: EgressPolicy = field(default_factory=EgressPolicy)  # [egress]: every group's web access
@@ -278,6 +279,8 @@ def load(path: Path | None = None) -> Config:
                  **settings)
     if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
+    if cfg.approval_timeout <= 0:
+        raise ConfigError("approval_timeout must be a positive number of seconds")
     if min(team.max_depth, team.max_delegations) < 1 or team.max_members < 0:
         raise ConfigError("[team] max_depth and max_delegations must be at least 1, max_members at least 0")
     return cfg

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
 
 from nanoclaw.core.config import Config
-from nanoclaw.core.models import Cursor, Group, db
+from nanoclaw.core.models import AllowedSender, Cursor, Group, db
 from nanoclaw.core.safefs import Dir
 
 FOLDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -157,3 +158,48 @@ def allowed_senders(cfg: Config, folder: str) -> set[str] | None:
     if problem:
         log.error("allowlist %s %s; nobody may trigger group=%s", path, problem, folder)
     return senders
+
+
+POLICIES = ("open", "allowlist", "ask")
+
+
+def policy_of(cfg: Config, group: Group) -> str:
+    """Who may wake the group's agent: "open" (anyone in the chat), "allowlist" (the senders
+    in its allowlist file), or "ask" (those, and anyone else once the owner approves them).
+
+    A group that never had a policy set keeps what it had before policies existed: its
+    allowlist file if there is one (even a broken one, which then admits nobody), else open.
+    An unknown stored value admits only the allowlist (fail closed).
+    """
+    if group.policy in POLICIES:
+        return group.policy
+    if group.policy:
+        log.error("group=%s has unknown policy %r; treated as allowlist", group.folder, group.policy)
+        return "allowlist"
+    return "allowlist" if os.path.lexists(allowlist_path(cfg, group.folder)) else "open"
+
+
+def senders_for(cfg: Config, group: Group) -> set[str] | None:
+    """The senders who may wake the group's agent under its policy; None means anyone.
+    Under "allowlist" and "ask": the allowlist file's senders (a missing file has none) and
+    those the owner approved when they asked (``AllowedSender``, core/approvals.py)."""
+    if policy_of(cfg, group) == "open":
+        return None
+    senders = allowed_senders(cfg, group.folder)
+    if senders is not None and not senders and read_allowlist(allowlist_path(cfg, group.folder))[1]:
+        return set()  # a broken file admits nobody, not even those approved (fail closed; logged)
+    approved = AllowedSender.select(AllowedSender.sender).where(AllowedSender.group == group.id)
+    return (senders or set()) | {s for (s,) in approved.tuples()}
+
+
+def set_policy(cfg: Config, ref: str, policy: str) -> Group:
+    """Set a group's policy (the owner's CLI only)."""
+    if policy not in POLICIES:
+        raise GroupError(f"unknown policy {policy!r}: use one of {', '.join(POLICIES)}")
+    group = find_group(ref)
+    with db.atomic("IMMEDIATE"):
+        Group.update(policy=policy).where(Group.id == group.id).execute()
+    group.policy = policy
+    log.info("group=%s policy=%s", group.folder, policy)
+    return group
+

@@ -73,6 +73,10 @@ class Group(Base):
     requires_trigger = BooleanField(default=True)
     is_main = BooleanField(default=False)
     added_at = FloatField(default=now)
+    # Who may wake its agent: "open", "allowlist" or "ask" (see core/groups.py policy_of).
+    # None, as every group older than the setting has: "allowlist" if it has an allowlist
+    # file, else "open" (what the file alone meant before).
+    policy = CharField(null=True)
 
 
 class Mount(Base):
@@ -231,7 +235,43 @@ class TaskRun(Base):
     error = TextField(default="")
 
 
-MODELS = [Group, Mount, Message, Cursor, Session, Job, Turn, Outbox, Task, TaskRun]
+class Request(Base):
+    """A chat (kind "chat") or a sender in an ``ask`` group (kind "sender") asking for the
+    assistant; only the owner decides (core/approvals.py). Names are as the network gave
+    them, cleaned: they are shown to the owner."""
+
+    id = AutoIncrementField()  # the N in "approve N": never reused
+    kind = CharField()  # chat, sender
+    chat = CharField(index=True)
+    sender = CharField(default="")  # for kind "sender": who asks; for "chat": who sent the message
+    chat_name = CharField(default="")
+    sender_name = CharField(default="")
+    members = IntegerField(null=True)  # a group chat's size, where the network said
+    message = IntegerField()  # the message row that asked: replayed on approval
+    status = CharField(default="pending", index=True)  # pending, approved, denied, expired
+    created_at = FloatField(default=now)
+    expires_at = FloatField()
+    decided_at = FloatField(null=True)
+    decided_by = CharField(default="")  # cli, main (the owner's chat), expiry
+    folder = CharField(default="")  # the group it was approved into (or is for, kind "sender")
+
+
+class AllowedSender(Base):
+    """A sender the owner approved in an ``ask`` group: admitted beside the group's allowlist
+    file. Kept here, not in that file, because the owner may approve from the main chat, and
+    the daemon that carries it out cannot write the configuration directory (nor can any agent
+    reach this database)."""
+
+    group = ForeignKeyField(Group, on_delete="CASCADE", index=True)
+    sender = CharField()
+    request = IntegerField(null=True)  # the request that was approved
+    added_at = FloatField(default=now)
+
+    class Meta:
+        indexes = ((("group", "sender"), True),)
+
+
+MODELS = [Group, Mount, Message, Cursor, Session, Job, Turn, Outbox, Task, TaskRun, Request, AllowedSender]
 
 
 def open_db(path: Path) -> SqliteDatabase:

@@ -31,17 +31,19 @@ def matches_trigger(text: str, trigger: str) -> bool:
     return re.match(rf"\s*{re.escape(trigger)}(?!\w)", text, re.IGNORECASE) is not None
 
 
-def addressed(m: Message, *, requires_trigger: bool, trigger: str, allowed: set[str] | None) -> bool:
+def addressed(m: Message, *, requires_trigger: bool, trigger: str, allowed: set[str] | None,
+              owner: bool = False) -> bool:
     """Whether one message is for the agent (wakes it), not just context.
 
     Bot messages never are. Without a trigger requirement (the main group) any
     message from an allowed sender is; otherwise it must start with the
     trigger (a photo's caption counts: the attachment is stored beside the
-    text, not in it). ``allowed`` None means every sender is allowed.
+    text, not in it). ``allowed`` None means every sender is allowed; ``owner``: the owner's
+    own messages (``from_me``) are, whatever ``allowed`` says (an "ask" group's policy).
     """
     if getattr(m, "agent", None) is not None:  # within a team: for its agent once it may act on it
         return getattr(m, "ready", True)
-    if m.is_bot or (allowed is not None and m.sender not in allowed):
+    if m.is_bot or (allowed is not None and m.sender not in allowed and not (owner and m.from_me)):
         return False
     return not requires_trigger or matches_trigger(m.text, trigger)
 
@@ -54,7 +56,7 @@ def needs_agent(messages: Sequence[Message], *, requires_trigger: bool, trigger:
 
 
 def next_batch(pending: Sequence[Message], *, cap: int, batch: int, requires_trigger: bool, trigger: str,
-               allowed: set[str] | None) -> tuple[list[Message], int]:
+               allowed: set[str] | None, owner: bool = False) -> tuple[list[Message], int]:
     """The messages one prompt covers, and how many of them it shows (for build_prompt).
 
     The cap is for old context only: of the messages before the first one
@@ -64,7 +66,8 @@ def next_batch(pending: Sequence[Message], *, cap: int, batch: int, requires_tri
     Returns ([], 0) when nothing pending is addressed to the agent.
     """
     first = next((i for i, m in enumerate(pending)
-                  if addressed(m, requires_trigger=requires_trigger, trigger=trigger, allowed=allowed)), None)
+                  if addressed(m, requires_trigger=requires_trigger, trigger=trigger, allowed=allowed,
+                               owner=owner)), None)
     if first is None:
         return [], 0
     covered = list(pending[:first + max(1, batch)])

@@ -18,14 +18,19 @@ WRITES
     ``groups/<folder>/inbox/`` (walked with ``safefs``: the agent can write
     that folder); a notice to ``spool/router`` for the main chat when a
     network stops for good or for hours (WhatsApp logged out, banned) and
-    the main chat is on another one.
+    the main chat is on another one. When an unknown chat (or an unknown
+    sender in an ``ask`` group) names the trigger: a ``request`` row and its
+    card for the main chat (an ``outbox`` row), in the transaction that
+    stores the message (core/approvals.py); an unregistered chat's message
+    is kept only while its request is open (or ``store_unregistered``).
 
 PRIVILEGE
     The service user; network for WhatsApp only (nanoclaw-channel.service).
 
 HOSTILE INPUT
     Everything from the chat network (text, media, names, ids) and every
-    socket line: sizes are capped, unknown chats never reach an agent.
+    socket line: sizes are capped, unknown chats never reach an agent (they
+    can only ask the owner; the names they give are cleaned before shown).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 import uuid
 
@@ -48,7 +54,7 @@ from nanoclaw.channels import (
     TerminalBackend,
     WhatsAppBackend,
 )
-from nanoclaw.core import attachments
+from nanoclaw.core import approvals, attachments
 from nanoclaw.core import config as config_mod
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.models import Group, Message, db, storage_problem
@@ -59,6 +65,7 @@ from nanoclaw.core.skeleton import Daemon
 MAX_TEXT = 64 * 1024
 CHATS_REFRESH = 3600.0  # seconds between listings of the WhatsApp groups we are in  # longer inbound text is refused, not truncated silently
 HISTORY = 10
+CHAT_ID = re.compile(r"[A-Za-z0-9._:+-]{1,100}@[a-z0-9.]{1,30}")  # a chat network's id, e.g. 1203…@g.us
 
 
 class ChannelDaemon(Daemon):
@@ -117,39 +124,63 @@ class ChannelDaemon(Daemon):
                     if not done.done():
                         done.set_exception(exc)
                 continue
-            new = [(msg, row_id) for (msg, _), (row_id, dup) in zip(batch, results, strict=True) if not dup]
-            for (_, done), result in zip(batch, results, strict=True):
-                if not done.done():
-                    done.set_result(result)
-            self.received += len(new)
+            stored = False
+            for (msg, done), (row_id, dup, request, kept, error) in zip(batch, results, strict=True):
+                if error is not None:
+                    done.set_exception(error)
+                    continue
+                done.set_result((row_id, dup))
+                if dup:
+                    continue
+                if request is not None:
+                    self.log.info("chat=%s msg=%s asks the owner: request=%s", msg.chat, msg.channel_id, request.id)
+                    nudge(self.cfg.socket("router"))
+                if not kept:
+                    self.log.info("chat=%s msg=%s unregistered chat, no request open; not kept",
+                                  msg.chat, msg.channel_id)
+                    continue
+                stored = True
+                self.received += 1
+                self.log.info("chat=%s msg=%s stored as message=%s", msg.chat, msg.channel_id, row_id)
+                if self.terminal:
+                    await self.terminal.show(msg.chat, {"text": msg.text, "id": msg.channel_id,
+                                                        "from": msg.sender_name or msg.sender})
             if self.store_failure:
                 self.store_failure = ""
                 self._set_status()
-            for msg, row_id in new:
-                self.log.info("chat=%s msg=%s stored as message=%s", msg.chat, msg.channel_id, row_id)
-            if new:
+            if stored:
                 nudge(self.cfg.socket("queue"))
-            if self.terminal:
-                for msg, _ in new:
-                    await self.terminal.show(msg.chat, {"text": msg.text, "id": msg.channel_id,
-                                                        "from": msg.sender_name or msg.sender})
 
-    def _commit(self, batch: list[tuple[Inbound, asyncio.Future]]) -> list[tuple[int, bool]]:
-        """(row id, was it a duplicate) for each message, all in one committed transaction."""
-        results = []
+    def _commit(self, batch: list[tuple[Inbound, asyncio.Future]]) -> list[tuple]:
+        """For each message (row id, duplicate?, the approval request it made, kept?, error),
+        all in one committed transaction; one message's failure undoes only its own rows."""
+        results: list[tuple] = []
         with db.atomic("IMMEDIATE"):
             for msg, _ in batch:
                 try:
-                    with db.atomic():  # a savepoint: a duplicate undoes only its own row
+                    with db.atomic():  # a savepoint per message
                         row = Message.create(
                             chat=msg.chat, sender=msg.sender, sender_name=msg.sender_name, text=msg.text,
                             timestamp=msg.timestamp, channel_id=msg.channel_id, from_me=msg.from_me,
                             is_bot=False, media=json.dumps(msg.media) if msg.media else None)
-                    results.append((row.id, False))
+                        # An unknown chat (or an "ask" group's unknown sender) naming the trigger asks
+                        # the owner: the request and its card are made with the message, or neither is.
+                        request = approvals.on_inbound(self.cfg, row, chat_name=msg.chat_name, members=msg.members)
+                        kept = (request is not None or self.cfg.whatsapp.store_unregistered
+                                or Group.get_or_none(Group.jid == msg.chat) is not None
+                                or approvals.keeps_unregistered(msg.chat))
+                        if not kept:  # a chat the owner never accepted: nothing of it is kept
+                            row.delete_instance()
+                    results.append((row.id, False, request, kept, None))
                 except IntegrityError:
                     existing = Message.get(Message.chat == msg.chat, Message.channel_id == msg.channel_id)
                     self.log.info("chat=%s msg=%s duplicate; stored once", msg.chat, msg.channel_id)
-                    results.append((existing.id, True))
+                    results.append((existing.id, True, None, True, None))
+                except DatabaseError:
+                    raise  # the disk or the database: the whole batch fails, every sender hears why
+                except Exception as exc:  # this message's own problem: the others are still stored
+                    self.log.exception("chat=%s msg=%s cannot be stored", msg.chat, msg.channel_id)
+                    results.append((0, False, None, False, exc))
         return results
 
     async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
@@ -259,6 +290,12 @@ class ChannelDaemon(Daemon):
 
     async def _inbound(self, req: dict) -> dict:
         group, error = self._terminal_group(req)
+        chat = req.get("chat")
+        if error and self.terminal is not None and not req.get("group") and isinstance(chat, str) \
+                and CHAT_ID.fullmatch(chat):
+            # A message from a chat no group is registered for, as a chat network would hand it
+            # over (scripts and tests on this owner-only socket): stored and treated as one.
+            return await self._inbound_unregistered(req, chat)
         if error:
             return error
         text = req.get("text")
@@ -282,6 +319,26 @@ class ChannelDaemon(Daemon):
         except StoreError as exc:
             return {"ok": False, "error": str(exc)}
         return {"ok": True, "message_id": row_id, "duplicate": dup, "chat": group.jid}
+
+    async def _inbound_unregistered(self, req: dict, chat: str) -> dict:
+        text, sender = req.get("text"), req.get("sender") or "stranger@term"
+        msg_id = req.get("id") or uuid.uuid4().hex
+        members = req.get("members")
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
+            return {"ok": False, "error": "a message needs text (at most 64 KiB)"}
+        if not isinstance(msg_id, str) or not isinstance(sender, str) or \
+                (members is not None and (not isinstance(members, int) or isinstance(members, bool))):
+            return {"ok": False, "error": "'id' and 'sender' must be strings, 'members' a number"}
+        sender_name = str(req.get("sender_name") or sender.split("@")[0])
+        # a direct chat is named after the person in it, as the WhatsApp backend names it
+        chat_name = str(req.get("chat_name") or ("" if chat.endswith("@g.us") else sender_name))
+        try:
+            row_id, dup = await self.receive(Inbound(
+                chat=chat, sender=sender, sender_name=sender_name, text=text, channel_id=msg_id,
+                timestamp=time.time(), from_me=False, chat_name=chat_name, members=members))
+        except StoreError as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True, "message_id": row_id, "duplicate": dup, "chat": chat}
 
     def _watch(self, req: dict, writer: asyncio.StreamWriter) -> dict:
         group, error = self._terminal_group(req)

@@ -16,6 +16,11 @@ WRITES
     read-only); ``outbound`` files to ``spool/router``; jobs, turns, cursors,
     sessions and task runs in the database.
 
+    The owner's answers: ``approve N``/``deny N`` in the main chat are carried
+    out here (core/approvals.py), answered in one line and never handed to the
+    main agent; a request nobody answers expires at its time (the next expiry
+    is one of ``work()``'s deadlines).
+
     Delivery rule: an agent's cursor is the last message whose turn finished
     *and* whose reply is durably queued for the router. Only then does it
     advance; a crash before that re-delivers, and the reply's key
@@ -45,11 +50,13 @@ from typing import Any
 
 from peewee import fn
 
+from nanoclaw.core import approvals
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.backoff import backoff
 from nanoclaw.core.models import (
+    AllowedSender,
     Cursor,
     Group,
     Job,
@@ -80,6 +87,7 @@ class QueueDaemon(Daemon):
         self._teams: dict[str, tuple[int, list[str]]] = {}  # folder -> (agents/ mtime, member names)
         self._top = 0  # the newest message id the last scheduling pass saw
         self._task_groups: set[int] = set()  # groups with task runs queued, as of this pass
+        self._approved: int | None = None  # the newest sender the owner approved, as of this pass
         self._nothing_for: dict[int, tuple] = {}  # group id -> what it looked like when nothing was for anyone
         self._pending = self.inbox.leftovers()
         if self._pending:
@@ -108,7 +116,11 @@ class QueueDaemon(Daemon):
             self.inbox.done(env.path)
         if touched:
             nudge(self.cfg.socket("router"))
-        return self._schedule()
+        # Requests nobody answered expire at their time: the next one's is a deadline like a
+        # retry's, so nothing polls for it.
+        expiry = approvals.expire(self.cfg)
+        due = self._schedule()
+        return min((d for d in (expiry, due) if d is not None), default=None)
 
     def _on_turn_result(self, env: Envelope) -> bool:
         body = env.body
@@ -259,6 +271,7 @@ class QueueDaemon(Daemon):
         self._top = top
         self._task_groups = {g for (g,) in TaskRun.select(Task.group).join(Task)
                              .where(TaskRun.status == "queued").distinct().tuples()}
+        self._approved = AllowedSender.select(fn.MAX(AllowedSender.id)).scalar()  # a sender the owner let in
         for group in list(Group.select()):
             # A group whose newest message was already looked at, with no job and nothing addressed
             # to any agent, need not be read again: its untriggered chatter only waits as context.
@@ -268,6 +281,8 @@ class QueueDaemon(Daemon):
             by_agent = {"": []} if quiet else self._pending_by_agent(group, active)
             busy = False
             for agent, pending in by_agent.items():
+                if group.is_main and not agent and pending:
+                    pending = self._owner_answers(group, pending)
                 key = (group.id, agent)
                 job = active.get(key)
                 batch, prompt = self._batch(group, agent, pending) if pending else ([], "")
@@ -334,7 +349,8 @@ class QueueDaemon(Daemon):
             allow = groups_mod.allowlist_path(self.cfg, group.folder).stat().st_mtime_ns
         except OSError:
             allow = None
-        return top, group.trigger, group.requires_trigger, group.is_main, allow, tuple(self._members(group))
+        return (top, group.trigger, group.requires_trigger, group.is_main, group.policy, allow,
+                self._approved, tuple(self._members(group)))
 
     def _still_nothing(self, group: Group, seen: tuple) -> bool:
         """True if a group found with nothing for any agent still has nothing: same settings, and
@@ -351,6 +367,24 @@ class QueueDaemon(Daemon):
             return False
         self._nothing_for[group.id] = seen
         return True
+
+    def _owner_answers(self, main: Group, pending: list[Message]) -> list[Message]:
+        """Carry out the owner's ``approve N``/``deny N`` among the main chat's pending messages
+        (once each: core/approvals.py records the answer) and keep them from the main agent:
+        nanoclaw answers them itself. Returns the messages that are for the agent."""
+        rest = []
+        for m in pending:
+            done = approvals.handle_command(self.cfg, m, main)
+            if not done:
+                rest.append(m)
+            if done != "now":
+                continue
+            self.log.info("message=%s is the owner's answer to a request; handled, not for the agent", m.id)
+            # a new group (or an allowed sender) has work now; the daemons that cache groups look again
+            self.wake.set()
+            for daemon in ("router", "ipc", "proxy", "channel"):
+                nudge(self.cfg.socket(daemon))
+        return rest
 
     # -- teams --------------------------------------------------------------
     def _members(self, group: Group) -> list[str]:
@@ -468,13 +502,14 @@ class QueueDaemon(Daemon):
         there are more than ``prompt_batch``); only older context is capped. A
         prompt that would not fit a spool file covers fewer messages.
         """
-        allowed = groups_mod.allowed_senders(self.cfg, group.folder)
+        allowed = groups_mod.senders_for(self.cfg, group)  # the group's policy: open, allowlist or ask
+        owner = groups_mod.policy_of(self.cfg, group) == "ask"  # the owner never asks themselves
         size = self.cfg.prompt_batch
         # A member's pending messages were all addressed to it ("@Researcher ..." or its team's).
         requires_trigger = group.requires_trigger and not group.is_main and not agent
         while True:
             batch, shown = next_batch(pending, cap=self.cfg.prompt_cap, batch=size, trigger=group.trigger,
-                                      requires_trigger=requires_trigger, allowed=allowed)
+                                      requires_trigger=requires_trigger, allowed=allowed, owner=owner)
             if not batch:
                 return [], ""
             prompt = build_prompt(batch, cap=shown, tz=self.cfg.tz)

@@ -13,7 +13,10 @@ send goes out as the owner. Hence three rules:
   DM the owner typed to someone else never passes for it (``chat_of``).
 * Only registered chats reach the agent; others are dropped (or stored when
   ``[whatsapp] store_unregistered`` is set) and never answered — the queue
-  only ever looks at registered groups' chats.
+  only ever looks at registered groups' chats. A message naming the trigger
+  in an unregistered chat is handed over with the chat's name and size: it
+  may ask the owner for approval (core/approvals.py decides, the channel
+  keeps it only while that request is open).
 
 neonize calls handlers on our event loop; an async handler's exception would
 be silently lost, so every handler is wrapped to log it. There is one handler
@@ -44,6 +47,7 @@ Lifecycle, for a client that may hang (the neonize notes, second half):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -80,6 +84,7 @@ from nanoclaw.channels.whatsapp.session import SessionError, linked_account
 from nanoclaw.core import config as config_mod
 from nanoclaw.core.backoff import Backoff
 from nanoclaw.core.models import Group, Message, db
+from nanoclaw.core.prompt import matches_trigger
 
 log = logging.getLogger("nanoclaw.whatsapp")
 
@@ -90,6 +95,7 @@ TYPING_MAX = 600.0  # never show typing longer than this for one job
 PARKED = {"unpaired", "logged_out", "replaced", "outdated", "pairing"}
 NOT_PAIRED = "not paired — run `nanoclaw pair`"
 NOT_STORED_QUIET = 600.0  # seconds between two "not stored" notices to one chat
+NAME_TIMEOUT = 10.0  # an unregistered group's name lookup; the card says less without it
 MEDIA_TIMEOUT = 120.0  # a download still going after this is given up: the chat's next messages wait for it
 STOP_WAIT = 5.0  # at shutdown, for each of: handlers still storing, the client's stop, its task
 T = TypeVar("T")
@@ -145,6 +151,7 @@ class WhatsAppBackend(Backend):
         self._typing: dict[str, asyncio.Task] = {}
         self._not_stored_told: dict[str, float] = {}
         self._phones: OrderedDict[str, str] = OrderedDict()  # LID -> phone JID, as the store mapped it
+        self._names: OrderedDict[str, tuple[str, int | None]] = OrderedDict()  # unregistered group -> name, size
         self._pairing: PairingRun | None = None
         self._wake = asyncio.Event()
         self.parked = asyncio.Event()  # set while the connect loop waits for pairing
@@ -637,7 +644,7 @@ class WhatsAppBackend(Backend):
         group = Group.get_or_none(Group.jid.in_(list(forms)))
         if group is not None:
             chat = group.jid  # store under the form the owner registered
-        elif not self.wcfg.store_unregistered:
+        elif not self.wcfg.store_unregistered and not matches_trigger(text, self.cfg.default_trigger):
             log.debug("chat=%s msg=%s unregistered chat; dropped", chat, msg_id)
             return
         if Message.get_or_none(Message.chat == chat, Message.channel_id == msg_id):
@@ -652,11 +659,32 @@ class WhatsAppBackend(Backend):
         if not text.strip() and attachment is None:
             log.debug("chat=%s msg=%s no text (reaction, sticker, protocol message); ignored", chat, msg_id)
             return
+        inbound = to_inbound(ev, chat=chat, text=text[:MAX_TEXT], own_lid=self.own_lid,
+                             own_phone=self.own_phone, media=attachment, sender=sender)
+        if group is None and matches_trigger(text, self.cfg.default_trigger):
+            # It may ask the owner: the card names the chat (a direct chat by the other person,
+            # never by the owner's own name when the owner wrote there).
+            name, members = (await self._chat_name(chat) if chat.endswith("@" + GROUP_SERVER)
+                             else ("" if inbound.from_me else inbound.sender_name, None))
+            inbound = dataclasses.replace(inbound, chat_name=name, members=members)
         try:
-            await self.receive(to_inbound(ev, chat=chat, text=text[:MAX_TEXT], own_lid=self.own_lid,
-                                          own_phone=self.own_phone, media=attachment, sender=sender))
+            await self.receive(inbound)
         except StoreError as exc:
             await self._tell_not_stored(chat, str(exc))
+
+    async def _chat_name(self, chat: str) -> tuple[str, int | None]:
+        """An unregistered WhatsApp group's name and size, as WhatsApp says (cached: a chat that
+        keeps naming the trigger costs one lookup); ("", None) when WhatsApp does not answer."""
+        if chat in self._names:
+            return self._names[chat]
+        info = await self._while_connected(lambda: asyncio.wait_for(self.client.get_group_info(parse_jid(chat)),
+                                                                    NAME_TIMEOUT))
+        if info is None:
+            return "", None
+        self._names[chat] = (info.GroupName.Name, len(info.Participants))
+        while len(self._names) > 1000:
+            self._names.popitem(last=False)
+        return self._names[chat]
 
     async def _phone_for(self, lid: str) -> str | None:
         """The phone JID whatsmeow's store has for ``lid``: a DM can arrive as a bare @lid
