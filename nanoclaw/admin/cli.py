@@ -223,6 +223,8 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             print(f"added group {group.folder} (chat {group.jid}"
                   f"{', main' if group.is_main else ''}, trigger {group.trigger!r}"
                   f"{'' if group.requires_trigger else ' not required'})")
+        elif args.action == "set":
+            return cmd_groups_set(cfg, args)
         elif args.action == "remove":
             groups_mod.remove_group(cfg, args.folder)
             print(f"removed group {args.folder} (its folder {cfg.groups_dir / args.folder} is kept)")
@@ -233,12 +235,110 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             for g in rows:
                 flags = ("main " if g.is_main else "") + (f"trigger={g.trigger}" if g.requires_trigger
                                                            else "every message")
-                print(f"{g.folder:<20} {g.jid:<32} {g.name:<20} {flags}")
+                print(f"{g.folder:<20} {g.jid:<32} {g.name:<20} {flags}" + (f" model={g.model}" if g.model else ""))
     except groups_mod.GroupError as exc:
         print(f"nanoclaw: {exc}", file=sys.stderr)
         return 2
     for daemon in ("queue", "ipc", "proxy", "channel"):
         nudge(cfg.socket(daemon))
+    return 0
+
+
+MODEL_RE = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}"
+
+
+def cmd_groups_set(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """Change a registered group's settings (from its next container on)."""
+    import fnmatch
+    import re
+
+    from nanoclaw.core import groups as groups_mod
+    group = groups_mod.find_group(args.folder)
+    if args.model is None:
+        print("nanoclaw: nothing to set (give --model MODEL)", file=sys.stderr)
+        return 2
+    model = "" if args.model in ("", "default") else args.model
+    if model and not re.fullmatch(MODEL_RE, model):
+        print(f"nanoclaw: {model!r} is not a model name (e.g. claude-sonnet-4-5)", file=sys.stderr)
+        return 2
+    allowed = cfg.usage.allowed_models
+    if model and allowed and not any(fnmatch.fnmatchcase(model, p) for p in allowed):
+        print(f"nanoclaw: {model} is not in [usage] allowed_models ({', '.join(allowed)}): the proxy would "
+              "refuse it", file=sys.stderr)
+        return 2
+    group.model = model
+    group.save()
+    default = f"the default ({cfg.model or 'the CLI chooses'})"
+    print(f"{group.folder}: model {model or default}, from its next container on")
+    return 0
+
+
+def cmd_usage(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """What the agents spent, from the proxy's records."""
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core import usage
+    from nanoclaw.core.models import open_db
+    if args.days < 1:
+        print("nanoclaw: --days must be 1 or more", file=sys.stderr)
+        return 2
+    open_db(cfg.db_path)
+    folder = None
+    if args.group:
+        try:
+            folder = groups_mod.find_group(args.group).folder
+        except groups_mod.GroupError:
+            folder = args.group  # a removed group's spending is still on record
+    print("\n".join(usage.report(cfg, folder, args.days, args.by)))
+    return 0
+
+
+def _budget_scope(ref: str) -> str:
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core import usage
+    return usage.ALL if ref in ("all", usage.ALL) else groups_mod.find_group(ref).folder
+
+
+def cmd_budget(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """Budgets: list them with what is spent; set, raise or clear the owner's overrides."""
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core import usage
+    from nanoclaw.core.models import BudgetLimit, Group, open_db
+    open_db(cfg.db_path)
+    action = args.budget_action or "list"
+    try:
+        if action == "list":
+            scopes = [usage.ALL] + [g.folder for g in Group.select().order_by(Group.folder)]
+            shown = 0
+            for scope in scopes:
+                for lim in usage.limits(cfg, scope):
+                    used = usage.spent(cfg, scope, lim.period)
+                    value = used.usd if lim.unit == "usd" else used.tokens
+                    amount = (lambda v: f"${v:.2f}") if lim.unit == "usd" else (lambda v: f"{int(v):,} tokens")
+                    state = "SPENT" if value >= lim.limit else f"{value / lim.limit:.0%} used"
+                    print(f"{'all groups' if scope == usage.ALL else scope:<16} per {lim.period:<5} "
+                          f"{amount(lim.limit):>18}  spent {amount(value):>18}  {state:<9} ({lim.source})")
+                    shown += 1
+            if not shown:
+                print("no budgets (set one: nanoclaw budget set GROUP|all day|month AMOUNT [--tokens])")
+            return 0
+        scope = _budget_scope(args.scope)
+        unit = "tokens" if args.tokens else "usd"
+        if action == "clear":
+            gone = BudgetLimit.delete().where(BudgetLimit.scope == scope, BudgetLimit.period == args.period,
+                                              BudgetLimit.unit == unit).execute()
+            print(f"{args.scope}: {'the override of ' if gone else 'no override of '}the {args.period} {unit} "
+                  "budget removed; the configuration's applies")
+        else:
+            amount = usage.parse_amount(args.amount, tokens=args.tokens)
+            lim = usage.set_limit(cfg, scope, args.period, unit, None if action == "raise" else amount,
+                                  add=amount if action == "raise" else None, by="cli")
+            shown = f"${lim.limit:.2f}" if unit == "usd" else f"{int(lim.limit):,} tokens"
+            print(f"{'all groups' if scope == usage.ALL else scope}: {shown} per {args.period}"
+                  + (" (no limit)" if not lim.limit else ""))
+    except (usage.BudgetError, groups_mod.GroupError) as exc:
+        print(f"nanoclaw: {exc}", file=sys.stderr)
+        return 2
+    nudge(cfg.socket("queue"))  # work held by a spent budget may go on now
     return 0
 
 
@@ -396,7 +496,7 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             print(tasks_mod.describe(task))
             for run in tasks_mod.runs(task):
                 took = f"{run.finished_at - run.started_at:.1f}s" if run.finished_at and run.started_at else "-"
-                detail = run.error if run.status == "error" else run.result
+                detail = run.error if run.status in ("error", "skipped") else run.result
                 print(f"  run {run.id:>4}  {stamp(run.fired_at)}  {run.status:<8} {took:>7}  "
                       f"{detail[:60]!r}")
             return 0
@@ -571,6 +671,10 @@ def build_parser() -> argparse.ArgumentParser:
     gr = gsub.add_parser("remove", help="unregister a group (its folder is kept)")
     gr.add_argument("folder")
     gsub.add_parser("list", help="list groups")
+    gs = gsub.add_parser("set", help="change a group's settings (from its next container on)")
+    gs.add_argument("folder")
+    gs.add_argument("--model", help="the model its agents use ('default': the configured one); a team "
+                                    "member's own model wins")
     gsub.add_parser("discover", help="list the WhatsApp account's groups (to register one)")
     gm = gsub.add_parser("mount", help="the owner's folders in a group's containers (allowlist: "
                                        "CONFIG/mount-allowlist.toml)")
@@ -600,6 +704,22 @@ def build_parser() -> argparse.ArgumentParser:
     ar = asub.add_parser("remove", help="remove a member (its session and memory are kept)")
     ar.add_argument("group")
     ar.add_argument("name")
+    sp = sub.add_parser("usage", help="what the agents spent: API calls, tokens and estimated cost")
+    sp.add_argument("group", nargs="?", help="one group (default: all)")
+    sp.add_argument("--days", type=int, default=1, help="today and the days before it (default: 1, today)")
+    sp.add_argument("--by", choices=["model", "group", "day"], default="group", help="one row per (default: group)")
+    sp = sub.add_parser("budget", help="spending limits per group or for all: list, set, raise, clear")
+    bsub = sp.add_subparsers(dest="budget_action")
+    bsub.add_parser("list", help="every budget in force and what is spent of it")
+    for action, what in (("set", "set a budget (0: none, even where the configuration has one)"),
+                         ("raise", "add AMOUNT to a budget in force"),
+                         ("clear", "drop the owner's override: the configuration's budget applies")):
+        bp = bsub.add_parser(action, help=what)
+        bp.add_argument("scope", metavar="GROUP", help="a group, or 'all' for all groups together")
+        bp.add_argument("period", choices=["day", "month"])
+        if action != "clear":
+            bp.add_argument("amount", help="USD (2, 2.50, $2.50) or with --tokens a count (500k, 2M)")
+        bp.add_argument("--tokens", action="store_true", help="a budget in tokens, not USD")
     sp = sub.add_parser("pair", help="link WhatsApp: scan a QR code, or --phone for a pairing code")
     sp.add_argument("--phone", metavar="NUMBER", help="your number in international format, e.g. +491701234567: "
                                                      "show a code to type on the phone instead of a QR code")
@@ -672,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
     handler = {"chat": cmd_chat, "send": cmd_send, "groups": cmd_groups, "ping": cmd_ping,
                "image": cmd_image, "tasks": cmd_tasks, "timers": cmd_timers, "doctor": cmd_doctor,
                "status": cmd_status, "pair": cmd_pair, "credential": cmd_credential,
-               "spool": cmd_spool, "agents": cmd_agents}[args.command]
+               "spool": cmd_spool, "agents": cmd_agents, "usage": cmd_usage, "budget": cmd_budget}[args.command]
     try:
         sys.exit(handler(cfg, args))
     except KeyboardInterrupt:

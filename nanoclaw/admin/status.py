@@ -72,7 +72,13 @@ def show(cfg: Config) -> int:
         print(f"failing:  {who}: {cursor.failures}/{cfg.max_attempts} attempts failed"
               + (f", next in {wait:.0f}s" if wait else "") + (f": {last.error.splitlines()[0][:160]}"
                                                              if last and last.error else ""))
-    pending = Outbox.select().where(Outbox.status == "pending").count()
+    from nanoclaw.core import usage
+    print(f"usage:    today {usage.today_line(cfg)} (nanoclaw usage)")
+    for g in groups:
+        spent = usage.exceeded(cfg, g.folder)
+        if spent is not None:
+            print(f"budget:   {spent.text(g.name)}")
+        pending = Outbox.select().where(Outbox.status == "pending").count()
     failed = Outbox.select().where(Outbox.status == "failed").count()
     print(f"outbox:   {pending} pending, {failed} failed; {Message.select().count()} messages stored")
     tasks = list(Task.select().where(Task.status == "active", Task.next_run.is_null(False))
