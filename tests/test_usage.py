@@ -277,6 +277,9 @@ def test_a_spent_budget_stops_calls_at_the_proxy_tells_the_chat_once_and_skips_t
     assert listed[:4] == ["main", "per", "day", "$1.01"] and "(cli)" in listed
     assert call(sock)[0] == 200
     assert len(fake_api.message_requests()) == 2
+    # the held message goes on now: the raise nudged the queue, which starts its job
+    s.wait_for(lambda: s.db().execute("select count(*) from job where task_run is null").fetchone()[0] == 1, 20,
+               what="the held message's job")
     # bad input: one clear line each
     for args, msg in ((("budget", "set", "main", "day", "lots"), "nanoclaw: 'lots' is not an amount of USD"),
                       (("budget", "set", "nobody", "day", "1"), "nanoclaw: no group 'nobody'"),
@@ -422,3 +425,30 @@ def test_budget_and_price_configuration_is_checked(tmp_path):
     assert cfg.usage.allowed_models == ("claude-*",) and cfg.usage.prices["claude-new"].output == 2.0
     assert "claude-sonnet-4-5" in cfg.usage.prices  # the shipped table stays under the owner's rows
     assert cfg.budget.month_usd == 30 and cfg.budget_groups["family"].day_tokens == 500000
+
+
+def test_an_older_database_gains_the_usage_tables_and_keeps_every_groups_rows(tmp_path):
+    """Group.model is added as a nullable column: SQLite makes a NOT NULL one by rebuilding
+    the table, and dropping the old "group" table would cascade to its jobs, cursors and tasks."""
+    import sqlite3
+
+    from nanoclaw.core import config as config_mod
+    from nanoclaw.core import usage
+    from nanoclaw.core.models import Group, Job, open_db
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.executescript("""
+        create table "group" (id integer primary key, jid varchar unique, name varchar, folder varchar unique,
+            trigger varchar, requires_trigger integer, is_main integer, added_at real);
+        insert into "group" values (1, 'main@term', 'main', 'main', '@Andy', 0, 1, 0);
+        create table job (id integer primary key autoincrement, group_id integer not null references "group"(id)
+            on delete cascade, agent varchar not null default '', status varchar, created_at real, started_at real,
+            finished_at real, container varchar, exit_code integer, error text, closing integer, task_run integer);
+        insert into job (group_id, status, created_at, container, error, closing) values (1, 'done', 0, '', '', 0);
+    """)
+    con.close()
+    open_db(path)
+    assert [(g.folder, g.model) for g in Group.select()] == [("main", None)]
+    assert Job.select().count() == 1
+    cfg = config_mod.Config()
+    assert usage.spent(cfg, "main", "day").tokens == 0 and usage.limits(cfg, usage.ALL) == []
