@@ -269,6 +269,7 @@ def test_a_spent_budget_stops_calls_at_the_proxy_tells_the_chat_once_and_skips_t
         assert tuple(con.execute("select status, attempts from taskrun").fetchone()) == ("skipped", 0)
     assert notices(s) == [text]
 
+    assert "budget:   main has used its $0.01 for today" in s.cli("status", check=False).stdout
     # The owner raises it from the CLI: calls go through again.
     assert "SPENT" in s.cli("budget").stdout
     out = s.cli("budget", "raise", "main", "day", "1").stdout

@@ -135,10 +135,13 @@ def _drop(request: web.BaseRequest) -> None:
 
 
 async def _relay_response(request: web.BaseRequest, upstream: aiohttp.ClientResponse,
-                          tap: Callable[[bytes], None] | None = None) -> tuple[web.StreamResponse, str]:
+                          tap: Callable[[bytes], None] | None = None,
+                          settle: Callable[[], None] | None = None) -> tuple[web.StreamResponse, str]:
     """Stream an upstream answer back to the agent as it arrives (SSE stays live); bodies pass
-    undecoded, so the length and encoding stay the upstream's. Returns the response and, if
-    either side broke mid-way, why (the connection is then dropped)."""
+    undecoded, so the length and encoding stay the upstream's. ``tap`` sees each chunk before
+    it is passed on; ``settle`` runs once the body is all read, before the response is ended
+    (or after it broke). Returns the response and, if either side broke mid-way, why (the
+    connection is then dropped)."""
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=_end_to_end(upstream.headers))
     await resp.prepare(request)
     try:
@@ -146,9 +149,14 @@ async def _relay_response(request: web.BaseRequest, upstream: aiohttp.ClientResp
             if tap is not None:  # first: a byte cap cuts before the chunk is passed on
                 tap(chunk)
             await resp.write(chunk)
+        if settle is not None:
+            settle, done = None, settle
+            done()
         await resp.write_eof()
     except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError) as exc:
         _drop(request)
+        if settle is not None:
+            settle()
         return resp, f"cut short: {exc!r}"
     return resp, ""
 
@@ -356,16 +364,22 @@ class ProxyDaemon(Daemon):
             return self._api_refusal(502, "upstream unreachable")
         meter = usage_mod.Meter(upstream.headers.get("Content-Type", ""),
                                 upstream.headers.get("Content-Encoding", "")) if metered else None
-        try:
-            resp, broken = await _relay_response(request, upstream, meter.feed if meter else None)
-        finally:
-            upstream.release()
-        self.requests += 1
         fields = ""
-        if meter is not None:
+
+        def settle() -> None:
+            # On the loop, before the answer ends: the agent's next call, checked against the
+            # budget on this same loop, always sees this one counted. The cost is one commit.
+            nonlocal fields
             counts = meter.finish()
             if counts.seen:
                 fields = self._record(folder, agent, counts, upstream.headers.get("Content-Type", ""))
+
+        try:
+            resp, broken = await _relay_response(request, upstream, meter.feed if meter else None,
+                                                 settle if meter else None)
+        finally:
+            upstream.release()
+        self.requests += 1
         # '=' escaped: the agent's path must not read as a journal field (host=..., verdict=...)
         self.log.info("group=%s%s %s %s -> %s in %.2fs%s", folder, fields, request.method,
                       target.split("?")[0].replace("=", "%3D"),
