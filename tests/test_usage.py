@@ -213,6 +213,10 @@ def test_a_team_member_calls_through_its_own_socket_and_its_usage_is_its_own(mak
     assert (row["group"], row["agent"], row["job"]) == ("main", "researcher", job)
     [line] = s.wait_for(lambda: api_lines(s), 10, what="the call's journal line")
     assert line["AGENT"] == "researcher" and line["JOB"] == str(job)
+    assert call(lead)[0] == 200
+    s.wait_for(lambda: len(usage_rows(s)) == 2, 10, what="the lead's usage row")
+    table = s.cli("usage", "--by", "agent").stdout.splitlines()
+    assert [r.split()[:2] for r in table[2:]] == [["main", "1"], ["main/researcher", "1"], ["TOTAL", "2"]]
 
 
 def test_a_disallowed_model_is_refused_before_upstream(make_system, fake_api):

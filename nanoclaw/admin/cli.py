@@ -707,7 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("usage", help="what the agents spent: API calls, tokens and estimated cost")
     sp.add_argument("group", nargs="?", help="one group (default: all)")
     sp.add_argument("--days", type=int, default=1, help="today and the days before it (default: 1, today)")
-    sp.add_argument("--by", choices=["model", "group", "day"], default="group", help="one row per (default: group)")
+    sp.add_argument("--by", choices=["model", "group", "agent", "day"], default="group",
+                    help="one row per (default: group; agent: the lead as GROUP, a member as GROUP/MEMBER)")
     sp = sub.add_parser("budget", help="spending limits per group or for all: list, set, raise, clear")
     bsub = sp.add_subparsers(dest="budget_action")
     bsub.add_parser("list", help="every budget in force and what is spent of it")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from peewee import fn
+from peewee import Case, fn
 
 from nanoclaw.core.config import Config, Price
 from nanoclaw.core.models import BudgetLimit, Usage, db
@@ -358,7 +358,9 @@ def report(cfg: Config, folder: str | None, days: int, by: str, at: float | None
     model, group or day, and a total."""
     today = local_now(cfg, at).date()
     first = (today - timedelta(days=days - 1)).isoformat()
-    key = {"model": Usage.model, "group": Usage.group, "day": Usage.day}[by]
+    key = {"model": Usage.model, "group": Usage.group, "day": Usage.day,
+           # the lead by the group's name, a member as group/member
+           "agent": Case(None, [(Usage.agent == "", Usage.group)], Usage.group.concat("/").concat(Usage.agent))}[by]
     query = (Usage.select(key.alias("key"), fn.COUNT(Usage.id), fn.SUM(Usage.input_tokens),
                           fn.SUM(Usage.output_tokens), fn.SUM(Usage.cache_write_tokens),
                           fn.SUM(Usage.cache_read_tokens), fn.COALESCE(fn.SUM(Usage.cost_usd), 0),
