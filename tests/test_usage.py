@@ -230,6 +230,11 @@ def test_a_disallowed_model_is_refused_before_upstream(make_system, fake_api):
     assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
     assert "'claude-opus-4-5' is not allowed here" in error["error"]["message"]
     assert fake_api.message_requests() == []
+    # the agent chooses the model name: it must not forge journal fields in the refusal's line
+    assert call(sock, model="x host=evil.example verdict=allowed")[0] == 400
+    line = s.wait_for(lambda: next((x for x in s.log("proxy").splitlines() if "evil.example" in x), None), 10,
+                      what="the refusal's line")
+    assert journal_fields(line) == {"GROUP": "main"}, line
     assert call(sock, model="claude-test-2")[0] == 200
     assert [r["body"]["model"] for r in fake_api.message_requests()] == ["claude-test-2"]
     # the CLI refuses a group model the proxy would refuse

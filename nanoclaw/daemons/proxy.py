@@ -39,7 +39,8 @@ READS
 
 WRITES
     Requests to the upstream API; connections to the web sites agents may
-    reach; ``usage`` rows; ``budget_spent`` to ``spool/queue``. The real key or token never enters a container (not its environment,
+    reach; ``usage`` rows; ``budget_spent`` to ``spool/queue``. The real key
+    or token never enters a container (not its environment,
     files or ``podman inspect``) and goes to ``proxy_upstream`` only: the
     egress side never adds a header.
 
@@ -113,6 +114,12 @@ def proxy_dir(cfg: Config, folder: str, agent: str = "") -> Path:
     if agent:
         return cfg.runtime_dir / "proxy" / ".team" / folder / agent
     return cfg.runtime_dir / "proxy" / folder
+
+
+def _plain(text: str) -> str:
+    """Text from outside (a model name) safe in a log line: no space or '=' to start a journal
+    field of its own (host=..., verdict=...)."""
+    return "".join(c if c.isalnum() or c in "-._@:'" else "_" for c in text)
 
 
 def _encodings(value: str) -> str:
@@ -396,8 +403,8 @@ class ProxyDaemon(Daemon):
                 model = None
             if not isinstance(model, str) or not any(fnmatch.fnmatchcase(model, p) for p in allowed):
                 shown = repr(model)[:80] if isinstance(model, str) else "no model"
-                self.log.warning("group=%s%s model %s refused: not in [usage] allowed_models", folder,
-                                 f" agent={agent}" if agent else "", shown)
+                self.log.warning("group=%s%s asked for model %s: refused, not in [usage] allowed_models", folder,
+                                 f" agent={agent}" if agent else "", _plain(shown))
                 return self._api_refusal(400, f"nanoclaw: the model {shown} is not allowed here "
                                               f"(allowed: {', '.join(allowed)})", "invalid_request_error")
         spent = usage_mod.exceeded(self.cfg, folder)
@@ -416,17 +423,17 @@ class ProxyDaemon(Daemon):
 
     def _record(self, folder: str, agent: str, counts: usage_mod.Counts, content_type: str) -> str:
         """Store one call's usage; returns its journal fields."""
-        job = (Job.select(Job.id).join(Group).where(Group.folder == folder, Job.agent == agent,
-                                                     Job.status.in_(("queued", "running")))
-               .order_by(Job.id.desc()).scalar())
-        streamed = "event-stream" in content_type
+        job = None
         try:
-            usd = usage_mod.record(self.cfg, folder, agent, job, counts, streamed, time.time())
+            job = (Job.select(Job.id).join(Group).where(Group.folder == folder, Job.agent == agent,
+                                                         Job.status.in_(("queued", "running")))
+                   .order_by(Job.id.desc()).scalar())
+            usd = usage_mod.record(self.cfg, folder, agent, job, counts, "event-stream" in content_type,
+                                   time.time())
         except Exception as exc:  # noqa: BLE001 - a full disk must not fail the agent's answer
             self.log.error("group=%s usage not recorded: %s", folder, exc)
             usd = usage_mod.cost(self.cfg, counts)
-        # the model is the API's word; a space or '=' in it must not make fields of its own
-        model = "".join(c if c.isalnum() or c in "-._@:" else "_" for c in counts.model) or "-"
+        model = _plain(counts.model) or "-"
         return (f"{f' agent={agent}' if agent else ''}{f' job={job}' if job else ''} model={model} "
                 f"tokens_in={counts.tokens_in} tokens_out={counts.output_tokens} "
                 f"cost_usd={'unknown' if usd is None else f'{usd:.6f}'}"
