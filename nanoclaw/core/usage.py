@@ -241,17 +241,23 @@ class Limit:
     source: str  # config, or who set the override
 
 
-def limits(cfg: Config, scope: str) -> list[Limit]:
-    """A scope's budgets in force (0 = none is left out): overrides over configuration."""
-    conf = cfg.budget if scope == ALL else cfg.budget_groups.get(scope)
-    out = {}
-    for period in PERIODS:
-        for unit in UNITS:
-            value = float(getattr(conf, f"{period}_{unit}", 0) or 0) if conf else 0.0
-            out[(period, unit)] = Limit(scope, period, unit, value, "config")
-    for row in BudgetLimit.select().where(BudgetLimit.scope == scope):
-        if (row.period, row.unit) in out:
-            out[(row.period, row.unit)] = Limit(scope, row.period, row.unit, row.limit, row.set_by)
+def limits(cfg: Config, scope: str, *more: str) -> list[Limit]:
+    """The budgets in force of a scope (and of ``more`` scopes, in that order; one query for
+    all: the proxy asks before every call). Overrides win over configuration; 0 (none) is
+    left out."""
+    scopes = (scope, *more)
+    out: dict[tuple[str, str, str], Limit] = {}
+    for name in scopes:
+        conf = cfg.budget if name == ALL else cfg.budget_groups.get(name)
+        for period in PERIODS:
+            for unit in UNITS:
+                value = float(getattr(conf, f"{period}_{unit}", 0) or 0) if conf else 0.0
+                out[(name, period, unit)] = Limit(name, period, unit, value, "config")
+    rows = BudgetLimit.select(BudgetLimit.scope, BudgetLimit.period, BudgetLimit.unit, BudgetLimit.limit,
+                              BudgetLimit.set_by).where(BudgetLimit.scope.in_(scopes)).tuples()
+    for name, period, unit, value, by in rows:
+        if (name, period, unit) in out:
+            out[(name, period, unit)] = Limit(name, period, unit, value, by)
     return [lim for lim in out.values() if lim.limit > 0]
 
 
@@ -284,12 +290,11 @@ class Exceeded:
 
 def exceeded(cfg: Config, folder: str, at: float | None = None) -> Exceeded | None:
     """The first budget of the group (or of all groups) that is used up, or None."""
-    for scope in (folder, ALL):
-        for lim in limits(cfg, scope):
-            used = spent(cfg, scope, lim.period, at)
-            value = used.usd if lim.unit == "usd" else used.tokens
-            if value >= lim.limit:
-                return Exceeded(folder, lim, value, resets_at(cfg, lim.period, at), cfg.tz)
+    for lim in limits(cfg, folder, ALL):
+        used = spent(cfg, lim.scope, lim.period, at)
+        value = used.usd if lim.unit == "usd" else used.tokens
+        if value >= lim.limit:
+            return Exceeded(folder, lim, value, resets_at(cfg, lim.period, at), cfg.tz)
     return None
 
 
