@@ -462,3 +462,25 @@ def test_an_older_database_gains_the_usage_tables_and_keeps_every_groups_rows(tm
     assert Job.select().count() == 1
     cfg = config_mod.Config()
     assert usage.spent(cfg, "main", "day").tokens == 0 and usage.limits(cfg, usage.ALL) == []
+
+
+def test_the_proxys_running_totals_equal_the_databases_sums(tmp_path):
+    from nanoclaw.core import config as config_mod
+    from nanoclaw.core import usage
+    from nanoclaw.core.models import open_db
+    open_db(tmp_path / "t.db")
+    cfg = config_mod.Config(timezone="UTC")
+    tally = usage.Tally(cfg)
+    now = time.time()
+    for i, (folder, model) in enumerate((("a", "claude-sonnet-4-5"), ("b", "mystery"), ("a", "claude-haiku-4-5"))):
+        if i == 1:  # totals first read between calls, then kept up to date
+            assert tally.spent("a", "day", now).tokens == 1 + 2 + 3 + 4
+            assert tally.spent(usage.ALL, "month", now).tokens == 10
+        c = usage.Counts(model, 1 + i, 2, 3, 4, True)
+        tally.add(folder, usage.record(cfg, folder, "", None, c, False, now), c.total, now)
+    for scope in ("a", "b", usage.ALL):
+        for period in usage.PERIODS:
+            want = usage.spent(cfg, scope, period, now)
+            got = tally.spent(scope, period, now)
+            assert (got.tokens, got.unpriced) == (want.tokens, want.unpriced) and got.usd == pytest.approx(want.usd)
+    assert tally.spent(usage.ALL, "day", now).unpriced == 1

@@ -232,6 +232,36 @@ def spent(cfg: Config, scope: str, period: str, at: float | None = None) -> Spen
     return Spent(float(usd), int(total), int(unpriced))
 
 
+class Tally:
+    """Running totals for the proxy, the one writer of usage rows: each (scope, period) is
+    summed from the database once, then kept up to date as calls are recorded, so the check
+    before a call does not re-read a month of rows."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.totals: dict[tuple[str, str, str], list] = {}  # (scope, period, first day) -> [usd, tokens, unpriced]
+
+    def spent(self, scope: str, period: str, at: float | None = None) -> Spent:
+        key = (scope, period, period_days(self.cfg, period, at)[0])
+        if key not in self.totals:
+            if len(self.totals) > 1000:  # periods gone by, and removed groups
+                self.totals.clear()
+            s = spent(self.cfg, scope, period, at)
+            self.totals[key] = [s.usd, s.tokens, s.unpriced]
+        usd, tokens, unpriced = self.totals[key]
+        return Spent(usd, tokens, unpriced)
+
+    def add(self, folder: str, usd: float | None, tokens: int, at: float) -> None:
+        """Count a call just recorded (totals not read yet are summed with it when first asked)."""
+        for scope in (folder, ALL):
+            for period in PERIODS:
+                total = self.totals.get((scope, period, period_days(self.cfg, period, at)[0]))
+                if total is not None:
+                    total[0] += usd or 0.0
+                    total[1] += tokens
+                    total[2] += usd is None
+
+
 @dataclass(frozen=True)
 class Limit:
     scope: str
@@ -288,10 +318,10 @@ class Exceeded:
         return f"{name} has used its {amount} for {when}; it resumes {resume}"
 
 
-def exceeded(cfg: Config, folder: str, at: float | None = None) -> Exceeded | None:
+def exceeded(cfg: Config, folder: str, at: float | None = None, tally: Tally | None = None) -> Exceeded | None:
     """The first budget of the group (or of all groups) that is used up, or None."""
     for lim in limits(cfg, folder, ALL):
-        used = spent(cfg, lim.scope, lim.period, at)
+        used = tally.spent(lim.scope, lim.period, at) if tally else spent(cfg, lim.scope, lim.period, at)
         value = used.usd if lim.unit == "usd" else used.tokens
         if value >= lim.limit:
             return Exceeded(folder, lim, value, resets_at(cfg, lim.period, at), cfg.tz)

@@ -232,6 +232,7 @@ class ProxyDaemon(Daemon):
         self.sites: dict[tuple[str, str], list[web.BaseRunner]] = {}  # (folder, agent "" = lead)
         self.teams: dict[str, tuple[int, list[str]]] = {}  # folder -> (agents/ mtime, member names)
         self.told: set[str] = set()  # budgets the queue has been told are spent
+        self.tally = usage_mod.Tally(self.cfg)
         self.queue_spool = Spool(self.cfg.spool_dir / "queue").ensure()
         # This process writes usage rows only. In WAL mode NORMAL still commits atomically but
         # leaves the fsync to the checkpoint: a power cut may lose the last seconds of counts
@@ -411,7 +412,7 @@ class ProxyDaemon(Daemon):
                                  f" agent={agent}" if agent else "", _plain(shown))
                 return self._api_refusal(400, f"nanoclaw: the model {shown} is not allowed here "
                                               f"(allowed: {', '.join(allowed)})", "invalid_request_error")
-        spent = usage_mod.exceeded(self.cfg, folder)
+        spent = usage_mod.exceeded(self.cfg, folder, tally=self.tally)
         if spent is None:
             return None
         group = Group.get_or_none(Group.folder == folder)
@@ -432,8 +433,9 @@ class ProxyDaemon(Daemon):
             job = (Job.select(Job.id).join(Group).where(Group.folder == folder, Job.agent == agent,
                                                          Job.status.in_(("queued", "running")))
                    .order_by(Job.id.desc()).scalar())
-            usd = usage_mod.record(self.cfg, folder, agent, job, counts, "event-stream" in content_type,
-                                   time.time())
+            at = time.time()
+            usd = usage_mod.record(self.cfg, folder, agent, job, counts, "event-stream" in content_type, at)
+            self.tally.add(folder, usd, counts.total, at)
         except Exception as exc:  # noqa: BLE001 - a full disk must not fail the agent's answer
             self.log.error("group=%s usage not recorded: %s", folder, exc)
             usd = usage_mod.cost(self.cfg, counts)
