@@ -223,6 +223,22 @@ async def register_group(args: dict) -> dict:
     return _ok("Registration request handed to the host.")
 
 
+@tool("raise_budget", "Main group only, and only when the owner asks: change a group's spending budget "
+      "(or that of all groups together). The host applies it and confirms in the chat.",
+      {"type": "object", "properties": {
+          "group": {"type": "string", "description": "the group's folder or name, or 'all'"},
+          "period": {"type": "string", "enum": ["day", "month"]},
+          "amount": {"type": "number", "description": "USD, or tokens with unit 'tokens'"},
+          "unit": {"type": "string", "enum": ["usd", "tokens"]},
+          "mode": {"type": "string", "enum": ["set", "add"],
+                   "description": "set: the new budget (default); add: on top of the one in force"}},
+       "required": ["group", "period", "amount"]})
+async def raise_budget(args: dict) -> dict:
+    _request("raise_budget", {"group": args["group"], "period": args["period"], "amount": args["amount"],
+                              "unit": args.get("unit") or "usd", "mode": args.get("mode") or "set"})
+    return _ok("Budget request handed to the host; it confirms in the chat.")
+
+
 # -- the team ---------------------------------------------------------------------
 
 def read_member(path: Path) -> dict[str, str]:
@@ -295,7 +311,7 @@ if AGENT:  # a member: talk, and work with the team; groups, tasks and new membe
 else:
     TOOLS = [send_message, schedule_task, list_tasks, update_task, _task_action("pause"), _task_action("resume"),
              _task_action("cancel"), list_agents, create_agent, delegate] \
-        + ([register_group, list_available_groups] if IS_MAIN else [])
+        + ([register_group, list_available_groups, raise_budget] if IS_MAIN else [])
 
 
 # -- the agent --------------------------------------------------------------------

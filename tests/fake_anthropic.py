@@ -80,6 +80,10 @@ class FakeAnthropic:
         self.responder: Responder = default_responder
         self.lock = threading.Lock()
         self.delay = 0.0  # seconds before answering (to hold a turn open)
+        # What each answer reports it used (a turn's own "usage" wins). A stream reports the
+        # input side and 1 output token in message_start, the output total in message_delta.
+        self.usage: dict[str, int] = {"input_tokens": 10, "output_tokens": 5}
+        self.hold: threading.Event | None = None  # a stream waits for it after message_start
         self.server: ThreadingHTTPServer | None = None
 
     def then(self, *turns: Turn | Responder) -> "FakeAnthropic":
@@ -135,12 +139,13 @@ class FakeAnthropic:
                     if "tool_use" in turn else [{"type": "text", "text": turn.get("text", "")}])
                 stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
                 model = body.get("model", "claude-fake")
+                usage = {**fake.usage, **turn.get("usage", {})}
                 if body.get("stream"):
-                    self._stream(blocks, stop, model)
+                    self._stream(blocks, stop, model, usage)
                 else:
                     self._json({"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
                                 "content": blocks, "stop_reason": stop, "stop_sequence": None,
-                                "usage": {"input_tokens": 10, "output_tokens": 5}})
+                                "usage": usage})
 
             def do_GET(self) -> None:
                 with fake.lock:
@@ -160,7 +165,7 @@ class FakeAnthropic:
                 self.wfile.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
                 self.wfile.flush()
 
-            def _stream(self, blocks: list[dict], stop: str, model: str) -> None:
+            def _stream(self, blocks: list[dict], stop: str, model: str, usage: dict) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
@@ -170,7 +175,9 @@ class FakeAnthropic:
                 self._event("message_start", {"type": "message_start", "message": {
                     "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
                     "stop_reason": None, "stop_sequence": None,
-                    "usage": {"input_tokens": 10, "output_tokens": 1}}})
+                    "usage": {**usage, "output_tokens": 1}}})
+                if fake.hold is not None:
+                    fake.hold.wait(30)
                 for i, block in enumerate(blocks):
                     if block["type"] == "text":
                         self._event("content_block_start", {"type": "content_block_start", "index": i,
@@ -189,7 +196,7 @@ class FakeAnthropic:
                     self._event("content_block_stop", {"type": "content_block_stop", "index": i})
                 self._event("message_delta", {"type": "message_delta",
                                               "delta": {"stop_reason": stop, "stop_sequence": None},
-                                              "usage": {"output_tokens": 5}})
+                                              "usage": {"output_tokens": usage["output_tokens"]}})
                 self._event("message_stop", {"type": "message_stop"})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)

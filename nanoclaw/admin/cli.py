@@ -224,13 +224,7 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                   f"{', main' if group.is_main else ''}, trigger {group.trigger!r}"
                   f"{'' if group.requires_trigger else ' not required'})")
         elif args.action == "set":
-            if args.policy is None:
-                raise groups_mod.GroupError("nothing to set: give --policy open|allowlist|ask")
-            group = groups_mod.set_policy(cfg, args.group, args.policy)
-            print(f"{group.folder}: policy {args.policy}"
-                  + {"open": " (anyone in the chat may wake its agent)",
-                     "allowlist": f" (only the senders in {groups_mod.allowlist_path(cfg, group.folder)})",
-                     "ask": " (the allowlist's senders; anyone else asks you first: nanoclaw pending)"}[args.policy])
+            return cmd_groups_set(cfg, args)
         elif args.action == "remove":
             groups_mod.remove_group(cfg, args.folder)
             print(f"removed group {args.folder} (its folder {cfg.groups_dir / args.folder} is kept)")
@@ -244,7 +238,7 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                 flags += f" policy={groups_mod.policy_of(cfg, g)}"
                 approved = AllowedSender.select().where(AllowedSender.group == g.id).count()
                 flags += f" (+{approved} approved)" if approved else ""
-                print(f"{g.folder:<20} {g.jid:<32} {g.name:<20} {flags}")
+                print(f"{g.folder:<20} {g.jid:<32} {g.name:<20} {flags}" + (f" model={g.model}" if g.model else ""))
     except groups_mod.GroupError as exc:
         print(f"nanoclaw: {exc}", file=sys.stderr)
         return 2
@@ -296,6 +290,111 @@ def cmd_pending(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         return 2
     for daemon in ("queue", "ipc", "proxy", "channel", "router"):
         nudge(cfg.socket(daemon))
+
+
+MODEL_RE = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}"
+
+
+def cmd_groups_set(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """Change a registered group's settings: who may wake its agent, and its model (from its
+    next container on). Everything is checked before anything is changed."""
+    import fnmatch
+    import re
+
+    from nanoclaw.core import groups as groups_mod
+    if args.model is None and args.policy is None:
+        print("nanoclaw: nothing to set (give --policy open|allowlist|ask and/or --model MODEL)", file=sys.stderr)
+        return 2
+    model = None if args.model is None else "" if args.model in ("", "default") else args.model
+    if model and not re.fullmatch(MODEL_RE, model):
+        print(f"nanoclaw: {model!r} is not a model name (e.g. claude-sonnet-4-5)", file=sys.stderr)
+        return 2
+    allowed = cfg.usage.allowed_models
+    if model and allowed and not any(fnmatch.fnmatchcase(model, p) for p in allowed):
+        print(f"nanoclaw: {model} is not in [usage] allowed_models ({', '.join(allowed)}): the proxy would "
+              "refuse it", file=sys.stderr)
+        return 2
+    group = groups_mod.find_group(args.group)
+    if args.policy is not None:
+        group = groups_mod.set_policy(cfg, group.folder, args.policy)
+        print(f"{group.folder}: policy {args.policy}"
+              + {"open": " (anyone in the chat may wake its agent)",
+                 "allowlist": f" (only the senders in {groups_mod.allowlist_path(cfg, group.folder)})",
+                 "ask": " (the allowlist's senders; anyone else asks you first: nanoclaw pending)"}[args.policy])
+    if model is not None:
+        group.model = model
+        group.save()
+        default = f"the default ({cfg.model or 'the CLI chooses'})"
+        print(f"{group.folder}: model {model or default}, from its next container on")
+    return 0
+
+
+def cmd_usage(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """What the agents spent, from the proxy's records."""
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core import usage
+    from nanoclaw.core.models import open_db
+    if args.days < 1:
+        print("nanoclaw: --days must be 1 or more", file=sys.stderr)
+        return 2
+    open_db(cfg.db_path)
+    folder = None
+    if args.group:
+        try:
+            folder = groups_mod.find_group(args.group).folder
+        except groups_mod.GroupError:
+            folder = args.group  # a removed group's spending is still on record
+    print("\n".join(usage.report(cfg, folder, args.days, args.by)))
+    return 0
+
+
+def _budget_scope(ref: str) -> str:
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core import usage
+    return usage.ALL if ref in ("all", usage.ALL) else groups_mod.find_group(ref).folder
+
+
+def cmd_budget(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """Budgets: list them with what is spent; set, raise or clear the owner's overrides."""
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core import usage
+    from nanoclaw.core.models import BudgetLimit, Group, open_db
+    open_db(cfg.db_path)
+    action = args.budget_action or "list"
+    try:
+        if action == "list":
+            scopes = [usage.ALL] + [g.folder for g in Group.select().order_by(Group.folder)]
+            shown = 0
+            for scope in scopes:
+                for lim in usage.limits(cfg, scope):
+                    used = usage.spent(cfg, scope, lim.period)
+                    value = used.usd if lim.unit == "usd" else used.tokens
+                    amount = (lambda v: f"${v:.2f}") if lim.unit == "usd" else (lambda v: f"{int(v):,} tokens")
+                    state = "SPENT" if value >= lim.limit else f"{value / lim.limit:.0%} used"
+                    print(f"{'all groups' if scope == usage.ALL else scope:<16} per {lim.period:<5} "
+                          f"{amount(lim.limit):>18}  spent {amount(value):>18}  {state:<9} ({lim.source})")
+                    shown += 1
+            if not shown:
+                print("no budgets (set one: nanoclaw budget set GROUP|all day|month AMOUNT [--tokens])")
+            return 0
+        scope = _budget_scope(args.scope)
+        unit = "tokens" if args.tokens else "usd"
+        if action == "clear":
+            gone = BudgetLimit.delete().where(BudgetLimit.scope == scope, BudgetLimit.period == args.period,
+                                              BudgetLimit.unit == unit).execute()
+            print(f"{args.scope}: {'the override of ' if gone else 'no override of '}the {args.period} {unit} "
+                  "budget removed; the configuration's applies")
+        else:
+            amount = usage.parse_amount(args.amount, tokens=args.tokens)
+            lim = usage.set_limit(cfg, scope, args.period, unit, None if action == "raise" else amount,
+                                  add=amount if action == "raise" else None, by="cli")
+            shown = f"${lim.limit:.2f}" if unit == "usd" else f"{int(lim.limit):,} tokens"
+            print(f"{'all groups' if scope == usage.ALL else scope}: {shown} per {args.period}"
+                  + (" (no limit)" if not lim.limit else ""))
+    except (usage.BudgetError, groups_mod.GroupError) as exc:
+        print(f"nanoclaw: {exc}", file=sys.stderr)
+        return 2
+    nudge(cfg.socket("queue"))  # work held by a spent budget may go on now
     return 0
 
 
@@ -457,7 +556,7 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             print(tasks_mod.describe(task))
             for run in tasks_mod.runs(task):
                 took = f"{run.finished_at - run.started_at:.1f}s" if run.finished_at and run.started_at else "-"
-                detail = run.error if run.status == "error" else run.result
+                detail = run.error if run.status in ("error", "skipped") else run.result
                 print(f"  run {run.id:>4}  {stamp(run.fired_at)}  {run.status:<8} {took:>7}  "
                       f"{detail[:60]!r}")
             return 0
@@ -632,11 +731,13 @@ def build_parser() -> argparse.ArgumentParser:
     gr = gsub.add_parser("remove", help="unregister a group (its folder is kept)")
     gr.add_argument("folder")
     gsub.add_parser("list", help="list groups")
-    gs = gsub.add_parser("set", help="change a group's settings")
+    gs = gsub.add_parser("set", help="change a group's settings (the model from its next container on)")
     gs.add_argument("group", help="group folder, name or chat id")
     gs.add_argument("--policy", choices=["open", "allowlist", "ask"],
                     help="who may wake its agent: anyone in the chat (open), the senders in its allowlist "
                          "file (allowlist), or those and anyone else you approve when they ask (ask)")
+    gs.add_argument("--model", help="the model its agents use ('default': the configured one); a team "
+                                    "member's own model wins")
     gsub.add_parser("discover", help="list the WhatsApp account's groups (to register one)")
     gm = gsub.add_parser("mount", help="the owner's folders in a group's containers (allowlist: "
                                        "CONFIG/mount-allowlist.toml)")
@@ -680,6 +781,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--folder", help="the new group's folder (default: from the chat's name)")
     sp = sub.add_parser("deny", help="deny request N (as: nanoclaw pending deny N)")
     sp.add_argument("n", type=int, nargs="?", metavar="N")
+    sp = sub.add_parser("usage", help="what the agents spent: API calls, tokens and estimated cost")
+    sp.add_argument("group", nargs="?", help="one group (default: all)")
+    sp.add_argument("--days", type=int, default=1, help="today and the days before it (default: 1, today)")
+    sp.add_argument("--by", choices=["model", "group", "agent", "day"], default="group",
+                    help="one row per (default: group; agent: the lead as GROUP, a member as GROUP/MEMBER)")
+    sp = sub.add_parser("budget", help="spending limits per group or for all: list, set, raise, clear")
+    bsub = sp.add_subparsers(dest="budget_action")
+    bsub.add_parser("list", help="every budget in force and what is spent of it")
+    for action, what in (("set", "set a budget (0: none, even where the configuration has one)"),
+                         ("raise", "add AMOUNT to a budget in force"),
+                         ("clear", "drop the owner's override: the configuration's budget applies")):
+        bp = bsub.add_parser(action, help=what)
+        bp.add_argument("scope", metavar="GROUP", help="a group, or 'all' for all groups together")
+        bp.add_argument("period", choices=["day", "month"])
+        if action != "clear":
+            bp.add_argument("amount", help="USD (2, 2.50, $2.50) or with --tokens a count (500k, 2M)")
+        bp.add_argument("--tokens", action="store_true", help="a budget in tokens, not USD")
     sp = sub.add_parser("pair", help="link WhatsApp: scan a QR code, or --phone for a pairing code")
     sp.add_argument("--phone", metavar="NUMBER", help="your number in international format, e.g. +491701234567: "
                                                      "show a code to type on the phone instead of a QR code")
@@ -753,7 +871,7 @@ def main(argv: list[str] | None = None) -> None:
                "image": cmd_image, "tasks": cmd_tasks, "timers": cmd_timers, "doctor": cmd_doctor,
                "status": cmd_status, "pair": cmd_pair, "credential": cmd_credential,
                "spool": cmd_spool, "agents": cmd_agents, "pending": cmd_pending, "approve": cmd_pending,
-               "deny": cmd_pending}[args.command]
+               "deny": cmd_pending, "usage": cmd_usage, "budget": cmd_budget}[args.command]
     try:
         sys.exit(handler(cfg, args))
     except KeyboardInterrupt:

@@ -75,6 +75,12 @@ def show(cfg: Config) -> int:
     from nanoclaw.core.approvals import pending_count
     waiting = pending_count()
     print(f"requests: {waiting} waiting for your answer" + (" (nanoclaw pending)" if waiting else ""))
+    from nanoclaw.core import usage
+    print(f"usage:    today {usage.today_line(cfg)} (nanoclaw usage)")
+    for g in groups:
+        spent = usage.exceeded(cfg, g.folder)
+        if spent is not None:
+            print(f"budget:   {spent.text(g.name)}")
     pending = Outbox.select().where(Outbox.status == "pending").count()
     failed = Outbox.select().where(Outbox.status == "failed").count()
     print(f"outbox:   {pending} pending, {failed} failed; {Message.select().count()} messages stored")

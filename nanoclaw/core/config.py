@@ -101,6 +101,52 @@ class TeamConfig:
 
 
 @dataclass(frozen=True)
+class Price:
+    """What one model costs, in USD per million tokens (``[usage.prices."<model>"]``)."""
+
+    input: float
+    output: float
+    cache_write: float = 0.0  # writing the prompt cache (the 5-minute kind)
+    cache_read: float = 0.0
+
+
+# Anthropic's list prices (USD per million tokens) when this was written, matched as the longest
+# prefix of the model id an answer names ("claude-sonnet-4-5-20250929" is "claude-sonnet-4-5").
+# Estimates: the owner corrects or adds models in [usage.prices."<model>"].
+DEFAULT_PRICES: dict[str, Price] = {
+    "claude-opus-4-5": Price(5.0, 25.0, 6.25, 0.50),
+    "claude-opus-4-1": Price(15.0, 75.0, 18.75, 1.50),
+    "claude-opus-4": Price(15.0, 75.0, 18.75, 1.50),
+    "claude-sonnet-4-5": Price(3.0, 15.0, 3.75, 0.30),
+    "claude-sonnet-4": Price(3.0, 15.0, 3.75, 0.30),
+    "claude-3-7-sonnet": Price(3.0, 15.0, 3.75, 0.30),
+    "claude-haiku-4-5": Price(1.0, 5.0, 1.25, 0.10),
+    "claude-3-5-haiku": Price(0.80, 4.0, 1.0, 0.08),
+    "claude-3-haiku": Price(0.25, 1.25, 0.30, 0.03),
+}
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    """``[usage]``: which models the proxy lets through, and what they cost."""
+
+    # fnmatch patterns ("claude-sonnet-4-5*"); empty: any model. The proxy refuses others.
+    allowed_models: tuple[str, ...] = ()
+    prices: dict[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Spending limits for one period pair (``[budgets]``: all groups together;
+    ``[budgets.groups.<folder>]``: one group). 0 is no limit."""
+
+    day_usd: float = 0.0
+    month_usd: float = 0.0
+    day_tokens: int = 0
+    month_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     """Resolved settings for every daemon and the CLI."""
 
@@ -129,6 +175,9 @@ class Config:
     egress: EgressPolicy = field(default_factory=EgressPolicy)  # [egress]: every group's web access
     egress_groups: dict[str, EgressPolicy] = field(default_factory=dict)  # [egress.groups.<folder>]
     team: TeamConfig = field(default_factory=TeamConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
+    budget: Budget = field(default_factory=Budget)  # [budgets]: all groups together
+    budget_groups: dict[str, Budget] = field(default_factory=dict)  # [budgets.groups.<folder>]
 
     # Derived locations: one state dir, one runtime dir.
     db_path = _under("state_dir", "nanoclaw.db")
@@ -230,6 +279,50 @@ def _egress(table: dict) -> tuple[EgressPolicy, dict[str, EgressPolicy]]:
     return default, per_group
 
 
+def _usage(table: dict) -> UsageConfig:
+    """``[usage]``: the allowed models and the price table (the owner's rows over the defaults)."""
+    table = dict(table)
+    prices = dict(DEFAULT_PRICES)
+    given = table.pop("prices", {})
+    if not isinstance(given, dict) or not all(isinstance(t, dict) for t in given.values()):
+        raise ConfigError('usage.prices: expected one table per model, [usage.prices."<model>"]')
+    for model, values in given.items():
+        where = f"usage.prices.{model}"
+        unknown = set(values) - {"input", "output", "cache_write", "cache_read"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
+        if not {"input", "output"} <= set(values):
+            raise ConfigError(f"{where}: input and output prices are required (USD per million tokens)")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values.values()):
+            raise ConfigError(f"{where}: prices are numbers of USD per million tokens, 0 or more")
+        prices[model] = Price(**{k: float(v) for k, v in values.items()})
+    usage = _coerce(UsageConfig, table, "usage")
+    return UsageConfig(prices=prices, **usage)
+
+
+def _budgets(table: dict) -> tuple[Budget, dict[str, Budget]]:
+    """``[budgets]`` (all groups together) and ``[budgets.groups.<folder>]`` (one group each)."""
+    from nanoclaw.core.groups import FOLDER_RE  # groups imports this module
+
+    table = dict(table)
+    groups = table.pop("groups", {})
+    if not isinstance(groups, dict) or not all(isinstance(t, dict) for t in groups.values()):
+        raise ConfigError("budgets.groups: expected one table per group folder, [budgets.groups.<folder>]")
+
+    def budget(values: dict, where: str) -> Budget:
+        b = Budget(**_coerce(Budget, values, where))
+        if min(b.day_usd, b.month_usd, b.day_tokens, b.month_tokens) < 0:
+            raise ConfigError(f"{where}: a budget is 0 (none) or more")
+        return b
+
+    per_group = {}
+    for folder, values in groups.items():
+        if not FOLDER_RE.match(folder):
+            raise ConfigError(f"budgets.groups: {folder!r} is not a group folder name")
+        per_group[folder] = budget(values, f"budgets.groups.{folder}")
+    return budget(table, "budgets"), per_group
+
+
 # What `nanoclaw doctor --redetect` finds by trying; kept apart from the owner's config.toml
 # (which wins where it sets the same key) so re-detecting never touches the owner's file.
 DETECTED = "detected.toml"
@@ -261,6 +354,8 @@ def load(path: Path | None = None) -> Config:
     whatsapp = WhatsAppConfig(**_coerce(WhatsAppConfig, data.pop("whatsapp", {}), "whatsapp"))
     egress, egress_groups = _egress(data.pop("egress", {}))
     team = TeamConfig(**_coerce(TeamConfig, data.pop("team", {}), "team"))
+    usage = _usage(data.pop("usage", {}))
+    budget, budget_groups = _budgets(data.pop("budgets", {}))
     settings = _coerce(Config, data, "config")
     for key, env in (("state_dir", "NANOCLAW_STATE_DIR"), ("runtime_dir", "NANOCLAW_RUNTIME_DIR"),
                      ("config_dir", "NANOCLAW_CONFIG_DIR")):
@@ -276,7 +371,7 @@ def load(path: Path | None = None) -> Config:
         detected = _coerce(ContainerConfig, table, f"{detected_path.name}: container")
     container = ContainerConfig(**{**detected, **owner_container})
     cfg = Config(container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, team=team,
-                 **settings)
+                 usage=usage, budget=budget, budget_groups=budget_groups, **settings)
     if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
     if cfg.approval_timeout <= 0:

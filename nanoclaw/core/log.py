@@ -21,7 +21,9 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 # The subjects our log lines name; each becomes an upper-case journal field.
 FIELDS = ("group", "agent", "job", "chat", "msg", "message", "task", "outbox", "run", "container",
           # the egress proxy's line per connection
-          "host", "port", "bytes_in", "bytes_out", "verdict", "rule")
+          "host", "port", "bytes_in", "bytes_out", "verdict", "rule",
+          # the API relay's line per call (usage and its estimated cost)
+          "model", "tokens_in", "tokens_out", "cost_usd")
 # MESSAGE is the journal's text itself: a message row id goes elsewhere.
 _RENAMED = {"message": "MESSAGE_ROW"}
 _PAIR = re.compile(r"\b(" + "|".join(FIELDS) + r")=([^\s,;]+)")

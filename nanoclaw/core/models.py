@@ -77,6 +77,10 @@ class Group(Base):
     # None, as every group older than the setting has: "allowlist" if it has an allowlist
     # file, else "open" (what the file alone meant before).
     policy = CharField(null=True)
+    # The group's agent model (None or "" = the configured default); a team member's own model
+    # wins. Nullable: SQLite adds a NOT NULL column by rebuilding the table, and dropping the
+    # old "group" table would cascade to every row that references it.
+    model = CharField(null=True)
 
 
 class Mount(Base):
@@ -271,7 +275,53 @@ class AllowedSender(Base):
         indexes = ((("group", "sender"), True),)
 
 
-MODELS = [Group, Mount, Message, Cursor, Session, Job, Turn, Outbox, Task, TaskRun, Request, AllowedSender]
+
+class Usage(Base):
+    """One API call's tokens as the answer reported them, recorded by the proxy.
+
+    ``group`` is a folder name, not a foreign key: what was spent stays counted after a group
+    is removed. ``day`` is the owner's local date, so budgets and reports follow the owner's
+    midnight, not UTC's.
+    """
+
+    id = AutoIncrementField()
+    at = FloatField(default=now)
+    day = CharField(index=True)  # YYYY-MM-DD in the configured timezone
+    group = CharField()
+    agent = CharField(default="")  # "" = the group's lead
+    job = IntegerField(null=True)  # the running job of that agent, when there was one
+    model = CharField(default="")
+    input_tokens = IntegerField(default=0)
+    output_tokens = IntegerField(default=0)
+    cache_write_tokens = IntegerField(default=0)
+    cache_read_tokens = IntegerField(default=0)
+    cost_usd = FloatField(null=True)  # None: no price known for the model
+    streamed = BooleanField(default=False)
+
+    class Meta:
+        indexes = ((("group", "day"), False),)
+
+
+class BudgetLimit(Base):
+    """The owner's budget overrides (CLI or the main chat), over the configured ones.
+
+    ``scope`` is a group's folder or ``*`` (all groups together); ``limit`` 0 removes that
+    budget even where the configuration sets one.
+    """
+
+    scope = CharField()
+    period = CharField()  # day, month
+    unit = CharField()  # usd, tokens
+    limit = FloatField()
+    set_by = CharField(default="cli")  # cli, or the main group's folder
+    set_at = FloatField(default=now)
+
+    class Meta:
+        primary_key = CompositeKey("scope", "period", "unit")
+
+
+MODELS = [Group, Mount, Message, Cursor, Session, Job, Turn, Outbox, Task, TaskRun, Request, AllowedSender,
+          Usage, BudgetLimit]
 
 
 def open_db(path: Path) -> SqliteDatabase:

@@ -72,6 +72,11 @@ SCHEMAS: dict[str, Schema] = {
     "delegate": {"job": (int,), "agent": (str,), "task": (str,)},
     "create_agent": {"job": (int,), "name": (str,), "description": (str,), "instructions": (str,),
                      "model": (str, _OPT), "tools": (list, _OPT)},
+    # container -> host, the main group's lead only: the owner's new budget for a group (or "all")
+    "raise_budget": {"job": (int,), "group": (str,), "period": (str,), "amount": (int, float),
+                     "unit": (str, _OPT), "mode": (str, _OPT)},
+    # proxy -> queue: a group's call was refused for a spent budget (the queue tells the chat once)
+    "budget_spent": {"group": (str,), "agent": (str, _OPT), "key": (str, _OPT)},
     # ipc -> queue: a turn's result from a group's container (group taken from the directory)
     "turn_result": {"group": (str,), "agent": (str, _OPT), "job": (int,), "turn": (int,), "text": (str,),
                     "session_id": (str, type(None)), "error": (str, type(None))},

@@ -13,7 +13,8 @@ READS
 
 WRITES
     ``turn_result`` to ``spool/queue``; ``outbound`` to ``spool/router``; tasks
-    (through ``core.tasks``), groups (``register_group``, main only), member
+    (through ``core.tasks``), groups (``register_group``, main only), budget
+    overrides (``raise_budget``, the main group's lead only), member
     files (``create_agent``, a lead only, through ``core.team``) and
     delegation messages (within the team caps); ``spool/ipc/<group>[/agents/<name>]/{cur,bad}``
     on the host's side.
@@ -26,7 +27,8 @@ HOSTILE INPUT
     directory it was found in, never what the file says; files are claimed by
     renaming the entry through directory descriptors (``safefs``), so a link
     is moved and refused as a link, never followed; a non-main group may only
-    message its own chat and manage its own tasks. The agent a request speaks
+    message its own chat and manage its own tasks; only the main group's lead
+    (the owner's own chat) may change a budget. The agent a request speaks
     for is the directory too: a team member may message its own chat and
     delegate within its team, nothing else (no groups, tasks, members, or
     other chats).
@@ -40,6 +42,7 @@ import time
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
+from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.groups import FOLDER_RE
 from nanoclaw.core.models import Group, Job, Message, Turn, db
 from nanoclaw.core.protocol import Envelope, Spool, nudge
@@ -108,7 +111,8 @@ class IpcDaemon(Daemon):
     def _dispatch(self, group: Group, agent: str, spool: Spool, env: Envelope) -> str | None:
         body = env.body
         who = f"group={group.folder}" + (f" agent={agent}" if agent else "")
-        if env.type not in ("result", "send_message", "register_group", "task_request", "delegate", "create_agent"):
+        if env.type not in ("result", "send_message", "register_group", "task_request", "delegate", "create_agent",
+                            "raise_budget"):
             spool.reject(env.path, f"{who}: request type {env.type!r} is not supported")
             return None
         job = Job.get_or_none(Job.id == body["job"])
@@ -118,11 +122,13 @@ class IpcDaemon(Daemon):
         if job.agent != agent:  # the lead's job named from a member's directory, or the reverse
             spool.reject(env.path, f"{who}: job {body['job']} is not this agent's")
             return None
-        if agent and env.type in ("register_group", "task_request", "create_agent"):
+        if agent and env.type in ("register_group", "task_request", "create_agent", "raise_budget"):
             spool.reject(env.path, f"{who}: a team member may not {env.type.replace('_', ' ')}; that is the lead's")
             return None
         if env.type == "register_group":
             return self._register_group(group, spool, env)
+        if env.type == "raise_budget":
+            return self._raise_budget(group, spool, env)
         if env.type == "task_request":
             return self._task_request(group, spool, env)
         if env.type == "create_agent":
@@ -277,6 +283,41 @@ class IpcDaemon(Daemon):
                                            "text": text, "kind": "notice"})
         nudge(self.cfg.socket("scheduler"))
         return "router"
+
+    def _raise_budget(self, group: Group, spool: Spool, env: Envelope) -> str | None:
+        """Main only (the directory it was found in, never what it says): the owner, in the
+        main chat, changes a budget. Any other group's request is refused and logged."""
+        body = env.body
+        if not group.is_main:
+            spool.reject(env.path, f"group={group.folder}: only the main group may change a budget")
+            return None
+        try:
+            ref = str(body.get("group") or "")
+            if ref in ("all", usage_mod.ALL):
+                scope = usage_mod.ALL
+            else:
+                target = Group.get_or_none((Group.folder == ref) | (Group.name == ref))
+                if target is None:
+                    raise usage_mod.BudgetError(f"no group {ref!r}")
+                scope = target.folder
+            unit = str(body.get("unit") or "usd")
+            amount = body.get("amount")
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+                raise usage_mod.BudgetError("the amount must be a number")
+            amount = usage_mod.parse_amount(str(amount), tokens=unit == "tokens")
+            add = body.get("mode") == "add"
+            lim = usage_mod.set_limit(self.cfg, scope, str(body.get("period") or "day"), unit,
+                                      None if add else amount, add=amount if add else None, by=group.folder)
+        except usage_mod.BudgetError as exc:
+            spool.reject(env.path, f"group={group.folder}: raise_budget refused: {exc}")
+            self._notice(group, f"ipc:{group.folder}:{env.name}:refused", f"Budget not changed: {exc}")
+            return None
+        shown = f"${lim.limit:.2f}" if lim.unit == "usd" else f"{int(lim.limit):,} tokens"
+        who = "All groups together" if scope == usage_mod.ALL else scope
+        self.log.info("group=%s budget of %s set to %s per %s", group.folder, scope, shown, lim.period)
+        self._notice(group, f"ipc:{group.folder}:{env.name}:ok", f"Budget: {who} may now spend {shown} per "
+                                                                 f"{lim.period}.")
+        return "queue"  # held work may go on
 
     def _register_group(self, group: Group, spool: Spool, env: Envelope) -> str | None:
         """Main only: an agent may add a group, never make one main or touch existing ones."""

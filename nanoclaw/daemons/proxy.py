@@ -12,6 +12,17 @@ SUMMARY
     ``proxy_upstream``, streaming the answer back (server-side tools such as
     WebSearch run at the API and pass here like any other request).
 
+    Accounting (``core.usage``): a model outside ``[usage] allowed_models``
+    and a group whose budget is spent are refused before upstream sees the
+    request (the queue is told, and tells the chat once). Each answer's usage
+    is read from its bytes as they pass, JSON or stream, and stored per group,
+    team member, job and day, with one journal line: ``GROUP= AGENT= JOB=
+    MODEL= TOKENS_IN= TOKENS_OUT= COST_USD=``.
+
+    A team member's container mounts its own directory
+    (``<runtime>/proxy/.team/<folder>/<agent>/``) in place of the lead's, so its
+    calls are its own.
+
     ``web.sock``: an HTTP proxy, the container's ``HTTP(S)_PROXY`` through a
     second byte relay. ``CONNECT`` opens a tunnel (TLS end to end: the host
     never decrypts) and a plain ``http://`` request is forwarded, each after
@@ -28,7 +39,8 @@ READS
 
 WRITES
     Requests to the upstream API; connections to the web sites agents may
-    reach. The real key or token never enters a container (not its environment,
+    reach; ``usage`` rows; ``budget_spent`` to ``spool/queue``. The real key
+    or token never enters a container (not its environment,
     files or ``podman inspect``) and goes to ``proxy_upstream`` only: the
     egress side never adds a header.
 
@@ -48,6 +60,7 @@ HOSTILE INPUT
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import ipaddress
 import json
 import os
@@ -63,6 +76,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from nanoclaw.core import team as team_mod
+from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.config import Config
 from nanoclaw.core.credentials import (
     OAUTH_BETA,
@@ -72,7 +87,8 @@ from nanoclaw.core.credentials import (
     load_credential,
 )
 from nanoclaw.core.egress import EgressPolicy, IPAddress, Refusal, normalize_host, parse_ip
-from nanoclaw.core.models import Group
+from nanoclaw.core.models import Group, Job, db
+from nanoclaw.core.protocol import Spool, nudge
 from nanoclaw.core.skeleton import Daemon
 
 MAX_BODY = 32 * 1024 * 1024
@@ -91,9 +107,26 @@ WEB_SOCKET = "web.sock"
 API_SOCKET = "api.sock"
 
 
-def proxy_dir(cfg: Config, folder: str) -> Path:
-    """The directory holding a group's proxy sockets; mounted into that group's container only."""
+def proxy_dir(cfg: Config, folder: str, agent: str = "") -> Path:
+    """The directory holding the proxy sockets of a group's lead (or of one member of its
+    team), mounted into that agent's containers only. A member's is outside what the lead
+    mounts (``.team`` cannot be a folder name), so each call is counted for the right agent."""
+    if agent:
+        return cfg.runtime_dir / "proxy" / ".team" / folder / agent
     return cfg.runtime_dir / "proxy" / folder
+
+
+def _plain(text: str) -> str:
+    """Text from outside (a model name) safe in a log line: no space or '=' to start a journal
+    field of its own (host=..., verdict=...)."""
+    return "".join(c if c.isalnum() or c in "-._@:'" else "_" for c in text)
+
+
+def _encodings(value: str) -> str:
+    """The agent's Accept-Encoding cut to what the meter can read (gzip, deflate)."""
+    kept = [part.strip() for part in value.split(",")
+            if part.split(";")[0].strip().lower() in ("gzip", "deflate", "identity")]
+    return ", ".join(kept)
 
 
 def _end_to_end(headers: Mapping[str, str], drop: set[str] = _HOP) -> CIMultiDict[str]:
@@ -109,20 +142,28 @@ def _drop(request: web.BaseRequest) -> None:
 
 
 async def _relay_response(request: web.BaseRequest, upstream: aiohttp.ClientResponse,
-                          count: Callable[[int], None] | None = None) -> tuple[web.StreamResponse, str]:
+                          tap: Callable[[bytes], None] | None = None,
+                          settle: Callable[[], None] | None = None) -> tuple[web.StreamResponse, str]:
     """Stream an upstream answer back to the agent as it arrives (SSE stays live); bodies pass
-    undecoded, so the length and encoding stay the upstream's. Returns the response and, if
-    either side broke mid-way, why (the connection is then dropped)."""
+    undecoded, so the length and encoding stay the upstream's. ``tap`` sees each chunk before
+    it is passed on; ``settle`` runs once the body is all read, before the response is ended
+    (or after it broke). Returns the response and, if either side broke mid-way, why (the
+    connection is then dropped)."""
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=_end_to_end(upstream.headers))
     await resp.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():
-            if count is not None:
-                count(len(chunk))
+            if tap is not None:  # first: a byte cap cuts before the chunk is passed on
+                tap(chunk)
             await resp.write(chunk)
+        if settle is not None:
+            settle, done = None, settle
+            done()
         await resp.write_eof()
     except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError) as exc:
         _drop(request)
+        if settle is not None:
+            settle()
         return resp, f"cut short: {exc!r}"
     return resp, ""
 
@@ -188,7 +229,15 @@ class ProxyDaemon(Daemon):
     name = "proxy"
 
     def setup(self) -> None:
-        self.sites: dict[str, list[web.BaseRunner]] = {}
+        self.sites: dict[tuple[str, str], list[web.BaseRunner]] = {}  # (folder, agent "" = lead)
+        self.teams: dict[str, tuple[int, list[str]]] = {}  # folder -> (agents/ mtime, member names)
+        self.told: set[str] = set()  # budgets the queue has been told are spent
+        self.tally = usage_mod.Tally(self.cfg)
+        self.queue_spool = Spool(self.cfg.spool_dir / "queue").ensure()
+        # This process writes usage rows only. In WAL mode NORMAL still commits atomically but
+        # leaves the fsync to the checkpoint: a power cut may lose the last seconds of counts
+        # (a budget then stops a call or two later), and no answer waits for the disk.
+        db.execute_sql("PRAGMA synchronous=NORMAL")
         self.upstream = urlsplit(self.cfg.proxy_upstream)
         self.requests = 0
         self.web_connections = 0
@@ -229,27 +278,45 @@ class ProxyDaemon(Daemon):
             # group's sockets exist by the time its agent first calls out; a new
             # container is a new run, so its byte allowance starts again.
             await self.work()
-            folder = req.get("group")
-            if folder in self.sites:
+            folder, agent = req.get("group"), req.get("agent") or ""
+            if (folder, agent) in self.sites:
                 self.egress.setdefault(folder, GroupEgress()).run_bytes = 0
-            return {"ok": folder in self.sites, "group": folder}
+            return {"ok": (folder, agent) in self.sites, "group": folder, "agent": agent}
         return await super().handle(req, writer)
 
+    def _members(self, folder: str) -> list[str]:
+        """A group's team members (cached until its ``agents/`` folder changes)."""
+        try:
+            mtime = (self.cfg.groups_dir / folder / team_mod.AGENTS).stat().st_mtime_ns
+        except OSError:
+            return []
+        cached = self.teams.get(folder)
+        if cached is None or cached[0] != mtime:
+            cached = self.teams[folder] = (mtime, [m.name for m in team_mod.members(self.cfg, folder)])
+        return cached[1]
+
     async def work(self) -> float | None:
-        folders = {g.folder for g in Group.select(Group.folder)}
-        for folder in folders - set(self.sites):
-            d = proxy_dir(self.cfg, folder)
+        wanted = set()
+        for group in list(Group.select(Group.folder)):
+            wanted.add((group.folder, ""))
+            wanted.update((group.folder, name) for name in self._members(group.folder))
+        for key in wanted - set(self.sites):
+            folder, agent = key
+            d = proxy_dir(self.cfg, folder, agent)
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o755)
-            self.sites[folder] = [
-                await self._serve(d / API_SOCKET, lambda r, f=folder: self._api(f, r), keepalive_timeout=75),
+            if agent:
+                os.chmod(d.parent.parent, 0o711)  # .team/: no container lists the other members
+            self.sites[key] = [
+                await self._serve(d / API_SOCKET, lambda r, f=folder, a=agent: self._api(f, r, a),
+                                  keepalive_timeout=75),
                 # An agent connection carries one request or one tunnel: idle ones go soon, and
                 # an unread request body (a refused upload, a tunnel's rest) is not waited for.
                 await self._serve(d / WEB_SOCKET, lambda r, f=folder: self._web(f, r), keepalive_timeout=30,
                                   lingering_time=1.0),
             ]
-        for folder in set(self.sites) - folders:
-            for runner in self.sites.pop(folder):
+        for key in set(self.sites) - wanted:
+            for runner in self.sites.pop(key):
                 await runner.cleanup()
         return None
 
@@ -269,7 +336,7 @@ class ProxyDaemon(Daemon):
 
     # -- the API relay ----------------------------------------------------------------
 
-    async def _api(self, folder: str, request: web.BaseRequest) -> web.StreamResponse:
+    async def _api(self, folder: str, request: web.BaseRequest, agent: str = "") -> web.StreamResponse:
         started = time.monotonic()
         target = request.raw_path
         if not target.startswith("/v1/"):
@@ -286,7 +353,14 @@ class ProxyDaemon(Daemon):
             if len(body) > MAX_BODY:
                 self.log.warning("group=%s request body over %d bytes refused", folder, MAX_BODY)
                 return self._api_refusal(413, "request body too large")
+        metered = request.method == "POST" and target.split("?")[0] == "/v1/messages"
+        if metered or target.startswith("/v1/messages/"):
+            refusal = self._admit_call(folder, agent, target, bytes(body))
+            if refusal is not None:
+                return refusal
         headers = _end_to_end(request.headers, _API_DROP)
+        if metered and "accept-encoding" in headers:
+            headers["accept-encoding"] = _encodings(headers["accept-encoding"]) or "identity"
         beta = request.headers.get("anthropic-beta", "")
         if self.credential.kind == "oauth":
             beta = ",".join(filter(None, [beta, OAUTH_BETA]))
@@ -300,20 +374,83 @@ class ProxyDaemon(Daemon):
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             self.log.error("group=%s upstream %s unreachable: %r", folder, self.upstream.netloc, exc)
             return self._api_refusal(502, "upstream unreachable")
+        meter = usage_mod.Meter(upstream.headers.get("Content-Type", ""),
+                                upstream.headers.get("Content-Encoding", "")) if metered else None
+        fields = ""
+
+        def settle() -> None:
+            # On the loop, before the answer ends: the agent's next call, checked against the
+            # budget on this same loop, always sees this one counted. The cost is one commit.
+            nonlocal fields
+            counts = meter.finish()
+            if counts.seen:
+                fields = self._record(folder, agent, counts, upstream.headers.get("Content-Type", ""))
+
         try:
-            resp, broken = await _relay_response(request, upstream)
+            resp, broken = await _relay_response(request, upstream, meter.feed if meter else None,
+                                                 settle if meter else None)
         finally:
             upstream.release()
         self.requests += 1
         # '=' escaped: the agent's path must not read as a journal field (host=..., verdict=...)
-        self.log.info("group=%s %s %s -> %s in %.2fs%s", folder, request.method,
+        self.log.info("group=%s%s %s %s -> %s in %.2fs%s", folder, fields, request.method,
                       target.split("?")[0].replace("=", "%3D"),
                       upstream.status, time.monotonic() - started, f" ({broken})" if broken else "")
         return resp
 
+    def _admit_call(self, folder: str, agent: str, target: str, body: bytes) -> web.Response | None:
+        """The checks before a Messages call leaves: an allowed model, a budget not spent."""
+        allowed = self.cfg.usage.allowed_models
+        if allowed:
+            try:
+                model = json.loads(body).get("model")
+            except (ValueError, AttributeError):
+                model = None
+            if not isinstance(model, str) or not any(fnmatch.fnmatchcase(model, p) for p in allowed):
+                shown = repr(model)[:80] if isinstance(model, str) else "no model"
+                self.log.warning("group=%s%s asked for model %s: refused, not in [usage] allowed_models", folder,
+                                 f" agent={agent}" if agent else "", _plain(shown))
+                return self._api_refusal(400, f"nanoclaw: the model {shown} is not allowed here "
+                                              f"(allowed: {', '.join(allowed)})", "invalid_request_error")
+        spent = usage_mod.exceeded(self.cfg, folder, tally=self.tally)
+        if spent is None:
+            return None
+        group = Group.get_or_none(Group.folder == folder)
+        text = spent.text(group.name if group else folder)
+        if spent.key not in self.told:
+            # The queue tells the chat (once: the notice's key) and holds the group's work.
+            self.queue_spool.put("budget_spent", {"group": folder, "agent": agent, "key": spent.key})
+            nudge(self.cfg.socket("queue"))
+            self.told.add(spent.key)
+            self.log.warning("group=%s budget spent: %s", folder, text)
+        return self._api_refusal(403, f"nanoclaw: {text}. The owner can raise it (nanoclaw budget).",
+                                 "nanoclaw_budget")
+
+    def _record(self, folder: str, agent: str, counts: usage_mod.Counts, content_type: str) -> str:
+        """Store one call's usage; returns its journal fields."""
+        job = None
+        try:
+            job = (Job.select(Job.id).join(Group).where(Group.folder == folder, Job.agent == agent,
+                                                         Job.status.in_(("queued", "running")))
+                   .order_by(Job.id.desc()).scalar())
+            at = time.time()
+            usd = usage_mod.record(self.cfg, folder, agent, job, counts, "event-stream" in content_type, at)
+            self.tally.add(folder, usd, counts.total, at)
+        except Exception as exc:  # noqa: BLE001 - a full disk must not fail the agent's answer
+            self.log.error("group=%s usage not recorded: %s", folder, exc)
+            usd = usage_mod.cost(self.cfg, counts)
+        model = _plain(counts.model) or "-"
+        return (f"{f' agent={agent}' if agent else ''}{f' job={job}' if job else ''} model={model} "
+                f"tokens_in={counts.tokens_in} tokens_out={counts.output_tokens} "
+                f"cost_usd={'unknown' if usd is None else f'{usd:.6f}'}"
+                f" (input={counts.input_tokens} cache_write={counts.cache_write_tokens} "
+                f"cache_read={counts.cache_read_tokens})")
+
     @staticmethod
-    def _api_refusal(code: int, reason: str) -> web.Response:
-        resp = web.json_response({"type": "error", "error": {"type": "nanoclaw_proxy", "message": reason}},
+    def _api_refusal(code: int, reason: str, kind: str = "nanoclaw_proxy") -> web.Response:
+        """The API's own error shape, so the agent's CLI shows the message (and, for 4xx
+        statuses other than 408, 409 and 429, does not retry)."""
+        resp = web.json_response({"type": "error", "error": {"type": kind, "message": reason}},
                                  status=code)
         resp.force_close()
         return resp
@@ -565,7 +702,7 @@ class ProxyDaemon(Daemon):
                     continue
                 try:
                     resp, broken = await _relay_response(request, upstream,
-                                                         lambda n: self._count(conn, policy, inbound=n))
+                                                         lambda chunk: self._count(conn, policy, inbound=len(chunk)))
                 finally:
                     upstream.release()
                 if broken and conn.verdict == "allowed":

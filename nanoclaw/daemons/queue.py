@@ -8,7 +8,13 @@ SUMMARY
 READS
     New ``message`` rows (the channel nudges it); ``spool/queue``:
     ``turn_result`` (from ipc), ``job_event`` (from the runner),
-    ``task_fire`` (from a timer).
+    ``task_fire`` (from a timer), ``budget_spent`` (from the proxy).
+
+    Budgets (``core.usage``): a group whose budget is spent starts no job; its
+    chat is told once per budget and period (the notice's key), its messages
+    wait until the budget resumes or the owner raises it, and its scheduled
+    task runs are skipped (``TaskRun.status`` "skipped", with the reason), not
+    retried.
 
 WRITES
     ``job`` files to ``spool/runner``; follow-up ``prompt`` and ``close`` files
@@ -54,6 +60,7 @@ from nanoclaw.core import approvals
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
+from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.backoff import backoff
 from nanoclaw.core.models import (
     AllowedSender,
@@ -89,6 +96,7 @@ class QueueDaemon(Daemon):
         self._task_groups: set[int] = set()  # groups with task runs queued, as of this pass
         self._approved: int | None = None  # the newest sender the owner approved, as of this pass
         self._nothing_for: dict[int, tuple] = {}  # group id -> what it looked like when nothing was for anyone
+        self._told: set[str] = set()  # budget notices handed to the router by this process
         self._pending = self.inbox.leftovers()
         if self._pending:
             self.log.info("re-processing %d event(s) left in cur/", len(self._pending))
@@ -106,6 +114,8 @@ class QueueDaemon(Daemon):
                     self._on_job_event(env)
                 elif env.type == "task_fire":
                     self._on_task_fire(env)
+                elif env.type == "budget_spent":
+                    self._on_budget_spent(env)
                 else:
                     self.inbox.reject(env.path, f"type {env.type!r} is not for the queue")
                     continue
@@ -210,7 +220,13 @@ class QueueDaemon(Daemon):
             for t in undone:
                 t.delete_instance()
             cursor = Cursor.get(Cursor.group == group, Cursor.agent == job.agent)
-            if failed and undone:
+            spent = usage_mod.exceeded(self.cfg, group.folder) if failed and undone else None
+            if spent is not None:
+                # Refused by the proxy for a spent budget: not the agent's failure. The messages
+                # wait (the schedule holds the group) instead of retrying into the wall.
+                self.log.warning("group=%s job=%s stopped: budget spent; messages wait until %s",
+                                 group.folder, job.id, f"{spent.resumes:%Y-%m-%d %H:%M} {spent.tz}")
+            elif failed and undone:
                 cursor.failures += 1
                 if cursor.failures >= self.cfg.max_attempts:
                     self._give_up(job, cursor, max(t.last_message_id for t in undone))
@@ -278,6 +294,9 @@ class QueueDaemon(Daemon):
             # Without this every pass re-read it all, so each stored message cost O(backlog).
             seen = self._seen_signature(group, None if group.jid in changed else self._nothing_for.get(group.id))
             quiet = not any(k[0] == group.id for k in active) and self._still_nothing(group, seen)
+            if isinstance(self._next_task_run(group, now), TaskRun) and \
+                    (spent := usage_mod.exceeded(self.cfg, group.folder, now)) is not None:
+                self._skip_tasks(group, spent)  # whether or not chat messages wait too
             by_agent = {"": []} if quiet else self._pending_by_agent(group, active)
             busy = False
             for agent, pending in by_agent.items():
@@ -313,6 +332,12 @@ class QueueDaemon(Daemon):
                 cursor = Cursor.get(Cursor.group == group, Cursor.agent == agent)
                 if cursor.retry_at > now:
                     next_due = min(next_due or cursor.retry_at, cursor.retry_at)
+                    continue
+                spent = usage_mod.exceeded(self.cfg, group.folder, now)
+                if spent is not None:  # held: the chat is told once; a raise nudges us
+                    self._budget_notice(group, spent)
+                    resume = spent.resumes.timestamp()
+                    next_due = min(next_due or resume, resume)
                     continue
                 if len(active) >= self.cfg.max_concurrent:
                     waiting.append(key)
@@ -385,6 +410,46 @@ class QueueDaemon(Daemon):
             for daemon in ("router", "ipc", "proxy", "channel"):
                 nudge(self.cfg.socket(daemon))
         return rest
+
+    # -- budgets ------------------------------------------------------------
+    def _on_budget_spent(self, env: Envelope) -> None:
+        """The proxy refused a call for a spent budget: tell the chat (once)."""
+        group = Group.get_or_none(Group.folder == env.body.get("group"))
+        if group is None:
+            return
+        spent = usage_mod.exceeded(self.cfg, group.folder)
+        if spent is not None:
+            self._budget_notice(group, spent)
+
+    def _budget_notice(self, group: Group, spent: usage_mod.Exceeded) -> None:
+        """One notice per budget and period: the outbox key makes a repeat (another process,
+        a restart) harmless; the set spares the router's spool the repeats of this one."""
+        if spent.key in self._told:
+            return
+        self.router_spool.put("outbound", {"key": spent.key, "chat": group.jid, "kind": "notice",
+                                           "text": spent.text(group.name) + "."})
+        self._told.add(spent.key)
+        self.log.warning("group=%s budget spent (%s per %s); chat told", group.folder, spent.limit.unit,
+                         spent.limit.period)
+        nudge(self.cfg.socket("router"))
+
+    def _skip_tasks(self, group: Group, spent: usage_mod.Exceeded) -> None:
+        """Skip the group's due task runs: a spent budget is not a failure to retry."""
+        why = f"skipped: {spent.text(group.name)}"
+        runs = list(TaskRun.select().join(Task).where(Task.group == group, TaskRun.status == "queued"))
+        with db.atomic("IMMEDIATE"):
+            for run in runs:
+                task = run.task
+                run.status, run.finished_at, run.error = "skipped", time.time(), why[:2000]
+                run.save()
+                task.last_run, task.last_result = run.fired_at, why[:500]
+                if task.schedule_type == "once":
+                    task.status = "completed"
+                task.save()
+        for run in runs:
+            self.log.warning("group=%s task=%s run=%s %s", group.folder, run.task_id, run.id, why)
+        self._budget_notice(group, spent)
+        nudge(self.cfg.socket("scheduler"))
 
     # -- teams --------------------------------------------------------------
     def _members(self, group: Group) -> list[str]:
@@ -650,6 +715,15 @@ class QueueDaemon(Daemon):
         run = TaskRun.get_by_id(job.task_run)
         task = run.task
         failed = run.status != "success"
+        spent = usage_mod.exceeded(self.cfg, job.group.folder) if failed else None
+        if spent is not None:  # refused by the proxy: the budget, not the task, failed
+            with db.atomic("IMMEDIATE"):
+                job.status, job.exit_code, job.finished_at = "failed", exit_code, time.time()
+                job.error = (job.error or error or "")[:2000]
+                job.save()
+                run.status = "queued"  # skipped with the group's other due runs, next pass
+                run.save()
+            return
         give_up = failed and run.attempts >= self.cfg.max_attempts
         if give_up:
             # Durable in the router's spool before the run is settled (its key makes a repeat harmless).

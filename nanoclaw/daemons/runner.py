@@ -47,6 +47,7 @@ from requests.exceptions import ReadTimeout
 from nanoclaw.core import mounts as mounts_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.config import Config
+from nanoclaw.core.models import Group
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request
 from nanoclaw.core.safefs import Dir
 from nanoclaw.core.skeleton import Daemon
@@ -106,7 +107,7 @@ def group_dirs(cfg: Config, folder: str, agent: str = "") -> dict[str, Path]:
         "in": cfg.agent_ipc(folder, agent) / "in",
         "out": cfg.agent_ipc(folder, agent) / "out",
         "session": cfg.agent_session(folder, agent),
-        "proxy": proxy_dir(cfg, folder),
+        "proxy": proxy_dir(cfg, folder, agent),  # a member's own: its API calls are counted as its
     }
 
 
@@ -169,6 +170,13 @@ def agent_owner(cfg: Config) -> tuple[int, int] | None:
     return int(uid), int(gid or uid)
 
 
+def group_model(cfg: Config, folder: str) -> str:
+    """The model a group's agents use: the group's own (``nanoclaw groups set --model``), else
+    the configured one ("" lets the CLI choose). A team member's own model wins over both."""
+    group = Group.get_or_none(Group.folder == folder)
+    return (group.model if group is not None else "") or cfg.model
+
+
 def _ulimit(spec: str) -> dict[str, Any]:
     name, _, values = spec.partition("=")
     soft, _, hard = values.partition(":")
@@ -207,7 +215,7 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
         "NANOCLAW_GROUP": job["group"],
         "NANOCLAW_IS_MAIN": "1" if job["is_main"] else "0",
         "NANOCLAW_IDLE_TIMEOUT": str(c.idle_timeout),
-        "NANOCLAW_MODEL": cfg.model,
+        "NANOCLAW_MODEL": group_model(cfg, job["group"]),
         "NANOCLAW_AGENT": agent,
         "HOME": "/tmp/home",  # the image is read-only; session state lives in /workspace/session
     }
@@ -397,7 +405,8 @@ class RunnerDaemon(Daemon):
         inbox.ensure().put("prompt", {"job": body["job"], "turn": 0, "prompt": body["prompt"],
                                       "session_id": body["session_id"]})
         try:
-            ready = request(self.cfg.socket("proxy"), {"op": "ensure", "group": body["group"]}, timeout=5)
+            ready = request(self.cfg.socket("proxy"), {"op": "ensure", "group": body["group"],
+                                                       "agent": body.get("agent", "")}, timeout=5)
             if not ready.get("ok"):
                 self.log.warning("group=%s proxy has no socket for this group", body["group"])
         except (OSError, ValueError) as exc:

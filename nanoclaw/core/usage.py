@@ -1,0 +1,432 @@
+"""Usage, cost and budgets: what each API call spent, and whether a group may spend more.
+
+DESCRIPTION
+    The proxy sees every API call. A :class:`Meter` is fed the answer's bytes as
+    they pass (never holding back a byte from the agent) and reads the usage the
+    API reports: the ``usage`` of a JSON answer, or of a stream's
+    ``message_start`` and ``message_delta`` events. Each call becomes one
+    :class:`~nanoclaw.core.models.Usage` row (group, team member, job, the owner's
+    local day), priced from ``[usage.prices]`` (an unknown model's cost is
+    unknown, never guessed).
+
+    Budgets are per day and per month, in USD or tokens, for one group
+    (``[budgets.groups.<folder>]``) or all groups together (``[budgets]``);
+    the owner's overrides (``nanoclaw budget``, or the main chat) are rows of
+    ``BudgetLimit`` and win over the configuration. :func:`exceeded` is asked
+    before each call (the proxy), before a job starts and before a scheduled
+    task runs (the queue). The call that crosses a line completes; the next one
+    is refused.
+
+    Tokens, for budgets and totals, are all four kinds together: input, output,
+    cache writes and cache reads.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from peewee import Case, fn
+
+from nanoclaw.core.config import Config, Price
+from nanoclaw.core.models import BudgetLimit, Usage, db
+
+PERIODS = ("day", "month")
+UNITS = ("usd", "tokens")
+ALL = "*"  # the scope of a budget for all groups together
+MAX_JSON = 8 * 1024 * 1024  # a JSON answer bigger than this is passed on, not metered
+MAX_LINE = 1024 * 1024  # an SSE line longer than this is skipped (content, never usage)
+
+
+class BudgetError(ValueError):
+    """A budget change that is refused; the text says why."""
+
+
+# -- reading usage from answers -----------------------------------------------------
+
+@dataclass
+class Counts:
+    """The tokens one answer reported."""
+
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    seen: bool = False  # the answer reported usage at all
+
+    def take(self, usage: object) -> None:
+        """Apply an API ``usage`` object: later reports of a count replace earlier ones (a
+        stream's ``message_delta`` carries the totals so far)."""
+        if not isinstance(usage, dict):
+            return
+        for attr, key in (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
+                          ("cache_write_tokens", "cache_creation_input_tokens"),
+                          ("cache_read_tokens", "cache_read_input_tokens")):
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                setattr(self, attr, value)
+                self.seen = True
+
+    @property
+    def tokens_in(self) -> int:
+        return self.input_tokens + self.cache_write_tokens + self.cache_read_tokens
+
+    @property
+    def total(self) -> int:
+        return self.tokens_in + self.output_tokens
+
+
+class Meter:
+    """Reads an answer's usage from its bytes as they pass to the agent.
+
+    Only what is needed is kept: for a stream, the current line (each line is looked at
+    once, and only ``message_*`` events are parsed as JSON); for a JSON answer, a copy
+    up to :data:`MAX_JSON`. gzip and deflate bodies are inflated for reading only.
+    """
+
+    def __init__(self, content_type: str, encoding: str = "") -> None:
+        self.counts = Counts()
+        self.stream = content_type.split(";")[0].strip().lower() == "text/event-stream"
+        self.json = not self.stream and "json" in content_type.lower()
+        enc = encoding.strip().lower()
+        self.inflate = (zlib.decompressobj(16 + zlib.MAX_WBITS) if enc == "gzip"
+                        else zlib.decompressobj() if enc == "deflate" else None)
+        self.readable = enc in ("", "identity", "gzip", "deflate")
+        self.buffer = bytearray()
+        self.skipping = False  # inside an over-long SSE line
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.readable or not (self.stream or self.json):
+            return
+        if self.inflate is not None:
+            try:
+                chunk = self.inflate.decompress(chunk)
+            except zlib.error:
+                self.readable = False
+                return
+        if self.json:
+            if len(self.buffer) + len(chunk) > MAX_JSON:
+                self.readable, self.buffer = False, bytearray()
+            else:
+                self.buffer += chunk
+            return
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if self.skipping:
+                self.skipping = False
+            else:
+                self.buffer += chunk[start:end]
+                self._line(bytes(self.buffer))
+            self.buffer.clear()
+            start = end + 1
+        if not self.skipping:
+            self.buffer += chunk[start:]
+            if len(self.buffer) > MAX_LINE:
+                self.buffer.clear()
+                self.skipping = True
+
+    def _line(self, line: bytes) -> None:
+        # Only message_start and message_delta carry usage; content deltas are not parsed.
+        if not line.startswith(b"data:") or b'"message_' not in line[:64]:
+            return
+        try:
+            event = json.loads(line[5:])
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
+            message = event["message"]
+            if isinstance(message.get("model"), str):
+                self.counts.model = message["model"][:100]
+            self.counts.take(message.get("usage"))
+        elif event.get("type") == "message_delta":
+            self.counts.take(event.get("usage"))
+
+    def finish(self) -> Counts:
+        """The counts, once the whole answer has passed."""
+        if self.json and self.readable and self.buffer:
+            try:
+                answer = json.loads(bytes(self.buffer))
+            except ValueError:
+                answer = None
+            if isinstance(answer, dict):
+                if isinstance(answer.get("model"), str):
+                    self.counts.model = answer["model"][:100]
+                self.counts.take(answer.get("usage"))
+        elif self.stream and self.buffer and not self.skipping:
+            self._line(bytes(self.buffer))  # a last line without its newline
+        self.buffer = bytearray()
+        return self.counts
+
+
+# -- prices -------------------------------------------------------------------------
+
+def price_of(cfg: Config, model: str) -> Price | None:
+    """The price row for a model id: the longest configured name it starts with."""
+    best = max((name for name in cfg.usage.prices if model == name or model.startswith(name + "-")
+                or model.startswith(name + "@")), key=len, default=None)
+    return cfg.usage.prices[best] if best else None
+
+
+def cost(cfg: Config, counts: Counts) -> float | None:
+    """The estimated cost of one call in USD, or None when the model has no price."""
+    price = price_of(cfg, counts.model)
+    if price is None:
+        return None
+    return (counts.input_tokens * price.input + counts.output_tokens * price.output
+            + counts.cache_write_tokens * price.cache_write + counts.cache_read_tokens * price.cache_read) / 1e6
+
+
+# -- periods ------------------------------------------------------------------------
+
+def local_now(cfg: Config, at: float | None = None) -> datetime:
+    return datetime.fromtimestamp(at if at is not None else datetime.now().timestamp(), ZoneInfo(cfg.tz))
+
+
+def day_of(cfg: Config, at: float | None = None) -> str:
+    """The owner's local date (a Usage row's ``day``)."""
+    return local_now(cfg, at).strftime("%Y-%m-%d")
+
+
+def period_days(cfg: Config, period: str, at: float | None = None) -> tuple[str, str]:
+    """The first and last ``day`` of the period that holds ``at``."""
+    today = local_now(cfg, at).date()
+    if period == "day":
+        return today.isoformat(), today.isoformat()
+    return f"{today:%Y-%m}-01", f"{today:%Y-%m}-31"  # compared as text: every day of the month
+
+
+def resets_at(cfg: Config, period: str, at: float | None = None) -> datetime:
+    """When the period holding ``at`` ends: the owner's next midnight, or the next month's first."""
+    now = local_now(cfg, at)
+    if period == "day":
+        nxt = (now + timedelta(days=1)).date()
+    else:
+        nxt = (now.replace(day=1) + timedelta(days=32)).date().replace(day=1)
+    return datetime(nxt.year, nxt.month, nxt.day, tzinfo=now.tzinfo)
+
+
+# -- spending and budgets -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spent:
+    usd: float  # priced calls only
+    tokens: int
+    unpriced: int  # calls whose model has no price
+
+
+def spent(cfg: Config, scope: str, period: str, at: float | None = None) -> Spent:
+    """What a group (or ``*``, all groups) spent in the period holding ``at``."""
+    first, last = period_days(cfg, period, at)
+    tokens = (Usage.input_tokens + Usage.output_tokens + Usage.cache_write_tokens + Usage.cache_read_tokens)
+    query = Usage.select(fn.COALESCE(fn.SUM(Usage.cost_usd), 0), fn.COALESCE(fn.SUM(tokens), 0),
+                         fn.COUNT(Usage.id) - fn.COUNT(Usage.cost_usd)).where(Usage.day.between(first, last))
+    if scope != ALL:
+        query = query.where(Usage.group == scope)
+    usd, total, unpriced = query.tuples().get()
+    return Spent(float(usd), int(total), int(unpriced))
+
+
+class Tally:
+    """Running totals for the proxy, the one writer of usage rows: each (scope, period) is
+    summed from the database once, then kept up to date as calls are recorded, so the check
+    before a call does not re-read a month of rows."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.totals: dict[tuple[str, str, str], list] = {}  # (scope, period, first day) -> [usd, tokens, unpriced]
+
+    def spent(self, scope: str, period: str, at: float | None = None) -> Spent:
+        key = (scope, period, period_days(self.cfg, period, at)[0])
+        if key not in self.totals:
+            if len(self.totals) > 1000:  # periods gone by, and removed groups
+                self.totals.clear()
+            s = spent(self.cfg, scope, period, at)
+            self.totals[key] = [s.usd, s.tokens, s.unpriced]
+        usd, tokens, unpriced = self.totals[key]
+        return Spent(usd, tokens, unpriced)
+
+    def add(self, folder: str, usd: float | None, tokens: int, at: float) -> None:
+        """Count a call just recorded (totals not read yet are summed with it when first asked)."""
+        for scope in (folder, ALL):
+            for period in PERIODS:
+                total = self.totals.get((scope, period, period_days(self.cfg, period, at)[0]))
+                if total is not None:
+                    total[0] += usd or 0.0
+                    total[1] += tokens
+                    total[2] += usd is None
+
+
+@dataclass(frozen=True)
+class Limit:
+    scope: str
+    period: str
+    unit: str
+    limit: float
+    source: str  # config, or who set the override
+
+
+def limits(cfg: Config, scope: str, *more: str) -> list[Limit]:
+    """The budgets in force of a scope (and of ``more`` scopes, in that order; one query for
+    all: the proxy asks before every call). Overrides win over configuration; 0 (none) is
+    left out."""
+    scopes = (scope, *more)
+    out: dict[tuple[str, str, str], Limit] = {}
+    for name in scopes:
+        conf = cfg.budget if name == ALL else cfg.budget_groups.get(name)
+        for period in PERIODS:
+            for unit in UNITS:
+                value = float(getattr(conf, f"{period}_{unit}", 0) or 0) if conf else 0.0
+                out[(name, period, unit)] = Limit(name, period, unit, value, "config")
+    rows = BudgetLimit.select(BudgetLimit.scope, BudgetLimit.period, BudgetLimit.unit, BudgetLimit.limit,
+                              BudgetLimit.set_by).where(BudgetLimit.scope.in_(scopes)).tuples()
+    for name, period, unit, value, by in rows:
+        if (name, period, unit) in out:
+            out[(name, period, unit)] = Limit(name, period, unit, value, by)
+    return [lim for lim in out.values() if lim.limit > 0]
+
+
+@dataclass(frozen=True)
+class Exceeded:
+    """A budget that is used up: whose, which, and when it resumes."""
+
+    folder: str  # the group that may not spend
+    limit: Limit
+    used: float
+    resumes: datetime
+    tz: str
+
+    @property
+    def key(self) -> str:
+        """One notice per group, budget, period and limit (a raised limit spent again is news)."""
+        return (f"budget:{self.folder}:{self.limit.scope}:{self.limit.period}:{self.limit.unit}:"
+                f"{self.resumes:%Y-%m-%d}:{self.limit.limit:g}")
+
+    def text(self, name: str) -> str:
+        amount = (f"${self.limit.limit:.2f}" if self.limit.unit == "usd"
+                  else f"{int(self.limit.limit):,} tokens")
+        when = "today" if self.limit.period == "day" else "this month"
+        resume = (f"at {self.resumes:%H:%M} {self.tz}" if self.limit.period == "day"
+                  else f"on {self.resumes:%-d %B} at {self.resumes:%H:%M} {self.tz}")
+        if self.limit.scope == ALL:
+            return f"All groups together have used their {amount} for {when}; {name} resumes {resume}"
+        return f"{name} has used its {amount} for {when}; it resumes {resume}"
+
+
+def exceeded(cfg: Config, folder: str, at: float | None = None, tally: Tally | None = None) -> Exceeded | None:
+    """The first budget of the group (or of all groups) that is used up, or None."""
+    for lim in limits(cfg, folder, ALL):
+        used = tally.spent(lim.scope, lim.period, at) if tally else spent(cfg, lim.scope, lim.period, at)
+        value = used.usd if lim.unit == "usd" else used.tokens
+        if value >= lim.limit:
+            return Exceeded(folder, lim, value, resets_at(cfg, lim.period, at), cfg.tz)
+    return None
+
+
+def parse_amount(text: str, tokens: bool = False) -> float:
+    """An owner's amount: USD ("2", "2.50", "$2.50") or tokens ("2000000", "2M", "500k")."""
+    raw = text.strip().replace(",", "").replace("_", "")
+    if not tokens:
+        raw = raw.removeprefix("$")
+    scale = 1
+    if tokens and raw[-1:].lower() in ("k", "m"):
+        scale = 1000 if raw[-1].lower() == "k" else 1_000_000
+        raw = raw[:-1]
+    try:
+        value = float(raw) * scale
+    except ValueError:
+        raise BudgetError(f"{text!r} is not an amount of {'tokens' if tokens else 'USD'}") from None
+    if not 0 <= value < 1e12 or value != value:
+        raise BudgetError(f"{text!r}: an amount is 0 (no budget) or more")
+    return float(int(value)) if tokens else round(value, 4)
+
+
+def set_limit(cfg: Config, scope: str, period: str, unit: str, limit: float | None = None, *,
+              add: float | None = None, by: str = "cli") -> Limit:
+    """Store the owner's budget: a new ``limit``, or ``add`` to the one in force."""
+    if period not in PERIODS:
+        raise BudgetError(f"period must be day or month, not {period!r}")
+    if unit not in UNITS:
+        raise BudgetError(f"unit must be usd or tokens, not {unit!r}")
+    with db.atomic("IMMEDIATE"):
+        if add is not None:
+            current = next((lim.limit for lim in limits(cfg, scope) if (lim.period, lim.unit) == (period, unit)), 0.0)
+            limit = current + add
+        assert limit is not None
+        BudgetLimit.insert(scope=scope, period=period, unit=unit, limit=limit, set_by=by,
+                           set_at=datetime.now().timestamp()).on_conflict_replace().execute()
+    return Limit(scope, period, unit, limit, by)
+
+
+def record(cfg: Config, folder: str, agent: str, job: int | None, counts: Counts, streamed: bool,
+           at: float) -> float | None:
+    """Store one call's usage; returns its estimated cost (None: unknown)."""
+    usd = cost(cfg, counts)
+    Usage.insert(at=at, day=day_of(cfg, at), group=folder, agent=agent, job=job, model=counts.model,
+                 input_tokens=counts.input_tokens, output_tokens=counts.output_tokens,
+                 cache_write_tokens=counts.cache_write_tokens, cache_read_tokens=counts.cache_read_tokens,
+                 cost_usd=usd, streamed=streamed).execute()
+    return usd
+
+
+def money(usd: float | None) -> str:
+    return "unknown" if usd is None else f"${usd:.4f}" if usd < 1 else f"${usd:.2f}"
+
+
+def tokens(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}k" if n >= 10_000 else str(n)
+
+
+def _cost_cell(usd: float, unpriced: int, calls: int) -> str:
+    if unpriced == calls:
+        return "unknown"
+    return money(usd) + (f" +{int(unpriced)} unpriced" if unpriced else "")
+
+
+def report(cfg: Config, folder: str | None, days: int, by: str, at: float | None = None) -> list[str]:
+    """``nanoclaw usage``: a table of the last ``days`` days (today included), one row per
+    model, group or day, and a total."""
+    today = local_now(cfg, at).date()
+    first = (today - timedelta(days=days - 1)).isoformat()
+    key = {"model": Usage.model, "group": Usage.group, "day": Usage.day,
+           # the lead by the group's name, a member as group/member
+           "agent": Case(None, [(Usage.agent == "", Usage.group)], Usage.group.concat("/").concat(Usage.agent))}[by]
+    query = (Usage.select(key.alias("key"), fn.COUNT(Usage.id), fn.SUM(Usage.input_tokens),
+                          fn.SUM(Usage.output_tokens), fn.SUM(Usage.cache_write_tokens),
+                          fn.SUM(Usage.cache_read_tokens), fn.COALESCE(fn.SUM(Usage.cost_usd), 0),
+                          fn.COUNT(Usage.id) - fn.COUNT(Usage.cost_usd))
+             .where(Usage.day >= first).group_by(key).order_by(key))
+    if folder is not None:
+        query = query.where(Usage.group == folder)
+    rows = list(query.tuples())
+    span = "today" if days == 1 else f"the last {days} days ({first} to {today.isoformat()})"
+    title = f"usage of {folder or 'all groups'}, {span}, by {by} ({cfg.tz}; cost is an estimate):"
+    if not rows:
+        return [title, "  no API calls"]
+    head = f"{by.upper():<28} {'CALLS':>6} {'INPUT':>8} {'OUTPUT':>8} {'CACHE W':>8} {'CACHE R':>8}  COST"
+    lines = [title, head]
+    total = [0, 0, 0, 0, 0, 0.0, 0]
+    for name, *values in rows:
+        lines.append(f"{(name or '-')[:28]:<28} {values[0]:>6} {tokens(values[1]):>8} {tokens(values[2]):>8} "
+                     f"{tokens(values[3]):>8} {tokens(values[4]):>8}  {_cost_cell(values[5], values[6], values[0])}")
+        total = [a + b for a, b in zip(total, values, strict=True)]
+    lines.append(f"{'TOTAL':<28} {total[0]:>6} {tokens(total[1]):>8} {tokens(total[2]):>8} {tokens(total[3]):>8} "
+                 f"{tokens(total[4]):>8}  {_cost_cell(total[5], total[6], total[0])}")
+    return lines
+
+
+def today_line(cfg: Config, at: float | None = None) -> str:
+    """``nanoclaw status``: today's total, and any budget that is spent."""
+    day = day_of(cfg, at)
+    calls, usd, total, unpriced = (Usage.select(
+        fn.COUNT(Usage.id), fn.COALESCE(fn.SUM(Usage.cost_usd), 0),
+        fn.COALESCE(fn.SUM(Usage.input_tokens + Usage.output_tokens + Usage.cache_write_tokens
+                           + Usage.cache_read_tokens), 0),
+        fn.COUNT(Usage.id) - fn.COUNT(Usage.cost_usd)).where(Usage.day == day).tuples().get())
+    line = f"{_cost_cell(usd, unpriced, calls) if calls else '$0.00'} in {calls} API call(s), {tokens(total)} tokens"
+    return line
