@@ -134,8 +134,8 @@ async def send_message(args: dict) -> dict:
 
 
 PRECHECK_HELP = ("optional: a shell command run before each run, without you (no API cost), in a "
-                 "container of this image with no network that sees /workspace/group read-only, for at "
-                 "most a minute. The run happens only if it exits 0 and prints something; what it "
+                 "container of this image with no network that sees /workspace/group read-only, for a "
+                 "minute at most (by default). The run happens only if it exits 0 and prints something; what it "
                  "printed is then added to the task's prompt. E.g. 'test -s inbox/new.txt && cat "
                  "inbox/new.txt'.")
 

@@ -26,7 +26,9 @@ HOSTILE INPUT
     directory it was found in, never what the file says; files are claimed by
     renaming the entry through directory descriptors (``safefs``), so a link
     is moved and refused as a link, never followed; a non-main group may only
-    message its own chat and manage its own tasks. The agent a request speaks
+    message its own chat and manage its own tasks (a task's pre-check is shell
+    text stored as such: only the runner runs it, in a confined container of
+    the group the task is for). The agent a request speaks
     for is the directory too: a team member may message its own chat and
     delegate within its team, nothing else (no groups, tasks, members, or
     other chats).
