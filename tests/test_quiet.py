@@ -280,3 +280,23 @@ def test_a_precheck_output_is_capped_and_its_exit_status_kept(quiet_system):
     s.cli("tasks", "run-now", "2")
     run = settled(s, 2)
     assert (run["status"], run["result"]) == ("skipped", "the pre-check exited with code 3")
+
+
+@pytest.mark.podman
+def test_a_runner_killed_during_a_precheck_runs_it_again_after_its_restart(system):
+    w = system.watch("main")
+    system.cli("tasks", "add", "main", "--every", "1h", "--isolated", "--if", "sleep 4; echo ready", "go")
+    system.cli("tasks", "run-now", "1")
+
+    def checking() -> bool:
+        names = _podman("ps", "--filter", "label=nanoclaw.precheck", "--format", "{{.Names}}").stdout.split()
+        return "nanoclaw-main-1-check" in names
+    system.wait_for(checking, 60, what="the pre-check container running")
+    system.kill("runner")
+    system.start("runner")
+    assert w.reply(60) == "echo: go"
+    run = settled(system, 1)
+    assert (run["status"], run["attempts"]) == ("success", 1)
+    assert "removing orphan container nanoclaw-main-1-check" in system.log("runner")
+    [prompt] = (system.state / "groups" / "main" / "prompts").iterdir()
+    assert "<precheck_output>ready\n</precheck_output>" in prompt.read_text()

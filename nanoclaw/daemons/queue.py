@@ -650,7 +650,8 @@ class QueueDaemon(Daemon):
         queued = Job.select().where(Job.status == "queued").count()
         failing = Cursor.select().where(Cursor.failures > 0).count()
         return (f"{Group.select().count()} groups, {running} running, {queued} queued"
-                + (f", {failing} failing" if failing else ""))
+                + (f", {failing} failing" if failing else "")
+                + (f", {len(self._bursts)} chat(s) waiting for a burst to end" if self._bursts else ""))
 
 
 main = QueueDaemon.main
