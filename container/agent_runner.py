@@ -149,6 +149,13 @@ async def send_message(args: dict) -> dict:
     return _ok("Message handed to the host for delivery.")
 
 
+PRECHECK_HELP = ("optional: a shell command run before each run, without you (no API cost), in a "
+                 "container of this image with no network that sees /workspace/group read-only, for a "
+                 "minute at most (by default). The run happens only if it exits 0 and prints something; what it "
+                 "printed is then added to the task's prompt. E.g. 'test -s inbox/new.txt && cat "
+                 "inbox/new.txt'.")
+
+
 @tool("schedule_task", "Schedule a recurring or one-time task that runs a prompt later as this group's agent.",
       {"type": "object", "properties": {
           "prompt": {"type": "string", "description": "what to do when the task runs"},
@@ -158,13 +165,14 @@ async def send_message(args: dict) -> dict:
                                             "once: local ISO time '2026-12-01T09:00'"},
           "context_mode": {"type": "string", "enum": ["group", "isolated"],
                            "description": "group: continue this group's session; isolated: fresh session"},
-          "target_group": {"type": "string", "description": "main group only: schedule for another group"}},
+          "target_group": {"type": "string", "description": "main group only: schedule for another group"},
+          "precheck": {"type": "string", "description": PRECHECK_HELP}},
        "required": ["prompt", "schedule_type", "schedule_value"]})
 async def schedule_task(args: dict) -> dict:
     _request("task_request", {"action": "schedule", "task": {
         "prompt": args["prompt"], "schedule_type": args["schedule_type"],
         "schedule_value": args["schedule_value"], "context_mode": args.get("context_mode") or "group",
-        "target_group": args.get("target_group") or ""}})
+        "target_group": args.get("target_group") or "", "precheck": args.get("precheck") or ""}})
     return _ok("Task request handed to the host; it validates the schedule and confirms in the chat.")
 
 
@@ -187,15 +195,19 @@ def _task_action(action: str) -> Any:
     return handler
 
 
-@tool("update_task", "Change a scheduled task's prompt and/or its schedule (give both type and value).",
+@tool("update_task", "Change a scheduled task's prompt, its schedule (give both type and value) and/or its "
+      "pre-check.",
       {"type": "object", "properties": {
           "task_id": {"type": "integer"},
           "prompt": {"type": "string", "description": "the new prompt (leave out to keep it)"},
           "schedule_type": {"type": "string", "enum": ["cron", "interval", "once"]},
-          "schedule_value": {"type": "string", "description": "as for schedule_task"}},
+          "schedule_value": {"type": "string", "description": "as for schedule_task"},
+          "precheck": {"type": "string", "description": "a new pre-check (see schedule_task); \"\" removes it"}},
        "required": ["task_id"]})
 async def update_task(args: dict) -> dict:
     change = {k: args[k] for k in ("prompt", "schedule_type", "schedule_value") if args.get(k)}
+    if isinstance(args.get("precheck"), str):
+        change["precheck"] = args["precheck"]
     _request("task_request", {"action": "update", "task": {"id": int(args["task_id"]), **change}})
     return _ok(f"Request to change task {args['task_id']} handed to the host; it confirms in the chat.")
 
@@ -336,7 +348,9 @@ def system_append() -> str:
              f"{' (the owner’s main admin channel)' if IS_MAIN else ''}. Your working directory "
              "/workspace/group is this group's folder and persists; /workspace/global holds shared "
              "memory. Messages arrive wrapped in <messages>; your final answer is sent to the chat. "
-             "Put anything not meant for the chat inside <internal>…</internal>. Files people send "
+             "Put anything not meant for the chat inside <internal>…</internal>; an answer that is only "
+             "such notes sends nothing, so when there is nothing worth saying (a scheduled check that "
+             "found nothing new), stay silent that way. Files people send "
              "(photos, documents, voice notes) are saved in /workspace/group/inbox/ and named in their "
              "message as <attachment …/>: open images and PDFs with the Read tool to see them; a voice "
              "note is not transcribed, so say you cannot hear it rather than guess."]

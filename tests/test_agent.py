@@ -326,3 +326,35 @@ def test_the_agent_changes_a_task_and_the_main_agent_lists_the_chats(make_agent_
     assert {"jid": "family@term", "name": "Family", "registered_as": "family"} in chats
     tools = [t["name"] for t in fake_api.message_requests()[-1]["body"]["tools"]]
     assert "mcp__nanoclaw__update_task" in tools and "mcp__nanoclaw__list_available_groups" in tools
+
+
+def test_a_silent_answer_sends_nothing(make_agent_system, fake_api):
+    """The model answers only with an internal note: the turn is done and nothing is sent."""
+    s = make_agent_system()
+    fake_api.then({"text": "<internal>Nothing new since this morning; no need to say so.</internal>"})
+    w = s.watch("main")
+    s.send("main", "anything new?")
+    s.wait_for(lambda: "silent: nothing sent" in s.log("queue"), 120, what="the silent turn")
+    s.send("main", "and now?")
+    assert w.reply(120) == "echo: and now?"  # the first thing the chat hears
+    assert s.replies("main@term") == ["echo: and now?"]
+    with s.db() as con:
+        assert [r[0] for r in con.execute("select text from outbox")] == ["echo: and now?"]
+    assert "anything new?" in all_text(fake_api.message_requests()[0]["body"])
+
+
+def test_a_precheck_runs_in_the_agent_image_and_feeds_the_agent(make_agent_system, fake_api):
+    s = make_agent_system()
+    w = s.watch("main")
+    s.cli("tasks", "add", "main", "--every", "1h", "--isolated", "--if", "test -e mail.txt && cat mail.txt",
+          "check", "mail")
+    s.cli("tasks", "run-now", "1")
+    s.wait_for(lambda: "skipped" in s.cli("tasks", "log", "1").stdout, 120, what="the skipped run")
+    assert "exited with code 1" in s.cli("tasks", "log", "1").stdout
+    assert fake_api.message_requests() == []  # no agent: not one call to the API
+    (s.state / "groups" / "main" / "mail.txt").write_text("2 new mails: <from the bank>\n")
+    s.cli("tasks", "run-now", "1")
+    assert w.reply(120) == "echo: check mail"
+    [req] = fake_api.message_requests()
+    prompt = content_text(last_user_content(req["body"]))
+    assert "<precheck_output>2 new mails: &lt;from the bank&gt;\n</precheck_output>" in prompt

@@ -15,9 +15,8 @@ from nanoclaw.core import config as config_mod
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.backoff import backoff
 from nanoclaw.core.models import Cursor, Group, Job, Message, Session, Turn, open_db
-from nanoclaw.core.prompt import build_prompt, matches_trigger, needs_agent
+from nanoclaw.core.prompt import build_prompt, matches_trigger, needs_agent, strip_internal
 from nanoclaw.core.protocol import BadMessage, Spool, encode, validate
-from nanoclaw.daemons.router import strip_internal
 
 
 @pytest.mark.parametrize("text,trigger,expected", [

@@ -524,21 +524,26 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             if not rows:
                 print("no scheduled tasks (add one: nanoclaw tasks add GROUP --cron '0 9 * * *' PROMPT)")
             for t in rows:
+                check = f"  if {t.precheck[:30]!r}" if t.precheck else ""
                 print(f"{t.id:>4}  {t.group.folder:<14} {t.status:<9} {t.schedule_type:<8} {t.schedule_value:<26} "
-                      f"next {stamp(t.next_run)}  {t.prompt[:40]!r}")
+                      f"next {stamp(t.next_run)}  {t.prompt[:40]!r}{check}")
             return 0
+        if args.action in ("add", "update") and args.precheck is not None and not args.precheck.strip():
+            raise tasks_mod.TaskError("--if needs a command" + (" (--no-if removes the pre-check)"
+                                                                if args.action == "update" else ""))
         if args.action == "add":
             kind, value = ("cron", args.cron) if args.cron else ("interval", args.every) if args.every \
                 else ("once", args.at)
             group = groups_mod.find_group(args.group)
             task = tasks_mod.create(cfg, group, " ".join(args.prompt), kind, value, tz=args.tz,
-                                    context_mode="isolated" if args.isolated else "group")
+                                    context_mode="isolated" if args.isolated else "group",
+                                    precheck=args.precheck or "")
             print(f"added {tasks_mod.describe(task)}")
         elif args.action == "update":
             kind, value = ("cron", args.cron) if args.cron else ("interval", args.every) if args.every \
                 else ("once", args.at) if args.at else (None, None)
             task = tasks_mod.update(tasks_mod.find(args.id, None), prompt=args.prompt,
-                                    kind=kind, value=value)
+                                    kind=kind, value=value, precheck="" if args.no_precheck else args.precheck)
             print(f"updated {tasks_mod.describe(task)}")
         elif args.action in ("pause", "resume", "cancel"):
             task = tasks_mod.change(tasks_mod.find(args.id, None), args.action)
@@ -554,6 +559,8 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         elif args.action == "log":
             task = tasks_mod.find(args.id, None)
             print(tasks_mod.describe(task))
+            if task.precheck:
+                print(f"  pre-check: {task.precheck}")
             for run in tasks_mod.runs(task):
                 took = f"{run.finished_at - run.started_at:.1f}s" if run.finished_at and run.started_at else "-"
                 detail = run.error if run.status in ("error", "skipped") else run.result
@@ -831,6 +838,10 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--at", help="one-off ISO time, e.g. 2026-12-01T09:00")
     ta.add_argument("--tz", help="timezone (default: the owner's)")
     ta.add_argument("--isolated", action="store_true", help="run in a fresh session, not the group's")
+    ta.add_argument("--if", dest="precheck", metavar="CMD",
+                    help="pre-check: a shell command run first in a container with no network and the group's "
+                         "folder read-only; the agent runs (shown its output) only if it exits 0 and prints "
+                         "something, else the run is logged as skipped")
     ta.add_argument("prompt", nargs="+")
     tu = tsub.add_parser("update", help="change a task's prompt and/or schedule")
     tu.add_argument("id", type=int)
@@ -839,6 +850,9 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--every", help="a new interval")
     when.add_argument("--at", help="a new one-off time")
     tu.add_argument("--prompt", help="a new prompt")
+    check = tu.add_mutually_exclusive_group()
+    check.add_argument("--if", dest="precheck", metavar="CMD", help="a new pre-check command (see tasks add)")
+    check.add_argument("--no-if", dest="no_precheck", action="store_true", help="remove the pre-check")
     for action in ("pause", "resume", "cancel", "run-now", "log"):
         tsub.add_parser(action, help=f"{action} a task").add_argument("id", type=int)
     tf = tsub.add_parser("fire", help="(run by timers) hand a task to the queue")

@@ -46,6 +46,10 @@ class ContainerConfig:
     extra_env: tuple[str, ...] = ()  # NAME=VALUE pairs passed to every agent
     # podman build options; "same-as-run" (the default) uses runtime and ulimits, never volumes
     build_args: tuple[str, ...] = ("same-as-run",)
+    # A scheduled task's pre-check (a shell command run before the agent, in a container of
+    # the same image with no network): its time limit, and how much of its output the agent sees.
+    precheck_timeout: float = 60.0
+    precheck_max_output: int = 8192  # bytes
 
 
 # whatsmeow shows 6 QR codes, the first for 60 s and the others for 20 s each: about 160 s
@@ -170,6 +174,9 @@ class Config:
     crontab_file: str = ""  # empty: the service user's crontab
     max_spool_bytes: int = 1 << 20
     approval_timeout: float = 3600.0  # seconds an unknown chat's (or sender's) request waits for the owner
+    # Seconds a group's chat must be quiet before its messages go to the agent, so a burst of
+    # them is one turn (at most BURST_CAP times this after the first); 0: at once.
+    burst_window: float = 0.0
     container: ContainerConfig = field(default_factory=ContainerConfig)
     whatsapp: WhatsAppConfig = field(default_factory=WhatsAppConfig)
     egress: EgressPolicy = field(default_factory=EgressPolicy)  # [egress]: every group's web access
@@ -376,6 +383,14 @@ def load(path: Path | None = None) -> Config:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
     if cfg.approval_timeout <= 0:
         raise ConfigError("approval_timeout must be a positive number of seconds")
+    if cfg.burst_window < 0:
+        raise ConfigError("burst_window must be 0 (off) or a number of seconds")
+    # The queue gives a job up as stale when the runner has not started its container within
+    # 300 s, and a pre-check runs before that start.
+    if not 0 < container.precheck_timeout <= 240:
+        raise ConfigError("[container] precheck_timeout must be more than 0 and at most 240 seconds")
+    if not 1 <= container.precheck_max_output <= 65536:
+        raise ConfigError("[container] precheck_max_output must be between 1 and 65536 bytes")
     if min(team.max_depth, team.max_delegations) < 1 or team.max_members < 0:
         raise ConfigError("[team] max_depth and max_delegations must be at least 1, max_members at least 0")
     return cfg

@@ -220,6 +220,9 @@ class Task(Base):
     last_result = TextField(default="")
     created_at = FloatField(default=now)
     created_by = CharField(default="")  # "cli" or the requesting group's folder
+    # A shell command run before each run in a confined container (no agent, no network): the
+    # run goes on only if it exits 0 and prints something, which the agent is then shown.
+    precheck = TextField(default="", constraints=[SQL("DEFAULT ''")])
 
 
 class TaskRun(Base):
@@ -232,7 +235,8 @@ class TaskRun(Base):
     fired_at = FloatField()
     started_at = FloatField(null=True)
     finished_at = FloatField(null=True)
-    status = CharField(default="queued", index=True)  # queued, running, success, error
+    # queued, running, success, error; skipped: its pre-check said no (the reason in result)
+    status = CharField(default="queued", index=True)
     attempts = IntegerField(default=0)
     retry_at = FloatField(default=0.0)
     result = TextField(default="")

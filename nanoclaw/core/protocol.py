@@ -55,9 +55,10 @@ Schema = dict[str, tuple]
 # Every message type that crosses a process boundary, with its body fields:
 # name -> (allowed types..., [_OPT]).
 SCHEMAS: dict[str, Schema] = {
-    # queue -> runner: start an agent container for a job
+    # queue -> runner: start an agent container for a job (a scheduled task's job may carry the
+    # task's pre-check: the runner runs it first, and starts the agent only if it says so)
     "job": {"job": (int,), "group": (str,), "chat": (str,), "is_main": (bool,),
-            "prompt": (str,), "session_id": (str, type(None)), "agent": (str, _OPT)},
+            "prompt": (str,), "session_id": (str, type(None)), "agent": (str, _OPT), "precheck": (str, _OPT)},
     # host -> container (ipc/<group>/in): a prompt for one turn, or a request to exit
     "prompt": {"job": (int,), "turn": (int,), "prompt": (str,), "session_id": (str, type(None))},
     "close": {"job": (int,)},
@@ -80,9 +81,9 @@ SCHEMAS: dict[str, Schema] = {
     # ipc -> queue: a turn's result from a group's container (group taken from the directory)
     "turn_result": {"group": (str,), "agent": (str, _OPT), "job": (int,), "turn": (int,), "text": (str,),
                     "session_id": (str, type(None)), "error": (str, type(None))},
-    # runner -> queue: a job's container started or ended
+    # runner -> queue: a job's container started or ended, or its pre-check skipped it (``reason``)
     "job_event": {"job": (int,), "event": (str,), "exit_code": (int, type(None), _OPT),
-                  "error": (str, _OPT), "container": (str, _OPT)},
+                  "error": (str, _OPT), "container": (str, _OPT), "reason": (str, _OPT)},
     # a timer (nanoclaw tasks fire) -> queue: run a scheduled task now
     # due_at absent: a timer's light fire (admin/fire.py); the queue sets it and the next run
     "task_fire": {"task": (int,), "fired_at": (float,), "due_at": (float, type(None), _OPT)},

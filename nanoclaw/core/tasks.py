@@ -22,6 +22,25 @@ class TaskError(ValueError):
     """A task request that is refused; the text says why."""
 
 
+MAX_PRECHECK_CHARS = 2000
+
+
+def check_precheck(command: str) -> str:
+    """A task's pre-check command as stored ("" for none); raise TaskError if it cannot be one.
+
+    It is shell text for ``/bin/sh -c`` in a container that has no network and sees the
+    group's folder read-only; nothing of it is interpreted on the host.
+    """
+    if not isinstance(command, str):
+        raise TaskError("the pre-check must be a shell command (text)")
+    command = command.strip()
+    if "\x00" in command:
+        raise TaskError("the pre-check must not contain NUL characters")
+    if len(command) > MAX_PRECHECK_CHARS:
+        raise TaskError(f"the pre-check is {len(command)} characters long; at most {MAX_PRECHECK_CHARS}")
+    return command
+
+
 def schedule_of(task: Task) -> Schedule:
     return Schedule(task.schedule_type, task.schedule_value, task.timezone)
 
@@ -34,8 +53,12 @@ def compute_next(task: Task, after: float | None = None) -> float | None:
 
 
 def create(cfg: Config, owner: Group, prompt: str, kind: str, value: str, *, context_mode: str = "group",
-           target: Group | None = None, tz: str | None = None, created_by: str = "cli") -> Task:
-    """Validate and store a new task; raise TaskError or ScheduleError with the reason."""
+           target: Group | None = None, tz: str | None = None, created_by: str = "cli",
+           precheck: str = "") -> Task:
+    """Validate and store a new task; raise TaskError or ScheduleError with the reason.
+
+    ``precheck``: a shell command run before each run (see :func:`check_precheck`)."""
+    precheck = check_precheck(precheck)
     if not prompt.strip():
         raise TaskError("the task has no prompt")
     if context_mode not in ("group", "isolated"):
@@ -48,7 +71,8 @@ def create(cfg: Config, owner: Group, prompt: str, kind: str, value: str, *, con
     with db.atomic("IMMEDIATE"):
         return Task.create(group=target, chat=target.jid, prompt=prompt, schedule_type=sched.kind,
                            schedule_value=sched.value, timezone=sched.tz, context_mode=context_mode,
-                           created_by=created_by, next_run=nxt.timestamp() if nxt else None)
+                           created_by=created_by, next_run=nxt.timestamp() if nxt else None,
+                           precheck=precheck)
 
 
 def find(task_id: int, requester: Group | None) -> Task:
@@ -73,20 +97,25 @@ def change(task: Task, action: str) -> Task:
     return task
 
 
-def update(task: Task, *, prompt: str | None = None, kind: str | None = None, value: str | None = None) -> Task:
-    """Change a task's prompt and/or schedule (validated as when it was made); raise TaskError
-    or ScheduleError with the reason, before anything changes."""
+def update(task: Task, *, prompt: str | None = None, kind: str | None = None, value: str | None = None,
+           precheck: str | None = None) -> Task:
+    """Change a task's prompt, schedule and/or pre-check ("" removes it), validated as when it
+    was made; raise TaskError or ScheduleError with the reason, before anything changes."""
+    if precheck is not None:
+        precheck = check_precheck(precheck)
     if task.status not in ("active", "paused"):
         raise TaskError(f"task {task.id} is {task.status}; it cannot be changed")
     if prompt is not None and not prompt.strip():
         raise TaskError("the task's prompt must not be empty")
     if (kind is None) != (value is None):
         raise TaskError("a new schedule needs both its type and its value")
-    if prompt is None and kind is None:
-        raise TaskError("nothing to change: give a prompt or a schedule")
+    if prompt is None and kind is None and precheck is None:
+        raise TaskError("nothing to change: give a prompt, a schedule or a pre-check")
     with db.atomic("IMMEDIATE"):
         if prompt is not None:
             task.prompt = prompt
+        if precheck is not None:
+            task.precheck = precheck
         if kind is not None:
             sched = validate(kind, value or "", task.timezone)  # refuses what can never fire
             nxt = sched.next_run()
@@ -101,7 +130,9 @@ def describe(task: Task) -> str:
         when = schedule_of(task).describe() if task.status == "active" else task.status
     except ScheduleError as exc:
         when = f"invalid schedule: {exc}"
-    return f"task {task.id} for {task.group.folder}: {when}"
+    check = task.precheck if len(task.precheck) <= 60 else task.precheck[:57] + "..."
+    return f"task {task.id} for {task.group.folder}: {when}" + (f"; runs only if {check!r} prints something"
+                                                                 if check else "")
 
 
 def fire(cfg: Config, task_id: int, *, if_due: bool = False, now: float | None = None) -> bool:
@@ -140,7 +171,7 @@ def snapshot(cfg: Config) -> None:
         visible = [t for t in tasks if group.is_main or t.group_id == group.id]
         rows = [{"id": t.id, "group": t.group.folder, "prompt": t.prompt[:200], "schedule": t.schedule_type,
                  "value": t.schedule_value, "timezone": t.timezone, "status": t.status,
-                 "context_mode": t.context_mode,
+                 "context_mode": t.context_mode, "precheck": t.precheck,
                  "next_run": datetime.fromtimestamp(t.next_run, ZoneInfo(t.timezone)).isoformat()
                  if t.next_run else None} for t in visible]
         path = cfg.ipc_dir / group.folder / "in" / "tasks.json"

@@ -27,8 +27,10 @@ HOSTILE INPUT
     directory it was found in, never what the file says; files are claimed by
     renaming the entry through directory descriptors (``safefs``), so a link
     is moved and refused as a link, never followed; a non-main group may only
-    message its own chat and manage its own tasks; only the main group's lead
-    (the owner's own chat) may change a budget. The agent a request speaks
+    message its own chat and manage its own tasks (a task's pre-check is shell
+    text stored as such: only the runner runs it, in a confined container of
+    the group the task is for); only the main group's lead (the owner's own
+    chat) may change a budget. The agent a request speaks
     for is the directory too: a team member may message its own chat and
     delegate within its team, nothing else (no groups, tasks, members, or
     other chats).
@@ -252,10 +254,13 @@ class IpcDaemon(Daemon):
                     target = Group.get_or_none(Group.folder == spec["target_group"])
                     if target is None:
                         raise tasks_mod.TaskError(f"no group {spec['target_group']!r}")
+                # A pre-check is shell for a confined container of the target group (runner.py),
+                # never run on the host: checked for shape here, not for what it does.
                 task = tasks_mod.create(self.cfg, group, str(spec.get("prompt", "")), str(spec.get("schedule_type", "")),
                                         str(spec.get("schedule_value", "")),
                                         context_mode=str(spec.get("context_mode") or "group"),
-                                        target=target, created_by=group.folder)
+                                        target=target, created_by=group.folder,
+                                        precheck=spec.get("precheck") or "")
                 text = f"Scheduled: {tasks_mod.describe(task)}."
             elif body["action"] == "update":
                 if not isinstance(spec.get("id"), int):
@@ -263,7 +268,8 @@ class IpcDaemon(Daemon):
                 fields = {k: spec[k] for k in ("prompt", "schedule_type", "schedule_value")
                           if isinstance(spec.get(k), str) and spec[k]}
                 task = tasks_mod.update(tasks_mod.find(spec["id"], group), prompt=fields.get("prompt"),
-                                        kind=fields.get("schedule_type"), value=fields.get("schedule_value"))
+                                        kind=fields.get("schedule_type"), value=fields.get("schedule_value"),
+                                        precheck=spec.get("precheck"))  # "" removes it
                 text = f"Updated: {tasks_mod.describe(task)}."
             elif body["action"] in ("pause", "resume", "cancel"):
                 if not isinstance(spec.get("id"), int):

@@ -32,6 +32,13 @@ WRITES
     advance; a crash before that re-delivers, and the reply's key
     (``job:<id>:turn:<n>``) keeps the chat from hearing it twice.
 
+    Quiet by default: a turn whose answer is empty once its ``<internal>`` notes are
+    removed is silent: nothing goes to the router, the cursor moves on all the
+    same, and the log says "silent". With ``burst_window`` set, a group's chat
+    messages reach the agent only once the chat has been quiet that long (at most
+    ``BURST_CAP`` windows after the first), so a burst is one turn; work() returns
+    when that is, nothing polls.
+
     Teams: a delegation is a message for a member; a member's answer is sent
     to the chat under its name and, in the same transaction as its cursor,
     stored as a message for whoever asked (once per delegation: its
@@ -74,13 +81,14 @@ from nanoclaw.core.models import (
     Turn,
     db,
 )
-from nanoclaw.core.prompt import build_prompt, escape, next_batch
+from nanoclaw.core.prompt import build_prompt, escape, next_batch, strip_internal
 from nanoclaw.core.protocol import Envelope, Spool, nudge, tell
 from nanoclaw.core.skeleton import Daemon
 
 ACTIVE = ("queued", "running")
 AgentKey = tuple[int, str]  # (group id, agent): "" is the group's lead
 STALE_QUEUED_SECONDS = 300.0  # a job the runner never confirmed starting
+BURST_CAP = 5  # a burst is handed over at most this many windows after its first message
 
 
 class QueueDaemon(Daemon):
@@ -97,6 +105,9 @@ class QueueDaemon(Daemon):
         self._approved: int | None = None  # the newest sender the owner approved, as of this pass
         self._nothing_for: dict[int, tuple] = {}  # group id -> what it looked like when nothing was for anyone
         self._told: set[str] = set()  # budget notices handed to the router by this process
+        # Chat bursts being waited out: (group, agent) -> (first seen, newest message id, when seen).
+        # In memory: after a restart a burst waits at most one cap again.
+        self._bursts: dict[AgentKey, tuple[float, int, float]] = {}
         self._pending = self.inbox.leftovers()
         if self._pending:
             self.log.info("re-processing %d event(s) left in cur/", len(self._pending))
@@ -158,7 +169,7 @@ class QueueDaemon(Daemon):
             self._close(job)  # a fresh container will retry the pending messages
             self._typing(group.jid, False)
             return False
-        if body["text"].strip():
+        if strip_internal(body["text"]):
             # Durable in the router's spool before the cursor moves.
             out = {"key": f"job:{job.id}:turn:{turn.seq}", "chat": group.jid, "text": body["text"], "kind": "reply"}
             reply_to = self._reply_to(turn.last_message_id)
@@ -167,6 +178,9 @@ class QueueDaemon(Daemon):
             if job.agent:  # a member speaks in the chat under its own name
                 out["sender"] = team_mod.display(job.agent)
             self.router_spool.put("outbound", out)
+        else:
+            self.log.info("group=%s agent=%s job=%s turn=%s silent: nothing sent (the answer was empty or "
+                          "only internal notes)", group.folder, job.agent or "lead", job.id, turn.seq)
         with db.atomic("IMMEDIATE"):
             turn.status, turn.done_at = "done", time.time()
             turn.save()
@@ -198,6 +212,9 @@ class QueueDaemon(Daemon):
         elif body["event"] == "exited":
             if job.status in ACTIVE:
                 self._finish(job, body.get("exit_code"), body.get("error", ""))
+        elif body["event"] == "skipped":
+            if job.status in ACTIVE and job.task_run:
+                self._task_skipped(job, body.get("reason") or "the pre-check said no")
         else:
             self.inbox.reject(env.path, f"unknown job event {body['event']!r}")
 
@@ -307,6 +324,8 @@ class QueueDaemon(Daemon):
                 batch, prompt = self._batch(group, agent, pending) if pending else ([], "")
                 busy = busy or bool(batch) or job is not None
                 if not batch:
+                    if not pending:
+                        self._bursts.pop(key, None)
                     if agent:
                         continue  # scheduled tasks are the lead's
                     if job is not None:
@@ -325,9 +344,14 @@ class QueueDaemon(Daemon):
                     elif due is not None:
                         next_due = min(next_due or due, due)
                     continue
+                settled = self._burst_settles(key, pending, now)
+                if settled is not None:  # the chat is still talking: hand it all over in one turn
+                    next_due = min(next_due or settled, settled)
+                    continue
                 if job is not None:
                     if job.status == "running" and not job.closing:
                         self._follow_up(job, group, pending)
+                        self._bursts.pop(key, None)
                     continue  # a queued or closing job: the messages wait for the next one
                 cursor = Cursor.get(Cursor.group == group, Cursor.agent == agent)
                 if cursor.retry_at > now:
@@ -343,6 +367,7 @@ class QueueDaemon(Daemon):
                     waiting.append(key)
                     continue
                 active[key] = self._start_job(group, agent, batch, prompt)
+                self._bursts.pop(key, None)
             if busy or any(k[0] == group.id for k in active):
                 self._nothing_for.pop(group.id, None)
             else:
@@ -450,6 +475,26 @@ class QueueDaemon(Daemon):
             self.log.warning("group=%s task=%s run=%s %s", group.folder, run.task_id, run.id, why)
         self._budget_notice(group, spent)
         nudge(self.cfg.socket("scheduler"))
+
+    def _burst_settles(self, key: AgentKey, pending: list[Message], now: float) -> float | None:
+        """When the chat messages pending for an agent may go to it, if not now.
+
+        With ``burst_window`` set, they wait until no new one has come for a window, or
+        ``BURST_CAP`` windows after the first of them, whichever is sooner. Arrival is when
+        this queue first saw a message (the channel nudges it on each), not the time the
+        chat network stamped on it. Team messages never wait, nor do they start a burst.
+        """
+        window = self.cfg.burst_window
+        newest = max((m.id for m in pending if m.agent is None), default=0)
+        if window <= 0 or not newest:
+            self._bursts.pop(key, None)
+            return None
+        first, seen_id, seen_at = self._bursts.get(key, (now, 0, now))
+        if newest != seen_id:
+            seen_at = now
+        self._bursts[key] = (first, newest, seen_at)
+        ready = min(seen_at + window, first + BURST_CAP * window)
+        return None if now >= ready else ready
 
     # -- teams --------------------------------------------------------------
     def _members(self, group: Group) -> list[str]:
@@ -677,12 +722,35 @@ class QueueDaemon(Daemon):
             run.status, run.started_at = "running", time.time()
             run.attempts += 1
             run.save()
-        self.runner_spool.put("job", {"job": job.id, "group": group.folder, "chat": task.chat,
-                                      "is_main": group.is_main, "prompt": prompt,
-                                      "session_id": session.session_id if session else None})
+        spec = {"job": job.id, "group": group.folder, "chat": task.chat, "is_main": group.is_main,
+                "prompt": prompt, "session_id": session.session_id if session else None}
+        if task.precheck:  # the runner runs it first; the agent starts only if it prints something
+            spec["precheck"] = task.precheck
+        self.runner_spool.put("job", spec)
         nudge(self.cfg.socket("runner"))
-        self.log.info("group=%s job=%s task=%s run=%s queued", group.folder, job.id, task.id, run.id)
+        self.log.info("group=%s job=%s task=%s run=%s queued%s", group.folder, job.id, task.id, run.id,
+                      " after its pre-check" if task.precheck else "")
         return job
+
+    def _task_skipped(self, job: Job, reason: str) -> None:
+        """The run's pre-check said no: no agent ran. The run is recorded as skipped (with why);
+        the task goes on as after any run (its next time was set when it fired)."""
+        run = TaskRun.get_by_id(job.task_run)
+        task = run.task
+        now = time.time()
+        with db.atomic("IMMEDIATE"):
+            job.status, job.finished_at = "done", now
+            job.save()
+            Turn.delete().where(Turn.job == job).execute()  # no turn was ever handed to an agent
+            run.status, run.finished_at, run.result = "skipped", now, reason[:4000]
+            run.save()
+            task.last_run, task.last_result = run.started_at, f"skipped: {reason[:500]}"
+            if task.schedule_type == "once":
+                task.status = "completed"
+            task.save()
+        self.log.info("group=%s job=%s task=%s run=%s skipped, no agent started: %s", job.group.folder, job.id,
+                      task.id, run.id, reason[:200])
+        nudge(self.cfg.socket("scheduler"))
 
     def _task_turn_done(self, job: Job, turn: Turn, body: dict) -> bool:
         run = TaskRun.get_by_id(job.task_run)
@@ -692,13 +760,18 @@ class QueueDaemon(Daemon):
             job.error = body["error"][:2000]
             job.save()
             return False
-        if body["text"].strip():
+        text = strip_internal(body["text"])
+        if text:
             self.router_spool.put("outbound", {"key": f"task:{run.id}", "chat": task.chat,
                                                "text": body["text"], "kind": "task"})
+        else:
+            self.log.info("group=%s job=%s task=%s run=%s silent: nothing sent", job.group.folder, job.id,
+                          task.id, run.id)
         with db.atomic("IMMEDIATE"):
             turn.status, turn.done_at = "done", time.time()
             turn.save()
-            run.status, run.finished_at, run.result = "success", time.time(), body["text"][:4000]
+            run.status, run.finished_at = "success", time.time()
+            run.result = text[:4000] if text else "(silent: nothing was sent)"
             run.save()
             task.last_run, task.last_result = run.started_at, "success"
             if task.schedule_type == "once":
@@ -761,7 +834,8 @@ class QueueDaemon(Daemon):
         queued = Job.select().where(Job.status == "queued").count()
         failing = Cursor.select().where(Cursor.failures > 0).count()
         return (f"{Group.select().count()} groups, {running} running, {queued} queued"
-                + (f", {failing} failing" if failing else ""))
+                + (f", {failing} failing" if failing else "")
+                + (f", {len(self._bursts)} chat(s) waiting for a burst to end" if self._bursts else ""))
 
 
 main = QueueDaemon.main

@@ -24,22 +24,15 @@ HOSTILE INPUT
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 
 from nanoclaw.core.backoff import backoff
 from nanoclaw.core.models import Message, Outbox, db
+from nanoclaw.core.prompt import strip_internal
 from nanoclaw.core.protocol import Spool, arequest
 from nanoclaw.core.skeleton import Daemon
 
 SEND_TIMEOUT = 60.0
-_INTERNAL = re.compile(r"<internal>.*?(?:</internal>|$)", re.DOTALL | re.IGNORECASE)
-
-
-def strip_internal(text: str) -> str:
-    """Remove the agent's ``<internal>…</internal>`` notes (an unclosed one runs to the end)."""
-    return _INTERNAL.sub("", text).strip()
-
 RETRY_BASE, RETRY_MAX, MAX_SEND_ATTEMPTS = 1.0, 600.0, 50
 
 
@@ -64,8 +57,8 @@ class RouterDaemon(Daemon):
 
     def _store(self, b: dict) -> None:
         text = strip_internal(b["text"])
-        if not text:
-            self.log.info("key=%s nothing to send after removing internal notes", b["key"])
+        if not text:  # the queue drops silent turns; this is any other all-internal text
+            self.log.info("key=%s silent: nothing to send after removing internal notes", b["key"])
             return
         with db.atomic("IMMEDIATE"):
             created = Outbox.insert(key=b["key"], chat=b["chat"], text=text, kind=b["kind"],

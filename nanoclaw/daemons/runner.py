@@ -5,8 +5,16 @@ SUMMARY
     group's directories mounted, waits for it under a hard deadline, and
     reports ``started``/``exited`` to the queue.
 
+    A scheduled task's job may carry a pre-check: a shell command run first in
+    ``nanoclaw-<folder>-<job>-check``, a container of the same image confined
+    more than an agent's (no network at all, no proxy sockets, no IPC, no
+    session, the group's folder read-only, a short time limit). If it fails,
+    times out or prints nothing, the job is reported ``skipped`` and no agent
+    starts; otherwise its output (capped) is added to the agent's prompt.
+
 READS
-    ``spool/runner`` (``job``); the Podman API (``podman system service``).
+    ``spool/runner`` (``job``); the Podman API (``podman system service``);
+    a pre-check container's stdout and stderr, up to a cap.
     A job file stays in ``cur/`` for its container's whole life, so a
     restarted runner re-attaches instead of killing the agent; containers no
     job file accounts for are orphans and are removed.
@@ -25,6 +33,9 @@ HOSTILE INPUT
     The group's folder, ``ipc/out`` and session directory, which the previous
     container wrote: only touched through ``safefs`` (no link followed, no
     recursive chown). A container's own logs, shown in our log as its last words.
+    A pre-check's command is the owner's or the group's own agent's, and its
+    output is whatever it read: read up to a cap, escaped into the prompt
+    (``core.prompt.precheck_block``), control characters removed from the reason.
 """
 
 from __future__ import annotations
@@ -33,7 +44,9 @@ import asyncio
 import errno
 import logging
 import os
+import re
 import shutil
+import struct
 import threading
 import time
 from pathlib import Path
@@ -48,6 +61,7 @@ from nanoclaw.core import mounts as mounts_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.config import Config
 from nanoclaw.core.models import Group
+from nanoclaw.core.prompt import precheck_block
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request
 from nanoclaw.core.safefs import Dir
 from nanoclaw.core.skeleton import Daemon
@@ -56,6 +70,16 @@ log = logging.getLogger("nanoclaw.runner")
 START_TRIES = 3  # attempts to start (or re-attach to) a job's container before it fails
 LABEL = "nanoclaw.job"
 DEADLINE_LABEL = "nanoclaw.deadline"  # epoch seconds: the container's life ends then, whatever restarts
+PRECHECK_LABEL = "nanoclaw.precheck"
+# The pre-check's command ($1) runs with its stdout through `head -c $2`, the rest drained, so
+# an honest command's output is cut inside the container (its head kept) and its exit status is
+# its own. A hostile one can get past this (writing to /proc/1/fd/1): the log's size cap and the
+# host's bounded read are the limits that hold against it.
+PRECHECK_WRAPPER = """exec 3>&1
+status=$( { { /bin/sh -c "$1" 3>&- 4>&-; echo $? >&4; } | { head -c "$2" >&3; cat >/dev/null; } 3>&3; } 4>&1 )
+exit "${status:-1}"
+"""
+_UNPRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]+")  # all but newlines
 
 
 async def in_daemon_thread(func: Any, *args: Any) -> Any:
@@ -259,6 +283,86 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
     return kwargs
 
 
+def precheck_name(folder: str, job: int) -> str:
+    return f"{container_name(folder, job)}-check"
+
+
+def precheck_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
+    """How a task's pre-check container is started: as confined as an agent's or more.
+
+    The same image, user, capabilities (none), read-only root, memory, pids and ulimits as
+    an agent; beyond that no network namespace with a way out (``none`` whatever
+    ``[container] network`` says), none of the agent's IPC, session or proxy sockets (so no
+    API and no web), no credentials or extra environment, and the group's folder (and the
+    owner's folders for it) read-only. Its log is a size-capped file, since what it prints
+    is read back.
+    """
+    c = cfg.container
+    folder = job["group"]
+    user, userns = agent_identity(cfg)
+    mounts = [
+        {"type": "bind", "source": str(cfg.groups_dir / folder), "target": "/workspace/group", "read_only": True},
+        {"type": "tmpfs", "source": "tmpfs", "target": "/tmp", "size": "64m"},
+    ]
+    for name, path, _rw in mounts_mod.for_container(cfg, folder, log):
+        mounts.append({"type": "bind", "source": str(path), "target": f"/workspace/extra/{name}",
+                       "read_only": True})
+    for spec in c.volumes:  # what this host needs for any container to start (e.g. the cgroup tree)
+        source, target, *mode = spec.split(":")
+        mounts.append({"type": "bind", "source": source, "target": target, "read_only": mode == ["ro"]})
+    kwargs: dict[str, Any] = {
+        "name": precheck_name(folder, job["job"]),
+        "command": ["/bin/sh", "-c", PRECHECK_WRAPPER, "nanoclaw-precheck", job["precheck"],
+                    str(c.precheck_max_output + 1)],
+        "labels": {LABEL: str(job["job"]), "nanoclaw.group": folder, PRECHECK_LABEL: "1",
+                   DEADLINE_LABEL: f"{time.time() + c.precheck_timeout:.0f}"},
+        "environment": {"TZ": cfg.tz, "HOME": "/tmp", "NANOCLAW_GROUP": folder},
+        "mounts": mounts,
+        "working_dir": "/workspace/group",
+        "network_mode": "none",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "read_only": True,
+        "ulimits": [_ulimit(u) for u in c.ulimits],
+        "log_config": {"Type": "k8s-file", "Config": {"size": max(65536, 4 * c.precheck_max_output)}},
+        "user": user,
+    }
+    if c.memory:
+        kwargs["mem_limit"] = c.memory
+    if c.pids_limit > 0:
+        kwargs["pids_limit"] = c.pids_limit
+    if c.runtime:
+        kwargs["runtime"] = c.runtime
+    if userns:
+        kwargs["userns_mode"] = userns
+    return kwargs
+
+
+def read_logs(ctr: Any, *, stdout: bool, stderr: bool, cap: int, tail: int = 0) -> tuple[bytes, bool]:
+    """A stopped container's output (its last ``tail`` lines if given), at most ``cap`` bytes
+    of it, and whether there was more.
+
+    Read frame by frame from the API (podman-py's ``logs`` would hold it all in memory)."""
+    params = {"stdout": str(stdout).lower(), "stderr": str(stderr).lower()}
+    if tail:
+        params["tail"] = str(tail)
+    resp = ctr.client.get(f"/containers/{ctr.id}/logs", params=params, stream=True)
+    resp.raise_for_status()
+    out = bytearray()
+    try:
+        while True:
+            header = resp.raw.read(8)
+            if len(header) < 8:
+                return bytes(out), False
+            (size,) = struct.unpack_from(">L", header, 4)
+            take = min(size, cap - len(out))
+            out += resp.raw.read(take) if take else b""
+            if take < size:
+                return bytes(out), True
+    finally:
+        resp.close()
+
+
 class RunnerDaemon(Daemon):
     name = "runner"
 
@@ -372,6 +476,12 @@ class RunnerDaemon(Daemon):
                                 container=name)
                     return
             except NotFound:
+                if body.get("precheck"):
+                    go, said = self._precheck(client, body)
+                    if not go:
+                        self._event(body["job"], "skipped", reason=said)
+                        return
+                    body = {**body, "prompt": body["prompt"] + said}
                 ctr = self._start(client, body)
                 deadline = self._deadline(ctr)
             self._event(body["job"], "started", container=name)
@@ -419,6 +529,50 @@ class RunnerDaemon(Daemon):
                       time.monotonic() - t0)
         return ctr
 
+    def _precheck(self, client: PodmanClient, body: dict) -> tuple[bool, str]:
+        """Run a task's pre-check; (True, what to add to the prompt) or (False, why it is skipped).
+
+        Podman failures raise (the job is retried as any start is); the command failing,
+        timing out or printing nothing is an answer, not a failure.
+        """
+        c = self.cfg.container
+        name = precheck_name(body["group"], body["job"])
+        try:  # one left by a runner that died while it ran: run it again from the start
+            client.containers.get(name).remove(force=True)
+        except NotFound:
+            pass
+        (self.cfg.groups_dir / body["group"]).mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        ctr = client.containers.create(c.image, **precheck_kwargs(self.cfg, body))
+        try:
+            ctr.start()
+            code, error = self._wait(ctr, time.time() + c.precheck_timeout, body, limit=c.precheck_timeout,
+                                     what="pre-check")
+            took = time.monotonic() - t0
+            out, cut = read_logs(ctr, stdout=True, stderr=False, cap=c.precheck_max_output)
+            err, _ = read_logs(ctr, stdout=False, stderr=True, cap=4096, tail=10)
+        finally:
+            try:
+                ctr.remove(force=True)
+            except NotFound:
+                pass
+        text = out.decode(errors="replace")
+        if code != 0:
+            said = _UNPRINTABLE.sub(" ", err.decode(errors="replace"))
+            lines = [" ".join(line.split()) for line in said.splitlines()]
+            tail = " | ".join(line for line in lines if line)[-300:]  # its last words, on one line
+            reason = error or f"the pre-check exited with code {code}"
+            reason += f": {tail}" if tail and not error else ""
+        elif not text.strip():
+            reason = "the pre-check printed nothing"
+        else:
+            self.log.info("group=%s job=%s pre-check printed %d bytes%s in %.2fs; starting the agent",
+                          body["group"], body["job"], len(out), " (cut)" if cut else "", took)
+            return True, precheck_block(text, cut_at=c.precheck_max_output if cut else None)
+        self.log.info("group=%s job=%s pre-check says skip (%.2fs): %s", body["group"], body["job"], took,
+                      reason[:200])
+        return False, reason
+
     def _deadline(self, ctr: Any) -> float:
         """When the container must be gone: ``timeout`` after it was made, kept on a label,
         so re-attaching after a runner restart does not give it a fresh allowance."""
@@ -435,14 +589,16 @@ class RunnerDaemon(Daemon):
         except (APIError, NotFound, ValueError):  # podman 4.3 answers an empty body: no processes
             return False
 
-    def _wait(self, ctr: Any, deadline: float, body: dict) -> tuple[int, str]:
+    def _wait(self, ctr: Any, deadline: float, body: dict, limit: float | None = None,
+              what: str = "container") -> tuple[int, str]:
         """Wait for the container to exit; a timer kills it at the deadline."""
         timed_out = threading.Event()
+        limit = self.cfg.container.timeout if limit is None else limit
 
         def kill() -> None:
             timed_out.set()
-            self.log.error("group=%s job=%s timed out after %.0fs; killing", body["group"], body["job"],
-                           self.cfg.container.timeout)
+            self.log.error("group=%s job=%s %s timed out after %.0fs; killing", body["group"], body["job"],
+                           what, limit)
             try:
                 ctr.kill()
             except (APIError, NotFound):
@@ -463,7 +619,7 @@ class RunnerDaemon(Daemon):
         finally:
             timer.cancel()
         if timed_out.is_set():
-            return 124, f"timed out after {self.cfg.container.timeout:.0f}s"
+            return 124, f"{'the pre-check ' if what == 'pre-check' else ''}timed out after {limit:.0f}s"
         return (code if isinstance(code, int) else -1), ""
 
     def status(self) -> str:

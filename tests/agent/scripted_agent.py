@@ -6,9 +6,11 @@ optional @trigger):
   error        answer with an error result     sleep N   wait N seconds, then echo
   send TEXT    send_message(TEXT), then reply  sendto CHAT TEXT  send_message to CHAT
   internal     reply with an <internal> note   exit      reply, then exit
+  silent       reply with only an <internal> note (a silent turn: nothing is sent)
   chaos ID     (every message) reply "ack ID1 ID2 ..." naming each message the prompt carried
   sh CMD       run CMD with /bin/sh in the container, reply "sh: <exit code>: <output>" (hostile tests)
-  task T|V|P   ask for a scheduled task (schedule_task's request: type T, value V, prompt P), reply "asked"
+  task T|V|P[|C]  ask for a scheduled task (schedule_task's request: type T, value V, prompt P,
+               pre-check C), reply "asked"
   delegate A TASK  hand TASK to team member A, reply "delegated"
   anything else: "echo: TEXT"
 In a team (the chaos test's): the lead of a group with a member "helper"
@@ -96,9 +98,11 @@ def answer(body):
         outbox.put("send_message", {"job": body["job"], "text": msg, "chat": chat})
         reply = "sent to " + chat
     elif word == "task":
-        kind, value, task_prompt = (rest.split("|") + ["", ""])[:3]
-        outbox.put("task_request", {"job": body["job"], "action": "schedule", "task": {
-            "prompt": task_prompt, "schedule_type": kind, "schedule_value": value}})
+        kind, value, task_prompt, check = (rest.split("|", 3) + ["", "", ""])[:4]
+        spec = {"prompt": task_prompt, "schedule_type": kind, "schedule_value": value}
+        if check:
+            spec["precheck"] = check
+        outbox.put("task_request", {"job": body["job"], "action": "schedule", "task": spec})
         reply = "asked"
     elif word == "sh":
         import subprocess
@@ -110,6 +114,8 @@ def answer(body):
         reply = "delegated"
     elif word == "internal":
         reply = "<internal>private reasoning</internal>visible part"
+    elif word == "silent":
+        reply = "  <internal>nothing worth saying</internal>\n"
     else:
         reply = f"echo: {text}"
     outbox.put("result", {**out, "text": reply})
