@@ -11,6 +11,7 @@ daemons, the credential proxy and the real claude CLI; only the model is fake.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
@@ -85,6 +86,7 @@ def main() -> int:
             s.wait_for(lambda: s.db().execute("select count(*) from job where status in ('queued','running')")
                        .fetchone()[0] == 0, 60)
         stages = cold_stages(s.log("queue"))
+        stages["podman"] = [float(m) * 1000 for m in re.findall(r" started \S+ in ([0-9.]+)s", s.log("runner"))]
         s.close()
         results["cold container"] = cold
         s = make(work / "warm", api, tag, opts, f"unix://{sock}", idle=600)
@@ -115,6 +117,7 @@ def main() -> int:
 # The agent runner's clock readings (container/agent_runner.py STAGES), each the end of a stage.
 STAGE_NAMES = {
     "process": "queue -> runner -> podman create and start (to the process)",
+    "podman": "  of which the runner's create and start calls",
     "python": "Python start (interpreter and our imports)",
     "sdk_imported": "claude-agent-sdk import",
     "cli_spawn": "forwarders up, inbox read",

@@ -41,12 +41,13 @@ from typing import Any
 
 
 def _process_started() -> float:
-    """When this process began (the container's first moment, near enough), wall clock."""
+    """When this process began (the container's first moment, near enough), wall clock: its
+    start in clock ticks since boot, against the boot clock now (``btime`` is whole seconds)."""
     try:
         ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-        boot = next(float(r.split()[1]) for r in open("/proc/stat") if r.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        ago = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - ago
+    except (OSError, ValueError, IndexError):
         return 0.0
 
 

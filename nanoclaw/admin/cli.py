@@ -563,7 +563,7 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                 print(f"  pre-check: {task.precheck}")
             for run in tasks_mod.runs(task):
                 took = f"{run.finished_at - run.started_at:.1f}s" if run.finished_at and run.started_at else "-"
-                detail = run.error if run.status in ("error", "skipped") else run.result
+                detail = run.error if run.status == "error" else run.result  # a skipped run's result says why
                 print(f"  run {run.id:>4}  {stamp(run.fired_at)}  {run.status:<8} {took:>7}  "
                       f"{detail[:60]!r}")
             return 0

@@ -465,7 +465,7 @@ class QueueDaemon(Daemon):
         with db.atomic("IMMEDIATE"):
             for run in runs:
                 task = run.task
-                run.status, run.finished_at, run.error = "skipped", time.time(), why[:2000]
+                run.status, run.finished_at, run.result = "skipped", time.time(), why[:2000]  # as a pre-check's
                 run.save()
                 task.last_run, task.last_result = run.fired_at, why[:500]
                 if task.schedule_type == "once":

@@ -172,6 +172,8 @@ def test_no_message_lost_or_answered_twice_under_random_kills(make_system, agent
           f"{time.time() - started:.1f}s; lost {len(lost)}, duplicated {len(doubled)}, stranded {len(stranded)}, "
           f"bad {len(bad)}; team in g0: {members} helper containers, {len(to_lead)} delegated, "
           f"{len(team_doubled)} not answered exactly once")
+    if team_doubled:  # which side: the member's answer in the chat, or the lead's summing-up
+        print("not exactly once:", {m: (helper[m], lead[m]) for m in team_doubled})
     assert stored == MESSAGES
     assert lost == [] and doubled == [] and foreign == [] and team_doubled == []
     assert set(by_helper) == {m for m, g in sent.items() if g == "g0" and int(m[1:]) % 20 == 0}  # Helper's own
