@@ -401,3 +401,23 @@ def test_container_mounts_give_a_member_its_own_ipc_and_session_and_the_team_rea
     lead_sources = {m["source"] for m in lead["mounts"] if m["type"] == "bind"}
     assert not any(".team" in s or "/agents/researcher" in s for s in lead_sources)
     assert Path(mounts["/workspace/ipc/in"]["source"]).is_dir()
+
+
+def test_a_lead_that_runs_again_on_the_same_message_delegates_once(t):
+    """The chaos test's rare double: the lead's container delegated, then was lost before its
+    answer was in; the turn ran again in a new container on the same message and delegated the
+    same task again, so the member worked twice and the lead summed up twice."""
+    t.member("main", "researcher")
+    t.say("find flights")
+    t.pump()
+    [lead] = t.new_jobs()
+    t.ask(lead, "delegate", agent="researcher", task="three flights to Lisbon")
+    t.pump()
+    t.fail(lead)  # gone before its answer: the turn is undone, the message still pending
+    again = [j for j in t.new_jobs() if j["agent"] == ""]
+    assert len(again) == 1 and "find flights" in again[0]["prompt"]
+    t.ask(again[0], "delegate", agent="researcher", task="three flights to Lisbon")
+    t.ask(again[0], "delegate", agent="researcher", task="and trains to Porto")  # a new task is new
+    t.answer(again[0], "I've asked Researcher.")
+    tasks = [m.text for m in Message.select().where(Message.agent == "researcher").order_by(Message.id)]
+    assert tasks == ["three flights to Lisbon", "and trains to Porto"]

@@ -38,6 +38,7 @@ HOSTILE INPUT
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -50,6 +51,14 @@ from nanoclaw.core.models import Group, Job, Message, Turn, db
 from nanoclaw.core.protocol import Envelope, Spool, nudge
 from nanoclaw.core.schedules import ScheduleError
 from nanoclaw.core.skeleton import Daemon
+
+
+def delegation_key(asker: str, answering: int, target: str, task: str) -> str:
+    """A delegation's id: who asked, answering which input, whom, what. A turn that runs again
+    on the same input (its container was lost after it delegated, before its answer was in)
+    asks the same again, and that is stored once: the member does not do the work twice."""
+    digest = hashlib.sha256(task.encode()).hexdigest()[:16]
+    return f"delegate:{asker or 'lead'}:{answering}:{target}:{digest}"
 
 
 class IpcDaemon(Daemon):
@@ -202,7 +211,7 @@ class IpcDaemon(Daemon):
         if not body["task"].strip():
             spool.reject(env.path, f"{who}: delegate refused: an empty task")
             return None
-        chain, depth = self._chain_of(job)
+        chain, depth, answering = self._chain_of(job)
         team = self.cfg.team
         count = Message.select().where(Message.chat == group.jid, Message.chain == chain,
                                        Message.agent.is_null(False), Message.answers.is_null()).count()
@@ -221,24 +230,25 @@ class IpcDaemon(Daemon):
             Message.insert(chat=group.jid, sender=team_mod.sender(agent),
                            sender_name=team_mod.display(agent) if agent else self.cfg.assistant_name,
                            text=body["task"], timestamp=time.time(),
-                           channel_id=f"delegate:{agent or 'lead'}:{env.name}", agent=target, chain=chain,
+                           channel_id=delegation_key(agent, answering, target, body["task"]), agent=target, chain=chain,
                            depth=depth + 1).on_conflict_ignore().execute()
         self.log.info("%s job=%s delegated to agent=%s chain=%s depth=%d", who, job.id, target, chain, depth + 1)
         return "queue"
 
     @staticmethod
-    def _chain_of(job: Job) -> tuple[int, int]:
-        """(chain, depth) of the input the job's latest turn answers: a human message starts a
-        chain of its own (depth 0); a team message carries its chain; a scheduled run is -run."""
+    def _chain_of(job: Job) -> tuple[int, int, int]:
+        """(chain, depth, input) of what the job's latest turn answers: a human message starts a
+        chain of its own (depth 0); a team message carries its chain; a scheduled run is -run.
+        ``input`` is the turn's last message (-run for a scheduled one)."""
         if job.task_run:
-            return -job.task_run, 0
+            return -job.task_run, 0, -job.task_run
         turn = job.turns.order_by(Turn.seq.desc()).first()
         m = Message.get_or_none(Message.id == turn.last_message_id) if turn else None
         if m is None:
-            return 0, 0
+            return 0, 0, 0
         if m.agent is None:
-            return m.id, 0
-        return m.chain or 0, m.depth
+            return m.id, 0, m.id
+        return m.chain or 0, m.depth, m.id
 
     def _notice(self, group: Group, key: str, text: str) -> None:
         self.router_spool.put("outbound", {"key": key, "chat": group.jid, "text": text, "kind": "notice"})
