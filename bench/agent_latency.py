@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,26 +53,32 @@ def make(base: Path, api: FakeAnthropic, tag: str, opts: dict, podman_url: str, 
     return s
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=20)
-    args = ap.parse_args()
-    import subprocess
+def real_agent(prefix: str) -> tuple[str, dict, Path, subprocess.Popen]:
+    """The real agent image (built if missing), the detected container options, a work dir
+    and a Podman API service on a socket in it: what a bench with the real image needs."""
     found, failures = probe_container_options(BASE_IMAGE)
     if found is None:
-        print("no working container runtime options:", [f.error for f in failures])
-        return 1
+        raise SystemExit(f"no working container runtime options: {[f.error for f in failures]}")
     opts = {"runtime": found.runtime, "ulimits": list(found.ulimits)}
     cfg = config_mod.Config(container=config_mod.ContainerConfig(runtime=found.runtime, ulimits=found.ulimits,
                                                                  base_image=BASE_IMAGE))
     tag = f"localhost/nanoclaw-agent:test-{image.source_digest()}"
     if not image.image_exists(tag):
         image.build(cfg, tag=tag, wheels=WHEELS, progress=lambda m: print("image:", m), workdir=WHEELS.parent)
-    work = Path(tempfile.mkdtemp(prefix="nc-bench-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     sock = work / "podman.sock"
     service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"])
     while not sock.exists():
         time.sleep(0.05)
+    return tag, opts, work, service
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    args = ap.parse_args()
+    tag, opts, work, service = real_agent("nc-bench-")
+    sock = work / "podman.sock"
     api = FakeAnthropic().start()
     results = {}
     try:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,13 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
-from agent_latency import summary  # noqa: E402
-from conftest import BASE_IMAGE, SECRET, WHEELS, System, _podman  # noqa: E402
+from agent_latency import real_agent, summary  # noqa: E402
+from conftest import SECRET, System, _podman  # noqa: E402
 from fake_anthropic import FakeAnthropic, content_text, last_user_content, tool_results  # noqa: E402
 
-from nanoclaw.admin import image  # noqa: E402
-from nanoclaw.admin.hostcheck import probe_container_options  # noqa: E402
-from nanoclaw.core import config as config_mod  # noqa: E402
 
 
 class Clock:
@@ -105,21 +100,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     args = ap.parse_args()
-    found, failures = probe_container_options(BASE_IMAGE)
-    if found is None:
-        print("no working container runtime options:", [f.error for f in failures])
-        return 1
-    opts = {"runtime": found.runtime, "ulimits": list(found.ulimits)}
-    cfg = config_mod.Config(container=config_mod.ContainerConfig(runtime=found.runtime, ulimits=found.ulimits,
-                                                                 base_image=BASE_IMAGE))
-    tag = f"localhost/nanoclaw-agent:test-{image.source_digest()}"
-    if not image.image_exists(tag):
-        image.build(cfg, tag=tag, wheels=WHEELS, progress=lambda m: print("image:", m), workdir=WHEELS.parent)
-    work = Path(tempfile.mkdtemp(prefix="nc-bench-team-"))
+    tag, opts, work, service = real_agent("nc-bench-team-")
     sock = work / "podman.sock"
-    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"])
-    while not sock.exists():
-        time.sleep(0.05)
     results: dict[str, list[float]] = {}
     try:
         for mode, idle_timeout in (("cold", 0.2), ("warm", 600.0)):
