@@ -75,6 +75,7 @@ from nanoclaw.core.models import (
     Group,
     Job,
     Message,
+    Request,
     Session,
     Task,
     TaskRun,
@@ -101,6 +102,8 @@ class QueueDaemon(Daemon):
         self.watch(self.inbox.new)
         self._teams: dict[str, tuple[int, list[str]]] = {}  # folder -> (agents/ mtime, member names)
         self._top = 0  # the newest message id the last scheduling pass saw
+        self._expiry_seen = -1  # the newest request when requests' expiry was last looked at
+        self._expiry_next: float | None = None  # when the next pending request expires
         self._task_groups: set[int] = set()  # groups with task runs queued, as of this pass
         self._approved: int | None = None  # the newest sender the owner approved, as of this pass
         self._nothing_for: dict[int, tuple] = {}  # group id -> what it looked like when nothing was for anyone
@@ -138,9 +141,14 @@ class QueueDaemon(Daemon):
         if touched:
             nudge(self.cfg.socket("router"))
         # Requests nobody answered expire at their time: the next one's is a deadline like a
-        # retry's, so nothing polls for it.
-        expiry = approvals.expire(self.cfg)
-        due = self._schedule()
+        # retry's, so nothing polls for it. Without a new request or a deadline passed there is
+        # nothing to look at (answered requests only take deadlines away).
+        newest = Request.select(fn.MAX(Request.id)).scalar() or 0
+        if newest != self._expiry_seen or (self._expiry_next is not None and time.time() >= self._expiry_next):
+            left = approvals.expire(self.cfg)
+            self._expiry_seen, self._expiry_next = newest, None if left is None else time.time() + left
+        expiry = None if self._expiry_next is None else max(0.0, self._expiry_next - time.time())
+        due = self._schedule(Message.select(fn.MAX(Message.id)).scalar() or 0)
         return min((d for d in (expiry, due) if d is not None), default=None)
 
     def _on_turn_result(self, env: Envelope) -> bool:
@@ -288,7 +296,9 @@ class QueueDaemon(Daemon):
         job.save()
         self.log.info("group=%s job=%s asked to close", job.group.folder, job.id)
 
-    def _schedule(self) -> float | None:
+    def _schedule(self, top: int) -> float | None:
+        """Start, feed or close agents' jobs as the messages and task runs now stored ask;
+        ``top`` is the newest message id. Returns the seconds until the next thing is due."""
         now = time.time()
         next_due: float | None = None
         # Queries are materialised with list(): a SELECT still stepping holds a read
@@ -299,7 +309,6 @@ class QueueDaemon(Daemon):
         waiting: list[AgentKey] = []
         # Which chats have messages since the last pass, and which groups have task runs queued:
         # two queries for all groups, so a pass costs little for the groups nothing happened in.
-        top = Message.select(fn.MAX(Message.id)).scalar() or 0
         changed = {c for (c,) in Message.select(Message.chat).distinct().where(Message.id > self._top).tuples()}
         self._top = top
         self._task_groups = {g for (g,) in TaskRun.select(Task.group).join(Task)
