@@ -421,3 +421,23 @@ def test_a_lead_that_runs_again_on_the_same_message_delegates_once(t):
     t.answer(again[0], "I've asked Researcher.")
     tasks = [m.text for m in Message.select().where(Message.agent == "researcher").order_by(Message.id)]
     assert tasks == ["three flights to Lisbon", "and trains to Porto"]
+
+
+def test_a_containers_clock_readings_cannot_forge_a_log_line(t, caplog):
+    """A new container's first turn reports where its time went; the names are the agent's,
+    and they go into the queue's log line: nothing in them may pose as a journal field or
+    start a line of its own."""
+    import logging
+    t.say("hello")
+    t.pump()
+    [lead] = t.new_jobs()
+    now = time.time()
+    t.out(lead).put("result", {"job": lead["job"], "turn": 0, "text": "hi", "session_id": "s1", "error": None,
+                               "usage": {"stages": {"python": now, "x job=99\nforged line": now + 0.1,
+                                                    "cli_ready": "soon", "result": now + 0.2}}})
+    with caplog.at_level(logging.INFO):
+        t.pump()
+    [line] = [r.getMessage() for r in caplog.records if "first turn" in r.getMessage()]
+    assert "python+" in line and "result+" in line
+    assert "job=99" not in line and "forged" not in line and "\n" not in line and "cli_ready" not in line
+    assert [o["text"] for o in t.outbound()] == ["hi"]  # the answer itself went through

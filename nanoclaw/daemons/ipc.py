@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 
 from nanoclaw.core import groups as groups_mod
@@ -51,6 +52,10 @@ from nanoclaw.core.models import Group, Job, Message, Turn, db
 from nanoclaw.core.protocol import Envelope, Spool, nudge
 from nanoclaw.core.schedules import ScheduleError
 from nanoclaw.core.skeleton import Daemon
+
+
+# A stage name in a turn's clock readings: it goes into a log line, so no spaces, no "=".
+_STAGE = re.compile(r"[a-z_]{1,20}")
 
 
 def delegation_key(asker: str, answering: int, target: str, task: str) -> str:
@@ -150,9 +155,10 @@ class IpcDaemon(Daemon):
             result = {"group": group.folder, "agent": agent, "job": job.id, "turn": body["turn"], "text": body["text"],
                       "session_id": body.get("session_id"), "error": body.get("error")}
             stages = (body.get("usage") or {}).get("stages") if isinstance(body.get("usage"), dict) else None
-            if isinstance(stages, dict):  # a new container's clock readings: numbers only, a few
-                result["usage"] = {"stages": {str(k)[:20]: float(v) for k, v in list(stages.items())[:16]
-                                              if isinstance(v, float) or type(v) is int and abs(v) < 1 << 53}}
+            if isinstance(stages, dict):  # a new container's clock readings: plain names, numbers, a few
+                result["usage"] = {"stages": {k: float(v) for k, v in list(stages.items())[:16]
+                                              if isinstance(k, str) and _STAGE.fullmatch(k)
+                                              and (isinstance(v, float) or type(v) is int and abs(v) < 1 << 53)}}
             self.queue_spool.put("turn_result", result, name=env.name)
             return "queue"
         chat = body.get("chat") or group.jid

@@ -393,8 +393,9 @@ class QueueDaemon(Daemon):
         stages = (body.get("usage") or {}).get("stages")
         if not isinstance(stages, dict) or not 0 < len(stages) <= 16:
             return
-        points = [("job", job.created_at)] + [(str(k)[:20], float(v)) for k, v in stages.items()
-                                               if isinstance(v, (int, float)) and 0 < v < 1e11]
+        points = [("job", job.created_at)] + [(k, float(v)) for k, v in stages.items()
+                                               if isinstance(k, str) and k.isidentifier() and len(k) <= 20
+                                               and isinstance(v, (int, float)) and 0 < v < 1e11]
         parts = [f"{b[0]}+{(b[1] - a[1]) * 1000:.0f}ms" for a, b in zip(points, points[1:], strict=False)]
         self.log.info("group=%s job=%s new container's first turn: %s", job.group.folder, job.id, " ".join(parts))
 
