@@ -41,7 +41,10 @@ def summary(name: str, values: list[float]) -> str:
             f"max={max(values) * 1000:6.0f} ms")
 
 
-def make(base: Path, api: FakeAnthropic, tag: str, opts: dict, podman_url: str, idle: float) -> System:
+def make(base: Path, api: FakeAnthropic, tag: str, opts: dict, podman_url: str, idle: float,
+         members: tuple[tuple[str, str, str], ...] = ()) -> System:
+    """A running nanoclaw with the main group (and its team ``members``: name, description,
+    instructions) whose proxy talks to ``api``."""
     s = System(base, {"timezone": "UTC", "proxy_upstream": api.url, "container": {
         "image": tag, "podman_url": podman_url, "idle_timeout": idle, **opts}})
     cred = s.confdir / "credentials" / "anthropic-credential"
@@ -49,6 +52,8 @@ def make(base: Path, api: FakeAnthropic, tag: str, opts: dict, podman_url: str, 
     cred.write_text(SECRET)
     cred.chmod(0o600)
     s.cli("groups", "add", "main", "--main")
+    for name, description, instructions in members:
+        s.cli("agents", "add", "main", name, "--description", description, "--instructions", instructions)
     s.start()
     return s
 

@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
-from agent_latency import real_agent, summary  # noqa: E402
-from conftest import SECRET, System, _podman  # noqa: E402
+from agent_latency import make, real_agent, summary  # noqa: E402
+from conftest import System, _podman  # noqa: E402
 from fake_anthropic import FakeAnthropic, content_text, last_user_content, tool_results  # noqa: E402
 
 
@@ -78,19 +78,6 @@ class Clock:
             return table[key]
 
 
-def make(base: Path, api: FakeAnthropic, tag: str, opts: dict, podman_url: str, idle: float) -> System:
-    s = System(base, {"timezone": "UTC", "proxy_upstream": api.url, "container": {
-        "image": tag, "podman_url": podman_url, "idle_timeout": idle, **opts}})
-    cred = s.confdir / "credentials" / "anthropic-credential"
-    cred.parent.mkdir(parents=True)
-    cred.write_text(SECRET)
-    cred.chmod(0o600)
-    s.cli("groups", "add", "main", "--main")
-    s.cli("agents", "add", "main", "researcher", "--description", "finds things", "--instructions", "Find.")
-    s.start()
-    return s
-
-
 def idle(s: System) -> None:
     s.wait_for(lambda: s.db().execute("select count(*) from job where status in ('queued','running')")
                .fetchone()[0] == 0, 120)
@@ -109,7 +96,8 @@ def main() -> int:
             api = FakeAnthropic()
             api.responder = clock.responder
             api.start()
-            s = make(work / mode, api, tag, opts, f"unix://{sock}", idle=idle_timeout)
+            s = make(work / mode, api, tag, opts, f"unix://{sock}", idle=idle_timeout,
+                     members=(("researcher", "finds things", "Find."),))
             w = s.watch("main")
             delegated, plain = [], []
             for i in range(args.runs + (1 if mode == "warm" else 0)):  # warm: a first round starts them
