@@ -1439,9 +1439,13 @@ def test_nanoclaw_pair_interrupted_then_run_again(harness, monkeypatch, tmp_path
         server = await asyncio.start_unix_server(h.daemon._serve_client, path=str(h.cfg.socket("channel")))
 
         async def cli_pair():
+            # Ctrl-C as at a terminal: a suite started in the background (a shell without job
+            # control ignores SIGINT there, and children inherit that) must not change it.
             return await asyncio.create_subprocess_exec(sys.executable, "-m", "nanoclaw", "pair", env=env,
                                                         stdout=asyncio.subprocess.PIPE,
-                                                        stderr=asyncio.subprocess.PIPE)
+                                                        stderr=asyncio.subprocess.PIPE,
+                                                        preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                                         signal.SIG_DFL))
         first = await cli_pair()
         shown = await asyncio.wait_for(first.stdout.readuntil(b"waiting for the phone"), 30)
         child = h.wa._pairing.proc.pid
