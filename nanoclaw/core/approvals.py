@@ -114,13 +114,14 @@ def _post(chat: str, key: str, text: str, cfg: Config) -> None:
     Outbox.insert(key=key, chat=chat, text=text, kind="notice", sender=cfg.assistant_name).on_conflict_ignore().execute()
 
 
-def on_inbound(cfg: Config, msg: Message, *, chat_name: str = "", members: int | None = None) -> Request | None:
+def on_inbound(cfg: Config, msg: Message, group: Group | None, *, chat_name: str = "",
+               members: int | None = None) -> Request | None:
     """Decide whether a just-stored message asks for the owner's approval; if so make the
-    request and its card (call inside the transaction that stored ``msg``). Returns the new
-    request, or None: not a request, or one that must not make a card (one from this chat
-    or sender still waits, a denial in force, a cap reached)."""
+    request and its card (call inside the transaction that stored ``msg``; ``group`` is the
+    group registered for its chat, or None). Returns the new request, or None: not a
+    request, or one that must not make a card (one from this chat or sender still waits, a
+    denial in force, a cap reached)."""
     now = time.time()
-    group = Group.get_or_none(Group.jid == msg.chat)
     if group is None:
         if not matches_trigger(msg.text, cfg.default_trigger):
             return None

@@ -165,9 +165,10 @@ class ChannelDaemon(Daemon):
                             is_bot=False, media=json.dumps(msg.media) if msg.media else None)
                         # An unknown chat (or an "ask" group's unknown sender) naming the trigger asks
                         # the owner: the request and its card are made with the message, or neither is.
-                        request = approvals.on_inbound(self.cfg, row, chat_name=msg.chat_name, members=msg.members)
-                        kept = (request is not None or self.cfg.whatsapp.store_unregistered
-                                or Group.get_or_none(Group.jid == msg.chat) is not None
+                        group = Group.get_or_none(Group.jid == msg.chat)
+                        request = approvals.on_inbound(self.cfg, row, group, chat_name=msg.chat_name,
+                                                       members=msg.members)
+                        kept = (request is not None or group is not None or self.cfg.whatsapp.store_unregistered
                                 or approvals.keeps_unregistered(msg.chat))
                         if not kept:  # a chat the owner never accepted: nothing of it is kept
                             row.delete_instance()
