@@ -55,19 +55,10 @@ def _process_started() -> float:
 STAGES: dict[str, float] = {"process": _process_started(), "python": time.time()}
 
 sys.path.insert(0, "/opt/nanoclaw")
-from claude_agent_sdk import (  # noqa: E402
-    AssistantMessage,
-    ClaudeAgentOptions,
-    ClaudeSDKClient,
-    ResultMessage,
-    TextBlock,
-    create_sdk_mcp_server,
-    tool,
-)
+import early_cli  # noqa: E402
 from inotify_simple import INotify, flags  # noqa: E402
 from protocol import BadMessage, Spool  # noqa: E402
 
-STAGES["sdk_imported"] = time.time()
 
 WORKSPACE = Path("/workspace")
 IPC = WORKSPACE / "ipc"
@@ -125,6 +116,160 @@ async def start_forwarder(sock: Path = PROXY_SOCKET) -> str:
     port = server.sockets[0].getsockname()[1]
     return f"http://127.0.0.1:{port}"
 
+
+# -- the team ---------------------------------------------------------------------
+
+def read_member(path: Path) -> dict[str, str]:
+    """A member file's front matter (description, model, tools) and its instructions ("body")."""
+    text = path.read_text()
+    front: dict[str, str] = {}
+    if text.startswith("---\n"):
+        head, _, text = text[4:].partition("\n---")
+        for line in head.splitlines():
+            key, colon, value = line.partition(":")
+            if colon:
+                front[key.strip()] = value.strip()
+    return {**front, "body": text.lstrip("-").strip()}
+
+
+def team() -> dict[str, dict[str, str]]:
+    members = {}
+    for path in sorted(TEAM_DIR.glob("*.md")):
+        try:
+            members[path.stem] = read_member(path)
+        except (OSError, UnicodeDecodeError):
+            continue
+    return members
+
+
+def display(name: str) -> str:
+    return name.replace("_", " ").replace("-", " ").title()
+
+
+# -- the agent --------------------------------------------------------------------
+
+def member_prompt(me: dict[str, str]) -> str:
+    return (f"You are {display(AGENT)} ({AGENT}), a member of the team of the group '{GROUP}': "
+            f"{me.get('description', '')}. The group's lead agent and other members hand you tasks; "
+            "they arrive wrapped in <messages>, from=\"agent:...\" naming who asked. People in the chat "
+            f"may also address you directly as @{display(AGENT)}. Your final answer goes to the chat "
+            f"under your name and back to whoever asked. /workspace/group is the team's shared "
+            "folder.\n\nYour instructions:\n" + me.get("body", ""))
+
+
+def system_append() -> str:
+    if AGENT:
+        try:
+            me = read_member(TEAM_DIR / f"{AGENT}.md")
+        except OSError:
+            me = {}
+        return member_prompt(me)
+    parts = [f"You are running inside nanoclaw as the agent of the group '{GROUP}'"
+             f"{' (the owner’s main admin channel)' if IS_MAIN else ''}. Your working directory "
+             "/workspace/group is this group's folder and persists; /workspace/global holds shared "
+             "memory. Messages arrive wrapped in <messages>; your final answer is sent to the chat. "
+             "Put anything not meant for the chat inside <internal>…</internal>; an answer that is only "
+             "such notes sends nothing, so when there is nothing worth saying (a scheduled check that "
+             "found nothing new), stay silent that way. Files people send "
+             "(photos, documents, voice notes) are saved in /workspace/group/inbox/ and named in their "
+             "message as <attachment …/>: open images and PDFs with the Read tool to see them; a voice "
+             "note is not transcribed, so say you cannot hear it rather than guess."]
+    mounts = [m.split(":", 1) for m in os.environ.get("NANOCLAW_MOUNTS", "").split(",") if ":" in m]
+    if mounts:
+        parts.append("The owner has given you these folders of theirs: " + "; ".join(
+            f"/workspace/extra/{name} ({'read-write' if mode == 'rw' else 'read-only'})" for name, mode in mounts)
+            + ". Work on them as the owner asks; they are the owner's own files.")
+    global_md = WORKSPACE / "global" / "CLAUDE.md"
+    try:
+        parts.append("Shared memory (/workspace/global/CLAUDE.md):\n" + global_md.read_text()[:20000])
+    except OSError:
+        pass
+    return "\n\n".join(parts)
+
+
+def proxy_env(web_proxy: str) -> dict[str, str]:
+    """The web through the host: every tool (WebFetch, curl, pip, git, Python) reads one of
+    these spellings; NO_PROXY keeps the API forwarder and the container's loopback direct."""
+    env = {}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+        env[name] = env[name.lower()] = web_proxy
+    env["NO_PROXY"] = env["no_proxy"] = NO_PROXY
+    return env
+
+
+
+def settings(base_url: str, web_proxy: str, resume: str | None) -> early_cli.Settings:
+    """What the CLI is told, as plain data: the early start and the SDK's options share it."""
+    home = Path(os.environ.get("HOME", "/tmp/home"))
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "ANTHROPIC_BASE_URL": base_url,
+        # The real credential is added by the host's proxy; the CLI needs some value to start.
+        "ANTHROPIC_API_KEY": "placeholder-the-host-proxy-adds-the-real-credential",
+        "CLAUDE_CONFIG_DIR": str(WORKSPACE / "session"),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_TELEMETRY": "1",
+        "ENABLE_TOOL_SEARCH": "false",  # few tools: give them to the model directly
+        "XDG_CACHE_HOME": "/tmp/cache",
+        "CLAUDE_CODE_TMPDIR": "/tmp",
+        **proxy_env(web_proxy),
+    }
+    if os.geteuid() == 0:
+        env["IS_SANDBOX"] = "1"  # a misconfigured root container is still a sandbox
+    tools = None
+    if AGENT:  # a member limited to some tools gets those built-ins only (its nanoclaw tools always)
+        try:
+            named = read_member(TEAM_DIR / f"{AGENT}.md").get("tools", "").strip("[]")
+        except OSError:
+            named = ""
+        if named.strip():
+            tools = [t.strip() for t in named.split(",") if t.strip()]
+    return early_cli.Settings(
+        cwd=str(WORKSPACE / "group"), env=env, append=system_append(), resume=resume, model=MODEL or None,
+        tools=tools, disallowed=["CronCreate", "CronDelete", "CronList", "ScheduleWakeup", "EnterWorktree",
+                                 "ExitWorktree", "RemoteTrigger"])
+
+
+async def start_cli_early(base_url: str, web_proxy: str) -> early_cli.EarlyCLI | None:
+    """Start the CLI for the first prompt waiting in in/ (its session), before the SDK is
+    imported; None if no prompt waits or the CLI cannot be started this way."""
+    for path in inbox.unseen(set()):
+        try:
+            env = inbox.read(path)
+        except BadMessage:
+            continue
+        if env.type != "prompt":
+            return None
+        try:
+            return await early_cli.start(settings(base_url, web_proxy, env.body.get("session_id")))
+        except Exception as exc:  # the SDK starts it later, as it always could
+            log(f"could not start the CLI early: {exc}")
+            return None
+    return None
+
+
+# -- the start: the forwarders and the CLI first, the SDK while the CLI starts -----------
+# Nothing here waits for the CLI: it starts on the other core while Python imports the SDK
+# (see early_cli.py). The event loop is made now so the CLI's pipes belong to it.
+LOOP = asyncio.new_event_loop()
+asyncio.set_event_loop(LOOP)
+API_URL = LOOP.run_until_complete(start_forwarder(PROXY_SOCKET))
+WEB_URL = LOOP.run_until_complete(start_forwarder(WEB_SOCKET))
+EARLY = LOOP.run_until_complete(start_cli_early(API_URL, WEB_URL))
+STAGES["cli_spawn"] = time.time()
+
+from claude_agent_sdk import (  # noqa: E402
+    AssistantMessage,
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    ResultMessage,
+    TextBlock,
+    create_sdk_mcp_server,
+    tool,
+)
+
+STAGES["sdk_imported"] = time.time()
 
 # -- tools: requests to the host ----------------------------------------------------
 
@@ -252,35 +397,6 @@ async def raise_budget(args: dict) -> dict:
     return _ok("Budget request handed to the host; it confirms in the chat.")
 
 
-# -- the team ---------------------------------------------------------------------
-
-def read_member(path: Path) -> dict[str, str]:
-    """A member file's front matter (description, model, tools) and its instructions ("body")."""
-    text = path.read_text()
-    front: dict[str, str] = {}
-    if text.startswith("---\n"):
-        head, _, text = text[4:].partition("\n---")
-        for line in head.splitlines():
-            key, colon, value = line.partition(":")
-            if colon:
-                front[key.strip()] = value.strip()
-    return {**front, "body": text.lstrip("-").strip()}
-
-
-def team() -> dict[str, dict[str, str]]:
-    members = {}
-    for path in sorted(TEAM_DIR.glob("*.md")):
-        try:
-            members[path.stem] = read_member(path)
-        except (OSError, UnicodeDecodeError):
-            continue
-    return members
-
-
-def display(name: str) -> str:
-    return name.replace("_", " ").replace("-", " ").title()
-
-
 @tool("list_agents", "List the members of this group's team: their names and what each is for.",
       {"type": "object", "properties": {}})
 async def list_agents(args: dict) -> dict:
@@ -327,95 +443,19 @@ else:
         + ([register_group, list_available_groups, raise_budget] if IS_MAIN else [])
 
 
-# -- the agent --------------------------------------------------------------------
-
-def member_prompt(me: dict[str, str]) -> str:
-    return (f"You are {display(AGENT)} ({AGENT}), a member of the team of the group '{GROUP}': "
-            f"{me.get('description', '')}. The group's lead agent and other members hand you tasks; "
-            "they arrive wrapped in <messages>, from=\"agent:...\" naming who asked. People in the chat "
-            f"may also address you directly as @{display(AGENT)}. Your final answer goes to the chat "
-            f"under your name and back to whoever asked. /workspace/group is the team's shared "
-            "folder.\n\nYour instructions:\n" + me.get("body", ""))
-
-
-def system_append() -> str:
-    if AGENT:
-        try:
-            me = read_member(TEAM_DIR / f"{AGENT}.md")
-        except OSError:
-            me = {}
-        return member_prompt(me)
-    parts = [f"You are running inside nanoclaw as the agent of the group '{GROUP}'"
-             f"{' (the owner’s main admin channel)' if IS_MAIN else ''}. Your working directory "
-             "/workspace/group is this group's folder and persists; /workspace/global holds shared "
-             "memory. Messages arrive wrapped in <messages>; your final answer is sent to the chat. "
-             "Put anything not meant for the chat inside <internal>…</internal>; an answer that is only "
-             "such notes sends nothing, so when there is nothing worth saying (a scheduled check that "
-             "found nothing new), stay silent that way. Files people send "
-             "(photos, documents, voice notes) are saved in /workspace/group/inbox/ and named in their "
-             "message as <attachment …/>: open images and PDFs with the Read tool to see them; a voice "
-             "note is not transcribed, so say you cannot hear it rather than guess."]
-    mounts = [m.split(":", 1) for m in os.environ.get("NANOCLAW_MOUNTS", "").split(",") if ":" in m]
-    if mounts:
-        parts.append("The owner has given you these folders of theirs: " + "; ".join(
-            f"/workspace/extra/{name} ({'read-write' if mode == 'rw' else 'read-only'})" for name, mode in mounts)
-            + ". Work on them as the owner asks; they are the owner's own files.")
-    global_md = WORKSPACE / "global" / "CLAUDE.md"
-    try:
-        parts.append("Shared memory (/workspace/global/CLAUDE.md):\n" + global_md.read_text()[:20000])
-    except OSError:
-        pass
-    return "\n\n".join(parts)
-
-
-def proxy_env(web_proxy: str) -> dict[str, str]:
-    """The web through the host: every tool (WebFetch, curl, pip, git, Python) reads one of
-    these spellings; NO_PROXY keeps the API forwarder and the container's loopback direct."""
-    env = {}
-    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
-        env[name] = env[name.lower()] = web_proxy
-    env["NO_PROXY"] = env["no_proxy"] = NO_PROXY
-    return env
-
-
-def options(base_url: str, web_proxy: str, resume: str | None) -> ClaudeAgentOptions:
-    home = Path(os.environ.get("HOME", "/tmp/home"))
-    home.mkdir(parents=True, exist_ok=True)
-    env = {
-        "ANTHROPIC_BASE_URL": base_url,
-        # The real credential is added by the host's proxy; the CLI needs some value to start.
-        "ANTHROPIC_API_KEY": "placeholder-the-host-proxy-adds-the-real-credential",
-        "CLAUDE_CONFIG_DIR": str(WORKSPACE / "session"),
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "DISABLE_AUTOUPDATER": "1",
-        "DISABLE_TELEMETRY": "1",
-        "ENABLE_TOOL_SEARCH": "false",  # few tools: give them to the model directly
-        "XDG_CACHE_HOME": "/tmp/cache",
-        "CLAUDE_CODE_TMPDIR": "/tmp",
-        **proxy_env(web_proxy),
-    }
-    if os.geteuid() == 0:
-        env["IS_SANDBOX"] = "1"  # a misconfigured root container is still a sandbox
-    limits: dict[str, Any] = {}
-    if AGENT:  # a member limited to some tools gets those built-ins only (its nanoclaw tools always)
-        try:
-            named = read_member(TEAM_DIR / f"{AGENT}.md").get("tools", "").strip("[]")
-        except OSError:
-            named = ""
-        if named.strip():
-            limits["tools"] = [t.strip() for t in named.split(",") if t.strip()]
+def options(s: early_cli.Settings) -> ClaudeAgentOptions:
+    """The SDK's options for ``s`` (the early CLI was started with the same values)."""
     return ClaudeAgentOptions(
-        **limits,
-        cwd=str(WORKSPACE / "group"),
-        env=env,
-        resume=resume,
-        model=MODEL or None,
-        setting_sources=["project"],  # the group's CLAUDE.md
-        system_prompt={"type": "preset", "preset": "claude_code", "append": system_append()},
-        mcp_servers={"nanoclaw": create_sdk_mcp_server("nanoclaw", tools=TOOLS)},
-        permission_mode="bypassPermissions",
-        disallowed_tools=["CronCreate", "CronDelete", "CronList", "ScheduleWakeup", "EnterWorktree",
-                          "ExitWorktree", "RemoteTrigger"],
+        cwd=s.cwd,
+        env=s.env,
+        resume=s.resume,
+        model=s.model,
+        tools=s.tools,
+        setting_sources=s.setting_sources,  # "project": the group's CLAUDE.md
+        system_prompt={"type": "preset", "preset": "claude_code", "append": s.append},
+        mcp_servers={s.mcp_server: create_sdk_mcp_server(s.mcp_server, tools=TOOLS)},
+        permission_mode=s.permission_mode,
+        disallowed_tools=s.disallowed,
         stderr=lambda line: stderr_tail.append(line),
     )
 
@@ -427,16 +467,27 @@ RESUME_FAILED = re.compile(r"--resume|no conversation found|session id", re.IGNO
 class Agent:
     """A warm Claude session: connect once, then one ``turn`` per prompt."""
 
-    def __init__(self, base_url: str, web_proxy: str) -> None:
+    def __init__(self, base_url: str, web_proxy: str, early: early_cli.EarlyCLI | None = None) -> None:
         self.base_url = base_url
         self.web_proxy = web_proxy
+        self.early = early  # the CLI started before the SDK was imported, if any
         self.client: ClaudeSDKClient | None = None
         self.session_id: str | None = None
 
     async def _connect(self, resume: str | None) -> None:
         STAGES.setdefault("cli_spawn", time.time())
-        self.client = ClaudeSDKClient(options(self.base_url, self.web_proxy, resume))
-        await self.client.connect()  # the CLI started, initialized, our MCP server listed
+        s = settings(self.base_url, self.web_proxy, resume)
+        opts = options(s)
+        transport, early, self.early = None, self.early, None
+        if early is not None:
+            if early.matches(s, opts):
+                transport = early.transport(stderr_tail.append)
+            else:  # another session, or a command the SDK would not run: never a different answer
+                log("the CLI started early does not match what the SDK would run; starting the SDK's own")
+                await early.stop()
+                STAGES.setdefault("cli_restart", time.time())
+        self.client = ClaudeSDKClient(opts, transport=transport)
+        await self.client.connect()  # the CLI started (or adopted), initialized, our MCP server listed
         STAGES.setdefault("cli_ready", time.time())
 
     async def turn(self, prompt: str, resume: str | None) -> dict:
@@ -488,12 +539,15 @@ class Agent:
         return {"text": text or "", "session_id": self.session_id, "usage": usage, "error": error}
 
     async def close(self) -> None:
+        if self.early is not None:  # started, never used (the container was closed first)
+            await self.early.stop()
+            self.early = None
         if self.client is not None:
             await self.client.disconnect()
 
 
 async def main() -> int:
-    agent = Agent(await start_forwarder(PROXY_SOCKET), await start_forwarder(WEB_SOCKET))
+    agent = Agent(API_URL, WEB_URL, EARLY)
     notify = INotify()
     notify.add_watch(str(inbox.new), flags.MOVED_TO | flags.CLOSE_WRITE)
     woke = asyncio.Event()
@@ -542,5 +596,18 @@ async def main() -> int:
         await agent.close()
 
 
+def run() -> int:
+    """``main()`` on the loop the start made, then that loop's tasks ended as asyncio.run would."""
+    try:
+        return LOOP.run_until_complete(main())
+    finally:
+        pending = asyncio.all_tasks(LOOP)
+        for task in pending:
+            task.cancel()
+        LOOP.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        LOOP.run_until_complete(LOOP.shutdown_asyncgens())
+        LOOP.close()
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(run())

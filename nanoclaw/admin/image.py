@@ -33,6 +33,7 @@ from nanoclaw.core.config import Config
 Progress = Callable[[str], None]
 # nanoclaw modules the agent runner imports inside the image (as top-level modules).
 SHARED_MODULES = (Path(protocol.__file__), Path(safefs.__file__))
+RUNNER_FILES = ("agent_runner.py", "early_cli.py")  # container/: what runs in the image
 PLATFORMS = ("manylinux_2_36", "manylinux_2_34", "manylinux_2_31", "manylinux_2_28", "manylinux_2_17",
              "manylinux2014")
 
@@ -111,7 +112,7 @@ def download_wheels(dest: Path, python: str, machine: str, progress: Progress) -
 def source_digest() -> str:
     """A digest of what goes into the image besides wheels (to tell stale images apart)."""
     h = hashlib.sha256()
-    for path in (container_dir() / "Containerfile", container_dir() / "agent_runner.py",
+    for path in (container_dir() / "Containerfile", *(container_dir() / name for name in RUNNER_FILES),
                  container_dir() / "requirements.txt", *SHARED_MODULES):
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
@@ -162,7 +163,7 @@ def build(cfg: Config, *, tag: str | None = None, wheels: Path | None = None,
     ctx_root.mkdir(parents=True, exist_ok=True)
     ctx = Path(tempfile.mkdtemp(prefix="context-", dir=ctx_root))
     try:
-        for name in ("Containerfile", "agent_runner.py"):
+        for name in ("Containerfile", *RUNNER_FILES):
             shutil.copyfile(src / name, ctx / name)
         for module in SHARED_MODULES:
             shutil.copyfile(module, ctx / module.name)
