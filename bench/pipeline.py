@@ -141,6 +141,48 @@ def ingest(base: Path, total: int, clients: int = 4) -> tuple[float, int]:
     return per * clients / took, stored - len(errors)
 
 
+def machine_floor(where: Path, runs: int) -> dict[str, list[float]]:
+    """What this machine charges for the steps the warm path is made of, after the same random
+    idle gaps as the latency runs: one idle process woken by another through a Unix socket
+    (the nudge; the container's inotify wake-up is the same kind of step), and one durable
+    small write (write, fsync, rename, fsync the directory: a spool file or a commit)."""
+    import multiprocessing
+    import os
+
+    parent, child = socket.socketpair()
+
+    def echo(sock: socket.socket) -> None:
+        parent.close()  # the forked copy: else the end never sees the parent close its side
+        while sock.recv(1):
+            sock.sendall(str(time.monotonic()).encode())
+
+    proc = multiprocessing.get_context("fork").Process(target=echo, args=(child,))
+    proc.start()
+    child.close()
+    rng = random.Random(7)
+    wake, durable = [], []
+    d = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(runs):
+            time.sleep(rng.uniform(0, 2.0))
+            t0 = time.monotonic()
+            parent.sendall(b"x")
+            wake.append(float(parent.recv(64)) - t0)
+            t0 = time.monotonic()
+            fd = os.open(where / "tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, b"x" * 300)
+            os.fsync(fd)
+            os.close(fd)
+            os.rename(where / "tmp", where / f"f{i}")
+            os.fsync(d)
+            durable.append(time.monotonic() - t0)
+    finally:
+        os.close(d)
+        parent.close()
+        proc.join(5)
+    return {"idle process woken through a socket": wake, "durable small write (2 fsyncs)": durable}
+
+
 def memory_of(s: System) -> dict[str, dict[str, int]]:
     """Each daemon's RSS, PSS and USS in KiB. RSS counts the interpreter's and libssl's pages,
     shared by all seven, once per process; PSS divides shared pages among their sharers, so
@@ -199,6 +241,8 @@ def main() -> int:
             stages[mode] = {name: warm[name] for name in ("stored -> turn decided", "turn decided -> agent read it",
                                                           "emitted -> result taken", "result taken -> sent")}
         rate, stored = ingest(work / "ingest", args.ingest)
+        (work / "floor").mkdir()
+        floor = machine_floor(work / "floor", args.runs)
     finally:
         _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
         service.terminate()
@@ -211,6 +255,9 @@ def main() -> int:
         print(f"where the warm path's time goes ({mode}):")
         for name, values in rows.items():
             print(line("  " + name, values))
+    print("this machine's own cost of the warm path's steps (its floor: two wake-ups, about three durable writes):")
+    for name, values in floor.items():
+        print(line("  " + name, values))
     if "polling baseline" in report:
         print("ratio, polling baseline / event-driven (p50):")
         for name in report["event"]:
