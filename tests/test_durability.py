@@ -205,3 +205,31 @@ def test_reattaching_keeps_the_containers_deadline(make_system, agent_image, pod
         finished, error = con.execute("select finished_at, error from job").fetchone()
     assert "timed out" in error
     assert finished - started < 6.0 + 2.5, f"ended {finished - started:.1f}s after start"
+
+
+SPOOL_PUT = """
+import sys
+from pathlib import Path
+from nanoclaw.core.protocol import Spool
+Spool(Path(sys.argv[1])).ensure().put("prompt", {"job": 1, "turn": 2, "prompt": "hi", "session_id": None},
+                                      durable=sys.argv[2] == "durable")
+"""
+
+
+@pytest.mark.parametrize("mode, syncs", [("durable", 2), ("handover", 0)])
+def test_a_spool_message_is_synced_twice_and_a_prompt_hand_over_not_at_all(tmp_path, mode, syncs):
+    """A spool message is fsynced (the file, then new/) before put() returns; a prompt for a
+    container (durable=False) is not, and is still whole in new/ for its reader."""
+    if subprocess.run(["which", "strace"], capture_output=True).returncode:
+        if os.environ.get("CI") == "true":
+            pytest.fail("strace is not installed (CI=true)")
+        pytest.skip("strace is not installed")
+    import sys
+    trace = tmp_path / "trace"
+    spool = tmp_path / "spool"
+    subprocess.run(["strace", "-f", "-e", "trace=fsync,fdatasync", "-o", str(trace), sys.executable, "-c",
+                    SPOOL_PUT, str(spool), mode], check=True, capture_output=True)
+    calls = [line for line in trace.read_text().splitlines() if "fsync(" in line or "fdatasync(" in line]
+    assert len(calls) == syncs, calls
+    env = Spool(spool).read(next((spool / "new").iterdir()))
+    assert env.type == "prompt" and env.body["turn"] == 2 and env.body["prompt"] == "hi"

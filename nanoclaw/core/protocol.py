@@ -86,7 +86,8 @@ SCHEMAS: dict[str, Schema] = {
                   "error": (str, _OPT), "container": (str, _OPT), "reason": (str, _OPT)},
     # a timer (nanoclaw tasks fire) -> queue: run a scheduled task now
     # due_at absent: a timer's light fire (admin/fire.py); the queue sets it and the next run
-    "task_fire": {"task": (int,), "fired_at": (float,), "due_at": (float, type(None), _OPT)},
+    "task_fire": {"task": (int,), "fired_at": (float,), "due_at": (float, type(None), _OPT),
+                  "started_at": (float, _OPT)},  # the firing process's start (a timer's share of lateness)
     # anyone -> router: text for a chat; ``key`` makes it idempotent. ``sender`` is the name
     # it goes out under (default: the assistant's); ``reply_to`` the message row it answers.
     "outbound": {"key": (str,), "chat": (str,), "text": (str,), "kind": (str,), "sender": (str, _OPT),
@@ -161,6 +162,18 @@ SWEEP_EVERY = 30.0  # seconds between looks into tmp/ for dead writers' leftover
 STALE_TMP = 86400.0
 
 
+def process_started() -> float | None:
+    """When this process began, wall clock: its start in clock ticks since boot, against the
+    boot clock now. For the clock readings a hand-over carries (where did the time go before
+    this process could act?); None where /proc cannot say."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -213,8 +226,14 @@ class Spool:
         return self
 
     # -- producing -------------------------------------------------------
-    def put(self, kind: str, body: dict, *, name: str | None = None) -> Path:
-        """Durably add a message; returns its path in ``new/``."""
+    def put(self, kind: str, body: dict, *, name: str | None = None, durable: bool = True) -> Path:
+        """Add a message, durably unless told otherwise; returns its path in ``new/``.
+
+        ``durable=False`` leaves out the two fsyncs (the file's and ``new/``'s). Readers
+        still see the whole file or none (the rename is atomic either way); only a power
+        cut may lose it. That is for hand-overs whose content the database can make again:
+        a prompt for a container, which a power cut kills too, and whose messages stay
+        behind the agent's cursor until a result for them is stored."""
         data = encode(kind, body)
         name = name or unique_name(kind)
         if not _NAME_RE.match(name):
@@ -222,9 +241,10 @@ class Spool:
         with self._open("tmp") as tmp, self._open("new") as new:
             # 0644: an agent container runs under another uid and must read its prompts;
             # the state directory around the spools is what keeps others out.
-            tmp.new_file(name, data, 0o644)
+            tmp.new_file(name, data, 0o644, sync=durable)
             tmp.rename(name, new)
-            new.fsync()
+            if durable:
+                new.fsync()
         return self.new / name
 
     # -- consuming -------------------------------------------------------

@@ -662,7 +662,8 @@ class QueueDaemon(Daemon):
                 break
             seq += 1
             Turn.create(job=job, seq=seq, first_message_id=batch[0].id, last_message_id=batch[-1].id)
-            inbox.put("prompt", {"job": job.id, "turn": seq, "prompt": prompt, "session_id": None})
+            # Not synced: a power cut that could lose it ends the container too (see Spool.put).
+            inbox.put("prompt", {"job": job.id, "turn": seq, "prompt": prompt, "session_id": None}, durable=False)
             self.log.info("group=%s job=%s turn=%s follow-up delivered messages=%d..%d", group.folder,
                           job.id, seq, batch[0].id, batch[-1].id)
             pending = pending[len(batch):]
@@ -708,7 +709,8 @@ class QueueDaemon(Daemon):
                 .on_conflict_ignore().execute()
         if created:
             late = body["fired_at"] - due if due else 0.0
-            self.log.info("group=%s task=%s fired (%.2fs after due)", task.group.folder, task.id, late)
+            started = f"; its process started {body['started_at'] - due:.3f}s after" if due and "started_at" in body else ""
+            self.log.info("group=%s task=%s fired (%.3fs after due%s)", task.group.folder, task.id, late, started)
 
     def _next_task_run(self, group: Group, now: float) -> TaskRun | float | None:
         """The group's next task run to start now, or when one becomes due (backoff)."""

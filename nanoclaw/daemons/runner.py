@@ -513,7 +513,7 @@ class RunnerDaemon(Daemon):
         for d in (inbox.new, inbox.cur, inbox.tmp):
             shutil.rmtree(d, ignore_errors=True)
         inbox.ensure().put("prompt", {"job": body["job"], "turn": 0, "prompt": body["prompt"],
-                                      "session_id": body["session_id"]})
+                                      "session_id": body["session_id"]}, durable=False)  # see Spool.put
         try:
             ready = request(self.cfg.socket("proxy"), {"op": "ensure", "group": body["group"],
                                                        "agent": body.get("agent", "")}, timeout=5)
