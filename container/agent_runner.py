@@ -40,24 +40,14 @@ from pathlib import Path
 from typing import Any
 
 
-def _process_started() -> float:
-    """When this process began (the container's first moment, near enough), wall clock: its
-    start in clock ticks since boot, against the boot clock now (``btime`` is whole seconds)."""
-    try:
-        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-        ago = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-        return time.time() - ago
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
+sys.path.insert(0, "/opt/nanoclaw")
+from protocol import BadMessage, Spool, process_started  # noqa: E402
 
 # Where a new container's first answer spends its time; sent once, with the first turn's usage.
-STAGES: dict[str, float] = {"process": _process_started(), "python": time.time()}
+STAGES: dict[str, float] = {"process": process_started() or 0.0, "python": time.time()}
 
-sys.path.insert(0, "/opt/nanoclaw")
 import early_cli  # noqa: E402
 from inotify_simple import INotify, flags  # noqa: E402
-from protocol import BadMessage, Spool  # noqa: E402
 
 
 WORKSPACE = Path("/workspace")

@@ -16,10 +16,16 @@ from __future__ import annotations
 import time
 
 from nanoclaw.core.config import Config
-from nanoclaw.core.protocol import Spool, nudge
+from nanoclaw.core.protocol import Spool, nudge, process_started
 
 
 def fire(cfg: Config, task_id: int, *, now: float | None = None) -> None:
-    """Put ``task_fire`` for ``task_id`` in the queue's spool and wake the queue."""
-    Spool(cfg.spool_dir / "queue").ensure().put("task_fire", {"task": task_id, "fired_at": now or time.time()})
+    """Put ``task_fire`` for ``task_id`` in the queue's spool and wake the queue. The file says
+    when this process started too, so the queue's log can tell the timer's and systemd's share
+    of a firing's lateness from Python's."""
+    body: dict = {"task": task_id, "fired_at": now or time.time()}
+    started = process_started()
+    if started is not None:
+        body["started_at"] = started
+    Spool(cfg.spool_dir / "queue").ensure().put("task_fire", body)
     nudge(cfg.socket("queue"))
