@@ -47,10 +47,7 @@ def make(base: Path, api: FakeAnthropic, tag: str, opts: dict, podman_url: str, 
     instructions) whose proxy talks to ``api``."""
     s = System(base, {"timezone": "UTC", "proxy_upstream": api.url, "container": {
         "image": tag, "podman_url": podman_url, "idle_timeout": idle, **opts}})
-    cred = s.confdir / "credentials" / "anthropic-credential"
-    cred.parent.mkdir(parents=True)
-    cred.write_text(SECRET)
-    cred.chmod(0o600)
+    s.set_credential(SECRET)
     s.cli("groups", "add", "main", "--main")
     for name, description, instructions in members:
         s.cli("agents", "add", "main", name, "--description", description, "--instructions", instructions)

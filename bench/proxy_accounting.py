@@ -70,10 +70,7 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="nc-accounting-bench-"))
     budgets = {} if args.no_budgets else {"budgets": {"day_usd": 1e6, "groups": {"main": {"day_usd": 1e6}}}}
     system = System(base / "sys", {"timezone": "UTC", "proxy_upstream": fake.url, **budgets})
-    cred = system.confdir / "credentials" / "anthropic-credential"
-    cred.parent.mkdir(parents=True)
-    cred.write_text("sk-ant-api03-accounting-bench\n")
-    cred.chmod(0o600)
+    system.set_credential("sk-ant-api03-accounting-bench")
     results: dict[str, list[tuple[float, float]]] = {}
     try:
         system.cli("groups", "add", "main", "--main")

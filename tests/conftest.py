@@ -54,6 +54,20 @@ def build_test_agent_image() -> str:
     return tag
 
 
+def old_database(path: Path, more_sql: str = "") -> Path:
+    """A database as an earlier nanoclaw left it: the "group" table before teams and models,
+    with the main group, plus ``more_sql`` (older tables, rows): for the migration tests."""
+    import sqlite3
+    con = sqlite3.connect(path)
+    con.executescript("""
+        create table "group" (id integer primary key, jid varchar unique, name varchar, folder varchar unique,
+            trigger varchar, requires_trigger integer, is_main integer, added_at real);
+        insert into "group" values (1, 'main@term', 'main', 'main', '@Andy', 0, 1, 0);
+    """ + more_sql)
+    con.close()
+    return path
+
+
 @pytest.fixture(scope="session")
 def agent_image() -> str:
     """The scripted test agent image, built offline from the debootstrap base."""
@@ -113,6 +127,14 @@ class System:
         self.logs: dict[str, Path] = {}
         # A command a daemon is started under (e.g. a private mount namespace), by daemon name.
         self.wrap: dict[str, list[str]] = {}
+
+    def set_credential(self, secret: str) -> Path:
+        """The proxy's Anthropic credential, where `nanoclaw credential set` puts it (0600)."""
+        cred = self.confdir / "credentials" / "anthropic-credential"
+        cred.parent.mkdir(parents=True, exist_ok=True)
+        cred.write_text(secret + "\n")
+        cred.chmod(0o600)
+        return cred
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "nanoclaw", *args], env=self.env, text=True,
@@ -342,10 +364,7 @@ def make_agent_system(make_system, real_agent_image, podman_service, fake_api):
                         container={"image": real_agent_image, "podman_url": podman_service,
                                    "idle_timeout": 2.0, "timeout": 120.0,
                                    "extra_env": ["CLAUDE_CODE_MAX_RETRIES=0"], **container})
-        cred = s.confdir / "credentials" / "anthropic-credential"
-        cred.parent.mkdir(parents=True, exist_ok=True)
-        cred.write_text(credential + "\n")
-        cred.chmod(0o600)
+        s.set_credential(credential)
         s.cli("groups", "add", "main", "--main")
         s.start()
         return s

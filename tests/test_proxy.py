@@ -32,10 +32,7 @@ def test_an_agents_api_path_cannot_forge_journal_fields(make_system, fake_api):
     journal field such as HOST= or VERDICT= (the egress proxy's fields)."""
     from nanoclaw.core.log import journal_fields
     s = make_system(proxy_upstream=fake_api.url)
-    cred = s.confdir / "credentials" / "anthropic-credential"
-    cred.parent.mkdir(parents=True)
-    cred.write_text("sk-ant-api03-journal-test\n")
-    cred.chmod(0o600)
+    s.set_credential("sk-ant-api03-journal-test")
     s.cli("groups", "add", "main", "--main")
     s.start("proxy")
     sock = s.run / "proxy" / "main" / "api.sock"

@@ -359,20 +359,14 @@ def test_member_files_are_validated_and_capped(cfg, tmp_path):
 
 
 def test_an_older_database_keeps_its_cursors_and_sessions_as_the_leads(tmp_path):
-    import sqlite3
-    path = tmp_path / "old.db"
-    con = sqlite3.connect(path)
-    con.executescript("""
-        create table "group" (id integer primary key, jid varchar unique, name varchar, folder varchar unique,
-            trigger varchar, requires_trigger integer, is_main integer, added_at real);
-        insert into "group" values (1, 'main@term', 'main', 'main', '@Andy', 0, 1, 0);
+    from conftest import old_database
+    path = old_database(tmp_path / "old.db", """
         create table cursor (group_id integer primary key, last_message_id integer, failures integer,
             retry_at real);
         insert into cursor values (1, 42, 0, 0);
         create table session (group_id integer primary key, session_id varchar, updated_at real);
         insert into session values (1, 'sess-1', 0);
     """)
-    con.close()
     open_db(path)
     assert [(c.agent, c.last_message_id) for c in Cursor.select()] == [("", 42)]
     assert [(s.agent, s.session_id) for s in Session.select()] == [("", "sess-1")]

@@ -60,10 +60,7 @@ def call(sock, model: str = "claude-test-1", stream: bool = False, headers: dict
 
 def proxied(make_system, fake_api, **settings):
     s = make_system(proxy_upstream=fake_api.url, usage={"prices": PRICES, **settings.pop("usage", {})}, **settings)
-    cred = s.confdir / "credentials" / "anthropic-credential"
-    cred.parent.mkdir(parents=True)
-    cred.write_text("sk-ant-api03-usage-test\n")
-    cred.chmod(0o600)
+    s.set_credential("sk-ant-api03-usage-test")
     s.cli("groups", "add", "main", "--main")
     return s
 
@@ -180,10 +177,7 @@ def test_a_compressed_answer_is_metered_and_passed_on_as_it_came(make_system, fa
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         s = make_system(proxy_upstream=f"http://127.0.0.1:{server.server_address[1]}", usage={"prices": PRICES})
-        cred = s.confdir / "credentials" / "anthropic-credential"
-        cred.parent.mkdir(parents=True)
-        cred.write_text("sk-ant-api03-usage-test\n")
-        cred.chmod(0o600)
+        s.set_credential("sk-ant-api03-usage-test")
         s.cli("groups", "add", "main", "--main")
         s.start("proxy")
         sock = s.run / "proxy" / "main" / "api.sock"
@@ -440,23 +434,17 @@ def test_budget_and_price_configuration_is_checked(tmp_path):
 def test_an_older_database_gains_the_usage_tables_and_keeps_every_groups_rows(tmp_path):
     """Group.model is added as a nullable column: SQLite makes a NOT NULL one by rebuilding
     the table, and dropping the old "group" table would cascade to its jobs, cursors and tasks."""
-    import sqlite3
+    from conftest import old_database
 
     from nanoclaw.core import config as config_mod
     from nanoclaw.core import usage
     from nanoclaw.core.models import Group, Job, open_db
-    path = tmp_path / "old.db"
-    con = sqlite3.connect(path)
-    con.executescript("""
-        create table "group" (id integer primary key, jid varchar unique, name varchar, folder varchar unique,
-            trigger varchar, requires_trigger integer, is_main integer, added_at real);
-        insert into "group" values (1, 'main@term', 'main', 'main', '@Andy', 0, 1, 0);
+    path = old_database(tmp_path / "old.db", """
         create table job (id integer primary key autoincrement, group_id integer not null references "group"(id)
             on delete cascade, agent varchar not null default '', status varchar, created_at real, started_at real,
             finished_at real, container varchar, exit_code integer, error text, closing integer, task_run integer);
         insert into job (group_id, status, created_at, container, error, closing) values (1, 'done', 0, '', '', 0);
     """)
-    con.close()
     open_db(path)
     assert [(g.folder, g.model) for g in Group.select()] == [("main", None)]
     assert Job.select().count() == 1

@@ -1,8 +1,10 @@
-"""fire: what a task's timer runs (``nanoclaw tasks fire ID``): hand the task to the queue.
+"""fire: what a task's timer runs (``python -m nanoclaw.admin.fire ID``; by hand,
+``nanoclaw tasks fire ID`` does the same): hand the task to the queue.
 
 It writes ``task_fire`` into the queue's spool (fsync, rename) and nudges the
-queue, loading neither the database nor the scheduling libraries: the timer's
-share of a task's lateness is a Python start, one spool write and a datagram.
+queue, loading neither the CLI, nor the database, nor the scheduling libraries:
+the timer's share of a task's lateness is a Python start, reading the
+configuration, one spool write and a datagram.
 The queue checks that the task is active and moves ``next_run`` on when it
 takes the file (``due_at`` absent tells it to), in the transaction that
 records the run, so a file read twice still makes one run.
@@ -13,8 +15,10 @@ PRIVILEGE
 
 from __future__ import annotations
 
+import sys
 import time
 
+from nanoclaw.core import config as config_mod
 from nanoclaw.core.config import Config
 from nanoclaw.core.protocol import Spool, nudge, process_started
 
@@ -29,3 +33,23 @@ def fire(cfg: Config, task_id: int, *, now: float | None = None) -> None:
         body["started_at"] = started
     Spool(cfg.spool_dir / "queue").ensure().put("task_fire", body)
     nudge(cfg.socket("queue"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nanoclaw.admin.fire TASK_ID`` (nanoclaw-task@.service): :func:`fire`, with
+    only the configuration loaded first. Exit 2 for a bad argument, 1 for a bad configuration."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not args[0].isdigit():
+        print("usage: python -m nanoclaw.admin.fire TASK_ID (a task's number)", file=sys.stderr)
+        return 2
+    try:
+        cfg = config_mod.get()
+    except config_mod.ConfigError as exc:
+        print(f"nanoclaw: configuration error: {exc}", file=sys.stderr)
+        return 1
+    fire(cfg, int(args[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,8 +8,8 @@ DESCRIPTION
     ``<state>/timers/nanoclaw-task-<id>.json``. ``nanoclaw-timers.path`` sees a
     change and starts ``nanoclaw-timers.service``, which runs this: it reads
     every spec, re-validates it, renders ``nanoclaw-task-<id>.timer`` (each
-    starting the template ``nanoclaw-task@<id>.service``, which runs ``nanoclaw
-    tasks fire <id>`` as the service user), writes the units, removes those no
+    starting the template ``nanoclaw-task@<id>.service``, which runs ``python -m
+    nanoclaw.admin.fire <id>`` as the service user), writes the units, removes those no
     spec stands for, and reloads systemd. ``Persistent=true`` makes a firing
     missed while the machine was off happen at boot.
 

@@ -9,12 +9,18 @@ without touching a system install.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 
 from nanoclaw.core.egress import EgressPolicy
+
+# A group's folder name (and a team member's): here, not in core/groups.py, so that reading the
+# configuration (which names groups in its tables) loads neither the database nor peewee; the
+# timer's fire (nanoclaw/admin/fire.py) reads it.
+FOLDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 class ConfigError(Exception):
@@ -264,7 +270,6 @@ def _coerce(cls: type, table: dict, where: str) -> dict:
 def _egress(table: dict) -> tuple[EgressPolicy, dict[str, EgressPolicy]]:
     """``[egress]`` and its ``[egress.groups.<folder>]`` tables; a group's table changes only
     the keys it names. Every value is checked here, so a typo stops the daemons at start."""
-    from nanoclaw.core.groups import FOLDER_RE  # groups imports this module
 
     table = dict(table)
     groups = table.pop("groups", {})
@@ -309,7 +314,6 @@ def _usage(table: dict) -> UsageConfig:
 
 def _budgets(table: dict) -> tuple[Budget, dict[str, Budget]]:
     """``[budgets]`` (all groups together) and ``[budgets.groups.<folder>]`` (one group each)."""
-    from nanoclaw.core.groups import FOLDER_RE  # groups imports this module
 
     table = dict(table)
     groups = table.pop("groups", {})

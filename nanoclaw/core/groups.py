@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
-from nanoclaw.core.config import Config
+from nanoclaw.core.config import FOLDER_RE, Config
 from nanoclaw.core.models import AllowedSender, Cursor, Group, db
 from nanoclaw.core.safefs import Dir
 
-FOLDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RESERVED_FOLDERS = {"global"}
 log = logging.getLogger("nanoclaw.groups")
 

@@ -3,7 +3,7 @@
 SUMMARY
     Owns no schedule: each pass (at start, on a nudge from the CLI or ipc,
     every 30 s) makes the timers match the active tasks and refreshes each
-    group's ``tasks.json``. When a timer fires, ``nanoclaw tasks fire ID``
+    group's ``tasks.json``. When a timer fires, ``python -m nanoclaw.admin.fire ID``
     hands the task to the queue.
 
 READS
