@@ -845,6 +845,43 @@ def test_media_never_goes_through_what_the_agent_planted_in_its_inbox(harness, t
     assert not relinked and json.loads(rows[-1].media)["file"] == "inbox/X1.jpg"
 
 
+def test_a_burst_in_one_chat_is_stored_in_order_in_fewer_commits_than_messages(harness):
+    """A chat's messages are stored in arrival order, but a handler waits only for the one
+    before it to take its place in the commit line, not for that commit: a burst (a backlog
+    after a reconnect) shares commits instead of paying one fsync per message. Dispatched by
+    neonize's own Event.execute from another thread, all at once, as its Go callback does."""
+    from neonize.aioze import events as events_mod
+    from neonize.aioze.events import Event
+    from neonize.events import EVENT_TO_INT
+
+    async def go():
+        h = await harness().start()
+        dispatch = Event(h.client)
+        dispatch.list_func[EVENT_TO_INT[MessageEv]] = h.client.event.handlers[MessageEv]
+        saved, events_mod.event_global_loop = events_mod.event_global_loop, asyncio.get_running_loop()
+        family, alice = jid(FAMILY, "g.us"), jid(ALICE)
+        burst = [message_ev(family, alice, f"B{i}", f"line {i}", ts=T0 + i) for i in range(40)]
+
+        def deliver_all() -> None:
+            for ev in burst:
+                data = ev.SerializeToString()
+                buf = ctypes.create_string_buffer(data, len(data))
+                dispatch.execute(0, ctypes.addressof(buf), len(data), EVENT_TO_INT[MessageEv])
+        try:
+            commits = h.daemon.commits
+            await asyncio.to_thread(deliver_all)
+            await wait_until(lambda: len(h.rows(h.family.jid)) == 40)
+            commits = h.daemon.commits - commits
+        finally:
+            events_mod.event_global_loop = saved
+        rows = h.rows(h.family.jid)
+        await h.close()
+        return commits, rows
+    commits, rows = run(go())
+    assert [r.channel_id for r in rows] == [f"B{i}" for i in range(40)]
+    assert commits < 20, commits
+
+
 def test_a_captioned_photo_triggers_and_the_prompt_names_the_file(harness):
     """The defect: '[image: …] @Andy what is this?' never matched a trigger at the start."""
     from nanoclaw.core.prompt import build_prompt

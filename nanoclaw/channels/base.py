@@ -29,8 +29,9 @@ class Inbound:
     members: int | None = None
 
 
-# The channel daemon's store-then-acknowledge callback: returns (row id, duplicate?),
-# or raises StoreError.
+# The channel daemon's store-then-acknowledge callback. The call itself takes the message's
+# place in the commit line (calls are stored in their order); what it returns gives
+# (row id, duplicate?) once stored, or raises StoreError.
 Receive = Callable[[Inbound], Awaitable[tuple[int, bool]]]
 
 

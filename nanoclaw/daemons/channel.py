@@ -76,6 +76,7 @@ class ChannelDaemon(Daemon):
         self._chats_at = 0.0
         self._chats_written = ""
         self.received = 0
+        self.commits = 0  # transactions that stored inbound messages (group commit: fewer than messages)
         self.store_failure = ""  # why the last message could not be stored, until one is
         self._to_store: list[tuple[Inbound, asyncio.Future[tuple[int, bool]]]] = []  # waiting for a commit
         self._committer: asyncio.Task | None = None
@@ -90,33 +91,37 @@ class ChannelDaemon(Daemon):
             backend.on_alert = lambda text, b=backend: self._alert(b, text)
             await backend.start(self.receive)
 
-    async def receive(self, msg: Inbound) -> tuple[int, bool]:
-        """Store an inbound message durably; return (row id, was it a duplicate).
+    def receive(self, msg: Inbound) -> asyncio.Future[tuple[int, bool]]:
+        """Store an inbound message durably. Its place in the commit line is taken by this
+        call, so messages are stored in the order of calls (a backend that hands over a
+        chat's messages in order need not wait for one's commit before the next); the
+        future gives (row id, was it a duplicate) once the commit holding it is done.
 
-        Raises StoreError (with the real cause, e.g. a full disk) when it cannot be
-        stored: the sender must not be told it was received.
+        Group commit: messages that arrive together share one transaction, and so one
+        fsync of the WAL; each sender is answered only after the commit that holds its row.
+        The future raises StoreError (with the real cause, e.g. a full disk) when the
+        message cannot be stored: the sender must not be told it was received.
         """
+        done: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
+        self._to_store.append((msg, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending())
+        return asyncio.ensure_future(self._stored(msg, done))
+
+    async def _stored(self, msg: Inbound, done: asyncio.Future[tuple[int, bool]]) -> tuple[int, bool]:
         try:
-            return await self._store(msg)
+            return await done
         except (DatabaseError, OSError) as exc:
             self.store_failure = storage_problem(exc)
             self.log.error("chat=%s msg=%s cannot be stored: %s", msg.chat, msg.channel_id, self.store_failure)
             self._set_status()
             raise StoreError(f"not stored: {self.store_failure}") from exc
 
-    async def _store(self, msg: Inbound) -> tuple[int, bool]:
-        """Group commit: messages that arrive together share one transaction, and so one
-        fsync of the WAL; each sender is answered only after the commit that holds its row."""
-        done: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
-        self._to_store.append((msg, done))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_pending())
-        return await done
-
     async def _commit_pending(self) -> None:
         await asyncio.sleep(0)  # requests read in this turn of the loop join the same commit
         while self._to_store:
             batch, self._to_store = self._to_store, []
+            self.commits += 1
             try:
                 results = self._commit(batch)
             except Exception as exc:  # nothing of the batch is stored: every sender hears why
@@ -415,7 +420,7 @@ class ChannelDaemon(Daemon):
         stuck = self.stuck()
         if stuck:
             parts.append(f"STUCK: {stuck}")
-        return "; ".join(parts) + f"; {self.received} received since start"
+        return "; ".join(parts) + f"; {self.received} received since start in {self.commits} commits"
 
     def stuck(self) -> str:
         return "; ".join(filter(None, (b.stuck() for b in getattr(self, "backends", ()))))

@@ -620,12 +620,22 @@ class WhatsAppBackend(Backend):
         self._storing.add(task)  # a stop lets it finish: WhatsApp already has our ack
         try:
             # Entered before the first await: the place in the chat's line is the arrival order.
+            # The turn ends once the message has its place in the commit line (the order rows
+            # are stored in), not when that commit is done: a chat's burst shares commits.
             async with self._order.turn(jid_str(src.Chat)):
-                await self._intake(client, ev)
+                stored = await self._intake(client, ev)
+            if stored is not None:
+                chat, pending = stored
+                try:
+                    await pending
+                except StoreError as exc:
+                    await self._tell_not_stored(chat, str(exc))
         finally:
             self._storing.discard(task)
 
-    async def _intake(self, client: Any, ev: Any) -> None:
+    async def _intake(self, client: Any, ev: Any) -> tuple[str, Awaitable[tuple[int, bool]]] | None:
+        """Check, download and hand over one message; returns its chat and what its storing
+        will give (None: nothing to store)."""
         info = ev.Info
         src = info.MessageSource
         raw_chat = jid_str(src.Chat)
@@ -667,10 +677,7 @@ class WhatsAppBackend(Backend):
             name, members = (await self._chat_name(chat) if chat.endswith("@" + GROUP_SERVER)
                              else ("" if inbound.from_me else inbound.sender_name, None))
             inbound = dataclasses.replace(inbound, chat_name=name, members=members)
-        try:
-            await self.receive(inbound)
-        except StoreError as exc:
-            await self._tell_not_stored(chat, str(exc))
+        return chat, self.receive(inbound)
 
     async def _chat_name(self, chat: str) -> tuple[str, int | None]:
         """An unregistered WhatsApp group's name and size, as WhatsApp says (cached: a chat that
