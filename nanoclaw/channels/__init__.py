@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nanoclaw.channels.base import Backend, Inbound, SendError, StoreError
+from nanoclaw.channels.base import LOOK_UP, Backend, Inbound, SendError, StoreError
 from nanoclaw.channels.terminal import TerminalBackend
 from nanoclaw.channels.whatsapp import (
     WhatsAppBackend,  # imports neonize only when started
@@ -10,4 +10,4 @@ from nanoclaw.channels.whatsapp import (
 
 BACKENDS: dict[str, type[Backend]] = {"terminal": TerminalBackend, "whatsapp": WhatsAppBackend}
 
-__all__ = ["BACKENDS", "Backend", "Inbound", "SendError", "StoreError", "TerminalBackend", "WhatsAppBackend"]
+__all__ = ["BACKENDS", "LOOK_UP", "Backend", "Inbound", "SendError", "StoreError", "TerminalBackend", "WhatsAppBackend"]

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from nanoclaw.core.config import Config
+    from nanoclaw.core.models import Group
+
+LOOK_UP = "look up"  # Inbound.group when the backend did not look the chat's group up
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,9 @@ class Inbound:
     # name and size as the network gave them (hostile: cleaned before anyone sees them).
     chat_name: str = ""
     members: int | None = None
+    # The registered group the backend already found for ``chat`` (None: none is), so the
+    # commit need not look again; LOOK_UP when the backend did not look.
+    group: Group | None | str = LOOK_UP
 
 
 # The channel daemon's store-then-acknowledge callback. The call itself takes the message's

@@ -47,6 +47,7 @@ from peewee import DatabaseError, IntegrityError
 
 from nanoclaw.channels import (
     BACKENDS,
+    LOOK_UP,
     Backend,
     Inbound,
     SendError,
@@ -170,7 +171,7 @@ class ChannelDaemon(Daemon):
                             is_bot=False, media=json.dumps(msg.media) if msg.media else None)
                         # An unknown chat (or an "ask" group's unknown sender) naming the trigger asks
                         # the owner: the request and its card are made with the message, or neither is.
-                        group = Group.get_or_none(Group.jid == msg.chat)
+                        group = Group.get_or_none(Group.jid == msg.chat) if msg.group == LOOK_UP else msg.group
                         request = approvals.on_inbound(self.cfg, row, group, chat_name=msg.chat_name,
                                                        members=msg.members)
                         kept = (request is not None or group is not None or self.cfg.whatsapp.store_unregistered
@@ -321,7 +322,8 @@ class ChannelDaemon(Daemon):
         try:
             row_id, dup = await self.receive(Inbound(
                 chat=group.jid, sender=sender, sender_name=str(req.get("sender_name") or sender.split("@")[0]),
-                text=text, channel_id=msg_id, timestamp=time.time(), from_me=sender == "owner@term", media=media))
+                text=text, channel_id=msg_id, timestamp=time.time(), from_me=sender == "owner@term", media=media,
+                group=group))
         except StoreError as exc:
             return {"ok": False, "error": str(exc)}
         return {"ok": True, "message_id": row_id, "duplicate": dup, "chat": group.jid}

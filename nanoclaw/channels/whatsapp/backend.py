@@ -670,7 +670,7 @@ class WhatsAppBackend(Backend):
             log.debug("chat=%s msg=%s no text (reaction, sticker, protocol message); ignored", chat, msg_id)
             return
         inbound = to_inbound(ev, chat=chat, text=text[:MAX_TEXT], own_lid=self.own_lid,
-                             own_phone=self.own_phone, media=attachment, sender=sender)
+                             own_phone=self.own_phone, media=attachment, sender=sender, group=group)
         if group is None and matches_trigger(text, self.cfg.default_trigger):
             # It may ask the owner: the card names the chat (a direct chat by the other person,
             # never by the owner's own name when the owner wrote there).

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nanoclaw.channels.base import Inbound
+from nanoclaw.channels.base import LOOK_UP, Inbound
 from nanoclaw.core import attachments
 from nanoclaw.channels.whatsapp.session import bare_jid
 
@@ -179,11 +179,12 @@ def media_of(msg: Any, msg_id: str) -> Media | None:
 
 
 def to_inbound(ev: Any, *, chat: str, text: str, own_lid: str = "", own_phone: str = "",
-               media: dict | None = None, sender: str = "") -> Inbound:
+               media: dict | None = None, sender: str = "", group: Any = LOOK_UP) -> Inbound:
     """A MessageEv as the channel stores it. WhatsApp's timestamps are milliseconds.
-    ``sender`` replaces the one read from the event (a LID the store mapped to a phone)."""
+    ``sender`` replaces the one read from the event (a LID the store mapped to a phone);
+    ``group`` is the registered group already found for ``chat`` (None: none is)."""
     info = ev.Info
     src = info.MessageSource
     return Inbound(chat=chat, sender=sender or sender_of(src, own_lid, own_phone), sender_name=info.Pushname,
                    text=text, channel_id=info.ID, timestamp=info.Timestamp / 1000.0, from_me=src.IsFromMe,
-                   media=media)
+                   media=media, group=group)
