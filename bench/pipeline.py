@@ -282,7 +282,7 @@ def main() -> int:
         systemd_bench = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(systemd_bench)
         timers = systemd_bench.measure(firings=12, security=False)
-        print(systemd_bench.accuracy_line(timers["late"], timers.get("started")))
+        print(systemd_bench.accuracy_line(timers["late"], timers.get("started"), timers.get("python")))
     return 0 if stored == stored16 == args.ingest else 1
 
 

@@ -187,7 +187,6 @@ def proxy_env(web_proxy: str) -> dict[str, str]:
     return env
 
 
-
 def settings(base_url: str, web_proxy: str, resume: str | None) -> early_cli.Settings:
     """What the CLI is told, as plain data: the early start and the SDK's options share it."""
     home = Path(os.environ.get("HOME", "/tmp/home"))

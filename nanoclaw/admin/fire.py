@@ -18,19 +18,23 @@ from __future__ import annotations
 import sys
 import time
 
-from nanoclaw.core import config as config_mod
-from nanoclaw.core.config import Config
-from nanoclaw.core.protocol import Spool, nudge, process_started
+PYTHON_AT = time.time()  # the interpreter is up and running this module: before our imports
+
+from nanoclaw.core import config as config_mod  # noqa: E402
+from nanoclaw.core.config import Config  # noqa: E402
+from nanoclaw.core.protocol import Spool, nudge, process_started  # noqa: E402
 
 
 def fire(cfg: Config, task_id: int, *, now: float | None = None) -> None:
     """Put ``task_fire`` for ``task_id`` in the queue's spool and wake the queue. The file says
-    when this process started too, so the queue's log can tell the timer's and systemd's share
-    of a firing's lateness from Python's."""
+    when this process started and when Python began running this module too, so the queue's
+    log can tell the timer's, systemd's (the unit's sandbox, exec) and Python's shares of a
+    firing's lateness apart."""
     body: dict = {"task": task_id, "fired_at": now or time.time()}
     started = process_started()
     if started is not None:
         body["started_at"] = started
+        body["python_at"] = PYTHON_AT
     Spool(cfg.spool_dir / "queue").ensure().put("task_fire", body)
     nudge(cfg.socket("queue"))
 

@@ -87,7 +87,8 @@ SCHEMAS: dict[str, Schema] = {
     # a timer (nanoclaw tasks fire) -> queue: run a scheduled task now
     # due_at absent: a timer's light fire (admin/fire.py); the queue sets it and the next run
     "task_fire": {"task": (int,), "fired_at": (float,), "due_at": (float, type(None), _OPT),
-                  "started_at": (float, _OPT)},  # the firing process's start (a timer's share of lateness)
+                  # the firing process's start, and Python's (the timer's and systemd's shares of lateness)
+                  "started_at": (float, _OPT), "python_at": (float, _OPT)},
     # anyone -> router: text for a chat; ``key`` makes it idempotent. ``sender`` is the name
     # it goes out under (default: the assistant's); ``reply_to`` the message row it answers.
     "outbound": {"key": (str,), "chat": (str,), "text": (str,), "kind": (str,), "sender": (str, _OPT),

@@ -709,7 +709,11 @@ class QueueDaemon(Daemon):
                 .on_conflict_ignore().execute()
         if created:
             late = body["fired_at"] - due if due else 0.0
-            started = f"; its process started {body['started_at'] - due:.3f}s after" if due and "started_at" in body else ""
+            started = ""
+            if due and "started_at" in body:
+                started = f"; its process started {body['started_at'] - due:.3f}s after"
+                if "python_at" in body:
+                    started += f", Python ran {body['python_at'] - due:.3f}s after"
             self.log.info("group=%s task=%s fired (%.3fs after due%s)", task.group.folder, task.id, late, started)
 
     def _next_task_run(self, group: Group, now: float) -> TaskRun | float | None:
