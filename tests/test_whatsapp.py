@@ -113,6 +113,7 @@ def test_whatsapp_config_table(tmp_path, monkeypatch):
 # -- the backend, fed real neonize protobuf events ------------------------------------
 
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
 import ctypes  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
@@ -625,26 +626,36 @@ def test_a_dm_arriving_as_a_bare_lid_reaches_the_registered_phone_chat(harness):
     assert lookups == [f"{ALICE_LID}@lid", "77000000000099@lid"]  # none while disconnected
 
 
+@contextlib.contextmanager
+def neonize_dispatch(h: Harness):
+    """neonize's own Event.execute, wired to the channel's MessageEv handler on this loop: the
+    function it yields hands a MessageEv over as neonize's Go callback does (call it from
+    another thread, as Go does)."""
+    from neonize.aioze import events as events_mod
+    from neonize.aioze.events import Event
+    from neonize.events import EVENT_TO_INT
+    dispatch = Event(h.client)
+    dispatch.list_func[EVENT_TO_INT[MessageEv]] = h.client.event.handlers[MessageEv]
+    saved, events_mod.event_global_loop = events_mod.event_global_loop, asyncio.get_running_loop()
+
+    def deliver(ev: MessageEv) -> None:
+        data = ev.SerializeToString()
+        buf = ctypes.create_string_buffer(data, len(data))
+        dispatch.execute(0, ctypes.addressof(buf), len(data), EVENT_TO_INT[MessageEv])
+    try:
+        yield deliver
+    finally:
+        events_mod.event_global_loop = saved
+
+
 def test_a_photo_is_stored_before_the_question_that_followed_it(harness):
     """The defect: neonize runs each handler as its own task, so "what is this?" was stored
     (and could start the agent) while the photo before it was still downloading. Dispatched
     here by neonize's own Event.execute, from another thread, as its Go callback does."""
-    from neonize.aioze import events as events_mod
-    from neonize.aioze.events import Event
-    from neonize.events import EVENT_TO_INT
-
     async def go():
         h = await harness().start()
         h.client.download_gate = asyncio.Event()
-        dispatch = Event(h.client)
-        dispatch.list_func[EVENT_TO_INT[MessageEv]] = h.client.event.handlers[MessageEv]
-        saved, events_mod.event_global_loop = events_mod.event_global_loop, asyncio.get_running_loop()
-
-        def deliver(ev: MessageEv) -> None:
-            data = ev.SerializeToString()
-            buf = ctypes.create_string_buffer(data, len(data))
-            dispatch.execute(0, ctypes.addressof(buf), len(data), EVENT_TO_INT[MessageEv])
-        try:
+        with neonize_dispatch(h) as deliver:
             family, alice = jid(FAMILY, "g.us"), jid(ALICE)
             for ev in (message_ev(family, alice, "P1", body=WAMessage(imageMessage=ImageMessage(
                            mimetype="image/jpeg", fileLength=15))),
@@ -655,8 +666,6 @@ def test_a_photo_is_stored_before_the_question_that_followed_it(harness):
             held = h.rows(h.family.jid)
             h.client.download_gate.set()
             await wait_until(lambda: len(h.rows(h.family.jid)) == 2)
-        finally:
-            events_mod.event_global_loop = saved
         rows = h.rows(h.family.jid)
         await h.close()
         return held, rows
@@ -850,30 +859,15 @@ def test_a_burst_in_one_chat_is_stored_in_order_in_fewer_commits_than_messages(h
     before it to take its place in the commit line, not for that commit: a burst (a backlog
     after a reconnect) shares commits instead of paying one fsync per message. Dispatched by
     neonize's own Event.execute from another thread, all at once, as its Go callback does."""
-    from neonize.aioze import events as events_mod
-    from neonize.aioze.events import Event
-    from neonize.events import EVENT_TO_INT
-
     async def go():
         h = await harness().start()
-        dispatch = Event(h.client)
-        dispatch.list_func[EVENT_TO_INT[MessageEv]] = h.client.event.handlers[MessageEv]
-        saved, events_mod.event_global_loop = events_mod.event_global_loop, asyncio.get_running_loop()
         family, alice = jid(FAMILY, "g.us"), jid(ALICE)
         burst = [message_ev(family, alice, f"B{i}", f"line {i}", ts=T0 + i) for i in range(40)]
-
-        def deliver_all() -> None:
-            for ev in burst:
-                data = ev.SerializeToString()
-                buf = ctypes.create_string_buffer(data, len(data))
-                dispatch.execute(0, ctypes.addressof(buf), len(data), EVENT_TO_INT[MessageEv])
-        try:
+        with neonize_dispatch(h) as deliver:
             commits = h.daemon.commits
-            await asyncio.to_thread(deliver_all)
+            await asyncio.to_thread(lambda: [deliver(ev) for ev in burst])
             await wait_until(lambda: len(h.rows(h.family.jid)) == 40)
             commits = h.daemon.commits - commits
-        finally:
-            events_mod.event_global_loop = saved
         rows = h.rows(h.family.jid)
         await h.close()
         return commits, rows
