@@ -102,10 +102,9 @@ async def start(s: Settings) -> EarlyCLI | None:
     """Start the bundled CLI for ``s``; None where there is no bundled CLI to start (the SDK
     then finds and starts one itself)."""
     where = sdk_dir()
-    cli = where / "_bundled" / "claude" if where else None
-    if where is None or cli is None or not os.access(cli, os.X_OK):
+    if where is None or not os.access(where / "_bundled" / "claude", os.X_OK):
         return None
-    cmd = command(s, str(cli))
+    cmd = command(s, str(where / "_bundled" / "claude"))
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         cwd=s.cwd, env=environment(s, sdk_version(where)), limit=MAX_MESSAGE)
