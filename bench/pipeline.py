@@ -14,8 +14,11 @@
   messages every 2 s, the ipc daemon polls containers' output every 1 s, as a
   polling design would), and the ratio.
 
-- scheduler firing accuracy: task timers under a real systemd (PID 1 in a
-  privileged Podman container, see bench/systemd.py); ``--no-systemd`` skips it.
+- under a real systemd (PID 1 in a privileged Podman container, installed as
+  the README says, see bench/systemd.py): task timer accuracy, and the real
+  agent image rootless under the units, cold and warm, with the cold stages
+  (``bench/agent_latency.py`` gives the same rootful on the host);
+  ``--no-systemd`` skips it.
 """
 
 from __future__ import annotations
@@ -208,7 +211,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--ingest", type=int, default=2000)
     ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--no-systemd", action="store_true", help="skip the task timer accuracy (needs root and podman)")
+    ap.add_argument("--no-systemd", action="store_true",
+                    help="skip what needs a real systemd: task timer accuracy, the real agent under the units")
+    ap.add_argument("--agent-runs", type=int, default=6,
+                    help="real agent messages (cold, then warm) under the installed units; 0: none")
     args = ap.parse_args()
     import subprocess
     found, failures = probe_container_options(BASE_IMAGE) if _podman(
@@ -281,8 +287,10 @@ def main() -> int:
         spec = importlib.util.spec_from_file_location("bench_systemd", Path(__file__).with_name("systemd.py"))
         systemd_bench = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(systemd_bench)
-        timers = systemd_bench.measure(firings=12, security=False)
-        print(systemd_bench.accuracy_line(timers["late"], timers.get("started"), timers.get("python")))
+        machine = systemd_bench.measure(firings=12, security=False, runs=args.agent_runs)
+        for row in systemd_bench.agent_lines(machine):
+            print(row)
+        print(systemd_bench.accuracy_line(machine["late"], machine.get("started"), machine.get("python")))
     return 0 if stored == stored16 == args.ingest else 1
 
 

@@ -124,6 +124,22 @@ def accuracy_line(late: list[float], started: list[float] | None = None, python:
     return line
 
 
+def agent_lines(f: dict) -> list[str]:
+    """The real agent's figures under the units, and where a new container's time went."""
+    lines = []
+    for kind, values in f.get("agent", {}).items():
+        ms = sorted(v * 1000 for v in values)
+        lines.append(f"real agent, rootless under the units, {kind:<4} send -> reply: p50 "
+                     f"{statistics.median(ms):6.0f} ms  p95 {ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]:6.0f} ms"
+                     f"  (n={len(ms)})")
+    if f.get("stages"):
+        from agent_latency import STAGE_NAMES
+        lines.append("where a new container's first turn spends its time, rootless under the units (median ms):")
+        for name, values in f["stages"].items():
+            lines.append(f"  {STAGE_NAMES.get(name, name):<58} {statistics.median(values):7.0f} ms")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--firings", type=int, default=12)
@@ -134,17 +150,8 @@ def main() -> int:
     f = measure(args.firings, args.gap, suite=args.suite, runs=args.runs)
     print(f"install.sh as the README says (apt, debootstrap, wheels, image build) on {args.suite}: "
           f"{f['install']:.0f} s")
-    if "agent" in f:
-        for kind, values in f["agent"].items():
-            ms = sorted(v * 1000 for v in values)
-            print(f"real agent, rootless under the units, {kind:<4} send -> reply: p50 "
-                  f"{statistics.median(ms):6.0f} ms  p95 {ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]:6.0f} ms"
-                  f"  (n={len(ms)})")
-    if f.get("stages"):
-        from agent_latency import STAGE_NAMES
-        print("where a new container's first turn spends its time, rootless under the units (median ms):")
-        for name, values in f["stages"].items():
-            print(f"  {STAGE_NAMES.get(name, name):<58} {statistics.median(values):7.0f} ms")
+    for line in agent_lines(f):
+        print(line)
     print(accuracy_line(f["late"], f.get("started"), f.get("python")))
     print("systemd-analyze security (exposure, 0 = locked down, 10 = unprotected):")
     for unit, level in f["security"].items():

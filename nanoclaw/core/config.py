@@ -270,7 +270,6 @@ def _coerce(cls: type, table: dict, where: str) -> dict:
 def _egress(table: dict) -> tuple[EgressPolicy, dict[str, EgressPolicy]]:
     """``[egress]`` and its ``[egress.groups.<folder>]`` tables; a group's table changes only
     the keys it names. Every value is checked here, so a typo stops the daemons at start."""
-
     table = dict(table)
     groups = table.pop("groups", {})
     if not isinstance(groups, dict) or not all(isinstance(t, dict) for t in groups.values()):
@@ -314,7 +313,6 @@ def _usage(table: dict) -> UsageConfig:
 
 def _budgets(table: dict) -> tuple[Budget, dict[str, Budget]]:
     """``[budgets]`` (all groups together) and ``[budgets.groups.<folder>]`` (one group each)."""
-
     table = dict(table)
     groups = table.pop("groups", {})
     if not isinstance(groups, dict) or not all(isinstance(t, dict) for t in groups.values()):
