@@ -46,6 +46,9 @@ VERSION = 1
 TIMER_PREFIX = "nanoclaw-task-"
 MAX_LINE = 256 * 1024  # one socket request or reply, in bytes
 _NAME_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,200}$")
+# A stage name in a turn's clock readings (an agent's, through ipc to the queue's log line):
+# plain words only, so no space or "=" can forge a log line or a journal field.
+STAGE_NAME = re.compile(r"[a-z_]{1,20}")
 _counter = itertools.count()
 log = logging.getLogger("nanoclaw.protocol")
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 
 from nanoclaw.core import groups as groups_mod
@@ -49,13 +48,9 @@ from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.groups import FOLDER_RE
 from nanoclaw.core.models import Group, Job, Message, Turn, db
-from nanoclaw.core.protocol import Envelope, Spool, nudge
+from nanoclaw.core.protocol import STAGE_NAME, Envelope, Spool, nudge
 from nanoclaw.core.schedules import ScheduleError
 from nanoclaw.core.skeleton import Daemon
-
-
-# A stage name in a turn's clock readings: it goes into a log line, so no spaces, no "=".
-_STAGE = re.compile(r"[a-z_]{1,20}")
 
 
 def delegation_key(asker: str, answering: int, target: str, task: str) -> str:
@@ -157,7 +152,7 @@ class IpcDaemon(Daemon):
             stages = (body.get("usage") or {}).get("stages") if isinstance(body.get("usage"), dict) else None
             if isinstance(stages, dict):  # a new container's clock readings: plain names, numbers, a few
                 result["usage"] = {"stages": {k: float(v) for k, v in list(stages.items())[:16]
-                                              if isinstance(k, str) and _STAGE.fullmatch(k)
+                                              if isinstance(k, str) and STAGE_NAME.fullmatch(k)
                                               and (isinstance(v, float) or type(v) is int and abs(v) < 1 << 53)}}
             self.queue_spool.put("turn_result", result, name=env.name)
             return "queue"

@@ -83,7 +83,7 @@ from nanoclaw.core.models import (
     db,
 )
 from nanoclaw.core.prompt import build_prompt, escape, next_batch, strip_internal
-from nanoclaw.core.protocol import Envelope, Spool, nudge, tell
+from nanoclaw.core.protocol import STAGE_NAME, Envelope, Spool, nudge, tell
 from nanoclaw.core.skeleton import Daemon
 
 ACTIVE = ("queued", "running")
@@ -394,7 +394,7 @@ class QueueDaemon(Daemon):
         if not isinstance(stages, dict) or not 0 < len(stages) <= 16:
             return
         points = [("job", job.created_at)] + [(k, float(v)) for k, v in stages.items()
-                                               if isinstance(k, str) and k.isidentifier() and len(k) <= 20
+                                               if isinstance(k, str) and STAGE_NAME.fullmatch(k)
                                                and isinstance(v, (int, float)) and 0 < v < 1e11]
         parts = [f"{b[0]}+{(b[1] - a[1]) * 1000:.0f}ms" for a, b in zip(points, points[1:], strict=False)]
         self.log.info("group=%s job=%s new container's first turn: %s", job.group.folder, job.id, " ".join(parts))
