@@ -107,6 +107,47 @@ def podman_service():
     shutil.rmtree(d, ignore_errors=True)
 
 
+class Journal:
+    """The daemons' journal: a datagram socket that takes journald's native protocol, each
+    datagram parsed back into its fields exactly as journald would (core.log.parse_datagram).
+    Tests check fields here, never by reading them out of a line's text."""
+
+    def __init__(self, path: Path) -> None:
+        import socket as socket_mod
+        import threading
+        self.path = path
+        self.entries: list[dict[str, str]] = []
+        self.sock = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_RCVBUF, 4 << 20)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        from nanoclaw.core.log import parse_datagram
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except OSError:
+                return
+            self.entries.append(parse_datagram(data))
+
+    def of(self, daemon: str, **match: str) -> list[dict[str, str]]:
+        """Entries of ``nanoclaw-<daemon>`` whose fields equal ``match`` (GROUP="main", ...)."""
+        return [e for e in list(self.entries) if e.get("SYSLOG_IDENTIFIER") == f"nanoclaw-{daemon}"
+                and all(e.get(k) == v for k, v in match.items())]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+JOURNAL_OWN = ("MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER", "LOGGER")
+
+
+def subjects(entry: dict[str, str]) -> dict[str, str]:
+    """A journal entry's subject fields (GROUP=, JOB=, ...), without the ones every entry has."""
+    return {k: v for k, v in entry.items() if k not in JOURNAL_OWN}
+
+
 class System:
     """One nanoclaw installation in temp dirs, its daemons as separate processes."""
 
@@ -118,7 +159,9 @@ class System:
         self.confdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.confdir / "config.toml"
         self.config_path.write_text(_toml(config))
+        self.journal = Journal(self.run / "journal.sock")
         self.env = {**os.environ, "NANOCLAW_CONFIG": str(self.config_path),
+                    "NANOCLAW_JOURNAL_SOCKET": str(self.journal.path),
                     "NANOCLAW_STATE_DIR": str(self.state), "NANOCLAW_RUNTIME_DIR": str(self.run),
                     "NANOCLAW_CONFIG_DIR": str(self.confdir), "PYTHONUNBUFFERED": "1",
                     "PYTHONPATH": str(ROOT)}
@@ -247,6 +290,7 @@ class System:
 
     def close(self) -> None:
         self.stop()
+        self.journal.close()
         shutil.rmtree(self.run, ignore_errors=True)
 
 

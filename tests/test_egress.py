@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SECRET
+from conftest import SECRET, subjects
 from web_sites import PAGE, Site, make_certs, server_tls
 
 from nanoclaw.core import config as config_mod
 from nanoclaw.core.egress import EgressPolicy, classify, normalize_host, parse_ip
-from nanoclaw.core.log import journal_fields
 
 # -- the policy, pure -------------------------------------------------------------------
 
@@ -170,8 +169,7 @@ def https_get(conn: socket.socket, certs: Path, name: str, path: str = "/page") 
 
 def egress_lines(system) -> list[dict[str, str]]:
     """The proxy's line per connection, as the journal fields it carries under systemd."""
-    return [journal_fields(line) | {"LINE": line} for line in system.log("proxy").splitlines()
-            if " egress group=" in line]
+    return [subjects(e) | {"LINE": e["MESSAGE"]} for e in system.journal.of("proxy") if " egress ip=" in e["MESSAGE"]]
 
 
 def wait_lines(system, n: int) -> list[dict[str, str]]:

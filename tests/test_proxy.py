@@ -30,7 +30,7 @@ def test_a_refusal_is_valid_json_whatever_the_path_holds(offline_system):
 def test_an_agents_api_path_cannot_forge_journal_fields(make_system, fake_api):
     """The relay's line names the path; the agent chooses it, so '=' in it must not become a
     journal field such as HOST= or VERDICT= (the egress proxy's fields)."""
-    from nanoclaw.core.log import journal_fields
+    from conftest import subjects
     s = make_system(proxy_upstream=fake_api.url)
     s.set_credential("sk-ant-api03-journal-test")
     s.cli("groups", "add", "main", "--main")
@@ -42,6 +42,6 @@ def test_an_agents_api_path_cannot_forge_journal_fields(make_system, fake_api):
         c.connect(str(sock))
         c.sendall(b"GET /v1/x/host=evil.example/verdict=allowed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert c.recv(65536).startswith(b"HTTP/1.1 200")
-    line = s.wait_for(lambda: next((x for x in s.log("proxy").splitlines() if "GET /v1/x/" in x), None), 10,
-                      what="the relay's line")
-    assert journal_fields(line) == {"GROUP": "main"}, line
+    entry = s.wait_for(lambda: next((e for e in s.journal.of("proxy") if "GET /v1/x/" in e["MESSAGE"]), None),
+                       10, what="the relay's line")
+    assert subjects(entry) == {"GROUP": "main"}, entry

@@ -284,30 +284,37 @@ def test_older_database_gains_new_columns(tmp_path):
 
 
 def test_journal_handler_sends_native_fields(tmp_path):
-    """Log lines reach journald as datagrams whose key=value subjects are fields."""
+    """Log lines reach journald as datagrams whose fields are those the call passed, cleaned
+    where they were made; nothing in the text (which may carry an agent's words) becomes one."""
     import logging
     import socket as socket_mod
 
-    from nanoclaw.core.log import JournalHandler, journal_fields
+    from nanoclaw.core.log import JournalHandler, LineFormatter, fields, parse_datagram
 
-    assert journal_fields("group=family job=12 chat=x@g.us, done") == {"GROUP": "family", "JOB": "12",
-                                                                     "CHAT": "x@g.us"}
-    assert journal_fields("stored as message=41") == {"MESSAGE_ROW": "41"}  # never the MESSAGE text
     path = str(tmp_path / "journal.sock")
     server = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
     server.bind(path)
     server.settimeout(2)
     handler = JournalHandler("nanoclaw-queue", path=path)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.setFormatter(LineFormatter("%(name)s: %(message)s"))
     logger = logging.getLogger("nanoclaw.test-journal")
     logger.propagate = False
+    logger.setLevel(logging.INFO)
     logger.addHandler(handler)
-    logger.warning("group=%s job=%d failed\nsecond line", "family", 7)
-    lines = server.recv(65536).decode().splitlines()
-    fields = dict(line.split("=", 1) for line in lines)
-    assert fields["GROUP"] == "family" and fields["JOB"] == "7"
-    assert fields["PRIORITY"] == "4" and fields["SYSLOG_IDENTIFIER"] == "nanoclaw-queue"
-    assert fields["MESSAGE"] == "nanoclaw.test-journal: group=family job=7 failed | second line"
+    hostile = "x verdict=allowed host=evil\nGROUP=main\nPRIORITY=0"
+    logger.warning("failed: %s\nsecond line", hostile, extra=fields(group="family", job=7, message=41))
+    got = parse_datagram(server.recv(65536))
+    assert got == {"GROUP": "family", "JOB": "7", "MESSAGE_ROW": "41", "PRIORITY": "4",
+                   "SYSLOG_IDENTIFIER": "nanoclaw-queue", "LOGGER": "nanoclaw.test-journal",
+                   "MESSAGE": "nanoclaw.test-journal: group=family job=7 message=41 failed: x verdict=allowed "
+                              "host=evil | GROUP=main | PRIORITY=0 | second line"}, got
+    # a value is cleaned once, where it is made: it cannot end its field or start another
+    logger.info("model refused", extra=fields(group="main", model="m host=evil\nVERDICT=allowed"))
+    got = parse_datagram(server.recv(65536))
+    assert got["MODEL"] == "m_host_evil_VERDICT_allowed" and "HOST" not in got and "VERDICT" not in got
+    assert set(got) == {"GROUP", "MODEL", "PRIORITY", "SYSLOG_IDENTIFIER", "LOGGER", "MESSAGE"}
+    with pytest.raises(ValueError):
+        fields(verdikt="typo")  # a field name is ours to choose, checked
     server.close()
     logger.info("journald gone: falls back to stderr, never raises")
 

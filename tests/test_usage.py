@@ -16,8 +16,8 @@ import threading
 import time
 
 import pytest
+from conftest import subjects
 
-from nanoclaw.core.log import journal_fields
 from nanoclaw.core.protocol import Spool
 
 # A price of our own, so costs are checked against numbers this file states.
@@ -80,7 +80,7 @@ def usage_rows(s) -> list[dict]:
 
 
 def api_lines(s) -> list[dict]:
-    return [journal_fields(x) for x in s.log("proxy").splitlines() if "POST /v1/messages" in x]
+    return [subjects(e) for e in s.journal.of("proxy") if "POST /v1/messages" in e["MESSAGE"]]
 
 
 def test_usage_rows_match_what_the_api_reported_for_json_and_streamed_answers(make_system, fake_api):
@@ -226,9 +226,9 @@ def test_a_disallowed_model_is_refused_before_upstream(make_system, fake_api):
     assert fake_api.message_requests() == []
     # the agent chooses the model name: it must not forge journal fields in the refusal's line
     assert call(sock, model="x host=evil.example verdict=allowed")[0] == 400
-    line = s.wait_for(lambda: next((x for x in s.log("proxy").splitlines() if "evil.example" in x), None), 10,
-                      what="the refusal's line")
-    assert journal_fields(line) == {"GROUP": "main"}, line
+    entry = s.wait_for(lambda: next((e for e in s.journal.of("proxy") if "evil.example" in e["MESSAGE"]), None),
+                       10, what="the refusal's line")
+    assert subjects(entry) == {"GROUP": "main"}, entry
     assert call(sock, model="claude-test-2")[0] == 200
     assert [r["body"]["model"] for r in fake_api.message_requests()] == ["claude-test-2"]
     # the CLI refuses a group model the proxy would refuse

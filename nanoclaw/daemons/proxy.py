@@ -87,6 +87,7 @@ from nanoclaw.core.credentials import (
     load_credential,
 )
 from nanoclaw.core.egress import EgressPolicy, IPAddress, Refusal, normalize_host, parse_ip
+from nanoclaw.core.log import fields
 from nanoclaw.core.models import Group, Job, db
 from nanoclaw.core.protocol import Spool, nudge
 from nanoclaw.core.skeleton import Daemon
@@ -114,12 +115,6 @@ def proxy_dir(cfg: Config, folder: str, agent: str = "") -> Path:
     if agent:
         return cfg.runtime_dir / "proxy" / ".team" / folder / agent
     return cfg.runtime_dir / "proxy" / folder
-
-
-def _plain(text: str) -> str:
-    """Text from outside (a model name) safe in a log line: no space or '=' to start a journal
-    field of its own (host=..., verdict=...)."""
-    return "".join(c if c.isalnum() or c in "-._@:'" else "_" for c in text)
 
 
 def _encodings(value: str) -> str:
@@ -345,13 +340,14 @@ class ProxyDaemon(Daemon):
             try:
                 self.credential = load_credential(self.cfg)
             except CredentialError as exc:
-                self.log.error("group=%s request refused: %s", folder, exc)
+                self.log.error("request refused: %s", exc, extra=fields(group=folder, agent=agent))
                 return self._api_refusal(503, "nanoclaw has no Anthropic credential configured")
         body = bytearray()
         async for chunk in request.content.iter_any():
             body += chunk
             if len(body) > MAX_BODY:
-                self.log.warning("group=%s request body over %d bytes refused", folder, MAX_BODY)
+                self.log.warning("request body over %d bytes refused", MAX_BODY,
+                                 extra=fields(group=folder, agent=agent))
                 return self._api_refusal(413, "request body too large")
         metered = request.method == "POST" and target.split("?")[0] == "/v1/messages"
         if metered or target.startswith("/v1/messages/"):
@@ -372,19 +368,21 @@ class ProxyDaemon(Daemon):
             upstream = await self.api_session.request(request.method, url, headers=headers,
                                                       data=bytes(body) or None, allow_redirects=False)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            self.log.error("group=%s upstream %s unreachable: %r", folder, self.upstream.netloc, exc)
+            self.log.error("upstream %s unreachable: %r", self.upstream.netloc, exc,
+                           extra=fields(group=folder, agent=agent))
             return self._api_refusal(502, "upstream unreachable")
         meter = usage_mod.Meter(upstream.headers.get("Content-Type", ""),
                                 upstream.headers.get("Content-Encoding", "")) if metered else None
-        fields = ""
+        subjects: dict = {"group": folder, "agent": agent}
+        detail = ""
 
         def settle() -> None:
             # On the loop, before the answer ends: the agent's next call, checked against the
             # budget on this same loop, always sees this one counted. The cost is one commit.
-            nonlocal fields
+            nonlocal detail
             counts = meter.finish()
             if counts.seen:
-                fields = self._record(folder, agent, counts, upstream.headers.get("Content-Type", ""))
+                detail = self._record(folder, agent, counts, upstream.headers.get("Content-Type", ""), subjects)
 
         try:
             resp, broken = await _relay_response(request, upstream, meter.feed if meter else None,
@@ -392,10 +390,9 @@ class ProxyDaemon(Daemon):
         finally:
             upstream.release()
         self.requests += 1
-        # '=' escaped: the agent's path must not read as a journal field (host=..., verdict=...)
-        self.log.info("group=%s%s %s %s -> %s in %.2fs%s", folder, fields, request.method,
-                      target.split("?")[0].replace("=", "%3D"),
-                      upstream.status, time.monotonic() - started, f" ({broken})" if broken else "")
+        self.log.info("%s %s -> %s in %.2fs%s%s", request.method, target.split("?")[0], upstream.status,
+                      time.monotonic() - started, detail, f" ({broken})" if broken else "",
+                      extra=fields(**subjects))
         return resp
 
     def _admit_call(self, folder: str, agent: str, target: str, body: bytes) -> web.Response | None:
@@ -408,8 +405,8 @@ class ProxyDaemon(Daemon):
                 model = None
             if not isinstance(model, str) or not any(fnmatch.fnmatchcase(model, p) for p in allowed):
                 shown = repr(model)[:80] if isinstance(model, str) else "no model"
-                self.log.warning("group=%s%s asked for model %s: refused, not in [usage] allowed_models", folder,
-                                 f" agent={agent}" if agent else "", _plain(shown))
+                self.log.warning("asked for model %s: refused, not in [usage] allowed_models", shown,
+                                 extra=fields(group=folder, agent=agent))
                 return self._api_refusal(400, f"nanoclaw: the model {shown} is not allowed here "
                                               f"(allowed: {', '.join(allowed)})", "invalid_request_error")
         spent = usage_mod.exceeded(self.cfg, folder, tally=self.tally)
@@ -422,12 +419,14 @@ class ProxyDaemon(Daemon):
             self.queue_spool.put("budget_spent", {"group": folder, "agent": agent, "key": spent.key})
             nudge(self.cfg.socket("queue"))
             self.told.add(spent.key)
-            self.log.warning("group=%s budget spent: %s", folder, text)
+            self.log.warning("budget spent: %s", text, extra=fields(group=folder, agent=agent))
         return self._api_refusal(403, f"nanoclaw: {text}. The owner can raise it (nanoclaw budget).",
                                  "nanoclaw_budget")
 
-    def _record(self, folder: str, agent: str, counts: usage_mod.Counts, content_type: str) -> str:
-        """Store one call's usage; returns its journal fields."""
+    def _record(self, folder: str, agent: str, counts: usage_mod.Counts, content_type: str,
+                subjects: dict) -> str:
+        """Store one call's usage; adds its journal fields to ``subjects`` and returns the detail
+        for the line's text."""
         job = None
         try:
             job = (Job.select(Job.id).join(Group).where(Group.folder == folder, Job.agent == agent,
@@ -437,13 +436,11 @@ class ProxyDaemon(Daemon):
             usd = usage_mod.record(self.cfg, folder, agent, job, counts, "event-stream" in content_type, at)
             self.tally.add(folder, usd, counts.total, at)
         except Exception as exc:  # noqa: BLE001 - a full disk must not fail the agent's answer
-            self.log.error("group=%s usage not recorded: %s", folder, exc)
+            self.log.error("usage not recorded: %s", exc, extra=fields(group=folder, agent=agent))
             usd = usage_mod.cost(self.cfg, counts)
-        model = _plain(counts.model) or "-"
-        return (f"{f' agent={agent}' if agent else ''}{f' job={job}' if job else ''} model={model} "
-                f"tokens_in={counts.tokens_in} tokens_out={counts.output_tokens} "
-                f"cost_usd={'unknown' if usd is None else f'{usd:.6f}'}"
-                f" (input={counts.input_tokens} cache_write={counts.cache_write_tokens} "
+        subjects.update(job=job, model=counts.model or "-", tokens_in=counts.tokens_in,
+                        tokens_out=counts.output_tokens, cost_usd="unknown" if usd is None else f"{usd:.6f}")
+        return (f" (input={counts.input_tokens} cache_write={counts.cache_write_tokens} "
                 f"cache_read={counts.cache_read_tokens})")
 
     @staticmethod
@@ -492,14 +489,11 @@ class ProxyDaemon(Daemon):
             if conn.counted:
                 self._state(folder).active -= 1
             self.web_connections += 1
-            line = ("egress group=%s host=%s port=%s ip=%s method=%s bytes_in=%d bytes_out=%d "
-                    "verdict=%s rule=%s in %.2fs")
-            args = (conn.folder, conn.host, conn.port, conn.ip, conn.method, conn.bytes_in, conn.bytes_out,
-                    conn.verdict, conn.rule, time.monotonic() - started)
-            if conn.detail:
-                self.log.log(20 if conn.verdict == "allowed" else 30, line + " (%s)", *args, conn.detail)
-            else:
-                self.log.info(line, *args)
+            subjects = fields(group=conn.folder, host=conn.host, port=conn.port, bytes_in=conn.bytes_in,
+                              bytes_out=conn.bytes_out, verdict=conn.verdict, rule=conn.rule)
+            self.log.log(20 if conn.verdict == "allowed" or not conn.detail else 30,
+                         "egress ip=%s method=%s in %.2fs%s", conn.ip, conn.method, time.monotonic() - started,
+                         f" ({conn.detail})" if conn.detail else "", extra=subjects)
 
     def _refuse(self, conn: Connection, refusal: Refusal, status: int = 403,
                 verdict: str = "refused") -> web.Response:

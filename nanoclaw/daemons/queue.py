@@ -69,6 +69,7 @@ from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.backoff import backoff
+from nanoclaw.core.log import fields
 from nanoclaw.core.models import (
     AllowedSender,
     Cursor,
@@ -162,7 +163,7 @@ class QueueDaemon(Daemon):
             return False
         turn = Turn.get_or_none(Turn.job == job, Turn.seq == body["turn"])
         if turn is None:
-            self.log.warning("job=%s turn=%s unknown turn; ignored", job.id, body["turn"])
+            self.log.warning("turn=%s unknown turn; ignored", body["turn"], extra=fields(job=job.id))
             return False
         if turn.status == "done":
             return False  # re-processed after a crash: already applied
@@ -170,8 +171,8 @@ class QueueDaemon(Daemon):
         if job.task_run:
             return self._task_turn_done(job, turn, body)
         if body.get("error") and not body["text"].strip():
-            self.log.warning("group=%s job=%s turn=%s agent error: %s", group.folder, job.id,
-                             turn.seq, body["error"][:200])
+            self.log.warning("turn=%s agent error: %s", turn.seq, body["error"][:200],
+                             extra=fields(group=group.folder, job=job.id))
             job.error = body["error"][:2000]
             job.save()
             self._close(job)  # a fresh container will retry the pending messages
@@ -187,8 +188,8 @@ class QueueDaemon(Daemon):
                 out["sender"] = team_mod.display(job.agent)
             self.router_spool.put("outbound", out)
         else:
-            self.log.info("group=%s agent=%s job=%s turn=%s silent: nothing sent (the answer was empty or "
-                          "only internal notes)", group.folder, job.agent or "lead", job.id, turn.seq)
+            self.log.info("turn=%s silent: nothing sent (the answer was empty or only internal notes)", turn.seq,
+                          extra=fields(group=group.folder, agent=job.agent or "lead", job=job.id))
         with db.atomic("IMMEDIATE"):
             turn.status, turn.done_at = "done", time.time()
             turn.save()
@@ -199,8 +200,9 @@ class QueueDaemon(Daemon):
                                updated_at=time.time()).on_conflict_replace().execute()
             if job.agent:
                 self._answer(group, job.agent, turn.last_message_id, body["text"].strip())
-        self.log.info("group=%s agent=%s job=%s turn=%s answered up to message=%s", group.folder,
-                      job.agent or "lead", job.id, turn.seq, turn.last_message_id)
+        self.log.info("turn=%s answered up to message %s", turn.seq, turn.last_message_id,
+                      extra=fields(group=group.folder, agent=job.agent or "lead", job=job.id,
+                                   message=turn.last_message_id))
         self._log_stages(job, body)
         self._typing(group.jid, False)
         return True
@@ -209,14 +211,14 @@ class QueueDaemon(Daemon):
         body = env.body
         job = Job.get_or_none(Job.id == body["job"])
         if job is None:
-            self.log.warning("job_event for unknown job=%s ignored", body["job"])
+            self.log.warning("job_event for an unknown job; ignored", extra=fields(job=body["job"]))
             return
         if body["event"] == "started":
             if job.status == "queued":
                 job.status, job.started_at = "running", time.time()
                 job.container = body.get("container", "")
                 job.save()
-                self.log.info("group=%s job=%s container started", job.group.folder, job.id)
+                self.log.info("container started", extra=fields(group=job.group.folder, job=job.id))
         elif body["event"] == "exited":
             if job.status in ACTIVE:
                 self._finish(job, body.get("exit_code"), body.get("error", ""))
@@ -249,8 +251,9 @@ class QueueDaemon(Daemon):
             if spent is not None:
                 # Refused by the proxy for a spent budget: not the agent's failure. The messages
                 # wait (the schedule holds the group) instead of retrying into the wall.
-                self.log.warning("group=%s job=%s stopped: budget spent; messages wait until %s",
-                                 group.folder, job.id, f"{spent.resumes:%Y-%m-%d %H:%M} {spent.tz}")
+                self.log.warning("stopped: budget spent; messages wait until %s",
+                                 f"{spent.resumes:%Y-%m-%d %H:%M} {spent.tz}",
+                                 extra=fields(group=group.folder, job=job.id))
             elif failed and undone:
                 cursor.failures += 1
                 if cursor.failures >= self.cfg.max_attempts:
@@ -258,12 +261,13 @@ class QueueDaemon(Daemon):
                 else:
                     delay = backoff(cursor.failures, self.cfg.backoff_base, self.cfg.backoff_max)
                     cursor.retry_at = time.time() + delay
-                    self.log.warning("group=%s job=%s failed (attempt %d/%d, exit=%s): %s; retry in %.0fs",
-                                     group.folder, job.id, cursor.failures, self.cfg.max_attempts,
-                                     exit_code, (job.error or "no result")[:200], delay)
+                    self.log.warning("failed (attempt %d/%d, exit=%s): %s; retry in %.0fs", cursor.failures,
+                                     self.cfg.max_attempts, exit_code,
+                                     (job.error or "no result")[:200], delay,
+                                     extra=fields(group=group.folder, job=job.id))
                 cursor.save()
-        self.log.info("group=%s job=%s finished status=%s exit=%s", group.folder, job.id,
-                      job.status, exit_code)
+        self.log.info("finished status=%s exit=%s", job.status, exit_code,
+                      extra=fields(group=group.folder, job=job.id))
         if undone:
             self._typing(group.jid, False)
 
@@ -283,8 +287,8 @@ class QueueDaemon(Daemon):
                          forced=True)
         cursor.last_message_id = max(cursor.last_message_id, upto)
         cursor.failures, cursor.retry_at = 0, 0
-        self.log.error("group=%s job=%s gave up after %d attempts; chat told", group.folder, job.id,
-                       self.cfg.max_attempts)
+        self.log.error("gave up after %d attempts; chat told", self.cfg.max_attempts,
+                       extra=fields(group=group.folder, job=job.id))
         nudge(self.cfg.socket("router"))
 
     # -- scheduling ---------------------------------------------------------
@@ -294,7 +298,7 @@ class QueueDaemon(Daemon):
         Spool(self.cfg.agent_ipc(job.group.folder, job.agent) / "in").ensure().put("close", {"job": job.id})
         job.closing = True
         job.save()
-        self.log.info("group=%s job=%s asked to close", job.group.folder, job.id)
+        self.log.info("asked to close", extra=fields(group=job.group.folder, job=job.id))
 
     def _schedule(self, top: int) -> float | None:
         """Start, feed or close agents' jobs as the messages and task runs now stored ask;
@@ -397,7 +401,8 @@ class QueueDaemon(Daemon):
                                                if isinstance(k, str) and STAGE_NAME.fullmatch(k)
                                                and isinstance(v, (int, float)) and 0 < v < 1e11]
         parts = [f"{b[0]}+{(b[1] - a[1]) * 1000:.0f}ms" for a, b in zip(points, points[1:], strict=False)]
-        self.log.info("group=%s job=%s new container's first turn: %s", job.group.folder, job.id, " ".join(parts))
+        self.log.info("new container's first turn: %s", " ".join(parts),
+                      extra=fields(group=job.group.folder, job=job.id))
 
     def _seen_signature(self, group: Group, unchanged: tuple | None) -> tuple:
         """What decides whether a group's pending messages hold anything for an agent, besides the
@@ -439,7 +444,8 @@ class QueueDaemon(Daemon):
                 rest.append(m)
             if done != "now":
                 continue
-            self.log.info("message=%s is the owner's answer to a request; handled, not for the agent", m.id)
+            self.log.info("is the owner's answer to a request; handled, not for the agent",
+                          extra=fields(message=m.id))
             # a new group (or an allowed sender) has work now; the daemons that cache groups look again
             self.wake.set()
             for daemon in ("router", "ipc", "proxy", "channel"):
@@ -464,8 +470,8 @@ class QueueDaemon(Daemon):
         self.router_spool.put("outbound", {"key": spent.key, "chat": group.jid, "kind": "notice",
                                            "text": spent.text(group.name) + "."})
         self._told.add(spent.key)
-        self.log.warning("group=%s budget spent (%s per %s); chat told", group.folder, spent.limit.unit,
-                         spent.limit.period)
+        self.log.warning("budget spent (%s per %s); chat told", spent.limit.unit, spent.limit.period,
+                         extra=fields(group=group.folder))
         nudge(self.cfg.socket("router"))
 
     def _skip_tasks(self, group: Group, spent: usage_mod.Exceeded) -> None:
@@ -482,7 +488,7 @@ class QueueDaemon(Daemon):
                     task.status = "completed"
                 task.save()
         for run in runs:
-            self.log.warning("group=%s task=%s run=%s %s", group.folder, run.task_id, run.id, why)
+            self.log.warning("%s", why, extra=fields(group=group.folder, task=run.task_id, run=run.id))
         self._budget_notice(group, spent)
         nudge(self.cfg.socket("scheduler"))
 
@@ -552,7 +558,8 @@ class QueueDaemon(Daemon):
                 self._answer(group, agent, last, f"({team_mod.display(agent)} is no longer on the team.)",
                              forced=True)
                 Cursor.update(last_message_id=last).where(Cursor.group == group, Cursor.agent == agent).execute()
-            self.log.warning("group=%s agent=%s has work but no member file; its askers were told", group.folder, agent)
+            self.log.warning("has work but no member file; its askers were told",
+                             extra=fields(group=group.folder, agent=agent))
         for agent, pending in out.items():
             for m in pending:
                 if m.agent is not None and m.answers is not None:  # an answer: ready when no sibling is out
@@ -603,8 +610,8 @@ class QueueDaemon(Daemon):
                            timestamp=time.time(), channel_id=f"result:{d.id}",
                            agent="" if asker == "lead" else asker, chain=d.chain, depth=max(0, d.depth - 1),
                            answers=d.id).on_conflict_ignore().execute()
-            self.log.info("group=%s agent=%s answered delegation=%s for %s chain=%s", group.folder, agent, d.id,
-                          asker, d.chain)
+            self.log.info("answered delegation=%s for %s chain=%s", d.id, asker, d.chain,
+                          extra=fields(group=group.folder, agent=agent))
 
     @staticmethod
     def _reply_to(message_id: int) -> int | None:
@@ -647,8 +654,8 @@ class QueueDaemon(Daemon):
                                       "session_id": session.session_id if session else None, "agent": agent})
         nudge(self.cfg.socket("runner"))
         self._typing(group.jid, True)
-        self.log.info("group=%s agent=%s job=%s queued messages=%d..%d", group.folder, agent or "lead", job.id,
-                      batch[0].id, batch[-1].id)
+        self.log.info("queued messages=%d..%d", batch[0].id, batch[-1].id,
+                      extra=fields(group=group.folder, agent=agent or "lead", job=job.id))
         return job
 
     def _follow_up(self, job: Job, group: Group, pending: list[Message]) -> None:
@@ -664,8 +671,8 @@ class QueueDaemon(Daemon):
             Turn.create(job=job, seq=seq, first_message_id=batch[0].id, last_message_id=batch[-1].id)
             # Not synced: a power cut that could lose it ends the container too (see Spool.put).
             inbox.put("prompt", {"job": job.id, "turn": seq, "prompt": prompt, "session_id": None}, durable=False)
-            self.log.info("group=%s job=%s turn=%s follow-up delivered messages=%d..%d", group.folder,
-                          job.id, seq, batch[0].id, batch[-1].id)
+            self.log.info("turn=%s follow-up delivered messages=%d..%d", seq, batch[0].id, batch[-1].id,
+                          extra=fields(group=group.folder, job=job.id))
             pending = pending[len(batch):]
         self._typing(group.jid, True)
 
@@ -694,7 +701,8 @@ class QueueDaemon(Daemon):
         body = env.body
         task = Task.get_or_none(Task.id == body["task"])
         if task is None or task.status != "active":
-            self.log.info("task=%s fired but is %s; ignored", body["task"], task.status if task else "gone")
+            self.log.info("fired but is %s; ignored", task.status if task else "gone",
+                          extra=fields(task=body["task"]))
             return
         with db.atomic("IMMEDIATE"):  # read then write: a deferred one could not upgrade (SQLITE_BUSY)
             due = body.get("due_at")
@@ -714,7 +722,8 @@ class QueueDaemon(Daemon):
                 started = f"; its process started {body['started_at'] - due:.3f}s after"
                 if "python_at" in body:
                     started += f", Python ran {body['python_at'] - due:.3f}s after"
-            self.log.info("group=%s task=%s fired (%.3fs after due%s)", task.group.folder, task.id, late, started)
+            self.log.info("fired (%.3fs after due%s)", late, started,
+                          extra=fields(group=task.group.folder, task=task.id))
 
     def _next_task_run(self, group: Group, now: float) -> TaskRun | float | None:
         """The group's next task run to start now, or when one becomes due (backoff)."""
@@ -744,8 +753,8 @@ class QueueDaemon(Daemon):
             spec["precheck"] = task.precheck
         self.runner_spool.put("job", spec)
         nudge(self.cfg.socket("runner"))
-        self.log.info("group=%s job=%s task=%s run=%s queued%s", group.folder, job.id, task.id, run.id,
-                      " after its pre-check" if task.precheck else "")
+        self.log.info("queued%s", " after its pre-check" if task.precheck else "",
+                      extra=fields(group=group.folder, job=job.id, task=task.id, run=run.id))
         return job
 
     def _task_skipped(self, job: Job, reason: str) -> None:
@@ -764,8 +773,8 @@ class QueueDaemon(Daemon):
             if task.schedule_type == "once":
                 task.status = "completed"
             task.save()
-        self.log.info("group=%s job=%s task=%s run=%s skipped, no agent started: %s", job.group.folder, job.id,
-                      task.id, run.id, reason[:200])
+        self.log.info("skipped, no agent started: %s", reason[:200],
+                      extra=fields(group=job.group.folder, job=job.id, task=task.id, run=run.id))
         nudge(self.cfg.socket("scheduler"))
 
     def _task_turn_done(self, job: Job, turn: Turn, body: dict) -> bool:
@@ -781,8 +790,8 @@ class QueueDaemon(Daemon):
             self.router_spool.put("outbound", {"key": f"task:{run.id}", "chat": task.chat,
                                                "text": body["text"], "kind": "task"})
         else:
-            self.log.info("group=%s job=%s task=%s run=%s silent: nothing sent", job.group.folder, job.id,
-                          task.id, run.id)
+            self.log.info("silent: nothing sent",
+                          extra=fields(group=job.group.folder, job=job.id, task=task.id, run=run.id))
         with db.atomic("IMMEDIATE"):
             turn.status, turn.done_at = "done", time.time()
             turn.save()
@@ -796,7 +805,7 @@ class QueueDaemon(Daemon):
             if task.context_mode == "group" and body.get("session_id"):
                 Session.insert(group=job.group, agent="", session_id=body["session_id"], updated_at=time.time()) \
                     .on_conflict_replace().execute()
-        self.log.info("group=%s job=%s task=%s run=%s succeeded", job.group.folder, job.id, task.id, run.id)
+        self.log.info("succeeded", extra=fields(group=job.group.folder, job=job.id, task=task.id, run=run.id))
         nudge(self.cfg.socket("scheduler"))
         return True
 
@@ -840,10 +849,11 @@ class QueueDaemon(Daemon):
                 task.save()
             run.save()
         if give_up:
-            self.log.error("group=%s task=%s run=%s gave up: %s", job.group.folder, task.id, run.id, run.error[:200])
+            self.log.error("gave up: %s", run.error[:200],
+                           extra=fields(group=job.group.folder, task=task.id, run=run.id))
         else:
-            self.log.warning("group=%s task=%s run=%s failed (attempt %d/%d): %s", job.group.folder, task.id,
-                             run.id, run.attempts, self.cfg.max_attempts, run.error[:200])
+            self.log.warning("failed (attempt %d/%d): %s", run.attempts, self.cfg.max_attempts, run.error[:200],
+                             extra=fields(group=job.group.folder, task=task.id, run=run.id))
 
     def status(self) -> str:
         running = Job.select().where(Job.status == "running").count()
