@@ -50,7 +50,8 @@ def test_send_message_tool_reaches_the_chat_through_ipc_and_router(make_agent_sy
     w = s.watch("main")
     s.send("main", "work on it")
     assert {w.reply(120), w.reply(60)} == {"progress note", "tool done"}
-    assert "send_message to chat=main@term" in s.log("ipc")
+    assert [e["MESSAGE"] for e in s.journal.of("ipc", GROUP="main", CHAT="main@term")
+            if "send_message" in e["MESSAGE"]], s.log("ipc")
     tools = [t["name"] for t in fake_api.message_requests()[0]["body"]["tools"]]
     assert "mcp__nanoclaw__send_message" in tools and "mcp__nanoclaw__register_group" in tools
     assert "CronCreate" not in tools  # our scheduler, not the CLI's ephemeral one
