@@ -37,7 +37,7 @@ from peewee import fn
 
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.config import Config
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import AllowedSender, Cursor, Group, Job, Message, Outbox, Request, Turn, db
 from nanoclaw.core.prompt import matches_trigger
 
@@ -140,17 +140,17 @@ def on_inbound(cfg: Config, msg: Message, group: Group | None, *, chat_name: str
         same = Request.select().where(Request.chat == msg.chat, Request.kind == "sender",
                                       Request.sender == msg.sender)
     if same.where(_open(now)).exists():
-        log.info("a request from it already waits; no second card", extra=fields(chat=msg.chat, message=msg.id))
+        log.info("a request from it already waits; no second card", extra=log_fields(chat=msg.chat, message=msg.id))
         return None
     if same.where(Request.status == "denied", Request.decided_at > now - DENIAL_SECONDS).exists():
-        log.info("denied within %d days; no card", DENIAL_DAYS, extra=fields(chat=msg.chat, message=msg.id))
+        log.info("denied within %d days; no card", DENIAL_DAYS, extra=log_fields(chat=msg.chat, message=msg.id))
         return None
     if Request.select().where(Request.chat == msg.chat, _open(now)).count() >= MAX_PER_CHAT:
         log.warning("%d requests from this chat already wait; no card", MAX_PER_CHAT,
-                    extra=fields(chat=msg.chat, message=msg.id))
+                    extra=log_fields(chat=msg.chat, message=msg.id))
         return None
     if Request.select().where(_open(now)).count() >= MAX_PENDING:
-        log.warning("%d requests already wait; no card", MAX_PENDING, extra=fields(chat=msg.chat, message=msg.id))
+        log.warning("%d requests already wait; no card", MAX_PENDING, extra=log_fields(chat=msg.chat, message=msg.id))
         return None
     req = Request.create(kind=kind, chat=msg.chat, sender=msg.sender, sender_name=clean(msg.sender_name),
                          chat_name=clean(chat_name if group is None else group.name),
@@ -161,8 +161,8 @@ def on_inbound(cfg: Config, msg: Message, group: Group | None, *, chat_name: str
     if main is not None:
         _post(main.jid, f"approval:{req.id}:card", card_text(cfg, req, trigger), cfg)
     else:
-        log.warning("has no main chat to be shown in; see nanoclaw pending", extra=fields(request=req.id))
-    log.info("kind=%s sender=%s made", kind, msg.sender, extra=fields(request=req.id, chat=msg.chat))
+        log.warning("has no main chat to be shown in; see nanoclaw pending", extra=log_fields(request=req.id))
+    log.info("kind=%s sender=%s made", kind, msg.sender, extra=log_fields(request=req.id, chat=msg.chat))
     return req
 
 
@@ -260,7 +260,7 @@ def approve(cfg: Config, n: int, folder: str | None = None, *, by: str = "cli",
                 _post(answer[0], answer[1], text, cfg)
     except groups_mod.GroupError as exc:
         raise ApprovalError(f"request {n} not approved: {exc}") from None
-    log.info("approved by %s folder=%s", by, folder, extra=fields(request=n))
+    log.info("approved by %s folder=%s", by, folder, extra=log_fields(request=n))
     return text
 
 
@@ -276,7 +276,7 @@ def deny(cfg: Config, n: int, *, by: str = "cli", answer: tuple[str, str] | None
                 f"(nanoclaw pending forget {n} to allow it sooner)")
         if answer:
             _post(answer[0], answer[1], text, cfg)
-    log.info("denied by %s", by, extra=fields(request=n))
+    log.info("denied by %s", by, extra=log_fields(request=n))
     return text
 
 
@@ -314,7 +314,7 @@ def expire(cfg: Config) -> float | None:
                 Request.update(status="expired", decided_at=req.expires_at, decided_by="expiry") \
                     .where(Request.id == req.id, Request.status == "pending").execute()
                 _forget_messages(cfg, req.chat)
-                log.info("expired unanswered", extra=fields(request=req.id, chat=req.chat))
+                log.info("expired unanswered", extra=log_fields(request=req.id, chat=req.chat))
     nxt = Request.select(fn.MIN(Request.expires_at)).where(Request.status == "pending").scalar()
     return None if nxt is None else max(0.0, nxt - time.time())
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from nanoclaw.core.config import FOLDER_RE, Config
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import AllowedSender, Cursor, Group, db
 from nanoclaw.core.safefs import Dir
 
@@ -155,7 +155,7 @@ def allowed_senders(cfg: Config, folder: str) -> set[str] | None:
     path = allowlist_path(cfg, folder)
     senders, problem = read_allowlist(path)
     if problem:
-        log.error("allowlist %s %s; nobody may trigger", path, problem, extra=fields(group=folder))
+        log.error("allowlist %s %s; nobody may trigger", path, problem, extra=log_fields(group=folder))
     return senders
 
 
@@ -173,7 +173,7 @@ def policy_of(cfg: Config, group: Group) -> str:
     if group.policy in POLICIES:
         return group.policy
     if group.policy:
-        log.error("has unknown policy %r; treated as allowlist", group.policy, extra=fields(group=group.folder))
+        log.error("has unknown policy %r; treated as allowlist", group.policy, extra=log_fields(group=group.folder))
         return "allowlist"
     return "allowlist" if os.path.lexists(allowlist_path(cfg, group.folder)) else "open"
 
@@ -199,6 +199,6 @@ def set_policy(cfg: Config, ref: str, policy: str) -> Group:
     with db.atomic("IMMEDIATE"):
         Group.update(policy=policy).where(Group.id == group.id).execute()
     group.policy = policy
-    log.info("policy=%s", policy, extra=fields(group=group.folder))
+    log.info("policy=%s", policy, extra=log_fields(group=group.folder))
     return group
 

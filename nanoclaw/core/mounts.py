@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from nanoclaw.core.config import Config
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Mount, db
 
 ALLOWLIST = "mount-allowlist.toml"
@@ -229,12 +229,12 @@ def for_container(cfg: Config, folder: str, log: logging.Logger) -> list[tuple[s
     try:
         allow = load(cfg)
     except MountError as exc:
-        log.error("mounts refused, all %d: %s", len(rows), exc, extra=fields(group=folder))
+        log.error("mounts refused, all %d: %s", len(rows), exc, extra=log_fields(group=folder))
         return []
     out = []
     for row in rows:
         try:
             out.append((row.name, check(cfg, row.host_path, row.rw, allow), row.rw))
         except MountError as exc:
-            log.error("mount=%s refused: %s", row.name, exc, extra=fields(group=folder))
+            log.error("mount=%s refused: %s", row.name, exc, extra=log_fields(group=folder))
     return out

@@ -47,7 +47,7 @@ from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.groups import FOLDER_RE
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Job, Message, Turn, db
 from nanoclaw.core.protocol import STAGE_NAME, Envelope, Spool, nudge
 from nanoclaw.core.schedules import ScheduleError
@@ -112,7 +112,7 @@ class IpcDaemon(Daemon):
                 target = self._dispatch(group, agent, spool, env)
             except Exception as exc:
                 self.log.exception("request %s failed", env.name,
-                                   extra=fields(group=group.folder, agent=agent or "lead"))
+                                   extra=log_fields(group=group.folder, agent=agent or "lead"))
                 spool.reject(env.path, f"processing failed: {exc}")
                 continue
             if target is None:
@@ -174,7 +174,7 @@ class IpcDaemon(Daemon):
         key = f"ipc:{group.folder}:{agent}:{env.name}" if agent else f"ipc:{group.folder}:{env.name}"
         self.router_spool.put("outbound", {"key": key, "chat": chat, "text": body["text"], "kind": "message",
                                            "sender": team_mod.display(agent) if agent else ""}, name=env.name)
-        self.log.info("send_message", extra=fields(group=group.folder, agent=agent, job=job.id, chat=chat))
+        self.log.info("send_message", extra=log_fields(group=group.folder, agent=agent, job=job.id, chat=chat))
         return "router"
 
     # -- teams --------------------------------------------------------------
@@ -191,7 +191,7 @@ class IpcDaemon(Daemon):
             spool.reject(env.path, f"group={group.folder}: create_agent refused: {exc}")
             self._notice(group, f"ipc:{group.folder}:{env.name}:refused", f"Team member not created: {exc}")
             return None
-        self.log.info("created team member", extra=fields(group=group.folder, agent=member.name))
+        self.log.info("created team member", extra=log_fields(group=group.folder, agent=member.name))
         self._notice(group, f"ipc:{group.folder}:{env.name}:ok",
                      f"New team member: {member.display} ({member.description}).")
         return "router"
@@ -236,7 +236,7 @@ class IpcDaemon(Daemon):
                            channel_id=delegation_key(agent, answering, target, body["task"]), agent=target, chain=chain,
                            depth=depth + 1).on_conflict_ignore().execute()
         self.log.info("delegated to %s chain=%s depth=%d", target, chain, depth + 1,
-                      extra=fields(group=group.folder, agent=agent or "lead", job=job.id))
+                      extra=log_fields(group=group.folder, agent=agent or "lead", job=job.id))
         return "queue"
 
     @staticmethod
@@ -298,7 +298,7 @@ class IpcDaemon(Daemon):
                                                "text": f"Task request refused: {exc}", "kind": "notice"})
             nudge(self.cfg.socket("router"))
             return None
-        self.log.info("%s", body["action"], extra=fields(group=group.folder, task=task.id))
+        self.log.info("%s", body["action"], extra=log_fields(group=group.folder, task=task.id))
         self.router_spool.put("outbound", {"key": f"ipc:{group.folder}:{env.name}:ok", "chat": group.jid,
                                            "text": text, "kind": "notice"})
         nudge(self.cfg.socket("scheduler"))
@@ -334,7 +334,7 @@ class IpcDaemon(Daemon):
             return None
         shown = f"${lim.limit:.2f}" if lim.unit == "usd" else f"{int(lim.limit):,} tokens"
         who = "All groups together" if scope == usage_mod.ALL else scope
-        self.log.info("budget of %s set to %s per %s", scope, shown, lim.period, extra=fields(group=group.folder))
+        self.log.info("budget of %s set to %s per %s", scope, shown, lim.period, extra=log_fields(group=group.folder))
         self._notice(group, f"ipc:{group.folder}:{env.name}:ok", f"Budget: {who} may now spend {shown} per "
                                                                  f"{lim.period}.")
         return "queue"  # held work may go on
@@ -352,7 +352,7 @@ class IpcDaemon(Daemon):
             spool.reject(env.path, f"group={group.folder}: register_group refused: {exc}")
             return None
         self.log.info("registered group folder=%s jid=%s", body["folder"], body["jid"],
-                      extra=fields(group=group.folder))
+                      extra=log_fields(group=group.folder))
         nudge(self.cfg.socket("channel"))  # the main agent's list of chats now shows it registered
         return "queue"
 

@@ -60,7 +60,7 @@ from requests.exceptions import ReadTimeout
 from nanoclaw.core import mounts as mounts_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.config import Config
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group
 from nanoclaw.core.prompt import precheck_block
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request
@@ -429,12 +429,12 @@ class RunnerDaemon(Daemon):
             what = f"cannot start: the disk is full ({exc})" if full else f"podman error: {exc}"
             if tries < START_TRIES:
                 self.log.error("%s; try %d of %d, again in %ds", what, tries, START_TRIES, 2 ** tries,
-                               extra=fields(job=job))
+                               extra=log_fields(job=job))
                 await asyncio.sleep(2 ** tries)
                 self._recovering.append(env)
                 self.wake.set()
                 return
-            self.log.error("%s; giving the job up after %d tries", what, tries, extra=fields(job=job))
+            self.log.error("%s; giving the job up after %d tries", what, tries, extra=log_fields(job=job))
             await in_daemon_thread(self._give_up, env.body, start_failure(exc))
             self.spool.done(env.path)
             self.tries.pop(job, None)
@@ -463,7 +463,7 @@ class RunnerDaemon(Daemon):
             try:
                 ctr = client.containers.get(name)
                 self.log.info("re-attached to %s (state %s)", name, ctr.status,
-                              extra=fields(group=body["group"], job=body["job"]))
+                              extra=log_fields(group=body["group"], job=body["job"]))
                 deadline = self._deadline(ctr)
                 if ctr.status in ("created", "configured"):
                     ctr.start()
@@ -472,7 +472,7 @@ class RunnerDaemon(Daemon):
                     # as when nanoclaw-podman restarts): podman still says "running", or on 4.3
                     # "stopping", and would for the whole timeout.
                     self.log.warning("container %s is %s in name only; removing", name, ctr.status,
-                                     extra=fields(group=body["group"], job=body["job"]))
+                                     extra=log_fields(group=body["group"], job=body["job"]))
                     ctr.remove(force=True)
                     self._event(body["job"], "exited", exit_code=-1, error="the container died with its monitor",
                                 container=name)
@@ -497,14 +497,14 @@ class RunnerDaemon(Daemon):
                     pass
             if code != 0:  # the agent's own last words (a traceback, not chat text) say why
                 self.log.warning("container %s failed: %s", name, (error or "")[-400:].replace("\n", " | "),
-                                 extra=fields(group=body["group"], job=body["job"]))
+                                 extra=log_fields(group=body["group"], job=body["job"]))
             self._event(body["job"], "exited", exit_code=code, error=error or "", container=name)
             try:
                 ctr.remove(force=True)
             except NotFound:
                 pass
             self.log.info("container %s exited code=%s", name, code,
-                          extra=fields(group=body["group"], job=body["job"]))
+                          extra=log_fields(group=body["group"], job=body["job"]))
 
     def _start(self, client: PodmanClient, body: dict) -> Any:
         dirs = prepare_dirs(self.cfg, body["group"], body["is_main"], body.get("agent", ""))
@@ -521,15 +521,15 @@ class RunnerDaemon(Daemon):
             ready = request(self.cfg.socket("proxy"), {"op": "ensure", "group": body["group"],
                                                        "agent": body.get("agent", "")}, timeout=5)
             if not ready.get("ok"):
-                self.log.warning("proxy has no socket for this group", extra=fields(group=body["group"]))
+                self.log.warning("proxy has no socket for this group", extra=log_fields(group=body["group"]))
         except (OSError, ValueError) as exc:
             self.log.warning("credential proxy unreachable (%s); the agent cannot reach the API", exc,
-                             extra=fields(group=body["group"]))
+                             extra=log_fields(group=body["group"]))
         t0 = time.monotonic()
         ctr = client.containers.create(self.cfg.container.image, **container_kwargs(self.cfg, body))
         ctr.start()
         self.log.info("started %s in %.2fs", ctr.name, time.monotonic() - t0,
-                      extra=fields(group=body["group"], job=body["job"]))
+                      extra=log_fields(group=body["group"], job=body["job"]))
         return ctr
 
     def _precheck(self, client: PodmanClient, body: dict) -> tuple[bool, str]:
@@ -571,10 +571,10 @@ class RunnerDaemon(Daemon):
         else:
             self.log.info("pre-check printed %d bytes%s in %.2fs; starting the agent", len(out),
                           " (cut)" if cut else "", took,
-                          extra=fields(group=body["group"], job=body["job"]))
+                          extra=log_fields(group=body["group"], job=body["job"]))
             return True, precheck_block(text, cut_at=c.precheck_max_output if cut else None)
         self.log.info("pre-check says skip (%.2fs): %s", took, reason[:200],
-                      extra=fields(group=body["group"], job=body["job"]))
+                      extra=log_fields(group=body["group"], job=body["job"]))
         return False, reason
 
     def _deadline(self, ctr: Any) -> float:
@@ -602,7 +602,7 @@ class RunnerDaemon(Daemon):
         def kill() -> None:
             timed_out.set()
             self.log.error("%s timed out after %.0fs; killing", what, limit,
-                           extra=fields(group=body["group"], job=body["job"]))
+                           extra=log_fields(group=body["group"], job=body["job"]))
             try:
                 ctr.kill()
             except (APIError, NotFound):
