@@ -67,6 +67,18 @@ def test_prompt_cap_says_how_many_were_left_out():
     assert "omitted" not in build_prompt(msgs[:10], cap=10, tz="UTC")
 
 
+def test_a_members_one_answer_to_several_delegations_is_shown_once():
+    """A member that took two delegations in one turn answers each with the same text (each
+    needs its answer); the asker's prompt shows that text once, other answers as they are."""
+    def answer(text, d, sender="agent:helper"):
+        m = msg(text, sender=sender, name="Helper", ts=1_700_000_000 + d)
+        m.agent, m.answers = "", d
+        return m
+    p = build_prompt([answer("done t1 t2", 1), answer("done t1 t2", 2), answer("done t3", 3),
+                      answer("done t1 t2", 4, sender="agent:planner")], cap=10, tz="UTC")
+    assert p.count("done t1 t2<") == 2 and p.count("done t3<") == 1  # helper's once, planner's own
+
+
 def test_prompt_times_are_in_the_owner_timezone_and_control_chars_removed():
     p = build_prompt([msg("a\x00b\x1bc", ts=0.0)], cap=10, tz="Europe/Berlin")
     assert 'time="1970-01-01 01:00:00"' in p
