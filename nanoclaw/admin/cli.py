@@ -417,14 +417,16 @@ def cmd_mount(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                     state = "ok"
                 except mounts.MountError as exc:
                     state = f"REFUSED now: {exc}"
-                print(f"{m.group.folder:<16} /workspace/extra/{m.name:<20} {'rw' if m.rw else 'ro'}  "
-                      f"{m.host_path}  {state}")
+                mode = ("rw, git config writable" if m.allow_git_config else "rw") if m.rw else "ro"
+                print(f"{m.group.folder:<16} /workspace/extra/{m.name:<20} {mode}  {m.host_path}  {state}")
             return 0
         group = groups_mod.find_group(args.group)
         if args.mount_action == "add":
-            m = mounts.add(cfg, group, args.host_path, args.name, args.rw)
-            print(f"{group.folder}: {m.host_path} at /workspace/extra/{m.name} "
-                  f"({'read-write' if m.rw else 'read-only'}), from its next container on")
+            m = mounts.add(cfg, group, args.host_path, args.name, args.rw, args.allow_git_config)
+            mode = "read-only" if not m.rw else "read-write" + (
+                ", git's configuration and hooks too" if m.allow_git_config else
+                "; git's configuration and hooks read-only to the agent")
+            print(f"{group.folder}: {m.host_path} at /workspace/extra/{m.name} ({mode}), from its next container on")
         else:
             mounts.remove(group, args.name)
             print(f"{group.folder}: /workspace/extra/{args.name} removed, from its next container on")
@@ -754,6 +756,9 @@ def build_parser() -> argparse.ArgumentParser:
     ma.add_argument("host_path")
     ma.add_argument("--as", dest="name", help="the name inside (default: the folder's name)")
     ma.add_argument("--rw", action="store_true", help="read-write (where the allowlist permits it)")
+    ma.add_argument("--allow-git-config", action="store_true",
+                    help="with --rw: let the agent change the repositories' .git/config, hooks and commondir "
+                         "too, i.e. what git runs when you use it there (read-only to it otherwise)")
     ml = msub.add_parser("list", help="every mount, and whether the allowlist allows it now")
     ml.add_argument("group", nargs="?")
     mr = msub.add_parser("remove", help="remove GROUP's mount NAME")

@@ -91,6 +91,9 @@ class Mount(Base):
     host_path = CharField()  # as the owner gave it; resolved and checked again at every start
     rw = BooleanField(default=False)
     added_at = FloatField(default=now)
+    # A read-write mount's git configuration, hooks and commondir are read-only to the agent
+    # (core/binds.py) unless the owner allowed this (``--allow-git-config``).
+    allow_git_config = BooleanField(default=False, constraints=[SQL("DEFAULT 0")])
 
     class Meta:
         indexes = ((("group", "name"), True),)
