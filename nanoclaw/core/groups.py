@@ -28,7 +28,7 @@ class GroupError(ValueError):
 
 def validate_folder(folder: str) -> str:
     """Return ``folder`` if it is a safe, allowed folder name, else raise GroupError."""
-    if not FOLDER_RE.match(folder or ""):
+    if not FOLDER_RE.fullmatch(folder or ""):
         raise GroupError(f"invalid folder name {folder!r}: use 1-64 of A-Z a-z 0-9 _ -, "
                          "starting with a letter or digit")
     if folder.lower() in RESERVED_FOLDERS:
