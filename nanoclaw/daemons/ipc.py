@@ -356,7 +356,7 @@ class IpcDaemon(Daemon):
             spool.reject(env.path, f"group={group.folder}: only the main group may register groups")
             return None
         try:
-            groups_mod.add_group(self.cfg, body["folder"], name=body["name"], jid=body["jid"],
+            groups_mod.add_group(self.cfg, body["folder"], name=body["name"], jid=groups_mod.validate_jid(body["jid"]),
                                  trigger=body["trigger"] or None, is_main=False)
         except groups_mod.GroupError as exc:
             spool.reject(env.path, f"group={group.folder}: register_group refused: {exc}")
