@@ -79,6 +79,9 @@ def test_the_guards_of_a_read_write_folder(tmp_path):
         assert owner_git(top, "status", "--short").returncode == 0  # "." is this directory to git
     finally:
         binds.close([folder, *guards])
+    notes = binds.open_checked(top / "README.md", "/workspace/extra/readme", False, "readme")
+    assert binds.git_guards(notes) == []  # a single file has no repository to guard
+    binds.close([notes])
     # A link where git's files are cannot be pinned: the mount is refused with the reason.
     (inner / ".git" / "hooks").rmdir()
     (inner / ".git" / "hooks").symlink_to("../../hooks-elsewhere")

@@ -222,6 +222,8 @@ def git_guards(folder: Bind) -> list[Bind]:
     """The binds that keep git's configuration and hooks from the agent in the read-write
     ``folder``: its own repository and those of the folders directly in it."""
     out: list[Bind] = []
+    if not stat.S_ISDIR(os.fstat(folder.fd).st_mode):
+        return out  # a single file: no repository in it
     try:
         _guard_repository(out, folder.fd, folder.source, folder.target)
         listing = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=folder.fd)
