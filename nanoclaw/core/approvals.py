@@ -17,8 +17,9 @@ its group's policy does not admit.
 Used by the channel daemon (a request is made in the transaction that stores the message
 that asked, so neither exists without the other), the queue daemon (the owner's
 ``approve N``/``deny N`` in the main chat, which never reach the main agent; expiry) and
-the CLI. An agent has no way in: no ipc request type leads here, and what an agent says in
-the main chat is a bot message, never read as the owner's command.
+the CLI. An agent can only ask, never answer: the main agent's ``raise_budget`` becomes a
+request of kind "budget" (``core/budget_requests.py``), and what an agent says in the main
+chat is a bot message, never read as the owner's command.
 
 HOSTILE INPUT: chat names, sender names, ids and texts come from the chat network. What is
 shown to the owner is cleaned (control and format characters removed, length capped).
@@ -35,6 +36,7 @@ from zoneinfo import ZoneInfo
 
 from peewee import fn
 
+from nanoclaw.core import budget_requests
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.config import Config
 from nanoclaw.core.log import log_fields
@@ -91,6 +93,8 @@ def _open(now: float):
 
 def describe(req: Request) -> str:
     """Who asks, for the card, the CLI and the answers: already cleaned names."""
+    if req.kind == "budget":
+        return f"the main agent, to {budget_requests.describe(req)}"
     if req.kind == "chat":
         if is_group_chat(req.chat):
             name = req.chat_name or "A group"
@@ -233,7 +237,12 @@ def approve(cfg: Config, n: int, folder: str | None = None, *, by: str = "cli",
     try:
         with db.atomic("IMMEDIATE"):
             req = _get_open(n, now, cfg.tz)
-            if req.kind == "chat":
+            if req.kind == "budget":
+                if folder:
+                    raise ApprovalError(f"request {n} is a budget change: it takes no folder")
+                text = budget_requests.apply(cfg, req, "main" if by == "main" else "cli")
+                folder = req.folder
+            elif req.kind == "chat":
                 registered = Group.get_or_none(Group.jid == req.chat)
                 if registered is not None:
                     raise ApprovalError(f"the chat of request {n} is already registered as group {registered.folder}")
@@ -258,7 +267,9 @@ def approve(cfg: Config, n: int, folder: str | None = None, *, by: str = "cli",
                 .where(Request.id == n).execute()
             if answer:
                 _post(answer[0], answer[1], text, cfg)
-    except groups_mod.GroupError as exc:
+    except ApprovalError:
+        raise
+    except ValueError as exc:  # a group that cannot be added; a budget that cannot be set
         raise ApprovalError(f"request {n} not approved: {exc}") from None
     log.info("approved by %s folder=%s", by, folder, extra=log_fields(request=n))
     return text
@@ -272,8 +283,11 @@ def deny(cfg: Config, n: int, *, by: str = "cli", answer: tuple[str, str] | None
         req = _get_open(n, now, cfg.tz)
         Request.update(status="denied", decided_at=now, decided_by=by).where(Request.id == n).execute()
         _forget_messages(cfg, req.chat)
-        text = (f"denied {n}: {describe(req)} gets no answer, and no new card for {DENIAL_DAYS} days "
-                f"(nanoclaw pending forget {n} to allow it sooner)")
+        if req.kind == "budget":
+            text = f"denied {n}: the budget stays as it is"
+        else:
+            text = (f"denied {n}: {describe(req)} gets no answer, and no new card for {DENIAL_DAYS} days "
+                    f"(nanoclaw pending forget {n} to allow it sooner)")
         if answer:
             _post(answer[0], answer[1], text, cfg)
     log.info("denied by %s", by, extra=log_fields(request=n))
@@ -286,8 +300,9 @@ def forget(cfg: Config, n: int) -> str:
         req = Request.get_or_none(Request.id == n)
         if req is None:
             raise ApprovalError(f"there is no request {n} (see: nanoclaw pending --all)")
-        if req.status != "denied":
-            raise ApprovalError(f"request {n} is {req.status}, not denied: there is nothing to forget")
+        if req.status != "denied" or req.kind == "budget":
+            raise ApprovalError(f"request {n} is {'a budget change' if req.kind == 'budget' else req.status}, "
+                                "not a denied chat or sender: there is nothing to forget")
         Request.update(status="forgotten").where(Request.id == n).execute()
     return f"forgot the denial of {n}: {describe(req)} may ask again"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -26,9 +27,21 @@ class GroupError(ValueError):
     """A group request that cannot be carried out; the text says why."""
 
 
+# A chat network's id as nanoclaw stores one (1203…@g.us, 4917…@s.whatsapp.net, main@term): an
+# agent's register_group names one, and it becomes the CHAT of journal lines, so it is checked.
+CHAT_ID = re.compile(r"[A-Za-z0-9._:+-]{1,100}@[a-z0-9.]{1,30}")  # fullmatch
+
+
+def validate_jid(jid: str) -> str:
+    """Return ``jid`` if it has the shape of a chat id, else raise GroupError."""
+    if not isinstance(jid, str) or not CHAT_ID.fullmatch(jid):
+        raise GroupError(f"invalid chat id {jid!r}: user@server, e.g. 120363000000000000@g.us")
+    return jid
+
+
 def validate_folder(folder: str) -> str:
     """Return ``folder`` if it is a safe, allowed folder name, else raise GroupError."""
-    if not FOLDER_RE.match(folder or ""):
+    if not FOLDER_RE.fullmatch(folder or ""):
         raise GroupError(f"invalid folder name {folder!r}: use 1-64 of A-Z a-z 0-9 _ -, "
                          "starting with a letter or digit")
     if folder.lower() in RESERVED_FOLDERS:

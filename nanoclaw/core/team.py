@@ -74,7 +74,7 @@ def sender(agent: str) -> str:
 
 
 def validate_name(name: str) -> str:
-    if not FOLDER_RE.match(name or "") or name.lower() in RESERVED:
+    if not FOLDER_RE.fullmatch(name or "") or name.lower() in RESERVED:
         raise TeamError(f"invalid member name {name!r}: 1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit,"
                         f" not {', '.join(sorted(RESERVED))}")
     return name

@@ -39,7 +39,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import time
 import uuid
 
@@ -67,7 +66,7 @@ from nanoclaw.core.skeleton import Daemon
 MAX_TEXT = 64 * 1024
 CHATS_REFRESH = 3600.0  # seconds between listings of the WhatsApp groups we are in  # longer inbound text is refused, not truncated silently
 HISTORY = 10
-CHAT_ID = re.compile(r"[A-Za-z0-9._:+-]{1,100}@[a-z0-9.]{1,30}")  # a chat network's id, e.g. 1203…@g.us
+CHAT_ID = groups_mod.CHAT_ID  # a chat network's id, e.g. 1203…@g.us
 
 
 class ChannelDaemon(Daemon):

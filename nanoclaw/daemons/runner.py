@@ -57,6 +57,7 @@ from podman.errors import APIError, NotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
+from nanoclaw.core import binds as binds_mod
 from nanoclaw.core import mounts as mounts_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.config import Config
@@ -208,13 +209,16 @@ def _ulimit(spec: str) -> dict[str, Any]:
     return {"Name": name, "Soft": int(soft), "Hard": int(hard or soft)}
 
 
-def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
+def container_kwargs(cfg: Config, job: dict, extra: list[binds_mod.Bind] | None = None) -> dict[str, Any]:
     """Everything Podman needs to start one job's container, from configuration.
 
     Mounts: the group's folder (rw; its ``agents/`` ro), global memory (ro;
     rw for main), the agent's IPC dirs (``in`` read-only, ``out`` rw), its
-    session state and its API socket (ro). Nothing else of the host. A team
-    member (``job["agent"]``) gets its own IPC and session, never the lead's.
+    session state and its API socket (ro), and ``extra``: the owner's folders
+    for it as :func:`mounts.for_container` opened and checked them (verified in
+    the container before it runs: :meth:`RunnerDaemon._create`). Nothing else
+    of the host. A team member (``job["agent"]``) gets its own IPC and session,
+    never the lead's.
     """
     c = cfg.container
     agent = job.get("agent", "")
@@ -268,11 +272,9 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
         kwargs["mem_limit"] = c.memory
     if c.pids_limit > 0:
         kwargs["pids_limit"] = c.pids_limit
-    extra = mounts_mod.for_container(cfg, job["group"], log)
-    for name, path, rw in extra:  # the owner's folders, re-checked against the allowlist now
-        mounts.append({"type": "bind", "source": str(path), "target": f"/workspace/extra/{name}",
-                       "read_only": not rw})
-    env["NANOCLAW_MOUNTS"] = ",".join(f"{name}:{'rw' if rw else 'ro'}" for name, _, rw in extra)
+    extra = extra or []
+    mounts += [b.spec() for b in extra]  # the owner's folders (and their guards), checked now
+    env["NANOCLAW_MOUNTS"] = ",".join(f"{b.name}:{'ro' if b.read_only else 'rw'}" for b in extra if b.name)
     for spec in c.volumes:
         source, target, *mode = spec.split(":")
         mounts.append({"type": "bind", "source": source, "target": target, "read_only": mode == ["ro"]})
@@ -288,15 +290,15 @@ def precheck_name(folder: str, job: int) -> str:
     return f"{container_name(folder, job)}-check"
 
 
-def precheck_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
+def precheck_kwargs(cfg: Config, job: dict, extra: list[binds_mod.Bind] | None = None) -> dict[str, Any]:
     """How a task's pre-check container is started: as confined as an agent's or more.
 
     The same image, user, capabilities (none), read-only root, memory, pids and ulimits as
     an agent; beyond that no network namespace with a way out (``none`` whatever
     ``[container] network`` says), none of the agent's IPC, session or proxy sockets (so no
     API and no web), no credentials or extra environment, and the group's folder (and the
-    owner's folders for it) read-only. Its log is a size-capped file, since what it prints
-    is read back.
+    owner's folders for it, ``extra``, opened with ``read_only``) read-only. Its log is a
+    size-capped file, since what it prints is read back.
     """
     c = cfg.container
     folder = job["group"]
@@ -305,9 +307,7 @@ def precheck_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
         {"type": "bind", "source": str(cfg.groups_dir / folder), "target": "/workspace/group", "read_only": True},
         {"type": "tmpfs", "source": "tmpfs", "target": "/tmp", "size": "64m"},
     ]
-    for name, path, _rw in mounts_mod.for_container(cfg, folder, log):
-        mounts.append({"type": "bind", "source": str(path), "target": f"/workspace/extra/{name}",
-                       "read_only": True})
+    mounts += [{**b.spec(), "read_only": True} for b in extra or []]
     for spec in c.volumes:  # what this host needs for any container to start (e.g. the cgroup tree)
         source, target, *mode = spec.split(":")
         mounts.append({"type": "bind", "source": source, "target": target, "read_only": mode == ["ro"]})
@@ -465,9 +465,12 @@ class RunnerDaemon(Daemon):
                 self.log.info("re-attached to %s (state %s)", name, ctr.status,
                               extra=log_fields(group=body["group"], job=body["job"]))
                 deadline = self._deadline(ctr)
-                if ctr.status in ("created", "configured"):
-                    ctr.start()
-                elif ctr.status in ("running", "stopping", "paused") and not self._alive(ctr):
+                if ctr.status in ("created", "configured", "initialized"):
+                    # Made by a runner that died before it started it: its mounts were never
+                    # checked in it (_create), and nothing ran in it yet. Made again.
+                    ctr.remove(force=True)
+                    raise NotFound(f"{name} was never started")
+                if ctr.status in ("running", "stopping", "paused") and not self._alive(ctr):
                     # Its processes were killed behind podman's back (its monitor died with them,
                     # as when nanoclaw-podman restarts): podman still says "running", or on 4.3
                     # "stopping", and would for the whole timeout.
@@ -526,11 +529,35 @@ class RunnerDaemon(Daemon):
             self.log.warning("credential proxy unreachable (%s); the agent cannot reach the API", exc,
                              extra=log_fields(group=body["group"]))
         t0 = time.monotonic()
-        ctr = client.containers.create(self.cfg.container.image, **container_kwargs(self.cfg, body))
+        extra = mounts_mod.for_container(self.cfg, body["group"], self.log)
+        ctr = self._create(client, self.cfg.container.image, container_kwargs(self.cfg, body, extra), extra, body)
         ctr.start()
         self.log.info("started %s in %.2fs", ctr.name, time.monotonic() - t0,
                       extra=log_fields(group=body["group"], job=body["job"]))
         return ctr
+
+    def _create(self, client: PodmanClient, image: str, kwargs: dict, extra: list[binds_mod.Bind],
+                body: dict) -> Any:
+        """Create a container. With the owner's folders (``extra``), also set it up (``init``:
+        its mounts made, nothing run in it yet) and check each of them from inside; one that is
+        not what was checked removes it before anything ran (BindError: a start failure, which
+        is tried again as any is)."""
+        try:
+            ctr = client.containers.create(image, **kwargs)
+            if extra:
+                try:
+                    ctr.init()
+                    ctr.reload()
+                    binds_mod.verify(int(ctr.attrs["State"]["Pid"]), extra)
+                except (OSError, KeyError, TypeError, ValueError) as exc:
+                    self.log.error("container %s removed before it ran: %s", ctr.name, exc,
+                                   extra=log_fields(group=body["group"], job=body["job"]))
+                    ctr.remove(force=True)
+                    raise binds_mod.BindError(errno.EXDEV, f"a mounted folder changed while the container was "
+                                                           f"made ({exc})") from None
+            return ctr
+        finally:
+            binds_mod.close(extra)
 
     def _precheck(self, client: PodmanClient, body: dict) -> tuple[bool, str]:
         """Run a task's pre-check; (True, what to add to the prompt) or (False, why it is skipped).
@@ -546,7 +573,8 @@ class RunnerDaemon(Daemon):
             pass
         (self.cfg.groups_dir / body["group"]).mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        ctr = client.containers.create(c.image, **precheck_kwargs(self.cfg, body))
+        extra = mounts_mod.for_container(self.cfg, body["group"], self.log, read_only=True)
+        ctr = self._create(client, c.image, precheck_kwargs(self.cfg, body, extra), extra, body)
         try:
             ctr.start()
             code, error = self._wait(ctr, time.time() + c.precheck_timeout, body, limit=c.precheck_timeout,

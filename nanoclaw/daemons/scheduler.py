@@ -55,11 +55,15 @@ class SchedulerDaemon(Daemon):
         self.backend = backend_for(self.cfg)
         self.log.info("timer backend: %s", self.backend.name)
         self.active = 0
+        self.told: set[str] = set()  # problems already logged: once each, not every pass
 
     def work(self) -> float | None:
         active = list(Task.select().where(Task.status == "active").order_by(Task.id))
         for change in self.backend.reconcile(active):
             self.log.info("timers: %s", change)
+        for problem in set(self.backend.problems) - self.told:  # the other tasks' timers are made
+            self.log.error("timers: %s; change or cancel it (nanoclaw tasks update/cancel)", problem)
+        self.told = set(self.backend.problems)
         self.active = len(active)
         tasks_mod.snapshot(self.cfg)
         return None
