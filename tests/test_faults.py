@@ -112,9 +112,10 @@ def jobs(s) -> list[str]:
         return [r[0] for r in con.execute("select status from job order by id")]
 
 
-def met_fault(s, daemon: str) -> bool:
-    """The daemon met the fault: it logged an error (whatever it then did about it)."""
-    return any(int(e.get("PRIORITY", "6")) <= 3 for e in s.journal.of(daemon))
+def met_fault(s, daemon: str, worst: int = 3) -> bool:
+    """The daemon met the fault: it logged an error (or, with ``worst=4``, a warning), whatever
+    it then did about it."""
+    return any(int(e.get("PRIORITY", "6")) <= worst for e in s.journal.of(daemon))
 
 
 def status(s, daemon: str) -> str:
@@ -228,6 +229,21 @@ def _fill_at_runner(s, disk):
     assert MARK in said
 
 
+def _fill_at_runner_start(s, disk):
+    """The runner about to start a job's container: it waits for space (not a try), and the
+    chat is told once; before, three tries on the full disk, then the job failed."""
+    s.stop("runner")
+    s.send("main", "hello")
+    s.wait_for(lambda: files(s.state / "spool" / "runner" / "new"), 30, what="the job handed to the runner")
+    disk.fill()
+    s.start("runner")
+    s.wait_for(lambda: met_fault(s, "runner", worst=4), 30, what="the runner meeting the full disk")
+    said = status(s, "runner")
+    time.sleep(FULL_FOR)  # the fault's own length: longer than the runner's tries to start
+    disk.free()
+    return said
+
+
 def _fill_at_ipc(s, disk):
     s.stop("ipc")
     s.send("main", "hello")
@@ -255,6 +271,7 @@ def _fill_at_router(s, disk):
 @pytest.mark.parametrize("where, answer, container", [
     ("channel", "echo: hello", {}),
     ("queue", "slept 2", {}),
+    ("runner_start", "echo: hello", {}),
     ("runner", "echo: hello", {}),
     ("ipc", "echo: hello", {"idle_timeout": 30.0}),
     ("router", "echo: hello", {}),
@@ -264,8 +281,11 @@ def test_a_disk_full_at_each_write_is_answered_once(faulty, where, answer, conta
     w = s.watch("main")
     said = globals()[f"_fill_at_{where}"](s, disk)
     if where != "runner":
-        assert w.reply(90) == answer
+        while w.reply(90) != answer:  # a notice may come first
+            pass
     answered_once(s, answer)
+    notices = [r for r in s.replies("main@term") if "disk is full" in r]
+    assert len(notices) == (1 if where == "runner_start" else 0), notices  # told once, where it waited
     if said is not None:  # what the daemon's status said while the disk was full
         assert MARK in said, said
 

@@ -371,6 +371,8 @@ class QueueDaemon(Daemon):
                     pending = self._owner_answers(group, pending)
                 key = (group.id, agent)
                 job = active.get(key)
+                if job is not None and job.status == "queued" and self._disk_low() is not None:
+                    self._disk_notice(group)  # its job waits in the runner for space
                 batch, prompt = self._batch(group, agent, pending) if pending else ([], "")
                 busy = busy or bool(batch) or job is not None
                 if not batch:

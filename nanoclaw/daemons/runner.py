@@ -70,7 +70,7 @@ from nanoclaw.core.config import Config
 from nanoclaw.core.log import fields
 from nanoclaw.core.models import Group
 from nanoclaw.core.prompt import precheck_block
-from nanoclaw.core.protocol import Envelope, Spool, nudge, request
+from nanoclaw.core.protocol import Envelope, Spool, nudge, request, unique_name
 from nanoclaw.core.safefs import Dir
 from nanoclaw.core.skeleton import Daemon
 
@@ -97,9 +97,10 @@ class Stopped(Exception):
 
 
 def unwritable(directory: Path) -> str | None:
-    """Why a small new file cannot be written in ``directory`` (a read-only or failing disk),
-    or None when it can."""
-    probe = directory / f".probe-{os.getpid()}-{threading.get_ident()}"
+    """Why a small new file cannot be written in ``directory`` (a spool's ``tmp/``: a read-only
+    or failing disk), or None when it can. Named as a spool writer's file, so one left by a
+    runner killed right then is swept as a dead writer's."""
+    probe = directory / unique_name("probe")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -519,6 +520,7 @@ class RunnerDaemon(Daemon):
             if job not in self.waiting_space:
                 self.log.warning("not started: %s; waiting for space", why,
                                  extra=fields(group=body["group"], job=job))
+                nudge(self.cfg.socket("queue"))  # it looks at the disk, and tells the chat
             self.waiting_space[job] = why
             if self.stopping:
                 raise Stopped()
