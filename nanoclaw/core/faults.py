@@ -12,6 +12,7 @@ nearly full (:func:`low_space`): their turn would fail on it, and the chat is to
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -41,10 +42,10 @@ def storage_error(exc: BaseException) -> str | None:
     """A one-line reason if ``exc`` is the disk refusing a write, else None."""
     text = " ".join(str(exc).split())
     lower = text.lower()
-    if refused(exc):
-        assert isinstance(exc, OSError)
-        what = {28: "the disk is full", 122: "the disk quota is used up", 30: "the disk is read-only"}
-        return f"{what.get(exc.errno or 0, 'the disk failed a write')} ({exc.strerror or text})"
+    if isinstance(exc, OSError) and refused(exc):
+        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the disk is read-only"}.get(exc.errno or 0, "the disk failed a write")
+        return f"{what} ({exc.strerror or text})"
     if isinstance(exc, (sqlite3.Error, DatabaseError)) and any(w in lower for w in _DB_WORDS):
         if "full" in lower:
             return f"the disk is full ({text})"
@@ -67,11 +68,11 @@ def describe(exc: BaseException) -> str:
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit in ("B", "KiB") else f"{n:.1f} {unit}"
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit != "MiB" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TiB"
+    return f"{n:.1f} GiB"
 
 
 def low_space(path: Path) -> str | None:
