@@ -74,6 +74,22 @@ def log(msg: str) -> None:
     print(f"agent-runner: {msg}", file=sys.stderr, flush=True)
 
 
+async def report(body: dict) -> None:
+    """Write a turn's result, however long the disk refuses it (full, read-only): an answer
+    already paid for is kept, not lost with this container. The host's time limit on the
+    container bounds the wait; the write waits in a thread, so the CLI's pipes are still read."""
+    said: list[str] = []
+
+    def refused(exc: OSError) -> None:
+        if not said:
+            said.append(str(exc))
+            log(f"the result of turn {body['turn']} cannot be written ({exc}); trying again until it is")
+
+    await asyncio.to_thread(outbox.put_until_written, "result", body, on_refused=refused)
+    if said:
+        log(f"the result of turn {body['turn']} is written")
+
+
 # -- the forwarders to the host's proxy sockets ----------------------------------------
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -567,11 +583,11 @@ async def main() -> int:
                     out = await agent.turn(b["prompt"], b.get("session_id"))
                 except Exception as exc:  # the CLI died or the API failed: report, then let a fresh container retry
                     detail = " | ".join(list(stderr_tail)[-5:])
-                    outbox.put("result", {"job": b["job"], "turn": b["turn"], "text": "",
-                                          "error": f"{type(exc).__name__}: {exc} {detail}"[:2000]})
+                    await report({"job": b["job"], "turn": b["turn"], "text": "",
+                                  "error": f"{type(exc).__name__}: {exc} {detail}"[:2000]})
                     log(f"turn {b['turn']} failed: {exc}")
                     return 1
-                outbox.put("result", {"job": b["job"], "turn": b["turn"], **out})
+                await report({"job": b["job"], "turn": b["turn"], **out})
                 log(f"turn {b['turn']} answered in {out['usage']['duration_s']}s")
                 last_work = time.monotonic()
             remaining = IDLE_TIMEOUT - (time.monotonic() - last_work)

@@ -173,7 +173,7 @@ def test_a_full_disk_is_named_to_the_sender_the_runner_log_and_doctor(make_syste
         assert "the disk is full" in reply["error"] and "database or disk is full" in reply["error"]
         assert "rollback" not in reply["error"]
         s.nudge("runner")
-        s.wait_for(lambda: "cannot start: the disk is full" in s.log("runner"), 30, what="the runner's reason")
+        s.wait_for(lambda: "not started: the disk is full" in s.log("runner"), 30, what="the runner's reason")
         doctor = s.cli("doctor", check=False).stdout
         assert "FAIL  disk space: the disk is full" in doctor
         assert "MESSAGES NOT STORED: the disk is full" in doctor

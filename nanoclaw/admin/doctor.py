@@ -26,12 +26,12 @@ from nanoclaw.admin.hostcheck import (
 )
 from nanoclaw.admin.status import UNITS, ask_status, systemd_is_pid1, unit_state
 from nanoclaw.core import config as config_mod
+from nanoclaw.core import faults
 from nanoclaw.core.config import DETECTED, DETECTED_KEYS, Config
 from nanoclaw.core.credentials import credential_path
 from nanoclaw.core.safefs import Dir, write_atomic
 
 SERVICE_USER = "nanoclaw"
-FULL_BYTES = 64 * 2**20  # below this the state filesystem counts as full
 
 
 def podman_as_service_user(cfg: Config, unit: bool = True) -> tuple[str, ...]:
@@ -268,8 +268,10 @@ class Doctor:
                 self.check(f"{name} answers", False, error, f"systemctl restart nanoclaw-{name}")
                 continue
             status = reply.get("status", "")
-            self.check(f"{name} answers", bool(reply.get("ok")) and "NOT STORED" not in status, status,
-                       "free space where nanoclaw keeps its state" if "disk is full" in status else "")
+            self.check(f"{name} answers", bool(reply.get("ok")) and "NOT STORED" not in status
+                       and faults.MARK not in status, status,
+                       "free space where nanoclaw keeps its state" if "disk is full" in status
+                       else "check the disk where nanoclaw keeps its state" if faults.MARK in status else "")
             if name == "proxy" and reply.get("ok"):
                 # The file may be there and still unreadable to the proxy (LoadCredential=).
                 self.check("the proxy holds a credential", "NO CREDENTIAL" not in reply.get("status", ""),
@@ -277,9 +279,10 @@ class Doctor:
         self._check_allowlists()
         target = cfg.state_dir if cfg.state_dir.exists() else Path("/")
         free = shutil.disk_usage(target).free
-        if free < FULL_BYTES:
-            self.check("disk space", False, f"the disk is full: {free / 2**20:.0f} MiB free on {target}; "
-                       "messages cannot be stored", f"free space on the filesystem of {target}")
+        low = faults.low_space(target)
+        if low is not None:
+            self.check("disk space", False, f"{low}; messages cannot be stored and no agent starts",
+                       f"free space on the filesystem of {target}")
         else:
             self.check("disk space", free >= 2**30, f"{free / 2**30:.1f} GiB free on {target}",
                        "free space: images need ~1 GiB")

@@ -1,7 +1,8 @@
 """fire: what a task's timer runs (``python -m nanoclaw.admin.fire ID``; by hand,
 ``nanoclaw tasks fire ID`` does the same): hand the task to the queue.
 
-It writes ``task_fire`` into the queue's spool (fsync, rename) and nudges the
+It writes ``task_fire`` into the queue's spool (fsync, rename; while the disk
+refuses it, full or read-only, it tries again until it takes it) and nudges the
 queue, loading neither the CLI, nor the database, nor the scheduling libraries:
 the timer's share of a task's lateness is a Python start, reading the
 configuration, one spool write and a datagram.
@@ -35,7 +36,15 @@ def fire(cfg: Config, task_id: int, *, now: float | None = None) -> None:
     if started is not None:
         body["started_at"] = started
         body["python_at"] = PYTHON_AT
-    Spool(cfg.spool_dir / "queue").ensure().put("task_fire", body)
+    said: list[OSError] = []
+
+    def refused(exc: OSError) -> None:  # a full or read-only disk: this process keeps the firing
+        if not said:
+            said.append(exc)
+            print(f"nanoclaw: task {task_id}: the disk refuses the firing ({exc}); trying again until it "
+                  "takes it", file=sys.stderr, flush=True)
+
+    Spool(cfg.spool_dir / "queue").ensure().put_until_written("task_fire", body, on_refused=refused)
     nudge(cfg.socket("queue"))
 
 

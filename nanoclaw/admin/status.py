@@ -8,6 +8,7 @@ import time
 from datetime import datetime
 
 from nanoclaw import DAEMONS
+from nanoclaw.core import faults
 from nanoclaw.core.config import Config
 from nanoclaw.core.models import Cursor, Group, Job, Message, Outbox, Task, open_db
 from nanoclaw.core.protocol import request
@@ -36,15 +37,23 @@ def show(cfg: Config) -> int:
     if systemd_is_pid1():
         states = [f"{unit.removeprefix('nanoclaw-')} {unit_state(unit)}" for unit in UNITS]
         print("units:    " + ", ".join(states))
-    down = []
+    down, waiting = [], []
     for name in DAEMONS:
         reply, _ = ask_status(cfg, name, timeout=2)
         if reply is None:
             down.append(name)
-        elif name == "channel":
+            continue
+        if name == "channel":
             print(f"channel:  {reply.get('status', '')}")
+        if faults.MARK in reply.get("status", ""):  # what the disk holds up in it, in its own words
+            waiting.append(f"{name}: {reply['status'].split(faults.MARK + ': ', 1)[-1]}")
     if down:
         print("not answering: " + ", ".join(down))
+    low = faults.low_space(cfg.state_dir) if cfg.state_dir.exists() else None
+    if low is not None:
+        print(f"disk:     {low}: no agent starts, messages wait (free space there)")
+    for line in waiting:
+        print(f"disk:     {line}")
     if not cfg.db_path.exists():
         print("no database yet: nanoclaw groups add main --main")
         return 1

@@ -46,14 +46,6 @@ class Database(SqliteDatabase):
 db = Database(None)
 
 
-def storage_problem(exc: BaseException) -> str:
-    """A one-line, owner-facing reason for a failed write, naming a full disk as such."""
-    text = str(exc)
-    if "disk is full" in text or getattr(exc, "errno", None) == 28:
-        return f"the disk is full ({text}): free space where nanoclaw keeps its state"
-    return text
-
-
 def now() -> float:
     return time.time()
 

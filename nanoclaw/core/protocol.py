@@ -23,6 +23,7 @@ and rescan on a slow timer in case both are missed.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
@@ -32,6 +33,7 @@ import socket
 import stat
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,16 @@ _NAME_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,200}")  # whole names: fullm
 STAGE_NAME = re.compile(r"[a-z_]{1,20}")
 _counter = itertools.count()
 log = logging.getLogger("nanoclaw.protocol")
+# The disk refusing a write: full (ENOSPC, EDQUOT), failing (EIO) or read-only (EROFS). What was
+# to be written is kept and written again once the disk takes it (Spool.put_until_written, and
+# the daemons' kept writes in core/faults.py); a refusal is never a reason to drop anything.
+REFUSED = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS))
+RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # seconds between tries of a refused write: doubling, capped
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the disk refusing a write (as opposed to a bug or a bad entry)."""
+    return isinstance(exc, OSError) and exc.errno in REFUSED
 
 _OPT = object()  # marks an optional field in SCHEMAS
 Schema = dict[str, tuple]
@@ -251,6 +263,29 @@ class Spool:
                 new.fsync()
         return self.new / name
 
+    def put_until_written(self, kind: str, body: dict, *, name: str | None = None, durable: bool = True,
+                          stop: Callable[[], bool] = lambda: False,
+                          on_refused: Callable[[OSError], None] | None = None) -> Path | None:
+        """:meth:`put`, tried again (0.5 s, then doubling up to 5 s) for as long as the disk refuses
+        it: for a writer that can wait, in a thread or a process of its own (the runner's reports,
+        an agent's results). ``on_refused`` hears each refusal; None if ``stop()`` said to give up
+        first. The file keeps its first name, so a retry after a write that landed but whose
+        sync failed replaces it instead of adding a second one."""
+        name = name or unique_name(kind)
+        pause = RETRY_FIRST
+        while True:
+            try:
+                return self.put(kind, body, name=name, durable=durable)
+            except OSError as exc:
+                if not refused(exc):
+                    raise
+                if on_refused is not None:
+                    on_refused(exc)
+            if stop():
+                return None
+            time.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX)
+
     # -- consuming -------------------------------------------------------
     def leftovers(self) -> list[Path]:
         """Files a dead predecessor had claimed: to be processed again, oldest first."""
@@ -368,7 +403,12 @@ class Spool:
             except OSError as exc:  # e.g. a directory we cannot move: remove rather than loop on it
                 log.error("spool=%s file=%r cannot move to bad/: %s", self.name, name, exc)
                 return None
-            bad.write(dest + ".reason", (reason + "\n").encode())  # never read half-written
+            try:
+                bad.write(dest + ".reason", (reason + "\n").encode())  # never read half-written
+            except OSError as exc:  # a full disk: the file is aside all the same, the reason is logged
+                if not refused(exc):
+                    raise
+                log.error("spool=%s file=%r: no .reason written beside it in bad/: %s", self.name, name, exc)
         log.warning("spool=%s file=%r rejected to bad/: %s", self.name, name, reason)
         return self.bad / dest
 

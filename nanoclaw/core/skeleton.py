@@ -18,6 +18,7 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,35 @@ import sdnotify
 from inotify_simple import INotify, flags
 
 from nanoclaw.core import config as config_mod
+from nanoclaw.core import faults
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import open_db
-from nanoclaw.core.protocol import MAX_LINE, BadMessage, parse_line
+from nanoclaw.core.protocol import MAX_LINE, RETRY_FIRST, RETRY_MAX, BadMessage, Spool, parse_line, unique_name
 
 RESCAN_SECONDS = 30.0
 STATUS_EVERY = 0.5  # seconds between status lines worked out after work passes
 UNWATCHED_CHECK = 5.0  # without systemd's watchdog: how often stuck() is asked
 EXIT_STUCK = 70  # EX_SOFTWARE: how a stuck daemon without a watchdog exits
+
+
+def supervise(task: asyncio.Task, log: logging.Logger, what: str,
+              on_error: Callable[[BaseException], None] | None = None, **subjects: Any) -> asyncio.Task:
+    """See to it that a background task's failure is never left unretrieved: it is logged with
+    its traceback (``subjects`` as journal fields) and handed to ``on_error``, which acts on it
+    (tries again, wakes a loop). A cancelled task is not a failure."""
+    def ended(t: asyncio.Task) -> None:
+        if t.cancelled() or t.exception() is None:
+            return
+        exc = t.exception()
+        log.error("%s failed: %s", what, exc, exc_info=exc, extra=log_fields(**subjects))
+        if on_error is not None:
+            try:
+                on_error(exc)
+            except Exception:
+                log.exception("acting on the failure of %s failed", what, extra=log_fields(**subjects))
+
+    task.add_done_callback(ended)
+    return task
 
 
 class Daemon:
@@ -50,6 +73,12 @@ class Daemon:
         self._last_status = ""
         self._status_at = float("-inf")  # when the status line was last worked out after a pass
         self._status_later: asyncio.TimerHandle | None = None
+        self.held = faults.Held()  # spool files the disk refused, written at the next passes
+        self.fault = ""  # why the disk refuses this daemon's writes, while it does
+        self._fault_since = 0.0
+        self._fault_passes = 0  # passes in a row that met a refusal: the retry's backoff
+        self._refusal = False  # the current pass met one
+        self._tasks: set[asyncio.Task] = set()  # spawn()'s, held until they end
         # Benchmark only: NANOCLAW_BENCH_POLL="queue=2,ipc=1" makes those daemons ignore
         # nudges and inotify and rescan on a fixed period, as a polling design would.
         polls = dict(p.split("=", 1) for p in os.environ.get("NANOCLAW_BENCH_POLL", "").split(",") if "=" in p)
@@ -72,12 +101,17 @@ class Daemon:
         if op == "ping":
             return {"ok": True, "daemon": self.name, "pid": os.getpid()}
         if op == "status":
-            return {"ok": True, "daemon": self.name, "status": self.status()}
+            return {"ok": True, "daemon": self.name, "status": self.status_line()}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def status(self) -> str:
         """A one-line live summary for systemd's STATUS= and ``nanoclaw status``."""
         return "running"
+
+    def disk_waits(self) -> int:
+        """How many things of this daemon wait for the disk outside its passes (a thread
+        retrying a report): while any does, the fault is not over."""
+        return 0
 
     def stuck(self) -> str:
         """What part of the daemon is stuck past its time ("" when nothing is). A daemon whose
@@ -90,6 +124,91 @@ class Daemon:
 
     def disconnected(self, writer: asyncio.StreamWriter) -> None:
         """A socket client went away (subclasses forget what they kept for it)."""
+
+    # -- writes the disk may refuse ----------------------------------------
+    def put(self, spool: Spool, kind: str, body: dict, *, durable: bool = True,
+            then: Callable[[], None] | None = None) -> bool:
+        """:meth:`Spool.put` for a write this daemon decided on its own (no spool file of its
+        input stands for it): one the disk refuses is kept and written at a later pass, in
+        order, and ``then()`` (a nudge, say) runs once it is written. True if written now.
+
+        A write that must be durable before something else is recorded (a reply before the
+        cursor moves) calls ``spool.put`` itself and lets the refusal stop that work."""
+        write = faults.Write(spool, kind, body, unique_name(kind), durable, then)
+        if self.held:  # behind what is already kept: the order of writes is kept
+            self.held.add(write)
+            return False
+        try:
+            spool.put(kind, body, name=write.name, durable=durable)
+        except OSError as exc:
+            if not self.refused(exc):
+                raise
+            self.held.add(write)
+            return False
+        if then is not None:
+            then()
+        return True
+
+    def refused(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the disk refusing a write. If so the daemon knows it: logged once
+        per episode, shown in its status line, and the pass is tried again soon."""
+        reason = faults.storage_error(exc)
+        if reason is None:
+            return False
+        self._refusal = True
+        if not self.fault:
+            self._fault_since = time.monotonic()
+            self.log.error("the disk refuses writes: %s; what was to be written is kept and written "
+                           "once it can be", reason)
+        if reason != self.fault:
+            self.fault = reason
+            self._set_status()
+        return True
+
+    def _begin_pass(self) -> None:
+        """Before each pass: what the disk refused before is written first, in order."""
+        self._refusal = False
+        if self.held and (exc := self.held.flush(self.log)) is not None:
+            self.refused(exc)
+
+    def _after_pass(self, delay: float | None) -> float | None:
+        """A pass that met a refusal is tried again soon (0.5 s, doubling to 5 s); the first
+        pass that meets none, with nothing kept, ends the episode."""
+        if self._refusal or self.held:
+            self._fault_passes += 1
+            retry = min(RETRY_FIRST * 2 ** (self._fault_passes - 1), RETRY_MAX)
+            return retry if delay is None else min(delay, retry)
+        if self.fault and not self.disk_waits():
+            self.log.warning("the disk takes writes again (refused for %.0fs); nothing was lost",
+                             time.monotonic() - self._fault_since)
+            self.fault, self._fault_passes = "", 0
+            self._set_status()
+        return delay
+
+    def status_line(self) -> str:
+        """``status()`` and, while the disk refuses writes, what this daemon waits for."""
+        line = self.status()
+        if self.fault:
+            kept = f", {len(self.held)} write(s) kept" if self.held else ""
+            line += f"; {faults.MARK}: {self.fault}{kept}"
+        return line
+
+    # -- background tasks -----------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any], what: str,
+              on_error: Callable[[BaseException], None] | None = None, **subjects: Any) -> asyncio.Task:
+        """Run ``coro`` in the background. Its failure is never left unretrieved: logged with its
+        traceback (``subjects`` as journal fields), handed to ``on_error`` to act on, and the
+        loop woken to look at the durable state again."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+        def failed(exc: BaseException) -> None:
+            if on_error is not None:
+                on_error(exc)
+            self.wake.set()
+
+        return supervise(task, self.log, what, failed, **subjects)
 
     # -- machinery ----------------------------------------------------------
     def watch(self, directory: Path) -> None:
@@ -174,7 +293,7 @@ class Daemon:
                 os._exit(EXIT_STUCK)  # a normal exit would wait for the stuck thread
 
     def _set_status(self) -> None:
-        line = self.status()
+        line = self.status_line()
         if line != self._last_status:
             self._last_status = line
             self.notify(f"STATUS={line}")
@@ -228,7 +347,7 @@ class Daemon:
         ready = self.setup()
         if inspect.isawaitable(ready):
             await ready
-        watchdog = asyncio.create_task(self._watchdog())
+        watchdog = self.spawn(self._watchdog(), "the watchdog")
         self.notify("READY=1")
         self.log.info("ready socket=%s", sock)
         try:
@@ -236,13 +355,18 @@ class Daemon:
                 self.wake.clear()
                 started = time.monotonic()
                 try:
+                    self._begin_pass()
                     delay = self.work()
                     if inspect.isawaitable(delay):
                         delay = await delay
-                except Exception:
+                except Exception as exc:
                     # Everything work() reads is durable and re-read next pass: log, pause, go on.
-                    self.log.exception("work pass failed; retrying in 1s")
-                    delay = 1.0
+                    if self.refused(exc):
+                        delay = None  # logged once for the episode; _after_pass sets the retry
+                    else:
+                        self.log.exception("work pass failed; retrying in 1s")
+                        delay = 1.0
+                delay = self._after_pass(delay)
                 self._status_after_pass()
                 took = time.monotonic() - started
                 if took > 5:

@@ -54,11 +54,11 @@ from nanoclaw.channels import (
     TerminalBackend,
     WhatsAppBackend,
 )
-from nanoclaw.core import approvals, attachments
+from nanoclaw.core import approvals, attachments, faults
 from nanoclaw.core import config as config_mod
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.log import log_fields
-from nanoclaw.core.models import Group, Message, db, storage_problem
+from nanoclaw.core.models import Group, Message, db
 from nanoclaw.core.protocol import Spool, nudge
 from nanoclaw.core.safefs import write_atomic
 from nanoclaw.core.skeleton import Daemon
@@ -105,15 +105,21 @@ class ChannelDaemon(Daemon):
         """
         done: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
         self._to_store.append((msg, done))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_pending())
-        return asyncio.ensure_future(self._stored(msg, done))
+        self._commit_soon()
+        return asyncio.ensure_future(self._stored(msg, done))  # the caller awaits it
+
+    def _commit_soon(self) -> None:
+        """Make sure a committer works on what waits to be stored; one that failed is replaced
+        (its failure logged), so no sender waits for ever."""
+        if self._to_store and (self._committer is None or self._committer.done()):
+            self._committer = self.spawn(self._commit_pending(), "storing inbound messages",
+                                         lambda exc: self._commit_soon())
 
     async def _stored(self, msg: Inbound, done: asyncio.Future[tuple[int, bool]]) -> tuple[int, bool]:
         try:
             return await done
         except (DatabaseError, OSError) as exc:
-            self.store_failure = storage_problem(exc)
+            self.store_failure = faults.describe(exc)
             self.log.error("cannot be stored: %s", self.store_failure,
                            extra=log_fields(chat=msg.chat, msg=msg.channel_id))
             self._set_status()
@@ -380,7 +386,8 @@ class ChannelDaemon(Daemon):
         sender = req.get("sender") if isinstance(req.get("sender"), str) else ""
         if backend is self.terminal:
             # A terminal chat's delivery *is* its history: record, then show.
-            self._record_sent(chat, text, msg_id, outbox_id, sender)
+            if (refusal := self._record_sent(chat, text, msg_id, outbox_id, sender)) is not None:
+                return refusal
             await self.terminal.send(chat, text, msg_id, sender=sender)
         else:
             try:
@@ -388,19 +395,36 @@ class ChannelDaemon(Daemon):
                 msg_id = await backend.send(chat, text, msg_id, quote=quote, sender=sender)
             except SendError as exc:
                 return {"ok": False, "error": str(exc)}
-            self._record_sent(chat, text, msg_id, outbox_id, sender)
+            # Sent but not recorded: the router sends it again and the backend knows the id.
+            if (refusal := self._record_sent(chat, text, msg_id, outbox_id, sender)) is not None:
+                return refusal
             if self.terminal:
                 await self.terminal.show(chat, {"text": text, "id": msg_id, "from": "assistant", "name": sender})
         self.log.info("sent as %s", msg_id, extra=log_fields(chat=chat, outbox=outbox_id))
         return {"ok": True, "channel_id": msg_id}
 
-    def _record_sent(self, chat: str, text: str, msg_id: str, outbox_id: int, sender: str = "") -> None:
+    def _record_sent(self, chat: str, text: str, msg_id: str, outbox_id: int, sender: str = "") -> dict | None:
         """Store what we sent as a bot message: the flag, not its text, marks it as ours
-        (``sender`` is the team member it went out as, if not the assistant)."""
-        with db.atomic("IMMEDIATE"):
-            Message.insert(chat=chat, sender=self.cfg.assistant_name, sender_name=sender or self.cfg.assistant_name,
-                           text=text, timestamp=time.time(), channel_id=msg_id, from_me=True,
-                           is_bot=True, outbox_id=outbox_id).on_conflict_ignore().execute()
+        (``sender`` is the team member it went out as, if not the assistant). When the disk
+        refuses it: the refusal for the router, which sends it again later (else None)."""
+        try:
+            with db.atomic("IMMEDIATE"):
+                Message.insert(chat=chat, sender=self.cfg.assistant_name,
+                               sender_name=sender or self.cfg.assistant_name, text=text, timestamp=time.time(),
+                               channel_id=msg_id, from_me=True, is_bot=True,
+                               outbox_id=outbox_id).on_conflict_ignore().execute()
+        except DatabaseError as exc:
+            if faults.storage_error(exc) is None:
+                raise
+            self.store_failure = faults.describe(exc)
+            self.log.error("sent message not recorded: %s; the router tries again", self.store_failure,
+                           extra=log_fields(chat=chat, outbox=outbox_id))
+            self._set_status()
+            return {"ok": False, "error": f"not recorded: {self.store_failure}"}
+        if self.store_failure:
+            self.store_failure = ""
+            self._set_status()
+        return None
 
     def _alert(self, backend: Backend, text: str) -> None:
         """Tell the owner that ``backend`` stopped (for good, or for hours) in the main chat, when
@@ -411,10 +435,10 @@ class ChannelDaemon(Daemon):
         if other is None or other is backend:
             self.log.info("%s alert not posted: the main chat is not on another channel", backend.name)
             return
-        Spool(self.cfg.spool_dir / "router").ensure().put("outbound", {
+        self.put(Spool(self.cfg.spool_dir / "router").ensure(), "outbound", {
             "key": f"channel:{backend.name}:{uuid.uuid4().hex}", "chat": main.jid, "kind": "notice",
-            "text": f"{backend.name}: {text}"})
-        nudge(self.cfg.socket("router"))
+            "text": f"{backend.name}: {text}"}, then=lambda: nudge(self.cfg.socket("router")))
+        self.wake.set()  # a kept write is tried at the next pass
         self.log.info("%s alert posted to the main chat %s", backend.name, main.jid)
 
     def status(self) -> str:

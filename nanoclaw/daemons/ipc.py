@@ -17,7 +17,8 @@ WRITES
     requests (``raise_budget``, the main group's lead only: the owner approves them), member
     files (``create_agent``, a lead only, through ``core.team``) and
     delegation messages (within the team caps); ``spool/ipc/<group>[/agents/<name>]/{cur,bad}``
-    on the host's side.
+    on the host's side. A request whose handling the disk refused (full, read-only) stays in
+    ``cur/`` and is handled again at a later pass; what it does is keyed, so never twice.
 
 PRIVILEGE
     The service user; no network.
@@ -70,6 +71,7 @@ class IpcDaemon(Daemon):
         self.queue_spool = Spool(self.cfg.spool_dir / "queue").ensure()
         self.router_spool = Spool(self.cfg.spool_dir / "router").ensure()
         self.spools: dict[str, Spool] = {}
+        self._kept: dict[str, list] = {}  # spool name -> claimed files to handle again (the disk refused)
         self._first_pass = True
 
     def _spool(self, folder: str, agent: str = "") -> Spool:
@@ -106,12 +108,16 @@ class IpcDaemon(Daemon):
     def _drain(self, group: Group, agent: str) -> set[str]:
         """Handle what one agent's container has asked; returns the daemons to nudge."""
         spool = self._spool(group.folder, agent)
-        paths = spool.leftovers() if self._first_pass else []
+        paths = spool.leftovers() if self._first_pass else self._kept.pop(spool.name, [])
         targets = set()
-        for env in spool.take(paths + spool.claim_new()):
+        envs = spool.take(paths + spool.claim_new())
+        for i, env in enumerate(envs):
             try:
                 target = self._dispatch(group, agent, spool, env)
             except Exception as exc:
+                if self.refused(exc):  # kept in cur/, this one and those after it, for a later pass
+                    self._kept[spool.name] = [e.path for e in envs[i:] if e.path is not None]
+                    break
                 self.log.exception("request %s failed", env.name,
                                    extra=log_fields(group=group.folder, agent=agent or "lead"))
                 spool.reject(env.path, f"processing failed: {exc}")
@@ -267,8 +273,9 @@ class IpcDaemon(Daemon):
         return m.chain or 0, m.depth, m.id
 
     def _notice(self, group: Group, key: str, text: str) -> None:
-        self.router_spool.put("outbound", {"key": key, "chat": group.jid, "text": text, "kind": "notice"})
-        nudge(self.cfg.socket("router"))
+        # Kept if the disk refuses it: the request it answers may already be in bad/ or done.
+        self.put(self.router_spool, "outbound", {"key": key, "chat": group.jid, "text": text, "kind": "notice"},
+                 then=lambda: nudge(self.cfg.socket("router")))
 
     def _task_request(self, group: Group, spool: Spool, env: Envelope) -> str | None:
         """Create or change a task on an agent's behalf, and tell the chat what happened."""
@@ -306,13 +313,10 @@ class IpcDaemon(Daemon):
                 raise tasks_mod.TaskError(f"unknown task action {body['action']!r}")
         except (tasks_mod.TaskError, ScheduleError) as exc:
             spool.reject(env.path, f"group={group.folder}: task {body['action']} refused: {exc}")
-            self.router_spool.put("outbound", {"key": f"ipc:{group.folder}:{env.name}:refused", "chat": group.jid,
-                                               "text": f"Task request refused: {exc}", "kind": "notice"})
-            nudge(self.cfg.socket("router"))
+            self._notice(group, f"ipc:{group.folder}:{env.name}:refused", f"Task request refused: {exc}")
             return None
         self.log.info("%s", body["action"], extra=log_fields(group=group.folder, task=task.id))
-        self.router_spool.put("outbound", {"key": f"ipc:{group.folder}:{env.name}:ok", "chat": group.jid,
-                                           "text": text, "kind": "notice"})
+        self._notice(group, f"ipc:{group.folder}:{env.name}:ok", text)  # the task is made: never made twice
         nudge(self.cfg.socket("scheduler"))
         return "router"
 

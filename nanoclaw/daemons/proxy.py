@@ -416,8 +416,10 @@ class ProxyDaemon(Daemon):
         text = spent.text(group.name if group else folder)
         if spent.key not in self.told:
             # The queue tells the chat (once: the notice's key) and holds the group's work.
-            self.queue_spool.put("budget_spent", {"group": folder, "agent": agent, "key": spent.key})
-            nudge(self.cfg.socket("queue"))
+            # Kept if the disk refuses it: the call is refused all the same.
+            self.put(self.queue_spool, "budget_spent", {"group": folder, "agent": agent, "key": spent.key},
+                     then=lambda: nudge(self.cfg.socket("queue")))
+            self.wake.set()  # a kept write is tried at the next pass
             self.told.add(spent.key)
             self.log.warning("budget spent: %s", text, extra=log_fields(group=folder, agent=agent))
         return self._api_refusal(403, f"nanoclaw: {text}. The owner can raise it (nanoclaw budget).",

@@ -16,6 +16,12 @@ READS
     task runs are skipped (``TaskRun.status`` "skipped", with the reason), not
     retried.
 
+    A full disk (``core.faults``): while the state directory's disk is nearly
+    full no job starts; a chat with work waiting is told once per episode, its
+    messages (and due task runs) wait, and a job that failed meanwhile is not
+    counted against its retries. An event whose handling the disk refused
+    stays in ``cur/`` and is handled again at a later pass.
+
 WRITES
     ``job`` files to ``spool/runner``; follow-up ``prompt`` and ``close`` files
     into a live container's ``ipc/<group>/in`` (host-only, the agent's view is
@@ -63,7 +69,7 @@ from typing import Any
 
 from peewee import fn
 
-from nanoclaw.core import approvals
+from nanoclaw.core import approvals, faults
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
@@ -90,6 +96,8 @@ from nanoclaw.core.skeleton import Daemon
 ACTIVE = ("queued", "running")
 AgentKey = tuple[int, str]  # (group id, agent): "" is the group's lead
 STALE_QUEUED_SECONDS = 300.0  # a job the runner never confirmed starting
+STALE_RUNNING_GRACE = 300.0  # a running job not reported ended this long past its container's time limit
+SPACE_CHECK = 2.0  # seconds between looks at the disk while work waits for space
 BURST_CAP = 5  # a burst is handed over at most this many windows after its first message
 
 
@@ -112,16 +120,24 @@ class QueueDaemon(Daemon):
         # Chat bursts being waited out: (group, agent) -> (first seen, newest message id, when seen).
         # In memory: after a restart a burst waits at most one cap again.
         self._bursts: dict[AgentKey, tuple[float, int, float]] = {}
+        self._passes = 0
+        self._disk_pass = -1  # the pass the disk was last looked at in
+        self._disk_why: str | None = None  # why no agent starts (a full disk), as of that pass
+        self._disk_episode = 0  # when the disk was found full, for the notices' keys
+        self._disk_told: set[str] = set()
+        self._last_low = 0.0  # when the disk was last seen full
         self._pending = self.inbox.leftovers()
         if self._pending:
             self.log.info("re-processing %d event(s) left in cur/", len(self._pending))
 
     # -- events -------------------------------------------------------------
     def work(self) -> float | None:
+        self._passes += 1
         events = self._pending + self.inbox.claim_new()
         self._pending = []
         touched = False
-        for env in self.inbox.take(events):
+        envs = self.inbox.take(events)
+        for i, env in enumerate(envs):
             try:
                 if env.type == "turn_result":
                     touched |= self._on_turn_result(env)
@@ -135,6 +151,11 @@ class QueueDaemon(Daemon):
                     self.inbox.reject(env.path, f"type {env.type!r} is not for the queue")
                     continue
             except Exception as exc:  # one bad event must not wedge the queue
+                if self.refused(exc):
+                    # The disk refused a write: this event and the ones after it stay in cur/ and
+                    # are handled again, in order, at a later pass (their effects are keyed).
+                    self._pending = [e.path for e in envs[i:] if e.path is not None]
+                    break
                 self.log.exception("event %s failed", env.name)
                 self.inbox.reject(env.path, f"processing failed: {exc}")
                 continue
@@ -248,11 +269,15 @@ class QueueDaemon(Daemon):
                 t.delete_instance()
             cursor = Cursor.get(Cursor.group == group, Cursor.agent == job.agent)
             spent = usage_mod.exceeded(self.cfg, group.folder) if failed and undone else None
+            disk = self._disk_low() if failed and undone and spent is None else None
             if spent is not None:
                 # Refused by the proxy for a spent budget: not the agent's failure. The messages
                 # wait (the schedule holds the group) instead of retrying into the wall.
                 self.log.warning("stopped: budget spent; messages wait until %s",
                                  f"{spent.resumes:%Y-%m-%d %H:%M} {spent.tz}",
+                                 extra=log_fields(group=group.folder, job=job.id))
+            elif disk is not None:  # the same for a full disk: they wait for space (_schedule)
+                self.log.warning("stopped: %s; messages wait for space", disk,
                                  extra=log_fields(group=group.folder, job=job.id))
             elif failed and undone:
                 cursor.failures += 1
@@ -295,7 +320,7 @@ class QueueDaemon(Daemon):
     def _close(self, job: Job) -> None:
         if job.closing:
             return
-        Spool(self.cfg.agent_ipc(job.group.folder, job.agent) / "in").ensure().put("close", {"job": job.id})
+        self.put(Spool(self.cfg.agent_ipc(job.group.folder, job.agent) / "in").ensure(), "close", {"job": job.id})
         job.closing = True
         job.save()
         self.log.info("asked to close", extra=log_fields(group=job.group.folder, job=job.id))
@@ -308,7 +333,19 @@ class QueueDaemon(Daemon):
         # Queries are materialised with list(): a SELECT still stepping holds a read
         # snapshot, and BEGIN IMMEDIATE on a stale snapshot fails at once (SQLITE_BUSY).
         for job in list(Job.select().where(Job.status == "queued", Job.created_at < now - STALE_QUEUED_SECONDS)):
+            # Not while its file waits for the disk here, nor while the runner waits for space
+            # (or did within the allowance): it is not lost, it is waiting.
+            if self.held.waiting("job", "job", job.id) or self._disk_low() is not None \
+                    or self._last_low > now - STALE_QUEUED_SECONDS:
+                continue
             self._finish(job, None, "the runner never started it")
+        # A group is never silenced for good by a job whose end never came (its report lost):
+        # past its container's time limit, with room to spare, the job counts as failed.
+        overdue = now - self.cfg.container.timeout - STALE_RUNNING_GRACE
+        for job in list(Job.select().where(Job.status == "running", Job.started_at < overdue)):
+            self.log.error("no end reported %.0fs after its time limit; counted as failed", STALE_RUNNING_GRACE,
+                           extra=log_fields(group=job.group.folder, job=job.id))
+            self._finish(job, None, "its end was never reported")
         active: dict[AgentKey, Job] = {(j.group_id, j.agent): j for j in Job.select().where(Job.status.in_(ACTIVE))}
         waiting: list[AgentKey] = []
         # Which chats have messages since the last pass, and which groups have task runs queued:
@@ -334,6 +371,8 @@ class QueueDaemon(Daemon):
                     pending = self._owner_answers(group, pending)
                 key = (group.id, agent)
                 job = active.get(key)
+                if job is not None and job.status == "queued" and self._disk_low() is not None:
+                    self._disk_notice(group)  # its job waits in the runner for space
                 batch, prompt = self._batch(group, agent, pending) if pending else ([], "")
                 busy = busy or bool(batch) or job is not None
                 if not batch:
@@ -349,7 +388,9 @@ class QueueDaemon(Daemon):
                         continue
                     # Nothing for the lead (chatter waits as context): a due task may run.
                     due = self._next_task_run(group, now)
-                    if isinstance(due, TaskRun):
+                    if isinstance(due, TaskRun) and self._disk_low() is not None:
+                        next_due = min(next_due or now + SPACE_CHECK, now + SPACE_CHECK)  # waits for space
+                    elif isinstance(due, TaskRun):
                         if len(active) < self.cfg.max_concurrent:
                             active[key] = self._start_task_job(group, due)
                         else:
@@ -375,6 +416,11 @@ class QueueDaemon(Daemon):
                     self._budget_notice(group, spent)
                     resume = spent.resumes.timestamp()
                     next_due = min(next_due or resume, resume)
+                    continue
+                disk = self._disk_low()
+                if disk is not None:  # held as for a spent budget: told once, looked at again soon
+                    self._disk_notice(group)
+                    next_due = min(next_due or now + SPACE_CHECK, now + SPACE_CHECK)
                     continue
                 if len(active) >= self.cfg.max_concurrent:
                     waiting.append(key)
@@ -452,6 +498,37 @@ class QueueDaemon(Daemon):
                 nudge(self.cfg.socket(daemon))
         return rest
 
+    # -- a full disk --------------------------------------------------------
+    def _disk_low(self) -> str | None:
+        """Why no agent should start now (the state directory's disk is nearly full), or None.
+        Looked at once per pass."""
+        if self._disk_pass == self._passes:
+            return self._disk_why
+        self._disk_pass = self._passes
+        why = faults.low_space(self.cfg.state_dir)
+        if why is not None:
+            self._last_low = time.time()
+            if self._disk_why is None:
+                self._disk_episode = int(time.time())
+                self.log.warning("%s: no agent starts until there is space; chats with work waiting are told", why)
+        elif self._disk_why is not None:
+            self.log.warning("space again: agents start")
+        self._disk_why = why
+        return why
+
+    def _disk_notice(self, group: Group) -> None:
+        """Tell a chat once per full-disk episode that its messages wait for space (a notice the
+        disk refuses is kept and sent once it can be)."""
+        key = f"disk:{self._disk_episode}:{group.folder}"
+        if key in self._disk_told:
+            return
+        self._disk_told.add(key)
+        self.put(self.router_spool, "outbound", {
+            "key": key, "chat": group.jid, "kind": "notice",
+            "text": f"The server's disk is full: messages to {group.name} wait, and are answered once "
+                    "space is freed."}, then=lambda: nudge(self.cfg.socket("router")))
+        self.log.warning("waits for disk space; chat told", extra=log_fields(group=group.folder))
+
     # -- budgets ------------------------------------------------------------
     def _on_budget_spent(self, env: Envelope) -> None:
         """The proxy refused a call for a spent budget: tell the chat (once)."""
@@ -467,12 +544,12 @@ class QueueDaemon(Daemon):
         a restart) harmless; the set spares the router's spool the repeats of this one."""
         if spent.key in self._told:
             return
-        self.router_spool.put("outbound", {"key": spent.key, "chat": group.jid, "kind": "notice",
-                                           "text": spent.text(group.name) + "."})
+        self.put(self.router_spool, "outbound", {"key": spent.key, "chat": group.jid, "kind": "notice",
+                                                 "text": spent.text(group.name) + "."},
+                 then=lambda: nudge(self.cfg.socket("router")))
         self._told.add(spent.key)
         self.log.warning("budget spent (%s per %s); chat told", spent.limit.unit, spent.limit.period,
                          extra=log_fields(group=group.folder))
-        nudge(self.cfg.socket("router"))
 
     def _skip_tasks(self, group: Group, spent: usage_mod.Exceeded) -> None:
         """Skip the group's due task runs: a spent budget is not a failure to retry."""
@@ -649,10 +726,11 @@ class QueueDaemon(Daemon):
         with db.atomic("IMMEDIATE"):
             job = Job.create(group=group, agent=agent)
             Turn.create(job=job, seq=0, first_message_id=batch[0].id, last_message_id=batch[-1].id)
-        self.runner_spool.put("job", {"job": job.id, "group": group.folder, "chat": group.jid,
-                                      "is_main": group.is_main and not agent, "prompt": prompt,
-                                      "session_id": session.session_id if session else None, "agent": agent})
-        nudge(self.cfg.socket("runner"))
+        # A file the disk refuses is kept and handed over later; the job stays queued till then.
+        self.put(self.runner_spool, "job", {"job": job.id, "group": group.folder, "chat": group.jid,
+                                            "is_main": group.is_main and not agent, "prompt": prompt,
+                                            "session_id": session.session_id if session else None, "agent": agent},
+                 then=lambda: nudge(self.cfg.socket("runner")))
         self._typing(group.jid, True)
         self.log.info("queued messages=%d..%d", batch[0].id, batch[-1].id,
                       extra=log_fields(group=group.folder, agent=agent or "lead", job=job.id))
@@ -670,7 +748,8 @@ class QueueDaemon(Daemon):
             seq += 1
             Turn.create(job=job, seq=seq, first_message_id=batch[0].id, last_message_id=batch[-1].id)
             # Not synced: a power cut that could lose it ends the container too (see Spool.put).
-            inbox.put("prompt", {"job": job.id, "turn": seq, "prompt": prompt, "session_id": None}, durable=False)
+            self.put(inbox, "prompt", {"job": job.id, "turn": seq, "prompt": prompt, "session_id": None},
+                     durable=False)
             self.log.info("turn=%s follow-up delivered messages=%d..%d", seq, batch[0].id, batch[-1].id,
                           extra=log_fields(group=group.folder, job=job.id))
             pending = pending[len(batch):]
@@ -751,8 +830,7 @@ class QueueDaemon(Daemon):
                 "prompt": prompt, "session_id": session.session_id if session else None}
         if task.precheck:  # the runner runs it first; the agent starts only if it prints something
             spec["precheck"] = task.precheck
-        self.runner_spool.put("job", spec)
-        nudge(self.cfg.socket("runner"))
+        self.put(self.runner_spool, "job", spec, then=lambda: nudge(self.cfg.socket("runner")))
         self.log.info("queued%s", " after its pre-check" if task.precheck else "",
                       extra=log_fields(group=group.folder, job=job.id, task=task.id, run=run.id))
         return job
@@ -814,12 +892,14 @@ class QueueDaemon(Daemon):
         task = run.task
         failed = run.status != "success"
         spent = usage_mod.exceeded(self.cfg, job.group.folder) if failed else None
-        if spent is not None:  # refused by the proxy: the budget, not the task, failed
+        if failed and (spent is not None or self._disk_low() is not None):
+            # refused by the proxy, or the disk was full: the budget or the disk, not the task, failed
             with db.atomic("IMMEDIATE"):
                 job.status, job.exit_code, job.finished_at = "failed", exit_code, time.time()
                 job.error = (job.error or error or "")[:2000]
                 job.save()
-                run.status = "queued"  # skipped with the group's other due runs, next pass
+                run.status = "queued"  # skipped with the group's other due runs, or waits for space
+                run.attempts = max(0, run.attempts - 1)  # not counted
                 run.save()
             return
         give_up = failed and run.attempts >= self.cfg.max_attempts
@@ -861,7 +941,8 @@ class QueueDaemon(Daemon):
         failing = Cursor.select().where(Cursor.failures > 0).count()
         return (f"{Group.select().count()} groups, {running} running, {queued} queued"
                 + (f", {failing} failing" if failing else "")
-                + (f", {len(self._bursts)} chat(s) waiting for a burst to end" if self._bursts else ""))
+                + (f", {len(self._bursts)} chat(s) waiting for a burst to end" if self._bursts else "")
+                + (f"; no agent starts, {faults.MARK}: {self._disk_why}" if self._disk_why else ""))
 
 
 main = QueueDaemon.main

@@ -11,7 +11,8 @@ READS
 WRITES
     ``outbox`` rows (a re-delivered file finds its row and adds nothing); the
     channel's ``deliver`` requests. A failed send is retried with backoff;
-    rows still pending at start are sent then.
+    rows still pending at start are sent then. A file whose row the disk
+    refused (full, read-only) stays in ``cur/`` and is stored at a later pass.
 
 PRIVILEGE
     The service user; no network.
@@ -48,11 +49,20 @@ class RouterDaemon(Daemon):
 
     async def work(self) -> float | None:
         paths, self._pending = self._pending + self.spool.claim_new(), []
-        for env in self.spool.take(paths):
+        envs = self.spool.take(paths)
+        for i, env in enumerate(envs):
             if env.type != "outbound":
                 self.spool.reject(env.path, f"type {env.type!r} is not for the router")
                 continue
-            self._store(env.body)
+            try:
+                self._store(env.body)
+            except Exception as exc:
+                if self.refused(exc):  # this file and the ones after it, in order, at a later pass
+                    self._pending = [e.path for e in envs[i:] if e.path is not None]
+                    break
+                self.log.exception("outbound %s cannot be stored", env.name)
+                self.spool.reject(env.path, f"storing failed: {exc}")
+                continue
             self.spool.done(env.path)
         return await self._deliver()
 

@@ -24,6 +24,12 @@ WRITES
     directories (``prepare_dirs``: ``out/new``, ``out/tmp`` made again where a
     container replaced them); ``job_event`` files to ``spool/queue``.
 
+    A full disk: no container is started while the state directory's disk (or
+    Podman's) is nearly full or refuses writes (``core.faults``); the job waits
+    for space, and a start that failed on the disk is not counted as a try. A
+    report the disk refuses is written again until it is: the job's container
+    and file are kept until then, so not even a restart loses it.
+
 PRIVILEGE
     The service user, driving its own rootless Podman (agents run as it,
     ``--userns=keep-id``, every capability dropped, no network). Rootful
@@ -58,18 +64,20 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
 from nanoclaw.core import binds as binds_mod
+from nanoclaw.core import faults
 from nanoclaw.core import mounts as mounts_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.config import Config
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group
 from nanoclaw.core.prompt import precheck_block
-from nanoclaw.core.protocol import Envelope, Spool, nudge, request
+from nanoclaw.core.protocol import Envelope, Spool, nudge, request, unique_name
 from nanoclaw.core.safefs import Dir
 from nanoclaw.core.skeleton import Daemon
 
 log = logging.getLogger("nanoclaw.runner")
 START_TRIES = 3  # attempts to start (or re-attach to) a job's container before it fails
+SPACE_CHECK = 2.0  # seconds between looks at the disk while a job waits for space
 LABEL = "nanoclaw.job"
 DEADLINE_LABEL = "nanoclaw.deadline"  # epoch seconds: the container's life ends then, whatever restarts
 PRECHECK_LABEL = "nanoclaw.precheck"
@@ -82,6 +90,28 @@ status=$( { { /bin/sh -c "$1" 3>&- 4>&-; echo $? >&4; } | { head -c "$2" >&3; ca
 exit "${status:-1}"
 """
 _UNPRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]+")  # all but newlines
+
+
+class Stopped(Exception):
+    """The runner is stopping while a job's thread waits for the disk: leave the job as it is
+    (its file stays in cur/ for the next runner)."""
+
+
+def unwritable(directory: Path) -> str | None:
+    """Why a small new file cannot be written in ``directory`` (a spool's ``tmp/``: a read-only
+    or failing disk), or None when it can. Named as a spool writer's file, so one left by a
+    runner killed right then is swept as a dead writer's."""
+    probe = directory / unique_name("probe")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        return faults.storage_error(exc)
+    return None
 
 
 async def in_daemon_thread(func: Any, *args: Any) -> Any:
@@ -373,6 +403,11 @@ class RunnerDaemon(Daemon):
         self.watch(self.spool.new)
         self.running: dict[int, asyncio.Task] = {}
         self.tries: dict[int, int] = {}  # failed start attempts per job
+        self.failures: dict[int, int] = {}  # runs of a job that failed for a bug: its retry's backoff
+        self.waiting_space: dict[int, str] = {}  # jobs not started for a full disk, and why
+        self.reporting: set[int] = set()  # jobs whose report the disk refuses (their threads retry)
+        self.graph_root: Path | None = None  # Podman's image and container store, once known
+        self.loop = asyncio.get_running_loop()
         self._recovering = self.spool.take(self.spool.leftovers())
         if self._recovering:
             self.log.info("re-attaching %d job(s) left in cur/", len(self._recovering))
@@ -384,6 +419,10 @@ class RunnerDaemon(Daemon):
     def _sweep_orphans(self, keep: set[str]) -> None:
         """Remove nanoclaw containers that no job file accounts for (a crashed runner's)."""
         with self.client() as client:
+            try:
+                self.graph_root = Path(client.info()["store"]["graphRoot"])
+            except (APIError, KeyError, TypeError):
+                pass
             for ctr in client.containers.list(all=True, filters={"label": LABEL}):
                 if ctr.name in keep:
                     continue
@@ -412,34 +451,82 @@ class RunnerDaemon(Daemon):
             job = env.body["job"]
             if job in self.running:
                 continue
-            self.running[job] = asyncio.create_task(self._run(env))
+            self.running[job] = self.spawn(self._run(env), "the run of a job", lambda exc, env=env: self._again(env),
+                                           job=job)
         return None
+
+    def _again(self, env: Envelope) -> None:
+        """A job's run failed for a bug: its file is still in cur/, so run it again, later each
+        time (2 s doubling to a minute), rather than leave its group waiting for a restart."""
+        job = env.body["job"]
+        n = self.failures[job] = self.failures.get(job, 0) + 1
+
+        def retry() -> None:
+            self._recovering.append(env)
+            self.wake.set()
+        self.loop.call_later(min(2.0 ** n, 60.0), retry)
 
     async def _run(self, env: Envelope) -> None:
         job = env.body["job"]
         try:
-            await in_daemon_thread(self._run_job, env)
-            self.spool.done(env.path)
-            self.tries.pop(job, None)
-        except (APIError, RequestsConnectionError, OSError) as exc:
-            # Podman failed us: try again a few times (the API may be restarting), then give the
-            # job up as failed so the queue's retries, notice and status take over.
-            tries = self.tries[job] = self.tries.get(job, 0) + 1
-            full = "no space left on device" in str(exc).lower() or getattr(exc, "errno", None) == errno.ENOSPC
-            what = f"cannot start: the disk is full ({exc})" if full else f"podman error: {exc}"
-            if tries < START_TRIES:
-                self.log.error("%s; try %d of %d, again in %ds", what, tries, START_TRIES, 2 ** tries,
-                               extra=log_fields(job=job))
-                await asyncio.sleep(2 ** tries)
-                self._recovering.append(env)
-                self.wake.set()
-                return
-            self.log.error("%s; giving the job up after %d tries", what, tries, extra=log_fields(job=job))
-            await in_daemon_thread(self._give_up, env.body, start_failure(exc))
-            self.spool.done(env.path)
-            self.tries.pop(job, None)
+            try:
+                await in_daemon_thread(self._run_job, env)
+            except (APIError, RequestsConnectionError, OSError) as exc:
+                disk = faults.storage_error(exc)
+                if disk is not None and self._disk_problem() is not None:
+                    # The disk, not Podman: a start now would fail again. Not a try: the job's
+                    # next run waits for space first (_await_disk).
+                    self.log.error("cannot start: %s; the job waits for space", disk, extra=log_fields(job=job))
+                    await asyncio.sleep(SPACE_CHECK)
+                    self._recovering.append(env)
+                    self.wake.set()
+                    return
+                # Podman failed us: try again a few times (the API may be restarting), then give the
+                # job up as failed so the queue's retries, notice and status take over.
+                tries = self.tries[job] = self.tries.get(job, 0) + 1
+                what = f"cannot start: {disk}" if disk else f"podman error: {exc}"
+                if tries < START_TRIES:
+                    self.log.error("%s; try %d of %d, again in %ds", what, tries, START_TRIES, 2 ** tries,
+                                   extra=log_fields(job=job))
+                    await asyncio.sleep(2 ** tries)
+                    self._recovering.append(env)
+                    self.wake.set()
+                    return
+                self.log.error("%s; giving the job up after %d tries", what, tries, extra=log_fields(job=job))
+                await in_daemon_thread(self._give_up, env.body, start_failure(exc))
+        except Stopped:
+            return  # the job's file stays in cur/: the next runner takes it up
         finally:
             self.running.pop(job, None)
+        self.spool.done(env.path)  # everything about the job is reported
+        self.tries.pop(job, None)
+        self.failures.pop(job, None)
+
+    def _disk_problem(self) -> str | None:
+        """Why no agent should start now: the state directory's disk (or Podman's) is nearly
+        full, or refuses writes. None when it is fine."""
+        for path in (self.cfg.state_dir, self.graph_root):
+            why = faults.low_space(path) if path is not None else None
+            if why is not None:
+                return why
+        return unwritable(self.spool.tmp)
+
+    def _await_disk(self, body: dict) -> None:
+        """Hold this job's thread until there is room to start its container: an agent started
+        on a full disk fails its turn. The queue tells the chat (once); raises Stopped if the
+        runner stops first."""
+        job = body["job"]
+        while (why := self._disk_problem()) is not None:
+            if job not in self.waiting_space:
+                self.log.warning("not started: %s; waiting for space", why,
+                                 extra=log_fields(group=body["group"], job=job))
+                nudge(self.cfg.socket("queue"))  # it looks at the disk, and tells the chat
+            self.waiting_space[job] = why
+            if self.stopping:
+                raise Stopped()
+            time.sleep(SPACE_CHECK)
+        if self.waiting_space.pop(job, None) is not None:
+            self.log.info("space again; starting", extra=log_fields(group=body["group"], job=job))
 
     def _give_up(self, body: dict, reason: str) -> None:
         """The container cannot start: remove what is left of it and report the job failed."""
@@ -452,8 +539,25 @@ class RunnerDaemon(Daemon):
         self._event(body["job"], "exited", exit_code=-1, error=reason, container=name)
 
     def _event(self, job: int, event: str, **extra: Any) -> None:
-        self.queue_spool.put("job_event", {"job": job, "event": event, **extra})
+        """Report to the queue (from a job's thread). A report the disk refuses is written again
+        until it is, and the thread waits for it: the job's container and file are kept until
+        then, so a runner that restarts meanwhile reports it again."""
+        def refusal(exc: OSError) -> None:
+            self.reporting.add(job)
+            self.loop.call_soon_threadsafe(self.refused, exc)
+
+        written = self.queue_spool.put_until_written("job_event", {"job": job, "event": event, **extra},
+                                                     stop=lambda: self.stopping, on_refused=refusal)
+        if job in self.reporting:
+            self.reporting.discard(job)
+            self.log.info("%s reported after the disk refused it", event, extra=log_fields(job=job))
+            self.loop.call_soon_threadsafe(self.wake.set)  # the loop ends the episode
+        if written is None:
+            raise Stopped()
         nudge(self.cfg.socket("queue"))
+
+    def disk_waits(self) -> int:
+        return len(self.reporting)
 
     def _run_job(self, env: Envelope) -> None:
         """Start (or re-attach to) one job's container and wait for it; runs in a thread."""
@@ -481,6 +585,7 @@ class RunnerDaemon(Daemon):
                                 container=name)
                     return
             except NotFound:
+                self._await_disk(body)
                 if body.get("precheck"):
                     go, said = self._precheck(client, body)
                     if not go:
@@ -655,7 +760,11 @@ class RunnerDaemon(Daemon):
         return (code if isinstance(code, int) else -1), ""
 
     def status(self) -> str:
-        return f"{len(self.running)} container(s) running"
+        line = f"{len(self.running) - len(self.waiting_space)} container(s) running"
+        waiting = dict(self.waiting_space)
+        if waiting:
+            line += f"; {len(waiting)} job(s) {faults.MARK}: {next(iter(waiting.values()))}"
+        return line
 
     async def shutdown(self) -> None:
         # Containers keep running: their job files stay in cur/ and the next

@@ -86,6 +86,7 @@ from nanoclaw.core.backoff import Backoff
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Message, db
 from nanoclaw.core.prompt import matches_trigger
+from nanoclaw.core.skeleton import supervise
 
 log = logging.getLogger("nanoclaw.whatsapp")
 
@@ -99,6 +100,7 @@ NOT_STORED_QUIET = 600.0  # seconds between two "not stored" notices to one chat
 NAME_TIMEOUT = 10.0  # an unregistered group's name lookup; the card says less without it
 MEDIA_TIMEOUT = 120.0  # a download still going after this is given up: the chat's next messages wait for it
 STOP_WAIT = 5.0  # at shutdown, for each of: handlers still storing, the client's stop, its task
+RUNNER_RESTART = 5.0  # seconds before a connection loop that failed for a bug is started again
 T = TypeVar("T")
 
 Emit = Callable[[dict], Awaitable[None]]
@@ -185,7 +187,15 @@ class WhatsAppBackend(Backend):
         self.sent = SentIds(self.dir / "sent-ids")
         self.client = type(self).client_factory(self.session)
         self._register(self.client)
-        self._runner = asyncio.create_task(self._run())
+        self._start_runner()
+
+    def _start_runner(self) -> None:
+        """The connection's loop; one that fails for a bug is logged and started again, so the
+        channel is never left without WhatsApp until a restart."""
+        def again(exc: BaseException) -> None:
+            if not self._stopping:
+                asyncio.get_running_loop().call_later(RUNNER_RESTART, self._start_runner)
+        self._runner = supervise(asyncio.create_task(self._run()), log, "the WhatsApp connection loop", again)
 
     def status(self) -> str:
         return self._status
@@ -296,7 +306,7 @@ class WhatsAppBackend(Backend):
         if not self.connected:
             return
         if on:
-            task = asyncio.create_task(self._keep_typing(chat))
+            task = supervise(asyncio.create_task(self._keep_typing(chat)), log, "showing typing", chat=chat)
             self._typing[chat] = task
             task.add_done_callback(lambda t, c=chat: self._typing.pop(c, None) if self._typing.get(c) is t else None)
         else:
@@ -544,7 +554,8 @@ class WhatsAppBackend(Backend):
         self._set("connected", f"connected as {self.me}" if self.me else "connected")
         log.info("whatsapp %s", self._status)
         if self._refresher is None or self._refresher.done():
-            self._refresher = asyncio.create_task(self._refresh_names_forever())
+            self._refresher = supervise(asyncio.create_task(self._refresh_names_forever()), log,
+                                        "refreshing group names")
 
     async def _on_disconnected(self, client: Any, ev: Any) -> None:
         self.connected = False
