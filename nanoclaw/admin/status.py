@@ -19,6 +19,16 @@ def systemd_is_pid1() -> bool:
     return os.path.isdir("/run/systemd/system")
 
 
+def units_installed() -> bool:
+    """Whether the daemons run as systemd units here: systemd is PID 1 and knows them
+    (install.sh installed them); else they run under ``nanoclaw run-all``."""
+    if not systemd_is_pid1():
+        return False
+    r = subprocess.run(["systemctl", "show", "-p", "LoadState", "--value", "nanoclaw-queue.service"],
+                       capture_output=True, text=True)
+    return r.stdout.strip() == "loaded"
+
+
 def unit_state(unit: str) -> str:
     """``systemctl is-active`` of a unit: active, inactive, failed, activating, …"""
     return subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True).stdout.strip()
