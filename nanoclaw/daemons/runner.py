@@ -19,6 +19,14 @@ READS
     restarted runner re-attaches instead of killing the agent; containers no
     job file accounts for are orphans and are removed.
 
+    Under ``nanoclaw run-all`` (``NANOCLAW_RUNNER_STOPS_AGENTS=1``) a stop ends
+    the agents too, since the Podman API they hang on stops with it: each is
+    asked to close (an idle one exits at once, a busy one may finish its turn
+    within ``STOP_GRACE``), the rest are killed, and every exit is reported
+    ``stopped``, so the queue counts no failure and runs the messages of
+    unfinished turns again at the next start. No container starts once that
+    began; a job not started yet keeps its file for the next runner.
+
 WRITES
     The first prompt into ``ipc/<group>/in`` (host-only); the group's
     directories (``prepare_dirs``: ``out/new``, ``out/tmp`` made again where a
@@ -81,6 +89,13 @@ status=$( { { /bin/sh -c "$1" 3>&- 4>&-; echo $? >&4; } | { head -c "$2" >&3; ca
 exit "${status:-1}"
 """
 _UNPRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]+")  # all but newlines
+STOP_ENV = "NANOCLAW_RUNNER_STOPS_AGENTS"  # set by `nanoclaw run-all`: stopping the runner ends its agents
+STOP_GRACE = 5.0  # seconds agents asked to close (run-all stopping) get before they are killed
+STOP_WAIT = 20.0  # seconds after that for the killed ones' exits to be recorded
+
+
+class Draining(Exception):
+    """`nanoclaw run-all` is stopping: nothing starts; the job's file stays for the next runner."""
 
 
 async def in_daemon_thread(func: Any, *args: Any) -> Any:
@@ -117,6 +132,8 @@ def start_failure(exc: BaseException) -> str:
     text = text.split("error during container init: ")[-1]
     if "no space left on device" in text.lower() or getattr(exc, "errno", None) == errno.ENOSPC:
         text = f"the disk is full ({text})"
+    elif "image not known" in text:  # a newcomer's first message, before the image was built
+        text = f"{text} (build it: nanoclaw image build)"
     return "the container could not start: " + " ".join(text.split())[:200]
 
 
@@ -373,6 +390,10 @@ class RunnerDaemon(Daemon):
         self.watch(self.spool.new)
         self.running: dict[int, asyncio.Task] = {}
         self.tries: dict[int, int] = {}  # failed start attempts per job
+        self.bodies: dict[int, dict] = {}  # the jobs in self.running, for a stop that ends their agents
+        self.stops_agents = os.environ.get(STOP_ENV) == "1"
+        self.draining = False
+        self.gate = threading.Lock()  # a container starts, or draining begins: never both at once
         self._recovering = self.spool.take(self.spool.leftovers())
         if self._recovering:
             self.log.info("re-attaching %d job(s) left in cur/", len(self._recovering))
@@ -413,6 +434,7 @@ class RunnerDaemon(Daemon):
             if job in self.running:
                 continue
             self.running[job] = asyncio.create_task(self._run(env))
+            self.bodies[job] = env.body
         return None
 
     async def _run(self, env: Envelope) -> None:
@@ -421,6 +443,9 @@ class RunnerDaemon(Daemon):
             await in_daemon_thread(self._run_job, env)
             self.spool.done(env.path)
             self.tries.pop(job, None)
+        except Draining:
+            self.log.info("not started: nanoclaw run-all is stopping; it starts at the next run",
+                          extra=fields(group=env.body["group"], job=job))
         except (APIError, RequestsConnectionError, OSError) as exc:
             # Podman failed us: try again a few times (the API may be restarting), then give the
             # job up as failed so the queue's retries, notice and status take over.
@@ -440,6 +465,7 @@ class RunnerDaemon(Daemon):
             self.tries.pop(job, None)
         finally:
             self.running.pop(job, None)
+            self.bodies.pop(job, None)
 
     def _give_up(self, body: dict, reason: str) -> None:
         """The container cannot start: remove what is left of it and report the job failed."""
@@ -466,7 +492,10 @@ class RunnerDaemon(Daemon):
                               extra=fields(group=body["group"], job=body["job"]))
                 deadline = self._deadline(ctr)
                 if ctr.status in ("created", "configured"):
-                    ctr.start()
+                    with self.gate:
+                        if self.draining:
+                            raise Draining()
+                        ctr.start()
                 elif ctr.status in ("running", "stopping", "paused") and not self._alive(ctr):
                     # Its processes were killed behind podman's back (its monitor died with them,
                     # as when nanoclaw-podman restarts): podman still says "running", or on 4.3
@@ -480,6 +509,8 @@ class RunnerDaemon(Daemon):
             except NotFound:
                 if body.get("precheck"):
                     go, said = self._precheck(client, body)
+                    if self.draining:  # it was killed: its answer says nothing; it runs again next time
+                        raise Draining()
                     if not go:
                         self._event(body["job"], "skipped", reason=said)
                         return
@@ -488,6 +519,13 @@ class RunnerDaemon(Daemon):
                 deadline = self._deadline(ctr)
             self._event(body["job"], "started", container=name)
             code, error = self._wait(ctr, deadline, body)
+            if self.draining:  # ended by run-all's stop (or while it stopped): not the agent's failure
+                self._event(body["job"], "exited", exit_code=code, error="stopped by nanoclaw run-all",
+                            container=name, stopped=True)
+                self._remove(ctr)
+                self.log.info("container %s stopped with nanoclaw run-all", name,
+                              extra=fields(group=body["group"], job=body["job"]))
+                return
             if code != 0:
                 try:
                     tail = ctr.logs(stdout=True, stderr=True, tail=20)
@@ -499,12 +537,16 @@ class RunnerDaemon(Daemon):
                 self.log.warning("container %s failed: %s", name, (error or "")[-400:].replace("\n", " | "),
                                  extra=fields(group=body["group"], job=body["job"]))
             self._event(body["job"], "exited", exit_code=code, error=error or "", container=name)
-            try:
-                ctr.remove(force=True)
-            except NotFound:
-                pass
+            self._remove(ctr)
             self.log.info("container %s exited code=%s", name, code,
                           extra=fields(group=body["group"], job=body["job"]))
+
+    @staticmethod
+    def _remove(ctr: Any) -> None:
+        try:
+            ctr.remove(force=True)
+        except NotFound:
+            pass
 
     def _start(self, client: PodmanClient, body: dict) -> Any:
         dirs = prepare_dirs(self.cfg, body["group"], body["is_main"], body.get("agent", ""))
@@ -526,8 +568,11 @@ class RunnerDaemon(Daemon):
             self.log.warning("credential proxy unreachable (%s); the agent cannot reach the API", exc,
                              extra=fields(group=body["group"]))
         t0 = time.monotonic()
-        ctr = client.containers.create(self.cfg.container.image, **container_kwargs(self.cfg, body))
-        ctr.start()
+        with self.gate:  # a stop that began kills what started before it; nothing starts after
+            if self.draining:
+                raise Draining()
+            ctr = client.containers.create(self.cfg.container.image, **container_kwargs(self.cfg, body))
+            ctr.start()
         self.log.info("started %s in %.2fs", ctr.name, time.monotonic() - t0,
                       extra=fields(group=body["group"], job=body["job"]))
         return ctr
@@ -546,19 +591,21 @@ class RunnerDaemon(Daemon):
             pass
         (self.cfg.groups_dir / body["group"]).mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        ctr = client.containers.create(c.image, **precheck_kwargs(self.cfg, body))
+        ctr = None
         try:
-            ctr.start()
+            with self.gate:
+                if self.draining:
+                    raise Draining()
+                ctr = client.containers.create(c.image, **precheck_kwargs(self.cfg, body))
+                ctr.start()
             code, error = self._wait(ctr, time.time() + c.precheck_timeout, body, limit=c.precheck_timeout,
                                      what="pre-check")
             took = time.monotonic() - t0
             out, cut = read_logs(ctr, stdout=True, stderr=False, cap=c.precheck_max_output)
             err, _ = read_logs(ctr, stdout=False, stderr=True, cap=4096, tail=10)
         finally:
-            try:
-                ctr.remove(force=True)
-            except NotFound:
-                pass
+            if ctr is not None:
+                self._remove(ctr)
         text = out.decode(errors="replace")
         if code != 0:
             said = _UNPRINTABLE.sub(" ", err.decode(errors="replace"))
@@ -630,10 +677,50 @@ class RunnerDaemon(Daemon):
         return f"{len(self.running)} container(s) running"
 
     async def shutdown(self) -> None:
-        # Containers keep running: their job files stay in cur/ and the next
-        # runner re-attaches. Only our waiting threads stop.
+        if self.stops_agents:
+            await self._stop_agents()
+        # Otherwise (systemd) containers keep running: their job files stay in cur/ and the
+        # next runner re-attaches. Only our waiting threads stop.
         for task in self.running.values():
             task.cancel()
+
+    async def _stop_agents(self) -> None:
+        """run-all is stopping: ask every agent to close, kill what is left after STOP_GRACE,
+        and wait for the exits to be reported (``_run_job`` reports them ``stopped``)."""
+        def begin() -> None:
+            with self.gate:
+                self.draining = True
+        await in_daemon_thread(begin)
+        tasks = list(self.running.values())
+        if not tasks:
+            return
+        self.log.info("stopping %d agent container(s): asked to close, killed after %.0fs", len(tasks), STOP_GRACE)
+        for job, body in list(self.bodies.items()):
+            # after the prompts already there: an agent answers those it can within the grace
+            Spool(self.cfg.agent_ipc(body["group"], body.get("agent", "")) / "in").ensure().put(
+                "close", {"job": job}, durable=False)
+        _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE)
+        if pending:
+            try:
+                killed = await in_daemon_thread(self._kill_all)
+                self.log.info("killed %s", ", ".join(killed) or "none (they were ending)")
+            except (APIError, RequestsConnectionError, OSError) as exc:
+                self.log.error("cannot kill agent containers: %s", exc)
+            _, pending = await asyncio.wait(pending, timeout=STOP_WAIT)
+        if pending:
+            self.log.error("%d agent container(s) did not end; the next runner re-attaches to them", len(pending))
+
+    def _kill_all(self) -> list[str]:
+        """Kill every running container of ours (agents and pre-checks); their names."""
+        killed = []
+        with self.client() as client:
+            for ctr in client.containers.list(filters={"label": LABEL}):
+                try:
+                    ctr.kill()
+                    killed.append(ctr.name)
+                except (APIError, NotFound):
+                    pass
+        return killed
 
 
 main = RunnerDaemon.main
