@@ -177,6 +177,7 @@ def test_run_all_and_chat_in_a_terminal_without_cron(make_system, agent_image, t
         s.cli("tasks", "add", "main", "--cron", "* * * * *", "--tz", "UTC", "from cron")
         s.wait_for(lambda: "NO CRONTAB PROGRAM: 1 active" in s.request("scheduler", {"op": "status"})["status"],
                    30, what="a pass after the task was added")
+        assert "timers:   NO CRONTAB PROGRAM: 1 active task(s) wait" in s.cli("status", check=False).stdout
         text = tmux.text("run1")
         said = [line for line in lines_of(text, "scheduler") if "no crontab program" in line]
         assert len(said) == 1 and "apt install cron" in said[0], said

@@ -53,6 +53,8 @@ def show(cfg: Config) -> int:
             down.append(name)
         elif name == "channel":
             print(f"channel:  {reply.get('status', '')}")
+        elif name == "scheduler" and reply.get("status", "").startswith(("NO CRONTAB PROGRAM", "TIMERS FAILING")):
+            print(f"timers:   {reply['status']}")  # tasks are kept but none can fire: say so up front
     if down:
         print("not answering: " + ", ".join(down))
     if not cfg.db_path.exists():
