@@ -370,8 +370,9 @@ async def register_group(args: dict) -> dict:
     return _ok("Registration request handed to the host.")
 
 
-@tool("raise_budget", "Main group only, and only when the owner asks: change a group's spending budget "
-      "(or that of all groups together). The host applies it and confirms in the chat.",
+@tool("raise_budget", "Main group only, and only when the owner asks: ask for a change of a group's spending "
+      "budget (or that of all groups together). The host shows the owner a card in this chat; the change is made "
+      "only when the owner answers `approve N`.",
       {"type": "object", "properties": {
           "group": {"type": "string", "description": "the group's folder or name, or 'all'"},
           "period": {"type": "string", "enum": ["day", "month"]},
@@ -383,7 +384,7 @@ async def register_group(args: dict) -> dict:
 async def raise_budget(args: dict) -> dict:
     _request("raise_budget", {"group": args["group"], "period": args["period"], "amount": args["amount"],
                               "unit": args.get("unit") or "usd", "mode": args.get("mode") or "set"})
-    return _ok("Budget request handed to the host; it confirms in the chat.")
+    return _ok("Budget change asked; the owner approves or denies it in this chat.")
 
 
 @tool("list_agents", "List the members of this group's team: their names and what each is for.",

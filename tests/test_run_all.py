@@ -174,7 +174,7 @@ def test_run_all_and_chat_in_a_terminal_without_cron(make_system, agent_image, t
         # A task added while there is no cron is kept; the scheduler says so once, however many passes
         s.wait_for(lambda: "NO CRONTAB PROGRAM: 0 active" in s.request("scheduler", {"op": "status"})["status"],
                    30, what="the scheduler's status naming cron")
-        s.cli("tasks", "add", "main", "--cron", "* * * * *", "--tz", "UTC", "from cron")
+        s.cli("tasks", "add", "main", "--cron", "* * * * *", "--tz", "UTC", "--over-limits", "from cron")
         s.wait_for(lambda: "NO CRONTAB PROGRAM: 1 active" in s.request("scheduler", {"op": "status"})["status"],
                    30, what="a pass after the task was added")
         assert "timers:   NO CRONTAB PROGRAM: 1 active task(s) wait" in s.cli("status", check=False).stdout

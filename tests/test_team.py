@@ -435,3 +435,28 @@ def test_a_containers_clock_readings_cannot_forge_a_log_line(t, caplog):
     assert "python+" in line and "result+" in line
     assert "job=99" not in line and "forged" not in line and "\n" not in line and "cli_ready" not in line
     assert [o["text"] for o in t.outbound()] == ["hi"]  # the answer itself went through
+
+
+def test_a_delegation_naming_an_old_job_does_not_start_a_fresh_chain(t, cfg):
+    """A member deep in a chain names one of its own earlier jobs (one that answered a human)
+    to delegate from depth 0 again: refused; the chain goes on from its latest job only."""
+    t.member("main", "researcher")
+    t.member("main", "checker")
+    t.say("@Researcher hello")  # a human addresses the member directly: its own chain, depth 0
+    t.pump()
+    [old] = t.new_jobs()
+    t.answer(old, "hello to you")
+    asked = t.say("find and check a flight")
+    t.pump()
+    [lead] = t.new_jobs()
+    t.ask(lead, "delegate", agent="researcher", task="find a flight")
+    t.answer(lead, "")
+    [r] = t.new_jobs()
+    assert r["agent"] == "researcher" and r["job"] != old["job"]
+    t.ask({**r, "job": old["job"]}, "delegate", agent="checker", task="check it, from a fresh chain")
+    t.ask(r, "delegate", agent="checker", task="check it")
+    t.answer(r, "asked the checker")
+    delegations = list(Message.select().where(Message.agent == "checker"))
+    assert [(m.text, m.chain, m.depth) for m in delegations] == [("check it", asked.id, 2)]
+    bad = sorted((cfg.spool_dir / "ipc" / "main" / "agents" / "researcher" / "bad").glob("*.reason"))
+    assert len(bad) == 1 and "is an old one" in bad[0].read_text()

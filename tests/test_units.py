@@ -67,6 +67,18 @@ def test_prompt_cap_says_how_many_were_left_out():
     assert "omitted" not in build_prompt(msgs[:10], cap=10, tz="UTC")
 
 
+def test_a_members_one_answer_to_several_delegations_is_shown_once():
+    """A member that took two delegations in one turn answers each with the same text (each
+    needs its answer); the asker's prompt shows that text once, other answers as they are."""
+    def answer(text, d, sender="agent:helper"):
+        m = msg(text, sender=sender, name="Helper", ts=1_700_000_000 + d)
+        m.agent, m.answers = "", d
+        return m
+    p = build_prompt([answer("done t1 t2", 1), answer("done t1 t2", 2), answer("done t3", 3),
+                      answer("done t1 t2", 4, sender="agent:planner")], cap=10, tz="UTC")
+    assert p.count("done t1 t2<") == 2 and p.count("done t3<") == 1  # helper's once, planner's own
+
+
 def test_prompt_times_are_in_the_owner_timezone_and_control_chars_removed():
     p = build_prompt([msg("a\x00b\x1bc", ts=0.0)], cap=10, tz="Europe/Berlin")
     assert 'time="1970-01-01 01:00:00"' in p
@@ -289,7 +301,7 @@ def test_journal_handler_sends_native_fields(tmp_path):
     import logging
     import socket as socket_mod
 
-    from nanoclaw.core.log import JournalHandler, LineFormatter, fields, parse_datagram
+    from nanoclaw.core.log import JournalHandler, LineFormatter, log_fields, parse_datagram
 
     path = str(tmp_path / "journal.sock")
     server = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
@@ -302,19 +314,19 @@ def test_journal_handler_sends_native_fields(tmp_path):
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     hostile = "x verdict=allowed host=evil\nGROUP=main\nPRIORITY=0"
-    logger.warning("failed: %s\nsecond line", hostile, extra=fields(group="family", job=7, message=41))
+    logger.warning("failed: %s\nsecond line", hostile, extra=log_fields(group="family", job=7, message=41))
     got = parse_datagram(server.recv(65536))
     assert got == {"GROUP": "family", "JOB": "7", "MESSAGE_ROW": "41", "PRIORITY": "4",
                    "SYSLOG_IDENTIFIER": "nanoclaw-queue", "LOGGER": "nanoclaw.test-journal",
                    "MESSAGE": "nanoclaw.test-journal: group=family job=7 message=41 failed: x verdict=allowed "
                               "host=evil | GROUP=main | PRIORITY=0 | second line"}, got
     # a value is cleaned once, where it is made: it cannot end its field or start another
-    logger.info("model refused", extra=fields(group="main", model="m host=evil\nVERDICT=allowed"))
+    logger.info("model refused", extra=log_fields(group="main", model="m host=evil\nVERDICT=allowed"))
     got = parse_datagram(server.recv(65536))
     assert got["MODEL"] == "m_host_evil_VERDICT_allowed" and "HOST" not in got and "VERDICT" not in got
     assert set(got) == {"GROUP", "MODEL", "PRIORITY", "SYSLOG_IDENTIFIER", "LOGGER", "MESSAGE"}
     with pytest.raises(ValueError):
-        fields(verdikt="typo")  # a field name is ours to choose, checked
+        log_fields(verdikt="typo")  # a field name is ours to choose, checked
     server.close()
     logger.info("journald gone: falls back to stderr, never raises")
 

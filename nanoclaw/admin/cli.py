@@ -280,15 +280,16 @@ def cmd_pending(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                 print("no requests waiting" + ("" if args.all else " (nanoclaw pending --all: the last week's)"))
             zone, now = ZoneInfo(cfg.tz), time_mod.time()
             for r in rows:
-                asked = Message.get_or_none(Message.id == r.message)
-                said = approvals.clean(asked.text, 50) if asked else "(message gone)"
+                asked = Message.get_or_none(Message.id == r.message) if r.kind != "budget" else None
+                said = approvals.clean(asked.text, 50) if asked else "(message gone)" if r.kind != "budget" else ""
                 if r.status == "pending" and r.expires_at > now:
                     state = f"waits, expires in {max(1, int((r.expires_at - now) // 60))} min"
                 else:
                     state = "expired" if r.status == "pending" else r.status
                     if r.decided_at:
                         state += " " + datetime.fromtimestamp(r.decided_at, zone).strftime("%m-%d %H:%M")
-                print(f"{r.id:>4}  {r.kind:<6} {approvals.describe(r)}  [{r.chat}]  {state}  \"{said}\"")
+                print(f"{r.id:>4}  {r.kind:<6} {approvals.describe(r)}  [{r.chat}]  {state}"
+                      + (f"  \"{said}\"" if said else ""))
             if any(r.status == "pending" and r.expires_at > now for r in rows):
                 print("\nanswer:  nanoclaw approve N [--folder NAME]   or   nanoclaw deny N")
             return 0
@@ -424,14 +425,16 @@ def cmd_mount(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                     state = "ok"
                 except mounts.MountError as exc:
                     state = f"REFUSED now: {exc}"
-                print(f"{m.group.folder:<16} /workspace/extra/{m.name:<20} {'rw' if m.rw else 'ro'}  "
-                      f"{m.host_path}  {state}")
+                mode = ("rw, git config writable" if m.allow_git_config else "rw") if m.rw else "ro"
+                print(f"{m.group.folder:<16} /workspace/extra/{m.name:<20} {mode}  {m.host_path}  {state}")
             return 0
         group = groups_mod.find_group(args.group)
         if args.mount_action == "add":
-            m = mounts.add(cfg, group, args.host_path, args.name, args.rw)
-            print(f"{group.folder}: {m.host_path} at /workspace/extra/{m.name} "
-                  f"({'read-write' if m.rw else 'read-only'}), from its next container on")
+            m = mounts.add(cfg, group, args.host_path, args.name, args.rw, args.allow_git_config)
+            mode = "read-only" if not m.rw else "read-write" + (
+                ", git's configuration and hooks too" if m.allow_git_config else
+                "; git's configuration and hooks read-only to the agent")
+            print(f"{group.folder}: {m.host_path} at /workspace/extra/{m.name} ({mode}), from its next container on")
         else:
             mounts.remove(group, args.name)
             print(f"{group.folder}: /workspace/extra/{args.name} removed, from its next container on")
@@ -544,13 +547,13 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             group = groups_mod.find_group(args.group)
             task = tasks_mod.create(cfg, group, " ".join(args.prompt), kind, value, tz=args.tz,
                                     context_mode="isolated" if args.isolated else "group",
-                                    precheck=args.precheck or "")
+                                    precheck=args.precheck or "", over_limits=args.over_limits)
             print(f"added {tasks_mod.describe(task)}")
         elif args.action == "update":
             kind, value = ("cron", args.cron) if args.cron else ("interval", args.every) if args.every \
                 else ("once", args.at) if args.at else (None, None)
-            task = tasks_mod.update(tasks_mod.find(args.id, None), prompt=args.prompt,
-                                    kind=kind, value=value, precheck="" if args.no_precheck else args.precheck)
+            task = tasks_mod.update(cfg, tasks_mod.find(args.id, None), prompt=args.prompt, kind=kind, value=value,
+                                    precheck="" if args.no_precheck else args.precheck, over_limits=args.over_limits)
             print(f"updated {tasks_mod.describe(task)}")
         elif args.action in ("pause", "resume", "cancel"):
             task = tasks_mod.change(tasks_mod.find(args.id, None), args.action)
@@ -575,7 +578,8 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                       f"{detail[:60]!r}")
             return 0
     except (tasks_mod.TaskError, ScheduleError, groups_mod.GroupError) as exc:
-        print(f"nanoclaw: {exc}", file=sys.stderr)
+        hint = " (--over-limits to go beyond it)" if isinstance(exc, tasks_mod.LimitError) else ""
+        print(f"nanoclaw: {exc}{hint}", file=sys.stderr)
         return 2
     nudge(cfg.socket("scheduler"))
     return 0
@@ -763,6 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
     ma.add_argument("host_path")
     ma.add_argument("--as", dest="name", help="the name inside (default: the folder's name)")
     ma.add_argument("--rw", action="store_true", help="read-write (where the allowlist permits it)")
+    ma.add_argument("--allow-git-config", action="store_true",
+                    help="with --rw: let the agent change the repositories' .git/config, hooks and commondir "
+                         "too, i.e. what git runs when you use it there (read-only to it otherwise)")
     ml = msub.add_parser("list", help="every mount, and whether the allowlist allows it now")
     ml.add_argument("group", nargs="?")
     mr = msub.add_parser("remove", help="remove GROUP's mount NAME")
@@ -852,6 +859,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "folder read-only; the agent runs (shown its output) only if it exits 0 and prints "
                          "something, else the run is logged as skipped")
     ta.add_argument("prompt", nargs="+")
+    over = ("go beyond [tasks] max_per_group and min_interval (they bind agents; you set them, and may "
+            "pass them here)")
+    ta.add_argument("--over-limits", action="store_true", help=over)
     tu = tsub.add_parser("update", help="change a task's prompt and/or schedule")
     tu.add_argument("id", type=int)
     when = tu.add_mutually_exclusive_group()
@@ -862,6 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = tu.add_mutually_exclusive_group()
     check.add_argument("--if", dest="precheck", metavar="CMD", help="a new pre-check command (see tasks add)")
     check.add_argument("--no-if", dest="no_precheck", action="store_true", help="remove the pre-check")
+    tu.add_argument("--over-limits", action="store_true", help=over)
     for action in ("pause", "resume", "cancel", "run-now", "log"):
         tsub.add_parser(action, help=f"{action} a task").add_argument("id", type=int)
     tf = tsub.add_parser("fire", help="(run by timers) hand a task to the queue")

@@ -17,8 +17,9 @@ its group's policy does not admit.
 Used by the channel daemon (a request is made in the transaction that stores the message
 that asked, so neither exists without the other), the queue daemon (the owner's
 ``approve N``/``deny N`` in the main chat, which never reach the main agent; expiry) and
-the CLI. An agent has no way in: no ipc request type leads here, and what an agent says in
-the main chat is a bot message, never read as the owner's command.
+the CLI. An agent can only ask, never answer: the main agent's ``raise_budget`` becomes a
+request of kind "budget" (``core/budget_requests.py``), and what an agent says in the main
+chat is a bot message, never read as the owner's command.
 
 HOSTILE INPUT: chat names, sender names, ids and texts come from the chat network. What is
 shown to the owner is cleaned (control and format characters removed, length capped).
@@ -35,9 +36,10 @@ from zoneinfo import ZoneInfo
 
 from peewee import fn
 
+from nanoclaw.core import budget_requests
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.config import Config
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import AllowedSender, Cursor, Group, Job, Message, Outbox, Request, Turn, db
 from nanoclaw.core.prompt import matches_trigger
 
@@ -91,6 +93,8 @@ def _open(now: float):
 
 def describe(req: Request) -> str:
     """Who asks, for the card, the CLI and the answers: already cleaned names."""
+    if req.kind == "budget":
+        return f"the main agent, to {budget_requests.describe(req)}"
     if req.kind == "chat":
         if is_group_chat(req.chat):
             name = req.chat_name or "A group"
@@ -140,17 +144,17 @@ def on_inbound(cfg: Config, msg: Message, group: Group | None, *, chat_name: str
         same = Request.select().where(Request.chat == msg.chat, Request.kind == "sender",
                                       Request.sender == msg.sender)
     if same.where(_open(now)).exists():
-        log.info("a request from it already waits; no second card", extra=fields(chat=msg.chat, message=msg.id))
+        log.info("a request from it already waits; no second card", extra=log_fields(chat=msg.chat, message=msg.id))
         return None
     if same.where(Request.status == "denied", Request.decided_at > now - DENIAL_SECONDS).exists():
-        log.info("denied within %d days; no card", DENIAL_DAYS, extra=fields(chat=msg.chat, message=msg.id))
+        log.info("denied within %d days; no card", DENIAL_DAYS, extra=log_fields(chat=msg.chat, message=msg.id))
         return None
     if Request.select().where(Request.chat == msg.chat, _open(now)).count() >= MAX_PER_CHAT:
         log.warning("%d requests from this chat already wait; no card", MAX_PER_CHAT,
-                    extra=fields(chat=msg.chat, message=msg.id))
+                    extra=log_fields(chat=msg.chat, message=msg.id))
         return None
     if Request.select().where(_open(now)).count() >= MAX_PENDING:
-        log.warning("%d requests already wait; no card", MAX_PENDING, extra=fields(chat=msg.chat, message=msg.id))
+        log.warning("%d requests already wait; no card", MAX_PENDING, extra=log_fields(chat=msg.chat, message=msg.id))
         return None
     req = Request.create(kind=kind, chat=msg.chat, sender=msg.sender, sender_name=clean(msg.sender_name),
                          chat_name=clean(chat_name if group is None else group.name),
@@ -161,8 +165,8 @@ def on_inbound(cfg: Config, msg: Message, group: Group | None, *, chat_name: str
     if main is not None:
         _post(main.jid, f"approval:{req.id}:card", card_text(cfg, req, trigger), cfg)
     else:
-        log.warning("has no main chat to be shown in; see nanoclaw pending", extra=fields(request=req.id))
-    log.info("kind=%s sender=%s made", kind, msg.sender, extra=fields(request=req.id, chat=msg.chat))
+        log.warning("has no main chat to be shown in; see nanoclaw pending", extra=log_fields(request=req.id))
+    log.info("kind=%s sender=%s made", kind, msg.sender, extra=log_fields(request=req.id, chat=msg.chat))
     return req
 
 
@@ -233,7 +237,12 @@ def approve(cfg: Config, n: int, folder: str | None = None, *, by: str = "cli",
     try:
         with db.atomic("IMMEDIATE"):
             req = _get_open(n, now, cfg.tz)
-            if req.kind == "chat":
+            if req.kind == "budget":
+                if folder:
+                    raise ApprovalError(f"request {n} is a budget change: it takes no folder")
+                text = budget_requests.apply(cfg, req, "main" if by == "main" else "cli")
+                folder = req.folder
+            elif req.kind == "chat":
                 registered = Group.get_or_none(Group.jid == req.chat)
                 if registered is not None:
                     raise ApprovalError(f"the chat of request {n} is already registered as group {registered.folder}")
@@ -258,9 +267,11 @@ def approve(cfg: Config, n: int, folder: str | None = None, *, by: str = "cli",
                 .where(Request.id == n).execute()
             if answer:
                 _post(answer[0], answer[1], text, cfg)
-    except groups_mod.GroupError as exc:
+    except ApprovalError:
+        raise
+    except ValueError as exc:  # a group that cannot be added; a budget that cannot be set
         raise ApprovalError(f"request {n} not approved: {exc}") from None
-    log.info("approved by %s folder=%s", by, folder, extra=fields(request=n))
+    log.info("approved by %s folder=%s", by, folder, extra=log_fields(request=n))
     return text
 
 
@@ -272,11 +283,14 @@ def deny(cfg: Config, n: int, *, by: str = "cli", answer: tuple[str, str] | None
         req = _get_open(n, now, cfg.tz)
         Request.update(status="denied", decided_at=now, decided_by=by).where(Request.id == n).execute()
         _forget_messages(cfg, req.chat)
-        text = (f"denied {n}: {describe(req)} gets no answer, and no new card for {DENIAL_DAYS} days "
-                f"(nanoclaw pending forget {n} to allow it sooner)")
+        if req.kind == "budget":
+            text = f"denied {n}: the budget stays as it is"
+        else:
+            text = (f"denied {n}: {describe(req)} gets no answer, and no new card for {DENIAL_DAYS} days "
+                    f"(nanoclaw pending forget {n} to allow it sooner)")
         if answer:
             _post(answer[0], answer[1], text, cfg)
-    log.info("denied by %s", by, extra=fields(request=n))
+    log.info("denied by %s", by, extra=log_fields(request=n))
     return text
 
 
@@ -286,8 +300,9 @@ def forget(cfg: Config, n: int) -> str:
         req = Request.get_or_none(Request.id == n)
         if req is None:
             raise ApprovalError(f"there is no request {n} (see: nanoclaw pending --all)")
-        if req.status != "denied":
-            raise ApprovalError(f"request {n} is {req.status}, not denied: there is nothing to forget")
+        if req.status != "denied" or req.kind == "budget":
+            raise ApprovalError(f"request {n} is {'a budget change' if req.kind == 'budget' else req.status}, "
+                                "not a denied chat or sender: there is nothing to forget")
         Request.update(status="forgotten").where(Request.id == n).execute()
     return f"forgot the denial of {n}: {describe(req)} may ask again"
 
@@ -314,7 +329,7 @@ def expire(cfg: Config) -> float | None:
                 Request.update(status="expired", decided_at=req.expires_at, decided_by="expiry") \
                     .where(Request.id == req.id, Request.status == "pending").execute()
                 _forget_messages(cfg, req.chat)
-                log.info("expired unanswered", extra=fields(request=req.id, chat=req.chat))
+                log.info("expired unanswered", extra=log_fields(request=req.id, chat=req.chat))
     nxt = Request.select(fn.MIN(Request.expires_at)).where(Request.status == "pending").scalar()
     return None if nxt is None else max(0.0, nxt - time.time())
 

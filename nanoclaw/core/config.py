@@ -20,7 +20,8 @@ from nanoclaw.core.egress import EgressPolicy
 # A group's folder name (and a team member's): here, not in core/groups.py, so that reading the
 # configuration (which names groups in its tables) loads neither the database nor peewee; the
 # timer's fire (nanoclaw/admin/fire.py) reads it.
-FOLDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# Match whole names with fullmatch (`$` would accept "family\n").
+FOLDER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class ConfigError(Exception):
@@ -111,6 +112,15 @@ class TeamConfig:
 
 
 @dataclass(frozen=True)
+class TasksConfig:
+    """Scheduled tasks (``[tasks]``): limits an agent cannot reset (the owner may go beyond
+    them from the CLI with ``--over-limits``)."""
+
+    max_per_group: int = 20  # active and paused tasks one group may have
+    min_interval: int = 300  # seconds: the least time between two runs of one task
+
+
+@dataclass(frozen=True)
 class Price:
     """What one model costs, in USD per million tokens (``[usage.prices."<model>"]``)."""
 
@@ -188,6 +198,7 @@ class Config:
     egress: EgressPolicy = field(default_factory=EgressPolicy)  # [egress]: every group's web access
     egress_groups: dict[str, EgressPolicy] = field(default_factory=dict)  # [egress.groups.<folder>]
     team: TeamConfig = field(default_factory=TeamConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
     budget: Budget = field(default_factory=Budget)  # [budgets]: all groups together
     budget_groups: dict[str, Budget] = field(default_factory=dict)  # [budgets.groups.<folder>]
@@ -284,7 +295,7 @@ def _egress(table: dict) -> tuple[EgressPolicy, dict[str, EgressPolicy]]:
     default = policy(EgressPolicy(), table, "egress")
     per_group = {}
     for folder, values in groups.items():
-        if not FOLDER_RE.match(folder):
+        if not FOLDER_RE.fullmatch(folder):
             raise ConfigError(f"egress.groups: {folder!r} is not a group folder name")
         per_group[folder] = policy(default, values, f"egress.groups.{folder}")
     return default, per_group
@@ -326,7 +337,7 @@ def _budgets(table: dict) -> tuple[Budget, dict[str, Budget]]:
 
     per_group = {}
     for folder, values in groups.items():
-        if not FOLDER_RE.match(folder):
+        if not FOLDER_RE.fullmatch(folder):
             raise ConfigError(f"budgets.groups: {folder!r} is not a group folder name")
         per_group[folder] = budget(values, f"budgets.groups.{folder}")
     return budget(table, "budgets"), per_group
@@ -363,6 +374,7 @@ def load(path: Path | None = None) -> Config:
     whatsapp = WhatsAppConfig(**_coerce(WhatsAppConfig, data.pop("whatsapp", {}), "whatsapp"))
     egress, egress_groups = _egress(data.pop("egress", {}))
     team = TeamConfig(**_coerce(TeamConfig, data.pop("team", {}), "team"))
+    tasks = TasksConfig(**_coerce(TasksConfig, data.pop("tasks", {}), "tasks"))
     usage = _usage(data.pop("usage", {}))
     budget, budget_groups = _budgets(data.pop("budgets", {}))
     settings = _coerce(Config, data, "config")
@@ -380,7 +392,7 @@ def load(path: Path | None = None) -> Config:
         detected = _coerce(ContainerConfig, table, f"{detected_path.name}: container")
     container = ContainerConfig(**{**detected, **owner_container})
     cfg = Config(container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, team=team,
-                 usage=usage, budget=budget, budget_groups=budget_groups, **settings)
+                 tasks=tasks, usage=usage, budget=budget, budget_groups=budget_groups, **settings)
     if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
     if cfg.approval_timeout <= 0:
@@ -395,6 +407,8 @@ def load(path: Path | None = None) -> Config:
         raise ConfigError("[container] precheck_max_output must be between 1 and 65536 bytes")
     if min(team.max_depth, team.max_delegations) < 1 or team.max_members < 0:
         raise ConfigError("[team] max_depth and max_delegations must be at least 1, max_members at least 0")
+    if tasks.max_per_group < 1 or tasks.min_interval < 60:
+        raise ConfigError("[tasks] max_per_group must be at least 1, min_interval at least 60 seconds")
     return cfg
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 from nanoclaw.core.config import FOLDER_RE, Config
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import AllowedSender, Cursor, Group, db
 from nanoclaw.core.safefs import Dir
 
@@ -26,9 +27,21 @@ class GroupError(ValueError):
     """A group request that cannot be carried out; the text says why."""
 
 
+# A chat network's id as nanoclaw stores one (1203…@g.us, 4917…@s.whatsapp.net, main@term): an
+# agent's register_group names one, and it becomes the CHAT of journal lines, so it is checked.
+CHAT_ID = re.compile(r"[A-Za-z0-9._:+-]{1,100}@[a-z0-9.]{1,30}")  # fullmatch
+
+
+def validate_jid(jid: str) -> str:
+    """Return ``jid`` if it has the shape of a chat id, else raise GroupError."""
+    if not isinstance(jid, str) or not CHAT_ID.fullmatch(jid):
+        raise GroupError(f"invalid chat id {jid!r}: user@server, e.g. 120363000000000000@g.us")
+    return jid
+
+
 def validate_folder(folder: str) -> str:
     """Return ``folder`` if it is a safe, allowed folder name, else raise GroupError."""
-    if not FOLDER_RE.match(folder or ""):
+    if not FOLDER_RE.fullmatch(folder or ""):
         raise GroupError(f"invalid folder name {folder!r}: use 1-64 of A-Z a-z 0-9 _ -, "
                          "starting with a letter or digit")
     if folder.lower() in RESERVED_FOLDERS:
@@ -155,7 +168,7 @@ def allowed_senders(cfg: Config, folder: str) -> set[str] | None:
     path = allowlist_path(cfg, folder)
     senders, problem = read_allowlist(path)
     if problem:
-        log.error("allowlist %s %s; nobody may trigger", path, problem, extra=fields(group=folder))
+        log.error("allowlist %s %s; nobody may trigger", path, problem, extra=log_fields(group=folder))
     return senders
 
 
@@ -173,7 +186,7 @@ def policy_of(cfg: Config, group: Group) -> str:
     if group.policy in POLICIES:
         return group.policy
     if group.policy:
-        log.error("has unknown policy %r; treated as allowlist", group.policy, extra=fields(group=group.folder))
+        log.error("has unknown policy %r; treated as allowlist", group.policy, extra=log_fields(group=group.folder))
         return "allowlist"
     return "allowlist" if os.path.lexists(allowlist_path(cfg, group.folder)) else "open"
 
@@ -199,6 +212,6 @@ def set_policy(cfg: Config, ref: str, policy: str) -> Group:
     with db.atomic("IMMEDIATE"):
         Group.update(policy=policy).where(Group.id == group.id).execute()
     group.policy = policy
-    log.info("policy=%s", policy, extra=fields(group=group.folder))
+    log.info("policy=%s", policy, extra=log_fields(group=group.folder))
     return group
 

@@ -2,9 +2,9 @@
 
 An event names its subjects explicitly, never inside its text::
 
-    log.info("container exited code=%s", code, extra=fields(group=folder, job=job_id))
+    log.info("container exited code=%s", code, extra=log_fields(group=folder, job=job_id))
 
-``fields()`` cleans each value once, where it is made (nothing but letters,
+``log_fields()`` cleans each value once, where it is made (nothing but letters,
 digits and ``._:@/+-`` survives, cut at 200 characters), and the handler sends
 them as journal fields (``GROUP=family``, ``JOB=12``) beside the text, so
 ``journalctl -u nanoclaw-queue GROUP=family`` finds a group's events. The text
@@ -52,7 +52,7 @@ def clean(value: Any) -> str:
     return _UNSAFE.sub("_", str(value))[:MAX_VALUE]
 
 
-def fields(**subjects: Any) -> dict[str, dict[str, str]]:
+def log_fields(**subjects: Any) -> dict[str, dict[str, str]]:
     """A log call's ``extra=``: its subjects as journal fields. ``None`` and "" are left out;
     a name not in :data:`FIELDS` is a programming error."""
     unknown = set(subjects) - FIELDS
@@ -62,7 +62,7 @@ def fields(**subjects: Any) -> dict[str, dict[str, str]]:
 
 
 def subjects_of(record: logging.LogRecord) -> dict[str, str]:
-    """The subjects a record was given through :func:`fields` (lower-case names)."""
+    """The subjects a record was given through :func:`log_fields` (lower-case names)."""
     return getattr(record, _EXTRA_KEY, None) or {}
 
 

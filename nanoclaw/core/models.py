@@ -91,6 +91,9 @@ class Mount(Base):
     host_path = CharField()  # as the owner gave it; resolved and checked again at every start
     rw = BooleanField(default=False)
     added_at = FloatField(default=now)
+    # A read-write mount's git configuration, hooks and commondir are read-only to the agent
+    # (core/binds.py) unless the owner allowed this (``--allow-git-config``).
+    allow_git_config = BooleanField(default=False, constraints=[SQL("DEFAULT 0")])
 
     class Meta:
         indexes = ((("group", "name"), True),)
@@ -245,8 +248,9 @@ class TaskRun(Base):
 
 class Request(Base):
     """A chat (kind "chat") or a sender in an ``ask`` group (kind "sender") asking for the
-    assistant; only the owner decides (core/approvals.py). Names are as the network gave
-    them, cleaned: they are shown to the owner."""
+    assistant, or the main agent asking for a budget change (kind "budget"); only the owner
+    decides (core/approvals.py). Names are as the network gave them, cleaned: they are shown
+    to the owner."""
 
     id = AutoIncrementField()  # the N in "approve N": never reused
     kind = CharField()  # chat, sender
@@ -261,7 +265,9 @@ class Request(Base):
     expires_at = FloatField()
     decided_at = FloatField(null=True)
     decided_by = CharField(default="")  # cli, main (the owner's chat), expiry
-    folder = CharField(default="")  # the group it was approved into (or is for, kind "sender")
+    folder = CharField(default="")  # the group it was approved into (or is for, kind "sender"; "budget": the scope)
+    # kind "budget" (an agent's raise_budget, core/budget_requests.py): the change asked for, as JSON
+    detail = TextField(default="", constraints=[SQL("DEFAULT ''")])
 
 
 class AllowedSender(Base):

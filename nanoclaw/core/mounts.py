@@ -1,10 +1,11 @@
 """The owner's folders in agents' containers, by an allowlist only root can change.
 
 SUMMARY
-    ``nanoclaw groups mount add GROUP HOST_PATH [--as NAME] [--rw]`` records a
-    mount; the runner mounts it at ``/workspace/extra/NAME`` in that group's
+    ``nanoclaw groups mount add GROUP HOST_PATH [--as NAME] [--rw [--allow-git-config]]``
+    records a mount; the runner mounts it at ``/workspace/extra/NAME`` in that group's
     containers, after checking it again against the allowlist at every start
-    (so editing the allowlist takes effect at once).
+    (so editing the allowlist takes effect at once), and checks in the container that
+    what was mounted is what was checked (``core/binds.py``).
 
 DESCRIPTION
     The allowlist is ``<config>/mount-allowlist.toml``::
@@ -25,7 +26,8 @@ SECURITY
     The file must belong to root and be writable by root alone; otherwise no
     mount is allowed at all (fail closed). Agents can never add or widen a
     mount: only the CLI writes the ``mount`` table, and ``register_group``
-    carries none.
+    carries none. In a read-write mount, git's configuration and hooks stay read-only
+    to the agent unless the owner allowed otherwise (``core/binds.py``).
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from nanoclaw.core import binds
 from nanoclaw.core.config import Config
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Mount, db
 
 ALLOWLIST = "mount-allowlist.toml"
@@ -48,7 +51,7 @@ ALLOWLIST = "mount-allowlist.toml"
 # consecutive path parts (".config/gcloud"); others match one part (fnmatch).
 BUILTIN_BLOCKED = (".ssh", ".gnupg", ".aws", ".azure", ".config/gcloud", ".kube", ".docker", ".netrc",
                    ".env", "id_rsa*", "id_ed25519*", "*.pem", "credentials*", ".password-store")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: fullmatch
 
 
 class MountError(ValueError):
@@ -158,7 +161,7 @@ def check(cfg: Config, host_path: str, rw: bool, allow: Allowlist | None = None)
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not NAME_RE.fullmatch(name or ""):
         raise MountError(f"invalid mount name {name!r}: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
     return name
 
@@ -199,8 +202,13 @@ def service_user_access(path: Path, rw: bool, user: str = "nanoclaw") -> str:
             "folder above it)")
 
 
-def add(cfg: Config, group: Group, host_path: str, name: str | None = None, rw: bool = False) -> Mount:
-    """Record a mount for ``group`` after every check; MountError says why not."""
+def add(cfg: Config, group: Group, host_path: str, name: str | None = None, rw: bool = False,
+        allow_git_config: bool = False) -> Mount:
+    """Record a mount for ``group`` after every check; MountError says why not.
+    ``allow_git_config``: the agent may change git's configuration and hooks in it (rw only)."""
+    if allow_git_config and not rw:
+        raise MountError("--allow-git-config is for a read-write mount (--rw): a read-only one's git files are "
+                         "read-only anyway")
     resolved = check(cfg, host_path, rw)
     name = validate_name(name or default_name(str(resolved)))
     problem = service_user_access(resolved, rw)
@@ -209,7 +217,8 @@ def add(cfg: Config, group: Group, host_path: str, name: str | None = None, rw: 
     with db.atomic("IMMEDIATE"):
         if Mount.get_or_none(Mount.group == group, Mount.name == name):
             raise MountError(f"group {group.folder} already has a mount named {name!r} (--as NAME for another)")
-        return Mount.create(group=group, name=name, host_path=str(resolved), rw=rw)
+        return Mount.create(group=group, name=name, host_path=str(resolved), rw=rw,
+                            allow_git_config=allow_git_config)
 
 
 def remove(group: Group, name: str) -> None:
@@ -217,11 +226,14 @@ def remove(group: Group, name: str) -> None:
         raise MountError(f"group {group.folder} has no mount named {name!r} (see: nanoclaw groups mount list)")
 
 
-def for_container(cfg: Config, folder: str, log: logging.Logger) -> list[tuple[str, Path, bool]]:
-    """(name, resolved path, rw) of a group's mounts that pass the allowlist as it is now.
+def for_container(cfg: Config, folder: str, log: logging.Logger, read_only: bool = False) -> list[binds.Bind]:
+    """The binds of a group's mounts that pass the allowlist as it is now, each opened as it
+    was checked (close them with :func:`binds.close` once the container is verified).
 
-    Checked at every container start, so an edited allowlist takes effect at once;
-    a refused mount is logged with its reason, never skipped in silence.
+    Checked at every container start, so an edited allowlist takes effect at once; a refused
+    mount is logged with its reason, never skipped in silence. A read-write mount brings the
+    binds that keep git's configuration and hooks read-only (unless the owner allowed it);
+    ``read_only`` makes every mount read-only (a task's pre-check).
     """
     rows = list(Mount.select().join(Group).where(Group.folder == folder).order_by(Mount.name))
     if not rows:
@@ -229,12 +241,22 @@ def for_container(cfg: Config, folder: str, log: logging.Logger) -> list[tuple[s
     try:
         allow = load(cfg)
     except MountError as exc:
-        log.error("mounts refused, all %d: %s", len(rows), exc, extra=fields(group=folder))
+        log.error("mounts refused, all %d: %s", len(rows), exc, extra=log_fields(group=folder))
         return []
-    out = []
+    out: list[binds.Bind] = []
     for row in rows:
+        rw = row.rw and not read_only
         try:
-            out.append((row.name, check(cfg, row.host_path, row.rw, allow), row.rw))
-        except MountError as exc:
-            log.error("mount=%s refused: %s", row.name, exc, extra=fields(group=folder))
+            resolved = check(cfg, row.host_path, row.rw, allow)
+            folder_bind = binds.open_checked(resolved, f"/workspace/extra/{row.name}", not rw, row.name)
+        except (MountError, OSError) as exc:
+            log.error("mount=%s refused: %s", row.name, exc, extra=log_fields(group=folder))
+            continue
+        try:
+            guards = binds.git_guards(folder_bind) if rw and not row.allow_git_config else []
+        except OSError as exc:
+            binds.close([folder_bind])
+            log.error("mount=%s refused: %s", row.name, exc, extra=log_fields(group=folder))
+            continue
+        out += [folder_bind, *guards]
     return out

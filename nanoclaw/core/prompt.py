@@ -139,7 +139,14 @@ def build_prompt(messages: Sequence[Message], *, cap: int, tz: str) -> str:
         lines.append(f'<omitted count="{left_out}">{left_out} older unanswered '
                      f'message{"s" if left_out != 1 else ""} not shown</omitted>')
     lines.append("<messages>")
+    answers_shown: set[tuple[str, str]] = set()
     for m in shown:
+        if getattr(m, "answers", None) is not None:
+            # A member that answered several delegations in one turn answers each of them with
+            # the same text (each delegation needs its answer): the asker reads it once.
+            if (m.sender, m.text) in answers_shown:
+                continue
+            answers_shown.add((m.sender, m.text))
         when = datetime.fromtimestamp(m.timestamp, zone).strftime("%Y-%m-%d %H:%M:%S")
         team = f" from={_attr(m.sender)}" if getattr(m, "agent", None) is not None else ""  # agent:researcher
         lines.append(f"<message sender={_attr(m.sender_name or m.sender)}{team} time={_attr(when)}>"

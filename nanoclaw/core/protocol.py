@@ -45,7 +45,7 @@ VERSION = 1
 # sync makes of them (<prefix><id>.timer): a hand-over in files, like a spool's.
 TIMER_PREFIX = "nanoclaw-task-"
 MAX_LINE = 256 * 1024  # one socket request or reply, in bytes
-_NAME_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,200}$")
+_NAME_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,200}")  # whole names: fullmatch
 # A stage name in a turn's clock readings (an agent's, through ipc to the queue's log line):
 # plain words only, so no space or "=" can forge a log line or a journal field.
 STAGE_NAME = re.compile(r"[a-z_]{1,20}")
@@ -241,7 +241,7 @@ class Spool:
         behind the agent's cursor until a result for them is stored."""
         data = encode(kind, body)
         name = name or unique_name(kind)
-        if not _NAME_RE.match(name):
+        if not _NAME_RE.fullmatch(name):
             raise ValueError(f"bad spool file name {name!r}")
         with self._open("tmp") as tmp, self._open("new") as new:
             # 0644: an agent container runs under another uid and must read its prompts;
@@ -286,7 +286,7 @@ class Spool:
             names = sorted(os.listdir(self.new))
         except FileNotFoundError:
             return []
-        return [self.new / n for n in names if n not in seen and _NAME_RE.match(n)]
+        return [self.new / n for n in names if n not in seen and _NAME_RE.fullmatch(n)]
 
     def sweep_tmp(self, now: float | None = None) -> int:
         """Delete what writers that died mid-write left in ``tmp/``.
@@ -326,7 +326,7 @@ class Spool:
         """The names in ``d`` that can be messages; the rest go to ``bad/``."""
         out = []
         for n in d.names():
-            if not _NAME_RE.match(n):  # hidden, odd or hostile names: never a message we wrote
+            if not _NAME_RE.fullmatch(n):  # hidden, odd or hostile names: never a message we wrote
                 self._reject_from(d, n, "file name is not a valid spool name")
                 continue
             out.append(n)

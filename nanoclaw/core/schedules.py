@@ -40,7 +40,7 @@ DAYS = {d: i for i, d in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "S
 SD_DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
 FIELDS = (("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day-of-month", 1, 31, {}),
           ("month", 1, 12, MONTHS), ("day-of-week", 0, 7, DAYS))
-_INTERVAL_RE = re.compile(r"^\s*(\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?)?\s*$", re.I)
+_INTERVAL_RE = re.compile(r" *(\d+) *(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?)? *", re.I)  # fullmatch
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -97,9 +97,17 @@ class Cron:
     dow_restricted: bool
 
 
+# A cron value is one line of printable characters: five fields (or a macro) separated by
+# spaces (stored with one between each). Anything else (a newline above all) is refused before it is stored, since a
+# crontab line or a timer unit is made from it.
+_CRON_TEXT = re.compile(r"[!-~]+(?: +[!-~]+){4}|@[A-Za-z]+")
+
+
 def parse_cron(expr: str) -> Cron:
     """Validate a cron expression; raise ScheduleError saying what is wrong."""
-    text = expr.strip()
+    text = expr.strip(" ")
+    if any(ch in text for ch in "\r\n\x0b\x0c"):
+        raise ScheduleError(f"a cron expression is one line; {expr!r} has a line break")
     if text.lower() == "@reboot":
         raise ScheduleError("@reboot is not a time: use a 'once' task or a service instead")
     if text.startswith("@"):
@@ -110,6 +118,9 @@ def parse_cron(expr: str) -> Cron:
     if len(parts) != 5:
         raise ScheduleError(f"a cron expression has 5 fields (minute hour day month weekday); "
                             f"{expr!r} has {len(parts)}")
+    if not _CRON_TEXT.fullmatch(text):
+        raise ScheduleError(f"a cron expression is 5 fields separated by spaces, in plain characters; "
+                            f"{expr!r} is not")
     for position, (part, spec) in enumerate(zip(parts, FIELDS, strict=True)):
         _check_field(part, *spec, position)
     expanded, _ = croniter.expand(text)
@@ -165,7 +176,7 @@ def cron_to_oncalendar(expr: str, tz: str) -> list[str]:
 
 def parse_interval(text: str) -> int:
     """Seconds in an interval like '30m', '2h', '90s', '1d' or '3600'."""
-    m = _INTERVAL_RE.match(text or "")
+    m = _INTERVAL_RE.fullmatch(text or "")
     if not m:
         raise ScheduleError(f"bad interval {text!r}: use a number with s, m, h or d (e.g. 30m, 2h)")
     seconds = int(m.group(1)) * _UNIT_SECONDS[(m.group(2) or "s")[0].lower()]
@@ -257,12 +268,28 @@ def _explain(c: Cron) -> str:
     return text
 
 
+def shortest_gap(sched: Schedule) -> int | None:
+    """The least time between two runs of a schedule, in seconds (None: it runs once). For cron,
+    from the times of day it names, as if every day were one of its days (never longer than
+    the truth)."""
+    if sched.kind == "once":
+        return None
+    if sched.kind == "interval":
+        return parse_interval(sched.value)
+    c = parse_cron(sched.value)
+    times = sorted(h * 60 + m for h in c.hours for m in c.minutes)
+    gaps = [b - a for a, b in zip(times, times[1:])] + [times[0] + 1440 - times[-1]]
+    return 60 * min(gaps)
+
+
 def validate(kind: str, value: str, tz: str) -> Schedule:
     """Check a schedule of any kind; the Schedule explains itself, ScheduleError says what is wrong."""
     check_timezone(tz)
+    if not isinstance(value, str) or any(ch in value for ch in "\r\n\x0b\x0c\x00"):
+        raise ScheduleError(f"a schedule is one line; {value!r} is not")
     if kind == "cron":
         parse_cron(value)
-        value = value.strip()
+        value = " ".join(value.split())  # spaces only are left: one between fields
     elif kind == "interval":
         value = seconds_text(parse_interval(value))
     elif kind == "once":

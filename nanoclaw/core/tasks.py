@@ -15,11 +15,15 @@ from zoneinfo import ZoneInfo
 from nanoclaw.core.config import Config
 from nanoclaw.core.models import Group, Task, TaskRun, db
 from nanoclaw.core.protocol import Spool, nudge, write_atomic
-from nanoclaw.core.schedules import Schedule, ScheduleError, validate
+from nanoclaw.core.schedules import Schedule, ScheduleError, seconds_text, shortest_gap, validate
 
 
 class TaskError(ValueError):
     """A task request that is refused; the text says why."""
+
+
+class LimitError(TaskError):
+    """A task beyond ``[tasks]`` (how many, how often); the owner may go beyond it."""
 
 
 MAX_PRECHECK_CHARS = 2000
@@ -41,6 +45,21 @@ def check_precheck(command: str) -> str:
     return command
 
 
+def check_limits(cfg: Config, group: Group, sched: Schedule | None, *, adding: bool) -> None:
+    """Refuse (TaskError) what goes beyond ``[tasks]``: a task more than ``max_per_group`` for
+    ``group`` (``adding``), or one that would run more often than ``min_interval``."""
+    limits = cfg.tasks
+    if adding:
+        count = Task.select().where(Task.group == group, Task.status.in_(("active", "paused"))).count()
+        if count >= limits.max_per_group:
+            raise LimitError(f"group {group.folder} has {count} tasks, the most [tasks] max_per_group allows; "
+                            "cancel one first")
+    gap = shortest_gap(sched) if sched is not None else None
+    if gap is not None and gap < limits.min_interval:
+        raise LimitError(f"{sched.kind} {sched.value} would run as often as every {seconds_text(gap)}; "
+                        f"[tasks] min_interval is {seconds_text(limits.min_interval)}")
+
+
 def schedule_of(task: Task) -> Schedule:
     return Schedule(task.schedule_type, task.schedule_value, task.timezone)
 
@@ -54,10 +73,11 @@ def compute_next(task: Task, after: float | None = None) -> float | None:
 
 def create(cfg: Config, owner: Group, prompt: str, kind: str, value: str, *, context_mode: str = "group",
            target: Group | None = None, tz: str | None = None, created_by: str = "cli",
-           precheck: str = "") -> Task:
+           precheck: str = "", over_limits: bool = False) -> Task:
     """Validate and store a new task; raise TaskError or ScheduleError with the reason.
 
-    ``precheck``: a shell command run before each run (see :func:`check_precheck`)."""
+    ``precheck``: a shell command run before each run (see :func:`check_precheck`).
+    ``over_limits``: the owner's CLI going beyond ``[tasks]`` (never an agent's request)."""
     precheck = check_precheck(precheck)
     if not prompt.strip():
         raise TaskError("the task has no prompt")
@@ -68,7 +88,9 @@ def create(cfg: Config, owner: Group, prompt: str, kind: str, value: str, *, con
         raise TaskError(f"group {owner.folder!r} may only schedule tasks for itself")
     sched = validate(kind, value, tz or cfg.tz)  # raises if it is malformed or can never fire
     nxt = sched.next_run()
-    with db.atomic("IMMEDIATE"):
+    with db.atomic("IMMEDIATE"):  # counted and stored in one transaction: no two past the cap
+        if not over_limits:
+            check_limits(cfg, target, sched, adding=True)
         return Task.create(group=target, chat=target.jid, prompt=prompt, schedule_type=sched.kind,
                            schedule_value=sched.value, timezone=sched.tz, context_mode=context_mode,
                            created_by=created_by, next_run=nxt.timestamp() if nxt else None,
@@ -97,10 +119,11 @@ def change(task: Task, action: str) -> Task:
     return task
 
 
-def update(task: Task, *, prompt: str | None = None, kind: str | None = None, value: str | None = None,
-           precheck: str | None = None) -> Task:
+def update(cfg: Config, task: Task, *, prompt: str | None = None, kind: str | None = None,
+           value: str | None = None, precheck: str | None = None, over_limits: bool = False) -> Task:
     """Change a task's prompt, schedule and/or pre-check ("" removes it), validated as when it
-    was made; raise TaskError or ScheduleError with the reason, before anything changes."""
+    was made (within ``[tasks]`` unless ``over_limits``: the owner's CLI); raise TaskError or
+    ScheduleError with the reason, before anything changes."""
     if precheck is not None:
         precheck = check_precheck(precheck)
     if task.status not in ("active", "paused"):
@@ -118,6 +141,8 @@ def update(task: Task, *, prompt: str | None = None, kind: str | None = None, va
             task.precheck = precheck
         if kind is not None:
             sched = validate(kind, value or "", task.timezone)  # refuses what can never fire
+            if not over_limits:
+                check_limits(cfg, task.group, sched, adding=False)
             nxt = sched.next_run()
             task.schedule_type, task.schedule_value = sched.kind, sched.value
             task.next_run, task.last_run = (nxt.timestamp() if nxt else None), None

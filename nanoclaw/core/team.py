@@ -35,7 +35,7 @@ from typing import Any
 
 from nanoclaw.core.config import Config
 from nanoclaw.core.groups import FOLDER_RE
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.prompt import matches_trigger
 from nanoclaw.core.safefs import Dir, UnsafeEntry
 
@@ -74,7 +74,7 @@ def sender(agent: str) -> str:
 
 
 def validate_name(name: str) -> str:
-    if not FOLDER_RE.match(name or "") or name.lower() in RESERVED:
+    if not FOLDER_RE.fullmatch(name or "") or name.lower() in RESERVED:
         raise TeamError(f"invalid member name {name!r}: 1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit,"
                         f" not {', '.join(sorted(RESERVED))}")
     return name
@@ -136,7 +136,7 @@ def members(cfg: Config, folder: str) -> list[Member]:
                 validate_name(name)
                 out.append(parse(name, d.read(filename, MAX_FILE).decode()))
             except (TeamError, UnsafeEntry, UnicodeDecodeError) as exc:
-                log.error("member file refused: %s", exc, extra=fields(group=folder, agent=name))
+                log.error("member file refused: %s", exc, extra=log_fields(group=folder, agent=name))
     return out[:cfg.team.max_members]
 
 

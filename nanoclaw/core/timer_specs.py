@@ -31,7 +31,7 @@ from pathlib import Path
 from nanoclaw.core.models import Task
 from nanoclaw.core.protocol import TIMER_PREFIX as PREFIX
 from nanoclaw.core.safefs import write_atomic
-from nanoclaw.core.schedules import parse_interval
+from nanoclaw.core.schedules import ScheduleError, parse_cron, parse_interval
 
 
 def spec_of(task: Task) -> dict:
@@ -45,8 +45,17 @@ def spec_of(task: Task) -> dict:
     return spec
 
 
-def specs_of(tasks: Sequence[Task]) -> dict[int, dict]:
-    return {t.id: spec_of(t) for t in tasks}
+def specs_of(tasks: Sequence[Task], problems: list[str] | None = None) -> dict[int, dict]:
+    """Each task's spec; a task whose schedule cannot be one (stored before it was refused) is
+    left out, with the reason in ``problems``: one bad task never stops the others' timers."""
+    out = {}
+    for t in tasks:
+        try:
+            out[t.id] = spec_of(t)
+        except (ScheduleError, ValueError) as exc:
+            if problems is not None:
+                problems.append(f"task {t.id} has no timer: its schedule {t.schedule_value!r} is bad ({exc})")
+    return out
 
 
 class TimerSpecs:
@@ -56,11 +65,13 @@ class TimerSpecs:
 
     def __init__(self, spec_dir: Path) -> None:
         self.dir = Path(spec_dir)
+        self.problems: list[str] = []  # tasks the last reconcile left without a timer, and why
 
     def reconcile(self, tasks: Sequence[Task]) -> list[str]:
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.problems = []
         want = {f"{PREFIX}{ident}.json": json.dumps(spec, sort_keys=True) + "\n"
-                for ident, spec in specs_of(tasks).items()}
+                for ident, spec in specs_of(tasks, self.problems).items()}
         changes = []
         for path in sorted(self.dir.glob(f"{PREFIX}*.json")):
             if path.name not in want:
@@ -101,6 +112,7 @@ class CrontabTimers:
         self.user = user
         self.tabfile = tabfile
         self.host_tz = host_tz
+        self.problems: list[str] = []  # tasks the last reconcile left without a line, and why
 
     def _tab(self):
         from crontab import CronTab
@@ -116,9 +128,10 @@ class CrontabTimers:
         return CronTab(user=self.user)
 
     def line_for(self, task: Task) -> tuple[str, str]:
-        """(cron schedule, command) for a task."""
+        """(cron schedule, command) for a task; ScheduleError if its schedule cannot be one."""
         base = f"{self.fire_command} {task.id}"
         if task.schedule_type == "cron" and task.timezone == self.host_tz:
+            parse_cron(task.schedule_value)  # our own check first: one line, five plain fields
             return task.schedule_value, base
         return "* * * * *", f"{base} --if-due"
 
@@ -131,7 +144,14 @@ class CrontabTimers:
 
     def reconcile(self, tasks: Sequence[Task]) -> list[str]:
         tab = self._tab()
-        want = {t.id: self.line_for(t) for t in tasks}
+        self.problems = []
+        want = {}
+        for t in tasks:  # a task stored with a bad schedule (before it was refused) is left out
+            try:
+                want[t.id] = self.line_for(t)
+            except ScheduleError as exc:
+                self.problems.append(f"task {t.id} has no crontab line: its schedule {t.schedule_value!r} is bad "
+                                     f"({exc})")
         changes = []
         for job in list(tab):
             if not job.comment.startswith(PREFIX):
@@ -145,7 +165,12 @@ class CrontabTimers:
         for ident, (slices, command) in sorted(want.items()):
             if ident not in have:
                 job = tab.new(command=command, comment=f"{PREFIX}{ident}")
-                job.setall(slices)
+                try:
+                    job.setall(slices)
+                except (ValueError, KeyError) as exc:  # python-crontab's refusal: this task only
+                    tab.remove(job)
+                    self.problems.append(f"task {ident} has no crontab line: {slices!r} ({exc})")
+                    continue
                 changes.append(f"added line for task {ident}")
         if changes:
             tab.write()

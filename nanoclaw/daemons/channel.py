@@ -39,7 +39,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import time
 import uuid
 
@@ -58,7 +57,7 @@ from nanoclaw.channels import (
 from nanoclaw.core import approvals, attachments
 from nanoclaw.core import config as config_mod
 from nanoclaw.core import groups as groups_mod
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Message, db, storage_problem
 from nanoclaw.core.protocol import Spool, nudge
 from nanoclaw.core.safefs import write_atomic
@@ -67,7 +66,7 @@ from nanoclaw.core.skeleton import Daemon
 MAX_TEXT = 64 * 1024
 CHATS_REFRESH = 3600.0  # seconds between listings of the WhatsApp groups we are in  # longer inbound text is refused, not truncated silently
 HISTORY = 10
-CHAT_ID = re.compile(r"[A-Za-z0-9._:+-]{1,100}@[a-z0-9.]{1,30}")  # a chat network's id, e.g. 1203…@g.us
+CHAT_ID = groups_mod.CHAT_ID  # a chat network's id, e.g. 1203…@g.us
 
 
 class ChannelDaemon(Daemon):
@@ -116,7 +115,7 @@ class ChannelDaemon(Daemon):
         except (DatabaseError, OSError) as exc:
             self.store_failure = storage_problem(exc)
             self.log.error("cannot be stored: %s", self.store_failure,
-                           extra=fields(chat=msg.chat, msg=msg.channel_id))
+                           extra=log_fields(chat=msg.chat, msg=msg.channel_id))
             self._set_status()
             raise StoreError(f"not stored: {self.store_failure}") from exc
 
@@ -142,15 +141,15 @@ class ChannelDaemon(Daemon):
                     continue
                 if request is not None:
                     self.log.info("asks the owner",
-                                  extra=fields(chat=msg.chat, msg=msg.channel_id, request=request.id))
+                                  extra=log_fields(chat=msg.chat, msg=msg.channel_id, request=request.id))
                     nudge(self.cfg.socket("router"))
                 if not kept:
                     self.log.info("unregistered chat, no request open; not kept",
-                                  extra=fields(chat=msg.chat, msg=msg.channel_id))
+                                  extra=log_fields(chat=msg.chat, msg=msg.channel_id))
                     continue
                 stored = True
                 self.received += 1
-                self.log.info("stored", extra=fields(chat=msg.chat, msg=msg.channel_id, message=row_id))
+                self.log.info("stored", extra=log_fields(chat=msg.chat, msg=msg.channel_id, message=row_id))
                 if self.terminal:
                     await self.terminal.show(msg.chat, {"text": msg.text, "id": msg.channel_id,
                                                         "from": msg.sender_name or msg.sender})
@@ -184,12 +183,12 @@ class ChannelDaemon(Daemon):
                     results.append((row.id, False, request, kept, None))
                 except IntegrityError:
                     existing = Message.get(Message.chat == msg.chat, Message.channel_id == msg.channel_id)
-                    self.log.info("duplicate; stored once", extra=fields(chat=msg.chat, msg=msg.channel_id))
+                    self.log.info("duplicate; stored once", extra=log_fields(chat=msg.chat, msg=msg.channel_id))
                     results.append((existing.id, True, None, True, None))
                 except DatabaseError:
                     raise  # the disk or the database: the whole batch fails, every sender hears why
                 except Exception as exc:  # this message's own problem: the others are still stored
-                    self.log.exception("cannot be stored", extra=fields(chat=msg.chat, msg=msg.channel_id))
+                    self.log.exception("cannot be stored", extra=log_fields(chat=msg.chat, msg=msg.channel_id))
                     results.append((0, False, None, False, exc))
         return results
 
@@ -268,7 +267,7 @@ class ChannelDaemon(Daemon):
             try:
                 await backend.typing(chat, on)
             except Exception as exc:  # cosmetic: log, never fail the caller
-                self.log.debug("typing failed: %s", exc, extra=fields(chat=chat))
+                self.log.debug("typing failed: %s", exc, extra=log_fields(chat=chat))
         return {"ok": True}
 
     async def _pair(self, req: dict, writer: asyncio.StreamWriter) -> dict:
@@ -392,7 +391,7 @@ class ChannelDaemon(Daemon):
             self._record_sent(chat, text, msg_id, outbox_id, sender)
             if self.terminal:
                 await self.terminal.show(chat, {"text": text, "id": msg_id, "from": "assistant", "name": sender})
-        self.log.info("sent as %s", msg_id, extra=fields(chat=chat, outbox=outbox_id))
+        self.log.info("sent as %s", msg_id, extra=log_fields(chat=chat, outbox=outbox_id))
         return {"ok": True, "channel_id": msg_id}
 
     def _record_sent(self, chat: str, text: str, msg_id: str, outbox_id: int, sender: str = "") -> None:

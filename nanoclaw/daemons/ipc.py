@@ -14,7 +14,7 @@ READS
 WRITES
     ``turn_result`` to ``spool/queue``; ``outbound`` to ``spool/router``; tasks
     (through ``core.tasks``), groups (``register_group``, main only), budget
-    overrides (``raise_budget``, the main group's lead only), member
+    requests (``raise_budget``, the main group's lead only: the owner approves them), member
     files (``create_agent``, a lead only, through ``core.team``) and
     delegation messages (within the team caps); ``spool/ipc/<group>[/agents/<name>]/{cur,bad}``
     on the host's side.
@@ -30,7 +30,7 @@ HOSTILE INPUT
     message its own chat and manage its own tasks (a task's pre-check is shell
     text stored as such: only the runner runs it, in a confined container of
     the group the task is for); only the main group's lead (the owner's own
-    chat) may change a budget. The agent a request speaks
+    chat) may ask for a budget change, and only the owner grants it. The agent a request speaks
     for is the directory too: a team member may message its own chat and
     delegate within its team, nothing else (no groups, tasks, members, or
     other chats).
@@ -42,12 +42,13 @@ import hashlib
 import os
 import time
 
+from nanoclaw.core import budget_requests
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.groups import FOLDER_RE
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Job, Message, Turn, db
 from nanoclaw.core.protocol import STAGE_NAME, Envelope, Spool, nudge
 from nanoclaw.core.schedules import ScheduleError
@@ -90,7 +91,7 @@ class IpcDaemon(Daemon):
             names = os.listdir(self.cfg.agent_ipc(folder) / "agents")
         except OSError:
             names = []
-        return [""] + sorted(n for n in names if FOLDER_RE.match(n))
+        return [""] + sorted(n for n in names if FOLDER_RE.fullmatch(n))
 
     def work(self) -> float | None:
         targets: set[str] = set()
@@ -112,7 +113,7 @@ class IpcDaemon(Daemon):
                 target = self._dispatch(group, agent, spool, env)
             except Exception as exc:
                 self.log.exception("request %s failed", env.name,
-                                   extra=fields(group=group.folder, agent=agent or "lead"))
+                                   extra=log_fields(group=group.folder, agent=agent or "lead"))
                 spool.reject(env.path, f"processing failed: {exc}")
                 continue
             if target is None:
@@ -174,7 +175,7 @@ class IpcDaemon(Daemon):
         key = f"ipc:{group.folder}:{agent}:{env.name}" if agent else f"ipc:{group.folder}:{env.name}"
         self.router_spool.put("outbound", {"key": key, "chat": chat, "text": body["text"], "kind": "message",
                                            "sender": team_mod.display(agent) if agent else ""}, name=env.name)
-        self.log.info("send_message", extra=fields(group=group.folder, agent=agent, job=job.id, chat=chat))
+        self.log.info("send_message", extra=log_fields(group=group.folder, agent=agent, job=job.id, chat=chat))
         return "router"
 
     # -- teams --------------------------------------------------------------
@@ -191,7 +192,7 @@ class IpcDaemon(Daemon):
             spool.reject(env.path, f"group={group.folder}: create_agent refused: {exc}")
             self._notice(group, f"ipc:{group.folder}:{env.name}:refused", f"Team member not created: {exc}")
             return None
-        self.log.info("created team member", extra=fields(group=group.folder, agent=member.name))
+        self.log.info("created team member", extra=log_fields(group=group.folder, agent=member.name))
         self._notice(group, f"ipc:{group.folder}:{env.name}:ok",
                      f"New team member: {member.display} ({member.description}).")
         return "router"
@@ -213,6 +214,10 @@ class IpcDaemon(Daemon):
             return None
         if not body["task"].strip():
             spool.reject(env.path, f"{who}: delegate refused: an empty task")
+            return None
+        if not self._live(job):  # an old job's turn would start a chain afresh, at depth 0
+            spool.reject(env.path, f"{who}: delegate refused: job {job.id} is an old one; a chain goes on from "
+                                   "the agent's latest job only")
             return None
         chain, depth, answering = self._chain_of(job)
         team = self.cfg.team
@@ -236,8 +241,15 @@ class IpcDaemon(Daemon):
                            channel_id=delegation_key(agent, answering, target, body["task"]), agent=target, chain=chain,
                            depth=depth + 1).on_conflict_ignore().execute()
         self.log.info("delegated to %s chain=%s depth=%d", target, chain, depth + 1,
-                      extra=fields(group=group.folder, agent=agent or "lead", job=job.id))
+                      extra=log_fields(group=group.folder, agent=agent or "lead", job=job.id))
         return "queue"
+
+    @staticmethod
+    def _live(job: Job) -> bool:
+        """Whether ``job`` is its agent's latest (its container's, or, if that has just exited,
+        the one whose requests are still being read). A chain is read from that job only, so an
+        agent cannot name one of its old jobs to begin again from depth 0."""
+        return not Job.select().where(Job.group == job.group_id, Job.agent == job.agent, Job.id > job.id).exists()
 
     @staticmethod
     def _chain_of(job: Job) -> tuple[int, int, int]:
@@ -279,10 +291,10 @@ class IpcDaemon(Daemon):
             elif body["action"] == "update":
                 if not isinstance(spec.get("id"), int):
                     raise tasks_mod.TaskError("a task id is required")
-                fields = {k: spec[k] for k in ("prompt", "schedule_type", "schedule_value")
-                          if isinstance(spec.get(k), str) and spec[k]}
-                task = tasks_mod.update(tasks_mod.find(spec["id"], group), prompt=fields.get("prompt"),
-                                        kind=fields.get("schedule_type"), value=fields.get("schedule_value"),
+                given = {k: spec[k] for k in ("prompt", "schedule_type", "schedule_value")  # not `fields`: the
+                         if isinstance(spec.get(k), str) and spec[k]}                     # log's, below
+                task = tasks_mod.update(self.cfg, tasks_mod.find(spec["id"], group), prompt=given.get("prompt"),
+                                        kind=given.get("schedule_type"), value=given.get("schedule_value"),
                                         precheck=spec.get("precheck"))  # "" removes it
                 text = f"Updated: {tasks_mod.describe(task)}."
             elif body["action"] in ("pause", "resume", "cancel"):
@@ -298,15 +310,17 @@ class IpcDaemon(Daemon):
                                                "text": f"Task request refused: {exc}", "kind": "notice"})
             nudge(self.cfg.socket("router"))
             return None
-        self.log.info("%s", body["action"], extra=fields(group=group.folder, task=task.id))
+        self.log.info("%s", body["action"], extra=log_fields(group=group.folder, task=task.id))
         self.router_spool.put("outbound", {"key": f"ipc:{group.folder}:{env.name}:ok", "chat": group.jid,
                                            "text": text, "kind": "notice"})
         nudge(self.cfg.socket("scheduler"))
         return "router"
 
     def _raise_budget(self, group: Group, spool: Spool, env: Envelope) -> str | None:
-        """Main only (the directory it was found in, never what it says): the owner, in the
-        main chat, changes a budget. Any other group's request is refused and logged."""
+        """Main only (the directory it was found in, never what it says): the main agent asks for
+        a budget change, which becomes a request the owner approves in the main chat
+        (core/budget_requests.py); nothing changes before that. Any other group's request is
+        refused and logged."""
         body = env.body
         if not group.is_main:
             spool.reject(env.path, f"group={group.folder}: only the main group may change a budget")
@@ -325,19 +339,15 @@ class IpcDaemon(Daemon):
             if isinstance(amount, bool) or not isinstance(amount, (int, float)):
                 raise usage_mod.BudgetError("the amount must be a number")
             amount = usage_mod.parse_amount(str(amount), tokens=unit == "tokens")
-            add = body.get("mode") == "add"
-            lim = usage_mod.set_limit(self.cfg, scope, str(body.get("period") or "day"), unit,
-                                      None if add else amount, add=amount if add else None, by=group.folder)
+            req = budget_requests.ask(self.cfg, group, scope, str(body.get("period") or "day"), unit, amount,
+                                      add=body.get("mode") == "add")
         except usage_mod.BudgetError as exc:
             spool.reject(env.path, f"group={group.folder}: raise_budget refused: {exc}")
             self._notice(group, f"ipc:{group.folder}:{env.name}:refused", f"Budget not changed: {exc}")
             return None
-        shown = f"${lim.limit:.2f}" if lim.unit == "usd" else f"{int(lim.limit):,} tokens"
-        who = "All groups together" if scope == usage_mod.ALL else scope
-        self.log.info("budget of %s set to %s per %s", scope, shown, lim.period, extra=fields(group=group.folder))
-        self._notice(group, f"ipc:{group.folder}:{env.name}:ok", f"Budget: {who} may now spend {shown} per "
-                                                                 f"{lim.period}.")
-        return "queue"  # held work may go on
+        self.log.info("a budget change for %s waits for the owner's answer", scope,
+                      extra=log_fields(group=group.folder, request=req.id))
+        return "router"  # the card
 
     def _register_group(self, group: Group, spool: Spool, env: Envelope) -> str | None:
         """Main only: an agent may add a group, never make one main or touch existing ones."""
@@ -346,13 +356,13 @@ class IpcDaemon(Daemon):
             spool.reject(env.path, f"group={group.folder}: only the main group may register groups")
             return None
         try:
-            groups_mod.add_group(self.cfg, body["folder"], name=body["name"], jid=body["jid"],
+            groups_mod.add_group(self.cfg, body["folder"], name=body["name"], jid=groups_mod.validate_jid(body["jid"]),
                                  trigger=body["trigger"] or None, is_main=False)
         except groups_mod.GroupError as exc:
             spool.reject(env.path, f"group={group.folder}: register_group refused: {exc}")
             return None
         self.log.info("registered group folder=%s jid=%s", body["folder"], body["jid"],
-                      extra=fields(group=group.folder))
+                      extra=log_fields(group=group.folder))
         nudge(self.cfg.socket("channel"))  # the main agent's list of chats now shows it registered
         return "queue"
 

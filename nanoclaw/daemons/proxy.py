@@ -87,7 +87,7 @@ from nanoclaw.core.credentials import (
     load_credential,
 )
 from nanoclaw.core.egress import EgressPolicy, IPAddress, Refusal, normalize_host, parse_ip
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Job, db
 from nanoclaw.core.protocol import Spool, nudge
 from nanoclaw.core.skeleton import Daemon
@@ -340,14 +340,14 @@ class ProxyDaemon(Daemon):
             try:
                 self.credential = load_credential(self.cfg)
             except CredentialError as exc:
-                self.log.error("request refused: %s", exc, extra=fields(group=folder, agent=agent))
+                self.log.error("request refused: %s", exc, extra=log_fields(group=folder, agent=agent))
                 return self._api_refusal(503, "nanoclaw has no Anthropic credential configured")
         body = bytearray()
         async for chunk in request.content.iter_any():
             body += chunk
             if len(body) > MAX_BODY:
                 self.log.warning("request body over %d bytes refused", MAX_BODY,
-                                 extra=fields(group=folder, agent=agent))
+                                 extra=log_fields(group=folder, agent=agent))
                 return self._api_refusal(413, "request body too large")
         metered = request.method == "POST" and target.split("?")[0] == "/v1/messages"
         if metered or target.startswith("/v1/messages/"):
@@ -369,7 +369,7 @@ class ProxyDaemon(Daemon):
                                                       data=bytes(body) or None, allow_redirects=False)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             self.log.error("upstream %s unreachable: %r", self.upstream.netloc, exc,
-                           extra=fields(group=folder, agent=agent))
+                           extra=log_fields(group=folder, agent=agent))
             return self._api_refusal(502, "upstream unreachable")
         meter = usage_mod.Meter(upstream.headers.get("Content-Type", ""),
                                 upstream.headers.get("Content-Encoding", "")) if metered else None
@@ -392,7 +392,7 @@ class ProxyDaemon(Daemon):
         self.requests += 1
         self.log.info("%s %s -> %s in %.2fs%s%s", request.method, target.split("?")[0], upstream.status,
                       time.monotonic() - started, detail, f" ({broken})" if broken else "",
-                      extra=fields(**subjects))
+                      extra=log_fields(**subjects))
         return resp
 
     def _admit_call(self, folder: str, agent: str, target: str, body: bytes) -> web.Response | None:
@@ -406,7 +406,7 @@ class ProxyDaemon(Daemon):
             if not isinstance(model, str) or not any(fnmatch.fnmatchcase(model, p) for p in allowed):
                 shown = repr(model)[:80] if isinstance(model, str) else "no model"
                 self.log.warning("asked for model %s: refused, not in [usage] allowed_models", shown,
-                                 extra=fields(group=folder, agent=agent))
+                                 extra=log_fields(group=folder, agent=agent))
                 return self._api_refusal(400, f"nanoclaw: the model {shown} is not allowed here "
                                               f"(allowed: {', '.join(allowed)})", "invalid_request_error")
         spent = usage_mod.exceeded(self.cfg, folder, tally=self.tally)
@@ -419,7 +419,7 @@ class ProxyDaemon(Daemon):
             self.queue_spool.put("budget_spent", {"group": folder, "agent": agent, "key": spent.key})
             nudge(self.cfg.socket("queue"))
             self.told.add(spent.key)
-            self.log.warning("budget spent: %s", text, extra=fields(group=folder, agent=agent))
+            self.log.warning("budget spent: %s", text, extra=log_fields(group=folder, agent=agent))
         return self._api_refusal(403, f"nanoclaw: {text}. The owner can raise it (nanoclaw budget).",
                                  "nanoclaw_budget")
 
@@ -436,7 +436,7 @@ class ProxyDaemon(Daemon):
             usd = usage_mod.record(self.cfg, folder, agent, job, counts, "event-stream" in content_type, at)
             self.tally.add(folder, usd, counts.total, at)
         except Exception as exc:  # noqa: BLE001 - a full disk must not fail the agent's answer
-            self.log.error("usage not recorded: %s", exc, extra=fields(group=folder, agent=agent))
+            self.log.error("usage not recorded: %s", exc, extra=log_fields(group=folder, agent=agent))
             usd = usage_mod.cost(self.cfg, counts)
         subjects.update(job=job, model=counts.model or "-", tokens_in=counts.tokens_in,
                         tokens_out=counts.output_tokens, cost_usd="unknown" if usd is None else f"{usd:.6f}")
@@ -489,7 +489,7 @@ class ProxyDaemon(Daemon):
             if conn.counted:
                 self._state(folder).active -= 1
             self.web_connections += 1
-            subjects = fields(group=conn.folder, host=conn.host, port=conn.port, bytes_in=conn.bytes_in,
+            subjects = log_fields(group=conn.folder, host=conn.host, port=conn.port, bytes_in=conn.bytes_in,
                               bytes_out=conn.bytes_out, verdict=conn.verdict, rule=conn.rule)
             self.log.log(20 if conn.verdict == "allowed" or not conn.detail else 30,
                          "egress ip=%s method=%s in %.2fs%s", conn.ip, conn.method, time.monotonic() - started,

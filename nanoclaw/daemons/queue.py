@@ -69,7 +69,7 @@ from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.backoff import backoff
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import (
     AllowedSender,
     Cursor,
@@ -163,7 +163,7 @@ class QueueDaemon(Daemon):
             return False
         turn = Turn.get_or_none(Turn.job == job, Turn.seq == body["turn"])
         if turn is None:
-            self.log.warning("turn=%s unknown turn; ignored", body["turn"], extra=fields(job=job.id))
+            self.log.warning("turn=%s unknown turn; ignored", body["turn"], extra=log_fields(job=job.id))
             return False
         if turn.status == "done":
             return False  # re-processed after a crash: already applied
@@ -172,7 +172,7 @@ class QueueDaemon(Daemon):
             return self._task_turn_done(job, turn, body)
         if body.get("error") and not body["text"].strip():
             self.log.warning("turn=%s agent error: %s", turn.seq, body["error"][:200],
-                             extra=fields(group=group.folder, job=job.id))
+                             extra=log_fields(group=group.folder, job=job.id))
             job.error = body["error"][:2000]
             job.save()
             self._close(job)  # a fresh container will retry the pending messages
@@ -189,7 +189,7 @@ class QueueDaemon(Daemon):
             self.router_spool.put("outbound", out)
         else:
             self.log.info("turn=%s silent: nothing sent (the answer was empty or only internal notes)", turn.seq,
-                          extra=fields(group=group.folder, agent=job.agent or "lead", job=job.id))
+                          extra=log_fields(group=group.folder, agent=job.agent or "lead", job=job.id))
         with db.atomic("IMMEDIATE"):
             turn.status, turn.done_at = "done", time.time()
             turn.save()
@@ -201,7 +201,7 @@ class QueueDaemon(Daemon):
             if job.agent:
                 self._answer(group, job.agent, turn.last_message_id, body["text"].strip())
         self.log.info("turn=%s answered up to message %s", turn.seq, turn.last_message_id,
-                      extra=fields(group=group.folder, agent=job.agent or "lead", job=job.id,
+                      extra=log_fields(group=group.folder, agent=job.agent or "lead", job=job.id,
                                    message=turn.last_message_id))
         self._log_stages(job, body)
         self._typing(group.jid, False)
@@ -211,14 +211,14 @@ class QueueDaemon(Daemon):
         body = env.body
         job = Job.get_or_none(Job.id == body["job"])
         if job is None:
-            self.log.warning("job_event for an unknown job; ignored", extra=fields(job=body["job"]))
+            self.log.warning("job_event for an unknown job; ignored", extra=log_fields(job=body["job"]))
             return
         if body["event"] == "started":
             if job.status == "queued":
                 job.status, job.started_at = "running", time.time()
                 job.container = body.get("container", "")
                 job.save()
-                self.log.info("container started", extra=fields(group=job.group.folder, job=job.id))
+                self.log.info("container started", extra=log_fields(group=job.group.folder, job=job.id))
         elif body["event"] == "exited":
             if job.status in ACTIVE:
                 self._finish(job, body.get("exit_code"), body.get("error", ""), body.get("stopped", False))
@@ -255,7 +255,7 @@ class QueueDaemon(Daemon):
                 # wait (the schedule holds the group) instead of retrying into the wall.
                 self.log.warning("stopped: budget spent; messages wait until %s",
                                  f"{spent.resumes:%Y-%m-%d %H:%M} {spent.tz}",
-                                 extra=fields(group=group.folder, job=job.id))
+                                 extra=log_fields(group=group.folder, job=job.id))
             elif failed and undone:
                 cursor.failures += 1
                 if cursor.failures >= self.cfg.max_attempts:
@@ -266,10 +266,10 @@ class QueueDaemon(Daemon):
                     self.log.warning("failed (attempt %d/%d, exit=%s): %s; retry in %.0fs", cursor.failures,
                                      self.cfg.max_attempts, exit_code,
                                      (job.error or "no result")[:200], delay,
-                                     extra=fields(group=group.folder, job=job.id))
+                                     extra=log_fields(group=group.folder, job=job.id))
                 cursor.save()
         self.log.info("finished status=%s exit=%s", job.status, exit_code,
-                      extra=fields(group=group.folder, job=job.id))
+                      extra=log_fields(group=group.folder, job=job.id))
         if undone:
             self._typing(group.jid, False)
 
@@ -290,7 +290,7 @@ class QueueDaemon(Daemon):
         cursor.last_message_id = max(cursor.last_message_id, upto)
         cursor.failures, cursor.retry_at = 0, 0
         self.log.error("gave up after %d attempts; chat told", self.cfg.max_attempts,
-                       extra=fields(group=group.folder, job=job.id))
+                       extra=log_fields(group=group.folder, job=job.id))
         nudge(self.cfg.socket("router"))
 
     # -- scheduling ---------------------------------------------------------
@@ -300,7 +300,7 @@ class QueueDaemon(Daemon):
         Spool(self.cfg.agent_ipc(job.group.folder, job.agent) / "in").ensure().put("close", {"job": job.id})
         job.closing = True
         job.save()
-        self.log.info("asked to close", extra=fields(group=job.group.folder, job=job.id))
+        self.log.info("asked to close", extra=log_fields(group=job.group.folder, job=job.id))
 
     def _schedule(self, top: int) -> float | None:
         """Start, feed or close agents' jobs as the messages and task runs now stored ask;
@@ -404,7 +404,7 @@ class QueueDaemon(Daemon):
                                                and isinstance(v, (int, float)) and 0 < v < 1e11]
         parts = [f"{b[0]}+{(b[1] - a[1]) * 1000:.0f}ms" for a, b in zip(points, points[1:], strict=False)]
         self.log.info("new container's first turn: %s", " ".join(parts),
-                      extra=fields(group=job.group.folder, job=job.id))
+                      extra=log_fields(group=job.group.folder, job=job.id))
 
     def _seen_signature(self, group: Group, unchanged: tuple | None) -> tuple:
         """What decides whether a group's pending messages hold anything for an agent, besides the
@@ -447,7 +447,7 @@ class QueueDaemon(Daemon):
             if done != "now":
                 continue
             self.log.info("is the owner's answer to a request; handled, not for the agent",
-                          extra=fields(message=m.id))
+                          extra=log_fields(message=m.id))
             # a new group (or an allowed sender) has work now; the daemons that cache groups look again
             self.wake.set()
             for daemon in ("router", "ipc", "proxy", "channel"):
@@ -473,7 +473,7 @@ class QueueDaemon(Daemon):
                                            "text": spent.text(group.name) + "."})
         self._told.add(spent.key)
         self.log.warning("budget spent (%s per %s); chat told", spent.limit.unit, spent.limit.period,
-                         extra=fields(group=group.folder))
+                         extra=log_fields(group=group.folder))
         nudge(self.cfg.socket("router"))
 
     def _skip_tasks(self, group: Group, spent: usage_mod.Exceeded) -> None:
@@ -490,7 +490,7 @@ class QueueDaemon(Daemon):
                     task.status = "completed"
                 task.save()
         for run in runs:
-            self.log.warning("%s", why, extra=fields(group=group.folder, task=run.task_id, run=run.id))
+            self.log.warning("%s", why, extra=log_fields(group=group.folder, task=run.task_id, run=run.id))
         self._budget_notice(group, spent)
         nudge(self.cfg.socket("scheduler"))
 
@@ -561,7 +561,7 @@ class QueueDaemon(Daemon):
                              forced=True)
                 Cursor.update(last_message_id=last).where(Cursor.group == group, Cursor.agent == agent).execute()
             self.log.warning("has work but no member file; its askers were told",
-                             extra=fields(group=group.folder, agent=agent))
+                             extra=log_fields(group=group.folder, agent=agent))
         for agent, pending in out.items():
             for m in pending:
                 if m.agent is not None and m.answers is not None:  # an answer: ready when no sibling is out
@@ -613,7 +613,7 @@ class QueueDaemon(Daemon):
                            agent="" if asker == "lead" else asker, chain=d.chain, depth=max(0, d.depth - 1),
                            answers=d.id).on_conflict_ignore().execute()
             self.log.info("answered delegation=%s for %s chain=%s", d.id, asker, d.chain,
-                          extra=fields(group=group.folder, agent=agent))
+                          extra=log_fields(group=group.folder, agent=agent))
 
     @staticmethod
     def _reply_to(message_id: int) -> int | None:
@@ -657,7 +657,7 @@ class QueueDaemon(Daemon):
         nudge(self.cfg.socket("runner"))
         self._typing(group.jid, True)
         self.log.info("queued messages=%d..%d", batch[0].id, batch[-1].id,
-                      extra=fields(group=group.folder, agent=agent or "lead", job=job.id))
+                      extra=log_fields(group=group.folder, agent=agent or "lead", job=job.id))
         return job
 
     def _follow_up(self, job: Job, group: Group, pending: list[Message]) -> None:
@@ -674,7 +674,7 @@ class QueueDaemon(Daemon):
             # Not synced: a power cut that could lose it ends the container too (see Spool.put).
             inbox.put("prompt", {"job": job.id, "turn": seq, "prompt": prompt, "session_id": None}, durable=False)
             self.log.info("turn=%s follow-up delivered messages=%d..%d", seq, batch[0].id, batch[-1].id,
-                          extra=fields(group=group.folder, job=job.id))
+                          extra=log_fields(group=group.folder, job=job.id))
             pending = pending[len(batch):]
         self._typing(group.jid, True)
 
@@ -704,7 +704,7 @@ class QueueDaemon(Daemon):
         task = Task.get_or_none(Task.id == body["task"])
         if task is None or task.status != "active":
             self.log.info("fired but is %s; ignored", task.status if task else "gone",
-                          extra=fields(task=body["task"]))
+                          extra=log_fields(task=body["task"]))
             return
         with db.atomic("IMMEDIATE"):  # read then write: a deferred one could not upgrade (SQLITE_BUSY)
             due = body.get("due_at")
@@ -725,7 +725,7 @@ class QueueDaemon(Daemon):
                 if "python_at" in body:
                     started += f", Python ran {body['python_at'] - due:.3f}s after"
             self.log.info("fired (%.3fs after due%s)", late, started,
-                          extra=fields(group=task.group.folder, task=task.id))
+                          extra=log_fields(group=task.group.folder, task=task.id))
 
     def _next_task_run(self, group: Group, now: float) -> TaskRun | float | None:
         """The group's next task run to start now, or when one becomes due (backoff)."""
@@ -756,7 +756,7 @@ class QueueDaemon(Daemon):
         self.runner_spool.put("job", spec)
         nudge(self.cfg.socket("runner"))
         self.log.info("queued%s", " after its pre-check" if task.precheck else "",
-                      extra=fields(group=group.folder, job=job.id, task=task.id, run=run.id))
+                      extra=log_fields(group=group.folder, job=job.id, task=task.id, run=run.id))
         return job
 
     def _task_skipped(self, job: Job, reason: str) -> None:
@@ -776,7 +776,7 @@ class QueueDaemon(Daemon):
                 task.status = "completed"
             task.save()
         self.log.info("skipped, no agent started: %s", reason[:200],
-                      extra=fields(group=job.group.folder, job=job.id, task=task.id, run=run.id))
+                      extra=log_fields(group=job.group.folder, job=job.id, task=task.id, run=run.id))
         nudge(self.cfg.socket("scheduler"))
 
     def _task_turn_done(self, job: Job, turn: Turn, body: dict) -> bool:
@@ -793,7 +793,7 @@ class QueueDaemon(Daemon):
                                                "text": body["text"], "kind": "task"})
         else:
             self.log.info("silent: nothing sent",
-                          extra=fields(group=job.group.folder, job=job.id, task=task.id, run=run.id))
+                          extra=log_fields(group=job.group.folder, job=job.id, task=task.id, run=run.id))
         with db.atomic("IMMEDIATE"):
             turn.status, turn.done_at = "done", time.time()
             turn.save()
@@ -807,7 +807,7 @@ class QueueDaemon(Daemon):
             if task.context_mode == "group" and body.get("session_id"):
                 Session.insert(group=job.group, agent="", session_id=body["session_id"], updated_at=time.time()) \
                     .on_conflict_replace().execute()
-        self.log.info("succeeded", extra=fields(group=job.group.folder, job=job.id, task=task.id, run=run.id))
+        self.log.info("succeeded", extra=log_fields(group=job.group.folder, job=job.id, task=task.id, run=run.id))
         nudge(self.cfg.socket("scheduler"))
         return True
 
@@ -823,7 +823,7 @@ class QueueDaemon(Daemon):
                 run.status, run.attempts, run.retry_at = "queued", max(0, run.attempts - 1), 0
                 run.save()
             self.log.info("stopped with nanoclaw run-all; runs at the next start",
-                          extra=fields(group=job.group.folder, job=job.id, task=task.id, run=run.id))
+                          extra=log_fields(group=job.group.folder, job=job.id, task=task.id, run=run.id))
             return
         spent = usage_mod.exceeded(self.cfg, job.group.folder) if failed else None
         if spent is not None:  # refused by the proxy: the budget, not the task, failed
@@ -862,10 +862,10 @@ class QueueDaemon(Daemon):
             run.save()
         if give_up:
             self.log.error("gave up: %s", run.error[:200],
-                           extra=fields(group=job.group.folder, task=task.id, run=run.id))
+                           extra=log_fields(group=job.group.folder, task=task.id, run=run.id))
         else:
             self.log.warning("failed (attempt %d/%d): %s", run.attempts, self.cfg.max_attempts, run.error[:200],
-                             extra=fields(group=job.group.folder, task=task.id, run=run.id))
+                             extra=log_fields(group=job.group.folder, task=task.id, run=run.id))
 
     def status(self) -> str:
         running = Job.select().where(Job.status == "running").count()

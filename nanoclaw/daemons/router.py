@@ -27,7 +27,7 @@ import asyncio
 import time
 
 from nanoclaw.core.backoff import backoff
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Message, Outbox, db
 from nanoclaw.core.prompt import strip_internal
 from nanoclaw.core.protocol import Spool, arequest
@@ -83,21 +83,21 @@ class RouterDaemon(Daemon):
             if ok:
                 row.status, row.sent_at, row.channel_id, row.error = "sent", time.time(), info, ""
                 self.sent += 1
-                self.log.info("key=%s sent", row.key, extra=fields(outbox=row.id, chat=row.chat))
+                self.log.info("key=%s sent", row.key, extra=log_fields(outbox=row.id, chat=row.chat))
             else:
                 row.attempts += 1
                 row.error = info[:500]
                 if row.attempts >= MAX_SEND_ATTEMPTS:
                     row.status = "failed"
                     self.log.error("given up after %d attempts: %s", row.attempts, info,
-                                   extra=fields(outbox=row.id, chat=row.chat))
+                                   extra=log_fields(outbox=row.id, chat=row.chat))
                 else:
                     delay = backoff(row.attempts, RETRY_BASE, RETRY_MAX)
                     row.next_attempt_at = time.time() + delay
                     blocked.add(row.chat)
                     next_due = min(next_due or row.next_attempt_at, row.next_attempt_at)
                     self.log.warning("send failed (%s); retry in %.0fs", info, delay,
-                                     extra=fields(outbox=row.id, chat=row.chat))
+                                     extra=log_fields(outbox=row.id, chat=row.chat))
             row.save()
         return None if next_due is None else max(0.0, next_due - time.time())
 

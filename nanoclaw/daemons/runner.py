@@ -65,10 +65,11 @@ from podman.errors import APIError, NotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
+from nanoclaw.core import binds as binds_mod
 from nanoclaw.core import mounts as mounts_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.config import Config
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group
 from nanoclaw.core.prompt import precheck_block
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request
@@ -225,13 +226,16 @@ def _ulimit(spec: str) -> dict[str, Any]:
     return {"Name": name, "Soft": int(soft), "Hard": int(hard or soft)}
 
 
-def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
+def container_kwargs(cfg: Config, job: dict, extra: list[binds_mod.Bind] | None = None) -> dict[str, Any]:
     """Everything Podman needs to start one job's container, from configuration.
 
     Mounts: the group's folder (rw; its ``agents/`` ro), global memory (ro;
     rw for main), the agent's IPC dirs (``in`` read-only, ``out`` rw), its
-    session state and its API socket (ro). Nothing else of the host. A team
-    member (``job["agent"]``) gets its own IPC and session, never the lead's.
+    session state and its API socket (ro), and ``extra``: the owner's folders
+    for it as :func:`mounts.for_container` opened and checked them (verified in
+    the container before it runs: :meth:`RunnerDaemon._create`). Nothing else
+    of the host. A team member (``job["agent"]``) gets its own IPC and session,
+    never the lead's.
     """
     c = cfg.container
     agent = job.get("agent", "")
@@ -285,11 +289,9 @@ def container_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
         kwargs["mem_limit"] = c.memory
     if c.pids_limit > 0:
         kwargs["pids_limit"] = c.pids_limit
-    extra = mounts_mod.for_container(cfg, job["group"], log)
-    for name, path, rw in extra:  # the owner's folders, re-checked against the allowlist now
-        mounts.append({"type": "bind", "source": str(path), "target": f"/workspace/extra/{name}",
-                       "read_only": not rw})
-    env["NANOCLAW_MOUNTS"] = ",".join(f"{name}:{'rw' if rw else 'ro'}" for name, _, rw in extra)
+    extra = extra or []
+    mounts += [b.spec() for b in extra]  # the owner's folders (and their guards), checked now
+    env["NANOCLAW_MOUNTS"] = ",".join(f"{b.name}:{'ro' if b.read_only else 'rw'}" for b in extra if b.name)
     for spec in c.volumes:
         source, target, *mode = spec.split(":")
         mounts.append({"type": "bind", "source": source, "target": target, "read_only": mode == ["ro"]})
@@ -305,15 +307,15 @@ def precheck_name(folder: str, job: int) -> str:
     return f"{container_name(folder, job)}-check"
 
 
-def precheck_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
+def precheck_kwargs(cfg: Config, job: dict, extra: list[binds_mod.Bind] | None = None) -> dict[str, Any]:
     """How a task's pre-check container is started: as confined as an agent's or more.
 
     The same image, user, capabilities (none), read-only root, memory, pids and ulimits as
     an agent; beyond that no network namespace with a way out (``none`` whatever
     ``[container] network`` says), none of the agent's IPC, session or proxy sockets (so no
     API and no web), no credentials or extra environment, and the group's folder (and the
-    owner's folders for it) read-only. Its log is a size-capped file, since what it prints
-    is read back.
+    owner's folders for it, ``extra``, opened with ``read_only``) read-only. Its log is a
+    size-capped file, since what it prints is read back.
     """
     c = cfg.container
     folder = job["group"]
@@ -322,9 +324,7 @@ def precheck_kwargs(cfg: Config, job: dict) -> dict[str, Any]:
         {"type": "bind", "source": str(cfg.groups_dir / folder), "target": "/workspace/group", "read_only": True},
         {"type": "tmpfs", "source": "tmpfs", "target": "/tmp", "size": "64m"},
     ]
-    for name, path, _rw in mounts_mod.for_container(cfg, folder, log):
-        mounts.append({"type": "bind", "source": str(path), "target": f"/workspace/extra/{name}",
-                       "read_only": True})
+    mounts += [{**b.spec(), "read_only": True} for b in extra or []]
     for spec in c.volumes:  # what this host needs for any container to start (e.g. the cgroup tree)
         source, target, *mode = spec.split(":")
         mounts.append({"type": "bind", "source": source, "target": target, "read_only": mode == ["ro"]})
@@ -445,7 +445,7 @@ class RunnerDaemon(Daemon):
             self.tries.pop(job, None)
         except Draining:
             self.log.info("not started: nanoclaw run-all is stopping; it starts at the next run",
-                          extra=fields(group=env.body["group"], job=job))
+                          extra=log_fields(group=env.body["group"], job=job))
         except (APIError, RequestsConnectionError, OSError) as exc:
             # Podman failed us: try again a few times (the API may be restarting), then give the
             # job up as failed so the queue's retries, notice and status take over.
@@ -454,12 +454,12 @@ class RunnerDaemon(Daemon):
             what = f"cannot start: the disk is full ({exc})" if full else f"podman error: {exc}"
             if tries < START_TRIES:
                 self.log.error("%s; try %d of %d, again in %ds", what, tries, START_TRIES, 2 ** tries,
-                               extra=fields(job=job))
+                               extra=log_fields(job=job))
                 await asyncio.sleep(2 ** tries)
                 self._recovering.append(env)
                 self.wake.set()
                 return
-            self.log.error("%s; giving the job up after %d tries", what, tries, extra=fields(job=job))
+            self.log.error("%s; giving the job up after %d tries", what, tries, extra=log_fields(job=job))
             await in_daemon_thread(self._give_up, env.body, start_failure(exc))
             self.spool.done(env.path)
             self.tries.pop(job, None)
@@ -489,19 +489,19 @@ class RunnerDaemon(Daemon):
             try:
                 ctr = client.containers.get(name)
                 self.log.info("re-attached to %s (state %s)", name, ctr.status,
-                              extra=fields(group=body["group"], job=body["job"]))
+                              extra=log_fields(group=body["group"], job=body["job"]))
                 deadline = self._deadline(ctr)
-                if ctr.status in ("created", "configured"):
-                    with self.gate:
-                        if self.draining:
-                            raise Draining()
-                        ctr.start()
-                elif ctr.status in ("running", "stopping", "paused") and not self._alive(ctr):
+                if ctr.status in ("created", "configured", "initialized"):
+                    # Made by a runner that died before it started it: its mounts were never
+                    # checked in it (_create), and nothing ran in it yet. Made again.
+                    ctr.remove(force=True)
+                    raise NotFound(f"{name} was never started")
+                if ctr.status in ("running", "stopping", "paused") and not self._alive(ctr):
                     # Its processes were killed behind podman's back (its monitor died with them,
                     # as when nanoclaw-podman restarts): podman still says "running", or on 4.3
                     # "stopping", and would for the whole timeout.
                     self.log.warning("container %s is %s in name only; removing", name, ctr.status,
-                                     extra=fields(group=body["group"], job=body["job"]))
+                                     extra=log_fields(group=body["group"], job=body["job"]))
                     ctr.remove(force=True)
                     self._event(body["job"], "exited", exit_code=-1, error="the container died with its monitor",
                                 container=name)
@@ -524,7 +524,7 @@ class RunnerDaemon(Daemon):
                             container=name, stopped=True)
                 self._remove(ctr)
                 self.log.info("container %s stopped with nanoclaw run-all", name,
-                              extra=fields(group=body["group"], job=body["job"]))
+                              extra=log_fields(group=body["group"], job=body["job"]))
                 return
             if code != 0:
                 try:
@@ -535,11 +535,11 @@ class RunnerDaemon(Daemon):
                     pass
             if code != 0:  # the agent's own last words (a traceback, not chat text) say why
                 self.log.warning("container %s failed: %s", name, (error or "")[-400:].replace("\n", " | "),
-                                 extra=fields(group=body["group"], job=body["job"]))
+                                 extra=log_fields(group=body["group"], job=body["job"]))
             self._event(body["job"], "exited", exit_code=code, error=error or "", container=name)
             self._remove(ctr)
             self.log.info("container %s exited code=%s", name, code,
-                          extra=fields(group=body["group"], job=body["job"]))
+                          extra=log_fields(group=body["group"], job=body["job"]))
 
     @staticmethod
     def _remove(ctr: Any) -> None:
@@ -563,19 +563,44 @@ class RunnerDaemon(Daemon):
             ready = request(self.cfg.socket("proxy"), {"op": "ensure", "group": body["group"],
                                                        "agent": body.get("agent", "")}, timeout=5)
             if not ready.get("ok"):
-                self.log.warning("proxy has no socket for this group", extra=fields(group=body["group"]))
+                self.log.warning("proxy has no socket for this group", extra=log_fields(group=body["group"]))
         except (OSError, ValueError) as exc:
             self.log.warning("credential proxy unreachable (%s); the agent cannot reach the API", exc,
-                             extra=fields(group=body["group"]))
+                             extra=log_fields(group=body["group"]))
         t0 = time.monotonic()
         with self.gate:  # a stop that began kills what started before it; nothing starts after
             if self.draining:
                 raise Draining()
-            ctr = client.containers.create(self.cfg.container.image, **container_kwargs(self.cfg, body))
+            extra = mounts_mod.for_container(self.cfg, body["group"], self.log)
+            ctr = self._create(client, self.cfg.container.image, container_kwargs(self.cfg, body, extra), extra,
+                               body)
             ctr.start()
         self.log.info("started %s in %.2fs", ctr.name, time.monotonic() - t0,
-                      extra=fields(group=body["group"], job=body["job"]))
+                      extra=log_fields(group=body["group"], job=body["job"]))
         return ctr
+
+    def _create(self, client: PodmanClient, image: str, kwargs: dict, extra: list[binds_mod.Bind],
+                body: dict) -> Any:
+        """Create a container. With the owner's folders (``extra``), also set it up (``init``:
+        its mounts made, nothing run in it yet) and check each of them from inside; one that is
+        not what was checked removes it before anything ran (BindError: a start failure, which
+        is tried again as any is)."""
+        try:
+            ctr = client.containers.create(image, **kwargs)
+            if extra:
+                try:
+                    ctr.init()
+                    ctr.reload()
+                    binds_mod.verify(int(ctr.attrs["State"]["Pid"]), extra)
+                except (OSError, KeyError, TypeError, ValueError) as exc:
+                    self.log.error("container %s removed before it ran: %s", ctr.name, exc,
+                                   extra=log_fields(group=body["group"], job=body["job"]))
+                    ctr.remove(force=True)
+                    raise binds_mod.BindError(errno.EXDEV, f"a mounted folder changed while the container was "
+                                                           f"made ({exc})") from None
+            return ctr
+        finally:
+            binds_mod.close(extra)
 
     def _precheck(self, client: PodmanClient, body: dict) -> tuple[bool, str]:
         """Run a task's pre-check; (True, what to add to the prompt) or (False, why it is skipped).
@@ -596,7 +621,8 @@ class RunnerDaemon(Daemon):
             with self.gate:
                 if self.draining:
                     raise Draining()
-                ctr = client.containers.create(c.image, **precheck_kwargs(self.cfg, body))
+                extra = mounts_mod.for_container(self.cfg, body["group"], self.log, read_only=True)
+                ctr = self._create(client, c.image, precheck_kwargs(self.cfg, body, extra), extra, body)
                 ctr.start()
             code, error = self._wait(ctr, time.time() + c.precheck_timeout, body, limit=c.precheck_timeout,
                                      what="pre-check")
@@ -618,10 +644,10 @@ class RunnerDaemon(Daemon):
         else:
             self.log.info("pre-check printed %d bytes%s in %.2fs; starting the agent", len(out),
                           " (cut)" if cut else "", took,
-                          extra=fields(group=body["group"], job=body["job"]))
+                          extra=log_fields(group=body["group"], job=body["job"]))
             return True, precheck_block(text, cut_at=c.precheck_max_output if cut else None)
         self.log.info("pre-check says skip (%.2fs): %s", took, reason[:200],
-                      extra=fields(group=body["group"], job=body["job"]))
+                      extra=log_fields(group=body["group"], job=body["job"]))
         return False, reason
 
     def _deadline(self, ctr: Any) -> float:
@@ -649,7 +675,7 @@ class RunnerDaemon(Daemon):
         def kill() -> None:
             timed_out.set()
             self.log.error("%s timed out after %.0fs; killing", what, limit,
-                           extra=fields(group=body["group"], job=body["job"]))
+                           extra=log_fields(group=body["group"], job=body["job"]))
             try:
                 ctr.kill()
             except (APIError, NotFound):

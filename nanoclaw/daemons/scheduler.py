@@ -76,6 +76,7 @@ class SchedulerDaemon(Daemon):
         self.active = 0
         self.problem = ""  # why the timers could not be made equal to the database, as last said
         self.no_cron = False
+        self.told: set[str] = set()  # tasks' problems already logged: once each, not every pass
 
     def work(self) -> float | None:
         active = list(Task.select().where(Task.status == "active").order_by(Task.id))
@@ -95,6 +96,9 @@ class SchedulerDaemon(Daemon):
             self.problem, self.no_cron = "", False
         for change in changes:
             self.log.info("timers: %s", change)
+        for problem in set(self.backend.problems) - self.told:  # the other tasks' timers are made
+            self.log.error("timers: %s; change or cancel it (nanoclaw tasks update/cancel)", problem)
+        self.told = set(self.backend.problems)
         return None
 
     def status(self) -> str:

@@ -3,7 +3,8 @@
 It answers the last message of each prompt by a command word (after an
 optional @trigger):
   fail         exit 3 without answering        failonce  fail the first time only
-  error        answer with an error result     sleep N   wait N seconds, then echo
+  error [TEXT] answer with an error result (TEXT, or "scripted error")
+  die TEXT     print TEXT on stderr, exit 3    sleep N   wait N seconds, then echo
   send TEXT    send_message(TEXT), then reply  sendto CHAT TEXT  send_message to CHAT
   internal     reply with an <internal> note   exit      reply, then exit
   silent       reply with only an <internal> note (a silent turn: nothing is sent)
@@ -85,8 +86,11 @@ def answer(body):
             sys.exit(3)
         reply = "recovered"
     elif word == "error":
-        outbox.put("result", {**out, "text": "", "error": "scripted error"})
+        outbox.put("result", {**out, "text": "", "error": rest or "scripted error"})
         return True
+    elif word == "die":
+        print(rest, file=sys.stderr, flush=True)
+        sys.exit(3)
     elif word == "sleep":
         time.sleep(float(rest or 1))
         reply = f"slept {rest}"

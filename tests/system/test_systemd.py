@@ -237,7 +237,8 @@ def test_without_units_tasks_are_lines_in_the_service_users_crontab(machine: Mac
                    "/opt/nanoclaw/bin/nanoclaw run-all")
         machine.wait_for(lambda: "crontab" in machine.nanoclaw("ping", check=False).stdout, 30,
                          "the scheduler on its crontab backend")
-        task = _task_id(machine.nanoclaw("tasks", "add", "main", "--cron", "* * * * *", "from cron").stdout)
+        task = _task_id(machine.nanoclaw("tasks", "add", "main", "--cron", "* * * * *", "--over-limits",  # every minute
+                                         "from cron").stdout)
         line = machine.wait_for(lambda: machine.sh("crontab -l -u nanoclaw", check=False).stdout, 15,
                                 "the crontab line")
         assert f"tasks fire {task}" in line and f"nanoclaw-task-{task}" in line, line

@@ -83,7 +83,7 @@ from nanoclaw.core import attachments
 from nanoclaw.channels.whatsapp.session import SessionError, linked_account
 from nanoclaw.core import config as config_mod
 from nanoclaw.core.backoff import Backoff
-from nanoclaw.core.log import fields
+from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Message, db
 from nanoclaw.core.prompt import matches_trigger
 
@@ -287,7 +287,7 @@ class WhatsAppBackend(Backend):
         self._done[msg_id] = first
         while len(self._done) > 1000:
             self._done.popitem(last=False)
-        log.info("sent %d message(s) first=%s", len(chunks), first, extra=fields(chat=chat))
+        log.info("sent %d message(s) first=%s", len(chunks), first, extra=log_fields(chat=chat))
         return first
 
     async def typing(self, chat: str, on: bool) -> None:
@@ -650,17 +650,17 @@ class WhatsAppBackend(Backend):
         msg_id = info.ID
         text = message_text(ev.Message)
         if src.IsFromMe and self._is_ours(msg_id, forms, text):
-            log.debug("our own message echoed; ignored", extra=fields(chat=chat, msg=msg_id))
+            log.debug("our own message echoed; ignored", extra=log_fields(chat=chat, msg=msg_id))
             return
         group = Group.get_or_none(Group.jid.in_(list(forms)))
         if group is not None:
             chat = group.jid  # store under the form the owner registered
         elif not self.wcfg.store_unregistered and not matches_trigger(text, self.cfg.default_trigger):
-            log.debug("unregistered chat; dropped", extra=fields(chat=chat, msg=msg_id))
+            log.debug("unregistered chat; dropped", extra=log_fields(chat=chat, msg=msg_id))
             return
         if Message.get_or_none(Message.chat == chat, Message.channel_id == msg_id):
             # A re-delivery (or our own reply's first chunk): skip before any download.
-            log.debug("already stored", extra=fields(chat=chat, msg=msg_id))
+            log.debug("already stored", extra=log_fields(chat=chat, msg=msg_id))
             return
         sender = sender_of(src, self.own_lid, self.own_phone)
         if sender.endswith("@" + LID_SERVER):
@@ -668,7 +668,7 @@ class WhatsAppBackend(Backend):
         media = media_of(ev.Message, msg_id)
         attachment = await self._save_media(client, ev, media, group) if media is not None else None
         if not text.strip() and attachment is None:
-            log.debug("no text (reaction, sticker, protocol message); ignored", extra=fields(chat=chat, msg=msg_id))
+            log.debug("no text (reaction, sticker, protocol message); ignored", extra=log_fields(chat=chat, msg=msg_id))
             return
         inbound = to_inbound(ev, chat=chat, text=text[:MAX_TEXT], own_lid=self.own_lid,
                              own_phone=self.own_phone, media=attachment, sender=sender, group=group)
@@ -722,7 +722,7 @@ class WhatsAppBackend(Backend):
             resp = await self.client.send_message(parse_jid(chat), WAMessage(conversation=text))
             self.sent.add(resp.ID)
         except Exception as exc:
-            log.warning("cannot say that a message was not stored: %s", exc, extra=fields(chat=chat))
+            log.warning("cannot say that a message was not stored: %s", exc, extra=log_fields(chat=chat))
 
     def _is_ours(self, msg_id: str, chats: set[str], text: str) -> bool:
         if self.sent is not None and msg_id in self.sent:
@@ -746,7 +746,7 @@ class WhatsAppBackend(Backend):
             where = attachments.save(self.cfg, group.folder, media.filename, data)
         except Exception as exc:
             log.warning("%s download failed: %s", media.label, exc,
-                        extra=fields(group=group.folder, msg=ev.Info.ID))
+                        extra=log_fields(group=group.folder, msg=ev.Info.ID))
             return media.describe(None, "not downloaded: the download failed")
         described = media.describe(where)
         described["size"] = len(data)
@@ -760,7 +760,7 @@ class WhatsAppBackend(Backend):
             await self.client.send_chat_presence(parse_jid(chat), state,
                                                  ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT)
         except Exception as exc:  # cosmetic: never fail a job over it
-            log.debug("typing=%s failed: %s", on, exc, extra=fields(chat=chat))
+            log.debug("typing=%s failed: %s", on, exc, extra=log_fields(chat=chat))
 
     async def _keep_typing(self, chat: str) -> None:
         until = time.monotonic() + TYPING_MAX
@@ -781,13 +781,13 @@ class WhatsAppBackend(Backend):
             try:
                 info = await self.client.get_group_info(parse_jid(group.jid))
             except Exception as exc:
-                log.debug("name refresh failed: %s", exc, extra=fields(group=group.folder))
+                log.debug("name refresh failed: %s", exc, extra=log_fields(group=group.folder))
                 continue
             name = info.GroupName.Name
             if name and name != group.name:
                 with db.atomic("IMMEDIATE"):
                     Group.update(name=name).where(Group.id == group.id).execute()
-                log.info("renamed %r -> %r", group.name, name, extra=fields(group=group.folder))
+                log.info("renamed %r -> %r", group.name, name, extra=log_fields(group=group.folder))
                 changed += 1
         return changed
 

@@ -25,8 +25,8 @@ LID_SERVER = "lid"
 SERVERS = (PHONE_SERVER, GROUP_SERVER, LID_SERVER)
 
 # user[.agent][:device]@server, the inverse of neonize's Jid2String
-_JID_RE = re.compile(r"^(?:(?P<user>[^@.:]*)(?:\.(?P<agent>\d+))?(?::(?P<device>\d+))?@)?(?P<server>[^@:]+)$")
-_PHONE_RE = re.compile(r"^\+?[0-9][0-9 ]{4,30}$")
+_JID_RE = re.compile(r"(?:(?P<user>[^@.:]*)(?:\.(?P<agent>\d+))?(?::(?P<device>\d+))?@)?(?P<server>[^@:]+)")
+_PHONE_RE = re.compile(r"\+?[0-9][0-9 ]{4,30}")  # these two: fullmatch
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -44,10 +44,10 @@ def parse_jid(text: str) -> JID:
     from neonize.proto.Neonize_pb2 import JID
 
     text = text.strip()
-    if _PHONE_RE.match(text):
+    if _PHONE_RE.fullmatch(text):
         return JID(User=phone_digits(text), RawAgent=0, Device=0, Integrator=0, Server=PHONE_SERVER,
                    IsEmpty=False)
-    m = _JID_RE.match(text)
+    m = _JID_RE.fullmatch(text)
     if not m or not text:
         raise JIDError(f"not a WhatsApp JID: {text!r}")
     return JID(User=m["user"] or "", RawAgent=int(m["agent"] or 0), Device=int(m["device"] or 0),
@@ -70,7 +70,7 @@ def phone_digits(text: str) -> str:
 
 
 def is_phone(text: str) -> bool:
-    return bool(_PHONE_RE.match(text.strip())) and len(phone_digits(text)) >= 6
+    return bool(_PHONE_RE.fullmatch(text.strip())) and len(phone_digits(text)) >= 6
 
 
 def sender_of(src: MessageSource, own_lid: str = "", own_phone: str = "") -> str:
