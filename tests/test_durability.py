@@ -51,6 +51,22 @@ def test_runner_killed_mid_run_reattaches_to_the_container(system):
         assert con.execute("select count(*) from job").fetchone()[0] == 1
 
 
+def test_runner_stopped_as_systemd_stops_it_leaves_the_container_and_reattaches(system):
+    """`systemctl restart nanoclaw-runner` (SIGTERM, no NANOCLAW_RUNNER_STOPS_AGENTS) must not cost an
+    agent its turn: the container keeps running and the next runner re-attaches. (run-all's own
+    runner ends its agents instead: tests/test_run_all.py.)"""
+    w = system.watch("main")
+    system.send("main", "sleep 3")
+    system.wait_for(lambda: system.db().execute("select status from job").fetchone()
+                    and system.db().execute("select status from job").fetchone()[0] == "running",
+                    30, what="job running")
+    system.restart("runner")
+    assert w.reply(60) == "slept 3"
+    assert "re-attached" in system.log("runner") and "agent container(s)" not in system.log("runner")
+    with system.db() as con:
+        assert [r[0] for r in con.execute("select status from job")] in (["running"], ["done"])  # one job, no retry
+
+
 def test_file_left_in_cur_is_processed_exactly_once(system):
     w = system.watch("main")
     system.stop("router")

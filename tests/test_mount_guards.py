@@ -8,14 +8,12 @@ import ctypes
 import os
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from fake_anthropic import content_text, last_user_content, tool_results
 
 from nanoclaw.core import binds
-from nanoclaw.core import config as config_mod
 from nanoclaw.core import mounts
 
 

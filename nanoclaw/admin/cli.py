@@ -110,6 +110,7 @@ def cmd_chat(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     mine: set[str] = set()
     acks: list[dict] = []
     got_ack = threading.Condition()
+    leaving = threading.Event()
 
     def reader() -> None:
         try:
@@ -124,7 +125,12 @@ def cmd_chat(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                            else event.get("from"))  # a team member speaks under its own name
                     _print_line(str(who), event.get("text", ""))
         except (ConnectionError, OSError):
-            print("nanoclaw: connection to the channel daemon lost", file=sys.stderr)
+            if leaving.is_set():
+                return
+            print("nanoclaw: connection to the channel daemon lost (it stopped: nanoclaw run-all or its unit); "
+                  "run nanoclaw chat again once it runs", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(1)  # the main thread is blocked reading the terminal; a message typed now would be lost
 
     threading.Thread(target=reader, daemon=True).start()
     for line in sys.stdin:
@@ -139,6 +145,7 @@ def cmd_chat(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             ack = acks.pop(0) if acks else {"ok": False, "error": "no acknowledgement within 10s"}
         if not ack.get("ok"):
             print(f"nanoclaw: not sent: {ack.get('error')}", file=sys.stderr)
+    leaving.set()
     return 0
 
 
@@ -719,7 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in DAEMONS:
         sub.add_parser(name, help=f"run the {name} daemon (normally started by systemd)")
-    sub.add_parser("run-all", help="run all daemons as child processes (development)")
+    sp = sub.add_parser("run-all", help="run every daemon in the foreground, without systemd (a laptop, a container)")
+    sp.add_argument("--no-check", action="store_true", help="start without checking image, container options, "
+                    "credential and cron first")
     sp = sub.add_parser("chat", help="chat with a group's agent from this terminal")
     sp.add_argument("group", nargs="?", default="main", help="group folder, name or chat id (default: main)")
     sp = sub.add_parser("send", help="send one message to a group")
@@ -891,7 +900,7 @@ def main(argv: list[str] | None = None) -> None:
     log_mod.setup("timers" if args.command == "timers" else "cli")  # the root one-shot logs what it changed
     if args.command == "run-all":
         from nanoclaw.admin.supervise import run_all
-        sys.exit(run_all())
+        sys.exit(run_all(check=not args.no_check))
     handler = {"chat": cmd_chat, "send": cmd_send, "groups": cmd_groups, "ping": cmd_ping,
                "image": cmd_image, "tasks": cmd_tasks, "timers": cmd_timers, "doctor": cmd_doctor,
                "status": cmd_status, "pair": cmd_pair, "credential": cmd_credential,

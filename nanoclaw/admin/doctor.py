@@ -1,4 +1,5 @@
-"""``nanoclaw doctor``: is everything nanoclaw needs in place? Each failure comes with its fix.
+"""``nanoclaw doctor``: is everything nanoclaw needs in place? Each failure comes with its fix
+(the checks themselves are ``admin/checks.py``; ``nanoclaw run-all`` runs some before it starts).
 
 Run as root (as ``install.sh`` does) it checks the service user's rootless
 Podman the way the units will use it; run as the service user it checks its
@@ -17,18 +18,15 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from nanoclaw import DAEMONS
 from nanoclaw.admin.hostcheck import (
     Probe,
     probe_build_args,
     probe_container_options,
     try_run,
 )
-from nanoclaw.admin.status import UNITS, ask_status, systemd_is_pid1, unit_state
+from nanoclaw.admin.status import systemd_is_pid1
 from nanoclaw.core import config as config_mod
-from nanoclaw.core import faults
 from nanoclaw.core.config import DETECTED, DETECTED_KEYS, Config
-from nanoclaw.core.credentials import credential_path
 from nanoclaw.core.safefs import Dir, write_atomic
 
 SERVICE_USER = "nanoclaw"
@@ -150,8 +148,8 @@ def storage_hint(error: str) -> str:
     return "nanoclaw doctor --redetect tries every combination again and says what changed"
 
 
-def storage_driver(cfg: Config) -> str:
-    r = subprocess.run([*podman_as_service_user(cfg), "info", "--format", "{{.Store.GraphDriverName}}"],
+def storage_driver(cfg: Config, podman: tuple[str, ...] | None = None) -> str:
+    r = subprocess.run([*(podman or podman_as_service_user(cfg)), "info", "--format", "{{.Store.GraphDriverName}}"],
                        capture_output=True, text=True, timeout=60)
     return r.stdout.strip() if r.returncode == 0 else ""
 
@@ -213,115 +211,11 @@ def choose_storage(cfg: Config, out: Callable[[str], None] = print) -> int:
     return 0
 
 
-class Doctor:
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.failures = 0
-
-    def check(self, what: str, ok: bool, detail: str = "", fix: str = "") -> bool:
-        if ok:
-            print(f"ok    {what}" + (f": {detail}" if detail else ""))
-        else:
-            self.failures += 1
-            print(f"FAIL  {what}" + (f": {detail}" if detail else ""))
-            if fix:
-                print(f"      fix: {fix}")
-        return ok
-
-    def run(self) -> int:
-        cfg = self.cfg
-        podman = shutil.which("podman")
-        self.check("podman installed", bool(podman), podman or "", "apt-get install podman runc uidmap")
-        is_root = os.geteuid() == 0
-        try:
-            pwd.getpwnam(SERVICE_USER)
-            has_user = True
-        except KeyError:
-            has_user = False
-        if is_root or has_user:
-            self.check(f"service user {SERVICE_USER}", has_user, fix="run install.sh")
-            for f in ("/etc/subuid", "/etc/subgid"):
-                text = Path(f).read_text() if Path(f).exists() else ""
-                self.check(f"{f} range for {SERVICE_USER}", f"{SERVICE_USER}:" in text,
-                           fix=f"usermod --add-subuids 200000-265535 --add-subgids 200000-265535 {SERVICE_USER}")
-        fs = subprocess.run(["stat", "-fc", "%T", "/sys/fs/cgroup"], capture_output=True, text=True).stdout.strip()
-        mode = {"cgroup2fs": "v2 (unified)", "tmpfs": "v1/hybrid"}.get(fs, fs or "unknown")
-        self.check("cgroups", True, mode)
-        if podman:
-            self._check_containers()
-        cred = credential_path(cfg)
-        if is_root or cred.exists():
-            content = ""
-            try:
-                content = "".join(line for line in cred.read_text().splitlines() if not line.startswith("#")).strip()
-            except OSError:
-                pass
-            self.check("Anthropic credential", bool(content), str(cred), "sudo nanoclaw credential set")
-        if systemd_is_pid1():
-            for unit in UNITS:
-                state = unit_state(unit)
-                self.check(f"unit {unit}", state == "active", state,
-                           f"systemctl start {unit}; journalctl -u {unit} -n 50")
-        for name in DAEMONS:
-            reply, error = ask_status(cfg, name)
-            if reply is None:
-                self.check(f"{name} answers", False, error, f"systemctl restart nanoclaw-{name}")
-                continue
-            status = reply.get("status", "")
-            self.check(f"{name} answers", bool(reply.get("ok")) and "NOT STORED" not in status
-                       and faults.MARK not in status, status,
-                       "free space where nanoclaw keeps its state" if "disk is full" in status
-                       else "check the disk where nanoclaw keeps its state" if faults.MARK in status else "")
-            if name == "proxy" and reply.get("ok"):
-                # The file may be there and still unreadable to the proxy (LoadCredential=).
-                self.check("the proxy holds a credential", "NO CREDENTIAL" not in reply.get("status", ""),
-                           fix="sudo nanoclaw credential set")
-        self._check_allowlists()
-        target = cfg.state_dir if cfg.state_dir.exists() else Path("/")
-        free = shutil.disk_usage(target).free
-        low = faults.low_space(target)
-        if low is not None:
-            self.check("disk space", False, f"{low}; messages cannot be stored and no agent starts",
-                       f"free space on the filesystem of {target}")
-        else:
-            self.check("disk space", free >= 2**30, f"{free / 2**30:.1f} GiB free on {target}",
-                       "free space: images need ~1 GiB")
-        print("\n" + ("all good" if not self.failures else f"{self.failures} problem(s) found"))
-        return 1 if self.failures else 0
-
-    def _check_allowlists(self) -> None:
-        """An invalid allowlist blocks everyone (fail closed): say so, and where."""
-        from nanoclaw.core.groups import read_allowlist
-        for path in sorted((self.cfg.config_dir / "allowlists").glob("*.json")):
-            _, problem = read_allowlist(path)
-            self.check(f"allowlist {path.name}", not problem,
-                       f"{problem}: nobody can trigger group {path.stem}" if problem else str(path),
-                       'fix the file ({"senders": ["jid", ...]}) or remove it to allow everyone')
-
-    def _check_containers(self) -> None:
-        cfg = self.cfg
-        podman = podman_as_service_user(cfg)
-        exists = subprocess.run([*podman, "image", "exists", cfg.container.image], capture_output=True)
-        self.check(f"agent image {cfg.container.image}", exists.returncode == 0,
-                   fix="nanoclaw image build (as the nanoclaw user: sudo -u nanoclaw nanoclaw image build)")
-        base = cfg.container.image if exists.returncode == 0 else cfg.container.base_image
-        result = check_runtime(cfg, base)
-        driver = storage_driver(cfg)
-        self.check("a container starts with the configured options", result.ok,
-                   result.error or " ".join(result.podman_args()) or "podman defaults",
-                   storage_hint(result.error) if "fuse" in result.error else "sudo nanoclaw doctor --redetect")
-        if driver:
-            # vfs copies the whole image for every container: seconds per agent start
-            self.check("podman storage driver", driver != "vfs", driver + (" (copies the image for every "
-                       "container: slow starts)" if driver == "vfs" else ""),
-                       "apt-get install fuse-overlayfs, then run install.sh again (it moves the images)")
-
-
-def check_runtime(cfg: Config, image: str | None = None) -> Probe:
+def check_runtime(cfg: Config, image: str | None = None, podman: tuple[str, ...] | None = None) -> Probe:
     """Try the configured container options once (a Probe whose ``error`` says why not)."""
     c = cfg.container
     probe = Probe(c.runtime, c.ulimits, "", c.volumes, bool(c.memory))
-    return try_run(image or c.base_image, probe, podman_as_service_user(cfg))
+    return try_run(image or c.base_image, probe, podman or podman_as_service_user(cfg))
 
 
 def main(cfg: Config, redetect_: bool = False, check_only: bool = False, storage: bool = False,
@@ -334,4 +228,5 @@ def main(cfg: Config, redetect_: bool = False, check_only: bool = False, storage
         result = check_runtime(cfg)
         out("the configured container options work" if result.ok else f"they do not: {result.error}")
         return 0 if result.ok else 1
+    from nanoclaw.admin.checks import Doctor
     return Doctor(cfg).run()

@@ -20,6 +20,16 @@ def systemd_is_pid1() -> bool:
     return os.path.isdir("/run/systemd/system")
 
 
+def units_installed() -> bool:
+    """Whether the daemons run as systemd units here: systemd is PID 1 and knows them
+    (install.sh installed them); else they run under ``nanoclaw run-all``."""
+    if not systemd_is_pid1():
+        return False
+    r = subprocess.run(["systemctl", "show", "-p", "LoadState", "--value", "nanoclaw-queue.service"],
+                       capture_output=True, text=True)
+    return r.stdout.strip() == "loaded"
+
+
 def unit_state(unit: str) -> str:
     """``systemctl is-active`` of a unit: active, inactive, failed, activating, …"""
     return subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True).stdout.strip()
@@ -47,6 +57,8 @@ def show(cfg: Config) -> int:
             print(f"channel:  {reply.get('status', '')}")
         if faults.MARK in reply.get("status", ""):  # what the disk holds up in it, in its own words
             waiting.append(f"{name}: {reply['status'].split(faults.MARK + ': ', 1)[-1]}")
+        if name == "scheduler" and reply.get("status", "").startswith(("NO CRONTAB PROGRAM", "TIMERS FAILING")):
+            print(f"timers:   {reply['status']}")  # tasks are kept but none can fire: say so up front
     if down:
         print("not answering: " + ", ".join(down))
     low = faults.low_space(cfg.state_dir) if cfg.state_dir.exists() else None

@@ -75,7 +75,8 @@ def parse(raw: str, where: str = "the credential") -> Credential:
         if any(c.isspace() for c in line) or len(line) < 20:
             raise CredentialError(f"{where} does not look like an API key or OAuth token")
         return Credential("oauth" if line.startswith("sk-ant-oat") else "api_key", line)
-    raise CredentialError(f"{where} is empty: set it with `sudo nanoclaw credential set`")
+    raise CredentialError(f"{where} is empty: set it with `nanoclaw credential set` (with sudo where the "
+                          "configuration is root's)")
 
 
 def load_credential(cfg: Config) -> Credential:
@@ -86,7 +87,8 @@ def load_credential(cfg: Config) -> Credential:
         raw = path.read_text()
     except OSError as exc:
         raise CredentialError(f"no Anthropic credential readable at {path} ({exc.strerror}): "
-                              "set it with `sudo nanoclaw credential set`") from None
+                              "set it with `nanoclaw credential set` (with sudo where the configuration is "
+                              "root's)") from None
     if path.parent != Path(os.environ.get("CREDENTIALS_DIRECTORY", "/nonexistent")) \
             and stat.S_IMODE(st.st_mode) & 0o077:
         raise CredentialError(f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "

@@ -152,7 +152,7 @@ class Job(Base):
     id = AutoIncrementField()
     group = ForeignKeyField(Group, on_delete="CASCADE", index=True)
     agent = CharField(default="", constraints=AGENT_DEFAULT)  # "" = the group's lead
-    status = CharField(default="queued", index=True)  # queued, running, done, failed
+    status = CharField(default="queued", index=True)  # queued, running, done, failed, stopped (by run-all)
     created_at = FloatField(default=now)
     started_at = FloatField(null=True)
     finished_at = FloatField(null=True)

@@ -96,9 +96,10 @@ SCHEMAS: dict[str, Schema] = {
     # ipc -> queue: a turn's result from a group's container (group taken from the directory)
     "turn_result": {"group": (str,), "agent": (str, _OPT), "job": (int,), "turn": (int,), "text": (str,),
                     "session_id": (str, type(None)), "error": (str, type(None))},
-    # runner -> queue: a job's container started or ended, or its pre-check skipped it (``reason``)
+    # runner -> queue: a job's container started or ended, or its pre-check skipped it (``reason``);
+    # ``stopped``: ended because `nanoclaw run-all` stopped (not the agent's failure)
     "job_event": {"job": (int,), "event": (str,), "exit_code": (int, type(None), _OPT),
-                  "error": (str, _OPT), "container": (str, _OPT), "reason": (str, _OPT)},
+                  "error": (str, _OPT), "container": (str, _OPT), "reason": (str, _OPT), "stopped": (bool, _OPT)},
     # a timer (nanoclaw tasks fire) -> queue: run a scheduled task now
     # due_at absent: a timer's light fire (admin/fire.py); the queue sets it and the next run
     "task_fire": {"task": (int,), "fired_at": (float,), "due_at": (float, type(None), _OPT),

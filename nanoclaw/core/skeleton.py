@@ -262,6 +262,10 @@ class Daemon:
                     await writer.drain()
         except (ConnectionError, OSError):
             return
+        except asyncio.CancelledError:
+            # The daemon is stopping with this client still connected. Ended as cancelled, the
+            # task makes Python 3.11's stream callback log a traceback (task.exception() raises).
+            return
         finally:
             self.disconnected(writer)
             try:

@@ -14,12 +14,17 @@ sync`` (``nanoclaw/admin/timer_sync.py``) re-validates them into
 crontab: one line per task in the service user's crontab, tagged with a
 comment. Minute precision; cron expressions in another timezone than the
 host's, intervals and one-off times run every minute with ``--if-due``.
+The ``crontab`` program is looked up on PATH at every pass, so one installed
+while nanoclaw runs is used from the next pass on (no restart); until then a
+pass raises :class:`CronMissing` and the tasks wait in the database.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,6 +86,23 @@ class TimerSpecs:
         return changes
 
 
+CRON_FIX = ("apt install cron (Debian, Ubuntu; cronie on Fedora), and have its daemon running; or install "
+            "with install.sh on a machine where systemd is PID 1: its timers need no cron")
+
+
+class CronMissing(OSError):
+    """No ``crontab`` program on PATH: the tasks' lines cannot be written yet."""
+
+    def __init__(self) -> None:
+        super().__init__(f"no crontab program on PATH, so scheduled tasks cannot fire; they are kept and get "
+                         f"their crontab lines once there is one. Fix: {CRON_FIX}")
+
+
+def crontab_program() -> str | None:
+    """The ``crontab`` program this process would run now, if there is one."""
+    return shutil.which("crontab")
+
+
 class CrontabTimers:
     name = "crontab"
 
@@ -98,6 +120,11 @@ class CrontabTimers:
             if not Path(self.tabfile).exists():
                 Path(self.tabfile).write_text("")
             return CronTab(tabfile=str(self.tabfile))
+        program = crontab_program()
+        if program is None:
+            raise CronMissing()
+        import crontab
+        crontab.CRON_COMMAND = program  # the library looked it up once, at import: a later install counts too
         return CronTab(user=self.user)
 
     def line_for(self, task: Task) -> tuple[str, str]:
@@ -150,10 +177,17 @@ class CrontabTimers:
         return changes
 
 
+# What says where this install's configuration and state are, when not in the default places:
+# cron starts its commands with an environment of its own, so a line carries them.
+CONFIG_ENV = ("NANOCLAW_CONFIG", "NANOCLAW_CONFIG_DIR", "NANOCLAW_STATE_DIR", "NANOCLAW_RUNTIME_DIR")
+
+
 def fire_command() -> str:
-    """How a timer runs ``nanoclaw tasks fire``: this install's own executable."""
+    """How a timer runs ``nanoclaw tasks fire``: this install's own executable, with this
+    process's configuration paths (``NANOCLAW_CONFIG``...) where they are set."""
     import sys
     exe = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0].endswith("nanoclaw") else None
-    if exe and exe.exists():
-        return f"{shlex.quote(str(exe))} tasks fire"
-    return f"{shlex.quote(sys.executable)} -m nanoclaw tasks fire"
+    env = "".join(f"{key}={shlex.quote(os.environ[key])} " for key in CONFIG_ENV if os.environ.get(key))
+    run = f"{shlex.quote(str(exe))} tasks fire" if exe and exe.exists() else \
+        f"{shlex.quote(sys.executable)} -m nanoclaw tasks fire"
+    return (env + run).replace("%", "\\%")  # cron reads an unescaped % as the command's end

@@ -242,24 +242,26 @@ class QueueDaemon(Daemon):
                 self.log.info("container started", extra=log_fields(group=job.group.folder, job=job.id))
         elif body["event"] == "exited":
             if job.status in ACTIVE:
-                self._finish(job, body.get("exit_code"), body.get("error", ""))
+                self._finish(job, body.get("exit_code"), body.get("error", ""), body.get("stopped", False))
         elif body["event"] == "skipped":
             if job.status in ACTIVE and job.task_run:
                 self._task_skipped(job, body.get("reason") or "the pre-check said no")
         else:
             self.inbox.reject(env.path, f"unknown job event {body['event']!r}")
 
-    def _finish(self, job: Job, exit_code: int | None, error: str) -> None:
-        """A job's container is gone: settle its turns, count a failure if it failed."""
+    def _finish(self, job: Job, exit_code: int | None, error: str, stopped: bool = False) -> None:
+        """A job's container is gone: settle its turns, count a failure if it failed. One
+        ``stopped`` (by `nanoclaw run-all` stopping) did not fail: its undone turns' messages
+        wait for the next start, with no retry delay and no attempt counted."""
         if job.task_run:
-            return self._task_finished(job, exit_code, error)
+            return self._task_finished(job, exit_code, error, stopped)
         turns = list(job.turns)
         undone = [t for t in turns if t.status != "done"]
-        failed = (exit_code not in (0, None) or bool(job.error) or bool(error)
-                  or (undone and len(undone) == len(turns)))
+        failed = not stopped and (exit_code not in (0, None) or bool(job.error) or bool(error)
+                                  or (undone and len(undone) == len(turns)))
         group = job.group
         with db.atomic("IMMEDIATE"):
-            job.status = "failed" if failed and undone else "done"
+            job.status = "failed" if failed and undone else "stopped" if stopped and undone else "done"
             job.exit_code, job.finished_at = exit_code, time.time()
             job.error = (job.error or error or "")[:2000]
             job.save()
@@ -887,10 +889,20 @@ class QueueDaemon(Daemon):
         nudge(self.cfg.socket("scheduler"))
         return True
 
-    def _task_finished(self, job: Job, exit_code: int | None, error: str) -> None:
+    def _task_finished(self, job: Job, exit_code: int | None, error: str, stopped: bool = False) -> None:
         run = TaskRun.get_by_id(job.task_run)
         task = run.task
         failed = run.status != "success"
+        if failed and stopped:  # run-all stopped: the run waits for the next start, no attempt counted
+            with db.atomic("IMMEDIATE"):
+                job.status, job.exit_code, job.finished_at = "stopped", exit_code, time.time()
+                job.error = (job.error or error or "")[:2000]
+                job.save()
+                run.status, run.attempts, run.retry_at = "queued", max(0, run.attempts - 1), 0
+                run.save()
+            self.log.info("stopped with nanoclaw run-all; runs at the next start",
+                          extra=log_fields(group=job.group.folder, job=job.id, task=task.id, run=run.id))
+            return
         spent = usage_mod.exceeded(self.cfg, job.group.folder) if failed else None
         if failed and (spent is not None or self._disk_low() is not None):
             # refused by the proxy, or the disk was full: the budget or the disk, not the task, failed

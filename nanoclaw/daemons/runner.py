@@ -19,6 +19,14 @@ READS
     restarted runner re-attaches instead of killing the agent; containers no
     job file accounts for are orphans and are removed.
 
+    Under ``nanoclaw run-all`` (``NANOCLAW_RUNNER_STOPS_AGENTS=1``) a stop ends
+    the agents too, since the Podman API they hang on stops with it: each is
+    asked to close (an idle one exits at once, a busy one may finish its turn
+    within ``STOP_GRACE``), the rest are killed, and every exit is reported
+    ``stopped``, so the queue counts no failure and runs the messages of
+    unfinished turns again at the next start. No container starts once that
+    began; a job not started yet keeps its file for the next runner.
+
 WRITES
     The first prompt into ``ipc/<group>/in`` (host-only); the group's
     directories (``prepare_dirs``: ``out/new``, ``out/tmp`` made again where a
@@ -90,6 +98,13 @@ status=$( { { /bin/sh -c "$1" 3>&- 4>&-; echo $? >&4; } | { head -c "$2" >&3; ca
 exit "${status:-1}"
 """
 _UNPRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]+")  # all but newlines
+STOP_ENV = "NANOCLAW_RUNNER_STOPS_AGENTS"  # set by `nanoclaw run-all`: stopping the runner ends its agents
+STOP_GRACE = 5.0  # seconds agents asked to close (run-all stopping) get before they are killed
+STOP_WAIT = 20.0  # seconds after that for the killed ones' exits to be recorded
+
+
+class Draining(Exception):
+    """`nanoclaw run-all` is stopping: nothing starts; the job's file stays for the next runner."""
 
 
 class Stopped(Exception):
@@ -148,6 +163,8 @@ def start_failure(exc: BaseException) -> str:
     text = text.split("error during container init: ")[-1]
     if "no space left on device" in text.lower() or getattr(exc, "errno", None) == errno.ENOSPC:
         text = f"the disk is full ({text})"
+    elif "image not known" in text:  # a newcomer's first message, before the image was built
+        text = f"{text} (build it: nanoclaw image build)"
     return "the container could not start: " + " ".join(text.split())[:200]
 
 
@@ -408,6 +425,10 @@ class RunnerDaemon(Daemon):
         self.reporting: set[int] = set()  # jobs whose report the disk refuses (their threads retry)
         self.graph_root: Path | None = None  # Podman's image and container store, once known
         self.loop = asyncio.get_running_loop()
+        self.bodies: dict[int, dict] = {}  # the jobs in self.running, for a stop that ends their agents
+        self.stops_agents = os.environ.get(STOP_ENV) == "1"
+        self.draining = False
+        self.gate = threading.Lock()  # a container starts, or draining begins: never both at once
         self._recovering = self.spool.take(self.spool.leftovers())
         if self._recovering:
             self.log.info("re-attaching %d job(s) left in cur/", len(self._recovering))
@@ -453,6 +474,7 @@ class RunnerDaemon(Daemon):
                 continue
             self.running[job] = self.spawn(self._run(env), "the run of a job", lambda exc, env=env: self._again(env),
                                            job=job)
+            self.bodies[job] = env.body
         return None
 
     def _again(self, env: Envelope) -> None:
@@ -496,8 +518,13 @@ class RunnerDaemon(Daemon):
                 await in_daemon_thread(self._give_up, env.body, start_failure(exc))
         except Stopped:
             return  # the job's file stays in cur/: the next runner takes it up
+        except Draining:
+            self.log.info("not started: nanoclaw run-all is stopping; it starts at the next run",
+                          extra=log_fields(group=env.body["group"], job=job))
+            return  # likewise
         finally:
             self.running.pop(job, None)
+            self.bodies.pop(job, None)
         self.spool.done(env.path)  # everything about the job is reported
         self.tries.pop(job, None)
         self.failures.pop(job, None)
@@ -588,6 +615,8 @@ class RunnerDaemon(Daemon):
                 self._await_disk(body)
                 if body.get("precheck"):
                     go, said = self._precheck(client, body)
+                    if self.draining:  # it was killed: its answer says nothing; it runs again next time
+                        raise Draining()
                     if not go:
                         self._event(body["job"], "skipped", reason=said)
                         return
@@ -596,6 +625,13 @@ class RunnerDaemon(Daemon):
                 deadline = self._deadline(ctr)
             self._event(body["job"], "started", container=name)
             code, error = self._wait(ctr, deadline, body)
+            if self.draining:  # ended by run-all's stop (or while it stopped): not the agent's failure
+                self._event(body["job"], "exited", exit_code=code, error="stopped by nanoclaw run-all",
+                            container=name, stopped=True)
+                self._remove(ctr)
+                self.log.info("container %s stopped with nanoclaw run-all", name,
+                              extra=log_fields(group=body["group"], job=body["job"]))
+                return
             if code != 0:
                 try:
                     tail = ctr.logs(stdout=True, stderr=True, tail=20)
@@ -607,12 +643,16 @@ class RunnerDaemon(Daemon):
                 self.log.warning("container %s failed: %s", name, (error or "")[-400:].replace("\n", " | "),
                                  extra=log_fields(group=body["group"], job=body["job"]))
             self._event(body["job"], "exited", exit_code=code, error=error or "", container=name)
-            try:
-                ctr.remove(force=True)
-            except NotFound:
-                pass
+            self._remove(ctr)
             self.log.info("container %s exited code=%s", name, code,
                           extra=log_fields(group=body["group"], job=body["job"]))
+
+    @staticmethod
+    def _remove(ctr: Any) -> None:
+        try:
+            ctr.remove(force=True)
+        except NotFound:
+            pass
 
     def _start(self, client: PodmanClient, body: dict) -> Any:
         dirs = prepare_dirs(self.cfg, body["group"], body["is_main"], body.get("agent", ""))
@@ -634,9 +674,13 @@ class RunnerDaemon(Daemon):
             self.log.warning("credential proxy unreachable (%s); the agent cannot reach the API", exc,
                              extra=log_fields(group=body["group"]))
         t0 = time.monotonic()
-        extra = mounts_mod.for_container(self.cfg, body["group"], self.log)
-        ctr = self._create(client, self.cfg.container.image, container_kwargs(self.cfg, body, extra), extra, body)
-        ctr.start()
+        with self.gate:  # a stop that began kills what started before it; nothing starts after
+            if self.draining:
+                raise Draining()
+            extra = mounts_mod.for_container(self.cfg, body["group"], self.log)
+            ctr = self._create(client, self.cfg.container.image, container_kwargs(self.cfg, body, extra), extra,
+                               body)
+            ctr.start()
         self.log.info("started %s in %.2fs", ctr.name, time.monotonic() - t0,
                       extra=log_fields(group=body["group"], job=body["job"]))
         return ctr
@@ -678,20 +722,22 @@ class RunnerDaemon(Daemon):
             pass
         (self.cfg.groups_dir / body["group"]).mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        extra = mounts_mod.for_container(self.cfg, body["group"], self.log, read_only=True)
-        ctr = self._create(client, c.image, precheck_kwargs(self.cfg, body, extra), extra, body)
+        ctr = None
         try:
-            ctr.start()
+            with self.gate:
+                if self.draining:
+                    raise Draining()
+                extra = mounts_mod.for_container(self.cfg, body["group"], self.log, read_only=True)
+                ctr = self._create(client, c.image, precheck_kwargs(self.cfg, body, extra), extra, body)
+                ctr.start()
             code, error = self._wait(ctr, time.time() + c.precheck_timeout, body, limit=c.precheck_timeout,
                                      what="pre-check")
             took = time.monotonic() - t0
             out, cut = read_logs(ctr, stdout=True, stderr=False, cap=c.precheck_max_output)
             err, _ = read_logs(ctr, stdout=False, stderr=True, cap=4096, tail=10)
         finally:
-            try:
-                ctr.remove(force=True)
-            except NotFound:
-                pass
+            if ctr is not None:
+                self._remove(ctr)
         text = out.decode(errors="replace")
         if code != 0:
             said = _UNPRINTABLE.sub(" ", err.decode(errors="replace"))
@@ -767,10 +813,50 @@ class RunnerDaemon(Daemon):
         return line
 
     async def shutdown(self) -> None:
-        # Containers keep running: their job files stay in cur/ and the next
-        # runner re-attaches. Only our waiting threads stop.
+        if self.stops_agents:
+            await self._stop_agents()
+        # Otherwise (systemd) containers keep running: their job files stay in cur/ and the
+        # next runner re-attaches. Only our waiting threads stop.
         for task in self.running.values():
             task.cancel()
+
+    async def _stop_agents(self) -> None:
+        """run-all is stopping: ask every agent to close, kill what is left after STOP_GRACE,
+        and wait for the exits to be reported (``_run_job`` reports them ``stopped``)."""
+        def begin() -> None:
+            with self.gate:
+                self.draining = True
+        await in_daemon_thread(begin)
+        tasks = list(self.running.values())
+        if not tasks:
+            return
+        self.log.info("stopping %d agent container(s): asked to close, killed after %.0fs", len(tasks), STOP_GRACE)
+        for job, body in list(self.bodies.items()):
+            # after the prompts already there: an agent answers those it can within the grace
+            Spool(self.cfg.agent_ipc(body["group"], body.get("agent", "")) / "in").ensure().put(
+                "close", {"job": job}, durable=False)
+        _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE)
+        if pending:
+            try:
+                killed = await in_daemon_thread(self._kill_all)
+                self.log.info("killed %s", ", ".join(killed) or "none (they were ending)")
+            except (APIError, RequestsConnectionError, OSError) as exc:
+                self.log.error("cannot kill agent containers: %s", exc)
+            _, pending = await asyncio.wait(pending, timeout=STOP_WAIT)
+        if pending:
+            self.log.error("%d agent container(s) did not end; the next runner re-attaches to them", len(pending))
+
+    def _kill_all(self) -> list[str]:
+        """Kill every running container of ours (agents and pre-checks); their names."""
+        killed = []
+        with self.client() as client:
+            for ctr in client.containers.list(filters={"label": LABEL}):
+                try:
+                    ctr.kill()
+                    killed.append(ctr.name)
+                except (APIError, NotFound):
+                    pass
+        return killed
 
 
 main = RunnerDaemon.main
