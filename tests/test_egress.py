@@ -168,8 +168,8 @@ def https_get(conn: socket.socket, certs: Path, name: str, path: str = "/page") 
 
 
 def egress_lines(system) -> list[dict[str, str]]:
-    """The proxy's line per connection, as the journal fields it carries under systemd."""
-    return [subjects(e) | {"LINE": e["MESSAGE"]} for e in system.journal.of("proxy") if " egress ip=" in e["MESSAGE"]]
+    """The egress daemon's line per connection, as the journal fields it carries under systemd."""
+    return [subjects(e) | {"LINE": e["MESSAGE"]} for e in system.journal.of("egress") if " egress ip=" in e["MESSAGE"]]
 
 
 def wait_lines(system, n: int) -> list[dict[str, str]]:
@@ -235,7 +235,7 @@ def egress_system(make_system, ports: list[int], **egress) -> object:
 def test_connect_tunnel_keeps_tls_end_to_end(make_system, sites, certs):
     site = sites(tls=True)
     s = egress_system(make_system, [site.port])
-    s.start("proxy")
+    s.start("egress")
     status, headers, conn, _ = tunnel(web_sock(s), f"127.0.0.1:{site.port}")
     assert status == 200
     answer = https_get(conn, certs, "127.0.0.1")  # the site's own certificate, checked here
@@ -246,7 +246,7 @@ def test_connect_tunnel_keeps_tls_end_to_end(make_system, sites, certs):
     assert line["VERDICT"] == "allowed"
     # TLS records both ways: more than the page came in, a request went out
     assert int(line["BYTES_IN"]) > len(PAGE) and int(line["BYTES_OUT"]) > 100
-    assert PAGE.decode() not in s.log("proxy")
+    assert PAGE.decode() not in s.log("egress")
 
 
 def test_a_tunnel_carries_megabytes_both_ways_at_once(make_system):
@@ -265,7 +265,7 @@ def test_a_tunnel_carries_megabytes_both_ways_at_once(make_system):
     threading.Thread(target=serve, daemon=True).start()
     port = echo.getsockname()[1]
     s = egress_system(make_system, [port])
-    s.start("proxy")
+    s.start("egress")
     status, _, conn, _ = tunnel(web_sock(s), f"127.0.0.1:{port}")
     assert status == 200
     payload = os.urandom(3 * 1024 * 1024)
@@ -294,7 +294,7 @@ def test_a_tunnel_carries_megabytes_both_ways_at_once(make_system):
 def test_plain_http_goes_to_the_checked_address_with_the_urls_host(make_system, sites):
     site = sites()
     s = egress_system(make_system, [site.port])
-    s.start("proxy")
+    s.start("egress")
     sock = web_sock(s)
     # the agent's Host header cannot steer the request elsewhere (RFC 9112: the URL's wins)
     status, headers, body = get(sock, f"http://127.0.0.1:{site.port}/page?q=1", Host="metadata.internal",
@@ -327,12 +327,12 @@ def test_local_addresses_are_refused_before_any_connect(make_system, sites, tmp_
     proxy never called connect() for any of them. The one allowed page proves tracing was live."""
     site = sites()
     s = egress_system(make_system, [site.port])
-    s.wrap["proxy"] = private_hosts(tmp_path / "hosts", {
+    s.wrap["egress"] = private_hosts(tmp_path / "hosts", {
         "internal.test": "10.1.2.3", "metadata.test": "169.254.169.254", "sneaky.test": "127.0.0.9",
         "pages.test": "127.0.0.1"})
-    s.start("proxy")
+    s.start("egress")
     sock = web_sock(s)
-    trace = Strace(s.procs["proxy"].pid, tmp_path / "strace.txt")
+    trace = Strace(s.procs["egress"].pid, tmp_path / "strace.txt")
     try:
         assert get(sock, f"http://pages.test:{site.port}/page")[0] == 200  # allowed: 127.0.0.1 is opened
         trace.wait_for_connect(site.port)
@@ -376,7 +376,7 @@ def test_modes_and_lists_refuse_by_name_without_a_lookup(make_system, sites):
                                        "ports": {"deny_domains": [], "ports": [443]}}})
     for group in ("main", "family", "work", "ports"):
         s.cli("groups", "add", group, *(["--main"] if group == "main" else []))
-    s.start("proxy")
+    s.start("egress")
     url = f"http://127.0.0.1:{site.port}/page"
     expect = {"main": (403, "deny-list"), "family": (403, "egress-off"), "work": (200, None),
               "ports": (403, "port")}
@@ -398,7 +398,7 @@ def test_tunnel_limit_and_byte_cap(make_system, sites, certs):
     big = sites(body=b"x" * 300_000)
     small = sites(tls=True)
     s = egress_system(make_system, [big.port, small.port], max_tunnels=1, max_bytes_per_run=200_000)
-    s.start("proxy")
+    s.start("egress")
     sock = web_sock(s)
     status, _, held, _ = tunnel(sock, f"127.0.0.1:{small.port}")
     assert status == 200
@@ -414,7 +414,7 @@ def test_tunnel_limit_and_byte_cap(make_system, sites, certs):
     status, headers, body = get(sock, f"http://127.0.0.1:{big.port}/again")
     assert status == 429 and headers["x-nanoclaw-egress-rule"] == "byte-cap"
     # the runner's ensure before a new container starts a new run
-    assert s.request("proxy", {"op": "ensure", "group": "main"})["ok"]
+    assert s.request("egress", {"op": "ensure", "group": "main"})["ok"]
     status, _, conn, _ = tunnel(sock, f"127.0.0.1:{small.port}")
     assert status == 200 and https_get(conn, certs, "127.0.0.1").endswith(PAGE)
     lines = wait_lines(s, 5)
@@ -432,9 +432,9 @@ def agent_egress_system(make_agent_system, tmp_path, certs, ports: list[int]):
                           settings={"egress": {
         "mode": "allowlist", "allow_addresses": ["127.0.0.1"], "ports": [80, 443, *ports],
         "allow_domains": ["pages.test", "internal.test", "10.0.0.1", "169.254.169.254"]}})
-    s.stop("proxy")
-    s.wrap["proxy"] = private_hosts(tmp_path / "hosts", {"pages.test": "127.0.0.1", "internal.test": "10.1.2.3"})
-    s.start("proxy")
+    s.stop("egress")
+    s.wrap["egress"] = private_hosts(tmp_path / "hosts", {"pages.test": "127.0.0.1", "internal.test": "10.1.2.3"})
+    s.start("egress")
     group = s.state / "groups" / "main"
     (group / "ca.pem").write_bytes((certs / "ca.pem").read_bytes())
     # WebFetch first asks api.anthropic.com whether a domain may be fetched; a test must not
@@ -490,7 +490,7 @@ def test_agent_requests_to_local_addresses_are_refused_before_leaving(make_agent
                                                                      tmp_path, need_root_and_strace):
     page = sites()
     s = agent_egress_system(make_agent_system, tmp_path, certs, [page.port])
-    trace = Strace(s.procs["proxy"].pid, tmp_path / "strace.txt")
+    trace = Strace(s.procs["egress"].pid, tmp_path / "strace.txt")
     probes = [f"http://pages.test:{page.port}/first",  # allowed: shows the trace is live
               "http://10.0.0.1/", "http://169.254.169.254/latest/meta-data/", "http://internal.test/",
               "https://10.0.0.1/", "https://169.254.169.254/", "https://internal.test/"]

@@ -45,3 +45,34 @@ def test_an_agents_api_path_cannot_forge_journal_fields(make_system, fake_api):
     entry = s.wait_for(lambda: next((e for e in s.journal.of("proxy") if "GET /v1/x/" in e["MESSAGE"]), None),
                        10, what="the relay's line")
     assert subjects(entry) == {"GROUP": "main"}, entry
+
+
+def test_the_api_relay_and_the_web_are_two_programs_each_serving_without_the_other(make_system, fake_api):
+    """nanoclaw-proxy (the credential) and nanoclaw-egress (hostile web traffic) are separate
+    processes: with either one killed, the other still serves its socket in the same directory."""
+    import signal
+
+    from web_sites import PAGE, Site
+    from test_usage import call
+    site = Site()
+    s = make_system(proxy_upstream=fake_api.url,
+                    egress={"allow_addresses": ["127.0.0.1"], "ports": [80, 443, site.port]})
+    s.set_credential("sk-ant-api03-split-test")
+    s.cli("groups", "add", "main", "--main")
+    s.start("proxy", "egress")
+    d = s.run / "proxy" / "main"
+    s.wait_for(lambda: (d / "api.sock").exists() and (d / "web.sock").exists(), 10, what="both sockets")
+    assert s.procs["proxy"].pid != s.procs["egress"].pid
+    s.stop("egress", sig=signal.SIGKILL)
+    assert call(d / "api.sock")[0] == 200  # the API without egress
+    s.start("egress")
+    s.stop("proxy", sig=signal.SIGKILL)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:  # the web without the proxy
+        c.settimeout(10)
+        c.connect(str(d / "web.sock"))
+        c.sendall(f"GET http://127.0.0.1:{site.port}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(PAGE)
+    site.close()

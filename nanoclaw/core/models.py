@@ -337,7 +337,7 @@ def open_db(path: Path) -> SqliteDatabase:
         "journal_mode": "wal",
         "synchronous": "full",  # a commit survives power loss before we acknowledge it
         "foreign_keys": 1,
-        "busy_timeout": 10000,  # seven daemons and the CLI share the file
+        "busy_timeout": 10000,  # the daemons and the CLI share the file
     })
     db.connect(reuse_if_open=True)
     with db.atomic("IMMEDIATE"):

@@ -1,0 +1,161 @@
+"""egress: the agents' web, under each group's egress policy. No credential.
+
+SUMMARY
+    One Unix socket per agent, ``web.sock`` in ``<runtime>/proxy/<folder>/``
+    (a team member's in ``<runtime>/proxy/.team/<folder>/<member>/``), the
+    directory the agent's container mounts read-only at ``/run/nanoclaw-proxy``
+    beside the API relay's ``api.sock``. It is an HTTP proxy, the container's
+    ``HTTP(S)_PROXY`` through a byte relay in the container. ``CONNECT`` opens a
+    tunnel (TLS end to end: the host never decrypts) and a plain ``http://``
+    request is forwarded, each after the group's egress policy
+    (``core.egress``): this daemon resolves the name itself, refuses local
+    addresses the owner did not open, and connects to the very address it
+    checked, so DNS rebinding gets no second lookup. One journal line per
+    connection: ``GROUP= HOST= PORT= BYTES_IN= BYTES_OUT= VERDICT= RULE=``.
+
+    It is its own program so that the code parsing hostile web traffic never
+    runs in the process holding the Anthropic credential (``nanoclaw-proxy``):
+    its unit is given no credential and cannot read the credentials directory.
+
+READS
+    Requests on the agents' web sockets; the ``groups`` table and each group's
+    team (which sockets to serve); ``[egress]`` of the configuration (root's
+    file: no agent can change it).
+
+WRITES
+    Connections to the web sites agents may reach, and nothing else: never a
+    header of its own.
+
+PRIVILEGE
+    The service user, with network; no credential, the credentials directory
+    out of reach (the unit's ``InaccessiblePaths=``).
+
+HOSTILE INPUT
+    Every byte on a web socket is the agent's. Request heads are parsed by
+    aiohttp with size limits (a malformed head gets aiohttp's plain 400). Host
+    names are validated before they are matched or logged; refusals are HTTP
+    errors whose text names the rule; connections at once per group, bytes per
+    container run and silence in a tunnel are limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from nanoclaw.core.agent_sockets import WEB_SOCKET
+from nanoclaw.core.egress import Refusal
+from nanoclaw.core.http_serve import NO_AUTO_HEADERS, AgentSockets, cut_off
+from nanoclaw.core.log import fields
+from nanoclaw.core.skeleton import Daemon
+
+
+class Cut(Exception):
+    """A limit ended a connection that had started (the byte cap)."""
+
+
+@dataclass
+class GroupEgress:
+    """A group's live egress counters."""
+
+    active: int = 0  # connections open now
+    run_bytes: int = 0  # in and out since the runner last started this group's container
+
+
+@dataclass
+class Connection:
+    """One agent connection on web.sock, as its journal line tells it."""
+
+    folder: str
+    agent: str
+    method: str
+    host: str = "-"
+    port: int = 0
+    ip: str = "-"
+    bytes_in: int = 0  # from the site to the agent
+    bytes_out: int = 0  # from the agent to the site
+    verdict: str = "allowed"  # allowed | refused | failed | cut
+    rule: str = "-"
+    detail: str = ""
+    counted: bool = False  # holds one of the group's max_tunnels
+
+
+class EgressDaemon(Daemon):
+    name = "egress"
+
+    def setup(self) -> None:
+        # An agent connection carries one request or one tunnel: idle ones go soon, and an
+        # unread request body (a refused upload, a tunnel's rest) is not waited for.
+        self.sockets = AgentSockets(self.cfg, WEB_SOCKET, self._web, keepalive_timeout=30, lingering_time=1.0)
+        self.connections = 0
+        self.egress: dict[str, GroupEgress] = {}
+        # No cookie jar (groups must share nothing) and nothing added to what the agent sent;
+        # bodies pass undecoded, so lengths and encodings stay the site's. One upstream
+        # connection per agent connection: each is one journal line.
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True, limit=0), cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False, skip_auto_headers=NO_AUTO_HEADERS, trust_env=False)
+
+    async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
+        if req["op"] == "ensure":
+            # The runner asks before starting a container, so a just-registered group's socket
+            # exists by the time its agent first calls out; a new container is a new run, so
+            # its byte allowance starts again.
+            await self.work()
+            key = (req.get("group"), req.get("agent") or "")
+            if key in self.sockets:
+                self.state(key[0]).run_bytes = 0
+            return {"ok": key in self.sockets, "group": key[0], "agent": key[1]}
+        return await super().handle(req, writer)
+
+    async def work(self) -> float | None:
+        await self.sockets.sync()
+        return None
+
+    def state(self, folder: str) -> GroupEgress:
+        return self.egress.setdefault(folder, GroupEgress())
+
+    async def _web(self, folder: str, agent: str, request: web.BaseRequest) -> web.StreamResponse:
+        from nanoclaw.daemons.egress import forward, tunnel
+        conn = Connection(folder, agent, request.method)
+        started = time.monotonic()
+        try:
+            if request.method == "CONNECT":
+                return await tunnel.handle(self, conn, request)
+            return await forward.handle(self, conn, request)
+        except Cut:
+            cut_off(request)
+            return web.Response(status=429)  # never sent: the connection is closed
+        finally:
+            if conn.counted:
+                self.state(folder).active -= 1
+            self.connections += 1
+            subjects = fields(group=conn.folder, agent=conn.agent, host=conn.host, port=conn.port,
+                              bytes_in=conn.bytes_in, bytes_out=conn.bytes_out, verdict=conn.verdict, rule=conn.rule)
+            self.log.log(20 if conn.verdict == "allowed" or not conn.detail else 30,
+                         "egress ip=%s method=%s in %.2fs%s", conn.ip, conn.method, time.monotonic() - started,
+                         f" ({conn.detail})" if conn.detail else "", extra=subjects)
+
+    def refuse(self, conn: Connection, refusal: Refusal, status: int = 403, verdict: str = "refused") -> web.Response:
+        """The agent's answer when no connection is made: which rule, and why, in plain text."""
+        conn.verdict, conn.rule, conn.detail = verdict, refusal.rule, refusal.detail
+        target = f"{conn.host}:{conn.port}" if conn.port else conn.host
+        text = (f"nanoclaw egress proxy: {'refused' if verdict == 'refused' else 'could not reach'} {target}\n"
+                f"rule: {refusal.rule}\n{refusal.detail}\n")
+        resp = web.Response(status=status, text=text, headers={"X-Nanoclaw-Egress-Rule": refusal.rule})
+        resp.force_close()
+        return resp
+
+    def status(self) -> str:
+        return f"{len(self.sockets)} agent socket(s), {self.connections} web connections"
+
+    async def shutdown(self) -> None:
+        await self.sockets.close()
+        await self.session.close()
+
+
+main = EgressDaemon.main
