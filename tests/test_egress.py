@@ -212,17 +212,6 @@ class Strace:
         return self.text()
 
 
-@pytest.fixture
-def need_root_and_strace():
-    """strace, and root for it and for the private mount namespace (as in CI)."""
-    missing = "strace is not installed" if subprocess.run(["which", "strace"], capture_output=True).returncode \
-        else "not root (a private /etc/hosts needs a mount namespace)" if os.geteuid() != 0 else ""
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{missing} (CI=true: the refusal evidence needs it)")
-        pytest.skip(missing)
-
-
 def egress_system(make_system, ports: list[int], **egress) -> object:
     settings = {"mode": "open", "allow_addresses": ["127.0.0.1"], "ports": [80, 443, *ports], **egress}
     s = make_system(egress=settings)

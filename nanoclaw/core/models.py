@@ -299,6 +299,8 @@ class Usage(Base):
     output_tokens = IntegerField(default=0)
     cache_write_tokens = IntegerField(default=0)
     cache_read_tokens = IntegerField(default=0)
+    web_search_requests = IntegerField(default=0)  # server-side tool use, priced per request
+    web_fetch_requests = IntegerField(default=0)
     cost_usd = FloatField(null=True)  # None: no price known for the model
     streamed = BooleanField(default=False)
 

@@ -29,7 +29,8 @@ from zoneinfo import ZoneInfo
 
 from peewee import Case, fn
 
-from nanoclaw.core.config import Config, Price
+from nanoclaw.core.config import Config
+from nanoclaw.core.costs import Price
 from nanoclaw.core.models import BudgetLimit, Usage, db
 
 PERIODS = ("day", "month")
@@ -52,6 +53,8 @@ class Counts:
     output_tokens: int = 0
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+    web_search_requests: int = 0  # server-side tool use, priced per request
+    web_fetch_requests: int = 0
     seen: bool = False  # the answer reported usage at all
 
     def take(self, usage: object) -> None:
@@ -66,6 +69,12 @@ class Counts:
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 setattr(self, attr, value)
                 self.seen = True
+        tools = usage.get("server_tool_use")
+        if isinstance(tools, dict):
+            for key in ("web_search_requests", "web_fetch_requests"):
+                value = tools.get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    setattr(self, key, value)
 
     @property
     def tokens_in(self) -> int:
@@ -85,13 +94,16 @@ def price_of(cfg: Config, model: str) -> Price | None:
     return cfg.usage.prices[best] if best else None
 
 
-def cost(cfg: Config, counts: Counts) -> float | None:
-    """The estimated cost of one call in USD, or None when the model has no price."""
-    price = price_of(cfg, counts.model)
+def cost(cfg: Config, counts: Counts, price: Price | None = None) -> float | None:
+    """The estimated cost of one call in USD (its tokens at its model's price, or at ``price``
+    when given, and its server-side tool requests), or None when there is no price."""
+    price = price or price_of(cfg, counts.model)
     if price is None:
         return None
-    return (counts.input_tokens * price.input + counts.output_tokens * price.output
-            + counts.cache_write_tokens * price.cache_write + counts.cache_read_tokens * price.cache_read) / 1e6
+    return ((counts.input_tokens * price.input + counts.output_tokens * price.output
+             + counts.cache_write_tokens * price.cache_write + counts.cache_read_tokens * price.cache_read) / 1e6
+            + counts.web_search_requests * cfg.usage.web_search_usd
+            + counts.web_fetch_requests * cfg.usage.web_fetch_usd)
 
 
 # -- periods ------------------------------------------------------------------------
@@ -248,12 +260,14 @@ def set_limit(cfg: Config, scope: str, period: str, unit: str, limit: float | No
 
 
 def record(cfg: Config, folder: str, agent: str, job: int | None, counts: Counts, streamed: bool,
-           at: float) -> float | None:
-    """Store one call's usage; returns its estimated cost (None: unknown)."""
-    usd = cost(cfg, counts)
+           at: float, price: Price | None = None) -> float | None:
+    """Store one call's usage; returns its estimated cost (None: unknown). ``price`` is used
+    when the answer's model has none of its own (the price the call was admitted at)."""
+    usd = cost(cfg, counts, None if price_of(cfg, counts.model) else price)
     Usage.insert(at=at, day=day_of(cfg, at), group=folder, agent=agent, job=job, model=counts.model,
                  input_tokens=counts.input_tokens, output_tokens=counts.output_tokens,
                  cache_write_tokens=counts.cache_write_tokens, cache_read_tokens=counts.cache_read_tokens,
+                 web_search_requests=counts.web_search_requests, web_fetch_requests=counts.web_fetch_requests,
                  cost_usd=usd, streamed=streamed).execute()
     return usd
 

@@ -6,17 +6,24 @@ SUMMARY
     calls are its own), the directory the agent's container mounts read-only at
     ``/run/nanoclaw-proxy`` beside the egress daemon's ``web.sock``. The agent
     runner's forwarder relays ``ANTHROPIC_BASE_URL=http://127.0.0.1:<port>`` to
-    it. The relay (``relay.py``) drops whatever credential the agent sent, adds
-    the real one, and relays to ``proxy_upstream``, streaming the answer back
-    (server-side tools such as WebSearch run at the API and pass here like any
-    other request).
+    it. The relay (``relay.py``) passes only the endpoints the agent's CLI uses
+    (``endpoints.py``: the target parsed once, the upstream URL built from the
+    parsed parts), holds server-side tools (web search, web fetch, MCP servers)
+    to the group's egress policy (``tools.py``), drops whatever credential the
+    agent sent, adds the real one, and relays to ``proxy_upstream``, streaming
+    the answer back (``answer.py``).
 
-    Accounting (``core.usage``): a model outside ``[usage] allowed_models``
-    and a group whose budget is spent are refused before upstream sees the
-    request (the queue is told, and tells the chat once). Each answer's usage
-    is read from its bytes as they pass (``meter.py``), JSON or stream, and
-    stored per group, team member, job and day, with one journal line:
-    ``GROUP= AGENT= JOB= MODEL= TOKENS_IN= TOKENS_OUT= COST_USD=``.
+    Accounting (``core.usage``, ``budget.py``): a model outside ``[usage]
+    allowed_models``, an unpriced model where a USD budget applies, and a
+    group whose budget is spent are refused before upstream sees the request
+    (the queue is told of a spent budget, and tells the chat once). Each call
+    holds a reservation (its input estimate and ``max_tokens`` at its model's
+    price) until its answer is counted, so calls in flight count as spent.
+    Each answer's usage is read from its bytes as they pass (``meter.py``),
+    JSON or stream, to the end even when the agent left early, and stored per
+    group, team member, job and day, with one journal line: ``GROUP= AGENT=
+    JOB= MODEL= TOKENS_IN= TOKENS_OUT= COST_USD=``. Calls in flight and request
+    bytes held are capped per agent and per group (``[api]``).
 
     The agents' web is another program's (``nanoclaw-egress``), so that no
     bug in code parsing hostile web traffic runs beside the key.
@@ -37,9 +44,12 @@ PRIVILEGE
 
 HOSTILE INPUT
     Every byte on an API socket is the agent's. Request heads are parsed by
-    aiohttp with size limits (a malformed head gets aiohttp's plain 400); only
-    API paths pass, bodies are size-limited, the relay's own refusals are
-    well-formed JSON in the API's error shape.
+    aiohttp with size limits (a malformed head gets aiohttp's plain 400); the
+    target is parsed once, in origin form only; bodies are size-limited and
+    parsed once, and what is sent is written from what was checked (JSON the
+    relay serialises; ``anthropic-beta`` values on a list). The relay's own
+    refusals are well-formed JSON in the API's error shape, each with a
+    journal line whose fields are the relay's, never the agent's text.
 """
 
 from __future__ import annotations
@@ -57,7 +67,7 @@ from nanoclaw.core.http_serve import NO_AUTO_HEADERS, AgentSockets
 from nanoclaw.core.models import db
 from nanoclaw.core.protocol import Spool
 from nanoclaw.core.skeleton import Daemon
-from nanoclaw.daemons.proxy.budget import Tally
+from nanoclaw.daemons.proxy.budget import Slots, Tally
 
 
 def not_dumpable() -> None:
@@ -80,6 +90,7 @@ class ProxyDaemon(Daemon):
         self.sockets = AgentSockets(self.cfg, API_SOCKET, self.relay.handle, keepalive_timeout=75)
         self.told: set[str] = set()  # budgets the queue has been told are spent
         self.tally = Tally(self.cfg)
+        self.slots = Slots(self.cfg)
         self.queue_spool = Spool(self.cfg.spool_dir / "queue").ensure()
         # This process writes usage rows only. In WAL mode NORMAL still commits atomically but
         # leaves the fsync to the checkpoint: a power cut may lose the last seconds of counts
@@ -148,7 +159,9 @@ class ProxyDaemon(Daemon):
 
     def status(self) -> str:
         cred = self.credential.kind if self.credential else "NO CREDENTIAL"
-        return f"{len(self.sockets)} agent socket(s), credential: {cred}, {self.requests} API requests"
+        return (f"{len(self.sockets)} agent socket(s), credential: {cred}, {self.requests} API requests, "
+                f"{sum(self.slots.group_calls.values())} in flight, {sum(self.slots.buffered.values())} "
+                "request bytes held")
 
     async def shutdown(self) -> None:
         await self.sockets.close()

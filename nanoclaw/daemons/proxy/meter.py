@@ -30,6 +30,7 @@ class Meter:
         self.readable = enc in ("", "identity", "gzip", "deflate")
         self.buffer = bytearray()
         self.skipping = False  # inside an over-long SSE line
+        self.final = False  # the answer's final usage has passed (a JSON answer's, a stream's message_delta)
 
     def feed(self, chunk: bytes) -> None:
         if not self.readable or not (self.stream or self.json):
@@ -76,8 +77,9 @@ class Meter:
             if isinstance(message.get("model"), str):
                 self.counts.model = message["model"][:100]
             self.counts.take(message.get("usage"))
-        elif event.get("type") == "message_delta":
-            self.counts.take(event.get("usage"))
+        elif event.get("type") == "message_delta" and isinstance(event.get("usage"), dict):
+            self.counts.take(event["usage"])
+            self.final = True
 
     def finish(self) -> Counts:
         """The counts, once the whole answer has passed."""
@@ -90,6 +92,7 @@ class Meter:
                 if isinstance(answer.get("model"), str):
                     self.counts.model = answer["model"][:100]
                 self.counts.take(answer.get("usage"))
+                self.final = isinstance(answer.get("usage"), dict)
         elif self.stream and self.buffer and not self.skipping:
             self._line(bytes(self.buffer))  # a last line without its newline
         self.buffer = bytearray()
