@@ -18,7 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 # {"text": str} | {"tool_use": {"name": str, "input": dict}} | {"blocks": [...]}, with optional "usage",
-# "status" (an error answer) or "cut": True (a stream that ends after message_start, no final usage)
+# "status" (an error answer), "cut": True (a stream that ends after message_start, no final usage) or
+# "pace": seconds a stream takes between its content and its final usage (the model still generating)
 Turn = dict[str, Any]
 Responder = Callable[[dict], Turn]
 
@@ -143,7 +144,7 @@ class FakeAnthropic:
                 model = body.get("model", "claude-fake")
                 usage = {**fake.usage, **turn.get("usage", {})}
                 if body.get("stream"):
-                    self._stream(blocks, stop, model, usage, cut=bool(turn.get("cut")))
+                    self._stream(blocks, stop, model, usage, cut=bool(turn.get("cut")), pace=turn.get("pace", 0.0))
                 else:
                     self._json({"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
                                 "content": blocks, "stop_reason": stop, "stop_sequence": None,
@@ -169,7 +170,8 @@ class FakeAnthropic:
                 self.wfile.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
                 self.wfile.flush()
 
-            def _stream(self, blocks: list[dict], stop: str, model: str, usage: dict, cut: bool = False) -> None:
+            def _stream(self, blocks: list[dict], stop: str, model: str, usage: dict, cut: bool = False,
+                        pace: float = 0.0) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
@@ -200,6 +202,8 @@ class FakeAnthropic:
                                                             "delta": {"type": "input_json_delta",
                                                                       "partial_json": json.dumps(block["input"])}})
                     self._event("content_block_stop", {"type": "content_block_stop", "index": i})
+                if pace:
+                    time.sleep(pace)
                 final = {k: v for k, v in usage.items() if k in ("output_tokens", "server_tool_use")}
                 self._event("message_delta", {"type": "message_delta",
                                               "delta": {"stop_reason": stop, "stop_sequence": None},

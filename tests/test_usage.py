@@ -500,7 +500,8 @@ def test_an_answer_the_agent_leaves_early_is_counted_in_full(make_system, fake_a
     sock = s.run / "proxy" / "main" / "api.sock"
     s.wait_for(sock.exists, 10, what="main's API socket")
     fake_api.hold = threading.Event()
-    fake_api.then({"text": "long answer " * 200, "usage": {"input_tokens": 100, "output_tokens": 30000}})
+    fake_api.then({"text": "long answer " * 200, "usage": {"input_tokens": 100, "output_tokens": 30000},
+                   "pace": 0.5})  # the content, then half a second of generating, then the final usage
     conn, _ = stream_call(sock, max_tokens=32000)
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()  # the agent goes away
