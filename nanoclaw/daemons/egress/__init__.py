@@ -8,10 +8,13 @@ SUMMARY
     ``HTTP(S)_PROXY`` through a byte relay in the container. ``CONNECT`` opens a
     tunnel (TLS end to end: the host never decrypts) and a plain ``http://``
     request is forwarded, each after the group's egress policy
-    (``core.egress``): this daemon resolves the name itself, refuses local
-    addresses the owner did not open, and connects to the very address it
-    checked, so DNS rebinding gets no second lookup. One journal line per
-    connection: ``GROUP= HOST= PORT= BYTES_IN= BYTES_OUT= VERDICT= RULE=``.
+    (``core.egress``, applied in ``admit.py``): this daemon resolves the name
+    itself, refuses local addresses the owner did not open (the local ranges,
+    and this host's own addresses, networks and gateways, read from the kernel
+    at start and on every change: ``local.py``), and connects to the very
+    address it checked, so DNS rebinding gets no second lookup. One journal
+    line per connection: ``GROUP= AGENT= HOST= PORT= BYTES_IN= BYTES_OUT=
+    VERDICT= RULE=``.
 
     It is its own program so that the code parsing hostile web traffic never
     runs in the process holding the Anthropic credential (``nanoclaw-proxy``):
@@ -20,15 +23,17 @@ SUMMARY
 READS
     Requests on the agents' web sockets; the ``groups`` table and each group's
     team (which sockets to serve); ``[egress]`` of the configuration (root's
-    file: no agent can change it).
+    file: no agent can change it); the host's addresses and routes
+    (rtnetlink).
 
 WRITES
     Connections to the web sites agents may reach, and nothing else: never a
     header of its own.
 
 PRIVILEGE
-    The service user, with network; no credential, the credentials directory
-    out of reach (the unit's ``InaccessiblePaths=``).
+    The service user, with network (and netlink, to read the host's
+    addresses); no credential, the credentials directory out of reach (the
+    unit's ``InaccessiblePaths=``).
 
 HOSTILE INPUT
     Every byte on a web socket is the agent's. Request heads are parsed by
@@ -52,6 +57,7 @@ from nanoclaw.core.egress import Refusal
 from nanoclaw.core.http_serve import NO_AUTO_HEADERS, AgentSockets, cut_off
 from nanoclaw.core.log import fields
 from nanoclaw.core.skeleton import Daemon
+from nanoclaw.daemons.egress.local import HostAddresses
 
 
 class Cut(Exception):
@@ -99,6 +105,27 @@ class EgressDaemon(Daemon):
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(force_close=True, limit=0), cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False, skip_auto_headers=NO_AUTO_HEADERS, trust_env=False)
+        self.host = HostAddresses()
+        try:
+            asyncio.get_running_loop().add_reader(self.host.subscribe(), self._host_changed)
+        except OSError as exc:
+            self.log.error("cannot watch this host's address changes (%s): read every pass only", exc)
+        self._read_host("at start")
+
+    def _read_host(self, when: str) -> None:
+        """Read the host's own addresses, networks and gateways again; say what changed."""
+        added, gone = self.host.refresh()
+        if self.host.error:
+            self.log.error("%s: every connection is refused until it can be", self.host.error)
+        elif added or gone:
+            def shown(nets: set) -> str:
+                return ", ".join(sorted(map(str, nets))[:20]) + (f" and {len(nets) - 20} more" if len(nets) > 20 else "")
+            self.log.info("this host's local networks, read %s: %d%s%s", when, len(self.host.locals),
+                          f"; new: {shown(added)}" if added else "", f"; gone: {shown(gone)}" if gone else "")
+
+    def _host_changed(self) -> None:
+        self.host.drain()
+        self._read_host("on a change")
 
     async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
         if req["op"] == "ensure":
@@ -114,6 +141,7 @@ class EgressDaemon(Daemon):
 
     async def work(self) -> float | None:
         await self.sockets.sync()
+        self._read_host("on a pass")  # the safety net under netlink's announcements
         return None
 
     def state(self, folder: str) -> GroupEgress:
@@ -151,11 +179,13 @@ class EgressDaemon(Daemon):
         return resp
 
     def status(self) -> str:
-        return f"{len(self.sockets)} agent socket(s), {self.connections} web connections"
+        host = self.host.error or f"{len(self.host.locals)} local networks of this host"
+        return f"{len(self.sockets)} agent socket(s), {self.connections} web connections, {host}"
 
     async def shutdown(self) -> None:
         await self.sockets.close()
         await self.session.close()
+        self.host.close()
 
 
 main = EgressDaemon.main

@@ -40,8 +40,10 @@ async def admit(daemon: EgressDaemon, conn: Connection, policy: EgressPolicy, ra
     host = normalize_host(raw_host)
     conn.port = port
     if host is None:
-        return [], daemon.refuse(conn, Refusal("bad-host", "the host name is not valid"), 400)
+        return [], daemon.refuse(conn, Refusal("bad-host", "the host name is not valid (nor is a zone id)"), 400)
     conn.host = host
+    if daemon.host.error:
+        return [], daemon.refuse(conn, Refusal("host-unknown", daemon.host.error), 503, "failed")
     refusal = policy.check_name(host, port)
     if refusal is not None:
         return [], daemon.refuse(conn, refusal)
@@ -65,11 +67,12 @@ async def admit(daemon: EgressDaemon, conn: Connection, policy: EgressPolicy, ra
                 host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP), policy.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             return [], daemon.refuse(conn, Refusal("dns", f"{host} does not resolve ({exc})"), 502, "failed")
+        # a link-local answer's zone id is dropped: the address alone is judged (and refused)
         candidates = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
     allowed: list[IPAddress] = []
     first: Refusal | None = None
     for ip in candidates:
-        refusal = policy.check_address(ip)
+        refusal = policy.check_address(ip, daemon.host.match)
         if refusal is None:
             allowed.append(ip)
         elif first is None:
