@@ -396,10 +396,12 @@ def test_modes_and_lists_refuse_by_name_without_a_lookup(make_system, sites):
     assert "HOST" in lines[-1] and lines[-1]["HOST"] == "-"  # an invalid name is never logged
 
 
-def test_tunnel_limit_and_byte_cap(make_system, sites, certs):
+def test_tunnel_limit_and_the_daily_byte_cap_that_nothing_resets(make_system, sites, certs):
+    """The byte cap is the group's for the owner's day: neither the runner's ensure before a
+    new container (a lead delegating, a restart) nor a restart of egress gives it back."""
     big = sites(body=b"x" * 300_000)
     small = sites(tls=True)
-    s = egress_system(make_system, [big.port, small.port], max_tunnels=1, max_bytes_per_run=200_000)
+    s = egress_system(make_system, [big.port, small.port], max_tunnels=1, max_bytes_per_day=200_000)
     s.start("egress")
     sock = web_sock(s)
     status, _, held, _ = tunnel(sock, f"127.0.0.1:{small.port}")
@@ -408,19 +410,62 @@ def test_tunnel_limit_and_byte_cap(make_system, sites, certs):
     assert status == 429 and headers["x-nanoclaw-egress-rule"] == "tunnel-limit"
     assert https_get(held, certs, "127.0.0.1").endswith(PAGE)  # the held one still works; then it closes
     wait_lines(s, 2)
-    # a download past the run's allowance is cut: the agent gets less than the length it was promised
+    # a download past the day's allowance is cut: the agent gets less than the length it was promised
     status, headers, body = get(sock, f"http://127.0.0.1:{big.port}/big")
     assert status == 200 and int(headers["content-length"]) == 300_000 and len(body) < 300_000
     lines = wait_lines(s, 3)
     assert (lines[-1]["VERDICT"], lines[-1]["RULE"]) == ("cut", "byte-cap")
     status, headers, body = get(sock, f"http://127.0.0.1:{big.port}/again")
     assert status == 429 and headers["x-nanoclaw-egress-rule"] == "byte-cap"
-    # the runner's ensure before a new container starts a new run
+    assert b"this group's web allowance of 200000 bytes a day is used up; it resumes at 00:00 UTC" in body
+    # a new container (what a lead's delegation or a restart makes) asks ensure: nothing resets
     assert s.request("egress", {"op": "ensure", "group": "main"})["ok"]
-    status, _, conn, _ = tunnel(sock, f"127.0.0.1:{small.port}")
-    assert status == 200 and https_get(conn, certs, "127.0.0.1").endswith(PAGE)
-    lines = wait_lines(s, 5)
-    assert [x["VERDICT"] for x in lines] == ["refused", "allowed", "cut", "refused", "allowed"]
+    assert tunnel(sock, f"127.0.0.1:{small.port}")[0] == 429
+    s.restart("egress")  # counted on disk: a restart gives nothing back either
+    assert tunnel(web_sock(s), f"127.0.0.1:{small.port}")[0] == 429
+    with s.db() as con:
+        [(group, agent, day, used)] = con.execute("select * from egressbytes").fetchall()
+    assert (group, agent, day) == ("main", "", time.strftime("%Y-%m-%d", time.gmtime())) and used > 200_000
+    lines = wait_lines(s, 6)
+    assert [x["VERDICT"] for x in lines] == ["refused", "allowed", "cut", "refused", "refused", "refused"]
+    assert [x["RULE"] for x in lines[3:]] == ["byte-cap"] * 3
+
+
+def test_each_agent_has_its_own_daily_allowance_inside_the_groups(make_system, sites):
+    page = sites(body=b"y" * 50_000)
+    s = egress_system(make_system, [page.port], max_bytes_per_day=230_000, max_bytes_per_agent_per_day=120_000)
+    s.cli("agents", "add", "main", "researcher", "--description", "finds things", "--instructions", "Find.")
+    s.start("egress")
+    lead = web_sock(s)
+    member = s.run / "proxy" / ".team" / "main" / "researcher" / "web.sock"
+    s.wait_for(member.exists, 10, what="the member's web socket")
+    url = f"http://127.0.0.1:{page.port}/"
+    assert [len(get(member, url)[2]) for _ in range(2)] == [50_000] * 2
+    status, _, body = get(member, url)
+    assert status == 200 and len(body) < 50_000  # cut at the member's own 120 000
+    status, headers, body = get(member, url)
+    assert status == 429 and b"this agent's web allowance of 120000 bytes a day is used up" in body
+    assert len(get(lead, url)[2]) == 50_000  # the lead's is its own ...
+    status, _, body = get(lead, url)
+    assert status == 200 and len(body) < 50_000  # ... inside the group's 230 000, which the member's count in
+    status, _, body = get(lead, url)
+    assert status == 429 and b"this group's web allowance of 230000 bytes a day is used up" in body
+    lines = wait_lines(s, 7)
+    assert [(x.get("AGENT", ""), x["VERDICT"]) for x in lines] == [
+        ("researcher", "allowed"), ("researcher", "allowed"), ("researcher", "cut"), ("researcher", "refused"),
+        ("", "allowed"), ("", "cut"), ("", "refused")]
+
+
+def test_the_old_per_run_byte_cap_is_read_as_a_days_with_a_deprecation_line(tmp_path, caplog):
+    conf = tmp_path / "c.toml"
+    conf.write_text('[egress]\nmax_bytes_per_run = 5000\n[egress.groups.family]\nmax_bytes_per_run = 700\n')
+    cfg = config_mod.load(conf)
+    assert cfg.egress_for("main").max_bytes_per_day == 5000 and cfg.egress_for("family").max_bytes_per_day == 700
+    said = [r.getMessage() for r in caplog.records if "max_bytes_per_run is deprecated" in r.getMessage()]
+    assert len(said) == 2 and said[0].startswith("egress.max_bytes_per_run is deprecated: read as max_bytes_per_day")
+    conf.write_text('[egress]\nmax_bytes_per_run = 5000\nmax_bytes_per_day = 10\n')
+    with pytest.raises(config_mod.ConfigError, match="max_bytes_per_run is replaced by max_bytes_per_day; remove it"):
+        config_mod.load(conf)
 
 
 # -- the real agent: the CLI's WebFetch and curl in the container, through the host ---------

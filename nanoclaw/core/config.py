@@ -8,6 +8,7 @@ without touching a system install.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -232,6 +233,16 @@ def _egress(table: dict) -> tuple[EgressPolicy, dict[str, EgressPolicy]]:
         raise ConfigError("egress.groups: expected one table per group folder, [egress.groups.<folder>]")
 
     def policy(base: EgressPolicy, values: dict, where: str) -> EgressPolicy:
+        values = dict(values)
+        if "max_bytes_per_run" in values:
+            # Before the cap was per day it was per container start, which a lead could reset
+            # by delegating. An old setting is read as a day's, which can only be stricter.
+            if "max_bytes_per_day" in values:
+                raise ConfigError(f"{where}: max_bytes_per_run is replaced by max_bytes_per_day; remove it")
+            values["max_bytes_per_day"] = values.pop("max_bytes_per_run")
+            logging.getLogger("nanoclaw.config").warning(
+                "%s.max_bytes_per_run is deprecated: read as max_bytes_per_day (the cap now counts a group's "
+                "bytes per day, not per container start); rename it in the configuration", where)
         try:
             return replace(base, **_coerce(EgressPolicy, values, where)).validated()
         except ValueError as exc:

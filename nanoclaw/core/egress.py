@@ -166,7 +166,8 @@ class EgressPolicy:
     allow_addresses: tuple[str, ...] = ()  # local addresses or networks the owner opens ("192.168.1.20")
     ports: tuple[int, ...] = (80, 443)  # for CONNECT and plain http:// alike
     max_tunnels: int = 16  # connections at once, per group
-    max_bytes_per_run: int = 1 << 30  # in and out together, per container run; 0: no cap
+    max_bytes_per_day: int = 1 << 30  # in and out together, per group (lead and team) and day; 0: no cap
+    max_bytes_per_agent_per_day: int = 0  # ... and per agent of it (the lead, each member); 0: only the group's
     connect_timeout: float = 10.0  # seconds to reach the site
     idle_timeout: float = 300.0  # a connection silent both ways this long is closed
 
@@ -190,8 +191,9 @@ class EgressPolicy:
                 raise ValueError(f"allow_addresses: {value!r} is not an IP address or network") from None
         if not all(1 <= p <= 65535 for p in self.ports):
             raise ValueError(f"ports: each must be 1-65535, got {list(self.ports)}")
-        if self.max_tunnels < 1 or self.max_bytes_per_run < 0:
-            raise ValueError("max_tunnels must be at least 1 and max_bytes_per_run at least 0")
+        if self.max_tunnels < 1 or min(self.max_bytes_per_day, self.max_bytes_per_agent_per_day) < 0:
+            raise ValueError("max_tunnels must be at least 1, max_bytes_per_day and max_bytes_per_agent_per_day "
+                             "at least 0")
         if self.connect_timeout <= 0 or self.idle_timeout <= 0:
             raise ValueError("connect_timeout and idle_timeout must be positive")
         return replace(self, **domains)

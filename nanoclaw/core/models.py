@@ -326,8 +326,22 @@ class BudgetLimit(Base):
         primary_key = CompositeKey("scope", "period", "unit")
 
 
+class EgressBytes(Base):
+    """The web bytes (in and out together) each agent moved through egress on one of the
+    owner's days: the group's daily cap is counted from these, so neither a new container nor
+    a restart of egress gives an allowance back. ``group`` is a folder name, as in Usage."""
+
+    group = CharField()
+    agent = CharField(default="")  # "" = the group's lead
+    day = CharField()  # YYYY-MM-DD in the configured timezone
+    bytes = IntegerField(default=0)
+
+    class Meta:
+        primary_key = CompositeKey("group", "agent", "day")
+
+
 MODELS = [Group, Mount, Message, Cursor, Session, Job, Turn, Outbox, Task, TaskRun, Request, AllowedSender,
-          Usage, BudgetLimit]
+          Usage, BudgetLimit, EgressBytes]
 
 
 def open_db(path: Path) -> SqliteDatabase:

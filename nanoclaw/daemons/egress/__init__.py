@@ -28,7 +28,9 @@ READS
 
 WRITES
     Connections to the web sites agents may reach, and nothing else: never a
-    header of its own.
+    header of its own. ``EgressBytes`` rows: each agent's bytes per day
+    (``allowance.py``), so the daily cap survives a new container and a
+    restart of egress.
 
 PRIVILEGE
     The service user, with network (and netlink, to read the host's
@@ -40,7 +42,7 @@ HOSTILE INPUT
     aiohttp with size limits (a malformed head gets aiohttp's plain 400). Host
     names are validated before they are matched or logged; refusals are HTTP
     errors whose text names the rule; connections at once per group, bytes per
-    container run and silence in a tunnel are limited.
+    group and per agent per day, and silence in a tunnel are limited.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ from nanoclaw.core.agent_sockets import WEB_SOCKET
 from nanoclaw.core.egress import Refusal
 from nanoclaw.core.http_serve import NO_AUTO_HEADERS, AgentSockets, cut_off
 from nanoclaw.core.log import fields
+from nanoclaw.core.models import db
 from nanoclaw.core.skeleton import Daemon
+from nanoclaw.daemons.egress.allowance import FLUSH_EVERY, Allowance
 from nanoclaw.daemons.egress.local import HostAddresses
 
 
@@ -66,10 +70,9 @@ class Cut(Exception):
 
 @dataclass
 class GroupEgress:
-    """A group's live egress counters."""
+    """A group's live egress counters (its bytes are the allowance's)."""
 
     active: int = 0  # connections open now
-    run_bytes: int = 0  # in and out since the runner last started this group's container
 
 
 @dataclass
@@ -99,6 +102,11 @@ class EgressDaemon(Daemon):
         self.sockets = AgentSockets(self.cfg, WEB_SOCKET, self._web, keepalive_timeout=30, lingering_time=1.0)
         self.connections = 0
         self.egress: dict[str, GroupEgress] = {}
+        # This process writes byte counts only: as the proxy's usage rows, committed without
+        # waiting for an fsync (a power cut may lose the last seconds of counts).
+        db.execute_sql("PRAGMA synchronous=NORMAL")
+        self.allowance = Allowance(self.cfg)
+        self.flushing: asyncio.TimerHandle | None = None
         # No cookie jar (groups must share nothing) and nothing added to what the agent sent;
         # bodies pass undecoded, so lengths and encodings stay the site's. One upstream
         # connection per agent connection: each is one journal line.
@@ -130,12 +138,10 @@ class EgressDaemon(Daemon):
     async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
         if req["op"] == "ensure":
             # The runner asks before starting a container, so a just-registered group's socket
-            # exists by the time its agent first calls out; a new container is a new run, so
-            # its byte allowance starts again.
+            # exists by the time its agent first calls out. (A new container is no new
+            # allowance: the group's bytes are counted per day.)
             await self.work()
             key = (req.get("group"), req.get("agent") or "")
-            if key in self.sockets:
-                self.state(key[0]).run_bytes = 0
             return {"ok": key in self.sockets, "group": key[0], "agent": key[1]}
         return await super().handle(req, writer)
 
@@ -146,6 +152,19 @@ class EgressDaemon(Daemon):
 
     def state(self, folder: str) -> GroupEgress:
         return self.egress.setdefault(folder, GroupEgress())
+
+    def counted(self) -> None:
+        """Bytes were counted: have them written within FLUSH_EVERY seconds."""
+        if self.flushing is None:
+            self.flushing = asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        self.flushing = None
+        try:
+            self.allowance.flush()
+        except Exception as exc:  # noqa: BLE001 - a full disk must not cut the agents' web
+            self.log.error("web byte counts not written (tried again in %.0fs): %s", FLUSH_EVERY, exc)
+            self.counted()
 
     async def _web(self, folder: str, agent: str, request: web.BaseRequest) -> web.StreamResponse:
         from nanoclaw.daemons.egress import forward, tunnel
@@ -186,6 +205,9 @@ class EgressDaemon(Daemon):
         await self.sockets.close()
         await self.session.close()
         self.host.close()
+        if self.flushing is not None:
+            self.flushing.cancel()
+        self.flush()
 
 
 main = EgressDaemon.main

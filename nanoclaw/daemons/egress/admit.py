@@ -22,15 +22,15 @@ if TYPE_CHECKING:
 
 
 def count(daemon: EgressDaemon, conn: Connection, policy: EgressPolicy, inbound: int = 0, outbound: int = 0) -> None:
-    """Add a chunk to the connection's and the run's bytes; past the cap, cut."""
+    """Add a chunk to the connection's bytes and the day's; past an allowance, cut."""
     from nanoclaw.daemons.egress import Cut
     conn.bytes_in += inbound
     conn.bytes_out += outbound
-    state = daemon.state(conn.folder)
-    state.run_bytes += inbound + outbound
-    if policy.max_bytes_per_run and state.run_bytes > policy.max_bytes_per_run:
+    over = daemon.allowance.add(conn.folder, conn.agent, inbound + outbound, policy)
+    daemon.counted()
+    if over:
         conn.verdict, conn.rule = "cut", "byte-cap"  # here: the Cut may reach the handler wrapped by aiohttp
-        conn.detail = f"this run passed its {policy.max_bytes_per_run} byte allowance"
+        conn.detail = over
         raise Cut(conn.detail)
 
 
@@ -52,9 +52,9 @@ async def admit(daemon: EgressDaemon, conn: Connection, policy: EgressPolicy, ra
         return [], daemon.refuse(conn, Refusal(
             "tunnel-limit", f"this group already has {state.active} connections open "
                             f"(max_tunnels = {policy.max_tunnels})"), 429)
-    if policy.max_bytes_per_run and state.run_bytes >= policy.max_bytes_per_run:
-        return [], daemon.refuse(conn, Refusal(
-            "byte-cap", f"this run used its {policy.max_bytes_per_run} byte allowance"), 429)
+    used_up = daemon.allowance.refusal(conn.folder, conn.agent, policy)
+    if used_up is not None:
+        return [], daemon.refuse(conn, used_up, 429)
     # Counted from here, the lookup included: lookups hold threads, and a group's are bounded too.
     state.active += 1
     conn.counted = True
