@@ -251,6 +251,8 @@ class Relay:
                 if isinstance(held, web.Response):
                     return held
                 hold = held
+                if request.transport is None or request.transport.is_closing():
+                    return refusal(400, "nanoclaw: the agent went away while its call waited")  # never sent
             box = [out]  # the only reference: sent, its bytes are freed while the answer streams
             del out
             return await self._send(folder, agent, request, endpoint, query, box, estimate, hold, started, unbuffer)
