@@ -213,10 +213,12 @@ class Exceeded:
 
 
 def exceeded(cfg: Config, folder: str, at: float | None = None,
-             spent_of: Callable[[str, str, float | None], Spent] | None = None) -> Exceeded | None:
+             spent_of: Callable[[str, str, float | None], Spent] | None = None,
+             in_force: list[Limit] | None = None) -> Exceeded | None:
     """The first budget of the group (or of all groups) that is used up, or None. ``spent_of``
-    (scope, period, at) replaces the database's sums (the API relay's running totals)."""
-    for lim in limits(cfg, folder, ALL):
+    (scope, period, at) replaces the database's sums (the API relay's running totals);
+    ``in_force``, the group's limits already read."""
+    for lim in limits(cfg, folder, ALL) if in_force is None else in_force:
         used = (spent_of or (lambda *a: spent(cfg, *a)))(lim.scope, lim.period, at)
         value = used.usd if lim.unit == "usd" else used.tokens
         if value >= lim.limit:

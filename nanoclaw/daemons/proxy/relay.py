@@ -207,10 +207,11 @@ class Relay:
         deadline = time.monotonic() + HOLD_WAIT
         waiting = False
         while True:
-            spent = usage_mod.exceeded(self.cfg, folder, spent_of=tally.spent)
+            in_force = usage_mod.limits(self.cfg, folder, usage_mod.ALL)  # again after a wait: the owner may raise
+            spent = usage_mod.exceeded(self.cfg, folder, spent_of=tally.spent, in_force=in_force)
             if spent is not None:
                 return self._spent(folder, agent, spent)
-            if usage_mod.exceeded(self.cfg, folder, spent_of=tally.committed) is None:
+            if usage_mod.exceeded(self.cfg, folder, spent_of=tally.committed, in_force=in_force) is None:
                 return tally.hold(folder, estimate.usd, estimate.tokens_in + estimate.max_tokens)
             if not waiting:
                 waiting = True
