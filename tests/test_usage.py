@@ -420,7 +420,10 @@ def test_budget_and_price_configuration_is_checked(tmp_path):
                       ('[usage.prices.x]\ninput = 1\noutput = -2\n', "0 or more"),
                       ('[budgets]\nday_usd = -1\n', "0 (none) or more"),
                       ('[budgets]\nweekly_usd = 1\n', "unknown setting 'weekly_usd'"),
-                      ('[budgets.groups."../x"]\nday_usd = 1\n', "is not a group folder name")):
+                      ('[budgets.groups."../x"]\nday_usd = 1\n', "is not a group folder name"),
+                      ('[api]\nmax_calls_per_group = 0\n', "max_calls_per_group, max_calls_per_agent, max_body_bytes and"),
+                      ('[api]\nbetas = "x"\n', "api.betas: expected a list of strings"),
+                      ('[usage]\nweb_search_usd = -1\n', "web_search_usd and web_fetch_usd are USD per request")):
         conf.write_text(text)
         with pytest.raises(config_mod.ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
             config_mod.load(conf)
