@@ -241,7 +241,7 @@ if [ "$START" -eq 1 ] && [ "$HAVE_SYSTEMD" -eq 1 ]; then
     systemctl restart nanoclaw.target
     for _ in $(seq 60); do
         systemctl is-active --quiet nanoclaw-channel nanoclaw-queue nanoclaw-runner nanoclaw-ipc \
-            nanoclaw-router nanoclaw-proxy nanoclaw-scheduler && break
+            nanoclaw-router nanoclaw-proxy nanoclaw-egress nanoclaw-scheduler && break
         sleep 0.5
     done
 fi

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""What the host proxy adds to an HTTPS fetch: proxied against direct, on loopback.
+"""What the egress daemon adds to an HTTPS fetch: proxied against direct, on loopback.
 
     python3 bench/egress_latency.py [--runs 300]
 
 A site on 127.0.0.1 serves a small page over TLS (a throwaway CA made with
 openssl). Direct: a new TLS connection to it per fetch. Proxied: the same
 fetch as an agent makes it: TCP to a byte relay on 127.0.0.1 (what the
-container's forwarder is), the group's web socket, the real proxy daemon
+container's forwarder is), the group's web socket, the real egress daemon
 (policy, lookup, journal line), CONNECT, then TLS end to end with the site.
 The two kinds alternate so that load on the machine falls on both alike.
 Every byte stays on loopback.
@@ -96,7 +96,7 @@ def main() -> int:
         "allow_addresses": ["127.0.0.1"], "ports": [site.port]}})
     try:
         system.cli("groups", "add", "main", "--main")
-        system.start("proxy")
+        system.start("egress")
         sock = system.run / "proxy" / "main" / "web.sock"
         system.wait_for(sock.exists, 10, what="the web socket")
         proxy_port = relay(sock)
@@ -108,8 +108,8 @@ def main() -> int:
         for _ in range(args.runs):
             direct.append(fetch(ctx, site.port, None))
             proxied.append(fetch(ctx, site.port, proxy_port))
-        # the proxy writes a tunnel's line once it sees the close: wait for the last one
-        lines = system.wait_for(lambda: (n := system.log("proxy").count(" egress group=main ")) >= args.runs + 10
+        # egress writes a tunnel's line once it sees the close: wait for the last one
+        lines = system.wait_for(lambda: (n := system.log("egress").count(" egress ip=")) >= args.runs + 10
                                 and n, 10, what="a journal line per proxied connection")
     finally:
         system.close()
@@ -120,7 +120,7 @@ def main() -> int:
     for name, values in (("direct", direct), ("proxied", proxied)):
         print(f"{name:<10} " + " ".join(f"{pct(values, p) * 1000:7.2f}ms" for p in (50, 90, 99)))
     print(f"{'added':<10} " + " ".join(f"{(pct(proxied, p) - pct(direct, p)) * 1000:7.2f}ms" for p in (50, 90, 99)))
-    print(f"proxy journal lines: {lines} for {args.runs + 10} proxied connections")
+    print(f"egress journal lines: {lines} for {args.runs + 10} proxied connections")
     return 0
 
 

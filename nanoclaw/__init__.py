@@ -3,4 +3,4 @@
 __version__ = "0.1.0"
 
 # Every long-running process, one systemd unit each; `nanoclaw <name>` runs one.
-DAEMONS = ("channel", "queue", "runner", "ipc", "router", "proxy", "scheduler")
+DAEMONS = ("channel", "queue", "runner", "ipc", "router", "proxy", "egress", "scheduler")

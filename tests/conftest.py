@@ -417,6 +417,17 @@ def make_agent_system(make_system, real_agent_image, podman_service, fake_api):
 
 
 @pytest.fixture
+def need_root_and_strace():
+    """strace, and root for it and for the private mount namespace (as in CI): network tests that prove a refusal."""
+    missing = "strace is not installed" if subprocess.run(["which", "strace"], capture_output=True).returncode \
+        else "not root (a private /etc/hosts needs a mount namespace)" if os.geteuid() != 0 else ""
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{missing} (CI=true: the refusal evidence needs it)")
+        pytest.skip(missing)
+
+
+@pytest.fixture
 def offline_system(make_system) -> System:
     """A nanoclaw with no containers involved (daemons that do not need Podman)."""
     return make_system()

@@ -17,7 +17,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-Turn = dict[str, Any]  # {"text": str} | {"tool_use": {"name": str, "input": dict}} | {"blocks": [...]}
+# {"text": str} | {"tool_use": {"name": str, "input": dict}} | {"blocks": [...]}, with optional "usage",
+# "status" (an error answer), "cut": True (a stream that ends after message_start, no final usage) or
+# "pace": seconds a stream takes between its content and its final usage (the model still generating)
+Turn = dict[str, Any]
 Responder = Callable[[dict], Turn]
 
 
@@ -122,7 +125,7 @@ class FakeAnthropic:
                 except ValueError:
                     body = {}
                 record = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                          "body": body, "time": time.time()}
+                          "body": body, "raw": raw, "time": time.time()}
                 with fake.lock:
                     fake.requests.append(record)
                 if not self.path.startswith("/v1/messages") or "count_tokens" in self.path:
@@ -141,7 +144,7 @@ class FakeAnthropic:
                 model = body.get("model", "claude-fake")
                 usage = {**fake.usage, **turn.get("usage", {})}
                 if body.get("stream"):
-                    self._stream(blocks, stop, model, usage)
+                    self._stream(blocks, stop, model, usage, cut=bool(turn.get("cut")), pace=turn.get("pace", 0.0))
                 else:
                     self._json({"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
                                 "content": blocks, "stop_reason": stop, "stop_sequence": None,
@@ -150,8 +153,10 @@ class FakeAnthropic:
             def do_GET(self) -> None:
                 with fake.lock:
                     fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": None,
-                                          "time": time.time()})
+                                          "method": self.command, "time": time.time()})
                 self._json({})
+
+            do_DELETE = do_PUT = do_PATCH = do_GET  # recorded: a test shows none of them got here
 
             def _json(self, obj: dict, status: int = 200) -> None:
                 data = json.dumps(obj).encode()
@@ -165,7 +170,8 @@ class FakeAnthropic:
                 self.wfile.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
                 self.wfile.flush()
 
-            def _stream(self, blocks: list[dict], stop: str, model: str, usage: dict) -> None:
+            def _stream(self, blocks: list[dict], stop: str, model: str, usage: dict, cut: bool = False,
+                        pace: float = 0.0) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
@@ -178,6 +184,8 @@ class FakeAnthropic:
                     "usage": {**usage, "output_tokens": 1}}})
                 if fake.hold is not None:
                     fake.hold.wait(30)
+                if cut:
+                    return  # the connection closes with no final usage
                 for i, block in enumerate(blocks):
                     if block["type"] == "text":
                         self._event("content_block_start", {"type": "content_block_start", "index": i,
@@ -194,9 +202,12 @@ class FakeAnthropic:
                                                             "delta": {"type": "input_json_delta",
                                                                       "partial_json": json.dumps(block["input"])}})
                     self._event("content_block_stop", {"type": "content_block_stop", "index": i})
+                if pace:
+                    time.sleep(pace)
+                final = {k: v for k, v in usage.items() if k in ("output_tokens", "server_tool_use")}
                 self._event("message_delta", {"type": "message_delta",
                                               "delta": {"stop_reason": stop, "stop_sequence": None},
-                                              "usage": {"output_tokens": usage["output_tokens"]}})
+                                              "usage": final})
                 self._event("message_stop", {"type": "message_stop"})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)

@@ -35,6 +35,9 @@ from nanoclaw.core.egress import EgressPolicy, classify, normalize_host, parse_i
     ("::1", "loopback"), ("::", "unspecified"), ("fd00::1", "unique-local"), ("fe80::1", "link-local"),
     ("ff02::1", "multicast"), ("::ffff:10.0.0.1", "RFC 1918"), ("64:ff9b::a9fe:a9fe", "link-local"),
     ("2002:a00:1::1", "RFC 1918"), ("192.0.2.1", "not a public address"),
+    # IPv4 inside IPv6 in the spellings Python calls global, and deprecated or local-use ranges
+    ("::8.8.8.8", "IPv4-compatible"), ("::127.0.0.1", "IPv4-compatible"), ("::ffff:0:8.8.8.8", "IPv4-translated"),
+    ("64:ff9b:1::808:808", "local-use NAT64"), ("fec0::1", "site-local"),
 ])
 def test_every_local_address_is_classified(address, kind):
     assert kind in (classify(parse_ip(address)) or "")
@@ -60,8 +63,17 @@ def test_policy_rules_in_order():
     assert allow.check_name("x.wikipedia.org", 443).rule == "deny-list"  # deny wins
     assert allow.check_name("example.org", 443).rule == "allowlist"
     assert EgressPolicy(mode="off").check_name("example.org", 443).rule == "egress-off"
-    for bad in ("a b", "-x.org", "x..org", "ex\u00e4mple.org", "a" * 254, "host\r\ninjected: 1"):
+    for bad in ("a b", "-x.org", "x..org", "ex\u00e4mple.org", "a" * 254, "host\r\ninjected: 1",
+                "fe80::1%eth0", "fe80::1%x,verdict=allowed", "fe80::1%25eth0"):  # no zone ids
         assert normalize_host(bad) is None, bad
+    # an IPv4 address has one spelling here, whichever the resolver would read
+    for spelled in ("0x5db8d70e", "93.12113678", "0135.0270.0327.016", "1572394766", "0X5DB8D70E", "93.184.215.14."):
+        assert normalize_host(spelled) == "93.184.215.14", spelled
+    deny = EgressPolicy(deny_domains=("0x5db8d70e",)).validated()
+    assert deny.deny_domains == ("93.184.215.14",)
+    for host in ("93.184.215.14", "::ffff:93.184.215.14", "::ffff:5db8:d70e"):
+        assert deny.check_name(normalize_host(host), 443).rule == "deny-list", host
+    assert deny.check_address(parse_ip("::ffff:93.184.215.14")).rule == "deny-list"  # a name resolving to it
 
 
 def test_egress_configuration_is_validated(tmp_path):
@@ -168,8 +180,8 @@ def https_get(conn: socket.socket, certs: Path, name: str, path: str = "/page") 
 
 
 def egress_lines(system) -> list[dict[str, str]]:
-    """The proxy's line per connection, as the journal fields it carries under systemd."""
-    return [subjects(e) | {"LINE": e["MESSAGE"]} for e in system.journal.of("proxy") if " egress ip=" in e["MESSAGE"]]
+    """The egress daemon's line per connection, as the journal fields it carries under systemd."""
+    return [subjects(e) | {"LINE": e["MESSAGE"]} for e in system.journal.of("egress") if " egress ip=" in e["MESSAGE"]]
 
 
 def wait_lines(system, n: int) -> list[dict[str, str]]:
@@ -212,17 +224,6 @@ class Strace:
         return self.text()
 
 
-@pytest.fixture
-def need_root_and_strace():
-    """strace, and root for it and for the private mount namespace (as in CI)."""
-    missing = "strace is not installed" if subprocess.run(["which", "strace"], capture_output=True).returncode \
-        else "not root (a private /etc/hosts needs a mount namespace)" if os.geteuid() != 0 else ""
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{missing} (CI=true: the refusal evidence needs it)")
-        pytest.skip(missing)
-
-
 def egress_system(make_system, ports: list[int], **egress) -> object:
     settings = {"mode": "open", "allow_addresses": ["127.0.0.1"], "ports": [80, 443, *ports], **egress}
     s = make_system(egress=settings)
@@ -235,7 +236,7 @@ def egress_system(make_system, ports: list[int], **egress) -> object:
 def test_connect_tunnel_keeps_tls_end_to_end(make_system, sites, certs):
     site = sites(tls=True)
     s = egress_system(make_system, [site.port])
-    s.start("proxy")
+    s.start("egress")
     status, headers, conn, _ = tunnel(web_sock(s), f"127.0.0.1:{site.port}")
     assert status == 200
     answer = https_get(conn, certs, "127.0.0.1")  # the site's own certificate, checked here
@@ -246,7 +247,7 @@ def test_connect_tunnel_keeps_tls_end_to_end(make_system, sites, certs):
     assert line["VERDICT"] == "allowed"
     # TLS records both ways: more than the page came in, a request went out
     assert int(line["BYTES_IN"]) > len(PAGE) and int(line["BYTES_OUT"]) > 100
-    assert PAGE.decode() not in s.log("proxy")
+    assert PAGE.decode() not in s.log("egress")
 
 
 def test_a_tunnel_carries_megabytes_both_ways_at_once(make_system):
@@ -265,7 +266,7 @@ def test_a_tunnel_carries_megabytes_both_ways_at_once(make_system):
     threading.Thread(target=serve, daemon=True).start()
     port = echo.getsockname()[1]
     s = egress_system(make_system, [port])
-    s.start("proxy")
+    s.start("egress")
     status, _, conn, _ = tunnel(web_sock(s), f"127.0.0.1:{port}")
     assert status == 200
     payload = os.urandom(3 * 1024 * 1024)
@@ -294,7 +295,7 @@ def test_a_tunnel_carries_megabytes_both_ways_at_once(make_system):
 def test_plain_http_goes_to_the_checked_address_with_the_urls_host(make_system, sites):
     site = sites()
     s = egress_system(make_system, [site.port])
-    s.start("proxy")
+    s.start("egress")
     sock = web_sock(s)
     # the agent's Host header cannot steer the request elsewhere (RFC 9112: the URL's wins)
     status, headers, body = get(sock, f"http://127.0.0.1:{site.port}/page?q=1", Host="metadata.internal",
@@ -327,12 +328,12 @@ def test_local_addresses_are_refused_before_any_connect(make_system, sites, tmp_
     proxy never called connect() for any of them. The one allowed page proves tracing was live."""
     site = sites()
     s = egress_system(make_system, [site.port])
-    s.wrap["proxy"] = private_hosts(tmp_path / "hosts", {
+    s.wrap["egress"] = private_hosts(tmp_path / "hosts", {
         "internal.test": "10.1.2.3", "metadata.test": "169.254.169.254", "sneaky.test": "127.0.0.9",
         "pages.test": "127.0.0.1"})
-    s.start("proxy")
+    s.start("egress")
     sock = web_sock(s)
-    trace = Strace(s.procs["proxy"].pid, tmp_path / "strace.txt")
+    trace = Strace(s.procs["egress"].pid, tmp_path / "strace.txt")
     try:
         assert get(sock, f"http://pages.test:{site.port}/page")[0] == 200  # allowed: 127.0.0.1 is opened
         trace.wait_for_connect(site.port)
@@ -376,7 +377,7 @@ def test_modes_and_lists_refuse_by_name_without_a_lookup(make_system, sites):
                                        "ports": {"deny_domains": [], "ports": [443]}}})
     for group in ("main", "family", "work", "ports"):
         s.cli("groups", "add", group, *(["--main"] if group == "main" else []))
-    s.start("proxy")
+    s.start("egress")
     url = f"http://127.0.0.1:{site.port}/page"
     expect = {"main": (403, "deny-list"), "family": (403, "egress-off"), "work": (200, None),
               "ports": (403, "port")}
@@ -394,11 +395,13 @@ def test_modes_and_lists_refuse_by_name_without_a_lookup(make_system, sites):
     assert "HOST" in lines[-1] and lines[-1]["HOST"] == "-"  # an invalid name is never logged
 
 
-def test_tunnel_limit_and_byte_cap(make_system, sites, certs):
+def test_tunnel_limit_and_the_daily_byte_cap_that_nothing_resets(make_system, sites, certs):
+    """The byte cap is the group's for the owner's day: neither the runner's ensure before a
+    new container (a lead delegating, a restart) nor a restart of egress gives it back."""
     big = sites(body=b"x" * 300_000)
     small = sites(tls=True)
-    s = egress_system(make_system, [big.port, small.port], max_tunnels=1, max_bytes_per_run=200_000)
-    s.start("proxy")
+    s = egress_system(make_system, [big.port, small.port], max_tunnels=1, max_bytes_per_day=200_000)
+    s.start("egress")
     sock = web_sock(s)
     status, _, held, _ = tunnel(sock, f"127.0.0.1:{small.port}")
     assert status == 200
@@ -406,19 +409,62 @@ def test_tunnel_limit_and_byte_cap(make_system, sites, certs):
     assert status == 429 and headers["x-nanoclaw-egress-rule"] == "tunnel-limit"
     assert https_get(held, certs, "127.0.0.1").endswith(PAGE)  # the held one still works; then it closes
     wait_lines(s, 2)
-    # a download past the run's allowance is cut: the agent gets less than the length it was promised
+    # a download past the day's allowance is cut: the agent gets less than the length it was promised
     status, headers, body = get(sock, f"http://127.0.0.1:{big.port}/big")
     assert status == 200 and int(headers["content-length"]) == 300_000 and len(body) < 300_000
     lines = wait_lines(s, 3)
     assert (lines[-1]["VERDICT"], lines[-1]["RULE"]) == ("cut", "byte-cap")
     status, headers, body = get(sock, f"http://127.0.0.1:{big.port}/again")
     assert status == 429 and headers["x-nanoclaw-egress-rule"] == "byte-cap"
-    # the runner's ensure before a new container starts a new run
-    assert s.request("proxy", {"op": "ensure", "group": "main"})["ok"]
-    status, _, conn, _ = tunnel(sock, f"127.0.0.1:{small.port}")
-    assert status == 200 and https_get(conn, certs, "127.0.0.1").endswith(PAGE)
-    lines = wait_lines(s, 5)
-    assert [x["VERDICT"] for x in lines] == ["refused", "allowed", "cut", "refused", "allowed"]
+    assert b"this group's web allowance of 200000 bytes a day is used up; it resumes at 00:00 UTC" in body
+    # a new container (what a lead's delegation or a restart makes) asks ensure: nothing resets
+    assert s.request("egress", {"op": "ensure", "group": "main"})["ok"]
+    assert tunnel(sock, f"127.0.0.1:{small.port}")[0] == 429
+    s.restart("egress")  # counted on disk: a restart gives nothing back either
+    assert tunnel(web_sock(s), f"127.0.0.1:{small.port}")[0] == 429
+    with s.db() as con:
+        [(group, agent, day, used)] = con.execute("select * from egressbytes").fetchall()
+    assert (group, agent, day) == ("main", "", time.strftime("%Y-%m-%d", time.gmtime())) and used > 200_000
+    lines = wait_lines(s, 6)
+    assert [x["VERDICT"] for x in lines] == ["refused", "allowed", "cut", "refused", "refused", "refused"]
+    assert [x["RULE"] for x in lines[3:]] == ["byte-cap"] * 3
+
+
+def test_each_agent_has_its_own_daily_allowance_inside_the_groups(make_system, sites):
+    page = sites(body=b"y" * 50_000)
+    s = egress_system(make_system, [page.port], max_bytes_per_day=230_000, max_bytes_per_agent_per_day=120_000)
+    s.cli("agents", "add", "main", "researcher", "--description", "finds things", "--instructions", "Find.")
+    s.start("egress")
+    lead = web_sock(s)
+    member = s.run / "proxy" / ".team" / "main" / "researcher" / "web.sock"
+    s.wait_for(member.exists, 10, what="the member's web socket")
+    url = f"http://127.0.0.1:{page.port}/"
+    assert [len(get(member, url)[2]) for _ in range(2)] == [50_000] * 2
+    status, _, body = get(member, url)
+    assert status == 200 and len(body) < 50_000  # cut at the member's own 120 000
+    status, headers, body = get(member, url)
+    assert status == 429 and b"this agent's web allowance of 120000 bytes a day is used up" in body
+    assert len(get(lead, url)[2]) == 50_000  # the lead's is its own ...
+    status, _, body = get(lead, url)
+    assert status == 200 and len(body) < 50_000  # ... inside the group's 230 000, which the member's count in
+    status, _, body = get(lead, url)
+    assert status == 429 and b"this group's web allowance of 230000 bytes a day is used up" in body
+    lines = wait_lines(s, 7)
+    assert [(x.get("AGENT", ""), x["VERDICT"]) for x in lines] == [
+        ("researcher", "allowed"), ("researcher", "allowed"), ("researcher", "cut"), ("researcher", "refused"),
+        ("", "allowed"), ("", "cut"), ("", "refused")]
+
+
+def test_the_old_per_run_byte_cap_is_read_as_a_days_with_a_deprecation_line(tmp_path, caplog):
+    conf = tmp_path / "c.toml"
+    conf.write_text('[egress]\nmax_bytes_per_run = 5000\n[egress.groups.family]\nmax_bytes_per_run = 700\n')
+    cfg = config_mod.load(conf)
+    assert cfg.egress_for("main").max_bytes_per_day == 5000 and cfg.egress_for("family").max_bytes_per_day == 700
+    said = [r.getMessage() for r in caplog.records if "max_bytes_per_run is deprecated" in r.getMessage()]
+    assert len(said) == 2 and said[0].startswith("egress.max_bytes_per_run is deprecated: read as max_bytes_per_day")
+    conf.write_text('[egress]\nmax_bytes_per_run = 5000\nmax_bytes_per_day = 10\n')
+    with pytest.raises(config_mod.ConfigError, match="max_bytes_per_run is replaced by max_bytes_per_day; remove it"):
+        config_mod.load(conf)
 
 
 # -- the real agent: the CLI's WebFetch and curl in the container, through the host ---------
@@ -432,9 +478,9 @@ def agent_egress_system(make_agent_system, tmp_path, certs, ports: list[int]):
                           settings={"egress": {
         "mode": "allowlist", "allow_addresses": ["127.0.0.1"], "ports": [80, 443, *ports],
         "allow_domains": ["pages.test", "internal.test", "10.0.0.1", "169.254.169.254"]}})
-    s.stop("proxy")
-    s.wrap["proxy"] = private_hosts(tmp_path / "hosts", {"pages.test": "127.0.0.1", "internal.test": "10.1.2.3"})
-    s.start("proxy")
+    s.stop("egress")
+    s.wrap["egress"] = private_hosts(tmp_path / "hosts", {"pages.test": "127.0.0.1", "internal.test": "10.1.2.3"})
+    s.start("egress")
     group = s.state / "groups" / "main"
     (group / "ca.pem").write_bytes((certs / "ca.pem").read_bytes())
     # WebFetch first asks api.anthropic.com whether a domain may be fetched; a test must not
@@ -490,7 +536,7 @@ def test_agent_requests_to_local_addresses_are_refused_before_leaving(make_agent
                                                                      tmp_path, need_root_and_strace):
     page = sites()
     s = agent_egress_system(make_agent_system, tmp_path, certs, [page.port])
-    trace = Strace(s.procs["proxy"].pid, tmp_path / "strace.txt")
+    trace = Strace(s.procs["egress"].pid, tmp_path / "strace.txt")
     probes = [f"http://pages.test:{page.port}/first",  # allowed: shows the trace is live
               "http://10.0.0.1/", "http://169.254.169.254/latest/meta-data/", "http://internal.test/",
               "https://10.0.0.1/", "https://169.254.169.254/", "https://internal.test/"]

@@ -422,7 +422,8 @@ def test_a_groups_model_reaches_its_containers_and_a_members_own_wins(tmp_path, 
 
 def test_the_meter_reads_usage_from_any_chunking_and_prices_by_longest_prefix():
     from nanoclaw.core import config as config_mod
-    from nanoclaw.core.usage import Meter, cost, parse_amount, price_of
+    from nanoclaw.core.usage import cost, parse_amount, price_of
+    from nanoclaw.daemons.proxy.meter import Meter
     events = [{"type": "message_start", "message": {"model": "claude-sonnet-4-5-20250929", "usage": {
         "input_tokens": 12, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 7, "output_tokens": 1}}},
         {"type": "content_block_delta", "delta": {"type": "text_delta", "text": '"message_delta" ' * 500}},
@@ -453,7 +454,10 @@ def test_budget_and_price_configuration_is_checked(tmp_path):
                       ('[usage.prices.x]\ninput = 1\noutput = -2\n', "0 or more"),
                       ('[budgets]\nday_usd = -1\n', "0 (none) or more"),
                       ('[budgets]\nweekly_usd = 1\n', "unknown setting 'weekly_usd'"),
-                      ('[budgets.groups."../x"]\nday_usd = 1\n', "is not a group folder name")):
+                      ('[budgets.groups."../x"]\nday_usd = 1\n', "is not a group folder name"),
+                      ('[api]\nmax_calls_per_group = 0\n', "max_calls_per_group, max_calls_per_agent, max_body_bytes and"),
+                      ('[api]\nbetas = "x"\n', "api.betas: expected a list of strings"),
+                      ('[usage]\nweb_search_usd = -1\n', "web_search_usd and web_fetch_usd are USD per request")):
         conf.write_text(text)
         with pytest.raises(config_mod.ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
             config_mod.load(conf)
@@ -490,9 +494,10 @@ def test_the_proxys_running_totals_equal_the_databases_sums(tmp_path):
     from nanoclaw.core import config as config_mod
     from nanoclaw.core import usage
     from nanoclaw.core.models import open_db
+    from nanoclaw.daemons.proxy.budget import Tally
     open_db(tmp_path / "t.db")
     cfg = config_mod.Config(timezone="UTC")
-    tally = usage.Tally(cfg)
+    tally = Tally(cfg)
     now = time.time()
     for i, (folder, model) in enumerate((("a", "claude-sonnet-4-5"), ("b", "mystery"), ("a", "claude-haiku-4-5"))):
         if i == 1:  # totals first read between calls, then kept up to date

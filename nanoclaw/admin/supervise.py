@@ -1,4 +1,4 @@
-"""``nanoclaw run-all``: the seven daemons (and the Podman API) as child processes.
+"""``nanoclaw run-all``: the daemons (and the Podman API) as child processes.
 
 A stand-in for systemd where there is none (a laptop, a container): each daemon is its own
 OS process, its output prefixed with its name; a child that dies is restarted after a second,

@@ -8,6 +8,7 @@ without touching a system install.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -15,6 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 
+from nanoclaw.core.costs import DEFAULT_PRICES, ApiConfig, Budget, Price, UsageConfig
 from nanoclaw.core.egress import EgressPolicy
 
 # A group's folder name (and a team member's): here, not in core/groups.py, so that reading the
@@ -121,52 +123,6 @@ class TasksConfig:
 
 
 @dataclass(frozen=True)
-class Price:
-    """What one model costs, in USD per million tokens (``[usage.prices."<model>"]``)."""
-
-    input: float
-    output: float
-    cache_write: float = 0.0  # writing the prompt cache (the 5-minute kind)
-    cache_read: float = 0.0
-
-
-# Anthropic's list prices (USD per million tokens) when this was written, matched as the longest
-# prefix of the model id an answer names ("claude-sonnet-4-5-20250929" is "claude-sonnet-4-5").
-# Estimates: the owner corrects or adds models in [usage.prices."<model>"].
-DEFAULT_PRICES: dict[str, Price] = {
-    "claude-opus-4-5": Price(5.0, 25.0, 6.25, 0.50),
-    "claude-opus-4-1": Price(15.0, 75.0, 18.75, 1.50),
-    "claude-opus-4": Price(15.0, 75.0, 18.75, 1.50),
-    "claude-sonnet-4-5": Price(3.0, 15.0, 3.75, 0.30),
-    "claude-sonnet-4": Price(3.0, 15.0, 3.75, 0.30),
-    "claude-3-7-sonnet": Price(3.0, 15.0, 3.75, 0.30),
-    "claude-haiku-4-5": Price(1.0, 5.0, 1.25, 0.10),
-    "claude-3-5-haiku": Price(0.80, 4.0, 1.0, 0.08),
-    "claude-3-haiku": Price(0.25, 1.25, 0.30, 0.03),
-}
-
-
-@dataclass(frozen=True)
-class UsageConfig:
-    """``[usage]``: which models the proxy lets through, and what they cost."""
-
-    # fnmatch patterns ("claude-sonnet-4-5*"); empty: any model. The proxy refuses others.
-    allowed_models: tuple[str, ...] = ()
-    prices: dict[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Spending limits for one period pair (``[budgets]``: all groups together;
-    ``[budgets.groups.<folder>]``: one group). 0 is no limit."""
-
-    day_usd: float = 0.0
-    month_usd: float = 0.0
-    day_tokens: int = 0
-    month_tokens: int = 0
-
-
-@dataclass(frozen=True)
 class Config:
     """Resolved settings for every daemon and the CLI."""
 
@@ -200,6 +156,7 @@ class Config:
     team: TeamConfig = field(default_factory=TeamConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     budget: Budget = field(default_factory=Budget)  # [budgets]: all groups together
     budget_groups: dict[str, Budget] = field(default_factory=dict)  # [budgets.groups.<folder>]
 
@@ -287,6 +244,16 @@ def _egress(table: dict) -> tuple[EgressPolicy, dict[str, EgressPolicy]]:
         raise ConfigError("egress.groups: expected one table per group folder, [egress.groups.<folder>]")
 
     def policy(base: EgressPolicy, values: dict, where: str) -> EgressPolicy:
+        values = dict(values)
+        if "max_bytes_per_run" in values:
+            # Before the cap was per day it was per container start, which a lead could reset
+            # by delegating. An old setting is read as a day's, which can only be stricter.
+            if "max_bytes_per_day" in values:
+                raise ConfigError(f"{where}: max_bytes_per_run is replaced by max_bytes_per_day; remove it")
+            values["max_bytes_per_day"] = values.pop("max_bytes_per_run")
+            logging.getLogger("nanoclaw.config").warning(
+                "%s.max_bytes_per_run is deprecated: read as max_bytes_per_day (the cap now counts a group's "
+                "bytes per day, not per container start); rename it in the configuration", where)
         try:
             return replace(base, **_coerce(EgressPolicy, values, where)).validated()
         except ValueError as exc:
@@ -376,6 +343,7 @@ def load(path: Path | None = None) -> Config:
     team = TeamConfig(**_coerce(TeamConfig, data.pop("team", {}), "team"))
     tasks = TasksConfig(**_coerce(TasksConfig, data.pop("tasks", {}), "tasks"))
     usage = _usage(data.pop("usage", {}))
+    api = ApiConfig(**_coerce(ApiConfig, data.pop("api", {}), "api"))
     budget, budget_groups = _budgets(data.pop("budgets", {}))
     settings = _coerce(Config, data, "config")
     for key, env in (("state_dir", "NANOCLAW_STATE_DIR"), ("runtime_dir", "NANOCLAW_RUNTIME_DIR"),
@@ -392,7 +360,7 @@ def load(path: Path | None = None) -> Config:
         detected = _coerce(ContainerConfig, table, f"{detected_path.name}: container")
     container = ContainerConfig(**{**detected, **owner_container})
     cfg = Config(container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, team=team,
-                 tasks=tasks, usage=usage, budget=budget, budget_groups=budget_groups, **settings)
+                 tasks=tasks, usage=usage, api=api, budget=budget, budget_groups=budget_groups, **settings)
     if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
     if cfg.approval_timeout <= 0:
@@ -405,6 +373,11 @@ def load(path: Path | None = None) -> Config:
         raise ConfigError("[container] precheck_timeout must be more than 0 and at most 240 seconds")
     if not 1 <= container.precheck_max_output <= 65536:
         raise ConfigError("[container] precheck_max_output must be between 1 and 65536 bytes")
+    if min(api.max_calls_per_group, api.max_calls_per_agent, api.max_body_bytes, api.max_buffered_per_group) < 1:
+        raise ConfigError("[api] max_calls_per_group, max_calls_per_agent, max_body_bytes and "
+                          "max_buffered_per_group must be at least 1")
+    if min(usage.web_search_usd, usage.web_fetch_usd) < 0:
+        raise ConfigError("[usage] web_search_usd and web_fetch_usd are USD per request, 0 or more")
     if min(team.max_depth, team.max_delegations) < 1 or team.max_members < 0:
         raise ConfigError("[team] max_depth and max_delegations must be at least 1, max_members at least 0")
     if tasks.max_per_group < 1 or tasks.min_interval < 60:

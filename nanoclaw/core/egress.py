@@ -1,22 +1,32 @@
 """Web egress policy: which hosts, ports and addresses a group's agent may reach.
 
-Pure rules, no I/O: the proxy daemon (``nanoclaw/daemons/proxy.py``) resolves
+Pure rules, no I/O: the egress daemon (``nanoclaw/daemons/egress/``) resolves
 a name itself, asks :meth:`EgressPolicy.check_name` before resolving and
 :meth:`EgressPolicy.check_address` for every address the name resolved to,
-and connects only to an address that passed. Configured as ``[egress]`` with
-per-group overrides in ``[egress.groups.<folder>]`` (``nanoclaw.core.config``).
+and connects only to an address that passed. The API relay holds server-side
+tools (web search and fetch at Anthropic) to the same policy. Configured as
+``[egress]`` with per-group overrides in ``[egress.groups.<folder>]``
+(``nanoclaw.core.config``).
 
 The default is open to the public internet and closed to everything local:
 loopback, RFC 1918, link-local (cloud metadata at 169.254.169.254), CGNAT,
-unique-local IPv6, multicast, unspecified and every other address that is not
-globally routable. The owner may open specific local addresses again with
-``allow_addresses``.
+unique-local and site-local IPv6, IPv4 inside IPv6 by any of its spellings,
+multicast, unspecified and every other address that is not globally routable;
+and, whatever their range, the host's own addresses, the networks it is on and
+its gateways (the egress daemon reads those from the kernel and passes them in
+as ``host``: a global IPv6 prefix is the home network too). The owner may open
+specific local addresses again with ``allow_addresses``.
+
+A host is one spelling per address: an IPv4 address written as the C library's
+``inet_aton`` would read it (``0x5db8d70e``, ``93.12113678``, ``0135.0270.0327.016``)
+is the dotted quad here, so a rule naming it matches every spelling.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -39,7 +49,12 @@ LOCAL_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
         ("240.0.0.0/4", "reserved (240.0.0.0/4)"),
         ("::/128", "unspecified (::)"),
         ("::1/128", "loopback (::1)"),
+        # IPv4 inside IPv6 that is not unwrapped below: deprecated or local-use, never the public web
+        ("::/96", "IPv4-compatible (::/96, deprecated)"),
+        ("::ffff:0:0:0/96", "IPv4-translated (::ffff:0:0:0/96)"),
+        ("64:ff9b:1::/48", "local-use NAT64 (64:ff9b:1::/48)"),
         ("fc00::/7", "unique-local (fc00::/7)"),
+        ("fec0::/10", "site-local (fec0::/10, deprecated)"),
         ("fe80::/10", "link-local (fe80::/10)"),
         ("ff00::/8", "multicast"),
     ))
@@ -80,28 +95,65 @@ def classify(ip: IPAddress) -> str | None:
     return None
 
 
+def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
+    """An IPv4 address in any spelling the C library's resolver takes for one (1 to 4 parts,
+    each decimal, octal with a leading 0 or hex with 0x, the last filling the rest), else None."""
+    parts = host.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    values = []
+    for part in parts:
+        try:
+            if part[:2] in ("0x", "0X") and len(part) > 2:
+                values.append(int(part[2:], 16))
+            elif part.startswith("0") and len(part) > 1:
+                values.append(int(part[1:], 8))
+            else:
+                values.append(int(part, 10) if part.isdigit() else -1)
+        except ValueError:
+            return None
+    if min(values) < 0 or any(v > 255 for v in values[:-1]) or values[-1] >= 1 << (8 * (5 - len(parts))):
+        return None
+    value = values[-1]
+    for i, v in enumerate(values[:-1]):
+        value |= v << (24 - 8 * i)
+    return ipaddress.IPv4Address(value)
+
+
 def parse_ip(host: str) -> IPAddress | None:
-    """``host`` as an IP address when it is a literal one (IPv6 without brackets), else None."""
+    """``host`` as an IP address when it is a literal one (IPv6 without brackets, IPv4 in any
+    spelling the resolver would read as one), else None. A zone id (``fe80::1%eth0``) is no
+    address of the web's: None."""
+    if "%" in host:
+        return None
     try:
         return ipaddress.ip_address(host)
     except ValueError:
-        return None
+        return _inet_aton(host)
 
 
 def normalize_host(host: str) -> str | None:
-    """A host name or IP literal as the rules compare it (lower case, no trailing dot),
-    or None when it is not one: the agent's input is logged and matched, so it must be tame."""
+    """A host name or IP literal as the rules compare it (lower case, no trailing dot, an
+    address in its one canonical spelling), or None when it is not one: the agent's input is
+    logged and matched, so it must be tame."""
     host = (host or "").strip().lower().removesuffix(".")
-    if not host or len(host) > 253 or not host.isascii():
+    if not host or len(host) > 253 or not host.isascii() or "%" in host:
         return None
-    if parse_ip(host) is not None:
-        return str(parse_ip(host))
+    ip = parse_ip(host)
+    if ip is not None:
+        return str(ip)
     return host if all(_LABEL.match(label) for label in host.split(".")) else None
 
 
 def domain_matches(host: str, domain: str) -> bool:
-    """Whether ``domain`` (a rule) covers ``host``: the domain itself and every name below it."""
-    return host == domain or host.endswith("." + domain)
+    """Whether ``domain`` (a rule) covers ``host``: the domain itself and every name below it;
+    an address rule, the same address however wrapped (``::ffff:93.184.215.14``)."""
+    if host == domain:
+        return True
+    ip, rule = parse_ip(host), parse_ip(domain)
+    if ip is not None or rule is not None:
+        return ip is not None and rule is not None and unwrap(ip) == unwrap(rule)
+    return host.endswith("." + domain)
 
 
 @dataclass(frozen=True)
@@ -114,7 +166,8 @@ class EgressPolicy:
     allow_addresses: tuple[str, ...] = ()  # local addresses or networks the owner opens ("192.168.1.20")
     ports: tuple[int, ...] = (80, 443)  # for CONNECT and plain http:// alike
     max_tunnels: int = 16  # connections at once, per group
-    max_bytes_per_run: int = 1 << 30  # in and out together, per container run; 0: no cap
+    max_bytes_per_day: int = 1 << 30  # in and out together, per group (lead and team) and day; 0: no cap
+    max_bytes_per_agent_per_day: int = 0  # ... and per agent of it (the lead, each member); 0: only the group's
     connect_timeout: float = 10.0  # seconds to reach the site
     idle_timeout: float = 300.0  # a connection silent both ways this long is closed
 
@@ -138,8 +191,9 @@ class EgressPolicy:
                 raise ValueError(f"allow_addresses: {value!r} is not an IP address or network") from None
         if not all(1 <= p <= 65535 for p in self.ports):
             raise ValueError(f"ports: each must be 1-65535, got {list(self.ports)}")
-        if self.max_tunnels < 1 or self.max_bytes_per_run < 0:
-            raise ValueError("max_tunnels must be at least 1 and max_bytes_per_run at least 0")
+        if self.max_tunnels < 1 or min(self.max_bytes_per_day, self.max_bytes_per_agent_per_day) < 0:
+            raise ValueError("max_tunnels must be at least 1, max_bytes_per_day and max_bytes_per_agent_per_day "
+                             "at least 0")
         if self.connect_timeout <= 0 or self.idle_timeout <= 0:
             raise ValueError("connect_timeout and idle_timeout must be positive")
         return replace(self, **domains)
@@ -162,13 +216,20 @@ class EgressPolicy:
             return Refusal("allowlist", f"{host} is not on this group's allow list")
         return None
 
-    def check_address(self, ip: IPAddress) -> Refusal | None:
-        """The rule for one address the name resolved to: local ones are refused unless the
-        owner opened them in ``allow_addresses``."""
+    def check_address(self, ip: IPAddress, host: Callable[[IPAddress], str | None] | None = None
+                      ) -> Refusal | None:
+        """The rule for one address the name resolved to: an address on the deny list is
+        refused; local ones are refused unless the owner opened them in ``allow_addresses``.
+        ``host`` says whether an address is the host's own, on its networks or a gateway of it
+        (what it is, or None)."""
+        for domain in self.deny_domains:
+            rule = parse_ip(domain)
+            if rule is not None and unwrap(rule) == unwrap(ip):
+                return Refusal("deny-list", f"{ip} is on this group's deny list ({domain})")
         for net in self.allowed_networks:
             if unwrap(ip).version == net.version and unwrap(ip) in net:
                 return None
-        kind = classify(ip)
+        kind = classify(ip) or (host(ip) if host else None)
         if kind:
             return Refusal("local-address", f"{ip} is {kind}; agents may not reach local addresses")
         return None

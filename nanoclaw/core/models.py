@@ -297,6 +297,8 @@ class Usage(Base):
     output_tokens = IntegerField(default=0)
     cache_write_tokens = IntegerField(default=0)
     cache_read_tokens = IntegerField(default=0)
+    web_search_requests = IntegerField(default=0)  # server-side tool use, priced per request
+    web_fetch_requests = IntegerField(default=0)
     cost_usd = FloatField(null=True)  # None: no price known for the model
     streamed = BooleanField(default=False)
 
@@ -322,8 +324,22 @@ class BudgetLimit(Base):
         primary_key = CompositeKey("scope", "period", "unit")
 
 
+class EgressBytes(Base):
+    """The web bytes (in and out together) each agent moved through egress on one of the
+    owner's days: the group's daily cap is counted from these, so neither a new container nor
+    a restart of egress gives an allowance back. ``group`` is a folder name, as in Usage."""
+
+    group = CharField()
+    agent = CharField(default="")  # "" = the group's lead
+    day = CharField()  # YYYY-MM-DD in the configured timezone
+    bytes = IntegerField(default=0)
+
+    class Meta:
+        primary_key = CompositeKey("group", "agent", "day")
+
+
 MODELS = [Group, Mount, Message, Cursor, Session, Job, Turn, Outbox, Task, TaskRun, Request, AllowedSender,
-          Usage, BudgetLimit]
+          Usage, BudgetLimit, EgressBytes]
 
 
 def open_db(path: Path) -> SqliteDatabase:
@@ -335,7 +351,7 @@ def open_db(path: Path) -> SqliteDatabase:
         "journal_mode": "wal",
         "synchronous": "full",  # a commit survives power loss before we acknowledge it
         "foreign_keys": 1,
-        "busy_timeout": 10000,  # seven daemons and the CLI share the file
+        "busy_timeout": 10000,  # the daemons and the CLI share the file
     })
     db.connect(reuse_if_open=True)
     with db.atomic("IMMEDIATE"):

@@ -1,10 +1,9 @@
 """Usage, cost and budgets: what each API call spent, and whether a group may spend more.
 
 DESCRIPTION
-    The proxy sees every API call. A :class:`Meter` is fed the answer's bytes as
-    they pass (never holding back a byte from the agent) and reads the usage the
-    API reports: the ``usage`` of a JSON answer, or of a stream's
-    ``message_start`` and ``message_delta`` events. Each call becomes one
+    The API relay (``nanoclaw-proxy``) sees every API call and reads the usage
+    the API reports as the answer passes (its meter,
+    ``nanoclaw/daemons/proxy/meter.py``). Each call becomes one
     :class:`~nanoclaw.core.models.Usage` row (group, team member, job, the owner's
     local day), priced from ``[usage.prices]`` (an unknown model's cost is
     unknown, never guessed).
@@ -23,22 +22,20 @@ DESCRIPTION
 
 from __future__ import annotations
 
-import json
-import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from peewee import Case, fn
 
-from nanoclaw.core.config import Config, Price
+from nanoclaw.core.config import Config
+from nanoclaw.core.costs import Price
 from nanoclaw.core.models import BudgetLimit, Usage, db
 
 PERIODS = ("day", "month")
 UNITS = ("usd", "tokens")
 ALL = "*"  # the scope of a budget for all groups together
-MAX_JSON = 8 * 1024 * 1024  # a JSON answer bigger than this is passed on, not metered
-MAX_LINE = 1024 * 1024  # an SSE line longer than this is skipped (content, never usage)
 
 
 class BudgetError(ValueError):
@@ -56,6 +53,8 @@ class Counts:
     output_tokens: int = 0
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+    web_search_requests: int = 0  # server-side tool use, priced per request
+    web_fetch_requests: int = 0
     seen: bool = False  # the answer reported usage at all
 
     def take(self, usage: object) -> None:
@@ -70,6 +69,12 @@ class Counts:
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 setattr(self, attr, value)
                 self.seen = True
+        tools = usage.get("server_tool_use")
+        if isinstance(tools, dict):
+            for key in ("web_search_requests", "web_fetch_requests"):
+                value = tools.get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    setattr(self, key, value)
 
     @property
     def tokens_in(self) -> int:
@@ -78,90 +83,6 @@ class Counts:
     @property
     def total(self) -> int:
         return self.tokens_in + self.output_tokens
-
-
-class Meter:
-    """Reads an answer's usage from its bytes as they pass to the agent.
-
-    Only what is needed is kept: for a stream, the current line (each line is looked at
-    once, and only ``message_*`` events are parsed as JSON); for a JSON answer, a copy
-    up to :data:`MAX_JSON`. gzip and deflate bodies are inflated for reading only.
-    """
-
-    def __init__(self, content_type: str, encoding: str = "") -> None:
-        self.counts = Counts()
-        self.stream = content_type.split(";")[0].strip().lower() == "text/event-stream"
-        self.json = not self.stream and "json" in content_type.lower()
-        enc = encoding.strip().lower()
-        self.inflate = (zlib.decompressobj(16 + zlib.MAX_WBITS) if enc == "gzip"
-                        else zlib.decompressobj() if enc == "deflate" else None)
-        self.readable = enc in ("", "identity", "gzip", "deflate")
-        self.buffer = bytearray()
-        self.skipping = False  # inside an over-long SSE line
-
-    def feed(self, chunk: bytes) -> None:
-        if not self.readable or not (self.stream or self.json):
-            return
-        if self.inflate is not None:
-            try:
-                chunk = self.inflate.decompress(chunk)
-            except zlib.error:
-                self.readable = False
-                return
-        if self.json:
-            if len(self.buffer) + len(chunk) > MAX_JSON:
-                self.readable, self.buffer = False, bytearray()
-            else:
-                self.buffer += chunk
-            return
-        start = 0
-        while (end := chunk.find(b"\n", start)) >= 0:
-            if self.skipping:
-                self.skipping = False
-            else:
-                self.buffer += chunk[start:end]
-                self._line(bytes(self.buffer))
-            self.buffer.clear()
-            start = end + 1
-        if not self.skipping:
-            self.buffer += chunk[start:]
-            if len(self.buffer) > MAX_LINE:
-                self.buffer.clear()
-                self.skipping = True
-
-    def _line(self, line: bytes) -> None:
-        # Only message_start and message_delta carry usage; content deltas are not parsed.
-        if not line.startswith(b"data:") or b'"message_' not in line[:64]:
-            return
-        try:
-            event = json.loads(line[5:])
-        except ValueError:
-            return
-        if not isinstance(event, dict):
-            return
-        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
-            message = event["message"]
-            if isinstance(message.get("model"), str):
-                self.counts.model = message["model"][:100]
-            self.counts.take(message.get("usage"))
-        elif event.get("type") == "message_delta":
-            self.counts.take(event.get("usage"))
-
-    def finish(self) -> Counts:
-        """The counts, once the whole answer has passed."""
-        if self.json and self.readable and self.buffer:
-            try:
-                answer = json.loads(bytes(self.buffer))
-            except ValueError:
-                answer = None
-            if isinstance(answer, dict):
-                if isinstance(answer.get("model"), str):
-                    self.counts.model = answer["model"][:100]
-                self.counts.take(answer.get("usage"))
-        elif self.stream and self.buffer and not self.skipping:
-            self._line(bytes(self.buffer))  # a last line without its newline
-        self.buffer = bytearray()
-        return self.counts
 
 
 # -- prices -------------------------------------------------------------------------
@@ -173,13 +94,16 @@ def price_of(cfg: Config, model: str) -> Price | None:
     return cfg.usage.prices[best] if best else None
 
 
-def cost(cfg: Config, counts: Counts) -> float | None:
-    """The estimated cost of one call in USD, or None when the model has no price."""
-    price = price_of(cfg, counts.model)
+def cost(cfg: Config, counts: Counts, price: Price | None = None) -> float | None:
+    """The estimated cost of one call in USD (its tokens at its model's price, or at ``price``
+    when given, and its server-side tool requests), or None when there is no price."""
+    price = price or price_of(cfg, counts.model)
     if price is None:
         return None
-    return (counts.input_tokens * price.input + counts.output_tokens * price.output
-            + counts.cache_write_tokens * price.cache_write + counts.cache_read_tokens * price.cache_read) / 1e6
+    return ((counts.input_tokens * price.input + counts.output_tokens * price.output
+             + counts.cache_write_tokens * price.cache_write + counts.cache_read_tokens * price.cache_read) / 1e6
+            + counts.web_search_requests * cfg.usage.web_search_usd
+            + counts.web_fetch_requests * cfg.usage.web_fetch_usd)
 
 
 # -- periods ------------------------------------------------------------------------
@@ -230,36 +154,6 @@ def spent(cfg: Config, scope: str, period: str, at: float | None = None) -> Spen
         query = query.where(Usage.group == scope)
     usd, total, unpriced = query.tuples().get()
     return Spent(float(usd), int(total), int(unpriced))
-
-
-class Tally:
-    """Running totals for the proxy, the one writer of usage rows: each (scope, period) is
-    summed from the database once, then kept up to date as calls are recorded, so the check
-    before a call does not re-read a month of rows."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.totals: dict[tuple[str, str, str], list] = {}  # (scope, period, first day) -> [usd, tokens, unpriced]
-
-    def spent(self, scope: str, period: str, at: float | None = None) -> Spent:
-        key = (scope, period, period_days(self.cfg, period, at)[0])
-        if key not in self.totals:
-            if len(self.totals) > 1000:  # periods gone by, and removed groups
-                self.totals.clear()
-            s = spent(self.cfg, scope, period, at)
-            self.totals[key] = [s.usd, s.tokens, s.unpriced]
-        usd, tokens, unpriced = self.totals[key]
-        return Spent(usd, tokens, unpriced)
-
-    def add(self, folder: str, usd: float | None, tokens: int, at: float) -> None:
-        """Count a call just recorded (totals not read yet are summed with it when first asked)."""
-        for scope in (folder, ALL):
-            for period in PERIODS:
-                total = self.totals.get((scope, period, period_days(self.cfg, period, at)[0]))
-                if total is not None:
-                    total[0] += usd or 0.0
-                    total[1] += tokens
-                    total[2] += usd is None
 
 
 @dataclass(frozen=True)
@@ -318,10 +212,14 @@ class Exceeded:
         return f"{name} has used its {amount} for {when}; it resumes {resume}"
 
 
-def exceeded(cfg: Config, folder: str, at: float | None = None, tally: Tally | None = None) -> Exceeded | None:
-    """The first budget of the group (or of all groups) that is used up, or None."""
-    for lim in limits(cfg, folder, ALL):
-        used = tally.spent(lim.scope, lim.period, at) if tally else spent(cfg, lim.scope, lim.period, at)
+def exceeded(cfg: Config, folder: str, at: float | None = None,
+             spent_of: Callable[[str, str, float | None], Spent] | None = None,
+             in_force: list[Limit] | None = None) -> Exceeded | None:
+    """The first budget of the group (or of all groups) that is used up, or None. ``spent_of``
+    (scope, period, at) replaces the database's sums (the API relay's running totals);
+    ``in_force``, the group's limits already read."""
+    for lim in limits(cfg, folder, ALL) if in_force is None else in_force:
+        used = (spent_of or (lambda *a: spent(cfg, *a)))(lim.scope, lim.period, at)
         value = used.usd if lim.unit == "usd" else used.tokens
         if value >= lim.limit:
             return Exceeded(folder, lim, value, resets_at(cfg, lim.period, at), cfg.tz)
@@ -364,12 +262,14 @@ def set_limit(cfg: Config, scope: str, period: str, unit: str, limit: float | No
 
 
 def record(cfg: Config, folder: str, agent: str, job: int | None, counts: Counts, streamed: bool,
-           at: float) -> float | None:
-    """Store one call's usage; returns its estimated cost (None: unknown)."""
-    usd = cost(cfg, counts)
+           at: float, price: Price | None = None) -> float | None:
+    """Store one call's usage; returns its estimated cost (None: unknown). ``price`` is used
+    when the answer's model has none of its own (the price the call was admitted at)."""
+    usd = cost(cfg, counts, None if price_of(cfg, counts.model) else price)
     Usage.insert(at=at, day=day_of(cfg, at), group=folder, agent=agent, job=job, model=counts.model,
                  input_tokens=counts.input_tokens, output_tokens=counts.output_tokens,
                  cache_write_tokens=counts.cache_write_tokens, cache_read_tokens=counts.cache_read_tokens,
+                 web_search_requests=counts.web_search_requests, web_fetch_requests=counts.web_fetch_requests,
                  cost_usd=usd, streamed=streamed).execute()
     return usd
 

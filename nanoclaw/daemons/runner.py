@@ -75,6 +75,7 @@ from nanoclaw.core import binds as binds_mod
 from nanoclaw.core import faults
 from nanoclaw.core import mounts as mounts_mod
 from nanoclaw.core import team as team_mod
+from nanoclaw.core.agent_sockets import proxy_dir
 from nanoclaw.core.config import Config
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group
@@ -172,7 +173,6 @@ def group_dirs(cfg: Config, folder: str, agent: str = "") -> dict[str, Path]:
     """The host directories a container of a group's agent may see (made by :func:`prepare_dirs`):
     the group's folder (the team's shared workspace) and global memory, and the agent's own
     IPC and session."""
-    from nanoclaw.daemons.proxy import proxy_dir
     return {
         "group": cfg.groups_dir / folder,
         "team": cfg.groups_dir / folder / team_mod.AGENTS,
@@ -180,7 +180,7 @@ def group_dirs(cfg: Config, folder: str, agent: str = "") -> dict[str, Path]:
         "in": cfg.agent_ipc(folder, agent) / "in",
         "out": cfg.agent_ipc(folder, agent) / "out",
         "session": cfg.agent_session(folder, agent),
-        "proxy": proxy_dir(cfg, folder, agent),  # a member's own: its API calls are counted as its
+        "proxy": proxy_dir(cfg, folder, agent),  # a member's own: its calls are counted as its
     }
 
 
@@ -665,14 +665,16 @@ class RunnerDaemon(Daemon):
             shutil.rmtree(d, ignore_errors=True)
         inbox.ensure().put("prompt", {"job": body["job"], "turn": 0, "prompt": body["prompt"],
                                       "session_id": body["session_id"]}, durable=False)  # see Spool.put
-        try:
-            ready = request(self.cfg.socket("proxy"), {"op": "ensure", "group": body["group"],
-                                                       "agent": body.get("agent", "")}, timeout=5)
-            if not ready.get("ok"):
-                self.log.warning("proxy has no socket for this group", extra=log_fields(group=body["group"]))
-        except (OSError, ValueError) as exc:
-            self.log.warning("credential proxy unreachable (%s); the agent cannot reach the API", exc,
-                             extra=log_fields(group=body["group"]))
+        for daemon, lost in (("proxy", "the API"), ("egress", "the web")):
+            try:
+                ready = request(self.cfg.socket(daemon), {"op": "ensure", "group": body["group"],
+                                                          "agent": body.get("agent", "")}, timeout=5)
+                if not ready.get("ok"):
+                    self.log.warning("%s has no socket for this agent", daemon,
+                                     extra=log_fields(group=body["group"], agent=body.get("agent")))
+            except (OSError, ValueError) as exc:
+                self.log.warning("%s unreachable (%s); the agent cannot reach %s", daemon, exc, lost,
+                                 extra=log_fields(group=body["group"], agent=body.get("agent")))
         t0 = time.monotonic()
         with self.gate:  # a stop that began kills what started before it; nothing starts after
             if self.draining:

@@ -25,8 +25,8 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-UNITS = ["nanoclaw-podman", "nanoclaw-proxy", "nanoclaw-queue", "nanoclaw-runner", "nanoclaw-ipc",
-         "nanoclaw-router", "nanoclaw-channel", "nanoclaw-scheduler"]
+UNITS = ["nanoclaw-podman", "nanoclaw-proxy", "nanoclaw-egress", "nanoclaw-queue", "nanoclaw-runner",
+         "nanoclaw-ipc", "nanoclaw-router", "nanoclaw-channel", "nanoclaw-scheduler"]
 CA_STORE = "/etc/ssl/certs/ca-certificates.crt"
 FAKE_API_PORT = 18080
 AS_NANOCLAW = "runuser -u nanoclaw -- env XDG_RUNTIME_DIR=/run/nanoclaw/xdg HOME=/var/lib/nanoclaw/home"

@@ -9,6 +9,9 @@ Agents are the real agent image in nested rootless Podman, run by the
 
 from __future__ import annotations
 
+import re
+import shlex
+import subprocess
 import time
 from datetime import datetime
 
@@ -223,6 +226,64 @@ def test_the_credential_reaches_the_api_and_never_the_container(machine: Machine
     # and the container never had it: nowhere in the group's files, its session or its ipc
     assert machine.sh(f"grep -rl {SECRET} /var/lib/nanoclaw/groups /var/lib/nanoclaw/sessions "
                       "/var/lib/nanoclaw/ipc", check=False).stdout == ""
+
+
+def _pid(machine: Machine, unit: str) -> int:
+    return int(machine.show(unit, "MainPID"))
+
+
+def _as_nanoclaw_in(machine: Machine, pid: int, command: str) -> subprocess.CompletedProcess:
+    """``command`` as the nanoclaw user (no capabilities) in the mount namespace, and so the
+    sandbox's view of the files and /proc, of the process ``pid``."""
+    return machine.sh(f"nsenter -t {pid} -m -- setpriv --reuid=nanoclaw --regid=nanoclaw --clear-groups "
+                      f"--inh-caps=-all sh -c {shlex.quote(command)}", check=False)
+
+
+def test_egress_cannot_read_the_credential_and_each_unit_stands_without_the_other(machine: Machine):
+    """The egress unit parses the agents' web traffic as the same user as the proxy: its
+    sandbox must keep it from the credential, from the owner's file (which is that user's own
+    where systemd cannot hand credentials over), systemd's copy and the proxy's memory. And a
+    crash or restart of either leaves the other running."""
+    from .conftest import SECRET
+    egress, proxy = _pid(machine, "nanoclaw-egress"), _pid(machine, "nanoclaw-proxy")
+    assert egress and proxy and egress != proxy
+    assert "ok    egress answers" in machine.nanoclaw("doctor", check=False).stdout
+    handed = "handed over by systemd" in machine.credential_output
+    cred = ("/run/credentials/nanoclaw-proxy.service/anthropic-credential" if handed
+            else "/etc/nanoclaw/credentials/anthropic-credential")
+    # the proxy, in its own sandbox, reads it ...
+    assert _as_nanoclaw_in(machine, proxy, f"cat {cred}").stdout.strip() == SECRET
+    # ... egress, in its sandbox, reads neither copy, whichever this host uses
+    for path in ("/etc/nanoclaw/credentials/anthropic-credential",
+                 "/run/credentials/nanoclaw-proxy.service/anthropic-credential"):
+        r = _as_nanoclaw_in(machine, egress, f"cat {path}")
+        assert r.returncode != 0 and SECRET not in r.stdout, (path, r.stdout, r.stderr)
+    assert _as_nanoclaw_in(machine, egress, "ls /etc/nanoclaw/credentials /run/credentials").returncode != 0
+    # ... nor the proxy's memory: not dumpable, it is not even listed in egress's /proc
+    assert _as_nanoclaw_in(machine, egress, f"test -d /proc/{egress} && test ! -e /proc/{proxy}").returncode == 0
+    assert _as_nanoclaw_in(machine, egress, f"cat /proc/{proxy}/environ; head -c1 /proc/{proxy}/mem").returncode != 0
+    # Outside the sandbox the same user could, where the file is its own: the sandbox is what stops it.
+    print(f"credential {'handed over by systemd' if handed else 'read from the service user file'}; "
+          f"as nanoclaw outside any sandbox: "
+          f"{'readable' if SECRET in machine.sh(f'runuser -u nanoclaw -- cat {cred}', check=False).stdout else 'not readable'}")
+    # A crash of egress: the proxy runs on and answers; egress is restarted.
+    restarts = int(machine.show("nanoclaw-egress", "NRestarts"))
+    machine.sh("systemctl kill -s KILL nanoclaw-egress")
+    machine.wait_for(lambda: int(machine.show("nanoclaw-egress", "NRestarts")) > restarts, 30, "egress restarted")
+    assert _pid(machine, "nanoclaw-proxy") == proxy and machine.state("nanoclaw-proxy") == "active"
+    assert "echo: after egress crashed" in send(machine, "after egress crashed")
+    # A restart of the proxy leaves egress as it was.
+    egress = _pid(machine, "nanoclaw-egress")
+    machine.sh("systemctl restart nanoclaw-proxy")
+    machine.wait_active()
+    assert _pid(machine, "nanoclaw-egress") == egress and _pid(machine, "nanoclaw-proxy") != proxy
+    assert "echo: after the proxy restarted" in send(machine, "after the proxy restarted")
+    exposure = machine.sh("systemd-analyze security --no-pager nanoclaw-proxy.service nanoclaw-egress.service "
+                          "2>&1 | grep -i 'overall exposure'", check=False).stdout
+    print("systemd-analyze security:", exposure)
+    for unit in ("nanoclaw-proxy", "nanoclaw-egress"):
+        level = re.search(rf"Overall exposure level for {unit}\.service: ([0-9.]+)", exposure)
+        assert level and float(level.group(1)) <= 2.0, exposure
 
 
 def test_without_units_tasks_are_lines_in_the_service_users_crontab(machine: Machine):
