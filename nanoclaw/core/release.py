@@ -1,0 +1,49 @@
+"""Which nanoclaw this is: its version and the commit it was installed from.
+
+A git checkout the package runs from (a development venv, ``pip install -e``) is asked
+directly; an installed venv has no ``.git``, so ``install.sh`` writes the commit of the
+checkout it installed from to ``<prefix>/share/nanoclaw-commit``, and it is read there.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+from nanoclaw import __version__
+
+COMMIT_FILE = "nanoclaw-commit"  # under <venv>/share, written by install.sh
+
+
+def _from_git(checkout: Path) -> str:
+    try:
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return ""
+        dirty = subprocess.run(["git", "-C", str(checkout), "diff", "--quiet", "HEAD", "--"],
+                               capture_output=True, timeout=10).returncode != 0
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+@cache
+def commit() -> str:
+    """The commit this code is (``-dirty``: with changes not committed), or "unknown"."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / ".git").exists():
+        found = _from_git(checkout)
+        if found:
+            return found
+    try:
+        return (Path(sys.prefix) / "share" / COMMIT_FILE).read_text().split()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def describe() -> str:
+    """``0.1.0 (commit 1a2b3c4d5e6f)``, for messages that name this code."""
+    return f"{__version__} (commit {commit()})"
