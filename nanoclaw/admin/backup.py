@@ -227,10 +227,12 @@ def snapshot(src: Path, dest: Path) -> int:
     try:
         source.backup(target)
         target.execute("PRAGMA journal_mode = DELETE")  # one file, nothing beside it
-        return target.execute("PRAGMA user_version").fetchone()[0]
+        version = target.execute("PRAGMA user_version").fetchone()[0]
     finally:
         target.close()
         source.close()
+    os.chmod(dest, stat.S_IMODE(os.stat(src).st_mode))  # as private as the original (the WhatsApp keys)
+    return version
 
 
 def _snapshots(cfg: Config, work: Path) -> tuple[int, bool]:

@@ -70,15 +70,21 @@ class TimerSpecs:
         return changes
 
 
+# The nightly backup's crontab line (systemd has units/nanoclaw-backup.timer): its tag, its time.
+BACKUP_TAG = "nanoclaw-backup"
+BACKUP_SLICES = "30 3 * * *"
+
+
 class CrontabTimers:
     name = "crontab"
 
     def __init__(self, fire_command: str, user: str | bool = True, tabfile: Path | None = None,
-                 host_tz: str = "") -> None:
+                 host_tz: str = "", backup_command: str = "") -> None:
         self.fire_command = fire_command
         self.user = user
         self.tabfile = tabfile
         self.host_tz = host_tz
+        self.backup_command = backup_command  # "": no nightly backup line
 
     def _tab(self):
         from crontab import CronTab
@@ -120,15 +126,37 @@ class CrontabTimers:
                 job = tab.new(command=command, comment=f"{PREFIX}{ident}")
                 job.setall(slices)
                 changes.append(f"added line for task {ident}")
+        changes += self._backup_line(tab)
         if changes:
             tab.write()
         return changes
 
+    def _backup_line(self, tab) -> list[str]:
+        """The nightly backup's one line, as the configuration wants it (or none)."""
+        lines = [j for j in tab if j.comment == BACKUP_TAG]
+        wanted = (BACKUP_SLICES, self.backup_command) if self.backup_command else None
+        if wanted and [(str(j.slices), j.command) for j in lines] == [wanted]:
+            return []
+        changes = []
+        for job in lines:
+            tab.remove(job)
+            changes.append("removed the nightly backup line")
+        if wanted:
+            job = tab.new(command=self.backup_command, comment=BACKUP_TAG)
+            job.setall(BACKUP_SLICES)
+            changes = ["added the nightly backup line" if not lines else "updated the nightly backup line"]
+        return changes
 
-def fire_command() -> str:
-    """How a timer runs ``nanoclaw tasks fire``: this install's own executable."""
+
+def nanoclaw_command() -> str:
+    """How cron runs ``nanoclaw``: this install's own executable."""
     import sys
     exe = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0].endswith("nanoclaw") else None
     if exe and exe.exists():
-        return f"{shlex.quote(str(exe))} tasks fire"
-    return f"{shlex.quote(sys.executable)} -m nanoclaw tasks fire"
+        return shlex.quote(str(exe))
+    return f"{shlex.quote(sys.executable)} -m nanoclaw"
+
+
+def fire_command() -> str:
+    """How a timer runs ``nanoclaw tasks fire``."""
+    return f"{nanoclaw_command()} tasks fire"

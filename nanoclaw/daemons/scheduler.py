@@ -13,7 +13,8 @@ WRITES
     Under systemd, timer specs in ``<state>/timers/`` (``core.timer_specs``)
     that the root one-shot ``nanoclaw timers sync`` (``admin/timer_sync.py``)
     re-validates into units; without systemd, lines in the service user's
-    crontab. ``ipc/<group>/in/tasks.json``, which agents see read-only.
+    crontab (and there, the nightly backup's line: ``[backup] nightly``; under systemd that
+    is units/nanoclaw-backup.timer). ``ipc/<group>/in/tasks.json``, which agents see read-only.
 
 PRIVILEGE
     The service user; no network. It never runs as root.
@@ -32,7 +33,7 @@ from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core.config import Config
 from nanoclaw.core.models import Task
 from nanoclaw.core.skeleton import Daemon
-from nanoclaw.core.timer_specs import CrontabTimers, TimerSpecs, fire_command
+from nanoclaw.core.timer_specs import CrontabTimers, TimerSpecs, fire_command, nanoclaw_command
 
 
 def backend_for(cfg: Config):
@@ -44,7 +45,8 @@ def backend_for(cfg: Config):
         return TimerSpecs(cfg.timer_spec_dir)
     if kind == "crontab":
         return CrontabTimers(fire_command(), tabfile=Path(cfg.crontab_file) if cfg.crontab_file else None,
-                             host_tz=cfg.tz)
+                             host_tz=cfg.tz,
+                             backup_command=f"{nanoclaw_command()} backup --nightly" if cfg.backup.nightly else "")
     raise SystemExit(f"unknown scheduler backend {cfg.scheduler!r} (auto, systemd or crontab)")
 
 
