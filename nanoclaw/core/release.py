@@ -7,6 +7,7 @@ checkout it installed from to ``<prefix>/share/nanoclaw-commit``, and it is read
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from functools import cache
@@ -18,13 +19,15 @@ COMMIT_FILE = "nanoclaw-commit"  # under <venv>/share, written by install.sh
 
 
 def _from_git(checkout: Path) -> str:
+    git = ["git", "-c", f"safe.directory={checkout}", "-C", str(checkout)]
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # a status that writes nothing to the checkout
     try:
-        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short=12", "HEAD"],
-                              capture_output=True, text=True, timeout=5)
+        head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                              timeout=5, env=env)
         if head.returncode != 0:
             return ""
-        dirty = subprocess.run(["git", "-C", str(checkout), "diff", "--quiet", "HEAD", "--"],
-                               capture_output=True, timeout=10).returncode != 0
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, env=env).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return head.stdout.strip() + ("-dirty" if dirty else "")
