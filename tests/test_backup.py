@@ -320,3 +320,56 @@ def test_a_backup_killed_midway_leaves_nothing_that_looks_like_one(stopped):
     proc.wait(30)
     assert list((s.state / "backups").glob("*-nightly.tar.gz")) == []
     assert list((s.state / "backups").glob(".*")) == []
+
+
+def test_as_root_the_database_is_opened_only_as_the_states_owner(make_system, previous_release):
+    """`sudo nanoclaw backup|restore` on a state another user owns: the snapshots, the check and
+    the migration run as that user, and what restore writes is that user's, so no database
+    journal or restored file is root's."""
+    import shutil
+    import tempfile
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as `sudo nanoclaw restore` is")
+    from test_migrations import old_code
+    uid = gid = 65534  # nobody: any user not root
+    base = Path(tempfile.mkdtemp(prefix="nc-owner-", dir="/var/tmp"))  # traversable by that user
+    try:
+        base.chmod(0o755)
+        s = make_system()
+        s.state = base / "state"
+        s.env["NANOCLAW_STATE_DIR"] = str(s.state)
+        s.cli("groups", "add", "main", "--main")
+        old_code(previous_release, base / "old.db", "fill")  # a previous release's database, restored below
+        for path in [s.state, *s.state.rglob("*")]:
+            os.chown(path, uid, gid, follow_symlinks=False)
+        from nanoclaw.admin.owner import as_owner_of
+
+        def refuse() -> None:
+            raise migrations.SchemaError("newer", 2, 1)
+
+        assert as_owner_of(s.state, os.geteuid) == uid and os.geteuid() == 0  # a child that became the owner
+        with pytest.raises(migrations.SchemaError, match="newer"):  # and its failures come back as they were
+            as_owner_of(s.state, refuse)
+        made = s.cli("backup")
+        archive = archive_of(made.stdout)
+        with tarfile.open(archive) as tin:
+            members = [(m, tin.extractfile(m).read() if m.isreg() else None) for m in tin.getmembers()]
+        older = base / "older.tar.gz"
+        with tarfile.open(older, "w:gz") as tout:
+            for m, data in members:
+                if m.name == "MANIFEST.json":
+                    data = json.dumps({**json.loads(data), "schema": 0}).encode()
+                elif m.name == "state/nanoclaw.db":
+                    data = (base / "old.db").read_bytes()
+                if data is not None:
+                    m.size = len(data)
+                tout.addfile(m, io.BytesIO(data) if data is not None else None)
+        done = s.cli("restore", str(older))
+        assert "migrated the restored database from schema 0" in done.stdout
+        replaced = next(s.state.glob("restore-replaced-*"))
+        kept = [replaced, *replaced.rglob("*"), s.state / "backups", *(s.state / "backups").iterdir()]
+        owned = {str(p.relative_to(s.state)): p.lstat().st_uid for p in [s.state, *s.state.rglob("*")] if p not in kept}
+        assert set(owned.values()) == {uid}, {p: u for p, u in owned.items() if u != uid}
+        assert migrations.version_of(s.state / "nanoclaw.db") == migrations.LATEST
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

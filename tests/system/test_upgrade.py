@@ -70,3 +70,16 @@ def test_the_message_that_waited_is_answered_once_and_nothing_twice(machine: Mac
     assert len(keys) == len(set(keys)) and everything["unsent"] == 0
     # and the service user's rootless Podman runs the agents again
     assert running_agents(machine), machine.sh(f"cd / && {AS_NANOCLAW} podman ps -a").stdout
+
+
+def test_the_nightly_backup_runs_in_its_sandboxed_unit(machine: Machine):
+    """The timer the upgrade enabled, and the backup its service makes as the service user."""
+    assert "nanoclaw-backup.timer" in machine.sh("systemctl list-timers --all --no-pager nanoclaw-backup.timer").stdout
+    machine.sh("systemctl start nanoclaw-backup.service")  # a oneshot: returns when it is done
+    made = machine.journal("-u", "nanoclaw-backup", "--since", "-2min")
+    assert "backed up to" in made and "schema1-nightly.tar.gz" in made, made[-2000:]
+    listing = machine.sh("stat -c '%U %a %n' /var/lib/nanoclaw/backups/*-nightly.tar.gz").stdout.split()
+    assert listing[:2] == ["nanoclaw", "600"], listing
+    # nothing in the state became another user's (a database journal made by root, say)
+    assert machine.sh("find /var/lib/nanoclaw -path /var/lib/nanoclaw/home -prune -o ! -user nanoclaw -print",
+                      ).stdout.strip() == ""
