@@ -50,6 +50,8 @@ STEP="" HINT=""
 # An upgrade (an install already there): what it was, the backup made, whether the database
 # was migrated yet, so that a failure can say how to go back.
 UPGRADE=0 PREV="" NEW="" BACKUP="" MIGRATED=0
+SAID=$(mktemp)  # what a step printed, read back (the backup's name, whether it migrated)
+trap 'rm -f "$SAID"' EXIT
 step() {  # step NAME HINT: what we do now, and what usually went wrong when it fails
     STEP=$1 HINT=$2
     printf '\n==> %s\n' "$STEP"
@@ -219,9 +221,8 @@ echo "$COMMIT" > "$PREFIX/share/nanoclaw-commit"
 
 if [ "$UPGRADE" -eq 1 ]; then
     step "backing up before the upgrade" "the backup could not be written: is the disk full? (df $STATE)"
-    out=$(as_user "$PREFIX/bin/nanoclaw" backup --kind pre-upgrade)
-    echo "$out"
-    BACKUP=$(printf '%s\n' "$out" | sed -n 's/^backed up to \(.*\.tar\.gz\) (.*/\1/p' | head -1)
+    as_user "$PREFIX/bin/nanoclaw" backup --kind pre-upgrade | tee "$SAID"
+    BACKUP=$(sed -n 's/^backed up to \(.*\.tar\.gz\) (.*/\1/p' "$SAID" | head -1)
 fi
 
 step "configuration in $CONF" "$CONF is not writable"
@@ -303,9 +304,8 @@ else
 fi
 
 step "database schema" "a migration step failed (the line above says which); the database was left as it was"
-out=$(as_user "$PREFIX/bin/nanoclaw" migrate --no-backup)
-echo "$out"
-case "$out" in migrated*) MIGRATED=1 ;; esac
+as_user "$PREFIX/bin/nanoclaw" migrate --no-backup | tee "$SAID"  # each step shown as it runs
+if grep -q '^migrated ' "$SAID"; then MIGRATED=1; fi
 
 step "main group" "the database in $STATE is not writable by $USER_NAME"
 if as_user "$PREFIX/bin/nanoclaw" groups list | grep -Eq ' main (every message|trigger=)'; then

@@ -279,10 +279,10 @@ class IpcDaemon(Daemon):
             elif body["action"] == "update":
                 if not isinstance(spec.get("id"), int):
                     raise tasks_mod.TaskError("a task id is required")
-                fields = {k: spec[k] for k in ("prompt", "schedule_type", "schedule_value")
-                          if isinstance(spec.get(k), str) and spec[k]}
-                task = tasks_mod.update(tasks_mod.find(spec["id"], group), prompt=fields.get("prompt"),
-                                        kind=fields.get("schedule_type"), value=fields.get("schedule_value"),
+                given = {k: spec[k] for k in ("prompt", "schedule_type", "schedule_value")
+                         if isinstance(spec.get(k), str) and spec[k]}
+                task = tasks_mod.update(tasks_mod.find(spec["id"], group), prompt=given.get("prompt"),
+                                        kind=given.get("schedule_type"), value=given.get("schedule_value"),
                                         precheck=spec.get("precheck"))  # "" removes it
                 text = f"Updated: {tasks_mod.describe(task)}."
             elif body["action"] in ("pause", "resume", "cancel"):
