@@ -219,6 +219,25 @@ def test_restore_refuses_hostile_entries_and_writes_nothing(stopped, tmp_path, c
         assert not os.path.lexists(escaped)
 
 
+def test_a_damaged_archive_or_a_database_that_is_not_one_restores_nothing(stopped, tmp_path):
+    s = stopped
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(s.archive.read_bytes()[:3000])
+    with tarfile.open(s.archive) as tin:
+        members = [(m, tin.extractfile(m).read() if m.isreg() else None) for m in tin.getmembers()]
+    with tarfile.open(tmp_path / "notadb.tar.gz", "w:gz") as tout:
+        for m, data in members:
+            if m.name == "state/nanoclaw.db":
+                data = b"not a database " * 100
+                m.size = len(data)
+            tout.addfile(m, io.BytesIO(data) if data is not None else None)
+    before = (rows(s.state / "nanoclaw.db"), tree(s.state), tree(s.confdir))
+    for archive, why in ((cut, "cannot be read"), (tmp_path / "notadb.tar.gz", "not a database")):
+        r = s.cli("restore", str(archive), check=False)
+        assert r.returncode in (1, 2) and why in r.stderr and "nothing was restored" in r.stderr, r.stderr
+        assert (rows(s.state / "nanoclaw.db"), tree(s.state), tree(s.confdir)) == before
+
+
 def test_extraction_itself_never_writes_through_a_link_the_archive_made(tmp_path):
     """Below the entry checks, the writing: a link made from the archive and a file below it
     (as a check that missed it would let through) fails on the link, writing nothing outside."""

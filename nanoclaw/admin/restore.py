@@ -40,6 +40,7 @@ import stat
 import sys
 import tarfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -257,8 +258,8 @@ def restore(cfg: Config, archive: Path, out=print) -> int:
                 _remove_tree(where)
 
 
-def _restore(cfg: Config, tar: tarfile.TarFile, plan: Checked, archive: Path, stamp: str,
-             staging: Path, conf_staging: Path, out) -> int:
+def _stage(cfg: Config, tar: tarfile.TarFile, plan: Checked, staging: Path, conf_staging: Path) -> dict:
+    """Everything written and checked beside the live state; the restored database's facts."""
     staging.mkdir(mode=0o700)
     _extract(tar, plan.state, staging, "state")
     owner = os.stat(cfg.state_dir)
@@ -268,15 +269,24 @@ def _restore(cfg: Config, tar: tarfile.TarFile, plan: Checked, archive: Path, st
     db = staging / "nanoclaw.db"
     facts = as_owner_of(cfg.state_dir, lambda: _inspect(db))
     if facts["integrity"] != "ok" or facts["schema"] != int(plan.manifest["schema"]):
-        out(f"nanoclaw: refusing to restore {archive}: its database fails the check "
-            f"({facts['integrity']}, schema {facts['schema']}); nothing was restored")
-        return 2
+        raise sqlite3.DatabaseError(f"its database fails the check ({facts['integrity']}, schema {facts['schema']})")
     if plan.config:
         conf_staging.mkdir(mode=0o700)
         _extract(tar, plan.config, conf_staging, "config")
         if os.geteuid() == 0:
             _own_config(cfg, conf_staging)
     os.sync()  # everything staged is on disk before anything is replaced
+    return facts
+
+
+def _restore(cfg: Config, tar: tarfile.TarFile, plan: Checked, archive: Path, stamp: str,
+             staging: Path, conf_staging: Path, out) -> int:
+    try:
+        facts = _stage(cfg, tar, plan, staging, conf_staging)
+    except (OSError, EOFError, zlib.error, tarfile.TarError, sqlite3.Error) as exc:
+        # a damaged archive, a full disk, or a link where the writing refused to follow one
+        out(f"nanoclaw: cannot restore {archive}: {exc}; nothing was restored")
+        return 1
     aside = cfg.state_dir / f"restore-replaced-{stamp}"
     moved = _swap(staging, cfg.state_dir, REPLACED, aside)
     conf_aside = cfg.config_dir / f"restore-replaced-{stamp}"
@@ -291,7 +301,8 @@ def _restore(cfg: Config, tar: tarfile.TarFile, plan: Checked, archive: Path, st
             os.rmdir(conf_staging / "credentials")
         conf_moved += _swap(conf_staging, cfg.config_dir, sorted(os.listdir(conf_staging)), conf_aside)
     m = plan.manifest
-    made = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(m.get("created", 0))))
+    created = m.get("created")
+    made = time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) if isinstance(created, (int, float)) else "?"
     line = (f"restored {archive} ({human(archive.stat().st_size)}, {human(plan.size)} unpacked; made {made} by "
             f"nanoclaw {m.get('nanoclaw', '?')} commit {m.get('commit', '?')} on {m.get('host', '?')}): "
             f"the database (schema {facts['schema']}, {facts['groups']} group(s), {facts['messages']} message(s))")
