@@ -248,7 +248,7 @@ def restore(cfg: Config, archive: Path, out=print) -> int:
         if plan.config and not os.access(cfg.config_dir, os.W_OK):
             out(f"nanoclaw: {cfg.config_dir} is root's: sudo nanoclaw restore {archive}")
             return 2
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        stamp = _stamp(cfg)
         staging = cfg.state_dir / f".restore-{stamp}"
         conf_staging = cfg.config_dir / f".restore-{stamp}"
         try:
@@ -277,6 +277,19 @@ def _stage(cfg: Config, tar: tarfile.TarFile, plan: Checked, staging: Path, conf
             _own_config(cfg, conf_staging)
     os.sync()  # everything staged is on disk before anything is replaced
     return facts
+
+
+def _stamp(cfg: Config) -> str:
+    """When, as the names of the staging and set-aside directories take it: one no other
+    restore (say, one in the same second) has used."""
+    base, n = time.strftime("%Y%m%d-%H%M%S"), 0
+    while True:
+        stamp = f"{base}.{n}" if n else base
+        names = [cfg.state_dir / f".restore-{stamp}", cfg.state_dir / f"restore-replaced-{stamp}",
+                 cfg.config_dir / f".restore-{stamp}", cfg.config_dir / f"restore-replaced-{stamp}"]
+        if not any(os.path.lexists(p) for p in names):
+            return stamp
+        n += 1
 
 
 def _restore(cfg: Config, tar: tarfile.TarFile, plan: Checked, archive: Path, stamp: str,
