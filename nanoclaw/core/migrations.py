@@ -137,14 +137,23 @@ def _v1_release_c7472f1(con: sqlite3.Connection) -> None:
     frozen.close()
 
 
+def _add_column(con: sqlite3.Connection, table: str, name: str, decl: str) -> None:
+    """Add a column unless the table has it: an unversioned database (version 0) from a
+    release made after c7472f1 was given some of version 2's columns by that release's
+    open, so step 1 brings it to version 1 with them already there."""
+    if name not in {c[1] for c in _columns(con, table)}:
+        con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {decl}')
+
+
 def _v2_gates(con: sqlite3.Connection) -> None:
     """the gates: git guards per mount, budget requests' detail, server tools' counts, web bytes per day"""
-    con.execute('ALTER TABLE "mount" ADD COLUMN "allow_git_config" INTEGER NOT NULL DEFAULT 0')
-    con.execute('ALTER TABLE "request" ADD COLUMN "detail" TEXT NOT NULL DEFAULT \'\'')
-    con.execute('ALTER TABLE "usage" ADD COLUMN "web_search_requests" INTEGER NOT NULL DEFAULT 0')
-    con.execute('ALTER TABLE "usage" ADD COLUMN "web_fetch_requests" INTEGER NOT NULL DEFAULT 0')
-    con.execute('CREATE TABLE "egressbytes" ("group" VARCHAR(255) NOT NULL, "agent" VARCHAR(255) NOT NULL, '
-                '"day" VARCHAR(255) NOT NULL, "bytes" INTEGER NOT NULL, PRIMARY KEY ("group", "agent", "day"))')
+    _add_column(con, "mount", "allow_git_config", "INTEGER NOT NULL DEFAULT 0")
+    _add_column(con, "request", "detail", "TEXT NOT NULL DEFAULT ''")
+    _add_column(con, "usage", "web_search_requests", "INTEGER NOT NULL DEFAULT 0")
+    _add_column(con, "usage", "web_fetch_requests", "INTEGER NOT NULL DEFAULT 0")
+    con.execute('CREATE TABLE IF NOT EXISTS "egressbytes" ("group" VARCHAR(255) NOT NULL, '
+                '"agent" VARCHAR(255) NOT NULL, "day" VARCHAR(255) NOT NULL, "bytes" INTEGER NOT NULL, '
+                'PRIMARY KEY ("group", "agent", "day"))')
 
 
 # The steps, in order: STEPS[n - 1] makes version n. Append only (see the top of this file).

@@ -136,9 +136,9 @@ class Machine:
             raise AssertionError(f"install.sh exited {r.returncode} in {self.name}:\n{r.stdout[-6000:]}")
         return r
 
-    def serve_fake_api(self) -> None:
+    def serve_fake_api(self, units: list[str] | None = None) -> None:
         """The fake Messages API on the machine's loopback, as a unit that comes back after a reboot,
-        and the proxy pointed at it."""
+        and the proxy pointed at it; then ``units`` (all of this tree's) are active."""
         self.sh(f"""cat > /etc/systemd/system/nc-fake-api.service <<'EOF'
 [Unit]
 Description=fake Anthropic Messages API (nanoclaw system test)
@@ -151,7 +151,7 @@ systemctl daemon-reload && systemctl enable --now nc-fake-api
 grep -q '^proxy_upstream' /etc/nanoclaw/config.toml || \\
     sed -i '1i proxy_upstream = "http://127.0.0.1:{FAKE_API_PORT}"' /etc/nanoclaw/config.toml
 systemctl restart nanoclaw.target""")
-        self.wait_active()
+        self.wait_active(units=units)
 
     def api_log(self) -> list[dict]:
         out = self.sh("cat /var/log/fake-api.log 2>/dev/null", check=False).stdout
@@ -161,8 +161,12 @@ systemctl restart nanoclaw.target""")
         podman("restart", "-t", "20", self.name, timeout=300)
         self.wait_booted()
 
-    def wait_active(self, timeout: float = 90) -> None:
-        self.wait_for(lambda: all(self.state(u) == "active" for u in UNITS), timeout, "every unit active")
+    def installed_units(self) -> list[str]:
+        """Those of this tree's units the installed release has (an older one has fewer)."""
+        return [u for u in UNITS if self.sh(f"systemctl cat {u}", check=False).returncode == 0]
+
+    def wait_active(self, timeout: float = 90, units: list[str] | None = None) -> None:
+        self.wait_for(lambda: all(self.state(u) == "active" for u in units or UNITS), timeout, "every unit active")
 
     def state(self, unit: str) -> str:
         return self.sh(f"systemctl is-active {unit}", check=False).stdout.strip()
@@ -235,7 +239,7 @@ def booted_and_upgraded(suite: str, secret: str, previous: str) -> Machine:
         m.sh(f"cd /root/nanoclaw && git checkout -q {previous}")
         m.install_as_readme_says()
         print(f"system test: install.sh of {previous} on {suite} took {m.install_seconds:.0f} s", flush=True)
-        m.serve_fake_api()
+        m.serve_fake_api(units=m.installed_units())  # the previous release has fewer units
         m.credential_output = m.sh("nanoclaw credential set", stdin=secret + "\n").stdout
         t0 = time.time()
         m.before = use_the_previous_release(m)
