@@ -53,8 +53,9 @@ from nanoclaw.channels import (
     StoreError,
     TerminalBackend,
     WhatsAppBackend,
+    attachments,
 )
-from nanoclaw.core import approvals, attachments, faults
+from nanoclaw.core import approvals, faults
 from nanoclaw.core import config as config_mod
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.log import log_fields

@@ -56,6 +56,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nanoclaw.channels import attachments
 from nanoclaw.channels.base import Backend, Receive, SendError, StoreError
 from nanoclaw.channels.whatsapp.convert import (
     GROUP_SERVER,
@@ -79,7 +80,6 @@ from nanoclaw.channels.whatsapp.ordering import ChatOrder
 from nanoclaw.channels.whatsapp.pairing import PAIR_COMMAND, PairingRun
 from nanoclaw.channels.whatsapp.ratelimit import TokenBucket
 from nanoclaw.channels.whatsapp.sentids import SentIds
-from nanoclaw.core import attachments
 from nanoclaw.channels.whatsapp.session import SessionError, linked_account
 from nanoclaw.core import config as config_mod
 from nanoclaw.core.backoff import Backoff
