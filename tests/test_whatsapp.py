@@ -168,6 +168,7 @@ from nanoclaw.core.backoff import Backoff  # noqa: E402
 from nanoclaw.core.models import Group, Message, open_db  # noqa: E402
 from nanoclaw.core.prompt import needs_agent  # noqa: E402
 from nanoclaw.daemons.channel import ChannelDaemon  # noqa: E402
+from nanoclaw.daemons.channel.deliver import deliver  # noqa: E402
 
 from whatsapp_offline import SilentProxy, closed_port, link_session, unlink_session  # noqa: E402, I001
 
@@ -688,7 +689,7 @@ def test_our_own_replies_echo_back_but_are_never_new_messages(harness):
             echoes.append(ev)
             await h.fire(ev)
         h.client.on_send = echo_before_return
-        reply = await h.daemon._deliver({"chat": chat, "text": "**Done.**\n\n" + "word " * 20, "outbox_id": 7})
+        reply = await deliver(h.daemon, {"chat": chat, "text": "**Done.**\n\n" + "word " * 20, "outbox_id": 7})
         h.client.on_send = None
         sent = [c for c in h.client.calls if c[0] == "send"]
         # and the echoes that arrive afterwards, with WhatsApp's ids for our sends
@@ -713,10 +714,10 @@ def test_a_resend_resumes_after_the_chunks_already_sent(harness):
         h = await harness(max_message_chars=40).start()
         text = "\n\n".join(f"part {i} " + "x" * 20 for i in range(3))
         h.client.fail_send_at = 2
-        first = await h.daemon._deliver({"chat": h.main.jid, "text": text, "outbox_id": 9})
+        first = await deliver(h.daemon, {"chat": h.main.jid, "text": text, "outbox_id": 9})
         h.client.fail_send_at = None
-        second = await h.daemon._deliver({"chat": h.main.jid, "text": text, "outbox_id": 9})
-        third = await h.daemon._deliver({"chat": h.main.jid, "text": text, "outbox_id": 9})
+        second = await deliver(h.daemon, {"chat": h.main.jid, "text": text, "outbox_id": 9})
+        third = await deliver(h.daemon, {"chat": h.main.jid, "text": text, "outbox_id": 9})
         sent = [c[2] for c in h.client.calls if c[0] == "send"]
         await h.close()
         return first, second, third, sent
@@ -729,7 +730,7 @@ def test_a_resend_resumes_after_the_chunks_already_sent(harness):
 def test_sending_while_disconnected_fails_for_the_router_to_retry(harness):
     async def go():
         h = await harness().start(connected=False)
-        reply = await h.daemon._deliver({"chat": h.main.jid, "text": "hi", "outbox_id": 1})
+        reply = await deliver(h.daemon, {"chat": h.main.jid, "text": "hi", "outbox_id": 1})
         await h.close()
         return reply, h.rows()
     reply, rows = run(go())
@@ -864,10 +865,10 @@ def test_a_burst_in_one_chat_is_stored_in_order_in_fewer_commits_than_messages(h
         family, alice = jid(FAMILY, "g.us"), jid(ALICE)
         burst = [message_ev(family, alice, f"B{i}", f"line {i}", ts=T0 + i) for i in range(40)]
         with neonize_dispatch(h) as deliver:
-            commits = h.daemon.commits
+            commits = h.daemon.line.commits
             await asyncio.to_thread(lambda: [deliver(ev) for ev in burst])
             await wait_until(lambda: len(h.rows(h.family.jid)) == 40)
-            commits = h.daemon.commits - commits
+            commits = h.daemon.line.commits - commits
         rows = h.rows(h.family.jid)
         await h.close()
         return commits, rows
@@ -998,7 +999,7 @@ def test_logged_out_stops_retrying_and_says_so_once(harness, caplog):
         await wait_until(h.wa.parked.is_set)  # the loop waits for pairing: no new connect attempt
         connects = sum(c == ("connect",) for c in h.client.calls)
         status = h.wa.status()
-        send = await h.daemon._deliver({"chat": h.main.jid, "text": "hi", "outbox_id": 3})
+        send = await deliver(h.daemon, {"chat": h.main.jid, "text": "hi", "outbox_id": 3})
         await h.close()
         return connects, status, send, h.client.calls
     with caplog.at_level("WARNING", logger="nanoclaw.whatsapp"):
@@ -1049,7 +1050,7 @@ def test_a_temporary_ban_is_waited_out_then_the_channel_connects_again(harness):
         banned_at = time.monotonic()
         await h.fire(TemporaryBanEv(Code=TemporaryBanEv.SEND_TO_TOO_MANY_PEOPLE, Expire=1))
         status, stopped = h.wa.status(), ("stop",) in h.client.calls
-        send = await h.daemon._deliver({"chat": h.main.jid, "text": "hi", "outbox_id": 4})
+        send = await deliver(h.daemon, {"chat": h.main.jid, "text": "hi", "outbox_id": 4})
         still_one = connects(h)
         await wait_until(lambda: connects(h) == 2, 5)
         waited = time.monotonic() - banned_at
@@ -1536,7 +1537,7 @@ def test_terminal_keeps_working_beside_a_disconnected_whatsapp(harness):
             RecordingClient.__init__ = orig
         got = await h.daemon.handle({"op": "inbound", "group": "term", "text": "hello from the terminal",
                                      "id": "t1"}, None)
-        sent = await h.daemon._deliver({"chat": "term@term", "text": "**hi**", "outbox_id": 1})
+        sent = await deliver(h.daemon, {"chat": "term@term", "text": "**hi**", "outbox_id": 1})
         mode = oct(h.wa.dir.stat().st_mode & 0o777)
         await h.close()
         return got, sent, h.rows("term@term"), mode
@@ -1621,9 +1622,9 @@ def test_a_resend_after_a_channel_restart_is_recognised_by_its_outbox_row(harnes
     so a lost confirmation followed by a restart (the backend's memory gone) sends nothing twice."""
     async def go():
         h = await harness().start()
-        first = await h.daemon._deliver({"chat": h.main.jid, "text": "once only", "outbox_id": 21})
-        h.daemon._whatsapp()._done.clear()  # what a restart forgets
-        again = await h.daemon._deliver({"chat": h.main.jid, "text": "once only", "outbox_id": 21})
+        first = await deliver(h.daemon, {"chat": h.main.jid, "text": "once only", "outbox_id": 21})
+        h.daemon.whatsapp()._done.clear()  # what a restart forgets
+        again = await deliver(h.daemon, {"chat": h.main.jid, "text": "once only", "outbox_id": 21})
         sent = [c[2] for c in h.client.calls if c[0] == "send"]
         await h.close()
         return first, again, sent
@@ -1638,7 +1639,7 @@ def test_a_reply_quotes_the_message_it_answers_on_its_first_chunk(harness):
         h = await harness(max_message_chars=40).start()
         quote = {"id": "ABCD1234", "sender": f"{ALICE}@s.whatsapp.net", "text": "@Andy what's for dinner?"}
         text = "\n\n".join(f"part {i} " + "x" * 20 for i in range(2))
-        reply = await h.daemon._deliver({"chat": h.main.jid, "text": text, "outbox_id": 5, "quote": quote})
+        reply = await deliver(h.daemon, {"chat": h.main.jid, "text": text, "outbox_id": 5, "quote": quote})
         await h.close()
         return reply, h.client.messages
     reply, messages = run(go())
@@ -1659,7 +1660,7 @@ def test_a_reply_that_opens_with_a_code_block_keeps_its_fences(harness):
 
     async def go():
         h = await harness(max_message_chars=200).start()
-        reply = await h.daemon._deliver({"chat": h.main.jid, "text": text, "outbox_id": 7, "sender": "Andy"})
+        reply = await deliver(h.daemon, {"chat": h.main.jid, "text": text, "outbox_id": 7, "sender": "Andy"})
         await h.close()
         return reply, [m.conversation for m in h.client.messages]
     reply, sent = run(go())
@@ -1677,7 +1678,7 @@ def test_the_label_goes_on_the_first_chunk_only(harness):
     async def go():
         h = await harness(max_message_chars=40).start()
         text = "\n\n".join(f"part {i} " + "y" * 20 for i in range(3))
-        await h.daemon._deliver({"chat": h.main.jid, "text": text, "outbox_id": 8, "sender": "Andy"})
+        await deliver(h.daemon, {"chat": h.main.jid, "text": text, "outbox_id": 8, "sender": "Andy"})
         await h.close()
         return [m.conversation for m in h.client.messages]
     sent = run(go())
@@ -1778,6 +1779,7 @@ from neonize.events import EVENT_TO_INT
 from nanoclaw.core import config as config_mod, groups as groups_mod
 from nanoclaw.core.models import Message, open_db
 from nanoclaw.daemons.channel import ChannelDaemon
+from nanoclaw.daemons.channel.deliver import deliver
 
 tmp = Path(sys.argv[1])
 proxy = SilentProxy()
@@ -1814,7 +1816,7 @@ def rows():
 async def main():
     d = ChannelDaemon(cfg)
     await d.setup()
-    wa = d._whatsapp()
+    wa = d.whatsapp()
     await until(lambda: proxy.accepted)  # the real client dials through the proxy, which says nothing
     out["dialing"] = [wa.state, d.stuck()]
     await asyncio.to_thread(dispatch, wa.client, ConnectedEv(status=True))
@@ -1843,7 +1845,7 @@ async def main():
         sender_alt=t.jid(t.ALICE)))
     await until(lambda: len(rows()) == 2)  # R3 stored after R2 (same chat, in order): R2 was handled
     out["late"] = [rows()[-1], wa.connected]
-    out["deliver"] = await d._deliver({"chat": f"{t.ALICE}@s.whatsapp.net", "text": "hi", "outbox_id": 1})
+    out["deliver"] = await deliver(d, {"chat": f"{t.ALICE}@s.whatsapp.net", "text": "hi", "outbox_id": 1})
     await wa.typing(f"{t.ALICE}@s.whatsapp.net", True)
     out["discover"] = await wa.discover()
     out["pair"] = await wa.pair(None, None)
