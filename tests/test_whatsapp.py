@@ -376,7 +376,7 @@ class Harness:
         self.daemon = ChannelDaemon(self.cfg)
         await self.daemon.setup()
         self.wa = next(b for b in self.daemon.backends if isinstance(b, WhatsAppBackend))
-        self.client: RecordingClient = self.wa.client
+        self.client: RecordingClient = self.wa.conn.client
         if connected:
             await self.connect()
         return self
@@ -923,7 +923,7 @@ def test_a_failing_handler_is_logged_not_lost(harness, caplog):
 
         async def boom(*a):
             raise RuntimeError("disk on fire")
-        h.wa.receive = boom
+        h.wa.intake.receive = boom
         await h.fire(message_ev(jid(FAMILY, "g.us"), jid(ALICE), "B1", "hello"))
         await h.close()
     with caplog.at_level("ERROR", logger="nanoclaw.whatsapp"):
@@ -959,7 +959,7 @@ def test_failed_connects_are_retried_with_capped_backoff_then_connected(harness)
         finally:
             RecordingClient.__init__ = orig
         wa = h.wa
-        real_wait = wa._wait
+        real_wait = wa.conn._wait
 
         statuses: list[str] = []
 
@@ -968,7 +968,7 @@ def test_failed_connects_are_retried_with_capped_backoff_then_connected(harness)
                 waits.append(timeout)
                 statuses.append(wa.status())
             await real_wait(0)
-        wa._wait = recording_wait
+        wa.conn._wait = recording_wait
         await wait_until(lambda: sum(c == ("connect",) for c in h.client.calls) == 5)
         status_while_retrying = statuses[0]
         await h.fire(ConnectedEv(status=True))
@@ -978,7 +978,7 @@ def test_failed_connects_are_retried_with_capped_backoff_then_connected(harness)
         reconnecting = wa.status()
         daemon_status = h.daemon.status()
         await h.close()
-        return waits, status_while_retrying, connected, reconnecting, daemon_status, h.wa.backoff.attempt
+        return waits, status_while_retrying, connected, reconnecting, daemon_status, h.wa.conn.backoff.attempt
     waits, retrying, connected, reconnecting, daemon_status, attempt = run(go())
     assert waits[:4] == [0.01, 0.02, 0.04, 0.04]  # reconnect_min doubling, capped at reconnect_max
     assert retrying == "disconnected — next attempt in 0s (connect failed: dial tcp: no route to host)"
@@ -996,7 +996,7 @@ def test_logged_out_stops_retrying_and_says_so_once(harness, caplog):
         ev = LoggedOutEv.FromString(LoggedOut(OnConnect=False, Reason=1).SerializeToString())
         await h.fire(ev)
         await h.fire(ev)  # WhatsApp may say it twice: one error line
-        await wait_until(h.wa.parked.is_set)  # the loop waits for pairing: no new connect attempt
+        await wait_until(h.wa.conn.parked.is_set)  # the loop waits for pairing: no new connect attempt
         connects = sum(c == ("connect",) for c in h.client.calls)
         status = h.wa.status()
         send = await deliver(h.daemon, {"chat": h.main.jid, "text": "hi", "outbox_id": 3})
@@ -1015,7 +1015,7 @@ def test_stream_replaced_also_stops_retrying(harness):
         h = await harness().start()
         await wait_until(lambda: ("connect",) in h.client.calls)
         await h.fire(StreamReplacedEv())
-        await wait_until(h.wa.parked.is_set)
+        await wait_until(h.wa.conn.parked.is_set)
         connects = sum(c == ("connect",) for c in h.client.calls)
         status = h.wa.status()
         await h.close()
@@ -1029,7 +1029,7 @@ def test_an_unpaired_session_is_never_connected_by_the_channel(harness):
     QR phase, and stopping it there never ends in neonize 0.5.2 (the channel hung for good)."""
     async def go():
         h = await harness(paired=False).start(connected=False)
-        await wait_until(h.wa.parked.is_set)
+        await wait_until(h.wa.conn.parked.is_set)
         status, stuck = h.wa.status(), h.daemon.stuck()
         await h.close()
         return status, stuck, h.client.calls
@@ -1080,7 +1080,7 @@ def test_a_connect_failure_is_retried_with_backoff(harness):
         await wait_until(lambda: connects(h) == 3)
         await h.connect()
         await h.close()
-        return statuses, h.wa.backoff.attempt
+        return statuses, h.wa.conn.backoff.attempt
     statuses, attempt = run(go())
     retrying = [s for s in statuses if "next attempt" in s]
     assert retrying and "connect failure: internal server error" in retrying[0]
@@ -1209,7 +1209,7 @@ def test_a_message_still_being_stored_at_shutdown_is_stored_before_the_client_st
             imageMessage=ImageMessage(caption="@Andy look", mimetype="image/jpeg", fileLength=15)))))
         await wait_until(lambda: ("download_any", "imageMessage") in h.client.calls)
         closing = asyncio.ensure_future(h.close())
-        await wait_until(lambda: h.wa._stopping)
+        await wait_until(lambda: h.wa.conn.stopping)
         stopped_while_downloading = ("stop",) in h.client.calls
         h.client.download_gate.set()
         await asyncio.wait_for(closing, 20)
@@ -1260,7 +1260,7 @@ def test_pairing_runs_in_its_own_process_then_the_channel_connects(harness, monk
 
     async def go():
         h = await harness(paired=False).start(connected=False)
-        await wait_until(h.wa.parked.is_set)
+        await wait_until(h.wa.conn.parked.is_set)
         connects_during_pairing: list[int] = []
 
         class Watching(FakeWriter):
@@ -1308,7 +1308,7 @@ def test_when_the_codes_run_out_pairing_says_so_and_the_channel_stays_free(harne
     async def go():
         h = await harness(paired=False).start(connected=False)
         reply = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 30)
-        await wait_until(h.wa.parked.is_set)
+        await wait_until(h.wa.conn.parked.is_set)
         status, stuck = h.wa.status(), h.daemon.stuck()
         await h.close()
         return reply, status, stuck, h.client.calls
@@ -1333,15 +1333,15 @@ def test_a_pairing_process_that_hangs_is_killed_and_pairing_can_start_again(harn
     async def go():
         h = await harness(paired=False, pair_timeout=0.5).start(connected=False)
         task = asyncio.ensure_future(h.daemon.handle({"op": "pair"}, FakeWriter()))
-        await wait_until(lambda: h.wa._pairing is not None and h.wa._pairing.proc is not None, 10)
-        pid = h.wa._pairing.proc.pid
+        await wait_until(lambda: h.wa.conn.pairing is not None and h.wa.conn.pairing.proc is not None, 10)
+        pid = h.wa.conn.pairing.proc.pid
         started = time.monotonic()
         reply = await asyncio.wait_for(task, 30)
         took = time.monotonic() - started
         gone = not alive(pid)
         pair_script(monkeypatch, {"qr": "2@y"}, {"pair": True})
         # The second child must only start and link: give it time on a loaded machine.
-        h.wa.wcfg = dataclasses.replace(h.wa.wcfg, pair_timeout=30.0)
+        h.wa.conn.wcfg = dataclasses.replace(h.wa.conn.wcfg, pair_timeout=30.0)
         again = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 30)
         await h.close()
         return reply, took, gone, again
@@ -1364,7 +1364,7 @@ def test_pairing_can_be_abandoned_and_run_again_without_a_restart(harness, monke
         w1, w2 = FakeWriter(), FakeWriter()
         first = asyncio.ensure_future(h.daemon.handle({"op": "pair"}, w1))
         await wait_until(lambda: w1.lines, 10)
-        first_pid = h.wa._pairing.proc.pid
+        first_pid = h.wa.conn.pairing.proc.pid
         second = asyncio.ensure_future(h.daemon.handle({"op": "pair"}, w2))
         superseded = await asyncio.wait_for(first, 10)
         await wait_until(lambda: w2.lines, 10)
@@ -1418,7 +1418,7 @@ def test_after_a_logout_pair_links_again_and_the_channel_reconnects(harness, mon
         h = await harness().start()
         unlink_session(h.session)  # what whatsmeow does on a logout, before saying so
         await h.fire(LoggedOutEv(OnConnect=False, Reason=1))
-        await wait_until(h.wa.parked.is_set)
+        await wait_until(h.wa.conn.parked.is_set)
         reply = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 30)
         await wait_until(lambda: h.client.calls.count(("connect",)) == 2)
         await h.close()
@@ -1480,11 +1480,11 @@ def test_nanoclaw_pair_interrupted_then_run_again(harness, monkeypatch, tmp_path
                                                                                          signal.SIG_DFL))
         first = await cli_pair()
         shown = await asyncio.wait_for(first.stdout.readuntil(b"waiting for the phone"), 30)
-        child = h.wa._pairing.proc.pid
+        child = h.wa.conn.pairing.proc.pid
         first.send_signal(signal.SIGINT)
         first_rc = await asyncio.wait_for(first.wait(), 10)
         gate.touch()  # the next code comes: the daemon finds the terminal gone
-        await wait_until(lambda: h.wa._pairing is None and not alive(child), 10)
+        await wait_until(lambda: h.wa.conn.pairing is None and not alive(child), 10)
         status_between = h.wa.status()
         gate.unlink()
         second = await cli_pair()
@@ -1538,7 +1538,7 @@ def test_terminal_keeps_working_beside_a_disconnected_whatsapp(harness):
         got = await h.daemon.handle({"op": "inbound", "group": "term", "text": "hello from the terminal",
                                      "id": "t1"}, None)
         sent = await deliver(h.daemon, {"chat": "term@term", "text": "**hi**", "outbox_id": 1})
-        mode = oct(h.wa.dir.stat().st_mode & 0o777)
+        mode = oct(h.wa.conn.dir.stat().st_mode & 0o777)
         await h.close()
         return got, sent, h.rows("term@term"), mode
     got, sent, rows, mode = run(go())
@@ -1550,9 +1550,9 @@ def test_terminal_keeps_working_beside_a_disconnected_whatsapp(harness):
 def test_session_file_is_private(harness):
     async def go():
         h = await harness().start()
-        await wait_until(lambda: h.wa.session.exists())
+        await wait_until(lambda: h.wa.conn.session.exists())
         await h.fire(ConnectedEv(status=True))
-        mode = h.wa.session.stat().st_mode & 0o777
+        mode = h.wa.conn.session.stat().st_mode & 0o777
         await h.close()
         return mode
     assert run(go()) == 0o600
@@ -1623,7 +1623,7 @@ def test_a_resend_after_a_channel_restart_is_recognised_by_its_outbox_row(harnes
     async def go():
         h = await harness().start()
         first = await deliver(h.daemon, {"chat": h.main.jid, "text": "once only", "outbox_id": 21})
-        h.daemon.whatsapp()._done.clear()  # what a restart forgets
+        h.daemon.whatsapp().outbound._done.clear()  # what a restart forgets
         again = await deliver(h.daemon, {"chat": h.main.jid, "text": "once only", "outbox_id": 21})
         sent = [c[2] for c in h.client.calls if c[0] == "send"]
         await h.close()
@@ -1818,29 +1818,29 @@ async def main():
     await d.setup()
     wa = d.whatsapp()
     await until(lambda: proxy.accepted)  # the real client dials through the proxy, which says nothing
-    out["dialing"] = [wa.state, d.stuck()]
-    await asyncio.to_thread(dispatch, wa.client, ConnectedEv(status=True))
-    await until(lambda: wa.me)
-    out["me"] = wa.me  # GetMe on the real client, which loaded the linked store
+    out["dialing"] = [wa.conn.state, d.stuck()]
+    await asyncio.to_thread(dispatch, wa.conn.client, ConnectedEv(status=True))
+    await until(lambda: wa.conn.me)
+    out["me"] = wa.conn.me  # GetMe on the real client, which loaded the linked store
     lid_dm = t.message_ev(t.jid(t.ALICE_LID, "lid"), t.jid(t.ALICE_LID, "lid"), "R1", "only my lid")
-    await asyncio.to_thread(dispatch, wa.client, lid_dm)
+    await asyncio.to_thread(dispatch, wa.conn.client, lid_dm)
     await until(lambda: rows())
     out["mapped"] = rows()  # GetPNFromLID on the real client, from whatsmeow's own store
     # stop while the real client is still dialing: it ends once the dial does (here: the proxy
     # hangs up); then stop again, twice, on the backend and on the client itself
     stopping = asyncio.ensure_future(wa.stop())
-    await until(lambda: wa._stopped_by_us)
+    await until(lambda: wa.conn._stopped_by_us)
     proxy.close()
     await asyncio.wait_for(stopping, 30)
-    out["after_stop"] = [wa.connected, wa.lingering, wa._task.done()]
+    out["after_stop"] = [wa.connected, wa.lingering, wa.conn._task.done()]
     await wa.stop()
-    await wa.client.stop()
-    await wa.client.stop()
+    await wa.conn.client.stop()
+    await wa.conn.client.stop()
     # events and calls after the stop: GetMe and GetPNFromLID would kill the process now
-    await asyncio.to_thread(dispatch, wa.client, ConnectedEv(status=True))
-    await asyncio.to_thread(dispatch, wa.client, t.message_ev(t.jid("77000000000055", "lid"),
+    await asyncio.to_thread(dispatch, wa.conn.client, ConnectedEv(status=True))
+    await asyncio.to_thread(dispatch, wa.conn.client, t.message_ev(t.jid("77000000000055", "lid"),
                                                               t.jid("77000000000055", "lid"), "R2", "late"))
-    await asyncio.to_thread(dispatch, wa.client, t.message_ev(
+    await asyncio.to_thread(dispatch, wa.conn.client, t.message_ev(
         t.jid("77000000000055", "lid"), t.jid("77000000000055", "lid"), "R3", "late, with my number",
         sender_alt=t.jid(t.ALICE)))
     await until(lambda: len(rows()) == 2)  # R3 stored after R2 (same chat, in order): R2 was handled
@@ -1851,11 +1851,11 @@ async def main():
     out["pair"] = await wa.pair(None, None)
     out["client_calls"] = {}
     from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage
-    for name, call in (("send", lambda: wa.client.send_message(t.jid(t.ALICE), WAMessage(conversation="x"))),
-                       ("groups", wa.client.get_joined_groups),
-                       ("download", lambda: wa.client.download_any(WAMessage(imageMessage=t.ImageMessage(
+    for name, call in (("send", lambda: wa.conn.client.send_message(t.jid(t.ALICE), WAMessage(conversation="x"))),
+                       ("groups", wa.conn.client.get_joined_groups),
+                       ("download", lambda: wa.conn.client.download_any(WAMessage(imageMessage=t.ImageMessage(
                            URL="https://mmg.whatsapp.net/x", directPath="/v/x", mediaKey=b"k" * 32)))),
-                       ("pairphone", lambda: wa.client.PairPhone("491700000001", True))):
+                       ("pairphone", lambda: wa.conn.client.PairPhone("491700000001", True))):
         try:
             await call()
             out["client_calls"][name] = "returned"
