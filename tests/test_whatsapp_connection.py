@@ -19,12 +19,12 @@ from neonize.aioze.events import (
     StreamReplacedEv,
     TemporaryBanEv,
 )
-from neonize.exc import NeonizeError
 
 from nanoclaw.core.backoff import Backoff
 from nanoclaw.core.models import Group
 
-from whatsapp_harness import ALICE, OWNER, ROOT, TESTS, Harness, RecordingClient, harness, run, wait_until
+from whatsapp_harness import ALICE, OWNER, ROOT, TESTS, Harness, RecordingClient, run, wait_until
+from whatsapp_harness import harness_fixture  # noqa: F401 - the harness fixture
 from whatsapp_offline import SilentProxy, link_session
 
 

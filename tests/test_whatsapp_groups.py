@@ -6,7 +6,8 @@ import json
 
 from nanoclaw.core.models import Group
 
-from whatsapp_harness import FAMILY, OWNER, group_info, harness, run, wait_until
+from whatsapp_harness import FAMILY, OWNER, group_info, run, wait_until
+from whatsapp_harness import harness_fixture  # noqa: F401 - the harness fixture
 
 
 def test_discover_lists_groups_and_names_are_refreshed(harness):

@@ -32,13 +32,13 @@ from whatsapp_harness import (
     OWNER_LID,
     T0,
     group_info,
-    harness,
     jid,
     message_ev,
     neonize_dispatch,
     run,
     wait_until,
 )
+from whatsapp_harness import harness_fixture  # noqa: F401 - the harness fixture
 
 
 def test_group_and_direct_messages_are_stored_once(harness):

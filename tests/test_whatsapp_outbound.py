@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from nanoclaw.core.models import Group, Message, open_db
 from nanoclaw.core.prompt import needs_agent
 
-from whatsapp_harness import ALICE, OWNER, harness, jid, message_ev, run
+from whatsapp_harness import ALICE, OWNER, jid, message_ev, run
+from whatsapp_harness import harness_fixture  # noqa: F401 - the harness fixture
 
 
 def test_our_own_replies_echo_back_but_are_never_new_messages(harness):

@@ -25,11 +25,11 @@ from whatsapp_harness import (
     FakeWriter,
     alive,
     group_info,
-    harness,
     pair_script,
     run,
     wait_until,
 )
+from whatsapp_harness import harness_fixture  # noqa: F401 - the harness fixture
 from whatsapp_offline import SilentProxy, closed_port, unlink_session
 
 

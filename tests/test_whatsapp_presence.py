@@ -6,7 +6,8 @@ import json
 
 from nanoclaw.core import config as config_mod
 
-from whatsapp_harness import FAMILY, harness, run
+from whatsapp_harness import FAMILY, run
+from whatsapp_harness import harness_fixture  # noqa: F401 - the harness fixture
 
 
 def test_typing_indicator_on_and_off_through_the_socket_op(harness):

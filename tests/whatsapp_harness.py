@@ -277,8 +277,10 @@ class Harness:
         await self.daemon.shutdown()
 
 
-@pytest.fixture
-def harness(tmp_path, monkeypatch):
+@pytest.fixture(name="harness")
+def harness_fixture(tmp_path, monkeypatch):
+    """``harness(paired=True, **whatsapp)`` makes a Harness (a test file imports
+    ``harness_fixture``; its tests take ``harness``)."""
     monkeypatch.setattr(WhatsAppBackend, "client_factory", staticmethod(RecordingClient))
     monkeypatch.setattr(WhatsAppBackend, "pair_command", PAIR_CHILD)
     made: list[Harness] = []
