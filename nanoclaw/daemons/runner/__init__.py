@@ -71,9 +71,7 @@ from podman.errors import APIError, NotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
-from nanoclaw.core import binds as binds_mod
 from nanoclaw.core import faults
-from nanoclaw.core import mounts as mounts_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.agent_sockets import proxy_dir
 from nanoclaw.core.config import Config
@@ -83,6 +81,8 @@ from nanoclaw.core.prompt import precheck_block
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request, unique_name
 from nanoclaw.core.safefs import Dir
 from nanoclaw.core.skeleton import Daemon
+from nanoclaw.daemons.runner import binds as binds_mod
+from nanoclaw.daemons.runner import owner_folders
 
 log = logging.getLogger("nanoclaw.runner")
 START_TRIES = 3  # attempts to start (or re-attach to) a job's container before it fails
@@ -262,7 +262,7 @@ def container_kwargs(cfg: Config, job: dict, extra: list[binds_mod.Bind] | None 
     Mounts: the group's folder (rw; its ``agents/`` ro), global memory (ro;
     rw for main), the agent's IPC dirs (``in`` read-only, ``out`` rw), its
     session state and its API socket (ro), and ``extra``: the owner's folders
-    for it as :func:`mounts.for_container` opened and checked them (verified in
+    for it as :func:`owner_folders.for_container` opened and checked them (verified in
     the container before it runs: :meth:`RunnerDaemon._create`). Nothing else
     of the host. A team member (``job["agent"]``) gets its own IPC and session,
     never the lead's.
@@ -679,7 +679,7 @@ class RunnerDaemon(Daemon):
         with self.gate:  # a stop that began kills what started before it; nothing starts after
             if self.draining:
                 raise Draining()
-            extra = mounts_mod.for_container(self.cfg, body["group"], self.log)
+            extra = owner_folders.for_container(self.cfg, body["group"], self.log)
             ctr = self._create(client, self.cfg.container.image, container_kwargs(self.cfg, body, extra), extra,
                                body)
             ctr.start()
@@ -729,7 +729,7 @@ class RunnerDaemon(Daemon):
             with self.gate:
                 if self.draining:
                     raise Draining()
-                extra = mounts_mod.for_container(self.cfg, body["group"], self.log, read_only=True)
+                extra = owner_folders.for_container(self.cfg, body["group"], self.log, read_only=True)
                 ctr = self._create(client, c.image, precheck_kwargs(self.cfg, body, extra), extra, body)
                 ctr.start()
             code, error = self._wait(ctr, time.time() + c.precheck_timeout, body, limit=c.precheck_timeout,
