@@ -375,7 +375,8 @@ def test_an_older_database_keeps_its_cursors_and_sessions_as_the_leads(tmp_path)
 
 
 def test_container_mounts_give_a_member_its_own_ipc_and_session_and_the_team_read_only(cfg):
-    from nanoclaw.daemons.runner import container_kwargs, prepare_dirs
+    from nanoclaw.daemons.runner.dirs import prepare_dirs
+    from nanoclaw.daemons.runner.spec import container_kwargs
     groups_mod.add_group(cfg, "main", is_main=True)
     team.write(cfg, "main", team.Member("researcher", "d", "i", model="claude-haiku"))
     prepare_dirs(cfg, "main", True, "researcher")

@@ -384,7 +384,8 @@ def test_a_groups_model_reaches_its_containers_and_a_members_own_wins(tmp_path, 
     from nanoclaw.core import groups as groups_mod
     from nanoclaw.core import team
     from nanoclaw.core.models import open_db
-    from nanoclaw.daemons.runner import container_kwargs, prepare_dirs
+    from nanoclaw.daemons.runner.dirs import prepare_dirs
+    from nanoclaw.daemons.runner.spec import container_kwargs
     for env, sub in (("NANOCLAW_STATE_DIR", "state"), ("NANOCLAW_RUNTIME_DIR", "run"), ("NANOCLAW_CONFIG_DIR", "etc")):
         monkeypatch.setenv(env, str(tmp_path / sub))
     conf = tmp_path / "config.toml"
