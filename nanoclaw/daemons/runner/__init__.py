@@ -198,32 +198,6 @@ class RunnerDaemon(Daemon):
         self.tries.pop(job, None)
         self.failures.pop(job, None)
 
-    def _disk_problem(self) -> str | None:
-        """Why no agent should start now: the state directory's disk (or Podman's) is nearly
-        full, or refuses writes. None when it is fine."""
-        for path in (self.cfg.state_dir, self.graph_root):
-            why = faults.low_space(path) if path is not None else None
-            if why is not None:
-                return why
-        return unwritable(self.spool.tmp)
-
-    def _await_disk(self, body: dict) -> None:
-        """Hold this job's thread until there is room to start its container: an agent started
-        on a full disk fails its turn. The queue tells the chat (once); raises Stopped if the
-        runner stops first."""
-        job = body["job"]
-        while (why := disk.problem(self)) is not None:
-            if job not in self.waiting_space:
-                self.log.warning("not started: %s; waiting for space", why,
-                                 extra=log_fields(group=body["group"], job=job))
-                nudge(self.cfg.socket("queue"))  # it looks at the disk, and tells the chat
-            self.waiting_space[job] = why
-            if self.stopping:
-                raise Stopped()
-            time.sleep(SPACE_CHECK)
-        if self.waiting_space.pop(job, None) is not None:
-            self.log.info("space again; starting", extra=log_fields(group=body["group"], job=job))
-
     def _give_up(self, body: dict, reason: str) -> None:
         """The container cannot start: remove what is left of it and report the job failed."""
         name = container_name(body["group"], body["job"], body.get("agent", ""))
