@@ -109,7 +109,7 @@ def load(cfg: Config) -> Allowlist:
     return Allowlist(tuple(roots), BUILTIN_BLOCKED + tuple(extra))
 
 
-def _blocked_by(parts: tuple[str, ...], patterns: tuple[str, ...]) -> str:
+def blocked_by(parts: tuple[str, ...], patterns: tuple[str, ...]) -> str:
     """The first pattern naming a run of ``parts`` ('' if none)."""
     for pattern in patterns:
         want = PurePosixPath(pattern).parts
@@ -119,7 +119,7 @@ def _blocked_by(parts: tuple[str, ...], patterns: tuple[str, ...]) -> str:
     return ""
 
 
-def _overlaps(a: Path, b: Path) -> bool:
+def overlaps(a: Path, b: Path) -> bool:
     return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
@@ -133,11 +133,11 @@ def check(cfg: Config, host_path: str, rw: bool, allow: Allowlist | None = None)
     except OSError as exc:
         raise MountError(f"{host_path} cannot be mounted: {exc.strerror}") from None
     for what in {Path(os.path.normpath(host_path)), resolved}:  # as written and where it leads
-        hit = _blocked_by(what.parts[1:], allow.blocked)
+        hit = blocked_by(what.parts[1:], allow.blocked)
         if hit:
             raise MountError(f"{host_path} is refused: {what} is blocked ({hit!r} never reaches an agent)")
     for own in (cfg.state_dir, cfg.config_dir, cfg.runtime_dir):
-        if _overlaps(resolved, Path(os.path.realpath(own))):
+        if overlaps(resolved, Path(os.path.realpath(own))):
             raise MountError(f"{host_path} is refused: it overlaps nanoclaw's own {own}")
     root = next((r for r in allow.roots if resolved.is_relative_to(r.path)), None)
     if root is None:
@@ -152,7 +152,7 @@ def check(cfg: Config, host_path: str, rw: bool, allow: Allowlist | None = None)
         except OSError as exc:
             raise MountError(f"{host_path} cannot be read: {exc.strerror}") from None
         single = tuple(p for p in allow.blocked if "/" not in p)
-        inside = [name for name in names if _blocked_by((name,), single)] + \
+        inside = [name for name in names if blocked_by((name,), single)] + \
             [pattern for pattern in allow.blocked if "/" in pattern and any(resolved.glob(pattern))]
         if inside:
             raise MountError(f"{host_path} is refused: it contains {inside[0]}, which never reaches an agent; "

@@ -5,12 +5,18 @@ SUMMARY
     group's directories mounted, waits for it under a hard deadline, and
     reports ``started``/``exited`` to the queue.
 
+    Every container is said once, as a spec (``spec.py``: image, user,
+    environment, mounts, labels, resources, network, time limit, stop grace),
+    and made only once ``validate.py`` has classified each of its mounts; a
+    spec it refuses is never made, and its job fails at once. Podman's options
+    are built from the spec in one place (``driver.py``).
+
     A scheduled task's job may carry a pre-check: a shell command run first in
-    ``nanoclaw-<folder>-<job>-check``, a container of the same image confined
-    more than an agent's (no network at all, no proxy sockets, no IPC, no
-    session, the group's folder read-only, a short time limit). If it fails,
-    times out or prints nothing, the job is reported ``skipped`` and no agent
-    starts; otherwise its output (capped) is added to the agent's prompt.
+    ``nanoclaw-<folder>-<job>-check``, whose spec is the agent's made narrower
+    (``precheck.py``: no network at all, no proxy sockets, no IPC, no session,
+    everything read-only, a short time limit). If it fails, times out or prints
+    nothing, the job is reported ``skipped`` and no agent starts; otherwise its
+    output (capped) is added to the agent's prompt.
 
 READS
     ``spool/runner`` (``job``); the Podman API (``podman system service``);
@@ -19,13 +25,7 @@ READS
     restarted runner re-attaches instead of killing the agent; containers no
     job file accounts for are orphans and are removed.
 
-    Under ``nanoclaw run-all`` (``NANOCLAW_RUNNER_STOPS_AGENTS=1``) a stop ends
-    the agents too, since the Podman API they hang on stops with it: each is
-    asked to close (an idle one exits at once, a busy one may finish its turn
-    within ``STOP_GRACE``), the rest are killed, and every exit is reported
-    ``stopped``, so the queue counts no failure and runs the messages of
-    unfinished turns again at the next start. No container starts once that
-    began; a job not started yet keeps its file for the next runner.
+    Under ``nanoclaw run-all`` a stop ends the agents too (``drain.py``).
 
 WRITES
     The first prompt into ``ipc/<group>/in`` (host-only); the group's
@@ -33,10 +33,9 @@ WRITES
     container replaced them); ``job_event`` files to ``spool/queue``.
 
     A full disk: no container is started while the state directory's disk (or
-    Podman's) is nearly full or refuses writes (``core.faults``); the job waits
-    for space, and a start that failed on the disk is not counted as a try. A
-    report the disk refuses is written again until it is: the job's container
-    and file are kept until then, so not even a restart loses it.
+    Podman's) is nearly full or refuses writes (``disk.py``). A report the disk
+    refuses is written again until it is: the job's container and file are kept
+    until then, so not even a restart loses it.
 
 PRIVILEGE
     The service user, driving its own rootless Podman (agents run as it,
@@ -46,10 +45,18 @@ PRIVILEGE
 HOSTILE INPUT
     The group's folder, ``ipc/out`` and session directory, which the previous
     container wrote: only touched through ``safefs`` (no link followed, no
-    recursive chown). A container's own logs, shown in our log as its last words.
-    A pre-check's command is the owner's or the group's own agent's, and its
-    output is whatever it read: read up to a cap, escaped into the prompt
-    (``core.prompt.precheck_block``), control characters removed from the reason.
+    recursive chown). The owner's folders, which a container may be able to
+    swap for a link: opened without following one, and checked again inside the
+    container before it runs (``binds.py``). A container's own logs, shown in
+    our log as its last words. A pre-check's command and output
+    (``precheck.py``).
+
+FILES
+    ``__init__.py`` the daemon: jobs in, events out;  ``spec.py`` a container
+    said once;  ``validate.py`` the check every spec passes;  ``driver.py``
+    Podman;  ``dirs.py`` a group's directories;  ``owner_folders.py`` and
+    ``binds.py`` the owner's folders, checked and pinned;  ``precheck.py``;
+    ``disk.py`` disk waits;  ``drain.py`` run-all's stop.
 """
 
 from __future__ import annotations
@@ -70,12 +77,13 @@ from nanoclaw.core import faults
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request
 from nanoclaw.core.skeleton import Daemon
-from nanoclaw.daemons.runner import disk, drain, driver, owner_folders, precheck
+from nanoclaw.daemons.runner import binds, disk, drain, driver, owner_folders, precheck, validate
 from nanoclaw.daemons.runner.dirs import prepare_dirs
 from nanoclaw.daemons.runner.disk import SPACE_CHECK, Stopped
 from nanoclaw.daemons.runner.drain import STOP_ENV, Draining
 from nanoclaw.daemons.runner.driver import in_daemon_thread, start_failure
-from nanoclaw.daemons.runner.spec import LABEL, container_kwargs, container_name
+from nanoclaw.daemons.runner.spec import LABEL, agent_spec, container_name
+from nanoclaw.daemons.runner.validate import SpecError
 
 START_TRIES = 3  # attempts to start (or re-attach to) a job's container before it fails
 
@@ -185,6 +193,9 @@ class RunnerDaemon(Daemon):
                     return
                 self.log.error("%s; giving the job up after %d tries", what, tries, extra=log_fields(job=job))
                 await in_daemon_thread(self._give_up, env.body, start_failure(exc))
+            except SpecError as exc:  # made again, it would be refused again: not tried again
+                self.log.error("refused to make the container: %s", exc, extra=log_fields(job=job))
+                await in_daemon_thread(self._give_up, env.body, f"the container was refused: {exc}"[:240])
         except Stopped:
             return  # the job's file stays in cur/: the next runner takes it up
         except Draining:
@@ -315,9 +326,14 @@ class RunnerDaemon(Daemon):
         with self.gate:  # a stop that began kills what started before it; nothing starts after
             if self.draining:
                 raise Draining()
-            extra = owner_folders.for_container(self.cfg, body["group"], self.log)
-            ctr = driver.create(client, self.cfg.container.image, container_kwargs(self.cfg, body, extra), extra,
-                                self.log, body)
+            extra, allow = owner_folders.for_container(self.cfg, body["group"], self.log)
+            try:
+                spec = agent_spec(self.cfg, body, extra)
+                validate.validate(spec, self.cfg, allow)
+            except BaseException:
+                binds.close(extra)
+                raise
+            ctr = driver.create(client, spec, self.log, body)
             ctr.start()
         self.log.info("started %s in %.2fs", ctr.name, time.monotonic() - t0,
                       extra=log_fields(group=body["group"], job=body["job"]))

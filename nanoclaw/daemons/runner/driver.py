@@ -1,13 +1,17 @@
 """The Podman driver: a container made, checked, waited for, its logs read, removed.
 
 SYNOPSIS
-    create(client, image, kwargs, extra, log, body) -> container
+    options(spec) -> Podman's options;  create(client, spec, log, body) -> container
     wait(ctr, deadline, limit, what, log, body) -> (exit code, error)
     deadline(ctr, timeout) -> epoch seconds;  alive(ctr) -> bool;  remove(ctr)
     read_logs(ctr, stdout=, stderr=, cap=, tail=) -> (bytes, cut)
     start_failure(exc) -> one line;  await in_daemon_thread(func, *args)
 
 DESCRIPTION
+    The only module that knows Podman's options: a spec (``spec.py``, checked by
+    ``validate.py``) is all it is given, and what every container gets whatever its spec
+    says (no capability, no new privileges, a read-only root) is added here.
+
     Every call here blocks (podman-py is synchronous): the daemon makes them from a job's
     own thread (:func:`in_daemon_thread`). A container with the owner's folders is set up
     (``init``) and each of them checked from inside before anything runs in it
@@ -35,7 +39,7 @@ from requests.exceptions import ReadTimeout
 
 from nanoclaw.core.log import log_fields
 from nanoclaw.daemons.runner import binds
-from nanoclaw.daemons.runner.spec import DEADLINE_LABEL
+from nanoclaw.daemons.runner.spec import DEADLINE_LABEL, Spec
 
 
 async def in_daemon_thread(func: Any, *args: Any) -> Any:
@@ -77,19 +81,59 @@ def start_failure(exc: BaseException) -> str:
     return "the container could not start: " + " ".join(text.split())[:200]
 
 
-def create(client: PodmanClient, image: str, kwargs: dict, extra: list[binds.Bind], log: logging.Logger,
-           body: dict) -> Any:
-    """Create a container. With the owner's folders (``extra``), also set it up (``init``:
-    its mounts made, nothing run in it yet) and check each of them from inside; one that is
-    not what was checked removes it before anything ran (BindError: a start failure, which
-    is tried again as any is)."""
+def options(spec: Spec) -> dict[str, Any]:
+    """Podman's options for ``spec``, with the hardening every container of ours gets whatever
+    its spec says: every capability dropped, no new privileges, a read-only root (the image:
+    the install, which no agent changes)."""
+    kwargs: dict[str, Any] = {
+        "name": spec.name,
+        "labels": dict(spec.labels),
+        "environment": dict(spec.env),
+        "mounts": [{"type": "tmpfs", "source": "tmpfs", "target": m.target, "size": m.size} if not m.source else
+                   {"type": "bind", "source": m.source, "target": m.target, "read_only": m.read_only}
+                   for m in spec.mounts],
+        "working_dir": spec.workdir,
+        "network_mode": spec.network,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "read_only": True,
+        "ulimits": [_ulimit(u) for u in spec.resources.ulimits],
+        "user": spec.user,
+    }
+    if spec.command:
+        kwargs["command"] = list(spec.command)
+    if spec.log_cap:
+        kwargs["log_config"] = {"Type": "k8s-file", "Config": {"size": spec.log_cap}}
+    if spec.resources.memory:
+        kwargs["mem_limit"] = spec.resources.memory
+    if spec.resources.pids > 0:
+        kwargs["pids_limit"] = spec.resources.pids
+    if spec.runtime:
+        kwargs["runtime"] = spec.runtime
+    if spec.userns:
+        kwargs["userns_mode"] = spec.userns
+    return kwargs
+
+
+def _ulimit(entry: str) -> dict[str, Any]:
+    name, _, values = entry.partition("=")
+    soft, _, hard = values.partition(":")
+    return {"Name": name, "Soft": int(soft), "Hard": int(hard or soft)}
+
+
+def create(client: PodmanClient, spec: Spec, log: logging.Logger, body: dict) -> Any:
+    """Create the container ``spec`` (validated) says. With the owner's folders, also set it
+    up (``init``: its mounts made, nothing run in it yet) and check each of them from inside;
+    one that is not what was checked removes it before anything ran (BindError: a start
+    failure, which is tried again as any is). Their descriptors are closed either way."""
+    checked = spec.checked_binds()
     try:
-        ctr = client.containers.create(image, **kwargs)
-        if extra:
+        ctr = client.containers.create(spec.image, **options(spec))
+        if checked:
             try:
                 ctr.init()
                 ctr.reload()
-                binds.verify(int(ctr.attrs["State"]["Pid"]), extra)
+                binds.verify(int(ctr.attrs["State"]["Pid"]), checked)
             except (OSError, KeyError, TypeError, ValueError) as exc:
                 log.error("container %s removed before it ran: %s", ctr.name, exc,
                           extra=log_fields(group=body["group"], job=body["job"]))
@@ -98,7 +142,7 @@ def create(client: PodmanClient, image: str, kwargs: dict, extra: list[binds.Bin
                                                    f"made ({exc})") from None
         return ctr
     finally:
-        binds.close(extra)
+        binds.close(checked)
 
 
 def remove(ctr: Any) -> None:

@@ -22,9 +22,11 @@ from nanoclaw.core.models import Group, Mount
 from nanoclaw.daemons.runner import binds
 
 
-def for_container(cfg: Config, folder: str, log: logging.Logger, read_only: bool = False) -> list[binds.Bind]:
+def for_container(cfg: Config, folder: str, log: logging.Logger,
+                  read_only: bool = False) -> tuple[list[binds.Bind], mounts.Allowlist | None]:
     """The binds of a group's mounts that pass the allowlist as it is now, each opened as it
-    was checked (close them with :func:`binds.close` once the container is verified).
+    was checked (close them with :func:`binds.close` once the container is verified), and
+    the allowlist they passed (``validate`` holds the container's spec to it again).
 
     Checked at every container start, so an edited allowlist takes effect at once; a refused
     mount is logged with its reason, never skipped in silence. A read-write mount brings the
@@ -33,12 +35,12 @@ def for_container(cfg: Config, folder: str, log: logging.Logger, read_only: bool
     """
     rows = list(Mount.select().join(Group).where(Group.folder == folder).order_by(Mount.name))
     if not rows:
-        return []
+        return [], None
     try:
         allow = mounts.load(cfg)
     except mounts.MountError as exc:
         log.error("mounts refused, all %d: %s", len(rows), exc, extra=log_fields(group=folder))
-        return []
+        return [], None
     out: list[binds.Bind] = []
     for row in rows:
         rw = row.rw and not read_only
@@ -55,4 +57,4 @@ def for_container(cfg: Config, folder: str, log: logging.Logger, read_only: bool
             log.error("mount=%s refused: %s", row.name, exc, extra=log_fields(group=folder))
             continue
         out += [folder_bind, *guards]
-    return out
+    return out, allow

@@ -9,7 +9,7 @@ SUMMARY
 SYNOPSIS
     run(daemon, client, body) -> (True, what to add to the prompt) | (False, why it is skipped)
     verdict(code, error, out, cut, err, max_output) -> the same, from what the container did
-    precheck_kwargs(cfg, job, extra) -> the pre-check container's Podman options
+    narrow(agent spec, command, container config) -> the pre-check's spec
 
 HOSTILE INPUT
     The command is the owner's or the group's own agent's, and its output is whatever it
@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from podman import PodmanClient
 from podman.errors import NotFound
 
-from nanoclaw.core.config import Config
+from nanoclaw.core.config import ContainerConfig
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.prompt import precheck_block
 from nanoclaw.daemons.runner import binds, driver, owner_folders
-from nanoclaw.daemons.runner.dirs import agent_identity
 from nanoclaw.daemons.runner.drain import Draining
-from nanoclaw.daemons.runner.spec import DEADLINE_LABEL, LABEL, PRECHECK_LABEL, _ulimit, precheck_name
+from nanoclaw.daemons.runner.spec import (DEADLINE_LABEL, LABEL, PRECHECK, PRECHECK_LABEL, Spec, agent_spec,
+                                          host_volumes, precheck_name)
+from nanoclaw.daemons.runner.validate import validate
 
 if TYPE_CHECKING:
     from nanoclaw.daemons.runner import RunnerDaemon
@@ -46,57 +48,38 @@ status=$( { { /bin/sh -c "$1" 3>&- 4>&-; echo $? >&4; } | { head -c "$2" >&3; ca
 exit "${status:-1}"
 """
 _UNPRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]+")  # all but newlines
+SCRATCH = "64m"  # the pre-check's /tmp
 
 
-def precheck_kwargs(cfg: Config, job: dict, extra: list[binds.Bind] | None = None) -> dict[str, Any]:
-    """How a task's pre-check container is started: as confined as an agent's or more.
+def narrow(agent: Spec, command: str, c: ContainerConfig) -> Spec:
+    """The pre-check's container: the agent's ``agent`` spec with things taken away, never added.
 
-    The same image, user, capabilities (none), read-only root, memory, pids and ulimits as
-    an agent; beyond that no network namespace with a way out (``none`` whatever
-    ``[container] network`` says), none of the agent's IPC, session or proxy sockets (so no
-    API and no web), no credentials or extra environment, and the group's folder (and the
-    owner's folders for it, ``extra``, opened with ``read_only``) read-only. Its log is a
-    size-capped file, since what it prints is read back.
+    Kept: the image, user, resources, the group's folder, the owner's folders for it and the
+    host's own volumes (all read-only), a smaller ``/tmp``, the time zone and the group's
+    name. Taken away: the network (``none`` whatever ``[container] network`` says), the
+    agent's team files, global memory, IPC, session and proxy sockets (so no API and no web),
+    the rest of its environment (no model, no extra variables) and time beyond
+    ``precheck_timeout``. What it prints is read back, so its log is a size-capped file.
     """
-    c = cfg.container
-    folder = job["group"]
-    user, userns = agent_identity(cfg)
-    mounts = [
-        {"type": "bind", "source": str(cfg.groups_dir / folder), "target": "/workspace/group", "read_only": True},
-        {"type": "tmpfs", "source": "tmpfs", "target": "/tmp", "size": "64m"},
-    ]
-    mounts += [{**b.spec(), "read_only": True} for b in extra or []]
-    for spec in c.volumes:  # what this host needs for any container to start (e.g. the cgroup tree)
-        source, target, *mode = spec.split(":")
-        mounts.append({"type": "bind", "source": source, "target": target, "read_only": mode == ["ro"]})
-    kwargs: dict[str, Any] = {
-        "name": precheck_name(folder, job["job"]),
-        "command": ["/bin/sh", "-c", PRECHECK_WRAPPER, "nanoclaw-precheck", job["precheck"],
-                    str(c.precheck_max_output + 1)],
-        "labels": {LABEL: str(job["job"]), "nanoclaw.group": folder, PRECHECK_LABEL: "1",
-                   DEADLINE_LABEL: f"{time.time() + c.precheck_timeout:.0f}"},
-        "environment": {"TZ": cfg.tz, "HOME": "/tmp", "NANOCLAW_GROUP": folder},
-        "mounts": mounts,
-        "working_dir": "/workspace/group",
-        "network_mode": "none",
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        "read_only": True,
-        "ulimits": [_ulimit(u) for u in c.ulimits],
-        "log_config": {"Type": "k8s-file", "Config": {"size": max(65536, 4 * c.precheck_max_output)}},
-        "user": user,
-    }
-    if c.memory:
-        kwargs["mem_limit"] = c.memory
-    if c.pids_limit > 0:
-        kwargs["pids_limit"] = c.pids_limit
-    if c.runtime:
-        kwargs["runtime"] = c.runtime
-    if userns:
-        kwargs["userns_mode"] = userns
-    return kwargs
-
-
+    volumes = host_volumes(c)
+    mounts = []
+    for m in agent.mounts:  # kept in the agent's order (the group's folder first)
+        if m.target == "/workspace/group":
+            mounts.append(replace(m, read_only=True))
+        elif not m.source:
+            mounts.append(replace(m, size=SCRATCH))
+        elif m.checked is not None:
+            mounts.append(replace(m, read_only=True, checked=replace(m.checked, read_only=True)))
+        elif m in volumes:
+            mounts.append(replace(m, read_only=True))
+    return replace(
+        agent, role=PRECHECK, name=precheck_name(agent.group, int(agent.labels[LABEL])), mounts=tuple(mounts),
+        network="none",
+        command=("/bin/sh", "-c", PRECHECK_WRAPPER, "nanoclaw-precheck", command, str(c.precheck_max_output + 1)),
+        env={"TZ": agent.env["TZ"], "HOME": "/tmp", "NANOCLAW_GROUP": agent.env["NANOCLAW_GROUP"]},
+        labels={LABEL: agent.labels[LABEL], "nanoclaw.group": agent.labels["nanoclaw.group"], PRECHECK_LABEL: "1",
+                DEADLINE_LABEL: f"{time.time() + c.precheck_timeout:.0f}"},
+        timeout=c.precheck_timeout, log_cap=max(65536, 4 * c.precheck_max_output))
 
 
 def run(daemon: RunnerDaemon, client: PodmanClient, body: dict) -> tuple[bool, str]:
@@ -107,9 +90,8 @@ def run(daemon: RunnerDaemon, client: PodmanClient, body: dict) -> tuple[bool, s
     """
     cfg, log = daemon.cfg, daemon.log
     c = cfg.container
-    name = precheck_name(body["group"], body["job"])
     try:  # one left by a runner that died while it ran: run it again from the start
-        client.containers.get(name).remove(force=True)
+        client.containers.get(precheck_name(body["group"], body["job"])).remove(force=True)
     except NotFound:
         pass
     (cfg.groups_dir / body["group"]).mkdir(parents=True, exist_ok=True)
@@ -119,10 +101,17 @@ def run(daemon: RunnerDaemon, client: PodmanClient, body: dict) -> tuple[bool, s
         with daemon.gate:
             if daemon.draining:
                 raise Draining()
-            extra = owner_folders.for_container(cfg, body["group"], log, read_only=True)
-            ctr = driver.create(client, c.image, precheck_kwargs(cfg, body, extra), extra, log, body)
+            # Opened read-only from the start: no git guards made for a container that writes nothing.
+            extra, allow = owner_folders.for_container(cfg, body["group"], log, read_only=True)
+            try:
+                spec = narrow(agent_spec(cfg, body, extra), body["precheck"], c)
+                validate(spec, cfg, allow)
+            except BaseException:
+                binds.close(extra)
+                raise
+            ctr = driver.create(client, spec, log, body)
             ctr.start()
-        code, error = driver.wait(ctr, time.time() + c.precheck_timeout, c.precheck_timeout, "pre-check", log, body)
+        code, error = driver.wait(ctr, time.time() + spec.timeout, spec.timeout, "pre-check", log, body)
         took = time.monotonic() - t0
         out, cut = driver.read_logs(ctr, stdout=True, stderr=False, cap=c.precheck_max_output)
         err, _ = driver.read_logs(ctr, stdout=False, stderr=True, cap=4096, tail=10)

@@ -1,17 +1,29 @@
-"""What one job's container is: its name, labels and Podman options, from configuration.
+"""One job's container, said once: a spec that names what it is, not how a runtime makes it.
+
+SUMMARY
+    A :class:`Spec` is everything one container of a job is: its role (an agent, or a
+    task's pre-check), image, user, environment, mounts, labels, resources, network, time
+    limit. :func:`agent_spec` builds an agent's from the configuration and
+    the job; a pre-check's is that spec made narrower (``precheck.narrow``), never a second
+    list. ``validate.validate`` checks a spec, classifying every mount, before
+    ``driver.options`` turns it into Podman's options, where the hardening every container
+    gets is added (no capability, no new privileges, a read-only root): a second runtime is
+    a second driver, the spec and its checks stay.
 
 SYNOPSIS
+    agent_spec(cfg, job, extra) -> Spec
     container_name(folder, job, agent) -> name;  precheck_name(folder, job) -> name
-    container_kwargs(cfg, job, extra) -> Podman options for an agent's container
+    host_volumes(container config) -> the mounts a host needs in every container
+    Spec.checked_binds() -> the owner's folders' descriptors, for the check in the container
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
 
 from nanoclaw.core import team as team_mod
-from nanoclaw.core.config import Config
+from nanoclaw.core.config import Config, ContainerConfig
 from nanoclaw.core.models import Group
 from nanoclaw.daemons.runner import binds
 from nanoclaw.daemons.runner.dirs import agent_identity, group_dirs
@@ -19,6 +31,50 @@ from nanoclaw.daemons.runner.dirs import agent_identity, group_dirs
 LABEL = "nanoclaw.job"
 DEADLINE_LABEL = "nanoclaw.deadline"  # epoch seconds: the container's life ends then, whatever restarts
 PRECHECK_LABEL = "nanoclaw.precheck"
+AGENT, PRECHECK = "agent", "precheck"  # a spec's roles
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A bind of a host path (``source``), or a tmpfs of ``size`` (no source), at ``target``."""
+
+    target: str
+    source: str = ""
+    read_only: bool = False
+    size: str = ""
+    checked: binds.Bind | None = None  # an owner's folder (or a guard in it): opened as it was checked
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory: str = ""  # "" for no limit
+    pids: int = 0  # 0 for no limit
+    ulimits: tuple[str, ...] = ()  # "name=soft[:hard]"
+
+
+@dataclass(frozen=True)
+class Spec:
+    role: str  # AGENT or PRECHECK
+    name: str
+    image: str
+    group: str  # the group's folder
+    agent: str  # a team member ("" for the group's lead)
+    is_main: bool
+    user: str  # uid:gid inside
+    userns: str
+    env: dict[str, str]
+    mounts: tuple[Mount, ...]
+    labels: dict[str, str]
+    resources: Resources
+    network: str
+    timeout: float  # seconds: the container's whole life
+    command: tuple[str, ...] = ()  # () for the image's own
+    workdir: str = "/workspace/group"
+    runtime: str = ""  # the OCI runtime; "" lets the driver choose
+    log_cap: int = 0  # bytes of output kept, when what it prints is read back (0: the driver's default)
+
+    def checked_binds(self) -> list[binds.Bind]:
+        return [m.checked for m in self.mounts if m.checked is not None]
 
 
 def container_name(folder: str, job: int, agent: str = "") -> str:
@@ -36,41 +92,44 @@ def group_model(cfg: Config, folder: str) -> str:
     return (group.model if group is not None else "") or cfg.model
 
 
-def _ulimit(spec: str) -> dict[str, Any]:
-    name, _, values = spec.partition("=")
-    soft, _, hard = values.partition(":")
-    return {"Name": name, "Soft": int(soft), "Hard": int(hard or soft)}
+def host_volumes(c: ContainerConfig) -> tuple[Mount, ...]:
+    """What this host needs in any container for it to start (``[container] volumes``, e.g.
+    the cgroup tree), as the owner or ``nanoclaw doctor`` configured them."""
+    out = []
+    for entry in c.volumes:
+        source, target, *mode = entry.split(":")
+        out.append(Mount(target, source, read_only=mode == ["ro"]))
+    return tuple(out)
 
 
-def container_kwargs(cfg: Config, job: dict, extra: list[binds.Bind] | None = None) -> dict[str, Any]:
-    """Everything Podman needs to start one job's container, from configuration.
+def agent_spec(cfg: Config, job: dict, extra: list[binds.Bind] | None = None) -> Spec:
+    """An agent's container for ``job``, from configuration.
 
-    Mounts: the group's folder (rw; its ``agents/`` ro), global memory (ro;
-    rw for main), the agent's IPC dirs (``in`` read-only, ``out`` rw), its
-    session state and its API socket (ro), and ``extra``: the owner's folders
-    for it as :func:`owner_folders.for_container` opened and checked them (verified in
-    the container before it runs: :meth:`RunnerDaemon._create`). Nothing else
-    of the host. A team member (``job["agent"]``) gets its own IPC and session,
-    never the lead's.
+    Mounts: the group's folder (rw; its ``agents/`` ro), global memory (ro; rw for main), the
+    agent's IPC dirs (``in`` read-only, ``out`` rw), its session state and its API socket
+    (ro), and ``extra``: the owner's folders for it as ``owner_folders.for_container``
+    opened and checked them (checked again in the container before it runs:
+    ``driver.create``). Nothing else of the host but the host's own volumes. A team member
+    (``job["agent"]``) gets its own IPC and session, never the lead's.
     """
     c = cfg.container
     agent = job.get("agent", "")
     dirs = group_dirs(cfg, job["group"], agent)
+    extra = extra or []
     mounts = [
-        {"type": "bind", "source": str(dirs["group"]), "target": "/workspace/group"},
+        Mount("/workspace/group", str(dirs["group"])),
         # The team's member files, read-only over the shared folder: no agent makes or changes one.
-        {"type": "bind", "source": str(dirs["team"]), "target": f"/workspace/group/{team_mod.AGENTS}",
-         "read_only": True},
-        {"type": "bind", "source": str(dirs["global"]), "target": "/workspace/global",
-         "read_only": not job["is_main"]},
+        Mount(f"/workspace/group/{team_mod.AGENTS}", str(dirs["team"]), read_only=True),
+        Mount("/workspace/global", str(dirs["global"]), read_only=not job["is_main"]),
         # Host to agent read-only (prompts, tasks.json): the host never writes where the agent can.
-        {"type": "bind", "source": str(dirs["in"]), "target": "/workspace/ipc/in", "read_only": True},
-        {"type": "bind", "source": str(dirs["out"]), "target": "/workspace/ipc/out"},
-        {"type": "bind", "source": str(dirs["session"]), "target": "/workspace/session"},
-        {"type": "bind", "source": str(dirs["proxy"]), "target": "/run/nanoclaw-proxy", "read_only": True},
-        {"type": "tmpfs", "source": "tmpfs", "target": "/tmp", "size": "512m"},
+        Mount("/workspace/ipc/in", str(dirs["in"]), read_only=True),
+        Mount("/workspace/ipc/out", str(dirs["out"])),
+        Mount("/workspace/session", str(dirs["session"])),
+        Mount("/run/nanoclaw-proxy", str(dirs["proxy"]), read_only=True),
+        Mount("/tmp", size="512m"),
+        *(Mount(b.target, str(b.source), b.read_only, checked=b) for b in extra),
+        *host_volumes(c),
     ]
-    user, userns = agent_identity(cfg)
     env = {
         "TZ": cfg.tz,
         "NANOCLAW_JOB": str(job["job"]),
@@ -84,37 +143,16 @@ def container_kwargs(cfg: Config, job: dict, extra: list[binds.Bind] | None = No
     for pair in c.extra_env:
         key, _, value = pair.partition("=")
         env[key] = value
-    kwargs: dict[str, Any] = {
-        "name": container_name(job["group"], job["job"], agent),
-        "labels": {LABEL: str(job["job"]), "nanoclaw.group": job["group"], "nanoclaw.agent": agent,
-                   DEADLINE_LABEL: f"{time.time() + c.timeout:.0f}"},
-        "environment": env,
-        "mounts": mounts,
-        "working_dir": "/workspace/group",
-        "network_mode": c.network,
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        "read_only": True,
-        "ulimits": [_ulimit(u) for u in c.ulimits],
-    }
     if agent:
         member = team_mod.member(cfg, job["group"], agent)
         if member is not None and member.model:
             env["NANOCLAW_MODEL"] = member.model
-    if c.memory:
-        kwargs["mem_limit"] = c.memory
-    if c.pids_limit > 0:
-        kwargs["pids_limit"] = c.pids_limit
-    extra = extra or []
-    mounts += [b.spec() for b in extra]  # the owner's folders (and their guards), checked now
     env["NANOCLAW_MOUNTS"] = ",".join(f"{b.name}:{'ro' if b.read_only else 'rw'}" for b in extra if b.name)
-    for spec in c.volumes:
-        source, target, *mode = spec.split(":")
-        mounts.append({"type": "bind", "source": source, "target": target, "read_only": mode == ["ro"]})
-    if c.runtime:
-        kwargs["runtime"] = c.runtime
-    if userns:
-        kwargs["userns_mode"] = userns
-    kwargs["user"] = user
-    return kwargs
-
+    user, userns = agent_identity(cfg)
+    return Spec(
+        role=AGENT, name=container_name(job["group"], job["job"], agent), image=c.image, group=job["group"],
+        agent=agent, is_main=bool(job["is_main"]), user=user, userns=userns, env=env, mounts=tuple(mounts),
+        labels={LABEL: str(job["job"]), "nanoclaw.group": job["group"], "nanoclaw.agent": agent,
+                DEADLINE_LABEL: f"{time.time() + c.timeout:.0f}"},
+        resources=Resources(c.memory, max(c.pids_limit, 0), tuple(c.ulimits)), network=c.network,
+        timeout=c.timeout, runtime=c.runtime)
