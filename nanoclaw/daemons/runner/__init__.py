@@ -171,11 +171,11 @@ class RunnerDaemon(Daemon):
             try:
                 await in_daemon_thread(self._run_job, env)
             except (APIError, RequestsConnectionError, OSError) as exc:
-                disk = faults.storage_error(exc)
-                if disk is not None and disk.problem(self) is not None:
+                storage = faults.storage_error(exc)
+                if storage is not None and disk.problem(self) is not None:
                     # The disk, not Podman: a start now would fail again. Not a try: the job's
                     # next run waits for space first (disk.await_space).
-                    self.log.error("cannot start: %s; the job waits for space", disk, extra=log_fields(job=job))
+                    self.log.error("cannot start: %s; the job waits for space", storage, extra=log_fields(job=job))
                     await asyncio.sleep(SPACE_CHECK)
                     self._recovering.append(env)
                     self.wake.set()
@@ -183,7 +183,7 @@ class RunnerDaemon(Daemon):
                 # Podman failed us: try again a few times (the API may be restarting), then give the
                 # job up as failed so the queue's retries, notice and status take over.
                 tries = self.tries[job] = self.tries.get(job, 0) + 1
-                what = f"cannot start: {disk}" if disk else f"podman error: {exc}"
+                what = f"cannot start: {storage}" if storage else f"podman error: {exc}"
                 if tries < START_TRIES:
                     self.log.error("%s; try %d of %d, again in %ds", what, tries, START_TRIES, 2 ** tries,
                                    extra=log_fields(job=job))
