@@ -67,11 +67,12 @@ def await_space(daemon: RunnerDaemon, body: dict) -> None:
     runner stops first."""
     job = body["job"]
     while (why := problem(daemon)) is not None:
-        if job not in daemon.waiting_space:
+        first = job not in daemon.waiting_space
+        daemon.waiting_space[job] = why  # in the status before anyone is told of it
+        if first:
             daemon.log.warning("not started: %s; waiting for space", why,
                                extra=log_fields(group=body["group"], job=job))
             nudge(daemon.cfg.socket("queue"))  # it looks at the disk, and tells the chat
-        daemon.waiting_space[job] = why
         if daemon.stopping:
             raise Stopped()
         time.sleep(SPACE_CHECK)
