@@ -6,10 +6,10 @@ SUMMARY
     reports ``started``/``exited`` to the queue.
 
     Every container is said once, as a spec (``spec.py``: image, user,
-    environment, mounts, labels, resources, network, time limit, stop grace),
-    and made only once ``validate.py`` has classified each of its mounts; a
-    spec it refuses is never made, and its job fails at once. Podman's options
-    are built from the spec in one place (``driver.py``).
+    environment, mounts, labels, resources, network, time limit), and made
+    only once ``validate.py`` has classified each of its mounts; a spec it
+    refuses is never made, and its job fails at once. Podman's options are
+    built from the spec in one place (``driver.py``).
 
     A scheduled task's job may carry a pre-check: a shell command run first in
     ``nanoclaw-<folder>-<job>-check``, whose spec is the agent's made narrower
