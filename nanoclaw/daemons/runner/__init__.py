@@ -75,6 +75,7 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 
 from nanoclaw.core import faults
 from nanoclaw.core.log import log_fields
+from nanoclaw.core.models import Job
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request
 from nanoclaw.core.skeleton import Daemon
 from nanoclaw.daemons.runner import binds, disk, drain, driver, owner_folders, precheck, validate
@@ -267,6 +268,8 @@ class RunnerDaemon(Daemon):
                     return
             except NotFound:
                 disk.await_space(self, body)
+                if not self._still_wanted(body):
+                    return
                 if body.get("precheck"):
                     go, said = precheck.run(self, client, body)
                     if self.draining:  # it was killed: its answer says nothing; it runs again next time
@@ -300,6 +303,18 @@ class RunnerDaemon(Daemon):
             driver.remove(ctr)
             self.log.info("container %s exited code=%s", name, code,
                           extra=log_fields(group=body["group"], job=body["job"]))
+
+    def _still_wanted(self, body: dict) -> bool:
+        """Whether the queue still waits for this job. It gives up on a job the runner has
+        not started within its allowance (the runner was down, or waited for the disk) and
+        answers its messages with another; a container started for it now would answer them
+        twice. Read just before the start: nothing after it is slow."""
+        job = Job.get_or_none(Job.id == body["job"])
+        if job is not None and job.status in ("queued", "running"):
+            return True
+        self.log.info("not started: the queue gave the job up (%s)", job.status if job else "no such job",
+                      extra=log_fields(group=body["group"], job=body["job"]))
+        return False
 
     def _start(self, client: PodmanClient, body: dict) -> Any:
         dirs = prepare_dirs(self.cfg, body["group"], body["is_main"], body.get("agent", ""))
