@@ -26,16 +26,14 @@ import logging
 from typing import Any
 
 from nanoclaw.core.config import Config
-from nanoclaw.core.groups import FOLDER_RE
 from nanoclaw.core.log import log_fields
 # The file's format, shared with the container; callers of team use these names from here too.
-from nanoclaw.core.member_file import Member, TeamError, display, parse, render  # noqa: F401
+from nanoclaw.core.member_file import (Member, TeamError, display, parse, read_all, render,  # noqa: F401
+                                       validate_name)
 from nanoclaw.core.prompt import matches_trigger
 from nanoclaw.core.safefs import Dir, UnsafeEntry
 
 AGENTS = "agents"  # in the group's folder
-RESERVED = {"lead", "all", "global"}
-MAX_FILE = 64 * 1024
 log = logging.getLogger("nanoclaw.team")
 
 
@@ -44,31 +42,18 @@ def sender(agent: str) -> str:
     return f"agent:{agent or 'lead'}"
 
 
-def validate_name(name: str) -> str:
-    if not FOLDER_RE.fullmatch(name or "") or name.lower() in RESERVED:
-        raise TeamError(f"invalid member name {name!r}: 1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit,"
-                        f" not {', '.join(sorted(RESERVED))}")
-    return name
-
-
 def members(cfg: Config, folder: str) -> list[Member]:
     """The group's members, by name; a file that cannot be read or parsed is logged and left out."""
-    out = []
     try:
         d = Dir.open(cfg.groups_dir / folder, AGENTS)
     except (FileNotFoundError, UnsafeEntry):
         return []
+
+    def refused(name: str, why: Exception) -> None:
+        log.error("member file refused: %s", why, extra=log_fields(group=folder, agent=name))
+
     with d:
-        for filename in d.names():
-            if not filename.endswith(".md"):
-                continue
-            name = filename[:-3]
-            try:
-                validate_name(name)
-                out.append(parse(name, d.read(filename, MAX_FILE).decode()))
-            except (TeamError, UnsafeEntry, UnicodeDecodeError) as exc:
-                log.error("member file refused: %s", exc, extra=log_fields(group=folder, agent=name))
-    return out[:cfg.team.max_members]
+        return read_all(d, refused)[:cfg.team.max_members]
 
 
 def member(cfg: Config, folder: str, name: str) -> Member | None:
