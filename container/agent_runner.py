@@ -29,9 +29,22 @@ DESCRIPTION
     the team tools (``list_agents``, ``delegate``) and ``send_message``, and
     speaks in the chat under its own name; only the lead may ``create_agent``.
 
+READS
+    ``/workspace/ipc/in`` (prompts and ``close``, written by the host's queue
+    and runner; read-only here) and the ``NANOCLAW_*`` environment
+    (``context.py``).
+
+WRITES
+    ``/workspace/ipc/out``: each turn's ``result`` (tmp, fsync, rename; a
+    refused write is retried, not dropped), and the tools' requests
+    (``tools.py``); log lines on stderr, which the host's runner journals.
+
 HOSTILE INPUT
-    None from outside: this is the agent's own side. Everything it writes is
-    checked by the host.
+    None that this side must defend against: the container is the agent's
+    own, and a prompt-injected agent may write anything a process here can.
+    So nothing here is trusted by the host: every byte in ``out/``, on the
+    sockets and on stderr is checked there. Importing these modules starts
+    nothing (no loop, thread, socket, process or file): ``main()`` does.
 """
 
 from __future__ import annotations

@@ -10,6 +10,14 @@ DESCRIPTION
     job, the team member (if any), the model, the idle timeout and the owner's
     folders in its environment, and mounts the group's files under
     ``/workspace``. Everything else in the container reads them from here.
+
+READS
+    The ``NANOCLAW_*`` environment the host's runner set. Writes nothing
+    (``log`` prints to stderr).
+
+HOSTILE INPUT
+    None: the environment is the host's. A malformed number fails the
+    container's start, which the host reports.
 """
 
 from __future__ import annotations

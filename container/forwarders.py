@@ -10,6 +10,14 @@ DESCRIPTION
     ``HTTPS_PROXY`` point at another, to ``web.sock``: the host's egress
     proxy, which applies the group's policy (CONNECT keeps TLS end to end).
     A relay only moves bytes; all HTTP is parsed on the host.
+
+READS / WRITES
+    Connections to its ports on 127.0.0.1, copied both ways to the host's
+    ``/run/nanoclaw-proxy/api.sock`` and ``web.sock``. No files.
+
+HOSTILE INPUT
+    Every byte a process here sends (the CLI, anything the agent runs): it is
+    not parsed here, and the host's proxy and egress treat it as hostile.
 """
 
 from __future__ import annotations

@@ -15,6 +15,15 @@ DESCRIPTION
     know) the turn is answered in a new session rather than failing the group
     for good. ``stages`` collects the clock readings of a new container's
     first turn; they go back with its usage.
+
+READS / WRITES
+    The CLI's stdout (the SDK's messages) and stderr (kept, its last lines,
+    for a failed turn's error); its prompts on the CLI's stdin. The CLI keeps
+    the session in ``/workspace/session`` itself.
+
+HOSTILE INPUT
+    The model's answer and the CLI's output: passed back as text in the
+    turn's result, which the host checks and bounds.
 """
 
 from __future__ import annotations

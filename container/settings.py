@@ -10,6 +10,14 @@ DESCRIPTION
     can be started before the SDK is imported and the SDK's options are made
     from the same value (``session.options``): the two can be compared, and a
     difference means the early CLI is not used.
+
+READS
+    The member's file (``team.me``), ``/workspace/global/CLAUDE.md`` (shared
+    memory, bounded) and ``HOME``. WRITES nothing but ``HOME`` made if missing.
+
+HOSTILE INPUT
+    None that crosses a boundary: the prompt text built here goes to the
+    model, through the host's proxy, which checks every request.
 """
 
 from __future__ import annotations

@@ -10,6 +10,15 @@ DESCRIPTION
     module, copied into the image) through a ``safefs.Dir``, so a file the
     host refuses (a line that is not ``key: value``, a bad name, a link) is
     left out here too, and a quoted value means the same on both sides.
+
+READS
+    ``/workspace/group/agents/*.md`` (read-only here). Writes nothing: a new
+    member is the lead's ``create_agent`` request, written by the host.
+
+HOSTILE INPUT
+    None trusted across a boundary: the files are the host's, but they are
+    read as the host reads them (no link followed, size bounded, a file that
+    does not parse left out) so the two sides cannot disagree.
 """
 
 from __future__ import annotations

@@ -16,6 +16,18 @@ DESCRIPTION
 
     The tools are plain data here, so this module loads before the SDK; the
     session makes them the SDK's (``session.options``).
+
+READS
+    ``/workspace/ipc/in/tasks.json`` and ``available_groups.json`` (the
+    host's snapshots), the member files (``team.py``).
+
+WRITES
+    Requests in ``/workspace/ipc/out`` (tmp, fsync, rename), one per call.
+
+HOSTILE INPUT
+    Every argument: the model chooses them (a prompt can steer it). They are
+    passed on as data, never acted on here; the host's ipc daemon parses and
+    checks each request for the group whose ``out/`` it was found in.
 """
 
 from __future__ import annotations

@@ -31,6 +31,11 @@ DESCRIPTION
     refused. It imports nothing of nanoclaw's: ``nanoclaw image build`` copies
     it into the agent image as a top-level module.
 
+READS / WRITES
+    ``read`` and ``read_all`` read the files through the ``safefs.Dir`` of an
+    ``agents/`` folder they are given; nothing here writes (``render`` gives
+    the text, ``nanoclaw.core.team`` writes it through safefs).
+
 SECURITY
     Member files are written only by the host; agents see them read-only. The
     text is still bounded here (the description's length) and the tools must
