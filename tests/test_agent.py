@@ -439,29 +439,3 @@ def test_the_early_cli_is_started_exactly_as_the_sdk_would_start_it(real_agent_i
     for flag in ("--resume=0f9e8d7c-0000-4000-8000-000000000000", "--model", "--tools", "--disallowedTools",
                  "--append-system-prompt", "--mcp-config", "--setting-sources=project"):
         assert any(part.startswith(flag) for part in found["cmd"]), flag
-
-
-IMPORT_CHECK = r"""
-import json, os, sys, threading
-sys.path.insert(0, "/opt/nanoclaw")
-import agent_runner, context, forwarders, settings, team, tools
-quiet = {"sdk": "claude_agent_sdk" in sys.modules, "threads": threading.active_count(),
-         "children": open(f"/proc/self/task/{os.getpid()}/children").read().split()}
-import session
-print(json.dumps({"at_import": quiet, "sdk_with_session": "claude_agent_sdk" in sys.modules}))
-"""
-
-
-def test_the_runner_starts_nothing_at_import_and_the_sdk_comes_with_the_session(real_agent_image,
-                                                                                container_options):
-    """Importing the runner's modules starts no process, thread or loop and does not load the SDK
-    (the CLI must be started first: main() imports ``session`` after it); ``session`` brings it."""
-    from nanoclaw.admin.hostcheck import runtime_args
-    opts = runtime_args(container_options["runtime"], tuple(container_options["ulimits"]), ())
-    out = subprocess.run(["podman", "run", "--rm", "--network", "none", *opts,
-                          "--entrypoint", "/opt/venv/bin/python", real_agent_image, "-c", IMPORT_CHECK],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    found = json.loads(out.stdout.strip().splitlines()[-1])
-    assert found["at_import"] == {"sdk": False, "threads": 1, "children": []}
-    assert found["sdk_with_session"]
