@@ -47,7 +47,7 @@ STOP_WAIT = 5.0  # seconds the CLI gets to exit on closed input, then on SIGTERM
 @dataclass
 class Settings:
     """What the runner tells the CLI: plain data, so it is known before the SDK is loaded.
-    ``options()`` in the runner turns the same values into the SDK's options."""
+    ``session.options()`` turns the same values into the SDK's options."""
     cwd: str
     env: dict[str, str]
     append: str  # appended to the claude_code system prompt
