@@ -63,7 +63,7 @@ def _attach(cfg: config_mod.Config, group_ref: str, path: str) -> dict:
     """Put a file into the group's inbox (as a chat network's attachment is) and describe it."""
     import mimetypes
 
-    from nanoclaw.core import attachments
+    from nanoclaw.channels import attachments
     from nanoclaw.core import groups as groups_mod
     from nanoclaw.core.models import open_db
     open_db(cfg.db_path)

@@ -88,9 +88,6 @@ class Bind:
     ident: tuple[int, int]  # (st_dev, st_ino) of the source as checked
     name: str = ""  # the owner's mount name, for the folder's own bind ("" for a guard)
 
-    def spec(self) -> dict:
-        return {"type": "bind", "source": str(self.source), "target": self.target, "read_only": self.read_only}
-
 
 def _ident(fd: int) -> tuple[int, int]:
     st = os.fstat(fd)
