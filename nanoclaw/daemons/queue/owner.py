@@ -3,12 +3,19 @@
 SUMMARY
     ``approve N``/``deny N`` in the main chat are carried out here (core/approvals.py
     decides), answered in one line and never handed to the main agent; a request nobody
-    answers expires at its time (the next expiry is one of ``work()``'s deadlines).
+    answers expires at its time (the next expiry is one of ``work()``'s deadlines); a chat
+    the owner approved has its agent start at the message that asked.
 
 SYNOPSIS
     Owner(q).sweep() -> float | None
     Owner.answer(main, message)
     Owner.lead_start(group) -> int
+
+DESCRIPTION
+    The cursor is the queue's: a group's lead gets its cursor when the queue first serves
+    the group (state.py), at ``lead_start``: for a chat the owner approved, the message
+    before the one that asked, which the approving request says (core/approvals.py only
+    records the decision; it never moves the cursor).
 
 HOSTILE INPUT
     Only a main-chat message from the owner's own account or a sender the main chat
@@ -63,5 +70,13 @@ class Owner:
 
     @staticmethod
     def lead_start(group: Group) -> int:
-        """Where a group's lead starts: at the beginning."""
-        return 0
+        """Where a group's lead starts (the message id before its first): a chat the owner
+        approved at the message that asked (what the chat said before is not its agent's),
+        any other group at the beginning. The approving request is the one decided as the
+        group was added (core/approvals.py sets its ``decided_at`` to the group's
+        ``added_at``, in the one transaction), so a chat registered again later by hand is
+        not taken for it."""
+        req = (Request.select(Request.message)
+               .where(Request.kind == "chat", Request.status == "approved", Request.chat == group.jid,
+                      Request.folder == group.folder, Request.decided_at == group.added_at).first())
+        return req.message - 1 if req is not None else 0
