@@ -13,6 +13,9 @@
 #
 # Safe to run again: every step checks what is already there and keeps what works
 # (your credential, the detected container options, an agent image that is current).
+# Over an existing install it is the upgrade (README: Upgrading): it stops nanoclaw (the
+# daemons finish what they are doing), backs it up, installs, migrates the database,
+# starts it again and runs doctor; a failed step says how to go back.
 set -euo pipefail
 
 PREFIX=/opt/nanoclaw
@@ -36,7 +39,7 @@ while [ $# -gt 0 ]; do
         --no-apt) APT=0 ;;
         --uninstall) UNINSTALL=1 ;;
         --purge) PURGE=1 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -44,6 +47,11 @@ done
 
 # -- how each step reports --------------------------------------------------------
 STEP="" HINT=""
+# An upgrade (an install already there): what it was, the backup made, whether the database
+# was migrated yet, so that a failure can say how to go back.
+UPGRADE=0 PREV="" NEW="" BACKUP="" MIGRATED=0
+SAID=$(mktemp)  # what a step printed, read back (the backup's name, whether it migrated)
+trap 'rm -f "$SAID"' EXIT
 step() {  # step NAME HINT: what we do now, and what usually went wrong when it fails
     STEP=$1 HINT=$2
     printf '\n==> %s\n' "$STEP"
@@ -56,6 +64,18 @@ on_error() {
         [ -n "$HINT" ] && echo "  likely cause: $HINT"
         echo "  fix that, then run the same command again: install.sh is safe to re-run and"
         echo "  keeps every step that already worked."
+        if [ "$UPGRADE" -eq 1 ]; then
+            echo "  nanoclaw is stopped; the messages that were waiting are kept (its database and"
+            echo "  spools) and are answered once it runs again."
+            [ -n "$BACKUP" ] && echo "  the backup made before this upgrade: $BACKUP"
+            echo "  to go back to the version you had${PREV:+ (commit $PREV)} instead:"
+            if [ "$MIGRATED" -eq 1 ]; then
+                echo "    sudo nanoclaw restore $BACKUP      # the database was migrated: put it back first"
+            else
+                echo "    (the database was not changed)"
+            fi
+            echo "    cd $SRC && git checkout ${PREV:-<the commit you had>} && sudo ./install.sh"
+        fi
     } >&2
     exit "$rc"
 }
@@ -72,7 +92,12 @@ as_user() {
     (cd / && runuser -u "$USER_NAME" -- env $USER_ENV "$@") 2> >(grep -v 'is not a shared mount' >&2)
 }
 nanoclaw() { (cd / && "$PREFIX/bin/nanoclaw" "$@"); }
-units() { ls "$SRC"/units/ | grep -E '\.(service|target|path)$'; }
+# git on the checkout, which may be another user's (safe.directory), never writing to it
+# (GIT_OPTIONAL_LOCKS=0: no index refresh written as root)
+git_src() { GIT_OPTIONAL_LOCKS=0 git -c safe.directory="$SRC" -C "$SRC" "$@"; }
+units() { ls "$SRC"/units/ | grep -E '\.(service|target|path|timer)$'; }
+# The units that are enabled (they have an [Install] section; the rest are started by others).
+enabled_units() { (cd "$SRC/units" && grep -l '^\[Install\]' $(units) | grep -v '@'); }
 # The daemon units, which say that they take the shared drop-in units/nanoclaw-daemon.conf.
 daemon_units() { grep -l 'nanoclaw-daemon.conf' "$SRC"/units/nanoclaw-*.service | xargs -n1 basename; }
 
@@ -141,6 +166,43 @@ for f in /etc/subuid /etc/subgid; do
     fi
 done
 
+if [ -e "$STATE/nanoclaw.db" ]; then
+    UPGRADE=1
+    NEW=$(git_src rev-parse --short=12 HEAD 2>/dev/null || echo "")
+    # what is installed says which commit it was; an install older than that file: git's
+    # own record of the checkout before this one
+    PREV=$(cat "$PREFIX/share/nanoclaw-commit" 2>/dev/null || git_src rev-parse --short=12 'HEAD@{1}' 2>/dev/null || echo "")
+    PREV=${PREV%-dirty}
+    if [ -n "$PREV" ] && [ "$PREV" = "$NEW" ]; then
+        what="to install it again"
+    else
+        what="for the upgrade${PREV:+ from $PREV}${NEW:+ to $NEW}"
+    fi
+    step "stopping nanoclaw $what (the daemons finish what they are doing)" \
+        "a unit did not stop; see: systemctl status 'nanoclaw*'"
+    if [ "$HAVE_SYSTEMD" -eq 1 ] && [ -e "$UNIT_DIR/nanoclaw.target" ]; then
+        systemctl stop nanoclaw.target  # its units are PartOf= it: they stop first, and drain
+        services=$(cd "$UNIT_DIR" && ls nanoclaw*.service | grep -v @)
+        for _ in $(seq 120); do
+            systemctl is-active --quiet $services || break  # true while any one is active
+            sleep 0.5
+        done
+        if systemctl is-active --quiet $services; then
+            systemctl is-active $services | paste -d' ' <(echo "$services" | tr ' ' '\n') - >&2
+            false
+        fi
+        # The service user's rootless Podman kept its user namespace in a pause process of the
+        # unit just stopped: without a reset every podman call below fails ("invalid internal
+        # status"), as nanoclaw-podman.service's own ExecStartPre knows.
+        as_user podman system migrate >/dev/null 2>&1 || true
+        echo "stopped"
+    elif [ -x "$PREFIX/bin/nanoclaw" ] && nanoclaw ping 2>/dev/null | grep -q ' up '; then
+        die "nanoclaw runs here without systemd (nanoclaw run-all): stop it, then run install.sh again"
+    else
+        echo "not running"
+    fi
+fi
+
 step "program in $PREFIX" "pip could not reach PyPI (network, or a proxy/CA pip does not trust)"
 [ -x "$PREFIX/bin/python" ] || python3 -m venv "$PREFIX"
 # --use-pep517: sdnotify ships only a setup.py; without it pip warns about a legacy install.
@@ -149,7 +211,19 @@ install -d "$PREFIX/share"
 rm -rf "$PREFIX/share/groups" "$PREFIX/share/container"
 cp -r "$SRC/groups" "$SRC/container" "$PREFIX/share/"
 ln -sf "$PREFIX/bin/nanoclaw" /usr/local/bin/nanoclaw
+# which commit this is, for `nanoclaw --version` (an installed venv has no .git to ask)
+COMMIT=$(git_src rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+if [ "$COMMIT" != unknown ] && [ -n "$(git_src status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    COMMIT="$COMMIT-dirty"
+fi
+echo "$COMMIT" > "$PREFIX/share/nanoclaw-commit"
 "$PREFIX/bin/nanoclaw" --version
+
+if [ "$UPGRADE" -eq 1 ]; then
+    step "backing up before the upgrade" "the backup could not be written: is the disk full? (df $STATE)"
+    as_user "$PREFIX/bin/nanoclaw" backup --kind pre-upgrade | tee "$SAID"
+    BACKUP=$(sed -n 's/^backed up to \(.*\.tar\.gz\) (.*/\1/p' "$SAID" | head -1)
+fi
 
 step "configuration in $CONF" "$CONF is not writable"
 install -d -o root -g "$USER_NAME" -m 0750 "$CONF"
@@ -224,10 +298,14 @@ if [ "$HAVE_SYSTEMD" -eq 1 ]; then
         install -m 0644 "$SRC/units/nanoclaw-daemon.conf" "$UNIT_DIR/$u.d/10-daemon.conf"
     done
     systemctl daemon-reload
-    systemctl enable nanoclaw.target $(units | grep -v '@' | grep -v '\.target$') >/dev/null
+    systemctl enable $(enabled_units) >/dev/null
 else
     echo "systemd is not PID 1 here: units not installed (tasks use the $USER_NAME crontab); run: nanoclaw run-all"
 fi
+
+step "database schema" "a migration step failed (the line above says which); the database was left as it was"
+as_user "$PREFIX/bin/nanoclaw" migrate --no-backup | tee "$SAID"  # each step shown as it runs
+if grep -q '^migrated ' "$SAID"; then MIGRATED=1; fi
 
 step "main group" "the database in $STATE is not writable by $USER_NAME"
 if as_user "$PREFIX/bin/nanoclaw" groups list | grep -Eq ' main (every message|trigger=)'; then
@@ -239,11 +317,17 @@ fi
 if [ "$START" -eq 1 ] && [ "$HAVE_SYSTEMD" -eq 1 ]; then
     step "starting nanoclaw.target" "a daemon did not start; see: journalctl -u 'nanoclaw-*' -n 50"
     systemctl restart nanoclaw.target
-    for _ in $(seq 60); do
-        systemctl is-active --quiet nanoclaw-channel nanoclaw-queue nanoclaw-runner nanoclaw-ipc \
-            nanoclaw-router nanoclaw-proxy nanoclaw-egress nanoclaw-scheduler && break
+    daemons="nanoclaw-podman nanoclaw-channel nanoclaw-queue nanoclaw-runner nanoclaw-ipc nanoclaw-router nanoclaw-proxy nanoclaw-egress nanoclaw-scheduler"
+    for _ in $(seq 180); do
+        all=1
+        for u in $daemons; do systemctl is-active --quiet "$u" || all=0; done
+        [ "$all" -eq 1 ] && break
         sleep 0.5
     done
+    for u in $daemons; do
+        systemctl is-active --quiet "$u" || { echo "$u is $(systemctl is-active "$u")" >&2; false; }
+    done
+    echo "all running"
 fi
 
 trap - ERR

@@ -68,6 +68,39 @@ def old_database(path: Path, more_sql: str = "") -> Path:
     return path
 
 
+# The release an upgrade starts from (issue 25): the main this round began from. Its code
+# comes out of this clone's own history; CI's clone has it.
+PREVIOUS_RELEASE = "c7472f1"
+
+
+def need_commit(commit: str) -> None:
+    """Skip a test that needs ``commit`` where this clone lacks it, except in CI (a shallow
+    clone there would pass the upgrade tests without running them)."""
+    known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}^{{commit}}"],
+                           capture_output=True).returncode == 0
+    if not known:
+        reason = f"commit {commit} is not in this clone's history (a shallow clone?)"
+        pytest.fail(reason) if os.environ.get("CI") == "true" else pytest.skip(reason)
+
+
+def release_tree(commit: str, dest: Path) -> Path:
+    """The ``nanoclaw`` package as ``commit`` had it, under ``dest`` (for PYTHONPATH)."""
+    import io
+    import tarfile
+    need_commit(commit)
+    data = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, "nanoclaw"],
+                          capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def previous_release(tmp_path_factory) -> Path:
+    """A directory whose ``nanoclaw`` package is the previous release's code."""
+    return release_tree(PREVIOUS_RELEASE, tmp_path_factory.mktemp("release"))
+
+
 @pytest.fixture(scope="session")
 def agent_image() -> str:
     """The scripted test agent image, built offline from the debootstrap base."""

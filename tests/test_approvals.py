@@ -250,11 +250,14 @@ def test_an_older_database_keeps_each_groups_behaviour_as_its_policy(offline_sys
     s.cli("groups", "add", "family")
     (s.confdir / "allowlists").mkdir()
     (s.confdir / "allowlists" / "family.json").write_text('{"senders": ["bob@term"]}')
-    with s.db() as con:  # as the database was before this change
+    with s.db() as con:  # as the database was before this change (and before schema versions)
         con.execute('alter table "group" drop column policy')
         con.execute("drop table request")
         con.execute("drop table allowedsender")
-    listing = s.cli("groups", "list").stdout  # opening it brings it up to date
+        con.execute("pragma user_version = 0")
+    assert "nanoclaw migrate" in s.cli("groups", "list", check=False).stderr  # not brought up silently
+    s.cli("migrate")
+    listing = s.cli("groups", "list").stdout
     assert "family" in listing and "policy=allowlist" in listing.split("family", 1)[1].splitlines()[0]
     assert "policy=open" in [line for line in listing.splitlines() if line.startswith("main")][0]
     assert rows(s, "select count(*) from request") == [(0,)]

@@ -367,6 +367,10 @@ def test_an_older_database_keeps_its_cursors_and_sessions_as_the_leads(tmp_path)
         create table session (group_id integer primary key, session_id varchar, updated_at real);
         insert into session values (1, 'sess-1', 0);
     """)
+    from nanoclaw.core import migrations
+    with pytest.raises(migrations.SchemaError, match="from before schema versions"):
+        open_db(path)  # never migrated silently at open
+    assert migrations.migrate(path) == (0, migrations.LATEST)
     open_db(path)
     assert [(c.agent, c.last_message_id) for c in Cursor.select()] == [("", 42)]
     assert [(s.agent, s.session_id) for s in Session.select()] == [("", "sess-1")]

@@ -286,10 +286,13 @@ def test_older_database_gains_new_columns(tmp_path):
     models.db.close()
     con = sqlite3.connect(path)
     con.execute("alter table outbox drop column error")
+    con.execute("pragma user_version = 0")  # as a database from before schema versions
     con.execute("insert into outbox (key, chat, text, kind, status, attempts, next_attempt_at, created_at,"
                 " channel_id) values ('k', 'c', 't', 'reply', 'pending', 0, 0, 0, '')")
     con.commit()
     con.close()
+    from nanoclaw.core import migrations
+    migrations.migrate(path)
     models.open_db(path)
     row = models.Outbox.get(models.Outbox.key == "k")
     assert row.error == "" and row.text == "t"

@@ -483,6 +483,8 @@ def test_an_older_database_gains_the_usage_tables_and_keeps_every_groups_rows(tm
             finished_at real, container varchar, exit_code integer, error text, closing integer, task_run integer);
         insert into job (group_id, status, created_at, container, error, closing) values (1, 'done', 0, '', '', 0);
     """)
+    from nanoclaw.core import migrations
+    migrations.migrate(path)
     open_db(path)
     assert [(g.folder, g.model) for g in Group.select()] == [("main", None)]
     assert Job.select().count() == 1

@@ -92,6 +92,7 @@ class Doctor:
         self._check_timers()
         self._check_daemons()
         self._check_allowlists()
+        self._check_database()
         self._check_disk()
         self.out("\n" + ("all good" if not self.failures else f"{self.failures} problem(s) found"))
         return 1 if self.failures else 0
@@ -217,6 +218,35 @@ class Doctor:
                 # The file may be there and still unreadable to the proxy (LoadCredential=).
                 self.check("the proxy holds a credential", "NO CREDENTIAL" not in reply.get("status", ""),
                            fix=("sudo " if self.units else "") + "nanoclaw credential set")
+
+    def _check_database(self) -> None:
+        """The schema this code knows, and the backups there are."""
+        import time
+
+        from nanoclaw.admin.owner import as_owner_of
+        from nanoclaw.core import backups, migrations
+        cfg = self.cfg
+        if not cfg.db_path.exists():
+            return
+        try:
+            found = as_owner_of(cfg.state_dir, lambda: migrations.version_of(cfg.db_path))
+        except Exception as exc:  # noqa: BLE001 - said as the check's detail
+            self.check("database schema", False, f"cannot read {cfg.db_path}: {exc}")
+            return
+        self.check("database schema", found == migrations.LATEST, f"{found}" + (
+            ", this nanoclaw's" if found == migrations.LATEST else f"; this nanoclaw knows {migrations.LATEST}"),
+            "sudo nanoclaw migrate" if found < migrations.LATEST else migrations.newer_text(cfg.db_path, found))
+        made = backups.listing(cfg.backup_dir)
+        nightly = [b for b in made if b.kind == "nightly"]
+        if not made:
+            self.check("backups", True, "none yet" + (" (the first tonight)" if cfg.backup.nightly else ""))
+            return
+        newest = made[-1]
+        age = (time.time() - newest.path.stat().st_mtime) / 86400
+        stale = cfg.backup.nightly and nightly and time.time() - nightly[-1].path.stat().st_mtime > 3 * 86400
+        self.check("backups", not stale, f"{len(made)} in {cfg.backup_dir}, the newest {newest.path.name} "
+                   f"({age:.1f} days old)", "systemctl status nanoclaw-backup.timer nanoclaw-backup; "
+                   "journalctl -u nanoclaw-backup")
 
     def _check_allowlists(self) -> None:
         """An invalid allowlist blocks everyone (fail closed): say so, and where."""

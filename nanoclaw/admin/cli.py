@@ -19,10 +19,28 @@ from nanoclaw.core.protocol import LineClient, nudge
 
 
 def _daemon(name: str) -> int:
+    from nanoclaw.core.migrations import EX_SCHEMA, SchemaError
     log_mod.setup(name)
     module = __import__(f"nanoclaw.daemons.{name}", fromlist=["main"])
-    module.main()
+    try:
+        module.main()
+    except SchemaError as exc:  # a database of another version: nothing is touched, and no restart helps
+        logging.getLogger(f"nanoclaw.{name}").error("refusing to start: %s", exc)
+        return EX_SCHEMA
     return 0
+
+
+class _Version(argparse.Action):
+    """``--version``: the version, the commit and the schema (worked out only when asked)."""
+
+    def __init__(self, option_strings, dest, **kw) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version, commit and schema, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from nanoclaw.core.migrations import LATEST
+        from nanoclaw.core.release import commit
+        print(f"nanoclaw {__version__} (commit {commit()}, database schema {LATEST})")
+        parser.exit()
 
 
 class ChannelClient(LineClient):
@@ -720,9 +738,24 @@ def cmd_image(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from nanoclaw.admin import backup
+    return backup.command(cfg, args)
+
+
+def cmd_restore(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from nanoclaw.admin import restore
+    return restore.command(cfg, args)
+
+
+def cmd_migrate(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from nanoclaw.admin import migrate
+    return migrate.command(cfg, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nanoclaw", description=__doc__)
-    p.add_argument("--version", action="version", version=f"nanoclaw {__version__}")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in DAEMONS:
         sub.add_parser(name, help=f"run the {name} daemon (normally started by systemd)")
@@ -880,6 +913,18 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--if-due", action="store_true", help="only if its next run time has come")
     sp = sub.add_parser("timers", help="(run by nanoclaw-timers.service, as root) task timers")
     sp.add_argument("action", choices=["sync"], help="make the timer units equal the scheduler's specs")
+    sp = sub.add_parser("backup", help="one archive of the database, groups, sessions, WhatsApp session and "
+                                       "configuration (safe while nanoclaw runs)")
+    sp.add_argument("file", nargs="?", help="where (default: STATE/backups/nanoclaw-<when>-schema<N>.tar.gz)")
+    sp.add_argument("--with-secrets", action="store_true", help="include the Anthropic credential")
+    sp.add_argument("--nightly", action="store_true", help="(the timer) a nightly backup; keeps the newest "
+                                                           "[backup] keep of them")
+    sp.add_argument("--kind", choices=["pre-upgrade"], help="(install.sh) name it as made before an upgrade")
+    sp = sub.add_parser("restore", help="put a backup back (nanoclaw stopped); what it replaces is kept aside")
+    sp.add_argument("file")
+    sp = sub.add_parser("migrate", help="bring the database to this nanoclaw's schema (nanoclaw stopped; "
+                                        "a backup first)")
+    sp.add_argument("--no-backup", action="store_true", help="(install.sh, which made one) no backup first")
     sp = sub.add_parser("image", help="build the agent container image (offline-capable)")
     isub = sp.add_subparsers(dest="action", required=True)
     ib = isub.add_parser("build", help="build [container] image from [container] base_image and a wheelhouse")
@@ -905,8 +950,13 @@ def main(argv: list[str] | None = None) -> None:
                "image": cmd_image, "tasks": cmd_tasks, "timers": cmd_timers, "doctor": cmd_doctor,
                "status": cmd_status, "pair": cmd_pair, "credential": cmd_credential,
                "spool": cmd_spool, "agents": cmd_agents, "pending": cmd_pending, "approve": cmd_pending,
-               "deny": cmd_pending, "usage": cmd_usage, "budget": cmd_budget}[args.command]
+               "deny": cmd_pending, "usage": cmd_usage, "budget": cmd_budget, "backup": cmd_backup,
+               "restore": cmd_restore, "migrate": cmd_migrate}[args.command]
+    from nanoclaw.core.migrations import EX_SCHEMA, SchemaError
     try:
         sys.exit(handler(cfg, args))
+    except SchemaError as exc:
+        print(f"nanoclaw: {exc}", file=sys.stderr)
+        sys.exit(EX_SCHEMA)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -140,6 +140,13 @@ def left_running(cfg: config_mod.Config) -> list[str]:
 def run_all(check: bool = True) -> int:
     cfg = config_mod.get()
     cfg.runtime_dir.mkdir(parents=True, exist_ok=True)
+    from nanoclaw.core.migrations import EX_SCHEMA, SchemaError
+    from nanoclaw.core.models import open_db
+    try:  # a database of another version: said once here, not by seven children in a loop
+        open_db(cfg.db_path).close()
+    except SchemaError as exc:
+        print(f"nanoclaw: {exc}", file=sys.stderr)
+        return EX_SCHEMA
     commands = {d: [sys.executable, "-m", "nanoclaw", d] for d in DAEMONS}
     podman = podman_service_cmd(cfg)
     if podman:

@@ -114,6 +114,14 @@ class TeamConfig:
 
 
 @dataclass(frozen=True)
+class BackupConfig:
+    """``[backup]``: the nightly backup (``nanoclaw backup --nightly``, from a timer)."""
+
+    nightly: bool = True  # false: the timer's run does nothing
+    keep: int = 3  # the newest this many of each kind nanoclaw makes itself are kept
+
+
+@dataclass(frozen=True)
 class TasksConfig:
     """Scheduled tasks (``[tasks]``): limits an agent cannot reset (the owner may go beyond
     them from the CLI with ``--over-limits``)."""
@@ -159,6 +167,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     budget: Budget = field(default_factory=Budget)  # [budgets]: all groups together
     budget_groups: dict[str, Budget] = field(default_factory=dict)  # [budgets.groups.<folder>]
+    backup: BackupConfig = field(default_factory=BackupConfig)
 
     # Derived locations: one state dir, one runtime dir.
     db_path = _under("state_dir", "nanoclaw.db")
@@ -168,6 +177,7 @@ class Config:
     ipc_dir = _under("state_dir", "ipc")  # each group's in/ (host -> agent) and out/ (agent -> host)
     sessions_dir = _under("state_dir", "sessions")  # each group's Claude session state
     timer_spec_dir = _under("state_dir", "timers")  # the scheduler's timer specs for the root sync
+    backup_dir = _under("state_dir", "backups")  # the archives nanoclaw makes (core/backups.py)
 
     def egress_for(self, folder: str) -> EgressPolicy:
         """A group's web egress policy: its own table over ``[egress]``, else ``[egress]``."""
@@ -345,6 +355,9 @@ def load(path: Path | None = None) -> Config:
     usage = _usage(data.pop("usage", {}))
     api = ApiConfig(**_coerce(ApiConfig, data.pop("api", {}), "api"))
     budget, budget_groups = _budgets(data.pop("budgets", {}))
+    backup = BackupConfig(**_coerce(BackupConfig, data.pop("backup", {}), "backup"))
+    if backup.keep < 1:
+        raise ConfigError("[backup] keep must be at least 1 (nightly = false turns the nightly backup off)")
     settings = _coerce(Config, data, "config")
     for key, env in (("state_dir", "NANOCLAW_STATE_DIR"), ("runtime_dir", "NANOCLAW_RUNTIME_DIR"),
                      ("config_dir", "NANOCLAW_CONFIG_DIR")):
@@ -360,7 +373,7 @@ def load(path: Path | None = None) -> Config:
         detected = _coerce(ContainerConfig, table, f"{detected_path.name}: container")
     container = ContainerConfig(**{**detected, **owner_container})
     cfg = Config(container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, team=team,
-                 tasks=tasks, usage=usage, api=api, budget=budget, budget_groups=budget_groups, **settings)
+                 tasks=tasks, usage=usage, api=api, budget=budget, budget_groups=budget_groups, backup=backup, **settings)
     if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
     if cfg.approval_timeout <= 0:

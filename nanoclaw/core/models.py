@@ -297,8 +297,8 @@ class Usage(Base):
     output_tokens = IntegerField(default=0)
     cache_write_tokens = IntegerField(default=0)
     cache_read_tokens = IntegerField(default=0)
-    web_search_requests = IntegerField(default=0)  # server-side tool use, priced per request
-    web_fetch_requests = IntegerField(default=0)
+    web_search_requests = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])  # server-side tool use, priced per request
+    web_fetch_requests = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
     cost_usd = FloatField(null=True)  # None: no price known for the model
     streamed = BooleanField(default=False)
 
@@ -343,7 +343,14 @@ MODELS = [Group, Mount, Message, Cursor, Session, Job, Turn, Outbox, Task, TaskR
 
 
 def open_db(path: Path) -> SqliteDatabase:
-    """Open (creating if needed) the database at ``path`` for this process."""
+    """Open (creating if needed) the database at ``path`` for this process.
+
+    A new database is made at the latest schema version; one at another version is refused
+    with ``migrations.SchemaError`` (one line saying what to run): schema changes are
+    ``core/migrations.py``'s steps, run by ``nanoclaw migrate``, never here.
+    """
+    from nanoclaw.core import migrations
+
     path.parent.mkdir(parents=True, exist_ok=True)
     if not db.is_closed():
         db.close()
@@ -354,43 +361,9 @@ def open_db(path: Path) -> SqliteDatabase:
         "busy_timeout": 10000,  # the daemons and the CLI share the file
     })
     db.connect(reuse_if_open=True)
-    with db.atomic("IMMEDIATE"):
-        for model in (Cursor, Session):
-            _rekey_by_agent(model)
-        # Columns first, then tables and indexes: an index on a column not there yet would be
-        # made on a string literal (SQLite's quirk with unknown double-quoted names).
-        _add_missing_columns()
-        db.create_tables(MODELS, safe=True)
+    try:
+        migrations.prepare(db.connection(), path)
+    except BaseException:
+        db.close()
+        raise
     return db
-
-
-def _rekey_by_agent(model: type[Base]) -> None:
-    """An older database keyed cursor and session by group alone: rebuild the table keyed by
-    (group, agent), the old rows becoming the leads' (SQLite cannot change a primary key)."""
-    table = model._meta.table_name
-    columns = [c.name for c in db.get_columns(table)] if db.table_exists(table) else []
-    if not columns or "agent" in columns:
-        return
-    db.execute_sql(f'ALTER TABLE "{table}" RENAME TO "{table}_before_teams"')
-    model.create_table()
-    kept = ", ".join(f'"{c}"' for c in columns)
-    db.execute_sql(f'INSERT INTO "{table}" ({kept}, "agent") SELECT {kept}, \'\' FROM "{table}_before_teams"')
-    db.execute_sql(f'DROP TABLE "{table}_before_teams"')
-
-
-def _add_missing_columns() -> None:
-    """Bring an older database up to date: new columns are added with their defaults.
-
-    Only additive changes are made automatically; nothing is dropped or retyped.
-    """
-    from playhouse.migrate import SqliteMigrator, migrate
-
-    migrator = SqliteMigrator(db)
-    for model in MODELS:
-        table = model._meta.table_name
-        if not db.table_exists(table):
-            continue
-        present = {c.name for c in db.get_columns(table)}
-        missing = [f for f in model._meta.sorted_fields if f.column_name not in present]
-        if missing:
-            migrate(*(migrator.add_column(table, f.column_name, f) for f in missing))

@@ -102,17 +102,22 @@ def crontab_program() -> str | None:
     """The ``crontab`` program this process would run now, if there is one."""
     return shutil.which("crontab")
 
+# The nightly backup's crontab line (systemd has units/nanoclaw-backup.timer): its tag, its time.
+BACKUP_TAG = "nanoclaw-backup"
+BACKUP_SLICES = "30 3 * * *"
+
 
 class CrontabTimers:
     name = "crontab"
 
     def __init__(self, fire_command: str, user: str | bool = True, tabfile: Path | None = None,
-                 host_tz: str = "") -> None:
+                 host_tz: str = "", backup_command: str = "") -> None:
         self.fire_command = fire_command
         self.user = user
         self.tabfile = tabfile
         self.host_tz = host_tz
         self.problems: list[str] = []  # tasks the last reconcile left without a line, and why
+        self.backup_command = backup_command  # "": no nightly backup line
 
     def _tab(self):
         from crontab import CronTab
@@ -172,22 +177,42 @@ class CrontabTimers:
                     self.problems.append(f"task {ident} has no crontab line: {slices!r} ({exc})")
                     continue
                 changes.append(f"added line for task {ident}")
+        changes += self._backup_line(tab)
         if changes:
             tab.write()
         return changes
 
+    def _backup_line(self, tab) -> list[str]:
+        """The nightly backup's one line, as the configuration wants it (or none)."""
+        lines = [j for j in tab if j.comment == BACKUP_TAG]
+        wanted = (BACKUP_SLICES, self.backup_command) if self.backup_command else None
+        if wanted and [(str(j.slices), j.command) for j in lines] == [wanted]:
+            return []
+        changes = []
+        for job in lines:
+            tab.remove(job)
+            changes.append("removed the nightly backup line")
+        if wanted:
+            job = tab.new(command=self.backup_command, comment=BACKUP_TAG)
+            job.setall(BACKUP_SLICES)
+            changes = ["added the nightly backup line" if not lines else "updated the nightly backup line"]
+        return changes
 
 # What says where this install's configuration and state are, when not in the default places:
 # cron starts its commands with an environment of its own, so a line carries them.
 CONFIG_ENV = ("NANOCLAW_CONFIG", "NANOCLAW_CONFIG_DIR", "NANOCLAW_STATE_DIR", "NANOCLAW_RUNTIME_DIR")
 
 
-def fire_command() -> str:
-    """How a timer runs ``nanoclaw tasks fire``: this install's own executable, with this
-    process's configuration paths (``NANOCLAW_CONFIG``...) where they are set."""
+def nanoclaw_command() -> str:
+    """How cron runs ``nanoclaw``: this install's own executable, with this process's
+    configuration paths (``NANOCLAW_CONFIG``...) where they are set."""
     import sys
     exe = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0].endswith("nanoclaw") else None
     env = "".join(f"{key}={shlex.quote(os.environ[key])} " for key in CONFIG_ENV if os.environ.get(key))
-    run = f"{shlex.quote(str(exe))} tasks fire" if exe and exe.exists() else \
-        f"{shlex.quote(sys.executable)} -m nanoclaw tasks fire"
+    run = shlex.quote(str(exe)) if exe and exe.exists() else f"{shlex.quote(sys.executable)} -m nanoclaw"
     return (env + run).replace("%", "\\%")  # cron reads an unescaped % as the command's end
+
+
+def fire_command() -> str:
+    """How a timer runs ``nanoclaw tasks fire``."""
+    return f"{nanoclaw_command()} tasks fire"

@@ -544,11 +544,12 @@ class RunnerDaemon(Daemon):
         runner stops first."""
         job = body["job"]
         while (why := self._disk_problem()) is not None:
-            if job not in self.waiting_space:
+            first = job not in self.waiting_space
+            self.waiting_space[job] = why  # in the status before anyone is told of it
+            if first:
                 self.log.warning("not started: %s; waiting for space", why,
                                  extra=log_fields(group=body["group"], job=job))
                 nudge(self.cfg.socket("queue"))  # it looks at the disk, and tells the chat
-            self.waiting_space[job] = why
             if self.stopping:
                 raise Stopped()
             time.sleep(SPACE_CHECK)

@@ -21,6 +21,9 @@ WRITES
     and tries again every few seconds without a word more: the tasks are in the
     database and get their lines on the first pass that finds the program.
 
+    The nightly backup's line goes in the same crontab (``[backup] nightly``; under
+    systemd that is units/nanoclaw-backup.timer).
+
 PRIVILEGE
     The service user; no network. Under the units it never runs as root
     (``nanoclaw run-all`` runs it as whoever started run-all).
@@ -39,7 +42,8 @@ from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core.config import Config
 from nanoclaw.core.models import Task
 from nanoclaw.core.skeleton import Daemon
-from nanoclaw.core.timer_specs import CronMissing, CrontabTimers, TimerSpecs, crontab_program, fire_command
+from nanoclaw.core.timer_specs import (CronMissing, CrontabTimers, TimerSpecs, crontab_program, fire_command,
+                                       nanoclaw_command)
 
 RETRY_SECONDS = 5.0  # how soon a backend that failed (no crontab program yet) is tried again
 
@@ -63,7 +67,8 @@ def backend_for(cfg: Config):
         return TimerSpecs(cfg.timer_spec_dir)
     if kind == "crontab":
         return CrontabTimers(fire_command(), tabfile=Path(cfg.crontab_file) if cfg.crontab_file else None,
-                             host_tz=cfg.tz)
+                             host_tz=cfg.tz,
+                             backup_command=f"{nanoclaw_command()} backup --nightly" if cfg.backup.nightly else "")
     raise SystemExit(f"unknown scheduler backend {cfg.scheduler!r} (auto, systemd or crontab)")
 
 

@@ -3,6 +3,10 @@
 Each is booted and installed once for the session (minutes: apt, debootstrap,
 a wheel download and an image build, as on a real first install) and shared by
 the tests that run in order against it, as an owner would use the service.
+Debian 13 is a first install of this tree. Debian 12 is an upgrade: the previous
+release installed and used, then this tree installed over it as the README's
+Upgrading says (test_upgrade.py checks the upgrade itself, before anything else
+uses the machine); every other test then checks it as it would a fresh one.
 """
 
 from __future__ import annotations
@@ -10,9 +14,20 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import need_podman
+from conftest import PREVIOUS_RELEASE, need_commit, need_podman
 
-from .machine import Machine, booted_and_installed
+from .machine import Machine, booted_and_installed, booted_and_upgraded
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The upgrade's checks first among the system tests: the others then use the machine it
+    upgraded (and the last of them uninstalls it)."""
+    upgrade = [i for i in items if i.nodeid.startswith("tests/system/test_upgrade.py")]
+    if not upgrade:
+        return
+    rest = [i for i in items if i not in upgrade]
+    at = next((n for n, i in enumerate(rest) if i.nodeid.startswith("tests/system/")), len(rest))
+    items[:] = rest[:at] + upgrade + rest[at:]
 
 SECRET = "sk-ant-api03-SYSTEMTEST-" + os.urandom(6).hex()
 
@@ -24,9 +39,13 @@ def _need_root() -> None:
         pytest.fail(reason) if os.environ.get("CI") == "true" else pytest.skip(reason)
 
 
-def _machine(request, suite: str) -> Machine:
+def _machine(request, suite: str, upgraded: bool = False) -> Machine:
     _need_root()
-    m = booted_and_installed(suite, SECRET)
+    if upgraded:
+        need_commit(PREVIOUS_RELEASE)
+        m = booted_and_upgraded(suite, SECRET, PREVIOUS_RELEASE)
+    else:
+        m = booted_and_installed(suite, SECRET)
 
     def done() -> None:
         if request.session.testsfailed:
@@ -41,7 +60,8 @@ def _machine(request, suite: str) -> Machine:
 
 @pytest.fixture(scope="session")
 def debian12(request) -> Machine:
-    return _machine(request, "bookworm")
+    """Debian 12, on which the previous release was installed, used and upgraded from."""
+    return _machine(request, "bookworm", upgraded=True)
 
 
 @pytest.fixture(scope="session")

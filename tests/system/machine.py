@@ -57,6 +57,20 @@ def export_source(dest: Path) -> Path:
     return dest
 
 
+def export_repository(dest: Path) -> str:
+    """This clone's git history at ``dest``, with the working tree as its newest commit when it
+    differs from HEAD (tests run on uncommitted work too): a checkout whose owner upgrades with
+    ``git checkout``. Returns that commit."""
+    git = ["git", "-C", str(dest), "-c", "user.name=nanoclaw system test", "-c", "user.email=test@localhost"]
+    subprocess.run(["git", "clone", "-q", "--no-checkout", str(ROOT), str(dest)], check=True, capture_output=True)
+    export_source(dest)
+    subprocess.run([*git, "add", "-A"], check=True, capture_output=True)  # the index was empty: what is here
+    if subprocess.run([*git, "diff", "--cached", "--quiet", "HEAD"]).returncode != 0:
+        subprocess.run([*git, "commit", "-q", "-m", "the working tree under test"], check=True, capture_output=True)
+    return subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 class Machine:
     """One booted Debian machine; ``sh`` runs a shell command inside it as root."""
 
@@ -103,6 +117,15 @@ class Machine:
             podman("cp", str(src), f"{self.name}:/root/nanoclaw")
         self.sh("chmod 0700 /root && chown -R root:root /root/nanoclaw")
 
+    def clone(self) -> str:
+        """This clone's history at /root/nanoclaw (root's 0700 home), as `git clone` leaves it,
+        the working tree its newest commit (returned)."""
+        with tempfile.TemporaryDirectory(prefix="nc-clone-") as tmp:
+            commit = export_repository(Path(tmp) / "nanoclaw")
+            podman("cp", str(Path(tmp) / "nanoclaw"), f"{self.name}:/root/nanoclaw")
+        self.sh("chmod 0700 /root && chown -R root:root /root/nanoclaw")
+        return commit
+
     def install_as_readme_says(self, timeout: float = 1500) -> subprocess.CompletedProcess:
         """`cd /root/nanoclaw && sudo ./install.sh`, timed; its whole output is kept."""
         t0 = time.time()
@@ -113,9 +136,9 @@ class Machine:
             raise AssertionError(f"install.sh exited {r.returncode} in {self.name}:\n{r.stdout[-6000:]}")
         return r
 
-    def serve_fake_api(self) -> None:
+    def serve_fake_api(self, units: list[str] | None = None) -> None:
         """The fake Messages API on the machine's loopback, as a unit that comes back after a reboot,
-        and the proxy pointed at it."""
+        and the proxy pointed at it; then ``units`` (all of this tree's) are active."""
         self.sh(f"""cat > /etc/systemd/system/nc-fake-api.service <<'EOF'
 [Unit]
 Description=fake Anthropic Messages API (nanoclaw system test)
@@ -128,7 +151,7 @@ systemctl daemon-reload && systemctl enable --now nc-fake-api
 grep -q '^proxy_upstream' /etc/nanoclaw/config.toml || \\
     sed -i '1i proxy_upstream = "http://127.0.0.1:{FAKE_API_PORT}"' /etc/nanoclaw/config.toml
 systemctl restart nanoclaw.target""")
-        self.wait_active()
+        self.wait_active(units=units)
 
     def api_log(self) -> list[dict]:
         out = self.sh("cat /var/log/fake-api.log 2>/dev/null", check=False).stdout
@@ -138,8 +161,12 @@ systemctl restart nanoclaw.target""")
         podman("restart", "-t", "20", self.name, timeout=300)
         self.wait_booted()
 
-    def wait_active(self, timeout: float = 90) -> None:
-        self.wait_for(lambda: all(self.state(u) == "active" for u in UNITS), timeout, "every unit active")
+    def installed_units(self) -> list[str]:
+        """Those of this tree's units the installed release has (an older one has fewer)."""
+        return [u for u in UNITS if self.sh(f"systemctl cat {u}", check=False).returncode == 0]
+
+    def wait_active(self, timeout: float = 90, units: list[str] | None = None) -> None:
+        self.wait_for(lambda: all(self.state(u) == "active" for u in units or UNITS), timeout, "every unit active")
 
     def state(self, unit: str) -> str:
         return self.sh(f"systemctl is-active {unit}", check=False).stdout.strip()
@@ -149,6 +176,11 @@ systemctl restart nanoclaw.target""")
 
     def nanoclaw(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         return self.sh("nanoclaw " + " ".join(shlex.quote(a) for a in args), check=check, timeout=timeout)
+
+    def as_service_user(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """``nanoclaw ARGS`` as the service user (as install.sh runs its own): what it makes in
+        the state directory (a group's folder) is then the agents' to write."""
+        return self.sh(f"cd / && {AS_NANOCLAW} nanoclaw " + " ".join(shlex.quote(a) for a in args), timeout=timeout)
 
     def send(self, text: str, wait: int = 120) -> str:
         return self.nanoclaw("send", "main", "--wait", str(wait), text, timeout=wait + 30).stdout
@@ -193,6 +225,36 @@ def host_container_options(image: str) -> list[str]:
             return probe.podman_args()
         tried.append(result.error)
     raise RuntimeError(f"no podman options run a container on this host: {tried}")
+
+
+def booted_and_upgraded(suite: str, secret: str, previous: str) -> Machine:
+    """A machine of ``suite`` on which release ``previous`` was installed as its README says,
+    its credential set, and used (``upgrade.use_the_previous_release``: what it held is kept
+    in ``m.before``), then upgraded to this working tree as the README says: ``git checkout``
+    and ``sudo ./install.sh``. ``install_output`` is the upgrade's."""
+    from .upgrade import use_the_previous_release
+    m = Machine.boot(suite)
+    try:
+        m.new_commit = m.clone()
+        m.sh(f"cd /root/nanoclaw && git checkout -q {previous}")
+        m.install_as_readme_says()
+        print(f"system test: install.sh of {previous} on {suite} took {m.install_seconds:.0f} s", flush=True)
+        m.serve_fake_api(units=m.installed_units())  # the previous release has fewer units
+        m.credential_output = m.sh("nanoclaw credential set", stdin=secret + "\n").stdout
+        t0 = time.time()
+        m.before = use_the_previous_release(m)
+        m.use_seconds = time.time() - t0
+        m.sh(f"cd /root/nanoclaw && git checkout -q {m.new_commit}")
+        m.install_as_readme_says()  # the upgrade
+        print(f"system test: using {previous} took {m.use_seconds:.0f} s, the upgrade's install.sh "
+              f"{m.install_seconds:.0f} s", flush=True)
+        return m
+    except BaseException:
+        print(m.sh("systemctl --no-pager status 'nanoclaw*'; journalctl --no-pager -n 200 -u 'nanoclaw*'",
+                   check=False).stdout[-20000:])
+        if not os.environ.get("NANOCLAW_KEEP_MACHINE"):
+            m.remove()
+        raise
 
 
 def booted_and_installed(suite: str, secret: str) -> Machine:

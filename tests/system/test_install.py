@@ -65,6 +65,8 @@ def test_a_reboot_leaves_it_answering(machine: Machine):
     machine.wait_active()
     assert "echo: after the reboot" in machine.send("after the reboot", wait=180)
     assert len(machine.api_log()) > len(before)
+    echoes = [r for r in machine.replies() if r.startswith("echo: ")]
+    assert len(echoes) == len(set(echoes)), echoes  # nothing answered twice, the reboot included
     runner = machine.journal("-b", "-u", "nanoclaw-runner")
     assert "could not start" not in runner and "podman error" not in runner, runner[-3000:]
 

@@ -1,0 +1,419 @@
+"""``nanoclaw backup``: one archive of what the assistant knows.
+
+SUMMARY
+    A gzip'd tar holding ``MANIFEST.json`` (first: this code's version and commit, the
+    database's schema version, when, whether the credential is in it), the database
+    (``state/nanoclaw.db``), the group folders with their memory (``state/groups``), the
+    agents' sessions (``state/sessions``), the WhatsApp session (``state/whatsapp``) and
+    the configuration directory (``config/``), the Anthropic credential only with
+    ``--with-secrets``. Spools, IPC directories, images and caches are not in it: they are
+    work in flight or made again. Every archive is mode 0600: it holds the chats.
+
+    The database, and the WhatsApp session's SQLite store, are copied with SQLite's online
+    backup API: a consistent snapshot while the daemons write. ``--nightly`` (the timer)
+    writes ``<state>/backups/nanoclaw-<when>-schema<N>-nightly.tar.gz`` and keeps the newest
+    ``[backup] keep`` of those (core/backups.py names them).
+
+PRIVILEGE
+    The service user (the timer, install.sh), or root (``sudo nanoclaw backup``): then the
+    snapshots are taken as the state's owner (admin/owner.py), and root reads the rest.
+
+HOSTILE INPUT
+    The group folders and sessions are the agents'. They are walked with ``safefs.Dir``
+    from descriptors: no link is followed (a symlink is archived as a symlink, its target
+    as text), FIFOs, sockets and devices are skipped and counted, a file is read through a
+    descriptor opened ``O_NOFOLLOW | O_NONBLOCK`` and must be a regular file then, nothing
+    is archived as a hard link, and the walk stays on the directory's own filesystem. A
+    file that shrinks while it is read is padded to the size its header gave, so the
+    archive stays whole (and the file is counted as changed).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import socket
+import sqlite3
+import stat
+import sys
+import tarfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from nanoclaw import __version__
+from nanoclaw.admin.owner import as_owner_of
+from nanoclaw.core import backups
+from nanoclaw.core.config import Config
+from nanoclaw.core.credentials import file_path as credential_path
+from nanoclaw.core.release import commit
+from nanoclaw.core.safefs import Dir
+
+FORMAT = 1  # MANIFEST.json's "format": what restore.py reads
+MAX_DEPTH = 64  # directories deeper than this (an agent's making) are left out, and said
+SQLITE_SIDE = ("-wal", "-shm", "-journal")
+
+
+class BackupError(Exception):
+    """The archive could not be made; the text says why, for the owner."""
+
+
+@dataclass
+class Part:
+    """One area of the archive, as the report shows it."""
+
+    label: str
+    files: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class Summary:
+    path: Path
+    size: int
+    schema: int
+    parts: list[Part]
+    skipped: Counter = field(default_factory=Counter)
+    with_secrets: bool = False
+    removed: list[Path] = field(default_factory=list)
+
+
+def human(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class _Exact(io.RawIOBase):
+    """A file's bytes, exactly ``size`` of them: cut there, or padded with zeros if the file
+    shrank since its header was written (tarfile would otherwise break off mid-archive)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.left, self.short = fd, size, False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        chunks, got = [], 0
+        while got < n:
+            data = b"" if self.short else os.read(self.fd, n - got)
+            if not data:
+                self.short = True
+                data = b"\0" * (n - got)
+            chunks.append(data)
+            got += len(data)
+        self.left -= got
+        return b"".join(chunks)
+
+
+class Writer:
+    """The archive being written, and what was left out of it."""
+
+    def __init__(self, tar: tarfile.TarFile) -> None:
+        self.tar = tar
+        self.skipped: Counter = Counter()
+
+    def _info(self, name: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.mode = st.st_mode & 0o777  # no set-id bits, whoever set them
+        info.mtime = int(st.st_mtime)
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    def add_bytes(self, name: str, data: bytes, mode: int = 0o600) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+        self.tar.addfile(info, io.BytesIO(data))
+
+    def add_file(self, d: Dir, name: str, arcname: str, part: Part) -> None:
+        """One regular file of ``d``, read through a descriptor that followed no link."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=d.fd)
+        except OSError as exc:
+            self.skipped["symbolic link swapped in" if exc.errno == errno.ELOOP else
+                         "unreadable" if exc.errno == errno.EACCES else f"unopenable ({exc.strerror})"] += 1
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self.skipped["not a regular file any more"] += 1
+                return
+            info = self._info(arcname, st, tarfile.REGTYPE)
+            info.size = st.st_size
+            reader = _Exact(fd, st.st_size)
+            self.tar.addfile(info, reader)
+            if reader.short:
+                self.skipped["changed while read (padded)"] += 1
+            part.files += 1
+            part.bytes += st.st_size
+        finally:
+            os.close(fd)
+
+    def add_tree(self, base: Path, arcroot: str, part: Part, leave_out: frozenset[str] = frozenset()) -> None:
+        """Everything below ``base`` (trusted itself) as ``arcroot/...``; top-level names in
+        ``leave_out`` are not taken."""
+        try:
+            top = Dir.open(base)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                self.skipped[f"{arcroot} unreadable ({exc.strerror})"] += 1
+            return
+        with top:
+            st = os.fstat(top.fd)
+            self.tar.addfile(self._info(arcroot, st, tarfile.DIRTYPE))
+            self._walk(top, arcroot, part, st.st_dev, 1, leave_out)
+
+    def _walk(self, d: Dir, arc: str, part: Part, dev: int, depth: int, leave_out: frozenset[str]) -> None:
+        try:
+            names = d.names()
+        except OSError:
+            self.skipped["unreadable directory"] += 1
+            return
+        for name in names:
+            if name in leave_out:
+                continue
+            arcname = f"{arc}/{name}"
+            try:
+                st = d.lstat(name)
+            except OSError:
+                continue  # gone since it was listed
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    info = self._info(arcname, st, tarfile.SYMTYPE)
+                    info.linkname = os.readlink(name, dir_fd=d.fd)
+                except OSError:
+                    continue
+                self.tar.addfile(info)
+                part.files += 1
+            elif stat.S_ISREG(st.st_mode):
+                self.add_file(d, name, arcname, part)
+            elif stat.S_ISDIR(st.st_mode):
+                if st.st_dev != dev:
+                    self.skipped["another filesystem"] += 1
+                    continue
+                if depth >= MAX_DEPTH:
+                    self.skipped[f"deeper than {MAX_DEPTH} directories"] += 1
+                    continue
+                try:
+                    sub = d.sub(name)
+                except OSError:
+                    self.skipped["unreadable directory"] += 1
+                    continue
+                with sub:
+                    self.tar.addfile(self._info(arcname, os.fstat(sub.fd), tarfile.DIRTYPE))
+                    self._walk(sub, arcname, part, dev, depth + 1, frozenset())
+            else:
+                kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+                        else "device")
+                self.skipped[kind] += 1
+
+
+def snapshot(src: Path, dest: Path) -> int:
+    """A consistent copy of the SQLite database ``src`` at ``dest`` (SQLite's online backup
+    API; the writers go on), as a plain rollback-journal file; returns its schema version."""
+    # mode=rw: a database that vanished is an error here, not a new empty one
+    source = sqlite3.connect(f"file:{quote(str(src))}?mode=rw", uri=True, timeout=30)
+    target = sqlite3.connect(dest)
+    try:
+        source.backup(target)
+        target.execute("PRAGMA journal_mode = DELETE")  # one file, nothing beside it
+        version = target.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        target.close()
+        source.close()
+    os.chmod(dest, stat.S_IMODE(os.stat(src).st_mode))  # as private as the original (the WhatsApp keys)
+    return version
+
+
+def _snapshots(cfg: Config, work: Path) -> tuple[int, bool]:
+    """The database's and the WhatsApp store's snapshots in ``work``, as the state's owner.
+    Returns (the database's schema version, whether there was a WhatsApp store)."""
+    work.mkdir(mode=0o700)
+    schema = snapshot(cfg.db_path, work / "nanoclaw.db")
+    wa = cfg.state_dir / "whatsapp" / "session.db"
+    have_wa = os.path.lexists(wa) and stat.S_ISREG(os.lstat(wa).st_mode)
+    if have_wa:
+        snapshot(wa, work / "session.db")
+    return schema, have_wa
+
+
+def _partial(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.partial")
+
+
+def _open_output(dest: Path) -> int:
+    """The archive's file while it is written: beside ``dest`` under a name no listing
+    counts, new, 0600, no link followed. ``dest`` itself appears only once it is whole."""
+    if os.path.lexists(dest):
+        raise BackupError(f"{dest} exists: give another file name")
+    tmp = _partial(dest)
+    for _ in range(2):
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            tmp.unlink()  # what a killed run left (the entry itself, whatever it is)
+        except OSError as exc:
+            raise BackupError(f"cannot write {dest}: {exc.strerror}") from None
+    raise BackupError(f"cannot write {tmp}: it keeps coming back")
+
+
+def _name_it(tmp: Path, dest: Path) -> None:
+    """Give the whole archive its name, never over a file that appeared meanwhile."""
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise BackupError(f"{dest} exists: give another file name") from None
+    except OSError as exc:  # a filesystem without hard links (a FAT stick): rename, having looked
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        if os.path.lexists(dest):
+            raise BackupError(f"{dest} exists: give another file name") from None
+        os.rename(tmp, dest)
+
+
+def make(cfg: Config, dest: Path | None = None, *, with_secrets: bool = False, kind: str = "") -> Summary:
+    """Write a backup to ``dest`` (default: a new name in the backups directory)."""
+    if not cfg.db_path.exists():
+        raise BackupError(f"no database at {cfg.db_path}: nothing to back up yet")
+    secret = None
+    if with_secrets:
+        try:
+            secret = credential_path(cfg).read_bytes()
+        except PermissionError:
+            raise BackupError("the credential is root's: sudo nanoclaw backup --with-secrets") from None
+        except FileNotFoundError:
+            raise BackupError(f"--with-secrets, but no credential is set ({credential_path(cfg)})") from None
+    work_parent = cfg.backup_dir
+    if not work_parent.exists():
+        work_parent.mkdir(mode=0o700, parents=True)
+        if os.geteuid() == 0:
+            st = os.stat(cfg.state_dir)
+            os.chown(work_parent, st.st_uid, st.st_gid)
+    work = work_parent / f".snapshot-{os.getpid()}-{int(time.time())}"
+    try:
+        schema, have_wa = as_owner_of(cfg.state_dir, lambda: _snapshots(cfg, work))
+    except sqlite3.Error as exc:
+        _remove(work)
+        raise BackupError(f"cannot copy the database: {exc}") from None
+    try:
+        if not dest:
+            at, n = time.time(), 0
+            while os.path.lexists(dest := work_parent / backups.name_for(schema, kind, at, n)):
+                n += 1
+        dest = Path(dest)
+        fd = _open_output(dest)
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                with tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT, compresslevel=6) as tar:
+                    summary = _write(cfg, Writer(tar), work, schema, have_wa, secret)
+                raw.flush()
+                os.fsync(raw.fileno())  # whole on disk before it has its name (and is counted)
+            _name_it(_partial(dest), dest)
+        finally:
+            _partial(dest).unlink(missing_ok=True)
+    finally:
+        _remove(work)
+    summary.path, summary.size = dest, dest.stat().st_size
+    return summary
+
+
+def _write(cfg: Config, w: Writer, work: Path, schema: int, have_wa: bool, secret: bytes | None) -> Summary:
+    manifest = {"format": FORMAT, "nanoclaw": __version__, "commit": commit(), "schema": schema,
+                "created": time.time(), "host": socket.gethostname(), "with_secrets": secret is not None}
+    w.add_bytes("MANIFEST.json", json.dumps(manifest, indent=1).encode() + b"\n", 0o644)
+    db = Part("database")
+    with Dir.open(work) as d:
+        w.add_file(d, "nanoclaw.db", "state/nanoclaw.db", db)
+    groups, sessions, wa, conf = Part("groups"), Part("sessions"), Part("whatsapp session"), Part("configuration")
+    w.add_tree(cfg.groups_dir, "state/groups", groups)
+    w.add_tree(cfg.sessions_dir, "state/sessions", sessions)
+    # The WhatsApp store's live files are left out: its snapshot stands in for them.
+    w.add_tree(cfg.state_dir / "whatsapp", "state/whatsapp", wa,
+               frozenset({"session.db", *(f"session.db{s}" for s in SQLITE_SIDE)}))
+    if have_wa:
+        with Dir.open(work) as d:
+            w.add_file(d, "session.db", "state/whatsapp/session.db", wa)
+    # Not the credential unless asked, and never what an earlier restore set aside.
+    leave = frozenset({"credentials"} | {n for n in _names(cfg.config_dir) if n.startswith("restore-replaced-")})
+    w.add_tree(cfg.config_dir, "config", conf, leave)
+    if secret is not None:
+        w.add_bytes(f"config/credentials/{credential_path(cfg).name}", secret, 0o600)
+        conf.files += 1
+    return Summary(Path(), 0, schema, [db, groups, sessions, wa, conf], w.skipped, secret is not None)
+
+
+def _names(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _remove(work: Path) -> None:
+    for name in _names(work):
+        (work / name).unlink(missing_ok=True)
+    try:
+        work.rmdir()
+    except OSError:
+        pass
+
+
+def prune(cfg: Config, kind: str) -> list[Path]:
+    """Remove the oldest backups of ``kind`` beyond ``[backup] keep``; returns what went."""
+    same = [f for f in backups.listing(cfg.backup_dir) if f.kind == kind]
+    gone = []
+    for old in same[:-cfg.backup.keep]:
+        old.path.unlink(missing_ok=True)
+        gone.append(old.path)
+    return gone
+
+
+def report(s: Summary) -> str:
+    parts = []
+    for p in s.parts:
+        if p.label == "database":
+            parts.append(f"database {human(p.bytes)} (schema {s.schema})")
+        elif p.files:
+            parts.append(f"{p.label} {p.files} file(s) {human(p.bytes)}")
+    line = f"backed up to {s.path} ({human(s.size)}, mode 0600): " + ", ".join(parts)
+    line += ("; the credential is in it: keep the file safe" if s.with_secrets
+             else "; the credential left out (--with-secrets puts it in)")
+    if s.skipped:
+        line += "; left out: " + ", ".join(f"{n} {what}" for what, n in sorted(s.skipped.items()))
+    for path in s.removed:
+        line += f"\nremoved the older {path.name}"
+    return line
+
+
+def command(cfg: Config, args) -> int:
+    """``nanoclaw backup [FILE] [--with-secrets] [--nightly]``."""
+    import signal
+    # a stop (the target stopped mid-backup) unwinds, so no partial file stays behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    kind = "nightly" if args.nightly else (args.kind or "")
+    if args.nightly and not cfg.backup.nightly:
+        print("nightly backups are off ([backup] nightly = false): nothing done")
+        return 0
+    if args.file and args.nightly:
+        print("nanoclaw: --nightly writes into the backups directory; give no FILE", file=sys.stderr)
+        return 2
+    try:
+        summary = make(cfg, Path(args.file).absolute() if args.file else None,
+                       with_secrets=args.with_secrets, kind=kind)
+    except (BackupError, OSError) as exc:
+        print(f"nanoclaw: backup failed: {exc}", file=sys.stderr)
+        return 1
+    if kind in backups.KINDS:
+        summary.removed = prune(cfg, kind)
+    print(report(summary))
+    return 0
