@@ -13,7 +13,8 @@ SUMMARY
         team.py    a group's members, the answers owed between them
         tasks.py   a scheduled task's runs, settled in one place
         holds.py   a spent budget, a full disk: nothing starts, the chat is told once
-        owner.py   the owner's requests: approve/deny in the main chat, expiry
+        owner.py   the owner's requests: approve/deny in the main chat, expiry, where an
+                   approved chat's agent starts
 
 READS
     New ``message`` rows (the channel nudges it); ``spool/queue``:
