@@ -36,7 +36,8 @@ READS
 
 WRITES
     ``/workspace/ipc/out``: each turn's ``result`` (tmp, fsync, rename; a
-    refused write is retried, not dropped), and the tools' requests
+    refused write is retried, not dropped), what a turn is doing
+    (``progress``: it began, a tool began or ended), and the tools' requests
     (``tools.py``); log lines on stderr, which the host's runner journals.
 
 HOSTILE INPUT
@@ -58,6 +59,7 @@ from inotify_simple import INotify, flags
 
 import early_cli
 import forwarders
+import progress
 from context import Context, log
 from protocol import BadMessage, process_started
 from settings import settings
@@ -141,7 +143,7 @@ async def serve(ctx: Context, session: Session) -> int:
                     continue
                 b = env.body
                 try:
-                    out = await session.turn(b["prompt"], b.get("session_id"))
+                    out = await session.turn(b["prompt"], b.get("session_id"), reporter(ctx, b["job"], b["turn"]))
                 except Exception as exc:  # the CLI died or the API failed: report, then let a fresh container retry
                     detail = " | ".join(list(session.stderr_tail)[-5:])
                     await report(ctx, {"job": b["job"], "turn": b["turn"], "text": "",
@@ -161,6 +163,20 @@ async def serve(ctx: Context, session: Session) -> int:
                 pass
     finally:
         await session.close()
+
+
+def reporter(ctx: Context, job: int, turn: int):
+    """What a turn is doing, for the host to show (core/progress.py): one small ``progress``
+    file per change in ``out/``. Cosmetic: not synced, and a refused write is let go."""
+    def said(state: str, tool: str = "", given: object = None) -> None:
+        body = {"job": job, "turn": turn, "state": state}
+        if tool:
+            body.update(tool=tool[:progress.TOOL_MAX], detail=progress.detail_of(tool, given))
+        try:
+            ctx.outbox.put("progress", body, durable=False)
+        except OSError as exc:
+            log(f"progress not reported: {exc}")
+    return said
 
 
 async def report(ctx: Context, body: dict) -> None:

@@ -80,6 +80,8 @@ SCHEMAS: dict[str, Schema] = {
     # container -> host (ipc/<group>/out): the outcome of one turn
     "result": {"job": (int,), "turn": (int,), "text": (str,), "session_id": (str, type(None), _OPT),
                "error": (str, type(None), _OPT), "usage": (dict, type(None), _OPT)},
+    # container -> host: what the agent is doing in a turn (core/progress.py), cosmetic
+    "progress": {"job": (int,), "turn": (int,), "state": (str,), "tool": (str, _OPT), "detail": (str, _OPT)},
     # container -> host: the agent's tools, each only a request the ipc daemon authorises
     "send_message": {"job": (int,), "text": (str,), "chat": (str, type(None), _OPT)},
     "task_request": {"job": (int,), "action": (str,), "task": (dict,)},
