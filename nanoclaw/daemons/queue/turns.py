@@ -67,14 +67,14 @@ class Turns:
         session = Session.get_or_none(Session.group == group, Session.agent == agent)
         with db.atomic("IMMEDIATE"):
             job = Job.create(group=group, agent=agent)
-            Turn.create(job=job, seq=0, first_message_id=batch[0].id, last_message_id=batch[-1].id)
+            turn = Turn.create(job=job, seq=0, first_message_id=batch[0].id, last_message_id=batch[-1].id)
         # A file the disk refuses is kept and handed over later; the job stays queued till then.
         self.q.put(self.q.runner_spool, "job", {"job": job.id, "group": group.folder, "chat": group.jid,
                                                 "is_main": group.is_main and not agent, "prompt": prompt,
                                                 "session_id": session.session_id if session else None,
                                                 "agent": agent},
                    then=lambda: nudge(self.q.cfg.socket("runner")))
-        self.q._typing(group.jid, True)
+        self.q.progress.accepted(job, [turn])
         self.q.log.info("queued messages=%d..%d", batch[0].id, batch[-1].id,
                         extra=log_fields(group=group.folder, agent=agent or "lead", job=job.id))
         return job
@@ -84,15 +84,16 @@ class Turns:
         one turn per (messages, prompt)."""
         inbox = Spool(self.q.cfg.agent_ipc(group.folder, job.agent) / "in").ensure()
         seq = job.turns.select(fn.MAX(Turn.seq)).scalar() or 0
+        made = []
         for batch, prompt in turns:
             seq += 1
-            Turn.create(job=job, seq=seq, first_message_id=batch[0].id, last_message_id=batch[-1].id)
+            made.append(Turn.create(job=job, seq=seq, first_message_id=batch[0].id, last_message_id=batch[-1].id))
             # Not synced: a power cut that could lose it ends the container too (see Spool.put).
             self.q.put(inbox, "prompt", {"job": job.id, "turn": seq, "prompt": prompt, "session_id": None},
                        durable=False)
             self.q.log.info("turn=%s follow-up delivered messages=%d..%d", seq, batch[0].id, batch[-1].id,
                             extra=log_fields(group=group.folder, job=job.id))
-        self.q._typing(group.jid, True)
+        self.q.progress.accepted(job, made)
 
     def close(self, job: Job) -> None:
         """Ask a live container to exit (once)."""
@@ -131,7 +132,7 @@ class Turns:
             job.error = body["error"][:2000]
             job.save()
             self.close(job)  # a fresh container will retry the pending messages
-            self.q._typing(group.jid, False)
+            self.q.progress.ended(job, [turn], gave_up=False)
             return False
         if strip_internal(body["text"]):
             # Durable in the router's spool before the cursor moves.
@@ -159,7 +160,7 @@ class Turns:
                         extra=log_fields(group=group.folder, agent=job.agent or "lead", job=job.id,
                                          message=turn.last_message_id))
         self._log_stages(job, body)
-        self.q._typing(group.jid, False)
+        self.q.progress.answered(job, turn, spoke=bool(strip_internal(body["text"])))
         return True
 
     def on_job_event(self, env: Envelope) -> None:
@@ -194,6 +195,7 @@ class Turns:
         failed = not stopped and (exit_code not in (0, None) or bool(job.error) or bool(error)
                                   or (undone and len(undone) == len(turns)))
         group = job.group
+        gave_up = False
         with db.atomic("IMMEDIATE"):
             job.status = "failed" if failed and undone else "stopped" if stopped and undone else "done"
             job.exit_code, job.finished_at = exit_code, time.time()
@@ -219,6 +221,7 @@ class Turns:
                 cursor.failures += 1
                 if cursor.failures >= self.q.cfg.max_attempts:
                     self._give_up(job, cursor, max(t.last_message_id for t in undone))
+                    gave_up = True
                 else:
                     delay = backoff(cursor.failures, self.q.cfg.backoff_base, self.q.cfg.backoff_max)
                     cursor.retry_at = time.time() + delay
@@ -229,8 +232,8 @@ class Turns:
                 cursor.save()
         self.q.log.info("finished status=%s exit=%s", job.status, exit_code,
                         extra=log_fields(group=group.folder, job=job.id))
-        if undone:
-            self.q._typing(group.jid, False)
+        if undone:  # they wait for another container (a retry, a budget, the disk), or failed
+            self.q.progress.ended(job, undone, gave_up)
 
     def _give_up(self, job: Job, cursor: Cursor, upto: int) -> None:
         """Retries are exhausted: tell the chat in one line and move past the messages
