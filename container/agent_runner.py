@@ -167,14 +167,14 @@ async def serve(ctx: Context, session: Session) -> int:
 
 def reporter(ctx: Context, job: int, turn: int):
     """What a turn is doing, for the host to show (core/progress.py): one small ``progress``
-    file per change in ``out/``. Cosmetic: not synced, and a refused write is let go."""
+    file per change in ``out/``. Cosmetic: not synced, and a failed write is let go."""
     def said(state: str, tool: str = "", given: object = None) -> None:
         body = {"job": job, "turn": turn, "state": state}
         if tool:
             body.update(tool=tool[:progress.TOOL_MAX], detail=progress.detail_of(tool, given))
         try:
             ctx.outbox.put("progress", body, durable=False)
-        except OSError as exc:
+        except Exception as exc:  # a full disk, a bad name: never a reason to fail the turn
             log(f"progress not reported: {exc}")
     return said
 
