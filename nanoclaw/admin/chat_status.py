@@ -10,7 +10,7 @@ DESCRIPTION
     While an agent works the line under the conversation reads
     ``Andy · 14 s · running Bash: git log`` (a team member working at the same time
     gets its own part, ``| Bob · 3 s · thinking``), redrawn every second in place and
-    cleared when the reply prints, or when the turn ends without one. Only on a
+    cleared when the reply prints, or at once when the turn ends without one. Only on a
     terminal: piped output gets the messages alone.
 
 HOSTILE INPUT
@@ -28,8 +28,9 @@ from typing import TextIO
 
 from nanoclaw.core import progress as progress_mod
 
-ENDED = ("replied", "silent", "waiting", "failed")
+ENDED = ("silent", "waiting", "failed")
 TICK = 1.0
+REPLY_WAIT = 30.0  # a reply announced but never printed here stops showing after this
 
 
 class StatusLine:
@@ -52,8 +53,8 @@ class StatusLine:
                 return  # overtaken by a newer line
             if event.get("state") in ENDED:
                 self.working.pop(who, None)
-            elif event.get("state") in progress_mod.STATES:
-                self.working[who] = {**event, "seq": seq}
+            elif event.get("state") in progress_mod.STATES:  # "replied": shown until it prints
+                self.working[who] = {**event, "seq": seq, "seen": time.time()}
             self._draw()
 
     def say(self, who: str, text: str) -> None:
@@ -67,7 +68,10 @@ class StatusLine:
     def line(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
         parts = []
-        for who, e in self.working.items():
+        for who, e in list(self.working.items()):
+            if e.get("state") == "replied" and now - e["seen"] > REPLY_WAIT:
+                del self.working[who]
+                continue
             since = e.get("since") if isinstance(e.get("since"), (int, float)) else 0
             doing = progress_mod.describe(str(e.get("state")), progress_mod.clean(e.get("tool"), progress_mod.TOOL_MAX),
                                           progress_mod.clean(e.get("detail"), progress_mod.DETAIL_MAX))

@@ -91,4 +91,5 @@ def describe(state: str, tool: str = "", detail: str = "") -> str:
     """What the agent is doing now, in a few words."""
     if state == "tool" and tool:
         return f"running {tool}: {detail}" if detail else f"running {tool}"
-    return {"accepted": "about to start", "working": "thinking", "waiting": "waiting"}.get(state, state)
+    return {"accepted": "about to start", "working": "thinking", "replied": "sending the reply",
+            "waiting": "waiting"}.get(state, state)
