@@ -13,7 +13,7 @@ import pytest
 from nanoclaw.core import config as config_mod
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.models import Job, Message, Turn, open_db
-from nanoclaw.core.protocol import Envelope
+from nanoclaw.core.protocol import Envelope, tell
 from nanoclaw.daemons.queue import QueueDaemon
 
 
@@ -99,3 +99,36 @@ def test_accepted_on_the_newest_message_then_the_agents_word_then_silent(cfg):
     assert [line["state"] for line in lines] == ["accepted", "tool", "silent"]
     assert Turn.get().status == "done"
     assert all(line["chat"] == "main@term" for line in lines)  # nothing for the chat never answered
+
+
+def test_ipc_cleans_a_containers_report_and_refuses_one_it_may_not_make(cfg):
+    """A container's ``progress`` file, read by the real ipc daemon: what reaches the queue's socket
+    is cleaned and bounded; a state only the queue may say, or a job of another group, is refused."""
+    from nanoclaw.core.models import Group
+    from nanoclaw.core.protocol import Spool
+    from nanoclaw.daemons.ipc import IpcDaemon
+    queue = Listener(cfg.socket("queue"))
+    ipc = IpcDaemon(cfg)
+    ipc.setup()
+    job = Job.create(group=Group.get(Group.folder == "main"), agent="")
+    other = Job.create(group=Group.get(Group.folder == "other"), agent="")
+    out = Spool(cfg.agent_ipc("main") / "out").ensure()
+    out.put("progress", {"job": job.id, "turn": 0, "state": "tool", "tool": "WebFetch\n\x1b[1m",
+                         "detail": "https://example.org/\u202e" + "a" * 500})
+    out.put("progress", {"job": job.id, "turn": 0, "state": "replied"})  # the queue's word, not the agent's
+    out.put("progress", {"job": other.id, "turn": 0, "state": "working"})  # another group's job
+    ipc.work()
+    # a barrier: the listener reads connections in the order they came, so once this line is
+    # in, everything ipc told before it is too
+    tell(cfg.socket("queue"), "barrier")
+    end = time.time() + 3
+    while not any(x["op"] == "barrier" for x in queue.lines) and time.time() < end:
+        time.sleep(0.01)
+    [line, barrier] = queue.lines
+    assert barrier["op"] == "barrier"
+    assert (line["op"], line["group"], line["job"], line["state"], line["tool"]) == \
+        ("progress", "main", job.id, "tool", "WebFetch [1m")
+    assert line["detail"].startswith("https://example.org/a") and len(line["detail"]) <= 60
+    assert "\u202e" not in line["detail"]
+    bad = sorted(p.name for p in (cfg.spool_dir / "ipc" / "main" / "bad").iterdir() if not p.name.endswith(".reason"))
+    assert len(bad) == 2

@@ -15,7 +15,7 @@ SUMMARY
 
 READS
     WhatsApp (neonize) events; terminal clients on its socket (``inbound``,
-    ``watch``); the router's ``deliver``; the queue's ``typing``; ``nanoclaw
+    ``watch``); the router's ``deliver``; the queue's ``progress`` (and ``typing``); ``nanoclaw
     pair`` and ``groups discover``; the ``groups`` table.
 
 WRITES
