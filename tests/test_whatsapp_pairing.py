@@ -4,7 +4,7 @@ scripted in its own process, and neonize's real client offline."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import msgspec
 import os
 import signal
 import sys
@@ -119,7 +119,7 @@ def test_a_pairing_process_that_hangs_is_killed_and_pairing_can_start_again(harn
         gone = not alive(pid)
         pair_script(monkeypatch, {"qr": "2@y"}, {"pair": True})
         # The second child must only start and link: give it time on a loaded machine.
-        h.wa.conn.wcfg = dataclasses.replace(h.wa.conn.wcfg, pair_timeout=30.0)
+        h.wa.conn.wcfg = msgspec.structs.replace(h.wa.conn.wcfg, pair_timeout=30.0)
         again = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 30)
         await h.close()
         return reply, took, gone, again
