@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_DIR = ROOT / "tests" / "agent"
 BASE_IMAGE = os.environ.get("NANOCLAW_TEST_BASE", "localhost/nanoclaw-base:bookworm-2")
-from nanoclaw import DAEMONS  # noqa: E402
+from nanoclaw.registry import NAMES as DAEMONS  # noqa: E402
 
 
 def need_podman() -> None:

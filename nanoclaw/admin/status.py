@@ -7,13 +7,13 @@ import subprocess
 import time
 from datetime import datetime
 
-from nanoclaw import DAEMONS
+from nanoclaw import registry
 from nanoclaw.core import faults
 from nanoclaw.core.config import Config
 from nanoclaw.core.models import Cursor, Group, Job, Message, Outbox, Task, open_db
 from nanoclaw.core.protocol import request
 
-UNITS = [f"nanoclaw-{d}" for d in DAEMONS] + ["nanoclaw-podman"]
+UNITS = [unit.removesuffix(".service") for unit in registry.running()]  # what runs all the time
 
 
 def systemd_is_pid1() -> bool:
@@ -48,7 +48,7 @@ def show(cfg: Config) -> int:
         states = [f"{unit.removeprefix('nanoclaw-')} {unit_state(unit)}" for unit in UNITS]
         print("units:    " + ", ".join(states))
     down, waiting = [], []
-    for name in DAEMONS:
+    for name in registry.NAMES:
         reply, _ = ask_status(cfg, name, timeout=2)
         if reply is None:
             down.append(name)
