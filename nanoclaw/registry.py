@@ -28,11 +28,14 @@ SYNOPSIS
         while uninstalling: this module imports nothing but the standard library.
 
 SHARED DROP-INS
-    ``units/nanoclaw-daemon.conf``, how a daemon runs and its sandbox, as
-    ``<unit>.d/10-daemon.conf`` beside each daemon. A unit's own drop-ins
-    (``units/<unit>.d/20-*.conf``) come after it, for what it must set
-    otherwise (drop-ins are read after the unit file, so a setting the shared
-    one makes can only be changed in a later drop-in).
+    ``units/nanoclaw-sandbox.conf``, the sandbox, installed as
+    ``<unit>.d/10-sandbox.conf`` beside every unit whose row says ``sandbox``
+    (every daemon's does); ``units/nanoclaw-daemon.conf``, how a daemon runs
+    (notify, restarts, its user and directories), as ``<unit>.d/10-daemon.conf``
+    beside each daemon. A unit's own drop-ins (``units/<unit>.d/20-*.conf``)
+    come after them, for what it must set otherwise (drop-ins are read after
+    the unit file, so a setting the shared ones make can only be changed in a
+    later drop-in).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import sys
 from dataclasses import dataclass
 
 SERVICE_USER = "nanoclaw"
+SANDBOX = "nanoclaw-sandbox.conf"     # units/ source of every sandboxed unit's 10-sandbox.conf
 DAEMON_CONF = "nanoclaw-daemon.conf"  # units/ source of every daemon's 10-daemon.conf
 
 
@@ -72,6 +76,7 @@ class Unit:
     unit: str
     does: str
     user: str = SERVICE_USER   # "root" where it has no User=
+    sandbox: bool = False      # takes the shared sandbox drop-in
     in_target: bool = False    # nanoclaw.target Wants= it
     enabled: bool = False      # has an [Install] section: install.sh enables it
     long_running: bool = False  # runs all the time once started
@@ -103,11 +108,11 @@ OTHERS: tuple[Unit, ...] = (
     Unit("nanoclaw-podman.service", "the rootless Podman API the runner drives; agent containers are its "
          "children (its own looser sandbox: user namespaces)", in_target=True, enabled=True, long_running=True),
     Unit("nanoclaw-timers.service", "the root one-shot: the scheduler's timer specs into task timer units",
-         user="root", in_target=True, enabled=True),
+         user="root", sandbox=True, in_target=True, enabled=True),
     Unit("nanoclaw-timers.path", "starts nanoclaw-timers.service when a timer spec changes",
          user="root", in_target=True, enabled=True),
-    Unit("nanoclaw-task@.service", "a task's timer fired: hands the task to the queue"),
-    Unit("nanoclaw-backup.service", "one nightly backup"),
+    Unit("nanoclaw-task@.service", "a task's timer fired: hands the task to the queue", sandbox=True),
+    Unit("nanoclaw-backup.service", "one nightly backup", sandbox=True),
     Unit("nanoclaw-backup.timer", "starts the nightly backup", user="root", enabled=True),
     Unit("nanoclaw.target", "everything nanoclaw runs", user="root", enabled=True),
 )
@@ -130,7 +135,10 @@ def running() -> list[str]:
 
 def dropins() -> list[tuple[str, str, str]]:
     """(unit, source file in units/, the name it is installed under in <unit>.d/)."""
-    return [(d.unit, DAEMON_CONF, "10-daemon.conf") for d in DAEMONS]
+    out = []
+    for d in DAEMONS:
+        out += [(d.unit, SANDBOX, "10-sandbox.conf"), (d.unit, DAEMON_CONF, "10-daemon.conf")]
+    return out + [(u.unit, SANDBOX, "10-sandbox.conf") for u in OTHERS if u.sandbox]
 
 
 def main(argv: list[str]) -> int:

@@ -15,6 +15,8 @@ from nanoclaw import registry
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "units"
 SUFFIXES = (".service", ".target", ".path", ".timer")
+LISTS = {"SystemCallFilter", "CapabilityBoundingSet", "RestrictAddressFamilies", "ReadWritePaths", "ReadOnlyPaths",
+         "InaccessiblePaths", "Environment", "LoadCredential", "AmbientCapabilities"}
 
 
 def unit_file(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -85,11 +87,63 @@ def test_each_daemon_unit_is_its_row(daemon):
     else:
         assert families == ["AF_UNIX"] and unit["PrivateNetwork"] == ["yes"] and unit["IPAddressDeny"] == ["any"]
     assert ("LoadCredential" in unit) == daemon.credential
-    for source in {source for u, source, _ in registry.dropins() if u == daemon.unit}:
-        shared = unit_file(UNITS / source)["Service"]
-        assert not set(shared) & set(unit), f"{daemon.unit} repeats {set(shared) & set(unit)} of {source}"
+    assert {source for u, source, _ in registry.dropins() if u == daemon.unit} == {registry.SANDBOX,
+                                                                                   registry.DAEMON_CONF}
     daemon_conf = unit_file(UNITS / registry.DAEMON_CONF)["Service"]
     assert daemon_conf["User"] == [daemon.user]
+
+
+def effective(unit: str) -> dict[str, list[str]]:
+    """A unit's [Service] as systemd reads it: the unit file, then its drop-ins by name (the
+    shared ones under the names install.sh gives them). A list setting adds up, an empty value
+    resets it; any other setting is its last value."""
+    layers = [unit_file(UNITS / unit)]
+    dropins = {name: UNITS / source for u, source, name in registry.dropins() if u == unit}
+    dropins |= {p.name: p for p in (UNITS / f"{unit}.d").glob("*.conf")}
+    layers += [unit_file(dropins[name]) for name in sorted(dropins)]
+    out: dict[str, list[str]] = {}
+    for layer in layers:
+        for key, values in layer.get("Service", {}).items():
+            for value in values:
+                if key not in LISTS:
+                    out[key] = [value]
+                else:
+                    out[key] = [] if value == "" else [*out.get(key, []), value]
+    return out
+
+
+@pytest.mark.parametrize("unit", [u for u, source, _ in registry.dropins() if source == registry.SANDBOX])
+def test_each_sandboxed_unit_takes_the_whole_sandbox_and_repeats_none_of_it(unit):
+    """Its unit file sets no key of the shared sandbox (systemd reads drop-ins after it, so such
+    a line would be dead or, for lists, merged in the wrong order); what it needs otherwise is
+    in a drop-in of its own, named to come after the shared one."""
+    sandbox = unit_file(UNITS / registry.SANDBOX)["Service"]
+    own = unit_file(UNITS / unit).get("Service", {})
+    assert not set(sandbox) & set(own), f"{unit} repeats {sorted(set(sandbox) & set(own))} of the sandbox"
+    assert all(p.name > "10-sandbox.conf" for p in (UNITS / f"{unit}.d").glob("*.conf"))
+    got = effective(unit)
+    for key in ("ProtectProc", "ProcSubset", "DevicePolicy", "RemoveIPC", "SystemCallErrorNumber",
+                "ProtectSystem", "NoNewPrivileges", "PrivateDevices", "MemoryDenyWriteExecute"):
+        assert got[key] == sandbox[key], (unit, key)
+    assert got.get("PrivateNetwork") == ["yes"] or unit in {d.unit for d in registry.DAEMONS if d.network}
+    assert got["SystemCallFilter"][0] == "@system-service", unit  # an allow list first: all else refused
+
+
+def test_what_a_unit_sets_otherwise_than_the_sandbox_is_on_purpose():
+    """The differences, by key: the runner reads the owner's folders under /home, the root
+    sync keeps one capability and the system-service call set, the one-shots refuse
+    @resources too."""
+    assert effective("nanoclaw-runner.service")["ProtectHome"] == ["read-only"]
+    timers = effective("nanoclaw-timers.service")
+    assert timers["CapabilityBoundingSet"] == ["CAP_DAC_READ_SEARCH"]
+    assert timers["SystemCallFilter"] == ["@system-service"] and "User" not in timers
+    assert "/etc/systemd/system" in timers["ReadWritePaths"]
+    for unit in ("nanoclaw-task@.service", "nanoclaw-backup.service"):
+        assert effective(unit)["SystemCallFilter"] == ["@system-service", "~@privileged", "~@resources"], unit
+        assert effective(unit)["User"] == ["nanoclaw"]
+    for daemon in registry.DAEMONS:
+        assert effective(daemon.unit)["SystemCallFilter"] == ["@system-service", "~@privileged"]
+        assert effective(daemon.unit)["CapabilityBoundingSet"] == []
 
 
 def test_the_other_units_run_as_their_rows_say():
