@@ -47,6 +47,7 @@ from protocol import BadMessage, Spool, process_started  # noqa: E402
 STAGES: dict[str, float] = {"process": process_started() or 0.0, "python": time.time()}
 
 import early_cli  # noqa: E402
+from interrupt import StopWatch  # noqa: E402
 from inotify_simple import INotify, flags  # noqa: E402
 
 
@@ -544,6 +545,11 @@ class Agent:
             text = ""
         return {"text": text or "", "session_id": self.session_id, "usage": usage, "error": error}
 
+    async def interrupt(self) -> None:
+        """The owner's stop (interrupt.py): the SDK's interrupt ends the running turn."""
+        if self.client is not None:
+            await self.client.interrupt()
+
     async def close(self) -> None:
         if self.early is not None:  # started, never used (the container was closed first)
             await self.early.stop()
@@ -575,13 +581,26 @@ async def main() -> int:
                 if env.type == "close":
                     log("asked to close")
                     return 0
+                if env.type == "stop":
+                    continue  # for a turn already over (the watch below takes those of the running one)
                 if env.type != "prompt":
                     log(f"ignoring {path.name}: unexpected type {env.type!r}")
                     continue
                 b = env.body
+                watch = StopWatch(inbox, seen, b["job"], b["turn"], agent.interrupt, log)
                 try:
-                    out = await agent.turn(b["prompt"], b.get("session_id"))
-                except Exception as exc:  # the CLI died or the API failed: report, then let a fresh container retry
+                    async with watch:
+                        out = await agent.turn(b["prompt"], b.get("session_id"))
+                    if watch.stopped:  # the owner stopped it: no answer, no error; the session goes on
+                        out = {**out, "text": "", "error": None}
+                except Exception as exc:
+                    if watch.stopped:
+                        log(f"turn {b['turn']} stopped: {exc}")
+                        await report({"job": b["job"], "turn": b["turn"], "text": "", "error": None,
+                                      "session_id": agent.session_id})
+                        last_work = time.monotonic()
+                        continue
+                    # the CLI died or the API failed: report, then let a fresh container retry
                     detail = " | ".join(list(stderr_tail)[-5:])
                     await report({"job": b["job"], "turn": b["turn"], "text": "",
                                   "error": f"{type(exc).__name__}: {exc} {detail}"[:2000]})

@@ -33,7 +33,7 @@ from nanoclaw.core.config import Config
 Progress = Callable[[str], None]
 # nanoclaw modules the agent runner imports inside the image (as top-level modules).
 SHARED_MODULES = (Path(protocol.__file__), Path(safefs.__file__))
-RUNNER_FILES = ("agent_runner.py", "early_cli.py")  # container/: what runs in the image
+RUNNER_FILES = ("agent_runner.py", "early_cli.py", "interrupt.py")  # container/: what runs in the image
 PLATFORMS = ("manylinux_2_36", "manylinux_2_34", "manylinux_2_31", "manylinux_2_28", "manylinux_2_17",
              "manylinux2014")
 

@@ -77,6 +77,8 @@ SCHEMAS: dict[str, Schema] = {
     # host -> container (ipc/<group>/in): a prompt for one turn, or a request to exit
     "prompt": {"job": (int,), "turn": (int,), "prompt": (str,), "session_id": (str, type(None))},
     "close": {"job": (int,)},
+    # host -> container: the owner stopped this turn (container/interrupt.py interrupts it)
+    "stop": {"job": (int,), "turn": (int,)},
     # container -> host (ipc/<group>/out): the outcome of one turn
     "result": {"job": (int,), "turn": (int,), "text": (str,), "session_id": (str, type(None), _OPT),
                "error": (str, type(None), _OPT), "usage": (dict, type(None), _OPT)},
