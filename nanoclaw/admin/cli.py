@@ -282,6 +282,9 @@ def cmd_pending(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from nanoclaw.core.models import Message, open_db
     open_db(cfg.db_path)
     action = getattr(args, "pending_action", None) or args.command
+    if action == "revoke":
+        from nanoclaw.admin.owner_cli import cmd_revoke
+        return cmd_revoke(cfg, args)
     if action in ("approve", "deny", "forget") and args.n is None:
         print(f"nanoclaw: {action} needs the request's number (see: nanoclaw pending)", file=sys.stderr)
         return 2
@@ -384,7 +387,7 @@ def cmd_budget(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """Budgets: list them with what is spent; set, raise or clear the owner's overrides."""
     from nanoclaw.core import groups as groups_mod
     from nanoclaw.core import usage
-    from nanoclaw.core.models import BudgetLimit, Group, open_db
+    from nanoclaw.core.models import BudgetLimit, BudgetRaise, Group, open_db
     open_db(cfg.db_path)
     action = args.budget_action or "list"
     try:
@@ -408,8 +411,16 @@ def cmd_budget(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         if action == "clear":
             gone = BudgetLimit.delete().where(BudgetLimit.scope == scope, BudgetLimit.period == args.period,
                                               BudgetLimit.unit == unit).execute()
+            gone += BudgetRaise.delete().where(BudgetRaise.scope == scope, BudgetRaise.period == args.period,
+                                               BudgetRaise.unit == unit).execute()
             print(f"{args.scope}: {'the override of ' if gone else 'no override of '}the {args.period} {unit} "
                   "budget removed; the configuration's applies")
+        elif getattr(args, "today", False):
+            amount = usage.parse_amount(args.amount, tokens=args.tokens)
+            lim, until = usage.raise_today(cfg, scope, args.period, unit, amount, by="cli")
+            shown = f"${lim.limit:.2f}" if unit == "usd" else f"{int(lim.limit):,} tokens"
+            print(f"{'all groups' if scope == usage.ALL else scope}: {shown} per {args.period} until "
+                  f"{until:%Y-%m-%d %H:%M} {cfg.tz} (today only; then as before)")
         else:
             amount = usage.parse_amount(args.amount, tokens=args.tokens)
             lim = usage.set_limit(cfg, scope, args.period, unit, None if action == "raise" else amount,
@@ -722,6 +733,11 @@ def cmd_doctor(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return doctor.main(cfg, redetect_=args.redetect, check_only=args.check_runtime, storage=args.storage)
 
 
+def cmd_stop(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from nanoclaw.admin.owner_cli import cmd_stop as stop
+    return stop(cfg, args)
+
+
 def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from nanoclaw.admin import status
     return status.show(cfg)
@@ -832,6 +848,9 @@ def build_parser() -> argparse.ArgumentParser:
     for parser in (pa, pd, pf):
         parser.add_argument("n", type=int, nargs="?", metavar="N")
     pa.add_argument("--folder", help="the new group's folder (default: from the chat's name)")
+    pr = psub.add_parser("revoke", help="take back one approved sender (without NAME: list them)")
+    pr.add_argument("name", nargs="*", metavar="NAME", help="a name, +number, chat id or the request's N")
+    pr.add_argument("--group", help="the group, where NAME is approved in several")
     sp = sub.add_parser("approve", help="approve request N (as: nanoclaw pending approve N)")
     sp.add_argument("n", type=int, nargs="?", metavar="N")
     sp.add_argument("--folder", help="the new group's folder (default: from the chat's name)")
@@ -854,6 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
         if action != "clear":
             bp.add_argument("amount", help="USD (2, 2.50, $2.50) or with --tokens a count (500k, 2M)")
         bp.add_argument("--tokens", action="store_true", help="a budget in tokens, not USD")
+        if action == "raise":
+            bp.add_argument("--today", action="store_true",
+                            help="for today only: the raise lapses at your next midnight")
     sp = sub.add_parser("pair", help="link WhatsApp: scan a QR code, or --phone for a pairing code")
     sp.add_argument("--phone", metavar="NUMBER", help="your number in international format, e.g. +491701234567: "
                                                      "show a code to type on the phone instead of a QR code")
@@ -868,6 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--storage", action="store_true",
                       help="(install.sh) use fuse-overlayfs where Podman would fall back to the slow vfs driver")
     sub.add_parser("status", help="one screen: units, channel, groups, agents, queue, tasks")
+    sp = sub.add_parser("stop", help="stop GROUP's running turn (and its members'); its session is kept")
+    sp.add_argument("group")
     sp = sub.add_parser("spool", help="what waits or was refused in the spools; show, retry or drop a file")
     sp.add_argument("action", nargs="?", default="list", choices=["list", "show", "retry", "drop"])
     sp.add_argument("name", nargs="?", help="a spool file's name (or an unambiguous start of it)")
@@ -951,7 +975,7 @@ def main(argv: list[str] | None = None) -> None:
                "status": cmd_status, "pair": cmd_pair, "credential": cmd_credential,
                "spool": cmd_spool, "agents": cmd_agents, "pending": cmd_pending, "approve": cmd_pending,
                "deny": cmd_pending, "usage": cmd_usage, "budget": cmd_budget, "backup": cmd_backup,
-               "restore": cmd_restore, "migrate": cmd_migrate}[args.command]
+               "restore": cmd_restore, "migrate": cmd_migrate, "stop": cmd_stop}[args.command]
     from nanoclaw.core.migrations import EX_SCHEMA, SchemaError
     try:
         sys.exit(handler(cfg, args))

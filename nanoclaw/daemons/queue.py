@@ -69,11 +69,13 @@ from typing import Any
 
 from peewee import fn
 
-from nanoclaw.core import approvals, faults
+from nanoclaw.core import approvals, faults, owner_chat
+from nanoclaw.core import stop as stop_mod
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
+from nanoclaw.admin import status as status_mod
 from nanoclaw.core.backoff import backoff
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import (
@@ -92,6 +94,7 @@ from nanoclaw.core.models import (
 from nanoclaw.core.prompt import build_prompt, escape, next_batch, strip_internal
 from nanoclaw.core.protocol import STAGE_NAME, Envelope, Spool, nudge, tell
 from nanoclaw.core.skeleton import Daemon
+from nanoclaw.daemons.queue_stop import Stopper
 
 ACTIVE = ("queued", "running")
 AgentKey = tuple[int, str]  # (group id, agent): "" is the group's lead
@@ -126,6 +129,7 @@ class QueueDaemon(Daemon):
         self._disk_episode = 0  # when the disk was found full, for the notices' keys
         self._disk_told: set[str] = set()
         self._last_low = 0.0  # when the disk was last seen full
+        self.stopper = Stopper(self)  # the owner's stop (queue_stop.py)
         self._pending = self.inbox.leftovers()
         if self._pending:
             self.log.info("re-processing %d event(s) left in cur/", len(self._pending))
@@ -171,7 +175,13 @@ class QueueDaemon(Daemon):
             self._expiry_seen, self._expiry_next = newest, None if left is None else time.time() + left
         expiry = None if self._expiry_next is None else max(0.0, self._expiry_next - time.time())
         due = self._schedule(Message.select(fn.MAX(Message.id)).scalar() or 0)
-        return min((d for d in (expiry, due) if d is not None), default=None)
+        kill = self.stopper.due()  # stopped turns that outlast the interrupt
+        return min((d for d in (expiry, due, kill) if d is not None), default=None)
+
+    async def handle(self, req: dict, writer: Any) -> dict | None:
+        if req.get("op") == "stop":  # nanoclaw stop GROUP
+            return self.stopper.on_socket(req)
+        return await super().handle(req, writer)
 
     def _on_turn_result(self, env: Envelope) -> bool:
         body = env.body
@@ -188,6 +198,8 @@ class QueueDaemon(Daemon):
             return False
         if turn.status == "done":
             return False  # re-processed after a crash: already applied
+        if turn.stopped_at:  # the owner stopped it (core/stop.py): whatever the agent says, it is silent
+            body = {**body, "text": "", "error": None}
         group = job.group
         if job.task_run:
             return self._task_turn_done(job, turn, body)
@@ -257,6 +269,9 @@ class QueueDaemon(Daemon):
             return self._task_finished(job, exit_code, error, stopped)
         turns = list(job.turns)
         undone = [t for t in turns if t.status != "done"]
+        if any(t.stopped_at for t in undone):  # the owner's stop killed it: its stopped turns are answered
+            with db.atomic("IMMEDIATE"):
+                undone, stopped = stop_mod.settle(job, undone), True
         failed = not stopped and (exit_code not in (0, None) or bool(job.error) or bool(error)
                                   or (undone and len(undone) == len(turns)))
         group = job.group
@@ -487,7 +502,8 @@ class QueueDaemon(Daemon):
         nanoclaw answers them itself. Returns the messages that are for the agent."""
         rest = []
         for m in pending:
-            done = approvals.handle_command(self.cfg, m, main)
+            done = owner_chat.handle(self.cfg, m, main, self.stopper.stop, lambda: status_mod.summary(self.cfg)) \
+                or approvals.handle_command(self.cfg, m, main)
             if not done:
                 rest.append(m)
             if done != "now":

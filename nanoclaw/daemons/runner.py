@@ -83,6 +83,7 @@ from nanoclaw.core.prompt import precheck_block
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request, unique_name
 from nanoclaw.core.safefs import Dir
 from nanoclaw.core.skeleton import Daemon
+from nanoclaw.daemons import runner_kill
 
 log = logging.getLogger("nanoclaw.runner")
 START_TRIES = 3  # attempts to start (or re-attach to) a job's container before it fails
@@ -476,6 +477,11 @@ class RunnerDaemon(Daemon):
                                            job=job)
             self.bodies[job] = env.body
         return None
+
+    async def handle(self, req: dict, writer: Any) -> dict | None:
+        if req.get("op") == "kill":  # the owner's stop, not heeded in time (runner_kill.py)
+            return await in_daemon_thread(runner_kill.kill_job, self, req.get("job"))
+        return await super().handle(req, writer)
 
     def _again(self, env: Envelope) -> None:
         """A job's run failed for a bug: its file is still in cur/, so run it again, later each
