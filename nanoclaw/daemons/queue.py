@@ -272,6 +272,7 @@ class QueueDaemon(Daemon):
         if any(t.stopped_at for t in undone):  # the owner's stop killed it: its stopped turns are answered
             with db.atomic("IMMEDIATE"):
                 undone, stopped = stop_mod.settle(job, undone), True
+            self._typing(job.group.jid, False)
         failed = not stopped and (exit_code not in (0, None) or bool(job.error) or bool(error)
                                   or (undone and len(undone) == len(turns)))
         group = job.group
