@@ -158,8 +158,9 @@ def _v2_gates(con: sqlite3.Connection) -> None:
 
 def _v3_stop_and_raises_for_today(con: sqlite3.Connection) -> None:
     """the owner's stop of a turn, and budget raises for today only"""
-    con.execute('ALTER TABLE "turn" ADD COLUMN "stopped_at" REAL')
-    con.execute('CREATE TABLE "budgetraise" ("scope" VARCHAR(255) NOT NULL, "period" VARCHAR(255) NOT NULL, '
+    # Idempotent as step 2 is: a test's (or a hand-made) unversioned database may have them already.
+    _add_column(con, "turn", "stopped_at", "REAL")
+    con.execute('CREATE TABLE IF NOT EXISTS "budgetraise" ("scope" VARCHAR(255) NOT NULL, "period" VARCHAR(255) NOT NULL, '
                 '"unit" VARCHAR(255) NOT NULL, "limit" REAL NOT NULL, "until" REAL NOT NULL, '
                 '"set_by" VARCHAR(255) NOT NULL, "set_at" REAL NOT NULL, PRIMARY KEY ("scope", "period", "unit"))')
 
