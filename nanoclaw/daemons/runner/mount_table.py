@@ -91,8 +91,9 @@ def path_in_filesystem(fd: int) -> str:
 
 
 def verify(pid: int, binds: Iterable[Any]) -> None:
-    """Check every bind (``binds.Bind``: its source, target, read_only and held descriptor) against the mount table of the set-up container whose first process
-    is ``pid``; OSError naming the first that is not what was checked."""
+    """Check every bind (a ``binds.Bind``: source, target, read_only, its held descriptor)
+    against the mount table of the set-up container whose first process is ``pid``;
+    OSError naming the first that is not what was checked."""
     binds = list(binds)
     before = [path_in_filesystem(b.fd) for b in binds]
     table = _read(f"/proc/{pid}/mountinfo")
