@@ -15,7 +15,6 @@ import argparse
 import sys
 
 from nanoclaw.admin.commands import mounts
-from nanoclaw.admin.commands.mounts import cmd_mount
 from nanoclaw.admin.commands.whatsapp import cmd_discover
 from nanoclaw.core import config as config_mod
 from nanoclaw.core.protocol import nudge
@@ -29,7 +28,7 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         return cmd_discover(cfg)
     open_db(cfg.db_path)
     if args.action == "mount":
-        return cmd_mount(cfg, args)
+        return mounts.cmd_mount(cfg, args)  # the mount subcommands' own parsers: mounts.py
     try:
         if args.action == "add":
             group = groups_mod.add_group(cfg, args.folder, name=args.name, jid=args.jid,
