@@ -1,13 +1,27 @@
-"""The owner's stop, inside the container: watch ``in/`` for a ``stop`` of the running turn.
+"""The owner's stop, inside the container: interrupt the running turn on a ``stop`` in ``in/``.
 
-The host (the queue, on the owner's ``stop`` in the main chat or ``nanoclaw stop GROUP``)
-writes ``{"job": J, "turn": T}`` as a ``stop`` file into ``/workspace/ipc/in``, the
-directory this container sees read-only: nothing in here can write, forge or redirect
-one. While turn T of job J runs, :class:`StopWatch` waits on its own inotify watch of
-``in/new`` and, on that file, calls the SDK's interrupt: the CLI ends the turn (a running
-tool is killed), the session and the container stay, and the next prompt is answered as
-usual. A stop for another job or turn (one that came too late) is ignored; prompts are
-left for the agent runner's loop, which reads them after the turn.
+SYNOPSIS
+    async with StopWatch(inbox, seen, job, turn, interrupt, log) as watch: ...
+    watch.stopped                    the owner stopped this turn (its result has no answer)
+
+DESCRIPTION
+    The host (the queue, on the owner's ``stop`` in the main chat or
+    ``nanoclaw stop GROUP``) writes ``{"job": J, "turn": T}`` as a ``stop``
+    file into ``/workspace/ipc/in``. While turn T of job J runs,
+    :class:`StopWatch` waits on its own inotify watch of ``in/new`` and, on
+    that file, calls the SDK's interrupt (``Session.interrupt``): the CLI
+    ends the turn (a running tool is killed), the session and the container
+    stay, and the next prompt is answered as usual. A stop for another job or
+    turn (one that came too late) is ignored; prompts are left for the agent
+    runner's loop, which reads them after the turn.
+
+READS
+    ``/workspace/ipc/in`` (read-only here: only the host writes it). Writes
+    nothing; stop files read are added to the runner's ``seen``.
+
+HOSTILE INPUT
+    None: nothing in this container can write, forge or redirect a stop file,
+    since ``in/`` is the host's and mounted read-only.
 """
 
 from __future__ import annotations

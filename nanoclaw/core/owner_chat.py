@@ -15,7 +15,7 @@ message, so a second look (a restart, the next pass) repeats nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import revoke as revoke_mod
@@ -27,8 +27,20 @@ from nanoclaw.core.prompt import matches_trigger
 _COMMAND = re.compile(r"(stop|status|revoke)(?:\s+(.+?))?\s*[.!]?\s*", re.IGNORECASE | re.DOTALL)
 
 
-def parse(text: str, trigger: str = "") -> tuple[str, str] | None:
-    """(verb, argument) if ``text`` is one of these commands, else None (it is for the agent)."""
+def group_refs(groups: Iterable[Group] | None = None) -> frozenset[str]:
+    """Every word ``stop GROUP`` may name a group by (as core.groups.find_group finds one):
+    folders, chat ids, names, and "main" where there is a main group. ``groups``: the
+    rows already read (default: every group)."""
+    refs: set[str] = set()
+    for g in list(Group.select()) if groups is None else groups:
+        refs |= {g.folder, g.jid, g.name} | ({"main"} if g.is_main else set())
+    return frozenset(refs - {""})
+
+
+def parse(text: str, trigger: str = "", groups: Container[str] = frozenset()) -> tuple[str, str] | None:
+    """(verb, argument) if ``text`` is one of these commands, else None (it is for the agent).
+    ``groups``: the words that name a group (:func:`group_refs`); the queue's plan passes
+    them, so deciding reads nothing."""
     text = text.strip()
     if trigger and matches_trigger(text, trigger):
         text = text[len(trigger):].lstrip(" ,:")
@@ -40,11 +52,8 @@ def parse(text: str, trigger: str = "") -> tuple[str, str] | None:
         return None
     if verb == "revoke" and not arg:
         return None
-    if verb == "stop" and arg:
-        try:
-            groups_mod.find_group(arg)
-        except groups_mod.GroupError:
-            return None  # "stop that", "stop talking": words for the agent
+    if verb == "stop" and arg and arg not in groups:
+        return None  # "stop that", "stop talking": words for the agent
     return verb, arg
 
 
@@ -62,7 +71,7 @@ def handle(cfg: Config, msg: Message, main: Group, stop: Callable[[Group], str],
     """Carry out ``msg`` if it is one of these commands from the owner: "now", "earlier" (it
     was, in an earlier pass) or "" (it is not: the message is for the main agent). ``stop``
     stops a group's turns and returns the line to answer; ``summary`` gives the status."""
-    cmd = parse(msg.text, main.trigger)
+    cmd = parse(msg.text, main.trigger, group_refs())
     if cmd is None or not is_owners(cfg, msg, main):
         return ""
     key = f"owner:answer:{msg.id}"
