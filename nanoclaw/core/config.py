@@ -131,6 +131,16 @@ class TasksConfig:
 
 
 @dataclass(frozen=True)
+class ModelsConfig:
+    """``[models]``: which model each kind of work runs on (``core/model_choice.py`` has the
+    precedence); "" falls through to the next, and ``default`` "" lets the CLI choose."""
+
+    default: str = ""  # the chat (a group's lead), and what the others fall back to
+    tasks: str = ""  # scheduled runs
+    members: str = ""  # team members without a model of their own
+
+
+@dataclass(frozen=True)
 class Config:
     """Resolved settings for every daemon and the CLI."""
 
@@ -148,7 +158,7 @@ class Config:
     timezone: str = ""
     channels: tuple[str, ...] = ("terminal",)
     proxy_upstream: str = "https://api.anthropic.com"
-    model: str = ""  # agent model; empty: the CLI's default
+    model: str = ""  # the older spelling of [models] default (load() makes them the same)
     scheduler: str = "auto"  # timer backend: auto (systemd if PID 1, else crontab), systemd, crontab
     systemd_unit_dir: str = "/etc/systemd/system"
     crontab_file: str = ""  # empty: the service user's crontab
@@ -168,6 +178,7 @@ class Config:
     budget: Budget = field(default_factory=Budget)  # [budgets]: all groups together
     budget_groups: dict[str, Budget] = field(default_factory=dict)  # [budgets.groups.<folder>]
     backup: BackupConfig = field(default_factory=BackupConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
 
     # Derived locations: one state dir, one runtime dir.
     db_path = _under("state_dir", "nanoclaw.db")
@@ -320,6 +331,26 @@ def _budgets(table: dict) -> tuple[Budget, dict[str, Budget]]:
     return budget(table, "budgets"), per_group
 
 
+def _models(table: dict, old_default: object, usage: UsageConfig) -> ModelsConfig:
+    """``[models]``, each name checked as any model name is (``model_choice.check``): a name
+    the proxy would refuse stops the daemons at start, not at the first run. The top-level
+    ``model`` is the older spelling of ``default``."""
+    from nanoclaw.core import model_choice
+
+    models = ModelsConfig(**_coerce(ModelsConfig, table, "models"))
+    if old_default and models.default and old_default != models.default:
+        raise ConfigError("model and [models] default name two models; keep one ([models] default)")
+    if old_default and not models.default:
+        models = replace(models, default=old_default)
+    probe = Config(usage=usage)
+    for key in ("default", "tasks", "members"):
+        try:
+            model_choice.check(probe, getattr(models, key), f"[models] {key}")
+        except model_choice.ModelError as exc:
+            raise ConfigError(str(exc)) from None
+    return models
+
+
 # What `nanoclaw doctor --redetect` finds by trying; kept apart from the owner's config.toml
 # (which wins where it sets the same key) so re-detecting never touches the owner's file.
 DETECTED = "detected.toml"
@@ -356,6 +387,7 @@ def load(path: Path | None = None) -> Config:
     api = ApiConfig(**_coerce(ApiConfig, data.pop("api", {}), "api"))
     budget, budget_groups = _budgets(data.pop("budgets", {}))
     backup = BackupConfig(**_coerce(BackupConfig, data.pop("backup", {}), "backup"))
+    models = _models(data.pop("models", {}), data.get("model", ""), usage)
     if backup.keep < 1:
         raise ConfigError("[backup] keep must be at least 1 (nightly = false turns the nightly backup off)")
     settings = _coerce(Config, data, "config")
@@ -372,7 +404,8 @@ def load(path: Path | None = None) -> Config:
             raise ConfigError(f"{detected_path}: not a detected setting: {', '.join(sorted(unknown))}")
         detected = _coerce(ContainerConfig, table, f"{detected_path.name}: container")
     container = ContainerConfig(**{**detected, **owner_container})
-    cfg = Config(container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, team=team,
+    settings["model"] = models.default
+    cfg = Config(models=models, container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, team=team,
                  tasks=tasks, usage=usage, api=api, budget=budget, budget_groups=budget_groups, backup=backup, **settings)
     if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")

@@ -156,10 +156,17 @@ def _v2_gates(con: sqlite3.Connection) -> None:
                 'PRIMARY KEY ("group", "agent", "day"))')
 
 
+def _v3_models_per_kind(con: sqlite3.Connection) -> None:
+    """models per kind of work: a task's own model, and the model each job and task run used"""
+    for table in ("task", "taskrun", "job"):
+        _add_column(con, table, "model", "VARCHAR(255) NOT NULL DEFAULT ''")
+
+
 # The steps, in order: STEPS[n - 1] makes version n. Append only (see the top of this file).
 STEPS: tuple[Step, ...] = (
     _v1_release_c7472f1,
     _v2_gates,
+    _v3_models_per_kind,
 )
 LATEST = len(STEPS)
 

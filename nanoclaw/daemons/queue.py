@@ -71,6 +71,7 @@ from peewee import fn
 
 from nanoclaw.core import approvals, faults
 from nanoclaw.core import groups as groups_mod
+from nanoclaw.core import model_choice
 from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
@@ -98,6 +99,7 @@ AgentKey = tuple[int, str]  # (group id, agent): "" is the group's lead
 STALE_QUEUED_SECONDS = 300.0  # a job the runner never confirmed starting
 STALE_RUNNING_GRACE = 300.0  # a running job not reported ended this long past its container's time limit
 SPACE_CHECK = 2.0  # seconds between looks at the disk while work waits for space
+MODEL_REFUSED = "its model is refused: "  # a job's error when core/model_choice.py refused its model
 BURST_CAP = 5  # a burst is handed over at most this many windows after its first message
 
 
@@ -303,7 +305,7 @@ class QueueDaemon(Daemon):
         (a member's askers are told too, so no one waits on it for ever)."""
         group = job.group
         why = f"the agent failed {cursor.failures} times"
-        if job.error.startswith("the container could not start"):
+        if job.error.startswith(("the container could not start", MODEL_REFUSED)):
             why = job.error.replace("the container", "my container", 1)
         who = f"{team_mod.display(job.agent)} could not answer" if job.agent else "Sorry, I could not answer that"
         self.router_spool.put("outbound", {
@@ -405,7 +407,8 @@ class QueueDaemon(Daemon):
                     next_due = min(next_due or settled, settled)
                     continue
                 if job is not None:
-                    if job.status == "running" and not job.closing:
+                    # Not into a scheduled run's container: it may run on the task's model.
+                    if job.status == "running" and not job.closing and not job.task_run:
                         self._follow_up(job, group, pending)
                         self._bursts.pop(key, None)
                     continue  # a queued or closing job: the messages wait for the next one
@@ -725,13 +728,17 @@ class QueueDaemon(Daemon):
 
     def _start_job(self, group: Group, agent: str, batch: list[Message], prompt: str) -> Job:
         session = Session.get_or_none(Session.group == group, Session.agent == agent)
+        choice = model_choice.for_job(self.cfg, group.folder, agent)
         with db.atomic("IMMEDIATE"):
-            job = Job.create(group=group, agent=agent)
+            job = Job.create(group=group, agent=agent, model=choice.model)
             Turn.create(job=job, seq=0, first_message_id=batch[0].id, last_message_id=batch[-1].id)
+        if choice.refused:
+            return self._model_refused(job, choice)
         # A file the disk refuses is kept and handed over later; the job stays queued till then.
         self.put(self.runner_spool, "job", {"job": job.id, "group": group.folder, "chat": group.jid,
                                             "is_main": group.is_main and not agent, "prompt": prompt,
-                                            "session_id": session.session_id if session else None, "agent": agent},
+                                            "session_id": session.session_id if session else None, "agent": agent,
+                                            "model": choice.model},
                  then=lambda: nudge(self.cfg.socket("runner")))
         self._typing(group.jid, True)
         self.log.info("queued messages=%d..%d", batch[0].id, batch[-1].id,
@@ -822,19 +829,30 @@ class QueueDaemon(Daemon):
         prompt = (f'<scheduled_task id="{task.id}" schedule="{escape(task.schedule_type)} '
                   f'{escape(task.schedule_value)}">{escape(task.prompt)}</scheduled_task>\n'
                   "This is a scheduled task, not a chat message; your answer is sent to the chat.")
+        choice = model_choice.for_job(self.cfg, group.folder, task_model=task.model)
         with db.atomic("IMMEDIATE"):
-            job = Job.create(group=group, task_run=run.id)
+            job = Job.create(group=group, task_run=run.id, model=choice.model)
             Turn.create(job=job, seq=0, first_message_id=0, last_message_id=0)
-            run.status, run.started_at = "running", time.time()
+            run.status, run.started_at, run.model = "running", time.time(), choice.model
             run.attempts += 1
             run.save()
+        if choice.refused:
+            return self._model_refused(job, choice)
         spec = {"job": job.id, "group": group.folder, "chat": task.chat, "is_main": group.is_main,
-                "prompt": prompt, "session_id": session.session_id if session else None}
+                "prompt": prompt, "session_id": session.session_id if session else None, "model": choice.model}
         if task.precheck:  # the runner runs it first; the agent starts only if it prints something
             spec["precheck"] = task.precheck
         self.put(self.runner_spool, "job", spec, then=lambda: nudge(self.cfg.socket("runner")))
         self.log.info("queued%s", " after its pre-check" if task.precheck else "",
                       extra=log_fields(group=group.folder, job=job.id, task=task.id, run=run.id))
+        return job
+
+    def _model_refused(self, job: Job, choice: model_choice.Choice) -> Job:
+        """The model chosen for a job may not be used ([usage] allowed_models): nothing starts;
+        the job fails as a container that cannot start does, with the line as its error, which
+        the chat is given when the retries are spent."""
+        self.log.error("not started: %s", choice.refused, extra=log_fields(group=job.group.folder, job=job.id))
+        self._finish(job, None, MODEL_REFUSED + choice.refused)
         return job
 
     def _task_skipped(self, job: Job, reason: str) -> None:
@@ -920,6 +938,7 @@ class QueueDaemon(Daemon):
             self.router_spool.put("outbound", {
                 "key": f"task:{run.id}:failed", "chat": task.chat, "kind": "notice",
                 "text": f"Scheduled task {task.id} failed {run.attempts} times"
+                        + (f" ({job.error or error})" if (job.error or error).startswith(MODEL_REFUSED) else "")
                         + ("." if task.schedule_type == "once" else "; it will run again at its next time.")})
             nudge(self.cfg.socket("router"))
         with db.atomic("IMMEDIATE"):  # the job, its run and its task change together or not at all

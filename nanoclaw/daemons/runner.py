@@ -73,12 +73,12 @@ from requests.exceptions import ReadTimeout
 
 from nanoclaw.core import binds as binds_mod
 from nanoclaw.core import faults
+from nanoclaw.core import model_choice
 from nanoclaw.core import mounts as mounts_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.agent_sockets import proxy_dir
 from nanoclaw.core.config import Config
 from nanoclaw.core.log import log_fields
-from nanoclaw.core.models import Group
 from nanoclaw.core.prompt import precheck_block
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request, unique_name
 from nanoclaw.core.safefs import Dir
@@ -243,11 +243,12 @@ def agent_owner(cfg: Config) -> tuple[int, int] | None:
     return int(uid), int(gid or uid)
 
 
-def group_model(cfg: Config, folder: str) -> str:
-    """The model a group's agents use: the group's own (``nanoclaw groups set --model``), else
-    the configured one ("" lets the CLI choose). A team member's own model wins over both."""
-    group = Group.get_or_none(Group.folder == folder)
-    return (group.model if group is not None else "") or cfg.model
+def job_model(cfg: Config, job: dict) -> str:
+    """The model for a job's container: the one the queue chose and recorded (a job file
+    from an older queue has none: chosen here by the same rule, core/model_choice.py)."""
+    if isinstance(job.get("model"), str):
+        return job["model"]
+    return model_choice.for_job(cfg, job["group"], job.get("agent", "")).model
 
 
 def _ulimit(spec: str) -> dict[str, Any]:
@@ -291,7 +292,7 @@ def container_kwargs(cfg: Config, job: dict, extra: list[binds_mod.Bind] | None 
         "NANOCLAW_GROUP": job["group"],
         "NANOCLAW_IS_MAIN": "1" if job["is_main"] else "0",
         "NANOCLAW_IDLE_TIMEOUT": str(c.idle_timeout),
-        "NANOCLAW_MODEL": group_model(cfg, job["group"]),
+        "NANOCLAW_MODEL": job_model(cfg, job),
         "NANOCLAW_AGENT": agent,
         "HOME": "/tmp/home",  # the image is read-only; session state lives in /workspace/session
     }
@@ -311,10 +312,6 @@ def container_kwargs(cfg: Config, job: dict, extra: list[binds_mod.Bind] | None 
         "read_only": True,
         "ulimits": [_ulimit(u) for u in c.ulimits],
     }
-    if agent:
-        member = team_mod.member(cfg, job["group"], agent)
-        if member is not None and member.model:
-            env["NANOCLAW_MODEL"] = member.model
     if c.memory:
         kwargs["mem_limit"] = c.memory
     if c.pids_limit > 0:

@@ -1,0 +1,116 @@
+"""Which model an agent's run uses, and whether that name may be used: one rule for the
+queue (which decides when it makes a job), the runner, the CLI and the ipc daemon.
+
+Precedence, most specific first:
+
+    a task's own model > a team member's own > the group's > the kind's default
+    (``[models] tasks`` for scheduled runs, ``[models] members`` for team members)
+    > ``[models] default`` > "" (the CLI's built-in default)
+
+Every name is an exact model id (``MODEL_RE``: no fnmatch patterns, no spaces, at most 100
+characters) and, when ``[usage] allowed_models`` is set, must match one of its patterns:
+the proxy would refuse the calls of any other, so a run on it is refused before it starts,
+with one line saying which name, where it came from and how to fix it. A name an agent
+gives (its ``schedule_task``/``update_task`` argument) is hostile: checked here as every
+other field is, never trusted for its shape.
+
+No I/O in :func:`choose` and :func:`check`; :func:`for_job` reads the group and the team
+member (peewee is imported there only, so the configuration loads without it).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nanoclaw.core.config import Config
+
+MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}")
+KINDS = ("chat", "task", "member")
+DEFAULT_WORDS = ("", "default")  # what a CLI --model or an agent's update says to drop a task's own model
+
+
+class ModelError(ValueError):
+    """A model name that is refused; the text is one line saying why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The model a run uses ("" lets the CLI choose), where that came from, and, when the
+    name may not be used, the one line that says so (``refused``; then nothing runs)."""
+
+    model: str
+    source: str
+    refused: str = ""
+
+
+def allowed(cfg: Config, name: str) -> bool:
+    patterns = cfg.usage.allowed_models
+    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _shown(name: object) -> str:
+    return repr(name)[:60] if isinstance(name, str) else f"a {type(name).__name__}"
+
+
+def check(cfg: Config, name: object, where: str) -> str:
+    """``name`` as it may be stored, or ModelError (one line). ``where`` says whose name it is
+    ("the task", "[models] tasks", ...). "" is no model of its own, always fine."""
+    if not isinstance(name, str):
+        raise ModelError(f"{where}: the model must be a model name (text), not {_shown(name)}")
+    if name == "":
+        return name
+    if not MODEL_RE.fullmatch(name):
+        raise ModelError(f"{where}: {_shown(name)} is not a model name (letters, digits and ._:@-, "
+                         "at most 100 characters, e.g. claude-haiku-4-5)")
+    if not allowed(cfg, name):
+        raise ModelError(f"{where}: the model {name} is not in [usage] allowed_models "
+                         f"({', '.join(cfg.usage.allowed_models)}): the proxy would refuse its calls; "
+                         "choose one of those, or add it there")
+    return name
+
+
+def choose(cfg: Config, kind: str, *, group: str = "", member: str = "", task: str = "",
+           where: str = "") -> Choice:
+    """The model for one run of ``kind`` ("chat": the lead answering its chat; "task": a
+    scheduled run; "member": a team member), given the names set on the task, the member and
+    the group ("" where none). ``where`` names the group (and member or task) in a refusal."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of run {kind!r}")
+    models = cfg.models
+    kind_default = {"task": (models.tasks, "[models] tasks"),
+                    "member": (models.members, "[models] members")}.get(kind, ("", ""))
+    ladder = [(task if kind == "task" else "", "the task's own model"),
+              (member if kind == "member" else "", "the member's own model"),
+              (group, "the group's model"),
+              kind_default,
+              (models.default, "[models] default")]
+    for name, source in ladder:
+        if name:
+            try:
+                check(cfg, name, f"{where}: {source}" if where else source)
+            except ModelError as exc:
+                fix = " (or set another: nanoclaw tasks update / groups set --model, the member's file)"
+                return Choice(name, source, f"{exc}{fix if 'allowed_models' in str(exc) else ''}")
+            return Choice(name, source)
+    return Choice("", "the CLI's default")
+
+
+def for_job(cfg: Config, folder: str, agent: str = "", task_model: str | None = None) -> Choice:
+    """The choice for a job of group ``folder``: a scheduled run when ``task_model`` is given
+    (the task's own model, "" for none), else the lead's chat or team member ``agent``."""
+    from nanoclaw.core import team as team_mod
+    from nanoclaw.core.models import Group
+
+    g = Group.get_or_none(Group.folder == folder)
+    group_model = (g.model if g is not None else "") or ""
+    if task_model is not None:
+        return choose(cfg, "task", group=group_model, task=task_model, where=folder)
+    if agent:
+        m = team_mod.member(cfg, folder, agent)
+        return choose(cfg, "member", group=group_model, member=(m.model if m is not None else "") or "",
+                      where=f"{folder}/{agent}")
+    return choose(cfg, "chat", group=group_model, where=folder)
