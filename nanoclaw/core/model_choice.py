@@ -33,6 +33,12 @@ KINDS = ("chat", "task", "member")
 DEFAULT_WORDS = ("", "default")  # what a CLI --model or an agent's update says to drop a task's own model
 
 
+# Where the owner changes a refused name, by where it came from.
+FIXES = {"the task's own model": "or give the task another: nanoclaw tasks update ID --model NAME",
+         "the member's own model": "or give the member another: its file's model:, nanoclaw agents add",
+         "the group's model": "or give the group another: nanoclaw groups set GROUP --model NAME"}
+
+
 class ModelError(ValueError):
     """A model name that is refused; the text is one line saying why and how to fix it."""
 
@@ -93,8 +99,7 @@ def choose(cfg: Config, kind: str, *, group: str = "", member: str = "", task: s
             try:
                 check(cfg, name, f"{where}: {source}" if where else source)
             except ModelError as exc:
-                fix = " (or set another: nanoclaw tasks update / groups set --model, the member's file)"
-                return Choice(name, source, f"{exc}{fix if 'allowed_models' in str(exc) else ''}")
+                return Choice(name, source, f"{exc} ({FIXES.get(source, 'or change it in the configuration')})")
             return Choice(name, source)
     return Choice("", "the CLI's default")
 
