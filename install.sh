@@ -297,6 +297,10 @@ if [ "$HAVE_SYSTEMD" -eq 1 ]; then
         install -d "$UNIT_DIR/$u.d"
         install -m 0644 "$SRC/units/nanoclaw-daemon.conf" "$UNIT_DIR/$u.d/10-daemon.conf"
     done
+    for d in "$SRC"/units/*.service.d; do  # a unit's own drop-ins, after the shared one
+        install -d "$UNIT_DIR/$(basename "$d")"
+        install -m 0644 "$d"/*.conf "$UNIT_DIR/$(basename "$d")/"
+    done
     systemctl daemon-reload
     systemctl enable $(enabled_units) >/dev/null
 else

@@ -123,7 +123,7 @@ def main() -> int:
     return 0
 
 
-# The agent runner's clock readings (container/agent_runner.py STAGES), each the end of a stage.
+# The agent runner's clock readings (container/agent_runner.py main() and session.py), each the end of a stage.
 STAGE_NAMES = {
     "process": "queue -> runner -> podman create and start (to the process)",
     "podman": "  of which the runner's create and start calls",

@@ -16,6 +16,15 @@ loaded. If they differ (a newer SDK, an option set on one side only) the early
 process is stopped and the SDK starts its own, as before: a slower first
 answer, never a different one. The environment follows the SDK's recipe
 (:func:`environment`); ``tests/test_agent.py`` checks both against the SDK.
+
+READS / WRITES
+    The SDK's package directory (its version and bundled CLI); the CLI's
+    pipes once started. No files.
+
+HOSTILE INPUT
+    The CLI's output, as in ``session.py``: each line bounded
+    (``MAX_MESSAGE``); a JSON object is passed on to the SDK, anything else
+    skipped.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ STOP_WAIT = 5.0  # seconds the CLI gets to exit on closed input, then on SIGTERM
 @dataclass
 class Settings:
     """What the runner tells the CLI: plain data, so it is known before the SDK is loaded.
-    ``options()`` in the runner turns the same values into the SDK's options."""
+    ``session.options()`` turns the same values into the SDK's options."""
     cwd: str
     env: dict[str, str]
     append: str  # appended to the claude_code system prompt

@@ -391,16 +391,13 @@ import asyncio, json, sys
 sys.path.insert(0, "/opt/nanoclaw")
 import early_cli
 import claude_agent_sdk._internal.transport.subprocess_cli as sdk_cli
-from claude_agent_sdk import ClaudeAgentOptions, create_sdk_mcp_server
+from context import Context
+from session import options
 
 s = early_cli.Settings(cwd="/tmp", env={"ANTHROPIC_BASE_URL": "http://127.0.0.1:1", "X_ONE": "1"},
                        append="be brief", resume="0f9e8d7c-0000-4000-8000-000000000000", model="claude-x",
                        tools=["Read", "Bash"], disallowed=["CronCreate", "RemoteTrigger"])
-opts = ClaudeAgentOptions(cwd=s.cwd, env=s.env, resume=s.resume, model=s.model, tools=s.tools,
-                          setting_sources=s.setting_sources, permission_mode=s.permission_mode,
-                          system_prompt={"type": "preset", "preset": "claude_code", "append": s.append},
-                          mcp_servers={s.mcp_server: create_sdk_mcp_server(s.mcp_server, tools=[])},
-                          disallowed_tools=s.disallowed, stderr=print)
+opts = options(Context.from_env({"NANOCLAW_IS_MAIN": "1"}), s, print)  # the runner's own options for s
 seen = {}
 
 async def record(cmd, **kwargs):
@@ -426,8 +423,9 @@ print(json.dumps({"same_cmd": seen["cmd"] == early_cli.command(s, cli),
 
 def test_the_early_cli_is_started_exactly_as_the_sdk_would_start_it(real_agent_image, container_options):
     """The command, environment and directory the runner starts the CLI with before the SDK is
-    loaded are the ones the SDK's own transport would use for the same options (recorded
-    where the SDK would start the process), with every option the runner sets in use."""
+    loaded are the ones the SDK's own transport would use for the runner's options made from
+    the same settings (``session.options``; recorded where the SDK would start the process),
+    with every option the runner sets in use."""
     from nanoclaw.admin.hostcheck import runtime_args
     opts = runtime_args(container_options["runtime"], tuple(container_options["ulimits"]), ())
     out = subprocess.run(["podman", "run", "--rm", "--network", "none", *opts,

@@ -33,7 +33,7 @@ def test_a_zone_id_is_no_host_and_never_reaches_the_journal(make_system):
     assert [(x["HOST"], x["VERDICT"], x["RULE"]) for x in lines] == [("-", "refused", "bad-host")] * 3
 
 
-def test_an_address_on_the_deny_list_is_refused_in_every_spelling_before_any_connect(make_system, sites, tmp_path,
+def test_an_address_on_the_deny_list_is_refused_in_every_spelling_before_any_connect(make_system, sites, tmp_path,  # noqa: F811
                                                                                      need_root_and_strace):
     """deny_domains = ["127.0.0.1"] (opened by allow_addresses, so only the deny list stops it):
     the resolver reads 0x7f000001, 2130706433, 0177.0.0.1 and 127.1 as that address, as it

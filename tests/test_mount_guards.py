@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from fake_anthropic import content_text, last_user_content, tool_results
 
-from nanoclaw.core import binds
 from nanoclaw.core import mounts
+from nanoclaw.daemons.runner import binds
 
 
 def allowlist(confdir: Path, text: str) -> None:

@@ -248,7 +248,7 @@ def test_a_stop_that_ends_the_agents_loses_no_message(make_system, agent_image, 
     """run-all's runner (NANOCLAW_RUNNER_STOPS_AGENTS=1) ends its agents when it stops: a busy one is
     killed after the grace, its job recorded as stopped (no failure counted), and its message is
     answered once by the next runner. The queue stays up here, as it does under systemd."""
-    from nanoclaw.daemons.runner import STOP_ENV, STOP_GRACE
+    from nanoclaw.daemons.runner.drain import STOP_ENV, STOP_GRACE
     s = make_system(container={"image": agent_image, "podman_url": podman_service, "idle_timeout": 600.0})
     s.env[STOP_ENV] = "1"
     s.cli("groups", "add", "main", "--main")

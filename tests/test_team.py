@@ -379,12 +379,14 @@ def test_an_older_database_keeps_its_cursors_and_sessions_as_the_leads(tmp_path)
 
 
 def test_container_mounts_give_a_member_its_own_ipc_and_session_and_the_team_read_only(cfg):
-    from nanoclaw.daemons.runner import container_kwargs, prepare_dirs
+    from nanoclaw.daemons.runner.dirs import prepare_dirs
+    from nanoclaw.daemons.runner.driver import options
+    from nanoclaw.daemons.runner.spec import agent_spec
     groups_mod.add_group(cfg, "main", is_main=True)
     team.write(cfg, "main", team.Member("researcher", "d", "i", model="claude-haiku"))
     prepare_dirs(cfg, "main", True, "researcher")
-    kw = container_kwargs(cfg, {"job": 7, "group": "main", "is_main": False, "agent": "researcher",
-                                "chat": "main@term", "prompt": "", "session_id": None})
+    kw = options(agent_spec(cfg, {"job": 7, "group": "main", "is_main": False, "agent": "researcher",
+                                  "chat": "main@term", "prompt": "", "session_id": None}))
     mounts = {m["target"]: m for m in kw["mounts"]}
     assert kw["name"] == "nanoclaw-main--researcher-7" and kw["labels"]["nanoclaw.agent"] == "researcher"
     assert mounts["/workspace/group"]["source"] == str(cfg.groups_dir / "main")
@@ -394,8 +396,8 @@ def test_container_mounts_give_a_member_its_own_ipc_and_session_and_the_team_rea
     assert mounts["/workspace/global"]["read_only"] is True  # a member of main is not main
     assert kw["environment"]["NANOCLAW_AGENT"] == "researcher"
     assert kw["environment"]["NANOCLAW_MODEL"] == "claude-haiku"
-    lead = container_kwargs(cfg, {"job": 8, "group": "main", "is_main": True, "chat": "main@term", "prompt": "",
-                                  "session_id": None})
+    lead = options(agent_spec(cfg, {"job": 8, "group": "main", "is_main": True, "chat": "main@term",
+                                    "prompt": "", "session_id": None}))
     lead_sources = {m["source"] for m in lead["mounts"] if m["type"] == "bind"}
     assert not any(".team" in s or "/agents/researcher" in s for s in lead_sources)
     assert Path(mounts["/workspace/ipc/in"]["source"]).is_dir()

@@ -384,7 +384,9 @@ def test_a_groups_model_reaches_its_containers_and_a_members_own_wins(tmp_path, 
     from nanoclaw.core import groups as groups_mod
     from nanoclaw.core import team
     from nanoclaw.core.models import open_db
-    from nanoclaw.daemons.runner import container_kwargs, prepare_dirs
+    from nanoclaw.daemons.runner.dirs import prepare_dirs
+    from nanoclaw.daemons.runner.driver import options
+    from nanoclaw.daemons.runner.spec import agent_spec
     for env, sub in (("NANOCLAW_STATE_DIR", "state"), ("NANOCLAW_RUNTIME_DIR", "run"), ("NANOCLAW_CONFIG_DIR", "etc")):
         monkeypatch.setenv(env, str(tmp_path / sub))
     conf = tmp_path / "config.toml"
@@ -399,8 +401,8 @@ def test_a_groups_model_reaches_its_containers_and_a_members_own_wins(tmp_path, 
 
     def env(agent: str = "") -> dict:
         prepare_dirs(cfg, "family", False, agent)
-        return container_kwargs(cfg, {"job": 3, "group": "family", "is_main": False, "agent": agent,
-                                      "chat": "family@term", "prompt": "", "session_id": None})
+        return options(agent_spec(cfg, {"job": 3, "group": "family", "is_main": False, "agent": agent,
+                                        "chat": "family@term", "prompt": "", "session_id": None}))
 
     assert env()["environment"]["NANOCLAW_MODEL"] == "claude-sonnet-4-5"
     with pytest.raises(SystemExit) as done:

@@ -63,7 +63,7 @@ def _attach(cfg: config_mod.Config, group_ref: str, path: str) -> dict:
     """Put a file into the group's inbox (as a chat network's attachment is) and describe it."""
     import mimetypes
 
-    from nanoclaw.core import attachments
+    from nanoclaw.channels import attachments
     from nanoclaw.core import groups as groups_mod
     from nanoclaw.core.models import open_db
     open_db(cfg.db_path)
@@ -518,19 +518,6 @@ def cmd_ping(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return worst
 
 
-def _task_model_cell(cfg: config_mod.Config, task) -> str:
-    """``tasks list``: the model the task's next run uses, and the one its last run used."""
-    from nanoclaw.core import model_choice
-    from nanoclaw.core.models import TaskRun
-    choice = model_choice.for_job(cfg, task.group.folder, task_model=task.model)
-    cell = f"model {choice.model or 'the CLI default'} ({choice.source})"
-    if choice.refused:
-        cell += " REFUSED: not in [usage] allowed_models"
-    last = task.runs.where(TaskRun.started_at.is_null(False), TaskRun.status != "skipped") \
-        .order_by(TaskRun.id.desc()).first()
-    return cell + (f", last run on {last.model or 'the CLI default'}" if last is not None else "")
-
-
 def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     if args.action == "fire" and not args.if_due:  # a timer: the light path, no database
         from nanoclaw.admin import fire
@@ -565,7 +552,7 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             for t in rows:
                 check = f"  if {t.precheck[:30]!r}" if t.precheck else ""
                 print(f"{t.id:>4}  {t.group.folder:<14} {t.status:<9} {t.schedule_type:<8} {t.schedule_value:<26} "
-                      f"next {stamp(t.next_run)}  {t.prompt[:40]!r}{check}  {_task_model_cell(cfg, t)}")
+                      f"next {stamp(t.next_run)}  {t.prompt[:40]!r}{check}  {tasks_mod.model_cell(cfg, t)}")
             return 0
         if args.action in ("add", "update") and args.precheck is not None and not args.precheck.strip():
             raise tasks_mod.TaskError("--if needs a command" + (" (--no-if removes the pre-check)"

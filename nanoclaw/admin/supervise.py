@@ -31,7 +31,8 @@ import time
 
 from nanoclaw import DAEMONS
 from nanoclaw.core import config as config_mod
-from nanoclaw.daemons.runner import DEADLINE_LABEL, LABEL, STOP_ENV, STOP_GRACE, STOP_WAIT
+from nanoclaw.daemons.runner.drain import STOP_ENV, STOP_GRACE, STOP_WAIT
+from nanoclaw.daemons.runner.spec import DEADLINE_LABEL, LABEL
 
 FIRST = ("queue", "scheduler", "runner")  # stopped first: nothing new starts, and agents end
 PR_SET_PDEATHSIG = 1

@@ -1,4 +1,5 @@
-"""Chat backends for the channel daemon, by configuration name."""
+"""Chat backends for the channel daemon, by configuration name, and what they share:
+``base`` (the seam every backend plugs into) and ``attachments`` (files sent with a message)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,11 @@ the CLI. An agent can only ask, never answer: the main agent's ``raise_budget`` 
 request of kind "budget" (``core/budget_requests.py``), and what an agent says in the main
 chat is a bot message, never read as the owner's command.
 
+The cursor is the queue's: an approved chat's agent starts at the message that asked
+because the queue, making the new group's cursor, reads that from the request, decided at
+the instant the group was added (its ``decided_at`` is the group's ``added_at``;
+``daemons/queue/owner.py``). Approvals only reads the cursor (``_replay_sender``).
+
 HOSTILE INPUT: chat names, sender names, ids and texts come from the chat network. What is
 shown to the owner is cleaned (control and format characters removed, length capped).
 """
@@ -211,7 +216,9 @@ def derive_folder(name: str, n: int) -> str:
 def _replay_sender(req: Request, group: Group) -> None:
     """Make the approved sender's message reach the agent: it does by itself if the agent
     has not passed it yet (it was held only by the policy); else a copy is stored after the
-    cursor (once: its id is the request's)."""
+    cursor (once: its id is the request's). The queue's cursor and turns are only read, in
+    the approval's transaction, so the queue cannot pass the message between the look and
+    the copy; a new message is how the queue is told."""
     msg = Message.get_or_none(Message.id == req.message)
     if msg is None:
         return
@@ -234,6 +241,7 @@ def approve(cfg: Config, n: int, folder: str | None = None, *, by: str = "cli",
     message that asked is replayed. ``answer`` (chat, key): post the result there in the same
     transaction. Raises ApprovalError, with nothing changed, when it cannot be done."""
     now = time.time()
+    decided = now
     try:
         with db.atomic("IMMEDIATE"):
             req = _get_open(n, now, cfg.tz)
@@ -250,8 +258,9 @@ def approve(cfg: Config, n: int, folder: str | None = None, *, by: str = "cli",
                 folder = groups_mod.validate_folder(folder) if folder else derive_folder(name, n)
                 group = groups_mod.add_group(cfg, folder, name=name, jid=req.chat)
                 # The agent starts at the message that asked: what the chat said before is not its.
-                Cursor.update(last_message_id=req.message - 1).where(Cursor.group == group,
-                                                                      Cursor.agent == "").execute()
+                # The queue, making the group's cursor, finds this request by its decision, taken
+                # at the instant the group was added (daemons/queue/owner.py).
+                decided = group.added_at
                 text = f"approved {n}: {describe(req)} is now group {folder}; its message is replayed"
             else:
                 if folder:
@@ -263,7 +272,7 @@ def approve(cfg: Config, n: int, folder: str | None = None, *, by: str = "cli",
                 _replay_sender(req, group)
                 folder = group.folder
                 text = f"approved {n}: {describe(req)} may now talk to {group.folder}'s agent; its message is replayed"
-            Request.update(status="approved", decided_at=now, decided_by=by, folder=folder) \
+            Request.update(status="approved", decided_at=decided, decided_by=by, folder=folder) \
                 .where(Request.id == n).execute()
             if answer:
                 _post(answer[0], answer[1], text, cfg)

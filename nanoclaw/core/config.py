@@ -18,6 +18,7 @@ from pathlib import Path
 
 from nanoclaw.core.costs import DEFAULT_PRICES, ApiConfig, Budget, Price, UsageConfig
 from nanoclaw.core.egress import EgressPolicy
+from nanoclaw.core.model_choice import ModelsConfig, read_models
 
 # A group's folder name (and a team member's): here, not in core/groups.py, so that reading the
 # configuration (which names groups in its tables) loads neither the database nor peewee; the
@@ -128,16 +129,6 @@ class TasksConfig:
 
     max_per_group: int = 20  # active and paused tasks one group may have
     min_interval: int = 300  # seconds: the least time between two runs of one task
-
-
-@dataclass(frozen=True)
-class ModelsConfig:
-    """``[models]``: which model each kind of work runs on (``core/model_choice.py`` has the
-    precedence); "" falls through to the next, and ``default`` "" lets the CLI choose."""
-
-    default: str = ""  # the chat (a group's lead), and what the others fall back to
-    tasks: str = ""  # scheduled runs
-    members: str = ""  # team members without a model of their own
 
 
 @dataclass(frozen=True)
@@ -331,26 +322,6 @@ def _budgets(table: dict) -> tuple[Budget, dict[str, Budget]]:
     return budget(table, "budgets"), per_group
 
 
-def _models(table: dict, old_default: object, usage: UsageConfig) -> ModelsConfig:
-    """``[models]``, each name checked as any model name is (``model_choice.check``): a name
-    the proxy would refuse stops the daemons at start, not at the first run. The top-level
-    ``model`` is the older spelling of ``default``."""
-    from nanoclaw.core import model_choice
-
-    models = ModelsConfig(**_coerce(ModelsConfig, table, "models"))
-    if old_default and models.default and old_default != models.default:
-        raise ConfigError("model and [models] default name two models; keep one ([models] default)")
-    if old_default and not models.default:
-        models = replace(models, default=old_default)
-    probe = Config(usage=usage)
-    for key in ("default", "tasks", "members"):
-        try:
-            model_choice.check(probe, getattr(models, key), f"[models] {key}")
-        except model_choice.ModelError as exc:
-            raise ConfigError(str(exc)) from None
-    return models
-
-
 # What `nanoclaw doctor --redetect` finds by trying; kept apart from the owner's config.toml
 # (which wins where it sets the same key) so re-detecting never touches the owner's file.
 DETECTED = "detected.toml"
@@ -387,7 +358,7 @@ def load(path: Path | None = None) -> Config:
     api = ApiConfig(**_coerce(ApiConfig, data.pop("api", {}), "api"))
     budget, budget_groups = _budgets(data.pop("budgets", {}))
     backup = BackupConfig(**_coerce(BackupConfig, data.pop("backup", {}), "backup"))
-    models = _models(data.pop("models", {}), data.get("model", ""), usage)
+    models = read_models(data.pop("models", {}), data.get("model", ""), usage)  # [models], checked
     if backup.keep < 1:
         raise ConfigError("[backup] keep must be at least 1 (nightly = false turns the nightly backup off)")
     settings = _coerce(Config, data, "config")
@@ -405,8 +376,9 @@ def load(path: Path | None = None) -> Config:
         detected = _coerce(ContainerConfig, table, f"{detected_path.name}: container")
     container = ContainerConfig(**{**detected, **owner_container})
     settings["model"] = models.default
-    cfg = Config(models=models, container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, team=team,
-                 tasks=tasks, usage=usage, api=api, budget=budget, budget_groups=budget_groups, backup=backup, **settings)
+    cfg = Config(container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, team=team,
+                 tasks=tasks, usage=usage, api=api, budget=budget, budget_groups=budget_groups, backup=backup,
+                 models=models, **settings)
     if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
     if cfg.approval_timeout <= 0:

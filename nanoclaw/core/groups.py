@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nanoclaw.core.config import FOLDER_RE, Config
 from nanoclaw.core.log import log_fields
-from nanoclaw.core.models import AllowedSender, Cursor, Group, db
+from nanoclaw.core.models import AllowedSender, Group, db
 from nanoclaw.core.safefs import Dir
 
 RESERVED_FOLDERS = {"global"}
@@ -83,7 +83,8 @@ def ensure_global(cfg: Config) -> None:
 def add_group(cfg: Config, folder: str, *, name: str | None = None, jid: str | None = None,
               trigger: str | None = None, requires_trigger: bool | None = None,
               is_main: bool = False) -> Group:
-    """Register a chat as a group and create its folder with a CLAUDE.md."""
+    """Register a chat as a group and create its folder with a CLAUDE.md. Its agents' cursors
+    are the queue's to make, when it first serves the group."""
     validate_folder(folder)
     jid = jid or terminal_jid(folder)
     trigger = trigger if trigger is not None else cfg.default_trigger
@@ -100,7 +101,6 @@ def add_group(cfg: Config, folder: str, *, name: str | None = None, jid: str | N
             raise GroupError("there is already a main group; remove it first")
         group = Group.create(jid=jid, name=name or folder, folder=folder, trigger=trigger,
                              requires_trigger=requires_trigger, is_main=is_main)
-        Cursor.create(group=group)
     # A re-registered group's folder is its earlier agent's to write: the memory file is
     # created only where no entry of its name exists, never through a planted link.
     src = template_dir() / ("main" if is_main else "default") / "CLAUDE.md"

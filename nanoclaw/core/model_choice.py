@@ -14,6 +14,9 @@ with one line saying which name, where it came from and how to fix it. A name an
 gives (its ``schedule_task``/``update_task`` argument) is hostile: checked here as every
 other field is, never trusted for its shape.
 
+``[models]`` is read here too (:func:`read_models`, called by ``config.load``), so its names
+are checked by the same rule when the configuration loads.
+
 No I/O in :func:`choose` and :func:`check`; :func:`for_job` reads the group and the team
 member (peewee is imported there only, so the configuration loads without it).
 """
@@ -22,11 +25,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from nanoclaw.core.config import Config
+    from nanoclaw.core.costs import UsageConfig
 
 MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}")
 KINDS = ("chat", "task", "member")
@@ -44,6 +49,16 @@ class ModelError(ValueError):
 
 
 @dataclass(frozen=True)
+class ModelsConfig:
+    """``[models]``: which model each kind of work runs on (the precedence is above); ""
+    falls through to the next, and ``default`` "" lets the CLI choose."""
+
+    default: str = ""  # the chat (a group's lead), and what the others fall back to
+    tasks: str = ""  # scheduled runs
+    members: str = ""  # team members without a model of their own
+
+
+@dataclass(frozen=True)
 class Choice:
     """The model a run uses ("" lets the CLI choose), where that came from, and, when the
     name may not be used, the one line that says so (``refused``; then nothing runs)."""
@@ -53,8 +68,7 @@ class Choice:
     refused: str = ""
 
 
-def allowed(cfg: Config, name: str) -> bool:
-    patterns = cfg.usage.allowed_models
+def _allowed(patterns: Sequence[str], name: str) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -65,6 +79,10 @@ def _shown(name: object) -> str:
 def check(cfg: Config, name: object, where: str) -> str:
     """``name`` as it may be stored, or ModelError (one line). ``where`` says whose name it is
     ("the task", "[models] tasks", ...). "" is no model of its own, always fine."""
+    return _check(cfg.usage.allowed_models, name, where)
+
+
+def _check(patterns: Sequence[str], name: object, where: str) -> str:
     if not isinstance(name, str):
         raise ModelError(f"{where}: the model must be a model name (text), not {_shown(name)}")
     if name == "":
@@ -72,9 +90,9 @@ def check(cfg: Config, name: object, where: str) -> str:
     if not MODEL_RE.fullmatch(name):
         raise ModelError(f"{where}: {_shown(name)} is not a model name (letters, digits and ._:@-, "
                          "at most 100 characters, e.g. claude-haiku-4-5)")
-    if not allowed(cfg, name):
+    if not _allowed(patterns, name):
         raise ModelError(f"{where}: the model {name} is not in [usage] allowed_models "
-                         f"({', '.join(cfg.usage.allowed_models)}): the proxy would refuse its calls; "
+                         f"({', '.join(patterns)}): the proxy would refuse its calls; "
                          "choose one of those, or add it there")
     return name
 
@@ -119,3 +137,22 @@ def for_job(cfg: Config, folder: str, agent: str = "", task_model: str | None = 
         return choose(cfg, "member", group=group_model, member=(m.model if m is not None else "") or "",
                       where=f"{folder}/{agent}")
     return choose(cfg, "chat", group=group_model, where=folder)
+
+
+def read_models(table: dict, old_default: object, usage: UsageConfig) -> ModelsConfig:
+    """``[models]`` from config.toml, each name checked as any model name is: a name the proxy
+    would refuse stops the daemons at start, not at the first run. The top-level ``model``
+    is the older spelling of ``default``. Raises ConfigError (one line)."""
+    from nanoclaw.core.config import ConfigError, _coerce
+
+    models = ModelsConfig(**_coerce(ModelsConfig, table, "models"))
+    if old_default and models.default and old_default != models.default:
+        raise ConfigError("model and [models] default name two models; keep one ([models] default)")
+    if old_default and not models.default:
+        models = replace(models, default=old_default)
+    for key in ("default", "tasks", "members"):
+        try:
+            _check(usage.allowed_models, getattr(models, key), f"[models] {key}")
+        except ModelError as exc:
+            raise ConfigError(str(exc)) from None
+    return models

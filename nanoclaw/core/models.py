@@ -84,7 +84,7 @@ class Mount(Base):
     rw = BooleanField(default=False)
     added_at = FloatField(default=now)
     # A read-write mount's git configuration, hooks and commondir are read-only to the agent
-    # (core/binds.py) unless the owner allowed this (``--allow-git-config``).
+    # (daemons/runner/binds.py) unless the owner allowed this (``--allow-git-config``).
     allow_git_config = BooleanField(default=False, constraints=[SQL("DEFAULT 0")])
 
     class Meta:

@@ -5,7 +5,10 @@ SUMMARY
     records a mount; the runner mounts it at ``/workspace/extra/NAME`` in that group's
     containers, after checking it again against the allowlist at every start
     (so editing the allowlist takes effect at once), and checks in the container that
-    what was mounted is what was checked (``core/binds.py``).
+    what was mounted is what was checked (``daemons/runner/binds.py``).
+
+    A rule two programs apply: the CLI when the owner adds or lists a mount, the runner
+    (``daemons/runner/owner_folders.py``) at every container start.
 
 DESCRIPTION
     The allowlist is ``<config>/mount-allowlist.toml``::
@@ -27,13 +30,12 @@ SECURITY
     mount is allowed at all (fail closed). Agents can never add or widen a
     mount: only the CLI writes the ``mount`` table, and ``register_group``
     carries none. In a read-write mount, git's configuration and hooks stay read-only
-    to the agent unless the owner allowed otherwise (``core/binds.py``).
+    to the agent unless the owner allowed otherwise (``daemons/runner/binds.py``).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import logging
 import os
 import re
 import stat
@@ -41,9 +43,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from nanoclaw.core import binds
 from nanoclaw.core.config import Config
-from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Mount, db
 
 ALLOWLIST = "mount-allowlist.toml"
@@ -109,7 +109,7 @@ def load(cfg: Config) -> Allowlist:
     return Allowlist(tuple(roots), BUILTIN_BLOCKED + tuple(extra))
 
 
-def _blocked_by(parts: tuple[str, ...], patterns: tuple[str, ...]) -> str:
+def blocked_by(parts: tuple[str, ...], patterns: tuple[str, ...]) -> str:
     """The first pattern naming a run of ``parts`` ('' if none)."""
     for pattern in patterns:
         want = PurePosixPath(pattern).parts
@@ -119,7 +119,7 @@ def _blocked_by(parts: tuple[str, ...], patterns: tuple[str, ...]) -> str:
     return ""
 
 
-def _overlaps(a: Path, b: Path) -> bool:
+def overlaps(a: Path, b: Path) -> bool:
     return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
@@ -133,11 +133,11 @@ def check(cfg: Config, host_path: str, rw: bool, allow: Allowlist | None = None)
     except OSError as exc:
         raise MountError(f"{host_path} cannot be mounted: {exc.strerror}") from None
     for what in {Path(os.path.normpath(host_path)), resolved}:  # as written and where it leads
-        hit = _blocked_by(what.parts[1:], allow.blocked)
+        hit = blocked_by(what.parts[1:], allow.blocked)
         if hit:
             raise MountError(f"{host_path} is refused: {what} is blocked ({hit!r} never reaches an agent)")
     for own in (cfg.state_dir, cfg.config_dir, cfg.runtime_dir):
-        if _overlaps(resolved, Path(os.path.realpath(own))):
+        if overlaps(resolved, Path(os.path.realpath(own))):
             raise MountError(f"{host_path} is refused: it overlaps nanoclaw's own {own}")
     root = next((r for r in allow.roots if resolved.is_relative_to(r.path)), None)
     if root is None:
@@ -152,7 +152,7 @@ def check(cfg: Config, host_path: str, rw: bool, allow: Allowlist | None = None)
         except OSError as exc:
             raise MountError(f"{host_path} cannot be read: {exc.strerror}") from None
         single = tuple(p for p in allow.blocked if "/" not in p)
-        inside = [name for name in names if _blocked_by((name,), single)] + \
+        inside = [name for name in names if blocked_by((name,), single)] + \
             [pattern for pattern in allow.blocked if "/" in pattern and any(resolved.glob(pattern))]
         if inside:
             raise MountError(f"{host_path} is refused: it contains {inside[0]}, which never reaches an agent; "
@@ -225,38 +225,3 @@ def remove(group: Group, name: str) -> None:
     if not Mount.delete().where(Mount.group == group, Mount.name == name).execute():
         raise MountError(f"group {group.folder} has no mount named {name!r} (see: nanoclaw groups mount list)")
 
-
-def for_container(cfg: Config, folder: str, log: logging.Logger, read_only: bool = False) -> list[binds.Bind]:
-    """The binds of a group's mounts that pass the allowlist as it is now, each opened as it
-    was checked (close them with :func:`binds.close` once the container is verified).
-
-    Checked at every container start, so an edited allowlist takes effect at once; a refused
-    mount is logged with its reason, never skipped in silence. A read-write mount brings the
-    binds that keep git's configuration and hooks read-only (unless the owner allowed it);
-    ``read_only`` makes every mount read-only (a task's pre-check).
-    """
-    rows = list(Mount.select().join(Group).where(Group.folder == folder).order_by(Mount.name))
-    if not rows:
-        return []
-    try:
-        allow = load(cfg)
-    except MountError as exc:
-        log.error("mounts refused, all %d: %s", len(rows), exc, extra=log_fields(group=folder))
-        return []
-    out: list[binds.Bind] = []
-    for row in rows:
-        rw = row.rw and not read_only
-        try:
-            resolved = check(cfg, row.host_path, row.rw, allow)
-            folder_bind = binds.open_checked(resolved, f"/workspace/extra/{row.name}", not rw, row.name)
-        except (MountError, OSError) as exc:
-            log.error("mount=%s refused: %s", row.name, exc, extra=log_fields(group=folder))
-            continue
-        try:
-            guards = binds.git_guards(folder_bind) if rw and not row.allow_git_config else []
-        except OSError as exc:
-            binds.close([folder_bind])
-            log.error("mount=%s refused: %s", row.name, exc, extra=log_fields(group=folder))
-            continue
-        out += [folder_bind, *guards]
-    return out

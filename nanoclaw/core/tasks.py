@@ -181,6 +181,17 @@ def describe(task: Task) -> str:
         + (f"; on {task.model}" if task.model else "")
 
 
+def model_cell(cfg: Config, task: Task) -> str:
+    """``tasks list``: the model the task's next run uses, and the one its last run used."""
+    choice = model_choice.for_job(cfg, task.group.folder, task_model=task.model)
+    cell = f"model {choice.model or 'the CLI default'} ({choice.source})"
+    if choice.refused:
+        cell += " REFUSED: not in [usage] allowed_models"
+    last = task.runs.where(TaskRun.started_at.is_null(False), TaskRun.status != "skipped") \
+        .order_by(TaskRun.id.desc()).first()
+    return cell + (f", last run on {last.model or 'the CLI default'}" if last is not None else "")
+
+
 def fire(cfg: Config, task_id: int, *, if_due: bool = False, now: float | None = None) -> bool:
     """Hand a task to the queue (what a timer runs). False if it is not active or not due."""
     now = now or time.time()

@@ -1,15 +1,9 @@
 """A group's team: specialised agents its lead (the group's own agent) hands work to.
 
 DESCRIPTION
-    A member is ``groups/<folder>/agents/<name>.md``, in the shape of Claude
-    Code's subagent files: front matter, then the member's instructions::
-
-        ---
-        description: finds flights, trains and prices
-        model: claude-sonnet-4-5        (optional)
-        tools: Read, Bash, WebFetch     (optional: only these, besides nanoclaw's own)
-        ---
-        You are the team's researcher. ...
+    A member is ``groups/<folder>/agents/<name>.md``: front matter, then the
+    member's instructions (the format, and its one parser, the container's
+    too, are in :mod:`nanoclaw.core.member_file`).
 
     Each member runs in its own container (``nanoclaw-<folder>--<name>-<job>``)
     with the group's folder as the team's shared workspace, its own IPC
@@ -29,43 +23,18 @@ SECURITY
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
 from typing import Any
 
 from nanoclaw.core.config import Config
-from nanoclaw.core.groups import FOLDER_RE
 from nanoclaw.core.log import log_fields
+# The file's format, shared with the container; callers of team use these names from here too.
+from nanoclaw.core.member_file import (Member, TeamError, display, parse, read_all, render,  # noqa: F401
+                                       validate_name)
 from nanoclaw.core.prompt import matches_trigger
 from nanoclaw.core.safefs import Dir, UnsafeEntry
 
 AGENTS = "agents"  # in the group's folder
-RESERVED = {"lead", "all", "global"}
-MAX_FILE = 64 * 1024
-MAX_DESCRIPTION = 500
 log = logging.getLogger("nanoclaw.team")
-
-
-class TeamError(ValueError):
-    """A team change that is refused; the text says why."""
-
-
-@dataclass(frozen=True)
-class Member:
-    name: str
-    description: str
-    instructions: str
-    model: str = ""
-    tools: tuple[str, ...] = ()
-
-    @property
-    def display(self) -> str:
-        """How the chat sees the member: 'researcher' speaks as 'Researcher'."""
-        return display(self.name)
-
-
-def display(name: str) -> str:
-    return name.replace("_", " ").replace("-", " ").title()
 
 
 def sender(agent: str) -> str:
@@ -73,71 +42,18 @@ def sender(agent: str) -> str:
     return f"agent:{agent or 'lead'}"
 
 
-def validate_name(name: str) -> str:
-    if not FOLDER_RE.fullmatch(name or "") or name.lower() in RESERVED:
-        raise TeamError(f"invalid member name {name!r}: 1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit,"
-                        f" not {', '.join(sorted(RESERVED))}")
-    return name
-
-
-def parse(name: str, text: str) -> Member:
-    """A member file's contents; TeamError says what is wrong."""
-    front, body = {}, text
-    if text.startswith("---\n"):
-        head, sep, rest = text[4:].partition("\n---")
-        if not sep:
-            raise TeamError(f"{name}: the front matter is not closed by a line '---'")
-        body = rest.lstrip("-").lstrip("\n")
-        for line in head.splitlines():
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            key, colon, value = line.partition(":")
-            if not colon:
-                raise TeamError(f"{name}: front matter line {line!r} is not 'key: value'")
-            front[key.strip()] = value.strip().strip("'\"")
-    unknown = set(front) - {"name", "description", "model", "tools"}
-    if unknown:
-        raise TeamError(f"{name}: unknown front matter {sorted(unknown)[0]!r} (description, model, tools)")
-    if front.get("name", name) != name:
-        raise TeamError(f"{name}: its front matter names it {front['name']!r}")
-    description = front.get("description", "")
-    if not description:
-        raise TeamError(f"{name}: a member needs a description (what it is for)")
-    tools = tuple(t.strip() for t in front.get("tools", "").strip("[]").split(",") if t.strip())
-    if any(not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", t) for t in tools):
-        raise TeamError(f"{name}: tools must be tool names separated by commas")
-    if not body.strip():
-        raise TeamError(f"{name}: a member needs instructions (the text after the front matter)")
-    return Member(name, description[:MAX_DESCRIPTION], body.strip(), front.get("model", ""), tools)
-
-
-def render(member: Member) -> str:
-    lines = ["---", f"description: {member.description}"]
-    if member.model:
-        lines.append(f"model: {member.model}")
-    if member.tools:
-        lines.append(f"tools: {', '.join(member.tools)}")
-    return "\n".join(lines + ["---", member.instructions.strip(), ""])
-
-
 def members(cfg: Config, folder: str) -> list[Member]:
     """The group's members, by name; a file that cannot be read or parsed is logged and left out."""
-    out = []
     try:
         d = Dir.open(cfg.groups_dir / folder, AGENTS)
     except (FileNotFoundError, UnsafeEntry):
         return []
+
+    def refused(name: str, why: Exception) -> None:
+        log.error("member file refused: %s", why, extra=log_fields(group=folder, agent=name))
+
     with d:
-        for filename in d.names():
-            if not filename.endswith(".md"):
-                continue
-            name = filename[:-3]
-            try:
-                validate_name(name)
-                out.append(parse(name, d.read(filename, MAX_FILE).decode()))
-            except (TeamError, UnsafeEntry, UnicodeDecodeError) as exc:
-                log.error("member file refused: %s", exc, extra=log_fields(group=folder, agent=name))
-    return out[:cfg.team.max_members]
+        return read_all(d, refused)[:cfg.team.max_members]
 
 
 def member(cfg: Config, folder: str, name: str) -> Member | None:

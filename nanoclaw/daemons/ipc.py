@@ -292,7 +292,7 @@ class IpcDaemon(Daemon):
                     target = Group.get_or_none(Group.folder == spec["target_group"])
                     if target is None:
                         raise tasks_mod.TaskError(f"no group {spec['target_group']!r}")
-                # A pre-check is shell for a confined container of the target group (runner.py),
+                # A pre-check is shell for a confined container of the target group (runner/precheck.py),
                 # never run on the host: checked for shape here, not for what it does.
                 task = tasks_mod.create(self.cfg, group, str(spec.get("prompt", "")), str(spec.get("schedule_type", "")),
                                         str(spec.get("schedule_value", "")),

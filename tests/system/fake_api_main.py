@@ -13,10 +13,27 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fake_anthropic import FakeAnthropic, prompt_message  # noqa: E402
+from fake_anthropic import (FakeAnthropic, content_text, default_responder, last_user_content,  # noqa: E402
+                            prompt_message, tool_results)
+
+
+def responder(body: dict) -> dict:
+    """As the default (an echo), but "bash: COMMAND" runs COMMAND with the agent's Bash tool
+    and the answer after it is "tool done: " and what the command printed."""
+    results = tool_results(last_user_content(body))
+    if results:
+        return {"text": "tool done: " + " ".join(content_text(r.get("content")) for r in results)}
+    asked = prompt_message(body)
+    if asked.startswith("bash: "):
+        return {"tool_use": {"name": "Bash", "input": {"command": asked[len("bash: "):],
+                                                       "description": "the test's command"}}}
+    return default_responder(body)
+
 
 port, log = int(sys.argv[1]), Path(sys.argv[2])
-api = FakeAnthropic().start(port)
+api = FakeAnthropic()
+api.responder = responder
+api.start(port)
 seen = 0
 while True:
     time.sleep(0.1)

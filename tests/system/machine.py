@@ -153,6 +153,11 @@ grep -q '^proxy_upstream' /etc/nanoclaw/config.toml || \\
 systemctl restart nanoclaw.target""")
         self.wait_active(units=units)
 
+    def restart_fake_api(self) -> None:
+        self.sh("systemctl restart nc-fake-api")
+        probe = f"/opt/nanoclaw/bin/python -c 'import socket; socket.create_connection((\"127.0.0.1\", {FAKE_API_PORT}))'"
+        self.wait_for(lambda: self.sh(probe, check=False).returncode == 0, 30, "the fake API listening")
+
     def api_log(self) -> list[dict]:
         out = self.sh("cat /var/log/fake-api.log 2>/dev/null", check=False).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -246,6 +251,7 @@ def booted_and_upgraded(suite: str, secret: str, previous: str) -> Machine:
         m.use_seconds = time.time() - t0
         m.sh(f"cd /root/nanoclaw && git checkout -q {m.new_commit}")
         m.install_as_readme_says()  # the upgrade
+        m.restart_fake_api()  # this tree's fake, as on a machine installed from it
         print(f"system test: using {previous} took {m.use_seconds:.0f} s, the upgrade's install.sh "
               f"{m.install_seconds:.0f} s", flush=True)
         return m

@@ -229,6 +229,25 @@ def test_the_credential_reaches_the_api_and_never_the_container(machine: Machine
                       "/var/lib/nanoclaw/ipc", check=False).stdout == ""
 
 
+def test_an_owners_folder_under_home_is_mounted_read_write(machine: Machine):
+    """Owners' folders mostly live under /home: the runner (which opens and checks each) and
+    Podman (which mounts it) see /home under their sandboxes, and the agent writes there."""
+    machine.sh("mkdir -p /home/me/projects/site && echo 'from the owner' > /home/me/projects/site/in.txt"
+               " && chown -R nanoclaw: /home/me/projects/site && chmod 755 /home/me /home/me/projects"
+               " && printf '[[root]]\\npath = \"/home/me/projects\"\\nwrite = true\\n'"
+               " > /etc/nanoclaw/mount-allowlist.toml && chmod 644 /etc/nanoclaw/mount-allowlist.toml")
+    try:  # a group of its own: a mount applies from a group's next container on
+        machine.as_service_user("groups", "add", "projects", "--no-trigger")
+        machine.nanoclaw("groups", "mount", "add", "projects", "/home/me/projects/site", "--rw")
+        out = machine.nanoclaw("send", "projects", "--wait", "120", "bash: cat /workspace/extra/site/in.txt && "
+                               "echo 'from the agent' > /workspace/extra/site/out.txt", timeout=150).stdout
+        assert "tool done: from the owner" in out, out
+        assert machine.sh("cat /home/me/projects/site/out.txt").stdout == "from the agent\n"
+    finally:
+        machine.nanoclaw("groups", "remove", "projects", check=False)
+        machine.sh("rm -rf /home/me /etc/nanoclaw/mount-allowlist.toml", check=False)
+
+
 def _pid(machine: Machine, unit: str) -> int:
     return int(machine.show(unit, "MainPID"))
 

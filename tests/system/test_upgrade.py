@@ -77,10 +77,11 @@ def test_the_message_that_waited_is_answered_once_and_nothing_twice(machine: Mac
 
 def test_the_nightly_backup_runs_in_its_sandboxed_unit(machine: Machine):
     """The timer the upgrade enabled, and the backup its service makes as the service user."""
+    from nanoclaw.core.migrations import LATEST
     assert "nanoclaw-backup.timer" in machine.sh("systemctl list-timers --all --no-pager nanoclaw-backup.timer").stdout
     machine.sh("systemctl start nanoclaw-backup.service")  # a oneshot: returns when it is done
     made = machine.journal("-u", "nanoclaw-backup", "--since", "-2min")
-    assert "backed up to" in made and "schema1-nightly.tar.gz" in made, made[-2000:]
+    assert "backed up to" in made and f"schema{LATEST}-nightly.tar.gz" in made, made[-2000:]
     listing = machine.sh("stat -c '%U %a %n' /var/lib/nanoclaw/backups/*-nightly.tar.gz").stdout.split()
     assert listing[:2] == ["nanoclaw", "600"], listing
     # nothing in the state became another user's (a database journal made by root, say)

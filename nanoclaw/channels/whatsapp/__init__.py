@@ -1,6 +1,11 @@
 """The WhatsApp backend, on neonize (whatsmeow in a Go library shipped in its wheel).
 
-    backend    the channel's WhatsApp connection: intake, sends, lifecycle
+    backend    the face the channel daemon uses: wires the parts below
+    connection neonize's client: the connect loop, stop, lifecycle events, liveness
+    intake     message events to stored messages (media downloaded, in chat order)
+    outbound   replies out in chunks; our own messages known when they echo back
+    presence   "typing…" while an agent works
+    groups     the account's groups: discover, names refreshed, an unknown group's card
     convert    neonize's protobufs to plain values (JIDs, text, media), pure
     format     Markdown to WhatsApp markup, and splitting into messages
     ratelimit  the outbound token bucket

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nanoclaw.channels import attachments
 from nanoclaw.channels.base import LOOK_UP, Inbound
-from nanoclaw.core import attachments
 from nanoclaw.channels.whatsapp.session import bare_jid
 
 if TYPE_CHECKING:  # pragma: no cover - types only

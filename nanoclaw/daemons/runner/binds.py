@@ -64,6 +64,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from nanoclaw.daemons.runner import mount_table
+
 O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 GIT_READ_ONLY = ("config", "hooks", "commondir", "config.worktree", "modules", "worktrees")
 MAX_REPOSITORIES = 64  # repositories guarded in one mount; more refuses the mount
@@ -87,9 +89,6 @@ class Bind:
     fd: int
     ident: tuple[int, int]  # (st_dev, st_ino) of the source as checked
     name: str = ""  # the owner's mount name, for the folder's own bind ("" for a guard)
-
-    def spec(self) -> dict:
-        return {"type": "bind", "source": str(self.source), "target": self.target, "read_only": self.read_only}
 
 
 def _ident(fd: int) -> tuple[int, int]:
@@ -264,13 +263,21 @@ def _at_exists(dir_fd: int, name: str) -> bool:
 
 def verify(pid: int, binds: Iterable[Bind]) -> None:
     """Check every bind in the set-up container whose first process is ``pid``: BindError
-    naming the first that is not the inode that was checked, or not read-only as it must be."""
+    naming the first that is not the inode that was checked, or not read-only as it must be.
+    A root this process may not walk (a FUSE root, rootless) is checked from the container's
+    mount table instead (``mount_table.py`` says what that sees)."""
+    binds = list(binds)
     root = os.open(f"/proc/{pid}/root", O_PATH & ~os.O_NOFOLLOW | os.O_DIRECTORY)  # the container's root
     try:
         for b in binds:
             parts = PurePosixPath(b.target).parts[1:]
             try:
                 fd = _walk(root, parts, b.target)
+            except PermissionError:
+                try:
+                    return mount_table.verify(pid, binds)
+                except OSError as exc:
+                    raise BindError(exc.errno or errno.EIO, exc.strerror or str(exc)) from None
             except OSError as exc:
                 raise BindError(exc.errno or errno.EIO, f"{b.target} in the container is not {b.source}: "
                                                         f"{exc.strerror or exc}") from None
