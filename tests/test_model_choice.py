@@ -144,3 +144,70 @@ def test_the_cli_sets_a_tasks_model_shows_it_and_refuses_one_not_allowed(make_sy
     assert "(the task's own model)" not in s.cli("tasks", "list").stdout
     with s.db() as con:
         assert [r[0] for r in con.execute("select model from task order by id")] == ["", ""]
+
+
+def _queue_with_refused_group_model(tmp_path, monkeypatch):
+    """A queue daemon in process (real SQLite, real spools) whose main group's model was set
+    before [usage] allowed_models was narrowed: every run of the group's is refused."""
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core.models import Group, open_db
+    from nanoclaw.daemons.queue import QueueDaemon
+
+    for var, sub in (("NANOCLAW_STATE_DIR", "state"), ("NANOCLAW_RUNTIME_DIR", "run"), ("NANOCLAW_CONFIG_DIR", "etc")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    conf = tmp_path / "config.toml"
+    conf.write_text('timezone = "UTC"\nmax_attempts = 1\n[usage]\nallowed_models = ["claude-haiku-4-5*"]\n')
+    cfg = load(conf)
+    open_db(cfg.db_path)
+    group = groups_mod.add_group(cfg, "main", is_main=True)
+    Group.update(model="claude-opus-4-5").where(Group.id == group.id).execute()
+    q = QueueDaemon(cfg)
+    q.setup()
+    return cfg, Group.get_by_id(group.id), q
+
+
+def _spooled(cfg, daemon: str) -> list[dict]:
+    import json
+    return [json.loads(p.read_text())["body"] for p in sorted((cfg.spool_dir / daemon / "new").iterdir())]
+
+
+def test_the_queue_starts_nothing_on_a_refused_model_and_the_chat_is_told_why(tmp_path, monkeypatch):
+    """A chat job whose chosen model is refused is recorded with that model, never handed to the
+    runner, and fails with the line; its retries spent, the chat is given the line."""
+    import os
+    import time
+
+    from nanoclaw.core.models import Job, Message
+
+    cfg, group, q = _queue_with_refused_group_model(tmp_path, monkeypatch)
+    Message.create(chat=group.jid, sender="owner@term", text="hello", timestamp=time.time(),
+                   channel_id=os.urandom(6).hex())
+    q.work()
+    assert _spooled(cfg, "runner") == []
+    [job] = Job.select()
+    assert (job.status, job.model) == ("failed", "claude-opus-4-5")
+    assert job.error.startswith("its model is refused: main: the group's model: the model claude-opus-4-5 is not "
+                                "in [usage] allowed_models (claude-haiku-4-5*)")
+    [notice] = _spooled(cfg, "router")
+    assert notice["kind"] == "notice"
+    assert notice["text"].startswith("Sorry, I could not answer that: its model is refused: main: the group's model")
+    assert "groups set GROUP --model NAME" in notice["text"] and "\n" not in notice["text"]
+
+
+def test_a_scheduled_run_on_a_refused_model_fails_with_the_line_and_records_the_model(tmp_path, monkeypatch):
+    import time
+
+    from nanoclaw.core import tasks as tasks_mod
+    from nanoclaw.core.models import Job, TaskRun
+
+    cfg, group, q = _queue_with_refused_group_model(tmp_path, monkeypatch)
+    task = tasks_mod.create(cfg, group, "digest", "interval", "1h")
+    run = TaskRun.create(task=task, fire_key="fire-1", fired_at=time.time(), due_at=time.time())
+    q.work()
+    assert _spooled(cfg, "runner") == []
+    [job] = Job.select()
+    run = TaskRun.get_by_id(run.id)
+    assert (job.task_run, job.model, run.model, run.status) == (run.id, "claude-opus-4-5", "claude-opus-4-5", "error")
+    assert run.error.startswith("its model is refused: main: the group's model: the model claude-opus-4-5")
+    [notice] = _spooled(cfg, "router")
+    assert notice["text"].startswith(f"Scheduled task {task.id} failed 1 times (its model is refused: main: ")
