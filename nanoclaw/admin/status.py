@@ -8,11 +8,12 @@ import time
 from datetime import datetime
 
 from nanoclaw import DAEMONS
-from nanoclaw.core import faults
+from nanoclaw.core import faults, model_choice
 from nanoclaw.core.config import Config
 from nanoclaw.core.models import Cursor, Group, Job, Message, Outbox, Task, open_db
 from nanoclaw.core.protocol import request
 
+_CLI = "the CLI's default model"
 UNITS = [f"nanoclaw-{d}" for d in DAEMONS] + ["nanoclaw-podman"]
 
 
@@ -83,9 +84,10 @@ def summary(cfg: Config) -> list[str]:
     print = out.append  # noqa: A001 (the lines as the screen shows them)
     groups = list(Group.select().order_by(Group.folder))
     print(f"groups:   {len(groups)}: " + ", ".join(g.folder + (" (main)" if g.is_main else "") for g in groups))
-    running = list(Job.select().where(Job.status == "running"))
+    running = list(Job.select().where(Job.status == "running"))  # each on the model it was given
     queued = Job.select().where(Job.status == "queued").count()
-    print(f"agents:   {len(running)} running" + (f" ({', '.join(j.container for j in running)})" if running else "")
+    print(f"agents:   {len(running)} running" + (f" ({', '.join(f'{j.container} on {j.model or _CLI}' for j in running)})"
+                                                    if running else "")
           + f", {queued} queued")
     team = list(Job.select().where(Job.status.in_(("running", "queued")), Job.agent != "").order_by(Job.id))
     if team:  # live team members, each in its own container
@@ -130,5 +132,5 @@ def summary(cfg: Config) -> list[str]:
     for i, t in enumerate(tasks):
         when = datetime.fromtimestamp(t.next_run).strftime("%Y-%m-%d %H:%M")
         print(f"{'tasks:' if i == 0 else '':<10}#{t.id} {t.group.folder} at {when} ({t.schedule_type} "
-              f"{t.schedule_value}) {t.prompt[:40]!r}")
+              f"{t.schedule_value}) {t.prompt[:40]!r} on {model_choice.for_job(cfg, t.group.folder, task_model=t.model).model or _CLI}")
     return out

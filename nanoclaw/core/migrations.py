@@ -156,7 +156,13 @@ def _v2_gates(con: sqlite3.Connection) -> None:
                 'PRIMARY KEY ("group", "agent", "day"))')
 
 
-def _v3_stop_and_raises_for_today(con: sqlite3.Connection) -> None:
+def _v3_models_per_kind(con: sqlite3.Connection) -> None:
+    """models per kind of work: a task's own model, and the model each job and task run used"""
+    for table in ("task", "taskrun", "job"):
+        _add_column(con, table, "model", "VARCHAR(255) NOT NULL DEFAULT ''")
+
+
+def _v4_stop_and_raises_for_today(con: sqlite3.Connection) -> None:
     """the owner's stop of a turn, and budget raises for today only"""
     # Idempotent as step 2 is: a test's (or a hand-made) unversioned database may have them already.
     _add_column(con, "turn", "stopped_at", "REAL")
@@ -169,7 +175,8 @@ def _v3_stop_and_raises_for_today(con: sqlite3.Connection) -> None:
 STEPS: tuple[Step, ...] = (
     _v1_release_c7472f1,
     _v2_gates,
-    _v3_stop_and_raises_for_today,
+    _v3_models_per_kind,
+    _v4_stop_and_raises_for_today,
 )
 LATEST = len(STEPS)
 

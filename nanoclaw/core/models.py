@@ -161,6 +161,8 @@ class Job(Base):
     error = TextField(default="")
     closing = BooleanField(default=False)  # asked to close to free its slot
     task_run = IntegerField(null=True)  # set when the job runs a scheduled task
+    # The model its container was given ("" = the CLI's default), as core/model_choice.py chose
+    model = CharField(default="", constraints=[SQL("DEFAULT ''")])
 
 
 class Turn(Base):
@@ -219,6 +221,8 @@ class Task(Base):
     # A shell command run before each run in a confined container (no agent, no network): the
     # run goes on only if it exits 0 and prints something, which the agent is then shown.
     precheck = TextField(default="", constraints=[SQL("DEFAULT ''")])
+    # Its own model ("" = none: the group's, then [models] tasks, then [models] default)
+    model = CharField(default="", constraints=[SQL("DEFAULT ''")])
 
 
 class TaskRun(Base):
@@ -237,6 +241,7 @@ class TaskRun(Base):
     retry_at = FloatField(default=0.0)
     result = TextField(default="")
     error = TextField(default="")
+    model = CharField(default="", constraints=[SQL("DEFAULT ''")])  # the model its agent ran on
 
 
 class Request(Base):

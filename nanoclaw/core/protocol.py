@@ -71,9 +71,11 @@ Schema = dict[str, tuple]
 # name -> (allowed types..., [_OPT]).
 SCHEMAS: dict[str, Schema] = {
     # queue -> runner: start an agent container for a job (a scheduled task's job may carry the
-    # task's pre-check: the runner runs it first, and starts the agent only if it says so)
+    # task's pre-check: the runner runs it first, and starts the agent only if it says so; and
+    # the model the queue chose for it)
     "job": {"job": (int,), "group": (str,), "chat": (str,), "is_main": (bool,),
-            "prompt": (str,), "session_id": (str, type(None)), "agent": (str, _OPT), "precheck": (str, _OPT)},
+            "prompt": (str,), "session_id": (str, type(None)), "agent": (str, _OPT), "precheck": (str, _OPT),
+            "model": (str, _OPT)},  # the model the queue chose (core/model_choice.py); "" = the CLI's
     # host -> container (ipc/<group>/in): a prompt for one turn, or a request to exit
     "prompt": {"job": (int,), "turn": (int,), "prompt": (str,), "session_id": (str, type(None))},
     "close": {"job": (int,)},

@@ -320,12 +320,15 @@ def _cost_cell(usd: float, unpriced: int, calls: int) -> str:
 
 def report(cfg: Config, folder: str | None, days: int, by: str, at: float | None = None) -> list[str]:
     """``nanoclaw usage``: a table of the last ``days`` days (today included), one row per
-    model, group or day, and a total."""
+    model, group, agent, day or run (a job: its agent and the model each of its calls named),
+    and a total."""
     today = local_now(cfg, at).date()
     first = (today - timedelta(days=days - 1)).isoformat()
     key = {"model": Usage.model, "group": Usage.group, "day": Usage.day,
            # the lead by the group's name, a member as group/member
-           "agent": Case(None, [(Usage.agent == "", Usage.group)], Usage.group.concat("/").concat(Usage.agent))}[by]
+           "agent": Case(None, [(Usage.agent == "", Usage.group)], Usage.group.concat("/").concat(Usage.agent)),
+           "run": Case(None, [(Usage.agent == "", Usage.group)], Usage.group.concat("/").concat(Usage.agent))
+           .concat(" job ").concat(fn.COALESCE(Usage.job, "-")).concat(" ").concat(Usage.model)}[by]
     query = (Usage.select(key.alias("key"), fn.COUNT(Usage.id), fn.SUM(Usage.input_tokens),
                           fn.SUM(Usage.output_tokens), fn.SUM(Usage.cache_write_tokens),
                           fn.SUM(Usage.cache_read_tokens), fn.COALESCE(fn.SUM(Usage.cost_usd), 0),
@@ -338,14 +341,15 @@ def report(cfg: Config, folder: str | None, days: int, by: str, at: float | None
     title = f"usage of {folder or 'all groups'}, {span}, by {by} ({cfg.tz}; cost is an estimate):"
     if not rows:
         return [title, "  no API calls"]
-    head = f"{by.upper():<28} {'CALLS':>6} {'INPUT':>8} {'OUTPUT':>8} {'CACHE W':>8} {'CACHE R':>8}  COST"
+    width = 48 if by == "run" else 28
+    head = f"{by.upper():<{width}} {'CALLS':>6} {'INPUT':>8} {'OUTPUT':>8} {'CACHE W':>8} {'CACHE R':>8}  COST"
     lines = [title, head]
     total = [0, 0, 0, 0, 0, 0.0, 0]
     for name, *values in rows:
-        lines.append(f"{(name or '-')[:28]:<28} {values[0]:>6} {tokens(values[1]):>8} {tokens(values[2]):>8} "
+        lines.append(f"{(name or '-')[:width]:<{width}} {values[0]:>6} {tokens(values[1]):>8} {tokens(values[2]):>8} "
                      f"{tokens(values[3]):>8} {tokens(values[4]):>8}  {_cost_cell(values[5], values[6], values[0])}")
         total = [a + b for a, b in zip(total, values, strict=True)]
-    lines.append(f"{'TOTAL':<28} {total[0]:>6} {tokens(total[1]):>8} {tokens(total[2]):>8} {tokens(total[3]):>8} "
+    lines.append(f"{'TOTAL':<{width}} {total[0]:>6} {tokens(total[1]):>8} {tokens(total[2]):>8} {tokens(total[3]):>8} "
                  f"{tokens(total[4]):>8}  {_cost_cell(total[5], total[6], total[0])}")
     return lines
 

@@ -18,6 +18,7 @@ from nanoclaw.core.protocol import nudge
 def cmd_agents(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """A group's team: the members its lead can delegate to (files the host writes)."""
     from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core import model_choice
     from nanoclaw.core import team
     from nanoclaw.core.models import Group, Job, open_db
     open_db(cfg.db_path)
@@ -46,8 +47,12 @@ def cmd_agents(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             if not instructions:
                 raise team.TeamError("give the member's instructions: --instructions TEXT or --file PATH")
             tools = tuple(t.strip() for t in (args.tools or "").split(",") if t.strip())
+            try:
+                model = model_choice.check(cfg, args.model or "", "the member's model")
+            except model_choice.ModelError as exc:
+                raise team.TeamError(str(exc)) from None
             m = team.write(cfg, group.folder, team.Member(args.name, args.description or "", instructions,
-                                                          args.model or "", tools))
+                                                          model, tools))
             print(f"{group.folder}: {m.display} ({m.name}) is on the team: {m.description}")
             nudge(cfg.socket("queue"))
         else:

@@ -61,27 +61,20 @@ def cmd_groups(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return 0
 
 
-MODEL_RE = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}"
-
-
 def cmd_groups_set(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """Change a registered group's settings: who may wake its agent, and its model (from its
     next container on). Everything is checked before anything is changed."""
-    import fnmatch
-    import re
-
     from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core import model_choice
     if args.model is None and args.policy is None:
         print("nanoclaw: nothing to set (give --policy open|allowlist|ask and/or --model MODEL)", file=sys.stderr)
         return 2
-    model = None if args.model is None else "" if args.model in ("", "default") else args.model
-    if model and not re.fullmatch(MODEL_RE, model):
-        print(f"nanoclaw: {model!r} is not a model name (e.g. claude-sonnet-4-5)", file=sys.stderr)
-        return 2
-    allowed = cfg.usage.allowed_models
-    if model and allowed and not any(fnmatch.fnmatchcase(model, p) for p in allowed):
-        print(f"nanoclaw: {model} is not in [usage] allowed_models ({', '.join(allowed)}): the proxy would "
-              "refuse it", file=sys.stderr)
+    model = None if args.model is None else "" if args.model in model_choice.DEFAULT_WORDS else args.model
+    try:
+        if model:
+            model_choice.check(cfg, model, "the group's model")
+    except model_choice.ModelError as exc:
+        print(f"nanoclaw: {exc}", file=sys.stderr)
         return 2
     group = groups_mod.find_group(args.group)
     if args.policy is not None:

@@ -55,7 +55,7 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             for t in rows:
                 check = f"  if {t.precheck[:30]!r}" if t.precheck else ""
                 print(f"{t.id:>4}  {t.group.folder:<14} {t.status:<9} {t.schedule_type:<8} {t.schedule_value:<26} "
-                      f"next {stamp(t.next_run)}  {t.prompt[:40]!r}{check}")
+                      f"next {stamp(t.next_run)}  {t.prompt[:40]!r}{check}  {tasks_mod.model_cell(cfg, t)}")
             return 0
         if args.action in ("add", "update") and args.precheck is not None and not args.precheck.strip():
             raise tasks_mod.TaskError("--if needs a command" + (" (--no-if removes the pre-check)"
@@ -66,13 +66,15 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             group = groups_mod.find_group(args.group)
             task = tasks_mod.create(cfg, group, " ".join(args.prompt), kind, value, tz=args.tz,
                                     context_mode="isolated" if args.isolated else "group",
-                                    precheck=args.precheck or "", over_limits=args.over_limits)
+                                    precheck=args.precheck or "", over_limits=args.over_limits,
+                                    model=args.model or "")
             print(f"added {tasks_mod.describe(task)}")
         elif args.action == "update":
             kind, value = ("cron", args.cron) if args.cron else ("interval", args.every) if args.every \
                 else ("once", args.at) if args.at else (None, None)
             task = tasks_mod.update(cfg, tasks_mod.find(args.id, None), prompt=args.prompt, kind=kind, value=value,
-                                    precheck="" if args.no_precheck else args.precheck, over_limits=args.over_limits)
+                                    precheck="" if args.no_precheck else args.precheck, over_limits=args.over_limits,
+                                    model=args.model)
             print(f"updated {tasks_mod.describe(task)}")
         elif args.action in ("pause", "resume", "cancel"):
             task = tasks_mod.change(tasks_mod.find(args.id, None), args.action)
@@ -93,8 +95,9 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             for run in tasks_mod.runs(task):
                 took = f"{run.finished_at - run.started_at:.1f}s" if run.finished_at and run.started_at else "-"
                 detail = run.error if run.status == "error" else run.result  # a skipped run's result says why
+                on = f"on {run.model or 'the CLI default'}" if run.started_at and run.status != "skipped" else ""
                 print(f"  run {run.id:>4}  {stamp(run.fired_at)}  {run.status:<8} {took:>7}  "
-                      f"{detail[:60]!r}")
+                      f"{detail[:60]!r}  {on}".rstrip())
             return 0
     except (tasks_mod.TaskError, ScheduleError, groups_mod.GroupError) as exc:
         hint = " (--over-limits to go beyond it)" if isinstance(exc, tasks_mod.LimitError) else ""
@@ -133,17 +136,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     help="pre-check: a shell command run first in a container with no network and the group's "
                          "folder read-only; the agent runs (shown its output) only if it exits 0 and prints "
                          "something, else the run is logged as skipped")
+    ta.add_argument("--model", help="the model its runs use (default: the group's, else [models] tasks, "
+                                    "else [models] default)")
     ta.add_argument("prompt", nargs="+")
     over = ("go beyond [tasks] max_per_group and min_interval (they bind agents; you set them, and may "
             "pass them here)")
     ta.add_argument("--over-limits", action="store_true", help=over)
-    tu = tsub.add_parser("update", help="change a task's prompt and/or schedule")
+    tu = tsub.add_parser("update", help="change a task's prompt, schedule, pre-check and/or model")
     tu.add_argument("id", type=int)
     when = tu.add_mutually_exclusive_group()
     when.add_argument("--cron", help="a new cron schedule")
     when.add_argument("--every", help="a new interval")
     when.add_argument("--at", help="a new one-off time")
     tu.add_argument("--prompt", help="a new prompt")
+    tu.add_argument("--model", help="a model of its own ('default': none, back to the group's or [models])")
     check = tu.add_mutually_exclusive_group()
     check.add_argument("--if", dest="precheck", metavar="CMD", help="a new pre-check command (see tasks add)")
     check.add_argument("--no-if", dest="no_precheck", action="store_true", help="remove the pre-check")

@@ -2,7 +2,7 @@
 
 SYNOPSIS
     add_parsers(sub)                 the usage and budget commands
-    cmd_usage(cfg, args)             the proxy's records, one row per group, model, agent or day
+    cmd_usage(cfg, args)             the proxy's records, one row per group, model, agent, day or run
     cmd_budget(cfg, args)            list the budgets in force; set, raise (or raise for today only) or
                                      clear the owner's overrides
 
@@ -100,8 +100,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sp.set_defaults(run=cmd_usage)
     sp.add_argument("group", nargs="?", help="one group (default: all)")
     sp.add_argument("--days", type=int, default=1, help="today and the days before it (default: 1, today)")
-    sp.add_argument("--by", choices=["model", "group", "agent", "day"], default="group",
-                    help="one row per (default: group; agent: the lead as GROUP, a member as GROUP/MEMBER)")
+    sp.add_argument("--by", choices=["model", "group", "agent", "day", "run"], default="group",
+                    help="one row per (default: group; agent: the lead as GROUP, a member as GROUP/MEMBER; "
+                         "run: each job, with the model its calls named)")
     sp = sub.add_parser("budget", help="spending limits per group or for all: list, set, raise, clear")
     sp.set_defaults(run=cmd_budget)
     bsub = sp.add_subparsers(dest="budget_action")

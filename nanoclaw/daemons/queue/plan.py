@@ -26,7 +26,8 @@ DESCRIPTION
     - With ``burst_window`` set, chat messages wait until the chat has been
       quiet a window (at most ``BURST_CAP`` windows after the first).
     - A live, running container that is not closing takes the messages as
-      follow-up turns; a queued or closing one makes them wait for the next.
+      follow-up turns; a queued or closing one makes them wait for the next,
+      and so does a scheduled run's (it may run on the task's own model).
     - Otherwise a new job starts, unless its cursor waits for a retry
       (backoff), the group's budget is spent (the chat is told once), the
       disk is full (told once, looked at again in ``SPACE_CHECK``), or the
@@ -81,6 +82,7 @@ class LiveJob:
     status: str = "running"  # queued: the runner has not said it started
     closing: bool = False  # asked to exit
     idle: bool = False  # running, not closing, every turn answered: only waiting
+    task: bool = False  # a scheduled run's: chat messages are never fed into it
     row: Any = None  # the database row, for the applier
 
 
@@ -252,7 +254,8 @@ def plan(state: State, now: float) -> Plan:
                 out.due(settled)
                 continue
             if key in active:
-                if job is not None and job.status == "running" and not job.closing:
+                # Not into a scheduled run's container: it may run on the task's model.
+                if job is not None and job.status == "running" and not job.closing and not job.task:
                     out.actions.append(FollowUp(g, job, _turns(g, agent, pending, rules)))
                     fed.add(job.id)
                     out.bursts.pop(key, None)

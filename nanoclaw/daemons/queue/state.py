@@ -117,7 +117,8 @@ class Reader:
                           t.select(fn.MAX(t.last_message_id)).where(t.job == Job.id).alias("last_turn")) \
             .where(Job.status.in_(ACTIVE))
         return {(j.group_id, j.agent): LiveJob(j.id, j.group_id, j.agent, j.status, j.closing,
-                                               j.status == "running" and not j.closing and not j.open_turns, row=j)
+                                               j.status == "running" and not j.closing and not j.open_turns,
+                                               task=bool(j.task_run), row=j)
                 for j in list(rows)}
 
     @staticmethod
