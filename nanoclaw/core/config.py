@@ -18,6 +18,7 @@ from pathlib import Path
 
 from nanoclaw.core.costs import DEFAULT_PRICES, ApiConfig, Budget, Price, UsageConfig
 from nanoclaw.core.egress import EgressPolicy
+from nanoclaw.core.model_choice import ModelsConfig, read_models
 
 # A group's folder name (and a team member's): here, not in core/groups.py, so that reading the
 # configuration (which names groups in its tables) loads neither the database nor peewee; the
@@ -148,7 +149,7 @@ class Config:
     timezone: str = ""
     channels: tuple[str, ...] = ("terminal",)
     proxy_upstream: str = "https://api.anthropic.com"
-    model: str = ""  # agent model; empty: the CLI's default
+    model: str = ""  # the older spelling of [models] default (load() makes them the same)
     scheduler: str = "auto"  # timer backend: auto (systemd if PID 1, else crontab), systemd, crontab
     systemd_unit_dir: str = "/etc/systemd/system"
     crontab_file: str = ""  # empty: the service user's crontab
@@ -168,6 +169,7 @@ class Config:
     budget: Budget = field(default_factory=Budget)  # [budgets]: all groups together
     budget_groups: dict[str, Budget] = field(default_factory=dict)  # [budgets.groups.<folder>]
     backup: BackupConfig = field(default_factory=BackupConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
 
     # Derived locations: one state dir, one runtime dir.
     db_path = _under("state_dir", "nanoclaw.db")
@@ -356,6 +358,7 @@ def load(path: Path | None = None) -> Config:
     api = ApiConfig(**_coerce(ApiConfig, data.pop("api", {}), "api"))
     budget, budget_groups = _budgets(data.pop("budgets", {}))
     backup = BackupConfig(**_coerce(BackupConfig, data.pop("backup", {}), "backup"))
+    models = read_models(data.pop("models", {}), data.get("model", ""), usage)  # [models], checked
     if backup.keep < 1:
         raise ConfigError("[backup] keep must be at least 1 (nightly = false turns the nightly backup off)")
     settings = _coerce(Config, data, "config")
@@ -372,8 +375,10 @@ def load(path: Path | None = None) -> Config:
             raise ConfigError(f"{detected_path}: not a detected setting: {', '.join(sorted(unknown))}")
         detected = _coerce(ContainerConfig, table, f"{detected_path.name}: container")
     container = ContainerConfig(**{**detected, **owner_container})
+    settings["model"] = models.default
     cfg = Config(container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, team=team,
-                 tasks=tasks, usage=usage, api=api, budget=budget, budget_groups=budget_groups, backup=backup, **settings)
+                 tasks=tasks, usage=usage, api=api, budget=budget, budget_groups=budget_groups, backup=backup,
+                 models=models, **settings)
     if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
     if cfg.approval_timeout <= 0:

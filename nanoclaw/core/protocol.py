@@ -71,12 +71,16 @@ Schema = dict[str, tuple]
 # name -> (allowed types..., [_OPT]).
 SCHEMAS: dict[str, Schema] = {
     # queue -> runner: start an agent container for a job (a scheduled task's job may carry the
-    # task's pre-check: the runner runs it first, and starts the agent only if it says so)
+    # task's pre-check: the runner runs it first, and starts the agent only if it says so; and
+    # the model the queue chose for it)
     "job": {"job": (int,), "group": (str,), "chat": (str,), "is_main": (bool,),
-            "prompt": (str,), "session_id": (str, type(None)), "agent": (str, _OPT), "precheck": (str, _OPT)},
+            "prompt": (str,), "session_id": (str, type(None)), "agent": (str, _OPT), "precheck": (str, _OPT),
+            "model": (str, _OPT)},  # the model the queue chose (core/model_choice.py); "" = the CLI's
     # host -> container (ipc/<group>/in): a prompt for one turn, or a request to exit
     "prompt": {"job": (int,), "turn": (int,), "prompt": (str,), "session_id": (str, type(None))},
     "close": {"job": (int,)},
+    # host -> container: the owner stopped this turn (container/interrupt.py interrupts it)
+    "stop": {"job": (int,), "turn": (int,)},
     # container -> host (ipc/<group>/out): the outcome of one turn
     "result": {"job": (int,), "turn": (int,), "text": (str,), "session_id": (str, type(None), _OPT),
                "error": (str, type(None), _OPT), "usage": (dict, type(None), _OPT)},
