@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 AGENT_DIR = ROOT / "tests" / "agent"
 WHEELS = Path(os.environ.get("NANOCLAW_TEST_WHEELS", Path.home() / ".cache" / "nanoclaw-test" / "wheels"))
 BASE_IMAGE = os.environ.get("NANOCLAW_TEST_BASE", "localhost/nanoclaw-base:bookworm-2")
-from nanoclaw import DAEMONS  # noqa: E402
+from nanoclaw.registry import NAMES as DAEMONS  # noqa: E402
 
 
 def need_podman() -> None:

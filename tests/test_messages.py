@@ -18,9 +18,10 @@ from nanoclaw.core.protocol import BadMessage, Spool, decode, encode
 # sends it; written here by hand, so a field dropped from a struct fails the round trip.
 FULL = {
     "job": {"job": 7, "group": "family", "chat": "fam@g.us", "is_main": False, "prompt": "<messages/>",
-            "session_id": None, "agent": "researcher", "precheck": "test -e x"},
+            "session_id": None, "agent": "researcher", "precheck": "test -e x", "model": "claude-haiku-4-5"},
     "prompt": {"job": 7, "turn": 1, "prompt": "hello", "session_id": "s-1"},
     "close": {"job": 7},
+    "stop": {"job": 7, "turn": 2},
     "result": {"job": 7, "turn": 1, "text": "hi", "session_id": "s-1", "error": None,
                "usage": {"input_tokens": 3, "duration_s": 1.5, "stages": {"python": 1.0}}},
     "send_message": {"job": 7, "text": "on my way", "chat": "main"},

@@ -34,8 +34,8 @@ Progress = Callable[[str], None]
 # nanoclaw modules the agent runner imports inside the image (as top-level modules, beside its own).
 SHARED_MODULES = tuple(Path(m.__file__) for m in (protocol, messages, spool, safefs, member_file))
 # container/: what runs in the image (agent_runner.py is its command).
-RUNNER_FILES = ("agent_runner.py", "context.py", "early_cli.py", "forwarders.py", "session.py", "settings.py",
-                "team.py", "tools.py")
+RUNNER_FILES = ("agent_runner.py", "context.py", "early_cli.py", "forwarders.py", "interrupt.py", "session.py",
+                "settings.py", "team.py", "tools.py")
 PLATFORMS = ("manylinux_2_36", "manylinux_2_34", "manylinux_2_31", "manylinux_2_28", "manylinux_2_17",
              "manylinux2014")
 

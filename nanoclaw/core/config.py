@@ -19,6 +19,7 @@ from msgspec import Struct, field
 
 from nanoclaw.core.costs import ApiConfig, Budget, UsageConfig
 from nanoclaw.core.egress import EgressPolicy
+from nanoclaw.core.model_choice import ModelsConfig
 
 # A group's folder name (and a team member's): here, not in core/groups.py, so that reading the
 # configuration (which names groups in its tables) loads neither the database nor peewee; the
@@ -147,7 +148,7 @@ class Config(Section):
     timezone: str = ""
     channels: tuple[str, ...] = ("terminal",)
     proxy_upstream: str = "https://api.anthropic.com"
-    model: str = ""  # agent model; empty: the CLI's default
+    model: str = ""  # the older spelling of [models] default (config_file.read makes them the same)
     scheduler: str = "auto"  # timer backend: auto (systemd if PID 1, else crontab), systemd, crontab
     systemd_unit_dir: str = "/etc/systemd/system"
     crontab_file: str = ""  # empty: the service user's crontab
@@ -167,6 +168,7 @@ class Config(Section):
     budget: Budget = field(default_factory=Budget)  # [budgets]: all groups together
     budget_groups: dict[str, Budget] = field(default_factory=dict)  # [budgets.groups.<folder>]
     backup: BackupConfig = field(default_factory=BackupConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
 
     # Derived locations: one state dir, one runtime dir.
     db_path = _under("state_dir", "nanoclaw.db")

@@ -65,6 +65,7 @@ class Job(Message):
     session_id: str | None
     agent: str | UnsetType = UNSET
     precheck: str | UnsetType = UNSET
+    model: str | UnsetType = UNSET  # the model the queue chose (core/model_choice.py); "" = the CLI's
 
 
 # -- host -> container (ipc/<group>/in) -------------------------------------------------------
@@ -80,6 +81,12 @@ class Prompt(Message):
 class Close(Message):
     """A request to exit."""
     job: int
+
+
+class Stop(Message):
+    """The owner stopped this turn (container/interrupt.py interrupts it)."""
+    job: int
+    turn: int
 
 
 # -- container -> host (ipc/<group>/out): hostile ---------------------------------------------
@@ -209,7 +216,7 @@ class Outbound(Message):
 
 
 KINDS: dict[str, type[Message]] = {
-    "job": Job, "prompt": Prompt, "close": Close, "result": Result, "send_message": SendMessage,
+    "job": Job, "prompt": Prompt, "close": Close, "stop": Stop, "result": Result, "send_message": SendMessage,
     "task_request": TaskRequest, "register_group": RegisterGroup, "delegate": Delegate,
     "create_agent": CreateAgent, "raise_budget": RaiseBudget, "budget_spent": BudgetSpent,
     "turn_result": TurnResult, "job_event": JobEvent, "task_fire": TaskFire, "outbound": Outbound,
