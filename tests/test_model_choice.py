@@ -112,7 +112,7 @@ def test_config_models_section_is_read_and_checked_at_load(tmp_path, monkeypatch
                     '[models]\nmembers = "claude-opus-4-5"\n')
     with pytest.raises(ConfigError) as exc:
         load(path)
-    assert str(exc.value).startswith("[models] members: the model claude-opus-4-5 is not in [usage] allowed_models")
+    assert str(exc.value).startswith(f"{path}: [models] members: the model claude-opus-4-5 is not in [usage] allowed_models")
     path.write_text(f'config_dir = "{tmp_path}"\n[models]\ntasks = "claude haiku"\n')
     with pytest.raises(ConfigError, match=r"\[models\] tasks: 'claude haiku' is not a model name"):
         load(path)
