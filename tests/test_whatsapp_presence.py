@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 
-from nanoclaw.core import config as config_mod
 
 from whatsapp_harness import FAMILY, run
 from whatsapp_harness import harness_fixture  # noqa: F401 - the harness fixture
