@@ -3,7 +3,7 @@
 SYNOPSIS
     Progress(q).accepted(job, turns)        the turns will be answered
     Progress.on_agent(req) -> reply          ipc's word: a turn began, a tool began or ended
-    Progress.answered(job, turn, spoke)      its reply is queued (or it had nothing to say)
+    Progress.answered(job, turn, spoke)      its reply is being queued (or it had nothing to say)
     Progress.ended(job, turns, gave_up)      its container ended first: it waits, or it failed
 
 DESCRIPTION
@@ -11,7 +11,10 @@ DESCRIPTION
     ``progress`` line (chat, the message the turn answers, who works on it, since when,
     the tool and what it was given): the channel turns them into a WhatsApp reaction and
     "typing…", or a terminal's status line. A ``seq`` (the clock in nanoseconds) lets the
-    channel drop a line that overtook a newer one.
+    channel drop a line that overtook a newer one. ``replied`` is told just before the
+    reply goes to the router's spool, so the channel has it before the reply can arrive
+    (the chat shows "sending the reply", the reaction waits for the reply, never the other
+    way round).
 
     The message a turn answers is its newest one (in a burst, the last); a member's turn
     answers the human message its chain started from. Scheduled runs have none and are

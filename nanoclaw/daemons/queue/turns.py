@@ -147,7 +147,12 @@ class Turns:
             self.close(job)  # a fresh container will retry the pending messages
             self.q.progress.ended(job, [turn], gave_up=False)
             return False
-        if strip_internal(body["text"]):
+        spoke = bool(strip_internal(body["text"]))
+        if spoke:
+            # Told before the reply is handed on: the router wakes on the file at once, and a
+            # "replied" that came after the reply would show "sending the reply" (or keep the
+            # reaction) for a reply already out.
+            self.q.progress.answered(job, turn, spoke=True)
             # Durable in the router's spool before the cursor moves.
             out = {"key": f"job:{job.id}:turn:{turn.seq}", "chat": group.jid, "text": body["text"], "kind": "reply"}
             reply_to = _reply_to(turn.last_message_id)
@@ -173,7 +178,8 @@ class Turns:
                         extra=log_fields(group=group.folder, agent=job.agent or "lead", job=job.id,
                                          message=turn.last_message_id))
         self._log_stages(job, body)
-        self.q.progress.answered(job, turn, spoke=bool(strip_internal(body["text"])))
+        if not spoke:
+            self.q.progress.answered(job, turn, spoke=False)
         return True
 
     def on_job_event(self, env: Envelope) -> None:
