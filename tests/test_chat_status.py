@@ -55,16 +55,21 @@ def test_status_line_while_the_agent_runs_a_long_bash_command(make_agent_system,
             raise AssertionError(f"{exc}\n" + "\n".join(f"--- {d}:\n{s.log(d)[-3000:]}"
                                                       for d in ("ipc", "queue", "channel", "runner"))) from None
         first = int(re.search(r"Andy · (\d+) s", screen).group(1))
-        time.sleep(2.5)
-        later = tmux.text("chat")
-        still = re.search(r"Andy · (\d+) s · running Bash", later)
-        assert still and int(still.group(1)) >= first + 2, later  # the seconds go on while it runs
+        # the seconds go on while it runs (the command takes 5 s: two more must show)
+        later = "|".join(str(n) for n in range(first + 2, first + 120))
+        tmux.wait("chat", re.compile(rf"Andy · (?:{later}) s · running Bash"), 30)
         screen = tmux.wait("chat", "[Andy] tool done", 60)
-        time.sleep(1.2)  # a tick of the status line: it must not come back
-        screen = tmux.text("chat")
+        # cleared when the reply printed: the turn's last state ("replied") reached this terminal
+        # before its reply, so nothing of it may follow the reply line
+        assert screen.rstrip().splitlines()[-1] == "[Andy] tool done", screen
+        # and nothing of it comes back later: a second turn's reply proves the first turn's
+        # every line has been through the queue, the channel and this terminal
+        fake_api.then({"text": "second done"})
+        tmux.type("chat", "and now?")
+        screen = tmux.wait("chat", "[Andy] second done", 60)
     finally:
         tmux.close()
     assert "\x1b" not in screen
-    tail = screen.rstrip().splitlines()
-    assert tail[-1] == "[Andy] tool done", screen  # the status line was cleared when the reply printed
-    assert "running Bash" not in tail[-1]
+    lines = screen.rstrip().splitlines()
+    done = lines.index("[Andy] tool done")
+    assert lines[done + 1:] == ["and now?", "[Andy] second done"], screen  # no status line came back
