@@ -140,8 +140,7 @@ class Reader:
         if before[0] == seen[0]:
             return True
         names = self.q.team.members(group)
-        new = list(Message.select().where(Message.chat == group.jid, Message.id > before[0],
-                                          Message.is_bot == False).order_by(Message.id))  # noqa: E712
+        new = list(Message.raw(sql.PENDING, group.jid, before[0]))
         if any(team_mod.addressee(m, names) for m in new):
             return False
         if new and next_batch(new, cap=self.q.cfg.prompt_cap, batch=self.q.cfg.prompt_batch, trigger=group.trigger,
