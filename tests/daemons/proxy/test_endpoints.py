@@ -55,7 +55,7 @@ def test_the_api_relay_and_the_web_are_two_programs_each_serving_without_the_oth
     import signal
 
     from web_sites import PAGE, Site
-    from test_usage import call
+    from daemons.proxy.test_meter import call
     site = Site()
     s = make_system(proxy_upstream=fake_api.url,
                     egress={"allow_addresses": ["127.0.0.1"], "ports": [80, 443, site.port]})
@@ -97,7 +97,7 @@ def raw_call(sock, request_line: str, body: bytes = b"", headers: str = "") -> t
 
 
 def relay_system(make_system, fake_api, **settings):
-    from test_usage import PRICES
+    from daemons.proxy.test_meter import PRICES
     s = make_system(proxy_upstream=fake_api.url, usage={"prices": PRICES, **settings.pop("usage", {})}, **settings)
     s.set_credential("sk-ant-api03-relay-test")
     s.cli("groups", "add", "main", "--main")
@@ -212,7 +212,7 @@ def test_the_real_agents_session_stays_on_the_allowlist(make_agent_system, fake_
     """How the relay's allowlist was found (nanoclaw/daemons/proxy/endpoints.py): the real
     agent image's CLI, through a session with tool use and a resumed session. Every request
     it makes must be one the relay passes; a newer CLI that calls anything else fails here."""
-    from test_egress import private_hosts
+    from daemons.egress.test_egress import private_hosts
     from web_sites import Site, make_certs, server_tls
 
     from nanoclaw.daemons.proxy.endpoints import BETAS, ENDPOINTS

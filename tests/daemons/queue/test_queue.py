@@ -421,7 +421,7 @@ def test_every_third_party_import_is_a_declared_dependency():
     import importlib.metadata as md
     import sys
     import tomllib
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[3]
     declared = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower().replace("_", "-")
                 for d in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]}
     dists = md.packages_distributions()
