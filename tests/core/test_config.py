@@ -25,3 +25,25 @@ def test_whatsapp_config_table(tmp_path, monkeypatch):
     path.write_text('[whatsapp]\nno_such = 1\n')
     with pytest.raises(config_mod.ConfigError, match="unknown setting"):
         config_mod.load(path)
+
+
+def test_budget_and_price_configuration_is_checked(tmp_path):
+    from nanoclaw.core import config as config_mod
+    conf = tmp_path / "c.toml"
+    for text, msg in (('[usage.prices.x]\ninput = 1\n', "input and output prices are required"),
+                      ('[usage.prices.x]\ninput = 1\noutput = -2\n', "0 or more"),
+                      ('[budgets]\nday_usd = -1\n', "0 (none) or more"),
+                      ('[budgets]\nweekly_usd = 1\n', "unknown setting 'weekly_usd'"),
+                      ('[budgets.groups."../x"]\nday_usd = 1\n', "is not a group folder name"),
+                      ('[api]\nmax_calls_per_group = 0\n', "max_calls_per_group, max_calls_per_agent, max_body_bytes and"),
+                      ('[api]\nbetas = "x"\n', "api.betas: expected a list of strings"),
+                      ('[usage]\nweb_search_usd = -1\n', "web_search_usd and web_fetch_usd are USD per request")):
+        conf.write_text(text)
+        with pytest.raises(config_mod.ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+            config_mod.load(conf)
+    conf.write_text('[usage]\nallowed_models = ["claude-*"]\n[usage.prices.claude-new]\ninput = 1\noutput = 2\n'
+                    '[budgets]\nmonth_usd = 30\n[budgets.groups.family]\nday_usd = 2\nday_tokens = 500000\n')
+    cfg = config_mod.load(conf)
+    assert cfg.usage.allowed_models == ("claude-*",) and cfg.usage.prices["claude-new"].output == 2.0
+    assert "claude-sonnet-4-5" in cfg.usage.prices  # the shipped table stays under the owner's rows
+    assert cfg.budget.month_usd == 30 and cfg.budget_groups["family"].day_tokens == 500000

@@ -228,3 +228,26 @@ def test_version_names_the_commit_and_the_schema(offline_system):
                           text=True).stdout.strip()
     out = offline_system.cli("--version").stdout
     assert out.startswith("nanoclaw 0.") and f"commit {head}" in out and f"schema {migrations.LATEST}" in out
+
+
+def test_an_older_database_gains_the_usage_tables_and_keeps_every_groups_rows(tmp_path):
+    """Group.model is added as a nullable column: SQLite makes a NOT NULL one by rebuilding
+    the table, and dropping the old "group" table would cascade to its jobs, cursors and tasks."""
+    from conftest import old_database
+
+    from nanoclaw.core import config as config_mod
+    from nanoclaw.core import usage
+    from nanoclaw.core.models import Group, Job, open_db
+    path = old_database(tmp_path / "old.db", """
+        create table job (id integer primary key autoincrement, group_id integer not null references "group"(id)
+            on delete cascade, agent varchar not null default '', status varchar, created_at real, started_at real,
+            finished_at real, container varchar, exit_code integer, error text, closing integer, task_run integer);
+        insert into job (group_id, status, created_at, container, error, closing) values (1, 'done', 0, '', '', 0);
+    """)
+    from nanoclaw.core import migrations
+    migrations.migrate(path)
+    open_db(path)
+    assert [(g.folder, g.model) for g in Group.select()] == [("main", None)]
+    assert Job.select().count() == 1
+    cfg = config_mod.Config()
+    assert usage.spent(cfg, "main", "day").tokens == 0 and usage.limits(cfg, usage.ALL) == []

@@ -10,7 +10,7 @@ import json
 import time
 
 import pytest
-from daemons.proxy.test_meter import running_job
+from proxy_harness import running_job
 
 from nanoclaw.core.protocol import Spool
 

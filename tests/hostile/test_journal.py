@@ -19,7 +19,7 @@ import socket
 
 import pytest
 from conftest import JOURNAL_OWN, subjects
-from daemons.proxy.test_meter import call
+from proxy_harness import call
 
 from nanoclaw.core.log import FIELDS, clean
 from nanoclaw.core.protocol import Spool

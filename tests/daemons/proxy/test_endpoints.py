@@ -55,7 +55,7 @@ def test_the_api_relay_and_the_web_are_two_programs_each_serving_without_the_oth
     import signal
 
     from web_sites import PAGE, Site
-    from daemons.proxy.test_meter import call
+    from proxy_harness import call
     site = Site()
     s = make_system(proxy_upstream=fake_api.url,
                     egress={"allow_addresses": ["127.0.0.1"], "ports": [80, 443, site.port]})
@@ -97,7 +97,7 @@ def raw_call(sock, request_line: str, body: bytes = b"", headers: str = "") -> t
 
 
 def relay_system(make_system, fake_api, **settings):
-    from daemons.proxy.test_meter import PRICES
+    from proxy_harness import PRICES
     s = make_system(proxy_upstream=fake_api.url, usage={"prices": PRICES, **settings.pop("usage", {})}, **settings)
     s.set_credential("sk-ant-api03-relay-test")
     s.cli("groups", "add", "main", "--main")

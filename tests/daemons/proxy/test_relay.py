@@ -13,7 +13,7 @@ import socket
 import threading
 
 import pytest
-from daemons.proxy.test_meter import UnixHTTP, call, proxied, usage_rows
+from proxy_harness import UnixHTTP, call, proxied, usage_rows
 
 
 def stream_call(sock, max_tokens: int = 100):

@@ -275,3 +275,47 @@ def test_a_spec_the_validator_refuses_is_never_made(make_system, agent_image, po
         assert not _podman("ps", "-a", "--filter", "label=nanoclaw.job", "--format", "{{.Names}}").stdout.split()
     finally:
         w.close()
+
+
+def test_a_groups_model_reaches_its_containers_and_a_members_own_wins(tmp_path, monkeypatch):
+    from nanoclaw.admin.cli import main as cli_main
+    from nanoclaw.core import config as config_mod
+    from nanoclaw.core import groups as groups_mod
+    from nanoclaw.core import team
+    from nanoclaw.core.models import open_db
+    from nanoclaw.daemons.runner.dirs import prepare_dirs
+    from nanoclaw.daemons.runner.driver import options
+    from nanoclaw.daemons.runner.spec import agent_spec
+    for env, sub in (("NANOCLAW_STATE_DIR", "state"), ("NANOCLAW_RUNTIME_DIR", "run"), ("NANOCLAW_CONFIG_DIR", "etc")):
+        monkeypatch.setenv(env, str(tmp_path / sub))
+    conf = tmp_path / "config.toml"
+    conf.write_text('timezone = "UTC"\nmodel = "claude-sonnet-4-5"\n')
+    monkeypatch.setenv("NANOCLAW_CONFIG", str(conf))
+    config_mod.get.cache_clear()
+    cfg = config_mod.get()
+    open_db(cfg.db_path)
+    groups_mod.add_group(cfg, "family")
+    team.write(cfg, "family", team.Member("researcher", "d", "i", model="claude-opus-4-5"))
+    team.write(cfg, "family", team.Member("planner", "d", "i"))
+
+    def env(agent: str = "") -> dict:
+        prepare_dirs(cfg, "family", False, agent)
+        return options(agent_spec(cfg, {"job": 3, "group": "family", "is_main": False, "agent": agent,
+                                        "chat": "family@term", "prompt": "", "session_id": None}))
+
+    assert env()["environment"]["NANOCLAW_MODEL"] == "claude-sonnet-4-5"
+    with pytest.raises(SystemExit) as done:
+        cli_main(["groups", "set", "family", "--model", "claude-haiku-4-5"])
+    assert done.value.code == 0
+    assert env()["environment"]["NANOCLAW_MODEL"] == "claude-haiku-4-5"
+    assert env("planner")["environment"]["NANOCLAW_MODEL"] == "claude-haiku-4-5"
+    assert env("researcher")["environment"]["NANOCLAW_MODEL"] == "claude-opus-4-5"
+    # a member mounts its own proxy directory; the lead's path is as before
+    mounts = {m["target"]: m["source"] for m in env("researcher")["mounts"]}
+    assert mounts["/run/nanoclaw-proxy"] == str(cfg.runtime_dir / "proxy" / ".team" / "family" / "researcher")
+    mounts = {m["target"]: m["source"] for m in env()["mounts"]}
+    assert mounts["/run/nanoclaw-proxy"] == str(cfg.runtime_dir / "proxy" / "family")
+    with pytest.raises(SystemExit) as done:
+        cli_main(["groups", "set", "family", "--model", "bad model!"])
+    assert done.value.code == 2
+    config_mod.get.cache_clear()
