@@ -15,7 +15,7 @@ import sys
 
 import pytest
 from conftest import ROOT
-from daemons.egress.test_egress import (  # noqa: F401 - certs and sites are fixtures
+from egress_harness import (  # noqa: F401 - certs and sites are fixtures
     Strace, certs, egress_system, get, private_hosts, sites, tunnel, wait_lines, web_sock)
 
 

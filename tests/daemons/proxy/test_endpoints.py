@@ -212,7 +212,7 @@ def test_the_real_agents_session_stays_on_the_allowlist(make_agent_system, fake_
     """How the relay's allowlist was found (nanoclaw/daemons/proxy/endpoints.py): the real
     agent image's CLI, through a session with tool use and a resumed session. Every request
     it makes must be one the relay passes; a newer CLI that calls anything else fails here."""
-    from daemons.egress.test_egress import private_hosts
+    from egress_harness import private_hosts
     from web_sites import Site, make_certs, server_tls
 
     from nanoclaw.daemons.proxy.endpoints import BETAS, ENDPOINTS
