@@ -1,4 +1,5 @@
-"""The ``[whatsapp]`` table of config.toml, as the channel reads it."""
+"""config.toml as core/config.py reads it: unknown keys and bad types refused, the ``[whatsapp]``
+table as the channel reads it, budgets and prices checked."""
 
 from __future__ import annotations
 
@@ -47,3 +48,16 @@ def test_budget_and_price_configuration_is_checked(tmp_path):
     assert cfg.usage.allowed_models == ("claude-*",) and cfg.usage.prices["claude-new"].output == 2.0
     assert "claude-sonnet-4-5" in cfg.usage.prices  # the shipped table stays under the owner's rows
     assert cfg.budget.month_usd == 30 and cfg.budget_groups["family"].day_tokens == 500000
+
+
+def test_config_refuses_unknown_keys_and_bad_types(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("promt_cap = 3\n")
+    with pytest.raises(config_mod.ConfigError, match="unknown setting 'promt_cap'"):
+        config_mod.load(p)
+    p.write_text('prompt_cap = "ten"\n')
+    with pytest.raises(config_mod.ConfigError, match="expected int"):
+        config_mod.load(p)
+    p.write_text('[container]\nruntime = "runc"\nulimits = ["nofile=1024:1024"]\n')
+    c = config_mod.load(p)
+    assert c.container.runtime == "runc" and c.container.ulimits == ("nofile=1024:1024",)

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import PREVIOUS_RELEASE, ROOT, need_commit
-from nanoclaw.core.protocol import BadMessage, Spool, decode, encode
+from nanoclaw.core.protocol import BadMessage, Spool, decode, encode, validate
 
 # One body per kind with every field its struct declares (optional ones too), as its writer
 # sends it; written here by hand, so a field dropped from a struct fails the round trip.
@@ -140,3 +140,15 @@ def test_files_of_the_previous_release_are_read_and_the_other_way_round(tmp_path
             assert (env.type, env.body) == (kind, body)
             old_spool.done(env.path)
             assert not list(new_spool.bad.iterdir())
+
+
+def test_validation_is_strict():
+    with pytest.raises(BadMessage, match="wrong type"):
+        validate({"v": 1, "type": "close", "body": {"job": True}})
+    with pytest.raises(BadMessage, match="missing"):
+        validate({"v": 1, "type": "close", "body": {}})
+    with pytest.raises(BadMessage, match="version"):
+        validate({"v": "1", "type": "close", "body": {"job": 1}})
+    with pytest.raises(BadMessage):
+        encode("close", {"job": "1"})
+    assert validate(json.loads(encode("close", {"job": 1}))) == ("close", {"job": 1})

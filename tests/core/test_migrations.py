@@ -251,3 +251,24 @@ def test_an_older_database_gains_the_usage_tables_and_keeps_every_groups_rows(tm
     assert Job.select().count() == 1
     cfg = config_mod.Config()
     assert usage.spent(cfg, "main", "day").tokens == 0 and usage.limits(cfg, usage.ALL) == []
+
+
+def test_older_database_gains_new_columns(tmp_path):
+    import sqlite3
+
+    from nanoclaw.core import models
+    path = tmp_path / "old.db"
+    models.open_db(path)
+    models.db.close()
+    con = sqlite3.connect(path)
+    con.execute("alter table outbox drop column error")
+    con.execute("pragma user_version = 0")  # as a database from before schema versions
+    con.execute("insert into outbox (key, chat, text, kind, status, attempts, next_attempt_at, created_at,"
+                " channel_id) values ('k', 'c', 't', 'reply', 'pending', 0, 0, 0, '')")
+    con.commit()
+    con.close()
+    from nanoclaw.core import migrations
+    migrations.migrate(path)
+    models.open_db(path)
+    row = models.Outbox.get(models.Outbox.key == "k")
+    assert row.error == "" and row.text == "t"
