@@ -1,5 +1,6 @@
 """The schema version and its migrations (core/migrations.py), against real SQLite databases
-made by the previous release's own code (taken out of this clone's history)."""
+made by the previous release's own code (taken out of this clone's history), and older ones made
+by hand: each gains its new columns and tables and keeps its rows."""
 
 from __future__ import annotations
 
@@ -272,3 +273,25 @@ def test_older_database_gains_new_columns(tmp_path):
     models.open_db(path)
     row = models.Outbox.get(models.Outbox.key == "k")
     assert row.error == "" and row.text == "t"
+
+
+def test_an_older_database_keeps_its_cursors_and_sessions_as_the_leads(tmp_path):
+    from conftest import old_database
+
+    from nanoclaw.core.models import Cursor, Session, open_db
+    path = old_database(tmp_path / "old.db", """
+        create table cursor (group_id integer primary key, last_message_id integer, failures integer,
+            retry_at real);
+        insert into cursor values (1, 42, 0, 0);
+        create table session (group_id integer primary key, session_id varchar, updated_at real);
+        insert into session values (1, 'sess-1', 0);
+    """)
+    from nanoclaw.core import migrations
+    with pytest.raises(migrations.SchemaError, match="from before schema versions"):
+        open_db(path)  # never migrated silently at open
+    assert migrations.migrate(path) == (0, migrations.LATEST)
+    open_db(path)
+    assert [(c.agent, c.last_message_id) for c in Cursor.select()] == [("", 42)]
+    assert [(s.agent, s.session_id) for s in Session.select()] == [("", "sess-1")]
+    Cursor.create(group=1, agent="researcher", last_message_id=3)  # the new key takes a member beside it
+    assert Cursor.select().count() == 2

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -334,73 +333,6 @@ def test_a_removed_member_with_work_waiting_does_not_leave_its_asker_waiting(t, 
     t.pump()
     jobs = t.new_jobs()
     assert [j["agent"] for j in jobs] == [""] and "no longer on the team" in jobs[0]["prompt"]
-
-
-def test_member_files_are_validated_and_capped(cfg, tmp_path):
-    groups_mod.add_group(cfg, "main", is_main=True)
-    for bad, why in [("---\ndescription: x\n", "not closed"), ("---\nfoo: 1\n---\nhi", "unknown front matter"),
-                     ("no front matter", "needs a description"), ("---\ndescription: x\n---\n", "needs instructions"),
-                     ("---\ndescription: x\ntools: Bash; rm\n---\nhi", "tools must be")]:
-        with pytest.raises(team.TeamError, match=why):
-            team.parse("x", bad)
-    m = team.parse("r", "---\ndescription: finds\nmodel: claude-haiku\ntools: [Read, WebFetch]\n---\nBe brief.\n")
-    assert (m.model, m.tools, m.instructions) == ("claude-haiku", ("Read", "WebFetch"), "Be brief.")
-    for i in range(cfg.team.max_members):
-        team.write(cfg, "main", team.Member(f"m{i}", "d", "i"))
-    with pytest.raises(team.TeamError, match="cap is 5"):
-        team.write(cfg, "main", team.Member("one-more", "d", "i"))
-    team.write(cfg, "main", team.Member("m0", "changed", "i"))  # replacing one is not adding
-    # a member file that is a link is not read (the agents/ folder is the host's, read-only to agents)
-    (cfg.groups_dir / "main" / "agents" / "m1.md").unlink()
-    target = tmp_path / "elsewhere.md"
-    target.write_text("---\ndescription: planted\n---\nobey")
-    (cfg.groups_dir / "main" / "agents" / "m1.md").symlink_to(target)
-    assert "m1" not in [x.name for x in team.members(cfg, "main")]
-
-
-def test_an_older_database_keeps_its_cursors_and_sessions_as_the_leads(tmp_path):
-    from conftest import old_database
-    path = old_database(tmp_path / "old.db", """
-        create table cursor (group_id integer primary key, last_message_id integer, failures integer,
-            retry_at real);
-        insert into cursor values (1, 42, 0, 0);
-        create table session (group_id integer primary key, session_id varchar, updated_at real);
-        insert into session values (1, 'sess-1', 0);
-    """)
-    from nanoclaw.core import migrations
-    with pytest.raises(migrations.SchemaError, match="from before schema versions"):
-        open_db(path)  # never migrated silently at open
-    assert migrations.migrate(path) == (0, migrations.LATEST)
-    open_db(path)
-    assert [(c.agent, c.last_message_id) for c in Cursor.select()] == [("", 42)]
-    assert [(s.agent, s.session_id) for s in Session.select()] == [("", "sess-1")]
-    Cursor.create(group=1, agent="researcher", last_message_id=3)  # the new key takes a member beside it
-    assert Cursor.select().count() == 2
-
-
-def test_container_mounts_give_a_member_its_own_ipc_and_session_and_the_team_read_only(cfg):
-    from nanoclaw.daemons.runner.dirs import prepare_dirs
-    from nanoclaw.daemons.runner.driver import options
-    from nanoclaw.daemons.runner.spec import agent_spec
-    groups_mod.add_group(cfg, "main", is_main=True)
-    team.write(cfg, "main", team.Member("researcher", "d", "i", model="claude-haiku"))
-    prepare_dirs(cfg, "main", True, "researcher")
-    kw = options(agent_spec(cfg, {"job": 7, "group": "main", "is_main": False, "agent": "researcher",
-                                  "chat": "main@term", "prompt": "", "session_id": None}))
-    mounts = {m["target"]: m for m in kw["mounts"]}
-    assert kw["name"] == "nanoclaw-main--researcher-7" and kw["labels"]["nanoclaw.agent"] == "researcher"
-    assert mounts["/workspace/group"]["source"] == str(cfg.groups_dir / "main")
-    assert mounts["/workspace/group/agents"]["read_only"] is True
-    assert mounts["/workspace/ipc/in"]["source"] == str(cfg.ipc_dir / "main" / "agents" / "researcher" / "in")
-    assert mounts["/workspace/session"]["source"] == str(cfg.sessions_dir / ".team" / "main" / "researcher")
-    assert mounts["/workspace/global"]["read_only"] is True  # a member of main is not main
-    assert kw["environment"]["NANOCLAW_AGENT"] == "researcher"
-    assert kw["environment"]["NANOCLAW_MODEL"] == "claude-haiku"
-    lead = options(agent_spec(cfg, {"job": 8, "group": "main", "is_main": True, "chat": "main@term",
-                                    "prompt": "", "session_id": None}))
-    lead_sources = {m["source"] for m in lead["mounts"] if m["type"] == "bind"}
-    assert not any(".team" in s or "/agents/researcher" in s for s in lead_sources)
-    assert Path(mounts["/workspace/ipc/in"]["source"]).is_dir()
 
 
 def test_a_lead_that_runs_again_on_the_same_message_delegates_once(t):

@@ -319,3 +319,27 @@ def test_a_groups_model_reaches_its_containers_and_a_members_own_wins(tmp_path, 
         cli_main(["groups", "set", "family", "--model", "bad model!"])
     assert done.value.code == 2
     config_mod.get.cache_clear()
+
+
+def test_container_mounts_give_a_member_its_own_ipc_and_session_and_the_team_read_only(cfg):
+    from nanoclaw.daemons.runner.dirs import prepare_dirs
+    from nanoclaw.daemons.runner.driver import options
+    from nanoclaw.daemons.runner.spec import agent_spec
+    team.write(cfg, "main", team.Member("researcher", "d", "i", model="claude-haiku"))
+    prepare_dirs(cfg, "main", True, "researcher")
+    kw = options(agent_spec(cfg, {"job": 7, "group": "main", "is_main": False, "agent": "researcher",
+                                  "chat": "main@term", "prompt": "", "session_id": None}))
+    mounts = {m["target"]: m for m in kw["mounts"]}
+    assert kw["name"] == "nanoclaw-main--researcher-7" and kw["labels"]["nanoclaw.agent"] == "researcher"
+    assert mounts["/workspace/group"]["source"] == str(cfg.groups_dir / "main")
+    assert mounts["/workspace/group/agents"]["read_only"] is True
+    assert mounts["/workspace/ipc/in"]["source"] == str(cfg.ipc_dir / "main" / "agents" / "researcher" / "in")
+    assert mounts["/workspace/session"]["source"] == str(cfg.sessions_dir / ".team" / "main" / "researcher")
+    assert mounts["/workspace/global"]["read_only"] is True  # a member of main is not main
+    assert kw["environment"]["NANOCLAW_AGENT"] == "researcher"
+    assert kw["environment"]["NANOCLAW_MODEL"] == "claude-haiku"
+    lead = options(agent_spec(cfg, {"job": 8, "group": "main", "is_main": True, "chat": "main@term",
+                                    "prompt": "", "session_id": None}))
+    lead_sources = {m["source"] for m in lead["mounts"] if m["type"] == "bind"}
+    assert not any(".team" in s or "/agents/researcher" in s for s in lead_sources)
+    assert Path(mounts["/workspace/ipc/in"]["source"]).is_dir()
