@@ -285,7 +285,7 @@ def test_the_credential_only_with_secrets_and_back_with_its_mode(stopped, tmp_pa
 
 def test_restore_of_an_older_schema_migrates_it(stopped, tmp_path, previous_release):
     """A backup of the previous release's database (schema 0) is restored and migrated."""
-    from core.test_migrations import old_code
+    from old_release import old_code
     s = stopped
     old_db = tmp_path / "old.db"
     old_code(previous_release, old_db, "fill")
@@ -350,7 +350,7 @@ def test_as_root_the_database_is_opened_only_as_the_states_owner(make_system, pr
     import tempfile
     if os.geteuid() != 0:
         pytest.skip("needs root, as `sudo nanoclaw restore` is")
-    from core.test_migrations import old_code
+    from old_release import old_code
     uid = gid = 65534  # nobody: any user not root
     base = Path(tempfile.mkdtemp(prefix="nc-owner-", dir="/var/tmp"))  # traversable by that user
     try:
