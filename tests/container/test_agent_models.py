@@ -1,7 +1,7 @@
 """Models per kind of work (issue 31) with the real agent: the real image (SDK and CLI)
 against the fake Messages API, which records the model every request named.
 
-The precedence itself is unit-tested in tests/test_model_choice.py; here each kind of run
+The precedence itself is unit-tested in tests/core/test_model_choice.py; here each kind of run
 shows it carries its model to the API, the usage rows and the owner's views show it, and a
 refused name is refused through the agent's own tool (and before a run starts)."""
 

@@ -1,7 +1,7 @@
 """The one way a refused write is handled (core/faults.py, Spool.put_until_written, the
 skeleton's put/spawn), on a real full filesystem: what counts as the disk refusing, that what
 it refused is kept in order and written once it can be, and that a background task's failure
-is never left unretrieved. The whole pipeline under the same faults: tests/test_faults.py."""
+is never left unretrieved. The whole pipeline under the same faults: tests/e2e/test_faults.py."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 every name (the configuration's, the owner's CLI, an agent's), what the CLI shows.
 
 The runs themselves (which model the real agent's API requests carry) are in
-tests/test_models_agent.py."""
+tests/container/test_agent_models.py."""
 
 from __future__ import annotations
 

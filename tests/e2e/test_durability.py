@@ -54,7 +54,7 @@ def test_runner_killed_mid_run_reattaches_to_the_container(system):
 def test_runner_stopped_as_systemd_stops_it_leaves_the_container_and_reattaches(system):
     """`systemctl restart nanoclaw-runner` (SIGTERM, no NANOCLAW_RUNNER_STOPS_AGENTS) must not cost an
     agent its turn: the container keeps running and the next runner re-attaches. (run-all's own
-    runner ends its agents instead: tests/test_run_all.py.)"""
+    runner ends its agents instead: tests/e2e/test_run_all.py.)"""
     w = system.watch("main")
     system.send("main", "sleep 3")
     system.wait_for(lambda: system.db().execute("select status from job").fetchone()

@@ -3,7 +3,8 @@
 plan() is a pure function of plain data: no database, no disk, no clock (``now`` is
 given). Each row is a state and the actions (and the next deadline) it must give; the
 daemon around it (reading the database, applying the actions) is tested through the
-real daemons elsewhere (test_pipeline, test_team, test_tasks, test_quiet, ...).
+real daemons elsewhere (tests/e2e/test_pipeline.py, test_team.py and test_queue.py here,
+tests/core/test_tasks.py, tests/daemons/runner/test_precheck.py, ...).
 """
 
 from __future__ import annotations

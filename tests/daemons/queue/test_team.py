@@ -5,7 +5,7 @@ the runner's part (starting a container, the agent's turns) is played by the
 test writing what a container would write into its own ``out/`` spool, so
 every rule here is the daemons' own: who may ask for what, when an asker runs
 on its answers, the caps. The real image runs a whole team in
-``test_team_agents.py``.
+``tests/container/test_agent_team.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Quiet by default: silent turns, scheduled tasks' pre-checks, bursts of messages as one turn.
 
 Through the real daemons, with the scripted agent in real Podman containers (the real
-agent image's side is in test_agent.py).
+agent image's side is in tests/container/test_agent.py).
 """
 
 from __future__ import annotations
