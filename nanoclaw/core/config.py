@@ -18,6 +18,8 @@ from pathlib import Path
 
 from nanoclaw.core.costs import DEFAULT_PRICES, ApiConfig, Budget, Price, UsageConfig
 from nanoclaw.core.egress import EgressPolicy
+from nanoclaw.core.voice_config import VoiceConfig
+from nanoclaw.core.voice_config import load as load_voice
 
 # A group's folder name (and a team member's): here, not in core/groups.py, so that reading the
 # configuration (which names groups in its tables) loads neither the database nor peewee; the
@@ -168,6 +170,7 @@ class Config:
     budget: Budget = field(default_factory=Budget)  # [budgets]: all groups together
     budget_groups: dict[str, Budget] = field(default_factory=dict)  # [budgets.groups.<folder>]
     backup: BackupConfig = field(default_factory=BackupConfig)
+    voice: VoiceConfig = field(default_factory=VoiceConfig)  # [voice]: voice_config.py
 
     # Derived locations: one state dir, one runtime dir.
     db_path = _under("state_dir", "nanoclaw.db")
@@ -356,6 +359,10 @@ def load(path: Path | None = None) -> Config:
     api = ApiConfig(**_coerce(ApiConfig, data.pop("api", {}), "api"))
     budget, budget_groups = _budgets(data.pop("budgets", {}))
     backup = BackupConfig(**_coerce(BackupConfig, data.pop("backup", {}), "backup"))
+    try:  # [voice]: read and checked in voice_config.py
+        voice = load_voice(data.pop("voice", {}))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if backup.keep < 1:
         raise ConfigError("[backup] keep must be at least 1 (nightly = false turns the nightly backup off)")
     settings = _coerce(Config, data, "config")
@@ -373,7 +380,8 @@ def load(path: Path | None = None) -> Config:
         detected = _coerce(ContainerConfig, table, f"{detected_path.name}: container")
     container = ContainerConfig(**{**detected, **owner_container})
     cfg = Config(container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, team=team,
-                 tasks=tasks, usage=usage, api=api, budget=budget, budget_groups=budget_groups, backup=backup, **settings)
+                 tasks=tasks, usage=usage, api=api, budget=budget, budget_groups=budget_groups, backup=backup, voice=voice,
+                 **settings)
     if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
         raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
     if cfg.approval_timeout <= 0:
