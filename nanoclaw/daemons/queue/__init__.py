@@ -13,13 +13,15 @@ SUMMARY
         team.py    a group's members, the answers owed between them
         tasks.py   a scheduled task's runs, settled in one place
         holds.py   a spent budget, a full disk: nothing starts, the chat is told once
+        voice.py   voice notes sent to be transcribed; their transcripts kept before their turn
         owner.py   the owner's requests: approve/deny in the main chat, expiry, where an
                    approved chat's agent starts
 
 READS
     New ``message`` rows (the channel nudges it); ``spool/queue``:
     ``turn_result`` (from ipc), ``job_event`` (from the runner),
-    ``task_fire`` (from a timer), ``budget_spent`` (from the proxy).
+    ``task_fire`` (from a timer), ``budget_spent`` (from the proxy), ``transcript``
+    (from the runner: a voice note's transcript, hostile text, see ``voice.py``).
 
     Budgets (``core.usage``) and the state directory's free space: while either
     holds a group, its messages (and due task runs) wait, see ``holds.py``. An
@@ -63,6 +65,7 @@ from nanoclaw.daemons.queue.state import Reader
 from nanoclaw.daemons.queue.tasks import Tasks
 from nanoclaw.daemons.queue.team import Team
 from nanoclaw.daemons.queue.turns import Turns
+from nanoclaw.daemons.queue.voice import Voice
 
 
 class QueueDaemon(Daemon):
@@ -79,6 +82,7 @@ class QueueDaemon(Daemon):
         self.bursts: dict[AgentKey, Burst] = {}
         self.turns, self.tasks, self.team = Turns(self), Tasks(self), Team(self)
         self.holds, self.owner, self.reader = Holds(self), Owner(self), Reader(self)
+        self.voice = Voice(self)
         self._pending = self.inbox.leftovers()
         if self._pending:
             self.log.info("re-processing %d event(s) left in cur/", len(self._pending))
@@ -100,6 +104,9 @@ class QueueDaemon(Daemon):
                     self.tasks.on_fire(env)
                 elif env.type == "budget_spent":
                     self.holds.on_budget_spent(env)
+                elif env.type == "transcript":
+                    if not self.voice.on_transcript(env):
+                        continue  # refused, in bad/
                 else:
                     self.inbox.reject(env.path, f"type {env.type!r} is not for the queue")
                     continue
@@ -125,6 +132,8 @@ class QueueDaemon(Daemon):
         Returns the seconds until the next thing is due."""
         now = time.time()
         self.turns.settle_stale(now)
+        self.voice.ask_new(now)  # before the plan, which holds a voice note's turn for its transcript
+        self.voice.expire(now)
         state = self.reader.read(now)
         decided = plan_mod.plan(state, now)
         self.bursts = decided.bursts
@@ -166,6 +175,7 @@ class QueueDaemon(Daemon):
         return (f"{Group.select().count()} groups, {running} running, {queued} queued"
                 + (f", {failing} failing" if failing else "")
                 + (f", {len(self.bursts)} chat(s) waiting for a burst to end" if self.bursts else "")
+                + (f", {self.voice.waiting()} voice note(s) waiting for their transcript" if self.voice.waiting() else "")
                 + (f"; no agent starts, {faults.MARK}: {self.holds.disk_why}" if self.holds.disk_why else ""))
 
 
