@@ -105,6 +105,14 @@ SCHEMAS: dict[str, Schema] = {
     "task_fire": {"task": (int,), "fired_at": (float,), "due_at": (float, type(None), _OPT),
                   # the firing process's start, and Python's (the timer's and systemd's shares of lateness)
                   "started_at": (float, _OPT), "python_at": (float, _OPT)},
+    # -- voice notes (issue 27: queue/voice.py, runner/transcribe.py) --
+    # queue -> runner: transcribe a voice note (its file in the group's inbox) in a container
+    "transcribe": {"message": (int,), "group": (str,), "file": (str,), "deadline": (int, float)},
+    # runner -> queue: its transcript (hostile text) or why there is none
+    "transcript": {"message": (int,), "group": (str,), "ok": (bool,), "text": (str, _OPT), "cut": (bool, _OPT),
+                   "language": (str, _OPT), "duration": (int, float, type(None), _OPT), "engine": (str, _OPT),
+                   "model": (str, _OPT), "took": (int, float, _OPT), "error": (str, _OPT)},
+    # -- end of voice notes --
     # anyone -> router: text for a chat; ``key`` makes it idempotent. ``sender`` is the name
     # it goes out under (default: the assistant's); ``reply_to`` the message row it answers.
     "outbound": {"key": (str,), "chat": (str,), "text": (str,), "kind": (str,), "sender": (str, _OPT),
