@@ -8,7 +8,7 @@ import json
 import os
 import time
 
-from conftest import _podman
+from conftest import DAEMONS, _podman
 from voice_notes import make_note, transcribe_image  # noqa: F401  (a fixture)
 
 LISBON = "What is the weather like in Lisbon today?"
@@ -168,3 +168,23 @@ def test_the_transcription_container_has_no_network_and_writes_nothing(podman_se
         except SpecError:
             continue
         raise AssertionError(f"validate let through {bad}")
+
+
+def test_status_shows_a_note_waiting_and_doctor_checks_the_engine(make_system, agent_image, podman_service,
+                                                                   transcribe_image, tmp_path):
+    s = voice_system(make_system, agent_image, podman_service, transcribe_image)
+    s.start(*[d for d in DAEMONS if d != "runner"])  # nothing transcribes yet
+    send_file(s, "main", make_note(tmp_path / "lisbon.ogg", LISBON))
+    s.wait_for(lambda: "voice:    1 transcription(s) waiting" in s.cli("status", check=False).stdout, 30,
+               what="status naming the waiting transcription")
+    with s.db() as con:
+        assert con.execute("select count(*) from job").fetchone()[0] == 0  # the turn waits for it
+    w = s.watch("main")
+    s.start("runner")
+    assert "<transcript " in w.reply(120)
+    w.close()
+    assert "voice:    0 transcription(s) waiting" in s.cli("status", check=False).stdout
+    doctor = s.cli("doctor", check=False).stdout
+    assert f"voice engine: transcription image {transcribe_image}" in doctor
+    line = next(x for x in doctor.splitlines() if "voice engine" in x)
+    assert "missing" not in line, line

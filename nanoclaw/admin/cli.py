@@ -732,6 +732,9 @@ def cmd_image(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     try:
         image.build(cfg, tag=args.tag, wheels=Path(args.wheels) if args.wheels else None,
                     progress=lambda line: print(f"image: {line}", flush=True), force=args.force)
+        if cfg.voice.enabled:  # voice notes: the transcription image (admin/voice_image.py)
+            from nanoclaw.admin import voice_image
+            voice_image.build(cfg, progress=lambda line: print(f"image: {line}", flush=True), force=args.force)
     except image.ImageError as exc:
         print(f"nanoclaw: image build failed: {exc}", file=sys.stderr)
         return 1
