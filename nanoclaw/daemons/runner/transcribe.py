@@ -62,10 +62,11 @@ def note_dir(cfg: Config, message: int):
 
 
 def model_label(cfg: Config) -> str:
+    from nanoclaw.admin.image import ImageError
     from nanoclaw.admin.voice_image import model_name  # the name the image was built under
     try:
         return model_name(cfg)
-    except Exception:
+    except ImageError:  # the model directory went away since the build
         return cfg.voice.model_name or "unknown"
 
 
