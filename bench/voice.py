@@ -92,19 +92,16 @@ def main() -> int:
         subprocess.run(["podman", "run", "--rm", *opts, "--network", "none", tag, "true"], check=True)
         starts.append(time.perf_counter() - t)
 
-    s = System(work / "sys", {"timezone": "UTC", "scheduler": "crontab", "crontab_file": str(work / "crontab"),
-                              "container": {"image": agent, "runtime": found.runtime, "ulimits": list(found.ulimits),
-                                            "idle_timeout": 0.5, "timeout": 120.0},
-                              "voice": {"image": tag}})
-    # the Podman API for the runner
-    sock = work / "podman.sock"
+    sock = work / "podman.sock"  # the Podman API for the runner
     service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
                                stderr=subprocess.DEVNULL)
+    while not sock.exists():
+        time.sleep(0.05)
+    s = System(work / "sys", {"timezone": "UTC", "scheduler": "crontab", "crontab_file": str(work / "crontab"),
+                              "container": {"image": agent, "runtime": found.runtime, "ulimits": list(found.ulimits),
+                                            "idle_timeout": 0.5, "timeout": 120.0, "podman_url": f"unix://{sock}"},
+                              "voice": {"image": tag}})
     try:
-        while not sock.exists():
-            time.sleep(0.05)
-        s.config_path.write_text(s.config_path.read_text().replace("[container]",
-                                                                   f'[container]\npodman_url = "unix://{sock}"'))
         s.cli("groups", "add", "main", "--main")
         s.start()
         timings: dict[str, list[float]] = {"typed": [], "short": [], "long": []}
@@ -136,13 +133,13 @@ def main() -> int:
     print(f"  an empty container's start       {statistics.median(starts):6.2f} s (median of 3)")
     print("through the pipeline (sent -> reply, each turn a new agent container):")
     print(f"  typed message                    {med['typed']:6.2f} s")
-    for name, path in (("short", short), ("long", long_)):
-        secs = float(re.search(r"run (\S+)", out[out.index("run"):]) [1]) if name == "short" else runs[-1][0]
+    for name, secs in (("short", runs[0][0]), ("long", runs[-1][0])):
         print(f"  voice note, {secs:5.1f} s                {med[name]:6.2f} s   added before the turn: "
               f"{med[name] - med['typed']:5.2f} s")
-    if took:
-        print(f"  the transcription containers took {', '.join(f'{t:.2f}' for t in took)} s "
-              "(copy, start, model load, transcription)")
+    for label, secs, each in (("short", runs[0][0], took[0::2]), ("long", runs[-1][0], took[1::2])):
+        if each:  # the runner's own timing of a note: copy, container start, model load, transcription
+            t = statistics.median(each)
+            print(f"  its container, {label:5} note          {t:6.2f} s   = {secs / t:5.1f} s of audio per second")
     return 0
 
 

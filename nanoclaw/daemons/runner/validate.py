@@ -61,6 +61,9 @@ CREDENTIAL_ENV = frozenset({"ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+_ROLE_WORDS = {AGENT: "agent", PRECHECK: "pre-check", TRANSCRIBE: "transcription"}
+
+
 class SpecError(ValueError):
     """A container's spec that must not be made; the text says which part and why."""
 
@@ -78,7 +81,7 @@ def validate(spec: Spec, cfg: Config, allow: mounts_mod.Allowlist | None = None)
             raise SpecError(f"two mounts at {m.target}")
         targets[m.target] = _classify(spec, m, cfg, allow)
         if spec.role in (PRECHECK, TRANSCRIBE) and m.source and not m.read_only:
-            raise SpecError(f"{m.source} at {m.target} is writable; nothing is, in a {spec.role}")
+            raise SpecError(f"{m.source} at {m.target} is writable; nothing is, in a {_ROLE_WORDS[spec.role]}")
     return targets
 
 
@@ -97,7 +100,7 @@ def _check_process(spec: Spec) -> None:
         if key.upper() in CREDENTIAL_ENV:
             raise SpecError(f"environment variable {key} is a credential's: only the proxy holds it")
     if spec.role in (PRECHECK, TRANSCRIBE) and spec.network != "none":
-        raise SpecError(f"network {spec.network!r}: a {spec.role} has none")
+        raise SpecError(f"network {spec.network!r}: a {_ROLE_WORDS[spec.role]} has none")
 
 
 def _classify(spec: Spec, m: Mount, cfg: Config, allow: mounts_mod.Allowlist | None) -> str:
