@@ -76,11 +76,14 @@ def main() -> int:
         voice_image.build(cfg, tag=tag, wheels=WHEELS.parent / "wheels-voice", workdir=WHEELS.parent)
     agent = build_test_agent_image()
     work = Path(tempfile.mkdtemp(prefix="nc-bench-voice-"))
+    work.chmod(0o755)  # the image's user (1000) reads the notes and the floor's script
     short = note(work / "short.ogg", SHORT)
     long_ = note(work / "long.ogg", SHORT, repeat=10)
 
     # the floor: the engine in one warm process, and an empty container's start
     (work / "floor.py").write_text(FLOOR)
+    for f in work.iterdir():
+        f.chmod(0o644)
     out = subprocess.run(["podman", "run", "--rm", *opts, "--network", "none", "--read-only", "--tmpfs", "/tmp",
                           "-v", f"{work}:/w:ro", tag, "python", "/w/floor.py", "/w/short.ogg", "/w/long.ogg"],
                          check=True, capture_output=True, text=True).stdout
