@@ -84,6 +84,10 @@ PRECHECK_HELP = ("optional: a shell command run before each run, without you (no
                  "inbox/new.txt'.")
 
 
+MODEL_HELP = ("optional: the exact model id its runs use (e.g. a small one for a simple daily digest), "
+              "one the owner allows; left out: the owner's choice for scheduled tasks")
+
+
 @tool("schedule_task", "Schedule a recurring or one-time task that runs a prompt later as this group's agent.",
       {"type": "object", "properties": {
           "prompt": {"type": "string", "description": "what to do when the task runs"},
@@ -94,13 +98,16 @@ PRECHECK_HELP = ("optional: a shell command run before each run, without you (no
           "context_mode": {"type": "string", "enum": ["group", "isolated"],
                            "description": "group: continue this group's session; isolated: fresh session"},
           "target_group": {"type": "string", "description": "main group only: schedule for another group"},
-          "precheck": {"type": "string", "description": PRECHECK_HELP}},
+          "precheck": {"type": "string", "description": PRECHECK_HELP},
+          "model": {"type": "string", "description": MODEL_HELP}},
        "required": ["prompt", "schedule_type", "schedule_value"]})
 async def schedule_task(ctx: Context, args: dict) -> dict:
-    _request(ctx, "task_request", {"action": "schedule", "task": {
-        "prompt": args["prompt"], "schedule_type": args["schedule_type"],
-        "schedule_value": args["schedule_value"], "context_mode": args.get("context_mode") or "group",
-        "target_group": args.get("target_group") or "", "precheck": args.get("precheck") or ""}})
+    task = {"prompt": args["prompt"], "schedule_type": args["schedule_type"],
+            "schedule_value": args["schedule_value"], "context_mode": args.get("context_mode") or "group",
+            "target_group": args.get("target_group") or "", "precheck": args.get("precheck") or ""}
+    if "model" in args:  # the host checks it (an exact name, one the owner allows)
+        task["model"] = args["model"]
+    _request(ctx, "task_request", {"action": "schedule", "task": task})
     return _ok("Task request handed to the host; it validates the schedule and confirms in the chat.")
 
 
@@ -123,19 +130,23 @@ def _task_action(action: str) -> Tool:
     return handler
 
 
-@tool("update_task", "Change a scheduled task's prompt, its schedule (give both type and value) and/or its "
-      "pre-check.",
+@tool("update_task", "Change a scheduled task's prompt, its schedule (give both type and value), its "
+      "pre-check and/or its model.",
       {"type": "object", "properties": {
           "task_id": {"type": "integer"},
           "prompt": {"type": "string", "description": "the new prompt (leave out to keep it)"},
           "schedule_type": {"type": "string", "enum": ["cron", "interval", "once"]},
           "schedule_value": {"type": "string", "description": "as for schedule_task"},
-          "precheck": {"type": "string", "description": "a new pre-check (see schedule_task); \"\" removes it"}},
+          "precheck": {"type": "string", "description": "a new pre-check (see schedule_task); \"\" removes it"},
+          "model": {"type": "string", "description": "a new model (see schedule_task); \"default\" goes back "
+                                                     "to the owner's choice"}},
        "required": ["task_id"]})
 async def update_task(ctx: Context, args: dict) -> dict:
     change = {k: args[k] for k in ("prompt", "schedule_type", "schedule_value") if args.get(k)}
     if isinstance(args.get("precheck"), str):
         change["precheck"] = args["precheck"]
+    if "model" in args:
+        change["model"] = args["model"]
     _request(ctx, "task_request", {"action": "update", "task": {"id": int(args["task_id"]), **change}})
     return _ok(f"Request to change task {args['task_id']} handed to the host; it confirms in the chat.")
 

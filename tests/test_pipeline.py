@@ -1,4 +1,4 @@
-"""End to end through the five daemons, with the agent in real Podman containers."""
+"""End to end through every daemon (nanoclaw/registry.py), with the agent in real Podman containers."""
 
 from __future__ import annotations
 

@@ -63,8 +63,8 @@ def group(id: int = 1, pending: list | None = None, *, main: bool = False, requi
 
 
 def job(id: int, group: int = 1, agent: str = "", status: str = "running", *, idle: bool = False,
-        closing: bool = False) -> LiveJob:
-    return LiveJob(id, group, agent, status, closing, idle)
+        closing: bool = False, task: bool = False) -> LiveJob:
+    return LiveJob(id, group, agent, status, closing, idle, task)
 
 
 def state(*groups: GroupState, jobs: tuple[LiveJob, ...] = (), disk_low: bool = False, bursts: dict | None = None,
@@ -180,6 +180,8 @@ ROWS = [
      state(group(pending=[msg(5)]), jobs=(job(11, status="queued"),)), [], None),
     ("a closing container: they wait for the next one",
      state(group(pending=[msg(5)]), jobs=(job(11, closing=True),)), [], None),
+    ("a scheduled run's container: they wait for its end (it may run on the task's own model)",
+     state(group(pending=[msg(5)]), jobs=(job(11, task=True),)), [], None),
 
     # -- bursts ------------------------------------------------------------------------------------
     ("with burst_window a first message waits one window",

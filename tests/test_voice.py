@@ -9,7 +9,7 @@ import os
 import time
 
 from conftest import DAEMONS, _podman
-from voice_notes import make_note, transcribe_image  # noqa: F401  (a fixture)
+from voice_notes import make_note
 
 LISBON = "What is the weather like in Lisbon today?"
 TOKYO = "Andy, what time is it in Tokyo?"  # with the runner's initial prompt: " Andy, what time is it in Tokyo?"

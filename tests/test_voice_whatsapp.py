@@ -17,7 +17,7 @@ from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage
 
 from conftest import DAEMONS, SECRET
 from fake_anthropic import content_text, last_user_content
-from voice_notes import make_note, transcribe_image  # noqa: F401  (a fixture)
+from voice_notes import make_note
 from whatsapp_harness import OWNER, RecordingClient, jid, message_ev, neonize_dispatch, wait_until
 from whatsapp_offline import link_session
 

@@ -4,7 +4,7 @@ scripted in its own process, and neonize's real client offline."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import msgspec
 import os
 import signal
 import sys
@@ -119,7 +119,7 @@ def test_a_pairing_process_that_hangs_is_killed_and_pairing_can_start_again(harn
         gone = not alive(pid)
         pair_script(monkeypatch, {"qr": "2@y"}, {"pair": True})
         # The second child must only start and link: give it time on a loaded machine.
-        h.wa.conn.wcfg = dataclasses.replace(h.wa.conn.wcfg, pair_timeout=30.0)
+        h.wa.conn.wcfg = msgspec.structs.replace(h.wa.conn.wcfg, pair_timeout=30.0)
         again = await asyncio.wait_for(h.daemon.handle({"op": "pair"}, FakeWriter()), 30)
         await h.close()
         return reply, took, gone, again
@@ -207,17 +207,17 @@ def test_after_a_logout_pair_links_again_and_the_channel_reconnects(harness, mon
 def test_cli_pair_and_discover_through_the_channel_socket(harness, monkeypatch, capsys):
     import argparse
 
-    from nanoclaw.admin import cli
+    from nanoclaw.admin.commands import whatsapp
     pair_script(monkeypatch, {"qr": "2@Zm9vYmFy,qr,code"}, {"pair": True})
 
     async def go():
         h = await harness(paired=False).start(connected=False)
         server = await asyncio.start_unix_server(h.daemon._serve_client, path=str(h.cfg.socket("channel")))
-        paired_rc = await asyncio.wait_for(asyncio.to_thread(cli.cmd_pair, h.cfg, argparse.Namespace(phone=None)), 30)
+        paired_rc = await asyncio.wait_for(asyncio.to_thread(whatsapp.cmd_pair, h.cfg, argparse.Namespace(phone=None)), 30)
         await wait_until(lambda: ("connect",) in h.client.calls)
         await h.fire(ConnectedEv(status=True))
         h.client.groups = [group_info(FAMILY, "Family", 4), group_info("120363000000000002", "Book club", 9)]
-        discover_rc = await asyncio.to_thread(cli.cmd_discover, h.cfg)
+        discover_rc = await asyncio.to_thread(whatsapp.cmd_discover, h.cfg)
         server.close()
         await h.close()
         return paired_rc, discover_rc

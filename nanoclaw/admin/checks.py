@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from nanoclaw import DAEMONS
+from nanoclaw import registry
 from nanoclaw.admin.doctor import (
     SERVICE_USER,
     check_runtime,
@@ -210,7 +210,7 @@ class Doctor:
         elif systemd_is_pid1():
             self.note("systemd units", "not installed: the daemons run under nanoclaw run-all "
                       "(install.sh installs the units)")
-        replies = {name: ask_status(cfg, name) for name in DAEMONS}
+        replies = {name: ask_status(cfg, name) for name in registry.NAMES}
         if all(reply is None for reply, _ in replies.values()):
             self.check("daemons answer", False, "none does: " + ("their units are not running" if self.units
                                                                   else "nanoclaw run-all is not running"),

@@ -72,6 +72,13 @@ class AgentSockets:
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self.runners
 
+    def ensured(self, req: dict) -> dict:
+        """The answer to the runner's ``ensure`` (asked before it starts a container, so a
+        just-registered group's socket exists by the time its agent first calls out), once
+        the daemon's pass has synced the sockets."""
+        key = (req.get("group"), req.get("agent") or "")
+        return {"ok": key in self, "group": key[0], "agent": key[1]}
+
     async def sync(self) -> None:
         wanted = self.agents.wanted()
         for key in wanted - set(self.runners):

@@ -156,10 +156,27 @@ def _v2_gates(con: sqlite3.Connection) -> None:
                 'PRIMARY KEY ("group", "agent", "day"))')
 
 
+def _v3_models_per_kind(con: sqlite3.Connection) -> None:
+    """models per kind of work: a task's own model, and the model each job and task run used"""
+    for table in ("task", "taskrun", "job"):
+        _add_column(con, table, "model", "VARCHAR(255) NOT NULL DEFAULT ''")
+
+
+def _v4_stop_and_raises_for_today(con: sqlite3.Connection) -> None:
+    """the owner's stop of a turn, and budget raises for today only"""
+    # Idempotent as step 2 is: a test's (or a hand-made) unversioned database may have them already.
+    _add_column(con, "turn", "stopped_at", "REAL")
+    con.execute('CREATE TABLE IF NOT EXISTS "budgetraise" ("scope" VARCHAR(255) NOT NULL, "period" VARCHAR(255) NOT NULL, '
+                '"unit" VARCHAR(255) NOT NULL, "limit" REAL NOT NULL, "until" REAL NOT NULL, '
+                '"set_by" VARCHAR(255) NOT NULL, "set_at" REAL NOT NULL, PRIMARY KEY ("scope", "period", "unit"))')
+
+
 # The steps, in order: STEPS[n - 1] makes version n. Append only (see the top of this file).
 STEPS: tuple[Step, ...] = (
     _v1_release_c7472f1,
     _v2_gates,
+    _v3_models_per_kind,
+    _v4_stop_and_raises_for_today,
 )
 LATEST = len(STEPS)
 

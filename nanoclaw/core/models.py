@@ -161,6 +161,8 @@ class Job(Base):
     error = TextField(default="")
     closing = BooleanField(default=False)  # asked to close to free its slot
     task_run = IntegerField(null=True)  # set when the job runs a scheduled task
+    # The model its container was given ("" = the CLI's default), as core/model_choice.py chose
+    model = CharField(default="", constraints=[SQL("DEFAULT ''")])
 
 
 class Turn(Base):
@@ -173,6 +175,7 @@ class Turn(Base):
     status = CharField(default="sent")  # sent, done
     sent_at = FloatField(default=now)
     done_at = FloatField(null=True)
+    stopped_at = FloatField(null=True)  # the owner stopped it (core/stop.py): it ends without an answer
 
     class Meta:
         indexes = ((("job", "seq"), True),)
@@ -218,6 +221,8 @@ class Task(Base):
     # A shell command run before each run in a confined container (no agent, no network): the
     # run goes on only if it exits 0 and prints something, which the agent is then shown.
     precheck = TextField(default="", constraints=[SQL("DEFAULT ''")])
+    # Its own model ("" = none: the group's, then [models] tasks, then [models] default)
+    model = CharField(default="", constraints=[SQL("DEFAULT ''")])
 
 
 class TaskRun(Base):
@@ -236,6 +241,7 @@ class TaskRun(Base):
     retry_at = FloatField(default=0.0)
     result = TextField(default="")
     error = TextField(default="")
+    model = CharField(default="", constraints=[SQL("DEFAULT ''")])  # the model its agent ran on
 
 
 class Request(Base):
@@ -324,6 +330,23 @@ class BudgetLimit(Base):
         primary_key = CompositeKey("scope", "period", "unit")
 
 
+class BudgetRaise(Base):
+    """The owner's raise of a budget for today only (``nanoclaw budget raise ... --today``):
+    ``limit`` is in force, over any override or configuration, until ``until`` (the owner's
+    next midnight), then lapses by itself; the row is history after that."""
+
+    scope = CharField()
+    period = CharField()  # day, month
+    unit = CharField()  # usd, tokens
+    limit = FloatField()
+    until = FloatField()
+    set_by = CharField(default="cli")
+    set_at = FloatField(default=now)
+
+    class Meta:
+        primary_key = CompositeKey("scope", "period", "unit")
+
+
 class EgressBytes(Base):
     """The web bytes (in and out together) each agent moved through egress on one of the
     owner's days: the group's daily cap is counted from these, so neither a new container nor
@@ -339,7 +362,7 @@ class EgressBytes(Base):
 
 
 MODELS = [Group, Mount, Message, Cursor, Session, Job, Turn, Outbox, Task, TaskRun, Request, AllowedSender,
-          Usage, BudgetLimit, EgressBytes]
+          Usage, BudgetLimit, BudgetRaise, EgressBytes]
 
 
 def open_db(path: Path) -> SqliteDatabase:

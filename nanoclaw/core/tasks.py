@@ -12,6 +12,7 @@ import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from nanoclaw.core import model_choice
 from nanoclaw.core.config import Config
 from nanoclaw.core.models import Group, Task, TaskRun, db
 from nanoclaw.core.protocol import Spool, nudge, write_atomic
@@ -45,6 +46,17 @@ def check_precheck(command: str) -> str:
     return command
 
 
+def check_model(cfg: Config, model: object) -> str:
+    """A task's own model as stored ("" for none; "default" says the same); raise TaskError
+    (one line) for anything else than an exact model name allowed by ``[usage]``."""
+    if isinstance(model, str) and model in model_choice.DEFAULT_WORDS:
+        return ""
+    try:
+        return model_choice.check(cfg, model, "the task's model")
+    except model_choice.ModelError as exc:
+        raise TaskError(str(exc)) from None
+
+
 def check_limits(cfg: Config, group: Group, sched: Schedule | None, *, adding: bool) -> None:
     """Refuse (TaskError) what goes beyond ``[tasks]``: a task more than ``max_per_group`` for
     ``group`` (``adding``), or one that would run more often than ``min_interval``."""
@@ -73,12 +85,14 @@ def compute_next(task: Task, after: float | None = None) -> float | None:
 
 def create(cfg: Config, owner: Group, prompt: str, kind: str, value: str, *, context_mode: str = "group",
            target: Group | None = None, tz: str | None = None, created_by: str = "cli",
-           precheck: str = "", over_limits: bool = False) -> Task:
+           precheck: str = "", over_limits: bool = False, model: object = "") -> Task:
     """Validate and store a new task; raise TaskError or ScheduleError with the reason.
 
     ``precheck``: a shell command run before each run (see :func:`check_precheck`).
-    ``over_limits``: the owner's CLI going beyond ``[tasks]`` (never an agent's request)."""
+    ``over_limits``: the owner's CLI going beyond ``[tasks]`` (never an agent's request).
+    ``model``: the task's own model (see :func:`check_model`)."""
     precheck = check_precheck(precheck)
+    model = check_model(cfg, model)
     if not prompt.strip():
         raise TaskError("the task has no prompt")
     if context_mode not in ("group", "isolated"):
@@ -94,7 +108,7 @@ def create(cfg: Config, owner: Group, prompt: str, kind: str, value: str, *, con
         return Task.create(group=target, chat=target.jid, prompt=prompt, schedule_type=sched.kind,
                            schedule_value=sched.value, timezone=sched.tz, context_mode=context_mode,
                            created_by=created_by, next_run=nxt.timestamp() if nxt else None,
-                           precheck=precheck)
+                           precheck=precheck, model=model)
 
 
 def find(task_id: int, requester: Group | None) -> Task:
@@ -120,25 +134,31 @@ def change(task: Task, action: str) -> Task:
 
 
 def update(cfg: Config, task: Task, *, prompt: str | None = None, kind: str | None = None,
-           value: str | None = None, precheck: str | None = None, over_limits: bool = False) -> Task:
-    """Change a task's prompt, schedule and/or pre-check ("" removes it), validated as when it
+           value: str | None = None, precheck: str | None = None, over_limits: bool = False,
+           model: object = None) -> Task:
+    """Change a task's prompt, schedule, pre-check ("" removes it) and/or its own model ("" or
+    "default" removes it), validated as when it
     was made (within ``[tasks]`` unless ``over_limits``: the owner's CLI); raise TaskError or
     ScheduleError with the reason, before anything changes."""
     if precheck is not None:
         precheck = check_precheck(precheck)
+    if model is not None:
+        model = check_model(cfg, model)
     if task.status not in ("active", "paused"):
         raise TaskError(f"task {task.id} is {task.status}; it cannot be changed")
     if prompt is not None and not prompt.strip():
         raise TaskError("the task's prompt must not be empty")
     if (kind is None) != (value is None):
         raise TaskError("a new schedule needs both its type and its value")
-    if prompt is None and kind is None and precheck is None:
-        raise TaskError("nothing to change: give a prompt, a schedule or a pre-check")
+    if prompt is None and kind is None and precheck is None and model is None:
+        raise TaskError("nothing to change: give a prompt, a schedule, a pre-check or a model")
     with db.atomic("IMMEDIATE"):
         if prompt is not None:
             task.prompt = prompt
         if precheck is not None:
             task.precheck = precheck
+        if model is not None:
+            task.model = model
         if kind is not None:
             sched = validate(kind, value or "", task.timezone)  # refuses what can never fire
             if not over_limits:
@@ -157,7 +177,19 @@ def describe(task: Task) -> str:
         when = f"invalid schedule: {exc}"
     check = task.precheck if len(task.precheck) <= 60 else task.precheck[:57] + "..."
     return f"task {task.id} for {task.group.folder}: {when}" + (f"; runs only if {check!r} prints something"
-                                                                 if check else "")
+                                                                 if check else "") \
+        + (f"; on {task.model}" if task.model else "")
+
+
+def model_cell(cfg: Config, task: Task) -> str:
+    """``tasks list``: the model the task's next run uses, and the one its last run used."""
+    choice = model_choice.for_job(cfg, task.group.folder, task_model=task.model)
+    cell = f"model {choice.model or 'the CLI default'} ({choice.source})"
+    if choice.refused:
+        cell += " REFUSED: not in [usage] allowed_models"
+    last = task.runs.where(TaskRun.started_at.is_null(False), TaskRun.status != "skipped") \
+        .order_by(TaskRun.id.desc()).first()
+    return cell + (f", last run on {last.model or 'the CLI default'}" if last is not None else "")
 
 
 def fire(cfg: Config, task_id: int, *, if_due: bool = False, now: float | None = None) -> bool:
@@ -196,7 +228,7 @@ def snapshot(cfg: Config) -> None:
         visible = [t for t in tasks if group.is_main or t.group_id == group.id]
         rows = [{"id": t.id, "group": t.group.folder, "prompt": t.prompt[:200], "schedule": t.schedule_type,
                  "value": t.schedule_value, "timezone": t.timezone, "status": t.status,
-                 "context_mode": t.context_mode, "precheck": t.precheck,
+                 "context_mode": t.context_mode, "precheck": t.precheck, "model": t.model,
                  "next_run": datetime.fromtimestamp(t.next_run, ZoneInfo(t.timezone)).isoformat()
                  if t.next_run else None} for t in visible]
         path = cfg.ipc_dir / group.folder / "in" / "tasks.json"

@@ -31,7 +31,7 @@ from peewee import Case, fn
 
 from nanoclaw.core.config import Config
 from nanoclaw.core.costs import Price
-from nanoclaw.core.models import BudgetLimit, Usage, db
+from nanoclaw.core.models import BudgetLimit, BudgetRaise, Usage, db
 
 PERIODS = ("day", "month")
 UNITS = ("usd", "tokens")
@@ -165,9 +165,10 @@ class Limit:
     source: str  # config, or who set the override
 
 
-def limits(cfg: Config, scope: str, *more: str) -> list[Limit]:
-    """The budgets in force of a scope (and of ``more`` scopes, in that order; one query for
-    all: the proxy asks before every call). Overrides win over configuration; 0 (none) is
+def limits(cfg: Config, scope: str, *more: str, at: float | None = None) -> list[Limit]:
+    """The budgets in force at ``at`` (now) of a scope (and of ``more`` scopes, in that order;
+    one query for all: the proxy asks before every call). Overrides win over configuration,
+    and a raise for today only (:func:`raise_today`) over both until it lapses; 0 (none) is
     left out."""
     scopes = (scope, *more)
     out: dict[tuple[str, str, str], Limit] = {}
@@ -182,6 +183,13 @@ def limits(cfg: Config, scope: str, *more: str) -> list[Limit]:
     for name, period, unit, value, by in rows:
         if (name, period, unit) in out:
             out[(name, period, unit)] = Limit(name, period, unit, value, by)
+    when = datetime.now().timestamp() if at is None else at
+    raised = BudgetRaise.select(BudgetRaise.scope, BudgetRaise.period, BudgetRaise.unit, BudgetRaise.limit,
+                                BudgetRaise.set_by).where(BudgetRaise.scope.in_(scopes), BudgetRaise.until > when)
+    for name, period, unit, value, by in raised.tuples():
+        below = out.get((name, period, unit))
+        if below is not None and 0 < below.limit < value:  # a raise never lowers, nor limits what had none
+            out[(name, period, unit)] = Limit(name, period, unit, value, f"{by}, today only")
     return [lim for lim in out.values() if lim.limit > 0]
 
 
@@ -218,7 +226,7 @@ def exceeded(cfg: Config, folder: str, at: float | None = None,
     """The first budget of the group (or of all groups) that is used up, or None. ``spent_of``
     (scope, period, at) replaces the database's sums (the API relay's running totals);
     ``in_force``, the group's limits already read."""
-    for lim in limits(cfg, folder, ALL) if in_force is None else in_force:
+    for lim in limits(cfg, folder, ALL, at=at) if in_force is None else in_force:
         used = (spent_of or (lambda *a: spent(cfg, *a)))(lim.scope, lim.period, at)
         value = used.usd if lim.unit == "usd" else used.tokens
         if value >= lim.limit:
@@ -261,6 +269,28 @@ def set_limit(cfg: Config, scope: str, period: str, unit: str, limit: float | No
     return Limit(scope, period, unit, limit, by)
 
 
+def raise_today(cfg: Config, scope: str, period: str, unit: str, add: float, *, by: str = "cli",
+                at: float | None = None) -> tuple[Limit, datetime]:
+    """Raise a budget in force by ``add`` for today only: the raise lapses at the owner's next
+    midnight (whatever the period), and the budget is then what it was. Returns the limit now
+    in force and when the raise lapses."""
+    if period not in PERIODS:
+        raise BudgetError(f"period must be day or month, not {period!r}")
+    if unit not in UNITS:
+        raise BudgetError(f"unit must be usd or tokens, not {unit!r}")
+    when = datetime.now().timestamp() if at is None else at
+    until = resets_at(cfg, "day", when)
+    with db.atomic("IMMEDIATE"):
+        current = next((lim.limit for lim in limits(cfg, scope, at=when) if (lim.period, lim.unit) == (period, unit)),
+                       0.0)
+        if not current:
+            raise BudgetError(f"{'all groups have' if scope == ALL else scope + ' has'} no {period} {unit} budget "
+                              "to raise (set one: nanoclaw budget set)")
+        BudgetRaise.insert(scope=scope, period=period, unit=unit, limit=current + add, until=until.timestamp(),
+                           set_by=by, set_at=when).on_conflict_replace().execute()
+    return Limit(scope, period, unit, current + add, f"{by}, today only"), until
+
+
 def record(cfg: Config, folder: str, agent: str, job: int | None, counts: Counts, streamed: bool,
            at: float, price: Price | None = None) -> float | None:
     """Store one call's usage; returns its estimated cost (None: unknown). ``price`` is used
@@ -290,12 +320,15 @@ def _cost_cell(usd: float, unpriced: int, calls: int) -> str:
 
 def report(cfg: Config, folder: str | None, days: int, by: str, at: float | None = None) -> list[str]:
     """``nanoclaw usage``: a table of the last ``days`` days (today included), one row per
-    model, group or day, and a total."""
+    model, group, agent, day or run (a job: its agent and the model each of its calls named),
+    and a total."""
     today = local_now(cfg, at).date()
     first = (today - timedelta(days=days - 1)).isoformat()
     key = {"model": Usage.model, "group": Usage.group, "day": Usage.day,
            # the lead by the group's name, a member as group/member
-           "agent": Case(None, [(Usage.agent == "", Usage.group)], Usage.group.concat("/").concat(Usage.agent))}[by]
+           "agent": Case(None, [(Usage.agent == "", Usage.group)], Usage.group.concat("/").concat(Usage.agent)),
+           "run": Case(None, [(Usage.agent == "", Usage.group)], Usage.group.concat("/").concat(Usage.agent))
+           .concat(" job ").concat(fn.COALESCE(Usage.job, "-")).concat(" ").concat(Usage.model)}[by]
     query = (Usage.select(key.alias("key"), fn.COUNT(Usage.id), fn.SUM(Usage.input_tokens),
                           fn.SUM(Usage.output_tokens), fn.SUM(Usage.cache_write_tokens),
                           fn.SUM(Usage.cache_read_tokens), fn.COALESCE(fn.SUM(Usage.cost_usd), 0),
@@ -308,14 +341,15 @@ def report(cfg: Config, folder: str | None, days: int, by: str, at: float | None
     title = f"usage of {folder or 'all groups'}, {span}, by {by} ({cfg.tz}; cost is an estimate):"
     if not rows:
         return [title, "  no API calls"]
-    head = f"{by.upper():<28} {'CALLS':>6} {'INPUT':>8} {'OUTPUT':>8} {'CACHE W':>8} {'CACHE R':>8}  COST"
+    width = 48 if by == "run" else 28
+    head = f"{by.upper():<{width}} {'CALLS':>6} {'INPUT':>8} {'OUTPUT':>8} {'CACHE W':>8} {'CACHE R':>8}  COST"
     lines = [title, head]
     total = [0, 0, 0, 0, 0, 0.0, 0]
     for name, *values in rows:
-        lines.append(f"{(name or '-')[:28]:<28} {values[0]:>6} {tokens(values[1]):>8} {tokens(values[2]):>8} "
+        lines.append(f"{(name or '-')[:width]:<{width}} {values[0]:>6} {tokens(values[1]):>8} {tokens(values[2]):>8} "
                      f"{tokens(values[3]):>8} {tokens(values[4]):>8}  {_cost_cell(values[5], values[6], values[0])}")
         total = [a + b for a, b in zip(total, values, strict=True)]
-    lines.append(f"{'TOTAL':<28} {total[0]:>6} {tokens(total[1]):>8} {tokens(total[2]):>8} {tokens(total[3]):>8} "
+    lines.append(f"{'TOTAL':<{width}} {total[0]:>6} {tokens(total[1]):>8} {tokens(total[2]):>8} {tokens(total[3]):>8} "
                  f"{tokens(total[4]):>8}  {_cost_cell(total[5], total[6], total[0])}")
     return lines
 

@@ -1,16 +1,15 @@
 """``[voice]``: voice notes transcribed on the server before the agent's turn.
 
-Kept apart from ``config.py`` (which only holds the field and calls :func:`load`), so the
-settings of one feature are read and checked in one place.
+Kept apart from ``config.py`` (which only holds the field; config_file.py reads the table
+into this struct and calls :func:`check`), so the settings of one feature are in one place.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import msgspec
 
 
-@dataclass(frozen=True)
-class VoiceConfig:
+class VoiceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True  # false: voice notes reach the agent as files, not transcribed
     image: str = "localhost/nanoclaw-transcribe:0.1.0"
     # "" : the bundled Whisper tiny.en (English only). Else a directory on the host holding a
@@ -33,23 +32,9 @@ class VoiceConfig:
         return self.timeout + 60.0
 
 
-def load(table: dict) -> VoiceConfig:
-    """The ``[voice]`` table, checked; raises ValueError with one line saying what to fix."""
-    known = {f.name: f for f in fields(VoiceConfig)}
-    unknown = set(table) - set(known)
-    if unknown:
-        raise ValueError(f"[voice]: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(known)})")
-    out = {}
-    for key, value in table.items():
-        want = type(getattr(VoiceConfig, key))
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ValueError(f"[voice] {key} must be a {want.__name__}, not {value!r}")
-        out[key] = value
-    cfg = VoiceConfig(**out)
+def check(cfg: VoiceConfig) -> None:
+    """The ranges of ``[voice]``; raises ValueError with one line saying what to fix."""
     if not 0 < cfg.max_seconds <= 4 * 3600 or not 0 < cfg.timeout <= 3600:
         raise ValueError("[voice] max_seconds must be in (0, 14400] and timeout in (0, 3600] seconds")
     if not 256 <= cfg.max_transcript_bytes <= 262144 or cfg.max_running < 1:
         raise ValueError("[voice] max_transcript_bytes must be in [256, 262144], max_running at least 1")
-    return cfg

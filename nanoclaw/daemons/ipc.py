@@ -45,6 +45,7 @@ import time
 
 from nanoclaw.core import budget_requests
 from nanoclaw.core import groups as groups_mod
+from nanoclaw.core import model_choice
 from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
@@ -190,9 +191,13 @@ class IpcDaemon(Daemon):
         body = env.body
         tools = body.get("tools") or []
         try:
+            try:  # the member's model is an agent's argument: an exact name, and an allowed one
+                model = model_choice.check(self.cfg, body.get("model") or "", "the member's model")
+            except model_choice.ModelError as exc:
+                raise team_mod.TeamError(str(exc)) from None
             member = team_mod.write(self.cfg, group.folder, team_mod.Member(
                 name=body["name"], description=" ".join(body["description"].split()),
-                instructions=body["instructions"], model=body.get("model") or "",
+                instructions=body["instructions"], model=model,
                 tools=tuple(str(t) for t in tools)))
         except team_mod.TeamError as exc:
             spool.reject(env.path, f"group={group.folder}: create_agent refused: {exc}")
@@ -293,7 +298,8 @@ class IpcDaemon(Daemon):
                                         str(spec.get("schedule_value", "")),
                                         context_mode=str(spec.get("context_mode") or "group"),
                                         target=target, created_by=group.folder,
-                                        precheck=spec.get("precheck") or "")
+                                        precheck=spec.get("precheck") or "",
+                                        model=spec.get("model", ""))  # hostile: checked as any name
                 text = f"Scheduled: {tasks_mod.describe(task)}."
             elif body["action"] == "update":
                 if not isinstance(spec.get("id"), int):
@@ -302,7 +308,8 @@ class IpcDaemon(Daemon):
                          if isinstance(spec.get(k), str) and spec[k]}                     # log's, below
                 task = tasks_mod.update(self.cfg, tasks_mod.find(spec["id"], group), prompt=given.get("prompt"),
                                         kind=given.get("schedule_type"), value=given.get("schedule_value"),
-                                        precheck=spec.get("precheck"))  # "" removes it
+                                        precheck=spec.get("precheck"),  # "" removes it
+                                        model=spec.get("model"))  # None keeps it; checked as any name
                 text = f"Updated: {tasks_mod.describe(task)}."
             elif body["action"] in ("pause", "resume", "cancel"):
                 if not isinstance(spec.get("id"), int):

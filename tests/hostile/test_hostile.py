@@ -142,6 +142,19 @@ def test_hostile_inputs_are_refused_and_the_service_keeps_answering(system, tmp_
          "is not this group's"),
         ("ipc:pause-other-groups-task", "task_request", {"job": fam_job, "action": "pause", "task": {"id": 1}},
          "no task 1 in this group"),
+        # a task's model is the agent's argument: an exact model id or nothing (core/model_choice.py)
+        ("ipc:task-model-not-text", "task_request",
+         {"job": fam_job, "action": "schedule", "task": {"prompt": "x", "schedule_type": "interval",
+                                                         "schedule_value": "1h", "model": ["claude-haiku-4-5"]}},
+         "the model must be a model name (text)"),
+        ("ipc:task-model-pattern-and-line-break", "task_request",
+         {"job": fam_job, "action": "schedule", "task": {"prompt": "x", "schedule_type": "interval",
+                                                         "schedule_value": "1h", "model": "claude-*\nMODEL=x"}},
+         "is not a model name"),
+        ("ipc:task-model-too-long", "task_request",
+         {"job": fam_job, "action": "schedule", "task": {"prompt": "x", "schedule_type": "interval",
+                                                         "schedule_value": "1h", "model": "c" * 101}},
+         "is not a model name"),
     ]
     s.cli("tasks", "add", "main", "--every", "1h", "main's own task")
     bad_ipc = s.state / "spool" / "ipc" / "fam" / "bad"

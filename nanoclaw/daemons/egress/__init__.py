@@ -136,13 +136,9 @@ class EgressDaemon(Daemon):
         self._read_host("on a change")
 
     async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
-        if req["op"] == "ensure":
-            # The runner asks before starting a container, so a just-registered group's socket
-            # exists by the time its agent first calls out. (A new container is no new
-            # allowance: the group's bytes are counted per day.)
+        if req["op"] == "ensure":  # (a new container is no new allowance: bytes count per day)
             await self.work()
-            key = (req.get("group"), req.get("agent") or "")
-            return {"ok": key in self.sockets, "group": key[0], "agent": key[1]}
+            return self.sockets.ensured(req)
         return await super().handle(req, writer)
 
     async def work(self) -> float | None:

@@ -126,11 +126,8 @@ class ProxyDaemon(Daemon):
                 return {"ok": False, "error": "the proxy holds no credential"}
             return {"ok": True, **await self._check()}
         if req["op"] == "ensure":
-            # The runner asks before starting a container, so a just-registered group's socket
-            # exists by the time its agent first calls out.
             await self.work()
-            key = (req.get("group"), req.get("agent") or "")
-            return {"ok": key in self.sockets, "group": key[0], "agent": key[1]}
+            return self.sockets.ensured(req)
         return await super().handle(req, writer)
 
     async def work(self) -> float | None:

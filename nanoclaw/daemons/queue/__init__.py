@@ -14,8 +14,9 @@ SUMMARY
         tasks.py   a scheduled task's runs, settled in one place
         holds.py   a spent budget, a full disk: nothing starts, the chat is told once
         voice.py   voice notes sent to be transcribed; their transcripts kept before their turn
-        owner.py   the owner's requests: approve/deny in the main chat, expiry, where an
-                   approved chat's agent starts
+        owner.py   the owner's requests: approve/deny, stop/status/revoke in the main chat,
+                   expiry, where an approved chat's agent starts
+        stop.py    the owner's stop: a stopped turn's container killed if it does not end
 
 READS
     New ``message`` rows (the channel nudges it); ``spool/queue``:
@@ -52,6 +53,7 @@ HOSTILE INPUT
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from nanoclaw.core import faults
 from nanoclaw.core.models import Cursor, Group, Job
@@ -62,6 +64,7 @@ from nanoclaw.daemons.queue.holds import Holds
 from nanoclaw.daemons.queue.owner import Owner
 from nanoclaw.daemons.queue.plan import AgentKey, Burst
 from nanoclaw.daemons.queue.state import Reader
+from nanoclaw.daemons.queue.stop import Stopper
 from nanoclaw.daemons.queue.tasks import Tasks
 from nanoclaw.daemons.queue.team import Team
 from nanoclaw.daemons.queue.turns import Turns
@@ -83,6 +86,7 @@ class QueueDaemon(Daemon):
         self.turns, self.tasks, self.team = Turns(self), Tasks(self), Team(self)
         self.holds, self.owner, self.reader = Holds(self), Owner(self), Reader(self)
         self.voice = Voice(self)
+        self.stopper = Stopper(self)  # the owner's stop (stop.py)
         self._pending = self.inbox.leftovers()
         if self._pending:
             self.log.info("re-processing %d event(s) left in cur/", len(self._pending))
@@ -124,7 +128,13 @@ class QueueDaemon(Daemon):
             nudge(self.cfg.socket("router"))
         expiry = self.owner.sweep()
         due = self._schedule()
-        return min((d for d in (expiry, due) if d is not None), default=None)
+        kill = self.stopper.due()  # stopped turns that outlast the interrupt
+        return min((d for d in (expiry, due, kill) if d is not None), default=None)
+
+    async def handle(self, req: dict, writer: Any) -> dict | None:
+        if req.get("op") == "stop":  # nanoclaw stop GROUP
+            return self.stopper.on_socket(req)
+        return await super().handle(req, writer)
 
     # -- the pass: read, decide, apply -----------------------------------------
     def _schedule(self) -> float | None:

@@ -10,14 +10,15 @@ SUMMARY
 SYNOPSIS
     plan(state: State, now: float) -> Plan
     next_prompt(group: GroupState, agent: str, pending: list, rules: Rules) -> (list, str)
-    owner_command(message, main: GroupState) -> bool
+    owner_command(message, main: GroupState, groups) -> bool
 
 DESCRIPTION
     For each group, for each of its agents (the lead first, then its team):
 
     - Its pending messages are those past its cursor and past its live job's
-      turns. In the main chat the owner's ``approve N``/``deny N`` are taken
-      out (``OwnerAnswer``): nanoclaw answers them, never the main agent.
+      turns. In the main chat the owner's ``approve N``/``deny N``, ``stop
+      [GROUP]``, ``status`` and ``revoke NAME`` are taken out
+      (``OwnerAnswer``): nanoclaw answers them, never the main agent.
     - A prompt covers the first message addressed to the agent (the trigger
       where the group needs one, an allowed sender, a team answer that is
       ready: ``core.prompt``) and what follows, up to ``prompt_batch``; older
@@ -28,7 +29,8 @@ DESCRIPTION
     - With ``burst_window`` set, chat messages wait until the chat has been
       quiet a window (at most ``BURST_CAP`` windows after the first).
     - A live, running container that is not closing takes the messages as
-      follow-up turns; a queued or closing one makes them wait for the next.
+      follow-up turns; a queued or closing one makes them wait for the next,
+      and so does a scheduled run's (it may run on the task's own model).
     - Otherwise a new job starts, unless its cursor waits for a retry
       (backoff), the group's budget is spent (the chat is told once), the
       disk is full (told once, looked at again in ``SPACE_CHECK``), or the
@@ -51,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nanoclaw.core import transcripts
+from nanoclaw.core import owner_chat, transcripts
 from nanoclaw.core.approvals import parse_command
 from nanoclaw.core.prompt import build_prompt, next_batch
 
@@ -84,6 +86,7 @@ class LiveJob:
     status: str = "running"  # queued: the runner has not said it started
     closing: bool = False  # asked to exit
     idle: bool = False  # running, not closing, every turn answered: only waiting
+    task: bool = False  # a scheduled run's: chat messages are never fed into it
     row: Any = None  # the database row, for the applier
 
 
@@ -124,6 +127,7 @@ class State:
     disk_low: bool = False  # the state directory's disk is nearly full
     bursts: dict[AgentKey, Burst] = field(default_factory=dict)
     rules: Rules = field(default_factory=Rules)
+    group_refs: frozenset[str] = frozenset()  # the words that name a group (for the owner's "stop GROUP")
 
 
 # -- actions ------------------------------------------------------------------------
@@ -177,7 +181,8 @@ class DiskNotice:
 
 @dataclass(frozen=True)
 class OwnerAnswer:
-    """The owner's ``approve N``/``deny N`` in the main chat, to be carried out (once)."""
+    """The owner's ``approve N``/``deny N`` (or ``stop``, ``status``, ``revoke``) in the main
+    chat, to be carried out (once)."""
     group: GroupState
     message: Any
 
@@ -216,7 +221,7 @@ def plan(state: State, now: float) -> Plan:
         for agent, a in g.agents.items():
             pending = a.pending
             if g.is_main and not agent and pending:
-                pending = _owner_answers(g, pending, out.actions)
+                pending = _owner_answers(g, pending, out.actions, state.group_refs)
             pending, held_until = _until_heard(pending, rules.voice_wait)
             if held_until is not None:  # a voice note not transcribed yet: the turn waits for it
                 out.due(held_until)
@@ -256,7 +261,8 @@ def plan(state: State, now: float) -> Plan:
                 out.due(settled)
                 continue
             if key in active:
-                if job is not None and job.status == "running" and not job.closing:
+                # Not into a scheduled run's container: it may run on the task's model.
+                if job is not None and job.status == "running" and not job.closing and not job.task:
                     out.actions.append(FollowUp(g, job, _turns(g, agent, pending, rules)))
                     fed.add(job.id)
                     out.bursts.pop(key, None)
@@ -324,22 +330,24 @@ def _turns(g: GroupState, agent: str, pending: Sequence, rules: Rules) -> list[t
         pending = pending[len(batch):]
 
 
-def owner_command(m: Any, main: GroupState) -> bool:
-    """Whether a main-chat message is the owner's ``approve N``/``deny N``: from the owner's
-    own account or a sender the main chat admits; never ours (bot) nor a team's."""
+def owner_command(m: Any, main: GroupState, groups: frozenset[str] = frozenset()) -> bool:
+    """Whether a main-chat message is the owner's ``approve N``/``deny N`` (or ``stop
+    [GROUP]``, ``status``, ``revoke NAME``: core/owner_chat.py; ``groups`` the words that
+    name a group): from the owner's own account or a sender the main chat admits; never
+    ours (bot) nor a team's."""
     if m.is_bot or getattr(m, "agent", None) is not None:
         return False
-    if parse_command(m.text, main.trigger) is None:
+    if parse_command(m.text, main.trigger) is None and owner_chat.parse(m.text, main.trigger, groups) is None:
         return False
     return m.from_me or main.allowed is None or m.sender in main.allowed
 
 
-def _owner_answers(main: GroupState, pending: list, actions: list) -> list:
+def _owner_answers(main: GroupState, pending: list, actions: list, groups: frozenset[str]) -> list:
     """The owner's answers among the main chat's pending messages become actions; the rest
     are for the main agent."""
     rest = []
     for m in pending:
-        if owner_command(m, main):
+        if owner_command(m, main, groups):
             actions.append(OwnerAnswer(main, m))
         else:
             rest.append(m)

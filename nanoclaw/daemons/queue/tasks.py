@@ -33,6 +33,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from nanoclaw.core import model_choice
 from nanoclaw.core import tasks as tasks_mod
 from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.backoff import backoff
@@ -40,6 +41,7 @@ from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Job, Session, Task, TaskRun, Turn, db
 from nanoclaw.core.prompt import escape, strip_internal
 from nanoclaw.core.protocol import Envelope, nudge
+from nanoclaw.daemons.queue.turns import MODEL_REFUSED
 
 if TYPE_CHECKING:
     from nanoclaw.daemons.queue import QueueDaemon
@@ -83,12 +85,15 @@ class Tasks:
         prompt = (f'<scheduled_task id="{task.id}" schedule="{escape(task.schedule_type)} '
                   f'{escape(task.schedule_value)}">{escape(task.prompt)}</scheduled_task>\n'
                   "This is a scheduled task, not a chat message; your answer is sent to the chat.")
+        choice = model_choice.for_job(self.q.cfg, group.folder, task_model=task.model)
         with db.atomic("IMMEDIATE"):
-            job = Job.create(group=group, task_run=run.id)
+            job = Job.create(group=group, task_run=run.id, model=choice.model)
             Turn.create(job=job, seq=0, first_message_id=0, last_message_id=0)
-            self._begin(run)
+            self._begin(run, choice.model)
+        if choice.refused:
+            return self.q.turns.model_refused(job, choice)
         spec = {"job": job.id, "group": group.folder, "chat": task.chat, "is_main": group.is_main,
-                "prompt": prompt, "session_id": session.session_id if session else None}
+                "prompt": prompt, "session_id": session.session_id if session else None, "model": choice.model}
         if task.precheck:  # the runner runs it first; the agent starts only if it prints something
             spec["precheck"] = task.precheck
         self.q.put(self.q.runner_spool, "job", spec, then=lambda: nudge(self.q.cfg.socket("runner")))
@@ -165,6 +170,7 @@ class Tasks:
             self.q.router_spool.put("outbound", {
                 "key": f"task:{run.id}:failed", "chat": task.chat, "kind": "notice",
                 "text": f"Scheduled task {task.id} failed {run.attempts} times"
+                        + (f" ({job.error or error})" if (job.error or error).startswith(MODEL_REFUSED) else "")
                         + ("." if task.schedule_type == "once" else "; it will run again at its next time.")})
             nudge(self.q.cfg.socket("router"))
         with db.atomic("IMMEDIATE"):  # the job, its run and its task change together or not at all
@@ -201,9 +207,9 @@ class Tasks:
 
     # -- a run's state: written here alone ------------------------------------------
     @staticmethod
-    def _begin(run: TaskRun) -> None:
-        """Its job is made: running, one attempt more (call in the job's transaction)."""
-        run.status, run.started_at = "running", time.time()
+    def _begin(run: TaskRun, model: str) -> None:
+        """Its job is made: running on ``model``, one attempt more (call in the job's transaction)."""
+        run.status, run.started_at, run.model = "running", time.time(), model
         run.attempts += 1
         run.save()
 

@@ -13,6 +13,7 @@ SYNOPSIS
     Turns.on_result(env) -> bool
     Turns.on_job_event(env)
     Turns.finish(job, exit_code, error, stopped=False)
+    Turns.model_refused(job, choice) -> Job
     Turns.settle_stale(now)
 
 DESCRIPTION
@@ -29,6 +30,10 @@ DESCRIPTION
     never reported long past its container's time limit, is counted as failed, so no
     group is silenced for good by a lost report.
 
+    A turn the owner stopped (``stopped_at``, core/stop.py) is silent whatever its agent
+    reports. If its container was killed for it (stop.py), the job's end counts the
+    stopped turns answered and no failure; later turns' messages wait for the next job.
+
 HOSTILE INPUT
     ``turn_result`` texts and session ids come from agents (through ipc, which put the
     group there from the directory the file was found in); a result naming another
@@ -42,6 +47,8 @@ from typing import TYPE_CHECKING
 
 from peewee import fn
 
+from nanoclaw.core import model_choice
+from nanoclaw.core import stop as stop_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.backoff import backoff
@@ -56,6 +63,7 @@ if TYPE_CHECKING:
 ACTIVE = ("queued", "running")
 STALE_QUEUED_SECONDS = 300.0  # a job the runner never confirmed starting
 STALE_RUNNING_GRACE = 300.0  # a running job not reported ended this long past its container's time limit
+MODEL_REFUSED = "its model is refused: "  # a job's error when core/model_choice.py refused its model
 
 
 class Turns:
@@ -65,14 +73,17 @@ class Turns:
     # -- handing work over --------------------------------------------------
     def start(self, group: Group, agent: str, batch: list[Message], prompt: str) -> Job:
         session = Session.get_or_none(Session.group == group, Session.agent == agent)
+        choice = model_choice.for_job(self.q.cfg, group.folder, agent)
         with db.atomic("IMMEDIATE"):
-            job = Job.create(group=group, agent=agent)
+            job = Job.create(group=group, agent=agent, model=choice.model)
             Turn.create(job=job, seq=0, first_message_id=batch[0].id, last_message_id=batch[-1].id)
+        if choice.refused:
+            return self.model_refused(job, choice)
         # A file the disk refuses is kept and handed over later; the job stays queued till then.
         self.q.put(self.q.runner_spool, "job", {"job": job.id, "group": group.folder, "chat": group.jid,
                                                 "is_main": group.is_main and not agent, "prompt": prompt,
                                                 "session_id": session.session_id if session else None,
-                                                "agent": agent},
+                                                "agent": agent, "model": choice.model},
                    then=lambda: nudge(self.q.cfg.socket("runner")))
         self.q._typing(group.jid, True)
         self.q.log.info("queued messages=%d..%d", batch[0].id, batch[-1].id,
@@ -122,6 +133,8 @@ class Turns:
             return False
         if turn.status == "done":
             return False  # re-processed after a crash: already applied
+        if turn.stopped_at:  # the owner stopped it (core/stop.py): whatever the agent says, it is silent
+            body = {**body, "text": "", "error": None}
         group = job.group
         if job.task_run:
             return self.q.tasks.turn_done(job, turn, body)
@@ -191,6 +204,10 @@ class Turns:
             return self.q.tasks.finished(job, exit_code, error, stopped)
         turns = list(job.turns)
         undone = [t for t in turns if t.status != "done"]
+        if any(t.stopped_at for t in undone):  # the owner's stop killed it: its stopped turns are answered
+            with db.atomic("IMMEDIATE"):
+                undone, stopped = stop_mod.settle(job, undone), True
+            self.q._typing(job.group.jid, False)
         failed = not stopped and (exit_code not in (0, None) or bool(job.error) or bool(error)
                                   or (undone and len(undone) == len(turns)))
         group = job.group
@@ -237,7 +254,7 @@ class Turns:
         (a member's askers are told too, so no one waits on it for ever)."""
         group = job.group
         why = f"the agent failed {cursor.failures} times"
-        if job.error.startswith("the container could not start"):
+        if job.error.startswith(("the container could not start", MODEL_REFUSED)):
             why = job.error.replace("the container", "my container", 1)
         who = f"{team_mod.display(job.agent)} could not answer" if job.agent else "Sorry, I could not answer that"
         self.q.router_spool.put("outbound", {
@@ -251,6 +268,14 @@ class Turns:
         self.q.log.error("gave up after %d attempts; chat told", self.q.cfg.max_attempts,
                          extra=log_fields(group=group.folder, job=job.id))
         nudge(self.q.cfg.socket("router"))
+
+    def model_refused(self, job: Job, choice: model_choice.Choice) -> Job:
+        """The model chosen for a job may not be used ([usage] allowed_models): nothing starts;
+        the job fails as a container that cannot start does, with the line as its error, which
+        the chat is given when the retries are spent."""
+        self.q.log.error("not started: %s", choice.refused, extra=log_fields(group=job.group.folder, job=job.id))
+        self.finish(job, None, MODEL_REFUSED + choice.refused)
+        return job
 
     def settle_stale(self, now: float) -> None:
         """Jobs whose start or end never came are counted as failed (see the description)."""

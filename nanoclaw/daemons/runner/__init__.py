@@ -60,7 +60,9 @@ FILES
     said once;  ``validate.py`` the check every spec passes;  ``driver.py``
     Podman;  ``dirs.py`` a group's directories;  ``owner_folders.py`` and
     ``binds.py`` the owner's folders, checked and pinned;  ``precheck.py``;
-    ``disk.py`` disk waits;  ``drain.py`` run-all's stop;  ``transcribe.py`` voice notes.
+    ``disk.py`` disk waits;  ``drain.py`` run-all's stop;  ``kill.py`` the
+    queue's ``kill`` of a container whose stopped turn did not end;  ``transcribe.py``
+    voice notes.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Job
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request
 from nanoclaw.core.skeleton import Daemon
-from nanoclaw.daemons.runner import binds, disk, drain, driver, owner_folders, precheck, validate
+from nanoclaw.daemons.runner import binds, disk, drain, driver, kill, owner_folders, precheck, validate
 from nanoclaw.daemons.runner.dirs import prepare_dirs
 from nanoclaw.daemons.runner.disk import SPACE_CHECK, Stopped
 from nanoclaw.daemons.runner.drain import STOP_ENV, Draining
@@ -163,6 +165,11 @@ class RunnerDaemon(Daemon):
                                            job=job)
             self.bodies[job] = env.body
         return None
+
+    async def handle(self, req: dict, writer: Any) -> dict | None:
+        if req.get("op") == "kill":  # the owner's stop, not heeded in time (kill.py)
+            return await in_daemon_thread(kill.kill_job, self, req.get("job"))
+        return await super().handle(req, writer)
 
     def _again(self, env: Envelope) -> None:
         """A job's run failed for a bug: its file is still in cur/, so run it again, later each

@@ -31,10 +31,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from nanoclaw.daemons.runner.binds import Bind
+from typing import Any
 
 _ESCAPED = re.compile(r"\\([0-7]{3})")
 
@@ -93,9 +90,10 @@ def path_in_filesystem(fd: int) -> str:
     return os.path.normpath(mount.root.rstrip("/") + "/" + rest.lstrip("/"))
 
 
-def verify(pid: int, binds: Iterable[Bind]) -> None:
-    """Check every bind against the mount table of the set-up container whose first process
-    is ``pid``; OSError naming the first that is not what was checked."""
+def verify(pid: int, binds: Iterable[Any]) -> None:
+    """Check every bind (a ``binds.Bind``: source, target, read_only, its held descriptor)
+    against the mount table of the set-up container whose first process is ``pid``;
+    OSError naming the first that is not what was checked."""
     binds = list(binds)
     before = [path_in_filesystem(b.fd) for b in binds]
     table = _read(f"/proc/{pid}/mountinfo")

@@ -12,6 +12,7 @@ SUMMARY
 
 SYNOPSIS
     agent_spec(cfg, job, extra) -> Spec
+    job_model(cfg, job) -> the model the queue chose for the job (older job files: chosen here)
     container_name(folder, job, agent) -> name;  precheck_name(folder, job) -> name
     host_volumes(container config) -> the mounts a host needs in every container
     Spec.checked_binds() -> the owner's folders' descriptors, for the check in the container
@@ -22,9 +23,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from nanoclaw.core import model_choice
 from nanoclaw.core import team as team_mod
 from nanoclaw.core.config import Config, ContainerConfig
-from nanoclaw.core.models import Group
 from nanoclaw.daemons.runner import binds
 from nanoclaw.daemons.runner.dirs import agent_identity, group_dirs
 
@@ -91,11 +92,12 @@ def voice_name(folder: str, message: int) -> str:
     return f"nanoclaw-{folder}-voice-{int(message)}"
 
 
-def group_model(cfg: Config, folder: str) -> str:
-    """The model a group's agents use: the group's own (``nanoclaw groups set --model``), else
-    the configured one ("" lets the CLI choose). A team member's own model wins over both."""
-    group = Group.get_or_none(Group.folder == folder)
-    return (group.model if group is not None else "") or cfg.model
+def job_model(cfg: Config, job: dict) -> str:
+    """The model for a job's container: the one the queue chose and recorded (a job file
+    from an older queue has none: chosen here by the same rule, core/model_choice.py)."""
+    if isinstance(job.get("model"), str):
+        return job["model"]
+    return model_choice.for_job(cfg, job["group"], job.get("agent", "")).model
 
 
 def host_volumes(c: ContainerConfig) -> tuple[Mount, ...]:
@@ -142,17 +144,13 @@ def agent_spec(cfg: Config, job: dict, extra: list[binds.Bind] | None = None) ->
         "NANOCLAW_GROUP": job["group"],
         "NANOCLAW_IS_MAIN": "1" if job["is_main"] else "0",
         "NANOCLAW_IDLE_TIMEOUT": str(c.idle_timeout),
-        "NANOCLAW_MODEL": group_model(cfg, job["group"]),
+        "NANOCLAW_MODEL": job_model(cfg, job),
         "NANOCLAW_AGENT": agent,
         "HOME": "/tmp/home",  # the image is read-only; session state lives in /workspace/session
     }
     for pair in c.extra_env:
         key, _, value = pair.partition("=")
         env[key] = value
-    if agent:
-        member = team_mod.member(cfg, job["group"], agent)
-        if member is not None and member.model:
-            env["NANOCLAW_MODEL"] = member.model
     env["NANOCLAW_MOUNTS"] = ",".join(f"{b.name}:{'ro' if b.read_only else 'rw'}" for b in extra if b.name)
     user, userns = agent_identity(cfg)
     return Spec(
