@@ -6,19 +6,25 @@ and the real agent's (fake) Messages API sees the labelled transcript in its pro
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import html
 import time
 import types
 
+import msgspec
+from conftest import DAEMONS, SECRET
+from fake_anthropic import content_text, last_user_content
 from neonize.aioze.events import ConnectedEv
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import AudioMessage
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage
-
-from conftest import DAEMONS, SECRET
-from fake_anthropic import content_text, last_user_content
 from voice_notes import make_note
-from whatsapp_harness import OWNER, RecordingClient, jid, message_ev, neonize_dispatch, wait_until
+from whatsapp_harness import (
+    OWNER,
+    RecordingClient,
+    jid,
+    message_ev,
+    neonize_dispatch,
+    wait_until,
+)
 from whatsapp_offline import link_session
 
 
@@ -37,7 +43,7 @@ def test_a_whatsapp_voice_note_reaches_the_real_agent_as_a_labelled_transcript(
     s.start(*[d for d in DAEMONS if d != "channel"])  # the channel runs here, on the recording client
     for key in ("NANOCLAW_CONFIG", "NANOCLAW_STATE_DIR", "NANOCLAW_RUNTIME_DIR", "NANOCLAW_CONFIG_DIR"):
         monkeypatch.setenv(key, s.env[key])
-    cfg = dataclasses.replace(config_mod.load(), channels=("whatsapp",))
+    cfg = msgspec.structs.replace(config_mod.load(), channels=("whatsapp",))
     monkeypatch.setattr(WhatsAppBackend, "client_factory", staticmethod(RecordingClient))
     link_session(cfg.state_dir / "whatsapp" / "session.db", OWNER)
     open_db(cfg.db_path)
