@@ -65,6 +65,8 @@ def build_test_agent_image() -> str:
     ctx = Path(tempfile.mkdtemp(prefix="nc-agent-ctx-"))
     shutil.copy(AGENT_DIR / "Containerfile", ctx)
     shutil.copy(AGENT_DIR / "scripted_agent.py", ctx)
+    import inotify_simple  # one pure-Python module: copied beside protocol.py, no wheel needed
+    shutil.copy(inotify_simple.__file__, ctx)
     from nanoclaw.admin.image import SHARED_MODULES
     for module in SHARED_MODULES:
         shutil.copy(module, ctx)
@@ -143,6 +145,21 @@ def container_options(agent_image) -> dict:
     if found is None:
         pytest.fail("no container runtime options work here: " + "; ".join(f.error for f in failures))
     return {"runtime": found.runtime, "ulimits": list(found.ulimits)}
+
+
+@pytest.fixture(scope="session")
+def transcribe_image(container_options) -> str:
+    """The voice notes' transcription image, built by voice_image.build (cached by its sources' digest)."""
+    need_podman()
+    from nanoclaw.admin import voice_image
+    from nanoclaw.core import config as config_mod
+    cfg = config_mod.Config(container=config_mod.ContainerConfig(
+        runtime=container_options["runtime"], ulimits=tuple(container_options["ulimits"]), base_image=BASE_IMAGE))
+    tag = f"localhost/nanoclaw-transcribe:test-{voice_image.source_digest(cfg)}"
+    if not voice_image.current(cfg, tag):
+        voice_image.build(cfg, tag=tag, wheels=WHEELS.parent / "wheels-voice",
+                          progress=lambda line: print("image:", line), workdir=WHEELS.parent)
+    return tag
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ import msgspec
 from nanoclaw.core.config import DETECTED, DETECTED_KEYS, FOLDER_RE, Config, ConfigError, ContainerConfig
 from nanoclaw.core.costs import DEFAULT_PRICES, Budget, Price
 from nanoclaw.core.egress import EgressPolicy
+from nanoclaw.core import voice_config
 from nanoclaw.core.model_choice import checked_models
 
 # Where a struct field is read from in config.toml, when its name there differs.
@@ -267,5 +268,9 @@ def _checked(cfg: Config) -> Config:
         raise ConfigError("[team] max_depth and max_delegations must be at least 1, max_members at least 0")
     if tasks.max_per_group < 1 or tasks.min_interval < 60:
         raise ConfigError("[tasks] max_per_group must be at least 1, min_interval at least 60 seconds")
+    try:
+        voice_config.check(cfg.voice)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     models = checked_models(cfg.models, cfg.model, usage)
     return msgspec.structs.replace(cfg, models=models, model=models.default)
