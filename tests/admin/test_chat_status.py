@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from test_run_all import Tmux
+from tmux_harness import Tmux
 
 
 def test_status_line_parts_seconds_and_clearing():
