@@ -49,11 +49,14 @@ def show(cfg: Config) -> int:
         states = [f"{unit.removeprefix('nanoclaw-')} {unit_state(unit)}" for unit in UNITS]
         print("units:    " + ", ".join(states))
     down, waiting = [], []
+    paused = None
     for name in DAEMONS:
         reply, _ = ask_status(cfg, name, timeout=2)
         if reply is None:
             down.append(name)
             continue
+        if name == "runner" and isinstance(reply.get("paused"), list):
+            paused = reply
         if name == "channel":
             print(f"channel:  {reply.get('status', '')}")
         if faults.MARK in reply.get("status", ""):  # what the disk holds up in it, in its own words
@@ -78,6 +81,11 @@ def show(cfg: Config) -> int:
     print(f"agents:   {len(running)} running" + (f" ({', '.join(f'{j.container} on {j.model or _CLI}' for j in running)})"
                                                     if running else "")
           + f", {queued} queued")
+    if paused is not None and paused["paused"]:  # idle agents frozen, each answering its next message at once
+        print(f"paused:   {len(paused['paused'])} (" + ", ".join(
+            f"{p.get('group')}{'/' + str(p['agent']) if p.get('agent') else ''} {p.get('mib')} MiB"
+            for p in paused["paused"]) + f"; {sum(int(p.get('mib') or 0) for p in paused['paused'])} of "
+              f"{paused.get('paused_budget_mib')} MiB, [container] paused_memory_mib)")
     team = list(Job.select().where(Job.status.in_(("running", "queued")), Job.agent != "").order_by(Job.id))
     if team:  # live team members, each in its own container
         print("team:     " + ", ".join(f"{j.group.folder}/{j.agent} ({j.status})" for j in team))

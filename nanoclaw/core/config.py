@@ -53,6 +53,10 @@ class ContainerConfig:
     pids_limit: int = 512  # 0: no limit
     timeout: float = 1800.0  # hard limit for one container's whole life
     idle_timeout: float = 600.0  # an answered container waits this long for follow-ups
+    # Then it is paused (frozen, no CPU) rather than stopped, so the group's next message is
+    # answered without a cold start: the paused containers' memory (PSS) in all stays within
+    # this, the longest paused stopped first. 0: idle containers exit, as before.
+    paused_memory_mib: int = 1024
     extra_env: tuple[str, ...] = ()  # NAME=VALUE pairs passed to every agent
     # podman build options; "same-as-run" (the default) uses runtime and ulimits, never volumes
     build_args: tuple[str, ...] = ("same-as-run",)
@@ -387,6 +391,8 @@ def load(path: Path | None = None) -> Config:
         raise ConfigError("burst_window must be 0 (off) or a number of seconds")
     # The queue gives a job up as stale when the runner has not started its container within
     # 300 s, and a pre-check runs before that start.
+    if container.paused_memory_mib < 0:
+        raise ConfigError("[container] paused_memory_mib must be 0 (no container is paused) or more")
     if not 0 < container.precheck_timeout <= 240:
         raise ConfigError("[container] precheck_timeout must be more than 0 and at most 240 seconds")
     if not 1 <= container.precheck_max_output <= 65536:

@@ -79,6 +79,8 @@ SCHEMAS: dict[str, Schema] = {
     # host -> container (ipc/<group>/in): a prompt for one turn, or a request to exit
     "prompt": {"job": (int,), "turn": (int,), "prompt": (str,), "session_id": (str, type(None))},
     "close": {"job": (int,)},
+    # queue -> runner: a job's container has been idle its time: pause it (or close it)
+    "park": {"job": (int,)},
     # container -> host (ipc/<group>/out): the outcome of one turn
     "result": {"job": (int,), "turn": (int,), "text": (str,), "session_id": (str, type(None), _OPT),
                "error": (str, type(None), _OPT), "usage": (dict, type(None), _OPT)},

@@ -58,7 +58,8 @@ class Reader:
     def rules(self) -> Rules:
         cfg = self.q.cfg
         return Rules(max_concurrent=cfg.max_concurrent, burst_window=cfg.burst_window, prompt_cap=cfg.prompt_cap,
-                     prompt_batch=cfg.prompt_batch, prompt_bytes=cfg.max_spool_bytes // 2, tz=cfg.tz)
+                     prompt_batch=cfg.prompt_batch, prompt_bytes=cfg.max_spool_bytes // 2, tz=cfg.tz,
+                     park_after=cfg.container.idle_timeout if cfg.container.paused_memory_mib > 0 else 0.0)
 
     def read(self, now: float) -> State:
         top = Message.select(fn.MAX(Message.id)).scalar() or 0
@@ -110,11 +111,13 @@ class Reader:
         cover (in the one query)."""
         t = Turn.alias()
         rows = Job.select(Job, t.select(fn.COUNT(t.id)).where(t.job == Job.id, t.status != "done").alias("open_turns"),
-                          t.select(fn.MAX(t.last_message_id)).where(t.job == Job.id).alias("last_turn")) \
+                          t.select(fn.MAX(t.last_message_id)).where(t.job == Job.id).alias("last_turn"),
+                          t.select(fn.MAX(t.done_at)).where(t.job == Job.id).alias("last_done")) \
             .where(Job.status.in_(ACTIVE))
         return {(j.group_id, j.agent): LiveJob(j.id, j.group_id, j.agent, j.status, j.closing,
                                                j.status == "running" and not j.closing and not j.open_turns,
-                                               task=bool(j.task_run), row=j)
+                                               task=bool(j.task_run),
+                                               idle_since=j.last_done or j.started_at or j.created_at, row=j)
                 for j in list(rows)}
 
     @staticmethod

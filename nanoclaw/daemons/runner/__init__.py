@@ -27,6 +27,10 @@ READS
 
     Under ``nanoclaw run-all`` a stop ends the agents too (``drain.py``).
 
+    ``park`` files (from the queue: a job idle for ``idle_timeout``): its container is
+    paused, not stopped, within ``[container] paused_memory_mib``, and handed its agent's
+    next job (``pause.py``). Paused containers found at the start are kept likewise.
+
 WRITES
     The first prompt into ``ipc/<group>/in`` (host-only); the group's
     directories (``prepare_dirs``: ``out/new``, ``out/tmp`` made again where a
@@ -56,7 +60,8 @@ FILES
     said once;  ``validate.py`` the check every spec passes;  ``driver.py``
     Podman;  ``dirs.py`` a group's directories;  ``owner_folders.py`` and
     ``binds.py`` the owner's folders, checked and pinned;  ``precheck.py``;
-    ``disk.py`` disk waits;  ``drain.py`` run-all's stop.
+    ``disk.py`` disk waits;  ``drain.py`` run-all's stop;  ``pause.py`` idle containers paused
+    and handed the next job.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Job
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request
 from nanoclaw.core.skeleton import Daemon
-from nanoclaw.daemons.runner import binds, disk, drain, driver, owner_folders, precheck, validate
+from nanoclaw.daemons.runner import binds, disk, drain, driver, owner_folders, pause, precheck, validate
 from nanoclaw.daemons.runner.dirs import prepare_dirs
 from nanoclaw.daemons.runner.disk import SPACE_CHECK, Stopped
 from nanoclaw.daemons.runner.drain import STOP_ENV, Draining
@@ -111,6 +116,7 @@ class RunnerDaemon(Daemon):
         if self._recovering:
             self.log.info("re-attaching %d job(s) left in cur/", len(self._recovering))
         self._swept = False
+        self.pool = pause.Pool(self)
 
     def client(self, timeout: float | None = 60) -> PodmanClient:
         return PodmanClient(base_url=self.cfg.podman_socket, timeout=timeout)
@@ -123,11 +129,11 @@ class RunnerDaemon(Daemon):
             except (APIError, KeyError, TypeError):
                 pass
             for ctr in client.containers.list(all=True, filters={"label": LABEL}):
-                if ctr.name in keep:
+                if ctr.name in keep or self.pool.adopt(ctr):
                     continue
                 self.log.warning("removing orphan container %s (no job file)", ctr.name)
                 try:
-                    ctr.remove(force=True)
+                    pause.kill(ctr)
                 except (APIError, NotFound) as exc:
                     self.log.error("cannot remove orphan %s: %s", ctr.name, exc)
 
@@ -144,6 +150,9 @@ class RunnerDaemon(Daemon):
                 self._recovering = envs  # keep them; try again shortly
                 return 2.0
         for env in envs:
+            if env.type == "park":
+                self.spawn(self._park(env), "a park", lambda exc: None, job=env.body["job"])
+                continue
             if env.type != "job":
                 self.spool.reject(env.path, f"type {env.type!r} is not for the runner")
                 continue
@@ -154,6 +163,10 @@ class RunnerDaemon(Daemon):
                                            job=job)
             self.bodies[job] = env.body
         return None
+
+    async def _park(self, env: Envelope) -> None:
+        await in_daemon_thread(self.pool.park, env.body["job"])
+        self.spool.done(env.path)
 
     def _again(self, env: Envelope) -> None:
         """A job's run failed for a bug: its file is still in cur/, so run it again, later each
@@ -250,13 +263,15 @@ class RunnerDaemon(Daemon):
                 ctr = client.containers.get(name)
                 self.log.info("re-attached to %s (state %s)", name, ctr.status,
                               extra=log_fields(group=body["group"], job=body["job"]))
-                deadline = driver.deadline(ctr, self.cfg.container.timeout)
+                deadline = driver.deadline(ctr, self.cfg.container.timeout, body["job"])
                 if ctr.status in ("created", "configured", "initialized"):
                     # Made by a runner that died before it started it: its mounts were never
                     # checked in it (driver.create), and nothing ran in it yet. Made again.
                     ctr.remove(force=True)
                     raise NotFound(f"{name} was never started")
-                if ctr.status in ("running", "stopping", "paused") and not driver.alive(ctr):
+                if ctr.status == "paused" and self._reattach_paused(ctr, body):
+                    return
+                if ctr.status in ("running", "stopping") and not driver.alive(ctr):
                     # Its processes were killed behind podman's back (its monitor died with them,
                     # as when nanoclaw-podman restarts): podman still says "running", or on 4.3
                     # "stopping", and would for the whole timeout.
@@ -279,9 +294,13 @@ class RunnerDaemon(Daemon):
                         return
                     body = {**body, "prompt": body["prompt"] + said}
                 ctr = self._start(client, body)
-                deadline = driver.deadline(ctr, self.cfg.container.timeout)
+                deadline = driver.deadline(ctr, self.cfg.container.timeout, body["job"])
             self._event(body["job"], "started", container=name)
-            code, error = driver.wait(ctr, deadline, self.cfg.container.timeout, "container", self.log, body)
+            code, error = driver.wait(ctr, deadline, self.cfg.container.timeout, "container", self.log, body,
+                                      paused=self.pool.budget > 0)
+            if self.pool.was_parked(body["job"], ctr, body):  # idle: kept paused for the agent's next job
+                self._event(body["job"], "exited", exit_code=0, error="", container=name)
+                return
             if self.draining:  # ended by run-all's stop (or while it stopped): not the agent's failure
                 self._event(body["job"], "exited", exit_code=code, error="stopped by nanoclaw run-all",
                             container=name, stopped=True)
@@ -304,6 +323,15 @@ class RunnerDaemon(Daemon):
             self.log.info("container %s exited code=%s", name, code,
                           extra=log_fields(group=body["group"], job=body["job"]))
 
+    def _reattach_paused(self, ctr: Any, body: dict) -> bool:
+        """A paused container found for its job at a restart: paused after the queue asked
+        (the job is closing), its end is reported and it is kept; else it was being handed
+        the job, and goes on (False)."""
+        job = Job.get_or_none(Job.id == body["job"])
+        if job is not None and job.closing:
+            self._event(body["job"], "exited", exit_code=0, error="", container=ctr.name)
+        return self.pool.reattached(ctr, body, job is not None and job.closing)
+
     def _still_wanted(self, body: dict) -> bool:
         """Whether the queue still waits for this job. It gives up on a job the runner has
         not started within its allowance (the runner was down, or waited for the disk) and
@@ -317,6 +345,7 @@ class RunnerDaemon(Daemon):
         return False
 
     def _start(self, client: PodmanClient, body: dict) -> Any:
+        """The job's container: its agent's paused one handed the job, or a new one."""
         dirs = prepare_dirs(self.cfg, body["group"], body["is_main"], body.get("agent", ""))
         if body.get("agent"):
             nudge(self.cfg.socket("ipc"))  # a member's out/ may be new: ipc watches it from its next pass
@@ -341,6 +370,9 @@ class RunnerDaemon(Daemon):
         with self.gate:  # a stop that began kills what started before it; nothing starts after
             if self.draining:
                 raise Draining()
+            ctr = self.pool.take(client, body)
+            if ctr is not None:
+                return self.pool.hand_over(ctr, body, t0)
             extra, allow = owner_folders.for_container(self.cfg, body["group"], self.log)
             try:
                 spec = agent_spec(self.cfg, body, extra)
@@ -354,8 +386,17 @@ class RunnerDaemon(Daemon):
                       extra=log_fields(group=body["group"], job=body["job"]))
         return ctr
 
+    async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
+        reply = await super().handle(req, writer)
+        if req.get("op") == "status" and reply is not None:  # nanoclaw status lists them
+            reply["paused"] = [{"group": g, "agent": a, "mib": round(m / pause.MiB)} for g, a, m in self.pool.listing()]
+            reply["paused_budget_mib"] = self.cfg.container.paused_memory_mib
+        return reply
+
     def status(self) -> str:
         line = f"{len(self.running) - len(self.waiting_space)} container(s) running"
+        if self.pool.parked:
+            line += f", {len(self.pool.parked)} paused"
         waiting = dict(self.waiting_space)
         if waiting:
             line += f"; {len(waiting)} job(s) {faults.MARK}: {next(iter(waiting.values()))}"
