@@ -73,6 +73,12 @@ def test_an_idle_container_is_paused_and_answers_the_next_message(make_agent_sys
     # the container's tools speak for the job it was handed, which the host took as the live one
     [sent] = [e for e in s.journal.of("ipc", GROUP="main") if "send_message" in e["MESSAGE"]]
     assert sent["JOB"] == "2"
+    # and again: the container keeps watching its inbox across hand-overs
+    paused(s, "nanoclaw-main-2")
+    job_ended(s, 2)
+    s.send("main", "and once more")
+    assert w.reply(60) == "echo: and once more"
+    assert containers()["nanoclaw-main-3"][0] == first
     assert "failed" not in s.log("runner")  # paused and handed over on the way meant, not by a retry
 
 

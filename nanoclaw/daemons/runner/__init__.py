@@ -349,12 +349,20 @@ class RunnerDaemon(Daemon):
         dirs = prepare_dirs(self.cfg, body["group"], body["is_main"], body.get("agent", ""))
         if body.get("agent"):
             nudge(self.cfg.socket("ipc"))  # a member's out/ may be new: ipc watches it from its next pass
-        inbox = Spool(dirs["in"])
+        inbox = Spool(dirs["in"]).ensure()
         # Prompts left from an earlier container are covered by this job's prompt
-        # (it holds every message since the cursor): clear them. in/ is host-only.
+        # (it holds every message since the cursor): clear them. in/ is host-only. The
+        # directories stay: a paused container handed this job watches in/new.
         for d in (inbox.new, inbox.cur, inbox.tmp):
-            shutil.rmtree(d, ignore_errors=True)
-        inbox.ensure().put("prompt", {"job": body["job"], "turn": 0, "prompt": body["prompt"],
+            with os.scandir(d) as entries:
+                for entry in entries:
+                    try:
+                        os.unlink(entry.path)
+                    except IsADirectoryError:
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    except FileNotFoundError:
+                        pass
+        inbox.put("prompt", {"job": body["job"], "turn": 0, "prompt": body["prompt"],
                                       "session_id": body["session_id"]}, durable=False)  # see Spool.put
         for daemon, lost in (("proxy", "the API"), ("egress", "the web")):
             try:
