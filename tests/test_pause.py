@@ -76,8 +76,10 @@ def test_an_idle_container_is_paused_and_answers_the_next_message(make_agent_sys
     # and again: the container keeps watching its inbox across hand-overs
     paused(s, "nanoclaw-main-2")
     job_ended(s, 2)
+    fake_api.then({"text": "third answer"})  # (the fake would see the last turn's tool result and say "tool done")
     s.send("main", "and once more")
-    assert w.reply(60) == "echo: and once more"
+    assert w.reply(60) == "third answer"
+    assert "and once more" in all_text(fake_api.message_requests()[-1]["body"])
     assert containers()["nanoclaw-main-3"][0] == first
     assert "failed" not in s.log("runner")  # paused and handed over on the way meant, not by a retry
 
@@ -112,6 +114,28 @@ def test_over_the_budget_the_longest_paused_is_stopped(make_agent_system, fake_a
     assert w.reply(120) == "echo: again"
     assert containers()["nanoclaw-main-3"][0] != main_id
     assert s.log("queue").count("new container's first turn") == 3
+
+
+def test_a_paused_container_made_otherwise_is_not_handed_the_job(make_agent_system, fake_api):
+    """The configuration changed while it was paused (here the agents' environment): the next
+    message gets a new container, made as the configuration now says; the paused one goes."""
+    s = make_agent_system(idle_timeout=1.0, paused_memory_mib=4096)
+    w = s.watch("main")
+    s.send("main", "hello")
+    assert w.reply(120) == "echo: hello"
+    first = paused(s, "nanoclaw-main-1")
+    job_ended(s, 1)
+    s.stop("runner")
+    s.config_path.write_text(s.config_path.read_text().replace('"CLAUDE_CODE_MAX_RETRIES=0"',
+                                                                '"CLAUDE_CODE_MAX_RETRIES=0", "NEW_SETTING=1"'))
+    s.start("runner")
+    s.send("main", "again")
+    assert w.reply(120) == "echo: again"
+    assert list(containers()) == ["nanoclaw-main-2"] and containers()["nanoclaw-main-2"][0] != first
+    assert "paused nanoclaw-main-1 was made otherwise than this job's would be; stopped" in s.log("runner")
+    [made] = json.loads(subprocess.run(["podman", "inspect", "nanoclaw-main-2"], capture_output=True, text=True,
+                                       check=True).stdout)
+    assert "NEW_SETTING=1" in made["Config"]["Env"]
 
 
 def test_with_no_budget_idle_containers_exit_as_before(make_agent_system, fake_api):

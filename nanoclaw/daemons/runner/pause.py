@@ -18,7 +18,7 @@ SUMMARY
 
     A paused container is handed a job only if that job's container would be made exactly
     as it was (``Spec.made_as``: image, model, environment, mounts, an owner's folder by the
-    inode checked); otherwise it is stopped and a new one made, so a changed configuration,
+    inode checked; and the image the tag names now); otherwise it is stopped and a new one made, so a changed configuration,
     a new image or a folder the owner took back takes effect at the next job as before.
 
 SYNOPSIS
@@ -167,9 +167,11 @@ class Pool:
         try:
             spec = agent_spec(self.d.cfg, body, extra)
             validate.validate(spec, self.d.cfg, allow)
-            same = ctr.labels.get(MADE_AS_LABEL) == spec.labels[MADE_AS_LABEL]
-        except SpecError:
-            same = False  # made anew, the refusal is said there
+            # the image by what the tag names now: one built again under the same tag is another
+            same = ctr.labels.get(MADE_AS_LABEL) == spec.labels[MADE_AS_LABEL] and \
+                ctr.attrs.get("Image") == client.images.get(spec.image).id
+        except (SpecError, APIError, NotFound):
+            same = False  # made anew: a refusal is said there
         finally:
             binds.close(extra)
         if not same:
