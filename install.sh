@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install (or update) nanoclaw as a systemd service on Debian/Ubuntu, and start it.
 #
-#   sudo ./install.sh                 install, build the agent image, start nanoclaw.target
+#   sudo ./install.sh                 install, build the agent image (and the voice notes'
+#                                     transcription image), start nanoclaw.target
 #   sudo ./install.sh --no-start      install everything but do not start it
-#   sudo ./install.sh --no-image      skip building the agent image (set [container] image yourself)
+#   sudo ./install.sh --no-image      skip building the images (set [container] image yourself)
 #   sudo ./install.sh --prefix DIR    install the program under DIR (default /opt/nanoclaw)
 #   sudo ./install.sh --images DIR    first load every image archive DIR/*.tar (podman save)
 #                                     into the service user's storage (offline hosts)
@@ -95,21 +96,21 @@ nanoclaw() { (cd / && "$PREFIX/bin/nanoclaw" "$@"); }
 # git on the checkout, which may be another user's (safe.directory), never writing to it
 # (GIT_OPTIONAL_LOCKS=0: no index refresh written as root)
 git_src() { GIT_OPTIONAL_LOCKS=0 git -c safe.directory="$SRC" -C "$SRC" "$@"; }
-units() { ls "$SRC"/units/ | grep -E '\.(service|target|path|timer)$'; }
-# The units that are enabled (they have an [Install] section; the rest are started by others).
-enabled_units() { (cd "$SRC/units" && grep -l '^\[Install\]' $(units) | grep -v '@'); }
-# The daemon units, which say that they take the shared drop-in units/nanoclaw-daemon.conf.
-daemon_units() { grep -l 'nanoclaw-daemon.conf' "$SRC"/units/nanoclaw-*.service | xargs -n1 basename; }
+# Which units there are, which are enabled, which shared drop-ins go beside which, which run all
+# the time: the one registry, nanoclaw/registry.py (standard library only), read with the system
+# python3 from this checkout, since the program's venv is not there yet (or is being removed).
+registry() { (cd / && PYTHONPATH="$SRC" python3 -B -m nanoclaw.registry "$@"); }
 
 if [ "$UNINSTALL" -eq 1 ]; then
     step "stopping and removing nanoclaw" "systemctl could not stop a unit; see: systemctl status 'nanoclaw*'"
     if [ "$HAVE_SYSTEMD" -eq 1 ]; then
         systemctl disable --now nanoclaw.target 2>/dev/null || true
-        for u in $(units) $(cd "$UNIT_DIR" && ls nanoclaw-task-*.timer 2>/dev/null); do
+        unit_files=$(registry units)
+        for u in $unit_files $(cd "$UNIT_DIR" && ls nanoclaw-task-*.timer 2>/dev/null); do
             systemctl disable --now "$u" 2>/dev/null || true
             rm -f "$UNIT_DIR/$u"
+            rm -rf "${UNIT_DIR:?}/$u.d"
         done
-        for u in $(daemon_units); do rm -rf "${UNIT_DIR:?}/$u.d"; done
         systemctl daemon-reload
     fi
     rm -rf "$PREFIX" /usr/local/bin/nanoclaw
@@ -282,27 +283,30 @@ else
 fi
 
 if [ "$IMAGE" -eq 1 ]; then
-    step "agent image (as $USER_NAME; the first build downloads ~180 MB of wheels)" \
+    step "agent image and, with [voice] on, the transcription image (as $USER_NAME; the first build downloads ~180 MB of wheels, ~200 MB more for voice)" \
         "the wheel download (network) or the podman build failed, or the disk is full"
     as_user "$PREFIX/bin/nanoclaw" image build
 fi
 
 if [ "$HAVE_SYSTEMD" -eq 1 ]; then
     step "systemd units" "a unit file did not load; see: systemd-analyze verify $UNIT_DIR/nanoclaw-*.service"
-    for u in $(units); do
+    unit_files=$(registry units)
+    enabled=$(registry enabled)
+    for u in $unit_files; do
         sed "s#/opt/nanoclaw#$PREFIX#g" "$SRC/units/$u" > "$UNIT_DIR/$u.tmp"
         mv "$UNIT_DIR/$u.tmp" "$UNIT_DIR/$u"
     done
-    for u in $(daemon_units); do  # what every daemon shares: one source file
+    dropins=$(registry dropins)  # what units share: one source file each, a drop-in beside each unit
+    while read -r u source name; do
         install -d "$UNIT_DIR/$u.d"
-        install -m 0644 "$SRC/units/nanoclaw-daemon.conf" "$UNIT_DIR/$u.d/10-daemon.conf"
-    done
+        install -m 0644 "$SRC/units/$source" "$UNIT_DIR/$u.d/$name"
+    done <<< "$dropins"
     for d in "$SRC"/units/*.service.d; do  # a unit's own drop-ins, after the shared one
         install -d "$UNIT_DIR/$(basename "$d")"
         install -m 0644 "$d"/*.conf "$UNIT_DIR/$(basename "$d")/"
     done
     systemctl daemon-reload
-    systemctl enable $(enabled_units) >/dev/null
+    systemctl enable $enabled >/dev/null
 else
     echo "systemd is not PID 1 here: units not installed (tasks use the $USER_NAME crontab); run: nanoclaw run-all"
 fi
@@ -321,7 +325,7 @@ fi
 if [ "$START" -eq 1 ] && [ "$HAVE_SYSTEMD" -eq 1 ]; then
     step "starting nanoclaw.target" "a daemon did not start; see: journalctl -u 'nanoclaw-*' -n 50"
     systemctl restart nanoclaw.target
-    daemons="nanoclaw-podman nanoclaw-channel nanoclaw-queue nanoclaw-runner nanoclaw-ipc nanoclaw-router nanoclaw-proxy nanoclaw-egress nanoclaw-scheduler"
+    daemons=$(registry running)  # every daemon, and Podman's API
     for _ in $(seq 180); do
         all=1
         for u in $daemons; do systemctl is-active --quiet "$u" || all=0; done

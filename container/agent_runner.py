@@ -27,7 +27,8 @@ DESCRIPTION
     The rest, by job: ``context.py`` (who this container runs for, where its
     files are), ``settings.py`` (what the CLI is told), ``tools.py`` (the
     agent's nanoclaw tools, which only ask the host), ``team.py`` (the member
-    files, read with the host's own parser ``member_file.py``).
+    files, read with the host's own parser ``member_file.py``),
+    ``interrupt.py`` (the owner's ``stop`` of the running turn).
 
     In a team, ``NANOCLAW_AGENT`` names the member this container runs (empty
     for the group's lead). A member reads its instructions from its file in
@@ -36,9 +37,9 @@ DESCRIPTION
     speaks in the chat under its own name; only the lead may ``create_agent``.
 
 READS
-    ``/workspace/ipc/in`` (prompts and ``close``, written by the host's queue
-    and runner; read-only here) and the ``NANOCLAW_*`` environment
-    (``context.py``).
+    ``/workspace/ipc/in`` (prompts, ``stop`` and ``close``, written by the
+    host's queue and runner; read-only here) and the ``NANOCLAW_*``
+    environment (``context.py``).
 
 WRITES
     ``/workspace/ipc/out``: each turn's ``result`` (tmp, fsync, rename; a
@@ -65,6 +66,7 @@ from inotify_simple import INotify, flags
 import early_cli
 import forwarders
 from context import Context, log
+from interrupt import StopWatch
 from protocol import BadMessage, process_started
 from settings import settings
 
@@ -142,6 +144,8 @@ async def serve(ctx: Context, session: Session) -> int:
                 if env.type == "close":
                     log("asked to close")
                     return 0
+                if env.type == "stop":
+                    continue  # for a turn already over (the watch below takes those of the running one)
                 if env.type != "prompt":
                     log(f"ignoring {path.name}: unexpected type {env.type!r}")
                     continue
@@ -150,9 +154,20 @@ async def serve(ctx: Context, session: Session) -> int:
                 if new_job:  # unpaused for the agent's next job: its requests name that job
                     log(f"job {b['job']}: handed over after job {ctx.job}")
                     ctx.job = b["job"]
+                watch = StopWatch(inbox, seen, b["job"], b["turn"], session.interrupt, log)
                 try:
-                    out = await session.turn(b["prompt"], b.get("session_id"), new_job=new_job)
-                except Exception as exc:  # the CLI died or the API failed: report, then let a fresh container retry
+                    async with watch:
+                        out = await session.turn(b["prompt"], b.get("session_id"), new_job=new_job)
+                    if watch.stopped:  # the owner stopped it: no answer, no error; the session goes on
+                        out = {**out, "text": "", "error": None}
+                except Exception as exc:
+                    if watch.stopped:
+                        log(f"turn {b['turn']} stopped: {exc}")
+                        await report(ctx, {"job": b["job"], "turn": b["turn"], "text": "", "error": None,
+                                           "session_id": session.session_id})
+                        last_work = time.monotonic()
+                        continue
+                    # the CLI died or the API failed: report, then let a fresh container retry
                     detail = " | ".join(list(session.stderr_tail)[-5:])
                     await report(ctx, {"job": b["job"], "turn": b["turn"], "text": "",
                                        "error": f"{type(exc).__name__}: {exc} {detail}"[:2000]})

@@ -157,6 +157,11 @@ class Session:
             text = ""
         return {"text": text or "", "session_id": self.session_id, "usage": usage, "error": error}
 
+    async def interrupt(self) -> None:
+        """The owner's stop (interrupt.py): the SDK's interrupt ends the running turn."""
+        if self.client is not None:
+            await self.client.interrupt()
+
     async def close(self) -> None:
         if self.early is not None:  # started, never used (the container was closed first)
             await self.early.stop()

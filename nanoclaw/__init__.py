@@ -2,5 +2,12 @@
 
 __version__ = "0.1.0"
 
-# Every long-running process, one systemd unit each; `nanoclaw <name>` runs one.
-DAEMONS = ("channel", "queue", "runner", "ipc", "router", "proxy", "egress", "scheduler")
+
+def __getattr__(name: str):
+    # ``nanoclaw.DAEMONS``: the daemons' names, from the one registry (nanoclaw/registry.py).
+    # Read on first use, so that ``python3 -m nanoclaw.registry`` (install.sh) is not imported
+    # twice.
+    if name == "DAEMONS":
+        from nanoclaw.registry import NAMES
+        return NAMES
+    raise AttributeError(f"module 'nanoclaw' has no attribute {name!r}")

@@ -17,8 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_DIR = ROOT / "tests" / "agent"
+WHEELS = Path(os.environ.get("NANOCLAW_TEST_WHEELS", Path.home() / ".cache" / "nanoclaw-test" / "wheels"))
 BASE_IMAGE = os.environ.get("NANOCLAW_TEST_BASE", "localhost/nanoclaw-base:bookworm-2")
-from nanoclaw import DAEMONS  # noqa: E402
+from nanoclaw.registry import NAMES as DAEMONS  # noqa: E402
 
 
 def need_podman() -> None:
@@ -34,6 +35,31 @@ def _podman(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess
     return subprocess.run(["podman", *args], check=check, capture_output=True, text=True, **kw)
 
 
+# The debootstrap base's Python (bookworm's), for the wheel the scripted agent needs.
+BASE_PYTHON = os.environ.get("NANOCLAW_TEST_BASE_PYTHON", "3.11")
+
+
+def msgspec_wheel() -> Path:
+    """The msgspec wheel the agent image pins (container/requirements.txt), for the base's
+    Python: protocol.py reads spool messages with it. Fetched once into the test wheel cache."""
+    import platform
+    from nanoclaw.admin.image import PLATFORMS
+    pin = next(line.split("#")[0].strip() for line in (ROOT / "container" / "requirements.txt").read_text().splitlines()
+               if line.startswith("msgspec=="))
+    version = pin.split("==")[1]
+    tag = "cp" + BASE_PYTHON.replace(".", "")
+    dest = WHEELS
+    found = sorted(dest.glob(f"msgspec-{version}-{tag}-*.whl")) if dest.exists() else []
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--no-deps",
+               "--dest", str(dest), "--only-binary=:all:", "--python-version", BASE_PYTHON, pin]
+        for p in PLATFORMS:
+            cmd += ["--platform", f"{p}_{platform.machine()}"]
+        subprocess.run(cmd, check=True)
+        found = sorted(dest.glob(f"msgspec-{version}-{tag}-*.whl"))
+    return found[0]
+
+
 def build_test_agent_image() -> str:
     """Build (once per content) the scripted test agent image from the debootstrap base."""
     ctx = Path(tempfile.mkdtemp(prefix="nc-agent-ctx-"))
@@ -42,6 +68,7 @@ def build_test_agent_image() -> str:
     from nanoclaw.admin.image import SHARED_MODULES
     for module in SHARED_MODULES:
         shutil.copy(module, ctx)
+    shutil.copy(msgspec_wheel(), ctx)
     subprocess.run([str(ROOT / "container" / "build-base.sh"), BASE_IMAGE], check=True)
     base_id = _podman("image", "inspect", "--format", "{{.Id}}", BASE_IMAGE).stdout.strip()
     # A rebuilt base makes a new tag too, so no image outlives the base it was built on.
@@ -116,6 +143,21 @@ def container_options(agent_image) -> dict:
     if found is None:
         pytest.fail("no container runtime options work here: " + "; ".join(f.error for f in failures))
     return {"runtime": found.runtime, "ulimits": list(found.ulimits)}
+
+
+@pytest.fixture(scope="session")
+def transcribe_image(container_options) -> str:
+    """The voice notes' transcription image, built by voice_image.build (cached by its sources' digest)."""
+    need_podman()
+    from nanoclaw.admin import voice_image
+    from nanoclaw.core import config as config_mod
+    cfg = config_mod.Config(container=config_mod.ContainerConfig(
+        runtime=container_options["runtime"], ulimits=tuple(container_options["ulimits"]), base_image=BASE_IMAGE))
+    tag = f"localhost/nanoclaw-transcribe:test-{voice_image.source_digest(cfg)}"
+    if not voice_image.current(cfg, tag):
+        voice_image.build(cfg, tag=tag, wheels=WHEELS.parent / "wheels-voice",
+                          progress=lambda line: print("image:", line), workdir=WHEELS.parent)
+    return tag
 
 
 @pytest.fixture(scope="session")
@@ -406,8 +448,6 @@ def system(make_system, agent_image, podman_service) -> System:
     # containers this system started must not outlive it
     _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
 
-
-WHEELS = Path(os.environ.get("NANOCLAW_TEST_WHEELS", Path.home() / ".cache" / "nanoclaw-test" / "wheels"))
 
 
 @pytest.fixture(scope="session")

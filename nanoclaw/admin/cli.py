@@ -8,7 +8,7 @@ DESCRIPTION
     "nanoclaw <daemon>" runs that daemon (what each unit's ExecStart= does); "nanoclaw
     run-all" runs them all in the foreground. Every other command is a noun's, in its own
     module of admin/commands/ (chat, whatsapp, groups, mounts, agents, approvals, usage,
-    health, credential, tasks, backup, image): its add_parsers(sub) adds its subcommands,
+    health, stop, credential, tasks, backup, image): its add_parsers(sub) adds its subcommands,
     each with its handler as the "run" default, called as run(cfg, args) -> exit code.
     The help printed is plain text: no reStructuredText markup in a help string.
 
@@ -24,13 +24,13 @@ import logging
 import sys
 
 from nanoclaw import DAEMONS, __version__
-from nanoclaw.admin.commands import (agents, approvals, backup, chat, credential, groups, health, image, tasks, usage,
-                                     whatsapp)
+from nanoclaw.admin.commands import (agents, approvals, backup, chat, credential, groups, health, image, stop, tasks,
+                                     usage, whatsapp)
 from nanoclaw.core import config as config_mod
 from nanoclaw.core import log as log_mod
 
 DESCRIPTION = "The nanoclaw command: the daemons, the terminal chat and group administration."
-NOUNS = (chat, groups, agents, approvals, usage, whatsapp, health, credential, tasks, backup, image)  # help's order
+NOUNS = (chat, groups, agents, approvals, usage, whatsapp, health, stop, credential, tasks, backup, image)  # help's order
 
 
 def _daemon(name: str) -> int:

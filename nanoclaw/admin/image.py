@@ -27,15 +27,15 @@ from pathlib import Path
 
 from nanoclaw import __version__
 from nanoclaw.admin import hostcheck
-from nanoclaw.core import member_file, protocol, safefs
+from nanoclaw.core import member_file, messages, protocol, safefs, spool
 from nanoclaw.core.config import Config
 
 Progress = Callable[[str], None]
 # nanoclaw modules the agent runner imports inside the image (as top-level modules, beside its own).
-SHARED_MODULES = (Path(protocol.__file__), Path(safefs.__file__), Path(member_file.__file__))
+SHARED_MODULES = tuple(Path(m.__file__) for m in (protocol, messages, spool, safefs, member_file))
 # container/: what runs in the image (agent_runner.py is its command).
-RUNNER_FILES = ("agent_runner.py", "context.py", "early_cli.py", "forwarders.py", "session.py", "settings.py",
-                "team.py", "tools.py")
+RUNNER_FILES = ("agent_runner.py", "context.py", "early_cli.py", "forwarders.py", "interrupt.py", "session.py",
+                "settings.py", "team.py", "tools.py")
 PLATFORMS = ("manylinux_2_36", "manylinux_2_34", "manylinux_2_31", "manylinux_2_28", "manylinux_2_17",
              "manylinux2014")
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from nanoclaw import DAEMONS
+from nanoclaw.registry import NAMES as DAEMONS
 from nanoclaw.core.config import Config
 
 T = TypeVar("T")

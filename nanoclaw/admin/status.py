@@ -7,14 +7,14 @@ import subprocess
 import time
 from datetime import datetime
 
-from nanoclaw import DAEMONS
+from nanoclaw import registry
 from nanoclaw.core import faults, model_choice
 from nanoclaw.core.config import Config
 from nanoclaw.core.models import Cursor, Group, Job, Message, Outbox, Task, open_db
 from nanoclaw.core.protocol import request
 
 _CLI = "the CLI's default model"
-UNITS = [f"nanoclaw-{d}" for d in DAEMONS] + ["nanoclaw-podman"]
+UNITS = [unit.removesuffix(".service") for unit in registry.running()]  # what runs all the time
 
 
 def systemd_is_pid1() -> bool:
@@ -50,7 +50,7 @@ def show(cfg: Config) -> int:
         print("units:    " + ", ".join(states))
     down, waiting = [], []
     paused = None
-    for name in DAEMONS:
+    for name in registry.NAMES:
         reply, _ = ask_status(cfg, name, timeout=2)
         if reply is None:
             down.append(name)
@@ -74,6 +74,29 @@ def show(cfg: Config) -> int:
         print("no database yet: nanoclaw groups add main --main")
         return 1
     open_db(cfg.db_path)
+    for line in summary(cfg):
+        print(line)
+        if line.startswith("agents:") and paused is not None and paused["paused"]:
+            print(paused_line(paused))  # the runner's, after the database's running agents
+    return 0 if not down else 1
+
+
+def paused_line(runner: dict) -> str:
+    """The runner's paused containers (idle agents frozen, each answering its next message at
+    once) and their memory against the budget."""
+    each = runner["paused"]
+    return (f"paused:   {len(each)} (" + ", ".join(
+        f"{p.get('group')}{'/' + str(p['agent']) if p.get('agent') else ''} {p.get('mib')} MiB" for p in each)
+        + f"; {sum(int(p.get('mib') or 0) for p in each)} of {runner.get('paused_budget_mib')} MiB, "
+          "[container] paused_memory_mib)")
+
+
+def summary(cfg: Config) -> list[str]:
+    """The database's part of the screen: groups, agents, queue, failures, requests, today's
+    usage and budgets, outbox, tasks. Also the answer to ``status`` in the main chat (the
+    queue's, core/owner_chat.py), so it reads only the database, never another daemon."""
+    out: list[str] = []
+    print = out.append  # noqa: A001 (the lines as the screen shows them)
     groups = list(Group.select().order_by(Group.folder))
     print(f"groups:   {len(groups)}: " + ", ".join(g.folder + (" (main)" if g.is_main else "") for g in groups))
     running = list(Job.select().where(Job.status == "running"))  # each on the model it was given
@@ -81,11 +104,6 @@ def show(cfg: Config) -> int:
     print(f"agents:   {len(running)} running" + (f" ({', '.join(f'{j.container} on {j.model or _CLI}' for j in running)})"
                                                     if running else "")
           + f", {queued} queued")
-    if paused is not None and paused["paused"]:  # idle agents frozen, each answering its next message at once
-        print(f"paused:   {len(paused['paused'])} (" + ", ".join(
-            f"{p.get('group')}{'/' + str(p['agent']) if p.get('agent') else ''} {p.get('mib')} MiB"
-            for p in paused["paused"]) + f"; {sum(int(p.get('mib') or 0) for p in paused['paused'])} of "
-              f"{paused.get('paused_budget_mib')} MiB, [container] paused_memory_mib)")
     team = list(Job.select().where(Job.status.in_(("running", "queued")), Job.agent != "").order_by(Job.id))
     if team:  # live team members, each in its own container
         print("team:     " + ", ".join(f"{j.group.folder}/{j.agent} ({j.status})" for j in team))
@@ -103,11 +121,21 @@ def show(cfg: Config) -> int:
         print(f"failing:  {who}: {cursor.failures}/{cfg.max_attempts} attempts failed"
               + (f", next in {wait:.0f}s" if wait else "") + (f": {last.error.splitlines()[0][:160]}"
                                                              if last and last.error else ""))
+    if cfg.voice.enabled:  # voice notes whose transcript a turn waits for (queue/voice.py)
+        heard = Message.select().where(Message.media.contains('"state": "asked"')).count()
+        print(f"voice:    {heard} transcription(s) waiting")
     from nanoclaw.core.approvals import pending_count
     waiting = pending_count()
     print(f"requests: {waiting} waiting for your answer" + (" (nanoclaw pending)" if waiting else ""))
     from nanoclaw.core import usage
     print(f"usage:    today {usage.today_line(cfg)} (nanoclaw usage)")
+    for scope in [usage.ALL] + [g.folder for g in groups]:  # every budget in force, and how much is used
+        for lim in usage.limits(cfg, scope):
+            used = usage.spent(cfg, scope, lim.period)
+            value = used.usd if lim.unit == "usd" else used.tokens
+            amount = f"${lim.limit:.2f}" if lim.unit == "usd" else f"{int(lim.limit):,} tokens"
+            print(f"budgets:  {'all groups' if scope == usage.ALL else scope} {amount} per {lim.period}, "
+                  f"{min(value / lim.limit, 9.99):.0%} used" + (" (today only)" if "today" in lim.source else ""))
     for g in groups:
         spent = usage.exceeded(cfg, g.folder)
         if spent is not None:
@@ -123,4 +151,4 @@ def show(cfg: Config) -> int:
         when = datetime.fromtimestamp(t.next_run).strftime("%Y-%m-%d %H:%M")
         print(f"{'tasks:' if i == 0 else '':<10}#{t.id} {t.group.folder} at {when} ({t.schedule_type} "
               f"{t.schedule_value}) {t.prompt[:40]!r} on {model_choice.for_job(cfg, t.group.folder, task_model=t.model).model or _CLI}")
-    return 0 if not down else 1
+    return out

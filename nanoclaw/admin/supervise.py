@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from nanoclaw import DAEMONS
+from nanoclaw import registry
 from nanoclaw.core import config as config_mod
 from nanoclaw.daemons.runner.drain import STOP_ENV, STOP_GRACE, STOP_WAIT
 from nanoclaw.daemons.runner.spec import DEADLINE_LABEL, LABEL
@@ -148,7 +148,7 @@ def run_all(check: bool = True) -> int:
     except SchemaError as exc:
         print(f"nanoclaw: {exc}", file=sys.stderr)
         return EX_SCHEMA
-    commands = {d: [sys.executable, "-m", "nanoclaw", d] for d in DAEMONS}
+    commands = {d: [sys.executable, "-m", "nanoclaw", d] for d in registry.NAMES}
     podman = podman_service_cmd(cfg)
     if podman:
         commands = {"podman": podman, **commands}
@@ -182,7 +182,7 @@ def run_all(check: bool = True) -> int:
                 sup.start(name)
     sup.say("run-all", "stopping: the queue, scheduler and runner first (the runner ends the agent containers)")
     sup.stop(list(FIRST), STOP_GRACE + STOP_WAIT + 10)
-    sup.stop([d for d in DAEMONS if d not in FIRST], 10)
+    sup.stop([d for d in registry.NAMES if d not in FIRST], 10)
     left = left_running(cfg)
     for line in left:
         sup.say("run-all", f"left running: {line}")

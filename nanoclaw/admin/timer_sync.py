@@ -1,4 +1,5 @@
-"""``nanoclaw timers sync``: the only code nanoclaw runs as root.
+"""``python -m nanoclaw.admin.timer_sync`` (nanoclaw-timers.service; by hand, ``nanoclaw
+timers sync`` does the same): the only code nanoclaw runs as root.
 
 SUMMARY
     Turns the scheduler's timer specs into systemd timer units.
@@ -20,7 +21,9 @@ SECURITY
     (an OnCalendar= value may hold only calendar characters, an interval only
     digits), so nothing else can reach a unit file. It never opens the
     database and imports nothing of nanoclaw but the safe-file and protocol
-    constants below.
+    constants below, and, run as a program, the configuration (where the
+    specs and the unit directory are) and the journal's log handler: not the
+    nanoclaw command, whose every other part would then run as root too.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import hashlib
 import json
 import logging
 import re
+import os
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -166,3 +171,30 @@ class SystemdTimers:
             self._ctl("enable", unit)
             self._ctl("restart", unit)  # picks up a changed schedule
         return changes
+
+
+def run(cfg) -> int:
+    """Sync as the configuration says (``cfg``: a ``nanoclaw.core.config.Config``); as root only."""
+    if os.geteuid() != 0:
+        print("nanoclaw: timers sync writes systemd units; run it as root (systemctl start nanoclaw-timers)",
+              file=sys.stderr)
+        return 2
+    for change in sync(cfg.timer_spec_dir, Path(cfg.systemd_unit_dir)):
+        log.info("timers: %s", change)
+    return 0
+
+
+def main() -> int:
+    from nanoclaw.core import config as config_mod
+    from nanoclaw.core import log as log_mod
+    try:
+        cfg = config_mod.get()
+    except config_mod.ConfigError as exc:
+        print(f"nanoclaw: configuration error: {exc}", file=sys.stderr)
+        return 78
+    log_mod.setup("timers")  # the journal's nanoclaw-timers: what it changed
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

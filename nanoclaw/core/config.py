@@ -1,24 +1,26 @@
-"""Where nanoclaw keeps things and how it is tuned.
+"""Where nanoclaw keeps things and how it is tuned: the settings, one typed struct per table.
 
 Everything comes from one TOML file (``$NANOCLAW_CONFIG``, else
 ``/etc/nanoclaw/config.toml`` when present) with environment overrides for the
 directories, so tests and a development checkout run against a temp dir
-without touching a system install.
+without touching a system install. :func:`load` (core/config_file.py) reads it
+into these structs, which refuse a key they do not declare; ``get()`` is the
+process-wide copy.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import tomllib
-from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 
-from nanoclaw.core.costs import DEFAULT_PRICES, ApiConfig, Budget, Price, UsageConfig
+from msgspec import Struct, field
+
+from nanoclaw.core.costs import ApiConfig, Budget, UsageConfig
 from nanoclaw.core.egress import EgressPolicy
-from nanoclaw.core.model_choice import ModelsConfig, read_models
+from nanoclaw.core.model_choice import ModelsConfig
+from nanoclaw.core.voice_config import VoiceConfig
 
 # A group's folder name (and a team member's): here, not in core/groups.py, so that reading the
 # configuration (which names groups in its tables) loads neither the database nor peewee; the
@@ -31,8 +33,11 @@ class ConfigError(Exception):
     """The configuration file is unreadable or holds a bad value."""
 
 
-@dataclass(frozen=True)
-class ContainerConfig:
+class Section(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A table of config.toml: its keys are the struct's fields, any other is an error."""
+
+
+class ContainerConfig(Section):
     """How the runner starts agent containers.
 
     Runtime quirks (OCI runtime name, ulimits, network) live here rather than
@@ -71,8 +76,7 @@ class ContainerConfig:
 QR_WINDOW = 160.0
 
 
-@dataclass(frozen=True)
-class WhatsAppConfig:
+class WhatsAppConfig(Section):
     """The WhatsApp channel (``[whatsapp]``). Only read when ``channels`` has "whatsapp"."""
 
     store_unregistered: bool = False  # keep messages from unregistered chats (never answered)
@@ -109,8 +113,7 @@ def _under(base: str, *parts: str) -> property:
     return property(lambda self: getattr(self, base).joinpath(*parts))
 
 
-@dataclass(frozen=True)
-class TeamConfig:
+class TeamConfig(Section):
     """Teams of agents in a group (``[team]``)."""
 
     max_members: int = 5  # members one group may have
@@ -118,16 +121,14 @@ class TeamConfig:
     max_delegations: int = 10  # delegations in all, from one human message
 
 
-@dataclass(frozen=True)
-class BackupConfig:
+class BackupConfig(Section):
     """``[backup]``: the nightly backup (``nanoclaw backup --nightly``, from a timer)."""
 
     nightly: bool = True  # false: the timer's run does nothing
     keep: int = 3  # the newest this many of each kind nanoclaw makes itself are kept
 
 
-@dataclass(frozen=True)
-class TasksConfig:
+class TasksConfig(Section):
     """Scheduled tasks (``[tasks]``): limits an agent cannot reset (the owner may go beyond
     them from the CLI with ``--over-limits``)."""
 
@@ -135,8 +136,7 @@ class TasksConfig:
     min_interval: int = 300  # seconds: the least time between two runs of one task
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Section):
     """Resolved settings for every daemon and the CLI."""
 
     state_dir: Path = Path("/var/lib/nanoclaw")
@@ -153,7 +153,7 @@ class Config:
     timezone: str = ""
     channels: tuple[str, ...] = ("terminal",)
     proxy_upstream: str = "https://api.anthropic.com"
-    model: str = ""  # the older spelling of [models] default (load() makes them the same)
+    model: str = ""  # the older spelling of [models] default (config_file.read makes them the same)
     scheduler: str = "auto"  # timer backend: auto (systemd if PID 1, else crontab), systemd, crontab
     systemd_unit_dir: str = "/etc/systemd/system"
     crontab_file: str = ""  # empty: the service user's crontab
@@ -174,6 +174,7 @@ class Config:
     budget_groups: dict[str, Budget] = field(default_factory=dict)  # [budgets.groups.<folder>]
     backup: BackupConfig = field(default_factory=BackupConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    voice: VoiceConfig = field(default_factory=VoiceConfig)  # [voice]: voice_config.py
 
     # Derived locations: one state dir, one runtime dir.
     db_path = _under("state_dir", "nanoclaw.db")
@@ -224,189 +225,18 @@ class Config:
             return "UTC"
 
 
-def _coerce(cls: type, table: dict, where: str) -> dict:
-    """Check a TOML table against a dataclass's fields; refuse unknown keys."""
-    known = {f.name: f for f in fields(cls)}
-    out = {}
-    for key, value in table.items():
-        if key not in known or known[key].default is MISSING:  # tables (egress_groups) are read apart
-            raise ConfigError(f"{where}: unknown setting {key!r}")
-        default = known[key].default
-        if isinstance(default, tuple):
-            kind = type(default[0]) if default else str  # (80, 443): a list of integers
-            if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool)
-                                                      for v in value):
-                raise ConfigError(f"{where}.{key}: expected a list of {'integers' if kind is int else 'strings'}")
-            value = tuple(value)
-        elif isinstance(default, Path):
-            value = Path(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, type(default)):
-            if not (isinstance(default, float) and isinstance(value, int)):
-                raise ConfigError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
-            value = float(value)
-        out[key] = value
-    return out
-
-
-def _egress(table: dict) -> tuple[EgressPolicy, dict[str, EgressPolicy]]:
-    """``[egress]`` and its ``[egress.groups.<folder>]`` tables; a group's table changes only
-    the keys it names. Every value is checked here, so a typo stops the daemons at start."""
-    table = dict(table)
-    groups = table.pop("groups", {})
-    if not isinstance(groups, dict) or not all(isinstance(t, dict) for t in groups.values()):
-        raise ConfigError("egress.groups: expected one table per group folder, [egress.groups.<folder>]")
-
-    def policy(base: EgressPolicy, values: dict, where: str) -> EgressPolicy:
-        values = dict(values)
-        if "max_bytes_per_run" in values:
-            # Before the cap was per day it was per container start, which a lead could reset
-            # by delegating. An old setting is read as a day's, which can only be stricter.
-            if "max_bytes_per_day" in values:
-                raise ConfigError(f"{where}: max_bytes_per_run is replaced by max_bytes_per_day; remove it")
-            values["max_bytes_per_day"] = values.pop("max_bytes_per_run")
-            logging.getLogger("nanoclaw.config").warning(
-                "%s.max_bytes_per_run is deprecated: read as max_bytes_per_day (the cap now counts a group's "
-                "bytes per day, not per container start); rename it in the configuration", where)
-        try:
-            return replace(base, **_coerce(EgressPolicy, values, where)).validated()
-        except ValueError as exc:
-            raise ConfigError(f"{where}.{exc}") from None
-
-    default = policy(EgressPolicy(), table, "egress")
-    per_group = {}
-    for folder, values in groups.items():
-        if not FOLDER_RE.fullmatch(folder):
-            raise ConfigError(f"egress.groups: {folder!r} is not a group folder name")
-        per_group[folder] = policy(default, values, f"egress.groups.{folder}")
-    return default, per_group
-
-
-def _usage(table: dict) -> UsageConfig:
-    """``[usage]``: the allowed models and the price table (the owner's rows over the defaults)."""
-    table = dict(table)
-    prices = dict(DEFAULT_PRICES)
-    given = table.pop("prices", {})
-    if not isinstance(given, dict) or not all(isinstance(t, dict) for t in given.values()):
-        raise ConfigError('usage.prices: expected one table per model, [usage.prices."<model>"]')
-    for model, values in given.items():
-        where = f"usage.prices.{model}"
-        unknown = set(values) - {"input", "output", "cache_write", "cache_read"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
-        if not {"input", "output"} <= set(values):
-            raise ConfigError(f"{where}: input and output prices are required (USD per million tokens)")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values.values()):
-            raise ConfigError(f"{where}: prices are numbers of USD per million tokens, 0 or more")
-        prices[model] = Price(**{k: float(v) for k, v in values.items()})
-    usage = _coerce(UsageConfig, table, "usage")
-    return UsageConfig(prices=prices, **usage)
-
-
-def _budgets(table: dict) -> tuple[Budget, dict[str, Budget]]:
-    """``[budgets]`` (all groups together) and ``[budgets.groups.<folder>]`` (one group each)."""
-    table = dict(table)
-    groups = table.pop("groups", {})
-    if not isinstance(groups, dict) or not all(isinstance(t, dict) for t in groups.values()):
-        raise ConfigError("budgets.groups: expected one table per group folder, [budgets.groups.<folder>]")
-
-    def budget(values: dict, where: str) -> Budget:
-        b = Budget(**_coerce(Budget, values, where))
-        if min(b.day_usd, b.month_usd, b.day_tokens, b.month_tokens) < 0:
-            raise ConfigError(f"{where}: a budget is 0 (none) or more")
-        return b
-
-    per_group = {}
-    for folder, values in groups.items():
-        if not FOLDER_RE.fullmatch(folder):
-            raise ConfigError(f"budgets.groups: {folder!r} is not a group folder name")
-        per_group[folder] = budget(values, f"budgets.groups.{folder}")
-    return budget(table, "budgets"), per_group
-
-
 # What `nanoclaw doctor --redetect` finds by trying; kept apart from the owner's config.toml
 # (which wins where it sets the same key) so re-detecting never touches the owner's file.
 DETECTED = "detected.toml"
 DETECTED_KEYS = ("runtime", "ulimits", "volumes", "memory", "pids_limit", "build_args")
 
 
-def _read_toml(path: Path) -> dict:
-    try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-
-
 def load(path: Path | None = None) -> Config:
     """Read the configuration file (if any), the detected container options, and apply
-    environment overrides."""
-    if path is None:
-        env = os.environ.get("NANOCLAW_CONFIG")
-        path = Path(env) if env else Path("/etc/nanoclaw/config.toml")
-        explicit = bool(env)
-    else:
-        explicit = True
-    data: dict = {}
-    if path.exists():
-        data = _read_toml(path)
-    elif explicit:
-        raise ConfigError(f"{path}: no such configuration file")
-    owner_container = _coerce(ContainerConfig, data.pop("container", {}), "container")
-    whatsapp = WhatsAppConfig(**_coerce(WhatsAppConfig, data.pop("whatsapp", {}), "whatsapp"))
-    egress, egress_groups = _egress(data.pop("egress", {}))
-    team = TeamConfig(**_coerce(TeamConfig, data.pop("team", {}), "team"))
-    tasks = TasksConfig(**_coerce(TasksConfig, data.pop("tasks", {}), "tasks"))
-    usage = _usage(data.pop("usage", {}))
-    api = ApiConfig(**_coerce(ApiConfig, data.pop("api", {}), "api"))
-    budget, budget_groups = _budgets(data.pop("budgets", {}))
-    backup = BackupConfig(**_coerce(BackupConfig, data.pop("backup", {}), "backup"))
-    models = read_models(data.pop("models", {}), data.get("model", ""), usage)  # [models], checked
-    if backup.keep < 1:
-        raise ConfigError("[backup] keep must be at least 1 (nightly = false turns the nightly backup off)")
-    settings = _coerce(Config, data, "config")
-    for key, env in (("state_dir", "NANOCLAW_STATE_DIR"), ("runtime_dir", "NANOCLAW_RUNTIME_DIR"),
-                     ("config_dir", "NANOCLAW_CONFIG_DIR")):
-        if os.environ.get(env):
-            settings[key] = Path(os.environ[env])
-    detected_path = settings.get("config_dir", Config.config_dir) / DETECTED
-    detected: dict = {}
-    if detected_path.exists():
-        table = _read_toml(detected_path).get("container", {})
-        unknown = set(table) - set(DETECTED_KEYS)
-        if unknown:
-            raise ConfigError(f"{detected_path}: not a detected setting: {', '.join(sorted(unknown))}")
-        detected = _coerce(ContainerConfig, table, f"{detected_path.name}: container")
-    container = ContainerConfig(**{**detected, **owner_container})
-    settings["model"] = models.default
-    cfg = Config(container=container, whatsapp=whatsapp, egress=egress, egress_groups=egress_groups, team=team,
-                 tasks=tasks, usage=usage, api=api, budget=budget, budget_groups=budget_groups, backup=backup,
-                 models=models, **settings)
-    if min(cfg.prompt_cap, cfg.prompt_batch, cfg.max_concurrent, cfg.max_attempts) < 1:
-        raise ConfigError("prompt_cap, prompt_batch, max_concurrent and max_attempts must be at least 1")
-    if cfg.approval_timeout <= 0:
-        raise ConfigError("approval_timeout must be a positive number of seconds")
-    if cfg.burst_window < 0:
-        raise ConfigError("burst_window must be 0 (off) or a number of seconds")
-    # The queue gives a job up as stale when the runner has not started its container within
-    # 300 s, and a pre-check runs before that start.
-    if container.paused_memory_mib < 0:
-        raise ConfigError("[container] paused_memory_mib must be 0 (no container is paused) or more")
-    if not 0 < container.precheck_timeout <= 240:
-        raise ConfigError("[container] precheck_timeout must be more than 0 and at most 240 seconds")
-    if not 1 <= container.precheck_max_output <= 65536:
-        raise ConfigError("[container] precheck_max_output must be between 1 and 65536 bytes")
-    if min(api.max_calls_per_group, api.max_calls_per_agent, api.max_body_bytes, api.max_buffered_per_group) < 1:
-        raise ConfigError("[api] max_calls_per_group, max_calls_per_agent, max_body_bytes and "
-                          "max_buffered_per_group must be at least 1")
-    if min(usage.web_search_usd, usage.web_fetch_usd) < 0:
-        raise ConfigError("[usage] web_search_usd and web_fetch_usd are USD per request, 0 or more")
-    if min(team.max_depth, team.max_delegations) < 1 or team.max_members < 0:
-        raise ConfigError("[team] max_depth and max_delegations must be at least 1, max_members at least 0")
-    if tasks.max_per_group < 1 or tasks.min_interval < 60:
-        raise ConfigError("[tasks] max_per_group must be at least 1, min_interval at least 60 seconds")
-    return cfg
+    environment overrides; ConfigError (one line: the file, the key, what is wrong) if they
+    do not make a configuration."""
+    from nanoclaw.core.config_file import read
+    return read(path)
 
 
 @cache

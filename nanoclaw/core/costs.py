@@ -1,14 +1,14 @@
 """What agents' API calls cost and may cost: the settings ``[usage]`` (allowed models, the
 price table), ``[api]`` (what the API relay lets an agent have at once) and ``[budgets]``.
-Read by ``core.config``; no I/O here."""
+Read by ``core.config`` into these structs (msgspec: a key they do not declare is refused); no
+I/O here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from msgspec import Struct, field
 
 
-@dataclass(frozen=True)
-class Price:
+class Price(Struct, frozen=True, forbid_unknown_fields=True):
     """What one model costs, in USD per million tokens (``[usage.prices."<model>"]``)."""
 
     input: float
@@ -33,8 +33,7 @@ DEFAULT_PRICES: dict[str, Price] = {
 }
 
 
-@dataclass(frozen=True)
-class UsageConfig:
+class UsageConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[usage]``: which models the proxy lets through, and what they cost."""
 
     # fnmatch patterns ("claude-sonnet-4-5*"); empty: any model. The proxy refuses others.
@@ -47,8 +46,7 @@ class UsageConfig:
     web_fetch_usd: float = 0.0
 
 
-@dataclass(frozen=True)
-class ApiConfig:
+class ApiConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[api]``: what the API relay (nanoclaw-proxy) lets an agent have at once."""
 
     max_calls_per_group: int = 8  # API calls in flight, a group's lead and its team together
@@ -58,8 +56,7 @@ class ApiConfig:
     betas: tuple[str, ...] = ()  # anthropic-beta values to pass besides the relay's own list
 
 
-@dataclass(frozen=True)
-class Budget:
+class Budget(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Spending limits for one period pair (``[budgets]``: all groups together;
     ``[budgets.groups.<folder>]``: one group). 0 is no limit."""
 

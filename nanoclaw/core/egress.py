@@ -27,8 +27,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
+
+from msgspec import Struct
+from msgspec.structs import replace
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -156,8 +159,8 @@ def domain_matches(host: str, domain: str) -> bool:
     return host.endswith("." + domain)
 
 
-@dataclass(frozen=True)
-class EgressPolicy:
+# dict=True: room for the cached_property below
+class EgressPolicy(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, dict=True):
     """One group's egress settings: ``[egress]``, with ``[egress.groups.<folder>]`` on top."""
 
     mode: str = "open"  # "open": the public internet; "allowlist": allow_domains only; "off": nothing

@@ -12,7 +12,7 @@ TO CHANGE THE SCHEMA (a table, a column, an index), add a step; never edit a rel
                \"\"\"messages can be pinned\"\"\"
                con.execute('ALTER TABLE "message" ADD COLUMN "pinned" INTEGER NOT NULL DEFAULT 0')
 
-    3. Run ``tests/test_migrations.py``: it checks that a database made by the steps has
+    3. Run ``tests/core/test_migrations.py``: it checks that a database made by the steps has
        every table, column and index ``models.py`` declares, and no other.
 
     SQLite alters a column or a key only by rebuilding the table: ``CREATE TABLE "x_new"``
@@ -162,11 +162,21 @@ def _v3_models_per_kind(con: sqlite3.Connection) -> None:
         _add_column(con, table, "model", "VARCHAR(255) NOT NULL DEFAULT ''")
 
 
+def _v4_stop_and_raises_for_today(con: sqlite3.Connection) -> None:
+    """the owner's stop of a turn, and budget raises for today only"""
+    # Idempotent as step 2 is: a test's (or a hand-made) unversioned database may have them already.
+    _add_column(con, "turn", "stopped_at", "REAL")
+    con.execute('CREATE TABLE IF NOT EXISTS "budgetraise" ("scope" VARCHAR(255) NOT NULL, "period" VARCHAR(255) NOT NULL, '
+                '"unit" VARCHAR(255) NOT NULL, "limit" REAL NOT NULL, "until" REAL NOT NULL, '
+                '"set_by" VARCHAR(255) NOT NULL, "set_at" REAL NOT NULL, PRIMARY KEY ("scope", "period", "unit"))')
+
+
 # The steps, in order: STEPS[n - 1] makes version n. Append only (see the top of this file).
 STEPS: tuple[Step, ...] = (
     _v1_release_c7472f1,
     _v2_gates,
     _v3_models_per_kind,
+    _v4_stop_and_raises_for_today,
 )
 LATEST = len(STEPS)
 

@@ -14,7 +14,7 @@ with one line saying which name, where it came from and how to fix it. A name an
 gives (its ``schedule_task``/``update_task`` argument) is hostile: checked here as every
 other field is, never trusted for its shape.
 
-``[models]`` is read here too (:func:`read_models`, called by ``config.load``), so its names
+``[models]`` is checked here too (:func:`checked_models`, called by ``config_file.read``), so its names
 are checked by the same rule when the configuration loads.
 
 No I/O in :func:`choose` and :func:`check`; :func:`for_job` reads the group and the team
@@ -26,8 +26,10 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 if TYPE_CHECKING:
     from nanoclaw.core.config import Config
@@ -48,8 +50,7 @@ class ModelError(ValueError):
     """A model name that is refused; the text is one line saying why and how to fix it."""
 
 
-@dataclass(frozen=True)
-class ModelsConfig:
+class ModelsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[models]``: which model each kind of work runs on (the precedence is above); ""
     falls through to the next, and ``default`` "" lets the CLI choose."""
 
@@ -139,17 +140,16 @@ def for_job(cfg: Config, folder: str, agent: str = "", task_model: str | None = 
     return choose(cfg, "chat", group=group_model, where=folder)
 
 
-def read_models(table: dict, old_default: object, usage: UsageConfig) -> ModelsConfig:
-    """``[models]`` from config.toml, each name checked as any model name is: a name the proxy
-    would refuse stops the daemons at start, not at the first run. The top-level ``model``
-    is the older spelling of ``default``. Raises ConfigError (one line)."""
-    from nanoclaw.core.config import ConfigError, _coerce
+def checked_models(models: ModelsConfig, old_default: str, usage: UsageConfig) -> ModelsConfig:
+    """``[models]`` as config.toml gave it (core/config_file.py), each name checked as any model
+    name is: a name the proxy would refuse stops the daemons at start, not at the first run.
+    The top-level ``model`` is the older spelling of ``default``. Raises ConfigError (one line)."""
+    from nanoclaw.core.config import ConfigError
 
-    models = ModelsConfig(**_coerce(ModelsConfig, table, "models"))
     if old_default and models.default and old_default != models.default:
         raise ConfigError("model and [models] default name two models; keep one ([models] default)")
     if old_default and not models.default:
-        models = replace(models, default=old_default)
+        models = msgspec.structs.replace(models, default=old_default)
     for key in ("default", "tasks", "members"):
         try:
             _check(usage.allowed_models, getattr(models, key), f"[models] {key}")

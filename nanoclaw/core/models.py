@@ -175,6 +175,7 @@ class Turn(Base):
     status = CharField(default="sent")  # sent, done
     sent_at = FloatField(default=now)
     done_at = FloatField(null=True)
+    stopped_at = FloatField(null=True)  # the owner stopped it (core/stop.py): it ends without an answer
 
     class Meta:
         indexes = ((("job", "seq"), True),)
@@ -329,6 +330,23 @@ class BudgetLimit(Base):
         primary_key = CompositeKey("scope", "period", "unit")
 
 
+class BudgetRaise(Base):
+    """The owner's raise of a budget for today only (``nanoclaw budget raise ... --today``):
+    ``limit`` is in force, over any override or configuration, until ``until`` (the owner's
+    next midnight), then lapses by itself; the row is history after that."""
+
+    scope = CharField()
+    period = CharField()  # day, month
+    unit = CharField()  # usd, tokens
+    limit = FloatField()
+    until = FloatField()
+    set_by = CharField(default="cli")
+    set_at = FloatField(default=now)
+
+    class Meta:
+        primary_key = CompositeKey("scope", "period", "unit")
+
+
 class EgressBytes(Base):
     """The web bytes (in and out together) each agent moved through egress on one of the
     owner's days: the group's daily cap is counted from these, so neither a new container nor
@@ -344,7 +362,7 @@ class EgressBytes(Base):
 
 
 MODELS = [Group, Mount, Message, Cursor, Session, Job, Turn, Outbox, Task, TaskRun, Request, AllowedSender,
-          Usage, BudgetLimit, EgressBytes]
+          Usage, BudgetLimit, BudgetRaise, EgressBytes]
 
 
 def open_db(path: Path) -> SqliteDatabase:

@@ -52,7 +52,10 @@ def addressed(m: Message, *, requires_trigger: bool, trigger: str, allowed: set[
         return getattr(m, "ready", True)
     if m.is_bot or (allowed is not None and m.sender not in allowed and not (owner and m.from_me)):
         return False
-    return not requires_trigger or matches_trigger(m.text, trigger)
+    if not requires_trigger or matches_trigger(m.text, trigger):
+        return True
+    from nanoclaw.core import transcripts  # a voice note that starts with the assistant's name
+    return transcripts.wakes(getattr(m, "media", None))
 
 
 def needs_agent(messages: Sequence[Message], *, requires_trigger: bool, trigger: str,
@@ -115,11 +118,13 @@ def attachment(media: str | dict | None) -> str:
     if media.get("seconds"):
         attrs.append(f"seconds={_attr(str(media['seconds']))}")
     note = str(media.get("note", ""))
-    if media.get("kind") == "voice note":
+    from nanoclaw.core import transcripts  # it builds on this module's escaping
+    heard = transcripts.state(media) is not None and transcripts.state(media).get("state") == transcripts.DONE
+    if media.get("kind") == "voice note" and not heard:
         note = "; ".join(filter(None, [note, "not transcribed: you cannot hear it, so do not guess what it says"]))
     if note:
         attrs.append(f"note={_attr(note)}")
-    return f"<attachment {' '.join(attrs)}/>"
+    return f"<attachment {' '.join(attrs)}/>{transcripts.element(media)}"
 
 
 def _human(size: int) -> str:

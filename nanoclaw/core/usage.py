@@ -31,7 +31,7 @@ from peewee import Case, fn
 
 from nanoclaw.core.config import Config
 from nanoclaw.core.costs import Price
-from nanoclaw.core.models import BudgetLimit, Usage, db
+from nanoclaw.core.models import BudgetLimit, BudgetRaise, Usage, db
 
 PERIODS = ("day", "month")
 UNITS = ("usd", "tokens")
@@ -165,9 +165,10 @@ class Limit:
     source: str  # config, or who set the override
 
 
-def limits(cfg: Config, scope: str, *more: str) -> list[Limit]:
-    """The budgets in force of a scope (and of ``more`` scopes, in that order; one query for
-    all: the proxy asks before every call). Overrides win over configuration; 0 (none) is
+def limits(cfg: Config, scope: str, *more: str, at: float | None = None) -> list[Limit]:
+    """The budgets in force at ``at`` (now) of a scope (and of ``more`` scopes, in that order;
+    one query for all: the proxy asks before every call). Overrides win over configuration,
+    and a raise for today only (:func:`raise_today`) over both until it lapses; 0 (none) is
     left out."""
     scopes = (scope, *more)
     out: dict[tuple[str, str, str], Limit] = {}
@@ -182,6 +183,13 @@ def limits(cfg: Config, scope: str, *more: str) -> list[Limit]:
     for name, period, unit, value, by in rows:
         if (name, period, unit) in out:
             out[(name, period, unit)] = Limit(name, period, unit, value, by)
+    when = datetime.now().timestamp() if at is None else at
+    raised = BudgetRaise.select(BudgetRaise.scope, BudgetRaise.period, BudgetRaise.unit, BudgetRaise.limit,
+                                BudgetRaise.set_by).where(BudgetRaise.scope.in_(scopes), BudgetRaise.until > when)
+    for name, period, unit, value, by in raised.tuples():
+        below = out.get((name, period, unit))
+        if below is not None and 0 < below.limit < value:  # a raise never lowers, nor limits what had none
+            out[(name, period, unit)] = Limit(name, period, unit, value, f"{by}, today only")
     return [lim for lim in out.values() if lim.limit > 0]
 
 
@@ -218,7 +226,7 @@ def exceeded(cfg: Config, folder: str, at: float | None = None,
     """The first budget of the group (or of all groups) that is used up, or None. ``spent_of``
     (scope, period, at) replaces the database's sums (the API relay's running totals);
     ``in_force``, the group's limits already read."""
-    for lim in limits(cfg, folder, ALL) if in_force is None else in_force:
+    for lim in limits(cfg, folder, ALL, at=at) if in_force is None else in_force:
         used = (spent_of or (lambda *a: spent(cfg, *a)))(lim.scope, lim.period, at)
         value = used.usd if lim.unit == "usd" else used.tokens
         if value >= lim.limit:
@@ -259,6 +267,28 @@ def set_limit(cfg: Config, scope: str, period: str, unit: str, limit: float | No
         BudgetLimit.insert(scope=scope, period=period, unit=unit, limit=limit, set_by=by,
                            set_at=datetime.now().timestamp()).on_conflict_replace().execute()
     return Limit(scope, period, unit, limit, by)
+
+
+def raise_today(cfg: Config, scope: str, period: str, unit: str, add: float, *, by: str = "cli",
+                at: float | None = None) -> tuple[Limit, datetime]:
+    """Raise a budget in force by ``add`` for today only: the raise lapses at the owner's next
+    midnight (whatever the period), and the budget is then what it was. Returns the limit now
+    in force and when the raise lapses."""
+    if period not in PERIODS:
+        raise BudgetError(f"period must be day or month, not {period!r}")
+    if unit not in UNITS:
+        raise BudgetError(f"unit must be usd or tokens, not {unit!r}")
+    when = datetime.now().timestamp() if at is None else at
+    until = resets_at(cfg, "day", when)
+    with db.atomic("IMMEDIATE"):
+        current = next((lim.limit for lim in limits(cfg, scope, at=when) if (lim.period, lim.unit) == (period, unit)),
+                       0.0)
+        if not current:
+            raise BudgetError(f"{'all groups have' if scope == ALL else scope + ' has'} no {period} {unit} budget "
+                              "to raise (set one: nanoclaw budget set)")
+        BudgetRaise.insert(scope=scope, period=period, unit=unit, limit=current + add, until=until.timestamp(),
+                           set_by=by, set_at=when).on_conflict_replace().execute()
+    return Limit(scope, period, unit, current + add, f"{by}, today only"), until
 
 
 def record(cfg: Config, folder: str, agent: str, job: int | None, counts: Counts, streamed: bool,

@@ -1,13 +1,11 @@
-"""The daemons: one long-running process per systemd unit (``nanoclaw-<name>``).
+"""The daemons: one long-running process per systemd unit (``nanoclaw-<name>``), each a
+module or package here named for it. Which there are, and each one's user, spools, sockets,
+network and credential: the registry, ``nanoclaw/registry.py``.
 
-    channel    chat connections in and out; stores what arrives before acknowledging it
-    queue      decides when a group's agent runs and what it is told
-    runner     starts and watches the agent containers (Podman API)
-    ipc        reads what agents ask for, and decides if they may
-    router     the outbox: formats, keeps and hands replies to the channel
-    proxy      the Anthropic API for containers: holds the credential, meters, keeps budgets
-    egress     the web for containers, under each group's egress policy (no credential)
-    scheduler  keeps each scheduled task's timer equal to the database
-
-They talk only through spools and socket nudges (nanoclaw.core.protocol).
+Work is handed over through spools (write, fsync, rename; ``nanoclaw.core.protocol``) with
+a nudge on the consumer's socket, and the database. A few requests go over a daemon's
+socket and wait for the answer: the router's ``deliver`` to the channel (a reply counts as
+sent once the channel confirms it), the runner's ``ensure`` to proxy and egress (an agent's
+sockets exist before its container starts), and the owner's commands (``status``,
+``nanoclaw chat``); the queue's ``typing`` to the channel is told and not awaited.
 """

@@ -11,7 +11,7 @@ READS
 
 WRITES
     Under the systemd units, timer specs in ``<state>/timers/`` (``core.timer_specs``)
-    that the root one-shot ``nanoclaw timers sync`` (``admin/timer_sync.py``)
+    that the root one-shot ``python -m nanoclaw.admin.timer_sync`` (nanoclaw-timers.service)
     re-validates into units; without them (``nanoclaw run-all``), lines in the
     crontab of the user it runs as. ``ipc/<group>/in/tasks.json``, which agents
     see read-only.

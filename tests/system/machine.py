@@ -24,9 +24,10 @@ import time
 import uuid
 from pathlib import Path
 
+from nanoclaw import registry
+
 ROOT = Path(__file__).resolve().parents[2]
-UNITS = ["nanoclaw-podman", "nanoclaw-proxy", "nanoclaw-egress", "nanoclaw-queue", "nanoclaw-runner",
-         "nanoclaw-ipc", "nanoclaw-router", "nanoclaw-channel", "nanoclaw-scheduler"]
+UNITS = [unit.removesuffix(".service") for unit in registry.running()]  # every daemon, and Podman's API
 CA_STORE = "/etc/ssl/certs/ca-certificates.crt"
 FAKE_API_PORT = 18080
 AS_NANOCLAW = "runuser -u nanoclaw -- env XDG_RUNTIME_DIR=/run/nanoclaw/xdg HOME=/var/lib/nanoclaw/home"

@@ -3,6 +3,8 @@
 SYNOPSIS
     add_parsers(sub)                 the pending command, and approve and deny as short forms
     cmd_pending(cfg, args)           list the requests; approve, deny or forget one (core/approvals.py)
+    cmd_revoke(cfg, args)            nanoclaw pending revoke [NAME]: list the approved senders, or take
+                                     one back (core/revoke.py), then nudge the daemons that read senders
 """
 
 from __future__ import annotations
@@ -60,6 +62,30 @@ def cmd_pending(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         nudge(cfg.socket(daemon))
 
 
+def cmd_revoke(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """The senders the owner approved; take one back (its next trigger asks again)."""
+    from nanoclaw.core import revoke
+    from nanoclaw.core.models import open_db
+    open_db(cfg.db_path)
+    if not args.name:
+        rows = revoke.approved()
+        if not rows:
+            print("no approved senders")
+        for a, req in rows:
+            print(f"  {revoke.describe(a, req)}")
+        if rows:
+            print("\nrevoke one:  nanoclaw pending revoke NAME [--group GROUP]  (a name, +number, chat id or N)")
+        return 0
+    try:
+        print(revoke.revoke(" ".join(args.name), args.group))
+    except revoke.RevokeError as exc:
+        print(f"nanoclaw: {exc}", file=sys.stderr)
+        return 2
+    for daemon in ("queue", "channel", "router", "ipc", "proxy"):
+        nudge(cfg.socket(daemon))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("pending", help="unknown chats and senders asking for the assistant: list, approve, deny")
     psub = sp.add_subparsers(dest="pending_action")
@@ -70,6 +96,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     for parser in (pa, pd, pf):
         parser.add_argument("n", type=int, nargs="?", metavar="N")
     pa.add_argument("--folder", help="the new group's folder (default: from the chat's name)")
+    pr = psub.add_parser("revoke", help="take back one approved sender (without NAME: list them)")
+    pr.add_argument("name", nargs="*", metavar="NAME", help="a name, +number, chat id or the request's N")
+    pr.add_argument("--group", help="the group, where NAME is approved in several")
+    pr.set_defaults(run=cmd_revoke)
     sp = sub.add_parser("approve", help="approve request N (as: nanoclaw pending approve N)")
     sp.add_argument("n", type=int, nargs="?", metavar="N")
     sp.add_argument("--folder", help="the new group's folder (default: from the chat's name)")

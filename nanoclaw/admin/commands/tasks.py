@@ -12,10 +12,7 @@ timer's lateness is only this process's start.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-from pathlib import Path
 
 from nanoclaw.core import config as config_mod
 from nanoclaw.core.protocol import nudge
@@ -109,13 +106,7 @@ def cmd_tasks(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 def cmd_timers(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from nanoclaw.admin import timer_sync
-    if os.geteuid() != 0:
-        print("nanoclaw: timers sync writes systemd units; run it as root (systemctl start nanoclaw-timers)",
-              file=sys.stderr)
-        return 2
-    for change in timer_sync.sync(cfg.timer_spec_dir, Path(cfg.systemd_unit_dir)):
-        logging.getLogger("nanoclaw.timers").info("timers: %s", change)
-    return 0
+    return timer_sync.run(cfg)  # what nanoclaw-timers.service runs alone: python -m nanoclaw.admin.timer_sync
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

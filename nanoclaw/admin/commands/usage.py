@@ -3,7 +3,8 @@
 SYNOPSIS
     add_parsers(sub)                 the usage and budget commands
     cmd_usage(cfg, args)             the proxy's records, one row per group, model, agent, day or run
-    cmd_budget(cfg, args)            list the budgets in force; set, raise or clear the owner's overrides
+    cmd_budget(cfg, args)            list the budgets in force; set, raise (or raise for today only) or
+                                     clear the owner's overrides
 
 Only the owner sets a budget (an agent may ask for more: that is a request in approvals.py).
 """
@@ -46,7 +47,7 @@ def cmd_budget(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """Budgets: list them with what is spent; set, raise or clear the owner's overrides."""
     from nanoclaw.core import groups as groups_mod
     from nanoclaw.core import usage
-    from nanoclaw.core.models import BudgetLimit, Group, open_db
+    from nanoclaw.core.models import BudgetLimit, BudgetRaise, Group, open_db
     open_db(cfg.db_path)
     action = args.budget_action or "list"
     try:
@@ -70,8 +71,16 @@ def cmd_budget(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         if action == "clear":
             gone = BudgetLimit.delete().where(BudgetLimit.scope == scope, BudgetLimit.period == args.period,
                                               BudgetLimit.unit == unit).execute()
+            gone += BudgetRaise.delete().where(BudgetRaise.scope == scope, BudgetRaise.period == args.period,
+                                               BudgetRaise.unit == unit).execute()
             print(f"{args.scope}: {'the override of ' if gone else 'no override of '}the {args.period} {unit} "
                   "budget removed; the configuration's applies")
+        elif getattr(args, "today", False):
+            amount = usage.parse_amount(args.amount, tokens=args.tokens)
+            lim, until = usage.raise_today(cfg, scope, args.period, unit, amount, by="cli")
+            shown = f"${lim.limit:.2f}" if unit == "usd" else f"{int(lim.limit):,} tokens"
+            print(f"{'all groups' if scope == usage.ALL else scope}: {shown} per {args.period} until "
+                  f"{until:%Y-%m-%d %H:%M} {cfg.tz} (today only; then as before)")
         else:
             amount = usage.parse_amount(args.amount, tokens=args.tokens)
             lim = usage.set_limit(cfg, scope, args.period, unit, None if action == "raise" else amount,
@@ -107,3 +116,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         if action != "clear":
             bp.add_argument("amount", help="USD (2, 2.50, $2.50) or with --tokens a count (500k, 2M)")
         bp.add_argument("--tokens", action="store_true", help="a budget in tokens, not USD")
+        if action == "raise":
+            bp.add_argument("--today", action="store_true",
+                            help="for today only: the raise lapses at your next midnight")

@@ -2,9 +2,10 @@
 
 SUMMARY
     ``approve N``/``deny N`` in the main chat are carried out here (core/approvals.py
-    decides), answered in one line and never handed to the main agent; a request nobody
-    answers expires at its time (the next expiry is one of ``work()``'s deadlines); a chat
-    the owner approved has its agent start at the message that asked.
+    decides), as are ``stop [GROUP]`` (stop.py), ``status`` and ``revoke NAME``
+    (core/owner_chat.py): answered in one line and never handed to the main agent. A
+    request nobody answers expires at its time (the next expiry is one of ``work()``'s
+    deadlines); a chat the owner approved has its agent start at the message that asked.
 
 SYNOPSIS
     Owner(q).sweep() -> float | None
@@ -19,8 +20,8 @@ DESCRIPTION
 
 HOSTILE INPUT
     Only a main-chat message from the owner's own account or a sender the main chat
-    admits is an answer (plan.owner_command, and approvals again); bot and team
-    messages never are.
+    admits is an answer (plan.owner_command, and approvals or owner_chat again); bot and
+    team messages never are.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from typing import TYPE_CHECKING
 
 from peewee import fn
 
-from nanoclaw.core import approvals
+from nanoclaw.admin import status as status_mod
+from nanoclaw.core import approvals, owner_chat
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Message, Request
 from nanoclaw.core.protocol import nudge
@@ -58,8 +60,11 @@ class Owner:
 
     def answer(self, main: Group, m: Message) -> None:
         """Carry out the owner's ``approve N``/``deny N`` (once: core/approvals.py records the
-        answer)."""
-        if approvals.handle_command(self.q.cfg, m, main) != "now":
+        answer), or ``stop``, ``status``, ``revoke`` (once: core/owner_chat.py)."""
+        cfg = self.q.cfg
+        done = owner_chat.handle(cfg, m, main, self.q.stopper.stop, lambda: status_mod.summary(cfg)) \
+            or approvals.handle_command(cfg, m, main)
+        if done != "now":
             return
         self.q.log.info("is the owner's answer to a request; handled, not for the agent",
                         extra=log_fields(message=m.id))

@@ -5,23 +5,27 @@ SUMMARY
     (``state.py``), decide here, apply the actions (``__init__.py``). Nothing
     here reads the database, the disk or the clock: ``now`` is passed in, so
     the rules can be tested row by row without a database
-    (``tests/test_queue_plan.py``).
+    (``tests/daemons/queue/test_plan.py``).
 
 SYNOPSIS
     plan(state: State, now: float) -> Plan
     next_prompt(group: GroupState, agent: str, pending: list, rules: Rules) -> (list, str)
-    owner_command(message, main: GroupState) -> bool
+    owner_command(message, main: GroupState, groups) -> bool
 
 DESCRIPTION
     For each group, for each of its agents (the lead first, then its team):
 
     - Its pending messages are those past its cursor and past its live job's
-      turns. In the main chat the owner's ``approve N``/``deny N`` are taken
-      out (``OwnerAnswer``): nanoclaw answers them, never the main agent.
+      turns. In the main chat the owner's ``approve N``/``deny N``, ``stop
+      [GROUP]``, ``status`` and ``revoke NAME`` are taken out
+      (``OwnerAnswer``): nanoclaw answers them, never the main agent.
     - A prompt covers the first message addressed to the agent (the trigger
       where the group needs one, an allowed sender, a team answer that is
       ready: ``core.prompt``) and what follows, up to ``prompt_batch``; older
       context is capped. Nothing addressed: nothing runs, the chatter waits.
+    - A voice note still being transcribed holds the turn that would cover it (and what
+      came after it) until its transcript or its failure is there, at most
+      ``Rules.voice_wait`` (``voice.py`` gives it up then).
     - With ``burst_window`` set, chat messages wait until the chat has been
       quiet a window (at most ``BURST_CAP`` windows after the first).
     - A live, running container that is not closing takes the messages as
@@ -53,6 +57,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nanoclaw.core import owner_chat, transcripts
 from nanoclaw.core.approvals import parse_command
 from nanoclaw.core.prompt import build_prompt, next_batch
 
@@ -72,6 +77,7 @@ class Rules:
     prompt_batch: int = 50
     prompt_bytes: int = 512 * 1024  # a prompt must fit a spool file (half of max_spool_bytes)
     tz: str = "UTC"
+    voice_wait: float = 0.0  # seconds a turn waits for a voice note's transcript (0: never)
     park_after: float = 0.0  # seconds idle before a chat job's container is paused; 0: it exits itself
 
 
@@ -127,6 +133,7 @@ class State:
     disk_low: bool = False  # the state directory's disk is nearly full
     bursts: dict[AgentKey, Burst] = field(default_factory=dict)
     rules: Rules = field(default_factory=Rules)
+    group_refs: frozenset[str] = frozenset()  # the words that name a group (for the owner's "stop GROUP")
 
 
 # -- actions ------------------------------------------------------------------------
@@ -186,7 +193,8 @@ class DiskNotice:
 
 @dataclass(frozen=True)
 class OwnerAnswer:
-    """The owner's ``approve N``/``deny N`` in the main chat, to be carried out (once)."""
+    """The owner's ``approve N``/``deny N`` (or ``stop``, ``status``, ``revoke``) in the main
+    chat, to be carried out (once)."""
     group: GroupState
     message: Any
 
@@ -225,7 +233,10 @@ def plan(state: State, now: float) -> Plan:
         for agent, a in g.agents.items():
             pending = a.pending
             if g.is_main and not agent and pending:
-                pending = _owner_answers(g, pending, out.actions)
+                pending = _owner_answers(g, pending, out.actions, state.group_refs)
+            pending, held_until = _until_heard(pending, rules.voice_wait)
+            if held_until is not None:  # a voice note not transcribed yet: the turn waits for it
+                out.due(held_until)
             key = (g.id, agent)
             job = active.get(key)
             if job is not None and job.status == "queued" and state.disk_low:
@@ -344,26 +355,39 @@ def _turns(g: GroupState, agent: str, pending: Sequence, rules: Rules) -> list[t
         pending = pending[len(batch):]
 
 
-def owner_command(m: Any, main: GroupState) -> bool:
-    """Whether a main-chat message is the owner's ``approve N``/``deny N``: from the owner's
-    own account or a sender the main chat admits; never ours (bot) nor a team's."""
+def owner_command(m: Any, main: GroupState, groups: frozenset[str] = frozenset()) -> bool:
+    """Whether a main-chat message is the owner's ``approve N``/``deny N`` (or ``stop
+    [GROUP]``, ``status``, ``revoke NAME``: core/owner_chat.py; ``groups`` the words that
+    name a group): from the owner's own account or a sender the main chat admits; never
+    ours (bot) nor a team's."""
     if m.is_bot or getattr(m, "agent", None) is not None:
         return False
-    if parse_command(m.text, main.trigger) is None:
+    if parse_command(m.text, main.trigger) is None and owner_chat.parse(m.text, main.trigger, groups) is None:
         return False
     return m.from_me or main.allowed is None or m.sender in main.allowed
 
 
-def _owner_answers(main: GroupState, pending: list, actions: list) -> list:
+def _owner_answers(main: GroupState, pending: list, actions: list, groups: frozenset[str]) -> list:
     """The owner's answers among the main chat's pending messages become actions; the rest
     are for the main agent."""
     rest = []
     for m in pending:
-        if owner_command(m, main):
+        if owner_command(m, main, groups):
             actions.append(OwnerAnswer(main, m))
         else:
             rest.append(m)
     return rest
+
+
+def _until_heard(pending: list, wait: float) -> tuple[list, float | None]:
+    """The pending messages a turn may cover now: those before the first voice note still
+    being transcribed (``core.transcripts``), and when that note's wait ends (None: none waits).
+    Its wait has a limit: the queue gives the transcript up then, and the turn goes ahead."""
+    for i, m in enumerate(pending):
+        until = transcripts.waiting_until(getattr(m, "media", None), m.timestamp, wait)
+        if until is not None:
+            return pending[:i], until
+    return pending, None
 
 
 def _burst_settles(bursts: dict[AgentKey, Burst], key: AgentKey, pending: Sequence, now: float,

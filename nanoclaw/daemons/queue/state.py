@@ -12,7 +12,8 @@ DESCRIPTION
     Every live job, with whether it is idle and the last message its turns cover; for
     each group its agents' pending messages (past the cursor and the live job's turns,
     addressed to that agent or context for it), its due task run, its budget and who
-    may wake it; whether the disk is full.
+    may wake it; whether the disk is full; the words that name a group (the owner's
+    ``stop GROUP`` in the main chat, core/owner_chat.py).
 
     A group whose newest message was already looked at, with no job and nothing
     addressed to any agent, is not read again (``remember`` keeps what it looked like):
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING
 from peewee import fn
 
 from nanoclaw.core import groups as groups_mod
+from nanoclaw.core import owner_chat
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.models import AllowedSender, Cursor, Group, Job, Message, Task, TaskRun, Turn
@@ -59,6 +61,7 @@ class Reader:
         cfg = self.q.cfg
         return Rules(max_concurrent=cfg.max_concurrent, burst_window=cfg.burst_window, prompt_cap=cfg.prompt_cap,
                      prompt_batch=cfg.prompt_batch, prompt_bytes=cfg.max_spool_bytes // 2, tz=cfg.tz,
+                     voice_wait=cfg.voice.wait if cfg.voice.enabled else 0.0,
                      park_after=cfg.container.idle_timeout if cfg.container.paused_memory_mib > 0 else 0.0)
 
     def read(self, now: float) -> State:
@@ -74,7 +77,8 @@ class Reader:
         self._seen = {}
         groups = []
         wants_disk = any(j.status == "queued" for j in jobs.values())
-        for group in list(Group.select()):
+        rows = list(Group.select())
+        for group in rows:
             seen = self._signature(group, None if group.jid in changed else self.nothing_for.get(group.id))
             self._seen[group.id] = seen
             quiet = not any(k[0] == group.id for k in jobs) and self._still_nothing(group, seen)
@@ -94,7 +98,8 @@ class Reader:
             wants_disk = wants_disk or starts
             groups.append(g)
         disk_low = wants_disk and self.q.holds.disk_low() is not None
-        return State(groups, jobs, disk_low, dict(self.q.bursts), self.rules())
+        return State(groups, jobs, disk_low, dict(self.q.bursts), self.rules(),
+                     owner_chat.group_refs(rows))  # the words that name a group: the owner's "stop GROUP"
 
     def remember(self, state: State, decided: Plan) -> None:
         """Keep what the groups found with nothing to do looked like, so the next pass need

@@ -31,6 +31,10 @@ DESCRIPTION
     never reported long past its container's time limit, is counted as failed, so no
     group is silenced for good by a lost report.
 
+    A turn the owner stopped (``stopped_at``, core/stop.py) is silent whatever its agent
+    reports. If its container was killed for it (stop.py), the job's end counts the
+    stopped turns answered and no failure; later turns' messages wait for the next job.
+
 HOSTILE INPUT
     ``turn_result`` texts and session ids come from agents (through ipc, which put the
     group there from the directory the file was found in); a result naming another
@@ -45,6 +49,7 @@ from typing import TYPE_CHECKING
 from peewee import fn
 
 from nanoclaw.core import model_choice
+from nanoclaw.core import stop as stop_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.backoff import backoff
@@ -140,6 +145,8 @@ class Turns:
             return False
         if turn.status == "done":
             return False  # re-processed after a crash: already applied
+        if turn.stopped_at:  # the owner stopped it (core/stop.py): whatever the agent says, it is silent
+            body = {**body, "text": "", "error": None}
         group = job.group
         if job.task_run:
             return self.q.tasks.turn_done(job, turn, body)
@@ -209,6 +216,10 @@ class Turns:
             return self.q.tasks.finished(job, exit_code, error, stopped)
         turns = list(job.turns)
         undone = [t for t in turns if t.status != "done"]
+        if any(t.stopped_at for t in undone):  # the owner's stop killed it: its stopped turns are answered
+            with db.atomic("IMMEDIATE"):
+                undone, stopped = stop_mod.settle(job, undone), True
+            self.q._typing(job.group.jid, False)
         failed = not stopped and (exit_code not in (0, None) or bool(job.error) or bool(error)
                                   or (undone and len(undone) == len(turns)))
         group = job.group

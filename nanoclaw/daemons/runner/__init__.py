@@ -18,6 +18,10 @@ SUMMARY
     nothing, the job is reported ``skipped`` and no agent starts; otherwise its
     output (capped) is added to the agent's prompt.
 
+    A voice note is transcribed in ``nanoclaw-<folder>-voice-<message>`` when the queue
+    asks (``transcribe.py``: no network, read-only, the note alone, a time limit); the
+    transcript goes back to the queue as hostile text.
+
 READS
     ``spool/runner`` (``job``); the Podman API (``podman system service``);
     a pre-check container's stdout and stderr, up to a cap.
@@ -60,15 +64,15 @@ FILES
     said once;  ``validate.py`` the check every spec passes;  ``driver.py``
     Podman;  ``dirs.py`` a group's directories;  ``owner_folders.py`` and
     ``binds.py`` the owner's folders, checked and pinned;  ``precheck.py``;
-    ``disk.py`` disk waits;  ``drain.py`` run-all's stop;  ``pause.py`` idle containers paused
-    and handed the next job.
+    ``disk.py`` disk waits;  ``drain.py`` run-all's stop;  ``kill.py`` the
+    queue's ``kill`` of a container whose stopped turn did not end;  ``transcribe.py``
+    voice notes;  ``pause.py`` idle containers paused and handed the next job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -83,12 +87,13 @@ from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Job
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request
 from nanoclaw.core.skeleton import Daemon
-from nanoclaw.daemons.runner import binds, disk, drain, driver, owner_folders, pause, precheck, validate
-from nanoclaw.daemons.runner.dirs import prepare_dirs
+from nanoclaw.daemons.runner import binds, disk, drain, driver, kill, owner_folders, pause, precheck, validate
+from nanoclaw.daemons.runner.dirs import clear_inbox, prepare_dirs
 from nanoclaw.daemons.runner.disk import SPACE_CHECK, Stopped
 from nanoclaw.daemons.runner.drain import STOP_ENV, Draining
 from nanoclaw.daemons.runner.driver import in_daemon_thread, start_failure
 from nanoclaw.daemons.runner.spec import LABEL, agent_spec, container_name
+from nanoclaw.daemons.runner.transcribe import Transcriber
 from nanoclaw.daemons.runner.validate import SpecError
 
 START_TRIES = 3  # attempts to start (or re-attach to) a job's container before it fails
@@ -116,6 +121,7 @@ class RunnerDaemon(Daemon):
         if self._recovering:
             self.log.info("re-attaching %d job(s) left in cur/", len(self._recovering))
         self._swept = False
+        self.transcriber = Transcriber(self)
         self.pool = pause.Pool(self)
 
     def client(self, timeout: float | None = 60) -> PodmanClient:
@@ -150,6 +156,9 @@ class RunnerDaemon(Daemon):
                 self._recovering = envs  # keep them; try again shortly
                 return 2.0
         for env in envs:
+            if env.type == "transcribe":  # a voice note, in a container of its own (transcribe.py)
+                self.transcriber.take(env)
+                continue
             if env.type == "park":
                 self.spawn(self._park(env), "a park", lambda exc: None, job=env.body["job"])
                 continue
@@ -167,6 +176,15 @@ class RunnerDaemon(Daemon):
     async def _park(self, env: Envelope) -> None:
         await in_daemon_thread(self.pool.park, env.body["job"])
         self.spool.done(env.path)
+
+    async def handle(self, req: dict, writer: Any) -> dict | None:
+        if req.get("op") == "kill":  # the owner's stop, not heeded in time (kill.py)
+            return await in_daemon_thread(kill.kill_job, self, req.get("job"))
+        reply = await super().handle(req, writer)
+        if req.get("op") == "status" and reply is not None:  # nanoclaw status lists the paused
+            reply["paused"] = [{"group": g, "agent": a, "mib": round(m / pause.MiB)} for g, a, m in self.pool.listing()]
+            reply["paused_budget_mib"] = self.cfg.container.paused_memory_mib
+        return reply
 
     def _again(self, env: Envelope) -> None:
         """A job's run failed for a bug: its file is still in cur/, so run it again, later each
@@ -269,7 +287,7 @@ class RunnerDaemon(Daemon):
                     # checked in it (driver.create), and nothing ran in it yet. Made again.
                     ctr.remove(force=True)
                     raise NotFound(f"{name} was never started")
-                if ctr.status == "paused" and self._reattach_paused(ctr, body):
+                if ctr.status == "paused" and self.pool.reattached(ctr, body):
                     return
                 if ctr.status in ("running", "stopping") and not driver.alive(ctr):
                     # Its processes were killed behind podman's back (its monitor died with them,
@@ -323,15 +341,6 @@ class RunnerDaemon(Daemon):
             self.log.info("container %s exited code=%s", name, code,
                           extra=log_fields(group=body["group"], job=body["job"]))
 
-    def _reattach_paused(self, ctr: Any, body: dict) -> bool:
-        """A paused container found for its job at a restart: paused after the queue asked
-        (the job is closing), its end is reported and it is kept; else it was being handed
-        the job, and goes on (False)."""
-        job = Job.get_or_none(Job.id == body["job"])
-        if job is not None and job.closing:
-            self._event(body["job"], "exited", exit_code=0, error="", container=ctr.name)
-        return self.pool.reattached(ctr, body, job is not None and job.closing)
-
     def _still_wanted(self, body: dict) -> bool:
         """Whether the queue still waits for this job. It gives up on a job the runner has
         not started within its allowance (the runner was down, or waited for the disk) and
@@ -349,19 +358,9 @@ class RunnerDaemon(Daemon):
         dirs = prepare_dirs(self.cfg, body["group"], body["is_main"], body.get("agent", ""))
         if body.get("agent"):
             nudge(self.cfg.socket("ipc"))  # a member's out/ may be new: ipc watches it from its next pass
-        inbox = Spool(dirs["in"]).ensure()
         # Prompts left from an earlier container are covered by this job's prompt
-        # (it holds every message since the cursor): clear them. in/ is host-only. The
-        # directories stay: a paused container handed this job watches in/new.
-        for d in (inbox.new, inbox.cur, inbox.tmp):
-            with os.scandir(d) as entries:
-                for entry in entries:
-                    try:
-                        os.unlink(entry.path)
-                    except IsADirectoryError:
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    except FileNotFoundError:
-                        pass
+        # (it holds every message since the cursor): cleared.
+        inbox = clear_inbox(Spool(dirs["in"]))
         inbox.put("prompt", {"job": body["job"], "turn": 0, "prompt": body["prompt"],
                                       "session_id": body["session_id"]}, durable=False)  # see Spool.put
         for daemon, lost in (("proxy", "the API"), ("egress", "the web")):
@@ -394,15 +393,10 @@ class RunnerDaemon(Daemon):
                       extra=log_fields(group=body["group"], job=body["job"]))
         return ctr
 
-    async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
-        reply = await super().handle(req, writer)
-        if req.get("op") == "status" and reply is not None:  # nanoclaw status lists them
-            reply["paused"] = [{"group": g, "agent": a, "mib": round(m / pause.MiB)} for g, a, m in self.pool.listing()]
-            reply["paused_budget_mib"] = self.cfg.container.paused_memory_mib
-        return reply
-
     def status(self) -> str:
         line = f"{len(self.running) - len(self.waiting_space)} container(s) running"
+        if self.transcriber.active:
+            line += f", {len(self.transcriber.active)} voice note(s) being transcribed"
         if self.pool.parked:
             line += f", {len(self.pool.parked)} paused"
         waiting = dict(self.waiting_space)

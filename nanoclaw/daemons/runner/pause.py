@@ -26,7 +26,7 @@ SYNOPSIS
     pool.park(job)                     (a thread) pause a job's idle container, or close it
     pool.was_parked(job, ctr, body) -> bool   after its wait returned: was it paused by us?
     pool.take(client, body) -> container, still paused, or None;  pool.hand_over(ctr, body, t0)
-    pool.reattached(ctr, body, parked) -> bool   a paused one found named for its job at a restart
+    pool.reattached(ctr, body) -> bool   a paused one found named for its job at a restart
     pool.adopt(ctr) -> bool            at start: a paused container no job file accounts for
     pool.stop_all();  pool.listing() -> [(group, agent, bytes)]
     memory(ctr) -> bytes or None;  kill(ctr)
@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from podman.errors import APIError, NotFound
 
 from nanoclaw.core.log import log_fields
+from nanoclaw.core.models import Job
 from nanoclaw.core.protocol import Spool
 from nanoclaw.daemons.runner import binds, owner_folders, validate
 from nanoclaw.daemons.runner.spec import MADE_AS_LABEL, PRECHECK_LABEL, agent_spec, container_name
@@ -193,10 +194,13 @@ class Pool:
         return ctr
 
     # -- after a restart, at a stop -----------------------------------------------------
-    def reattached(self, ctr: Any, body: dict, parked: bool) -> bool:
-        """A paused container found named for a job at a restart: ``parked`` (the caller has
-        reported the job ended), kept; else it was being handed the job: unpaused (False)."""
-        if parked:
+    def reattached(self, ctr: Any, body: dict) -> bool:
+        """A paused container found named for its job at a restart. Paused after the queue
+        asked (the job is closing): its end was not reported; it is, and the container kept
+        (True). Otherwise it was being handed the job: unpaused, to go on (False)."""
+        job = Job.get_or_none(Job.id == body["job"])
+        if job is not None and job.closing:
+            self.d._event(body["job"], "exited", exit_code=0, error="", container=ctr.name)
             self.keep(ctr, body["group"], body.get("agent", ""), memory(ctr) or self.budget)
             return True
         ctr.unpause()

@@ -37,7 +37,8 @@ DEADLINE_LABEL = "nanoclaw.deadline"  # epoch seconds: the container's life ends
 # job only if that job's container would be made exactly so (pause.py)
 MADE_AS_LABEL = "nanoclaw.made-as"
 PRECHECK_LABEL = "nanoclaw.precheck"
-AGENT, PRECHECK = "agent", "precheck"  # a spec's roles
+VOICE_LABEL = "nanoclaw.voice"  # a transcription's message id
+AGENT, PRECHECK, TRANSCRIBE = "agent", "precheck", "transcribe"  # a spec's roles
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Resources:
 
 @dataclass(frozen=True)
 class Spec:
-    role: str  # AGENT or PRECHECK
+    role: str  # AGENT, PRECHECK or TRANSCRIBE
     name: str
     image: str
     group: str  # the group's folder
@@ -103,6 +104,11 @@ def container_name(folder: str, job: int, agent: str = "") -> str:
 
 def precheck_name(folder: str, job: int) -> str:
     return f"{container_name(folder, job)}-check"
+
+
+def voice_name(folder: str, message: int) -> str:
+    """A voice note's transcription container (transcribe.py)."""
+    return f"nanoclaw-{folder}-voice-{int(message)}"
 
 
 def job_model(cfg: Config, job: dict) -> str:
