@@ -52,9 +52,11 @@ def agent_latency(m: Machine, runs: int) -> dict[str, list[float]]:
         return m.query("print(Job.select().where(Job.status.in_(['queued', 'running'])).count())") == 0
     def idle_timeout(seconds: float) -> None:
         # The installed config.toml has no [container] table (detected.toml holds the host's
-        # options): the bench's own table goes at the end, replaced each time.
+        # options): the bench's own table goes at the end, replaced each time. Cold means a new
+        # container: none is paused (issue 29's pause would hand the message to the last one).
         m.sh("sed -i '/^# bench$/,$d' /etc/nanoclaw/config.toml && printf '# bench\\n[container]\\n"
-             f"idle_timeout = {seconds}\\n' >> /etc/nanoclaw/config.toml && systemctl restart nanoclaw.target")
+             f"idle_timeout = {seconds}\\npaused_memory_mib = 0\\n' >> /etc/nanoclaw/config.toml "
+             "&& systemctl restart nanoclaw.target")
         m.wait_active()
     idle_timeout(0.5)
     cold = []

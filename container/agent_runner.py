@@ -4,13 +4,19 @@ SUMMARY
     Takes prompts from ``/workspace/ipc/in``, answers each as one turn of a
     warm Claude session and writes each turn's ``result`` to
     ``/workspace/ipc/out``; exits on ``close`` or after
-    ``NANOCLAW_IDLE_TIMEOUT`` seconds without work.
+    ``NANOCLAW_IDLE_TIMEOUT`` seconds without work (0: never; where the host
+    pauses idle containers, it decides when).
 
 DESCRIPTION
     ``in/`` is read-only here: the first prompt comes from the runner, later
     ones are follow-ups the queue drops in while this container lives; what
     has been answered is remembered in memory. A follow-up that arrives
     mid-turn waits in ``in/new`` until the turn ends, so no reply is cut short.
+
+    A paused container may be handed its agent's next job (the host's runner
+    unpauses it with that job's prompt in ``in/``): a prompt naming another job
+    is that job's first turn. It goes on in the live session if it is the one
+    the host names, else in the one named (none: a new conversation).
 
     A new container's first answer waits on two slow things, which overlap
     here: :func:`main` starts the relays to the host's sockets
@@ -126,7 +132,7 @@ async def serve(ctx: Context, session: Session) -> int:
     last_work = time.monotonic()
     seen: set[str] = set()  # in/ is read-only: what we have handled is remembered here
     log(f"group={ctx.group}{' agent=' + ctx.agent if ctx.agent else ''} job={ctx.job} ready; "
-        f"idle timeout {ctx.idle_timeout:.0f}s")
+        + (f"idle timeout {ctx.idle_timeout:.0f}s" if ctx.idle_timeout > 0 else "the host pauses it when idle"))
     try:
         while True:
             woke.clear()
@@ -146,10 +152,15 @@ async def serve(ctx: Context, session: Session) -> int:
                     log(f"ignoring {path.name}: unexpected type {env.type!r}")
                     continue
                 b = env.body
+                new_job = b["job"] != ctx.job
+                if new_job:  # unpaused for the agent's next job: its requests name that job
+                    log(f"job {b['job']}: handed over after job {ctx.job}")
+                    ctx.job = b["job"]
                 watch = StopWatch(inbox, seen, b["job"], b["turn"], session.interrupt, log)
                 try:
                     async with watch:
-                        out = await session.turn(b["prompt"], b.get("session_id"), reporter(ctx, b["job"], b["turn"]))
+                        out = await session.turn(b["prompt"], b.get("session_id"), reporter(ctx, b["job"], b["turn"]),
+                                                 new_job=new_job)
                     if watch.stopped:  # the owner stopped it: no answer, no error; the session goes on
                         out = {**out, "text": "", "error": None}
                 except Exception as exc:
@@ -168,6 +179,9 @@ async def serve(ctx: Context, session: Session) -> int:
                 await report(ctx, {"job": b["job"], "turn": b["turn"], **out})
                 log(f"turn {b['turn']} answered in {out['usage']['duration_s']}s")
                 last_work = time.monotonic()
+            if ctx.idle_timeout <= 0:  # the host pauses (or closes) this container when idle
+                await woke.wait()
+                continue
             remaining = ctx.idle_timeout - (time.monotonic() - last_work)
             if remaining <= 0:
                 log("idle; exiting")

@@ -37,14 +37,16 @@ def log(msg: str) -> None:
     print(f"agent-runner: {msg}", file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Context:
+    # The job being answered: the first one's from the environment, a later one's from its first
+    # prompt (a paused container handed the agent's next job); the tools' requests name it.
     job: int
     group: str  # the group's folder
     is_main: bool  # the owner's main admin channel
     agent: str  # the team member this container runs; "" = the group's lead
     model: str  # "" = the CLI's default
-    idle_timeout: float  # seconds without work before the container exits
+    idle_timeout: float  # seconds without work before the container exits; 0: never (the host pauses it)
     mounts: tuple[tuple[str, str], ...]  # the owner's folders: (name, "ro" or "rw")
     workspace: Path = WORKSPACE
 

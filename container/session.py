@@ -109,9 +109,17 @@ class Session:
         await self.client.connect()  # the CLI started (or adopted), initialized, our MCP server listed
         self.stages.setdefault("cli_ready", time.time())
 
-    async def turn(self, prompt: str, resume: str | None, progress: Progress = None) -> dict:
+    async def turn(self, prompt: str, resume: str | None, progress: Progress = None, new_job: bool = False) -> dict:
         """Answer one prompt. A session that cannot be resumed (its files lost, an id the
-        CLI does not know) must not fail the group for good: start a new one instead."""
+        CLI does not know) must not fail the group for good: start a new one instead.
+
+        A new job's first prompt (``new_job``: this container was paused and handed it) names
+        the session the host wants: the live one goes on only if it is that one; another (or
+        none: a new conversation) is started as a new container would."""
+        if new_job and self.client is not None and (resume is None or resume != self.session_id):
+            log(f"the job asks for session {resume or '(a new one)'}, not {self.session_id}: starting it")
+            await self.close()
+            self.client = None
         resuming = resume if self.client is None else None
         try:
             out, failure = await self._turn(prompt, resuming, progress), None

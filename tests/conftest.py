@@ -428,7 +428,9 @@ def make_system(tmp_path, request):
         base = tmp_path / f"sys{len(made)}"
         cfg = {"backoff_base": 0.2, "backoff_max": 1.0, "timezone": "UTC",
                "scheduler": "crontab", "crontab_file": str(base / "crontab"), **settings,
-               "container": {"idle_timeout": 1.0, "timeout": 60.0, **runtime, **(container or {})}}
+               # idle containers exit (the scripted agent knows no pause); tests of pausing set a budget
+               "container": {"idle_timeout": 1.0, "timeout": 60.0, "paused_memory_mib": 0, **runtime,
+                             **(container or {})}}
         system = System(base, cfg)
         made.append(system)
         return system

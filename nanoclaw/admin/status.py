@@ -49,11 +49,14 @@ def show(cfg: Config) -> int:
         states = [f"{unit.removeprefix('nanoclaw-')} {unit_state(unit)}" for unit in UNITS]
         print("units:    " + ", ".join(states))
     down, waiting = [], []
+    paused = None
     for name in registry.NAMES:
         reply, _ = ask_status(cfg, name, timeout=2)
         if reply is None:
             down.append(name)
             continue
+        if name == "runner" and isinstance(reply.get("paused"), list):
+            paused = reply
         if name == "channel":
             print(f"channel:  {reply.get('status', '')}")
         if faults.MARK in reply.get("status", ""):  # what the disk holds up in it, in its own words
@@ -73,7 +76,19 @@ def show(cfg: Config) -> int:
     open_db(cfg.db_path)
     for line in summary(cfg):
         print(line)
+        if line.startswith("agents:") and paused is not None and paused["paused"]:
+            print(paused_line(paused))  # the runner's, after the database's running agents
     return 0 if not down else 1
+
+
+def paused_line(runner: dict) -> str:
+    """The runner's paused containers (idle agents frozen, each answering its next message at
+    once) and their memory against the budget."""
+    each = runner["paused"]
+    return (f"paused:   {len(each)} (" + ", ".join(
+        f"{p.get('group')}{'/' + str(p['agent']) if p.get('agent') else ''} {p.get('mib')} MiB" for p in each)
+        + f"; {sum(int(p.get('mib') or 0) for p in each)} of {runner.get('paused_budget_mib')} MiB, "
+          "[container] paused_memory_mib)")
 
 
 def summary(cfg: Config) -> list[str]:

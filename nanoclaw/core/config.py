@@ -58,6 +58,10 @@ class ContainerConfig(Section):
     pids_limit: int = 512  # 0: no limit
     timeout: float = 1800.0  # hard limit for one container's whole life
     idle_timeout: float = 600.0  # an answered container waits this long for follow-ups
+    # Then it is paused (frozen, no CPU) rather than stopped, so the group's next message is
+    # answered without a cold start: the paused containers' memory (PSS) in all stays within
+    # this, the longest paused stopped first. 0: idle containers exit, as before.
+    paused_memory_mib: int = 1024
     extra_env: tuple[str, ...] = ()  # NAME=VALUE pairs passed to every agent
     # podman build options; "same-as-run" (the default) uses runtime and ulimits, never volumes
     build_args: tuple[str, ...] = ("same-as-run",)

@@ -255,6 +255,8 @@ def _checked(cfg: Config) -> Config:
         raise ConfigError("burst_window must be 0 (off) or a number of seconds")
     # The queue gives a job up as stale when the runner has not started its container within
     # 300 s, and a pre-check runs before that start.
+    if container.paused_memory_mib < 0:
+        raise ConfigError("[container] paused_memory_mib must be 0 (no container is paused) or more")
     if not 0 < container.precheck_timeout <= 240:
         raise ConfigError("[container] precheck_timeout must be more than 0 and at most 240 seconds")
     if not 1 <= container.precheck_max_output <= 65536:

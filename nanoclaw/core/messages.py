@@ -68,6 +68,11 @@ class Job(Message):
     model: str | UnsetType = UNSET  # the model the queue chose (core/model_choice.py); "" = the CLI's
 
 
+class Park(Message):
+    """The job's container has been idle its time: pause it (or close it; runner/pause.py)."""
+    job: int
+
+
 # -- host -> container (ipc/<group>/in) -------------------------------------------------------
 
 class Prompt(Message):
@@ -250,7 +255,8 @@ class Outbound(Message):
 
 
 KINDS: dict[str, type[Message]] = {
-    "job": Job, "prompt": Prompt, "close": Close, "stop": Stop, "result": Result, "progress": Progress, "send_message": SendMessage,
+    "job": Job, "park": Park, "prompt": Prompt, "close": Close, "stop": Stop, "result": Result, "progress": Progress,
+    "send_message": SendMessage,
     "task_request": TaskRequest, "register_group": RegisterGroup, "delegate": Delegate,
     "create_agent": CreateAgent, "raise_budget": RaiseBudget, "budget_spent": BudgetSpent,
     "turn_result": TurnResult, "job_event": JobEvent, "task_fire": TaskFire, "transcribe": Transcribe, "transcript": Transcript,

@@ -21,6 +21,7 @@ FULL = {
             "session_id": None, "agent": "researcher", "precheck": "test -e x", "model": "claude-haiku-4-5"},
     "prompt": {"job": 7, "turn": 1, "prompt": "hello", "session_id": "s-1"},
     "close": {"job": 7},
+    "park": {"job": 7},
     "stop": {"job": 7, "turn": 2},
     "result": {"job": 7, "turn": 1, "text": "hi", "session_id": "s-1", "error": None,
                "usage": {"input_tokens": 3, "duration_s": 1.5, "stages": {"python": 1.0}}},

@@ -32,10 +32,11 @@ READS
     at a later pass.
 
 WRITES
-    ``job`` files to ``spool/runner``; follow-up ``prompt`` and ``close`` files
-    into a live container's ``ipc/<group>/in`` (host-only, the agent's view is
-    read-only); ``outbound`` files to ``spool/router``; jobs, turns, cursors,
-    sessions and task runs in the database.
+    ``job`` files to ``spool/runner`` (and ``park``: an idle job's container to
+    pause); follow-up ``prompt`` and ``close`` files into a live container's
+    ``ipc/<group>/in`` (host-only, the agent's view is read-only); ``outbound``
+    files to ``spool/router``; jobs, turns, cursors, sessions and task runs in the
+    database.
 
     Delivery rule: an agent's cursor is the last message whose turn finished
     *and* whose reply is durably queued for the router (``turns.py``). Quiet by
@@ -168,6 +169,8 @@ class QueueDaemon(Daemon):
                 self.tasks.start(g.row, task.row)
             case plan_mod.Close(job=job):
                 self.turns.close(job.row)
+            case plan_mod.Park(job=job):
+                self.turns.park(job.row)
             case plan_mod.SkipTasks(group=g, spent=spent):
                 self.tasks.skip_for_budget(g.row, spent)
             case plan_mod.BudgetNotice(group=g, spent=spent):

@@ -36,6 +36,10 @@ DESCRIPTION
       disk is full (told once, looked at again in ``SPACE_CHECK``), or the
       global cap is reached (the group waits, and idle containers are asked
       to close to make room).
+    - Where idle containers are paused (``Rules.park_after``: the idle time, 0 where
+      they exit on their own), a chat job idle that long is parked (``Park``): the
+      runner pauses its container or closes it; a container asked to make room is
+      parked too rather than closed.
     - With nothing for the lead, its due task run starts (or waits: for its
       retry time, for space, for a slot). A lead idling in a warm container
       is closed so that a due task does not wait its whole idle timeout. A
@@ -74,6 +78,7 @@ class Rules:
     prompt_bytes: int = 512 * 1024  # a prompt must fit a spool file (half of max_spool_bytes)
     tz: str = "UTC"
     voice_wait: float = 0.0  # seconds a turn waits for a voice note's transcript (0: never)
+    park_after: float = 0.0  # seconds idle before a chat job's container is paused; 0: it exits itself
 
 
 @dataclass
@@ -87,6 +92,7 @@ class LiveJob:
     closing: bool = False  # asked to exit
     idle: bool = False  # running, not closing, every turn answered: only waiting
     task: bool = False  # a scheduled run's: chat messages are never fed into it
+    idle_since: float = 0.0  # when its last turn was answered (or it started)
     row: Any = None  # the database row, for the applier
 
 
@@ -158,6 +164,12 @@ class StartTask:
 @dataclass(frozen=True)
 class Close:
     """Ask a live container to exit (a due task waits, or a slot is wanted)."""
+    job: LiveJob
+
+
+@dataclass(frozen=True)
+class Park:
+    """The job's container has been idle its time: the runner pauses it (or closes it)."""
     job: LiveJob
 
 
@@ -241,7 +253,7 @@ def plan(state: State, now: float) -> Plan:
                     # A warm container idling for follow-ups must not hold a due task back
                     # for its whole idle timeout: close it, the task starts next pass.
                     if runnable and job is not None and job.idle and job.id not in fed:
-                        out.actions.append(Close(job))
+                        out.actions.append(_retire(job, rules))
                         fed.add(job.id)
                     continue
                 # Nothing for the lead (chatter waits as context): a due task may run.
@@ -292,10 +304,23 @@ def plan(state: State, now: float) -> Plan:
         if wanted <= 0:
             break
         if job is not None and job.idle and job.id not in fed:
-            out.actions.append(Close(job))
+            out.actions.append(_retire(job, rules))
             fed.add(job.id)
             wanted -= 1
+    if rules.park_after > 0:  # chat jobs idle their time: paused (the runner decides)
+        for job in state.jobs.values():
+            if job.idle and not job.task and job.id not in fed:
+                if now >= job.idle_since + rules.park_after:
+                    out.actions.append(Park(job))
+                    fed.add(job.id)
+                else:
+                    out.due(job.idle_since + rules.park_after)
     return out
+
+
+def _retire(job: LiveJob, rules: Rules) -> Close | Park:
+    """An idle job asked to make room: parked where containers are paused, else closed."""
+    return Park(job) if rules.park_after > 0 and not job.task else Close(job)
 
 
 def next_prompt(g: GroupState, agent: str, pending: Sequence, rules: Rules) -> tuple[list, str]:

@@ -29,7 +29,8 @@ NEWEST_REQUEST = "SELECT MAX(id) FROM request"
 GROUPS = 'SELECT * FROM "group"'
 # Every live job, with how many of its turns are unanswered and the last message its turns cover.
 LIVE_JOBS = ("SELECT j.*, (SELECT COUNT(t.id) FROM turn t WHERE t.job_id = j.id AND t.status != 'done') "
-             "AS open_turns, (SELECT MAX(t.last_message_id) FROM turn t WHERE t.job_id = j.id) AS last_turn "
+             "AS open_turns, (SELECT MAX(t.last_message_id) FROM turn t WHERE t.job_id = j.id) AS last_turn, "
+             "(SELECT MAX(t.done_at) FROM turn t WHERE t.job_id = j.id) AS last_done "
              "FROM job j WHERE j.status IN ('queued', 'running')")
 STALE_JOBS = "SELECT * FROM job WHERE status = ? AND {column} < ?"
 CURSORS = "SELECT * FROM cursor WHERE group_id = ?"

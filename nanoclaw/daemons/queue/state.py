@@ -60,7 +60,8 @@ class Reader:
         cfg = self.q.cfg
         return Rules(max_concurrent=cfg.max_concurrent, burst_window=cfg.burst_window, prompt_cap=cfg.prompt_cap,
                      prompt_batch=cfg.prompt_batch, prompt_bytes=cfg.max_spool_bytes // 2, tz=cfg.tz,
-                     voice_wait=cfg.voice.wait if cfg.voice.enabled else 0.0)
+                     voice_wait=cfg.voice.wait if cfg.voice.enabled else 0.0,
+                     park_after=cfg.container.idle_timeout if cfg.container.paused_memory_mib > 0 else 0.0)
 
     def read(self, now: float) -> State:
         # The statements every pass runs are plain SQL (sql.py); the rest is peewee.
@@ -115,7 +116,8 @@ class Reader:
         rows = Job.raw(sql.LIVE_JOBS)
         return {(j.group_id, j.agent): LiveJob(j.id, j.group_id, j.agent, j.status, j.closing,
                                                j.status == "running" and not j.closing and not j.open_turns,
-                                               task=bool(j.task_run), row=j)
+                                               task=bool(j.task_run),
+                                               idle_since=j.last_done or j.started_at or j.created_at, row=j)
                 for j in list(rows)}
 
     @staticmethod

@@ -10,6 +10,7 @@ SYNOPSIS
     Turns(q).start(group, agent, batch, prompt) -> Job
     Turns.follow_up(job, group, turns)
     Turns.close(job)
+    Turns.park(job)
     Turns.on_result(env) -> bool
     Turns.on_job_event(env)
     Turns.finish(job, exit_code, error, stopped=False)
@@ -116,6 +117,17 @@ class Turns:
         job.closing = True
         job.save()
         self.q.log.info("asked to close", extra=log_fields(group=job.group.folder, job=job.id))
+
+    def park(self, job: Job) -> None:
+        """Its container has been idle its time: the runner pauses it (or closes it). Closing
+        from now: the messages that come meanwhile wait for the next job, which the runner may
+        hand the paused container."""
+        if job.closing:
+            return
+        self.q.put(self.q.runner_spool, "park", {"job": job.id}, then=lambda: nudge(self.q.cfg.socket("runner")))
+        job.closing = True
+        job.save()
+        self.q.log.info("idle: asked the runner to pause it", extra=log_fields(group=job.group.folder, job=job.id))
 
     # -- what comes back ----------------------------------------------------
     def on_result(self, env: Envelope) -> bool:

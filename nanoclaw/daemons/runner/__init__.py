@@ -31,6 +31,10 @@ READS
 
     Under ``nanoclaw run-all`` a stop ends the agents too (``drain.py``).
 
+    ``park`` files (from the queue: a job idle for ``idle_timeout``): its container is
+    paused, not stopped, within ``[container] paused_memory_mib``, and handed its agent's
+    next job (``pause.py``). Paused containers found at the start are kept likewise.
+
 WRITES
     The first prompt into ``ipc/<group>/in`` (host-only); the group's
     directories (``prepare_dirs``: ``out/new``, ``out/tmp`` made again where a
@@ -62,14 +66,13 @@ FILES
     ``binds.py`` the owner's folders, checked and pinned;  ``precheck.py``;
     ``disk.py`` disk waits;  ``drain.py`` run-all's stop;  ``kill.py`` the
     queue's ``kill`` of a container whose stopped turn did not end;  ``transcribe.py``
-    voice notes.
+    voice notes;  ``pause.py`` idle containers paused and handed the next job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -84,8 +87,8 @@ from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Job
 from nanoclaw.core.protocol import Envelope, Spool, nudge, request
 from nanoclaw.core.skeleton import Daemon
-from nanoclaw.daemons.runner import binds, disk, drain, driver, kill, owner_folders, precheck, validate
-from nanoclaw.daemons.runner.dirs import prepare_dirs
+from nanoclaw.daemons.runner import binds, disk, drain, driver, kill, owner_folders, pause, precheck, validate
+from nanoclaw.daemons.runner.dirs import clear_inbox, prepare_dirs
 from nanoclaw.daemons.runner.disk import SPACE_CHECK, Stopped
 from nanoclaw.daemons.runner.drain import STOP_ENV, Draining
 from nanoclaw.daemons.runner.driver import in_daemon_thread, start_failure
@@ -119,6 +122,7 @@ class RunnerDaemon(Daemon):
             self.log.info("re-attaching %d job(s) left in cur/", len(self._recovering))
         self._swept = False
         self.transcriber = Transcriber(self)
+        self.pool = pause.Pool(self)
 
     def client(self, timeout: float | None = 60) -> PodmanClient:
         return PodmanClient(base_url=self.cfg.podman_socket, timeout=timeout)
@@ -131,11 +135,11 @@ class RunnerDaemon(Daemon):
             except (APIError, KeyError, TypeError):
                 pass
             for ctr in client.containers.list(all=True, filters={"label": LABEL}):
-                if ctr.name in keep:
+                if ctr.name in keep or self.pool.adopt(ctr):
                     continue
                 self.log.warning("removing orphan container %s (no job file)", ctr.name)
                 try:
-                    ctr.remove(force=True)
+                    pause.kill(ctr)
                 except (APIError, NotFound) as exc:
                     self.log.error("cannot remove orphan %s: %s", ctr.name, exc)
 
@@ -155,6 +159,9 @@ class RunnerDaemon(Daemon):
             if env.type == "transcribe":  # a voice note, in a container of its own (transcribe.py)
                 self.transcriber.take(env)
                 continue
+            if env.type == "park":
+                self.spawn(self._park(env), "a park", lambda exc: None, job=env.body["job"])
+                continue
             if env.type != "job":
                 self.spool.reject(env.path, f"type {env.type!r} is not for the runner")
                 continue
@@ -166,10 +173,18 @@ class RunnerDaemon(Daemon):
             self.bodies[job] = env.body
         return None
 
+    async def _park(self, env: Envelope) -> None:
+        await in_daemon_thread(self.pool.park, env.body["job"])
+        self.spool.done(env.path)
+
     async def handle(self, req: dict, writer: Any) -> dict | None:
         if req.get("op") == "kill":  # the owner's stop, not heeded in time (kill.py)
             return await in_daemon_thread(kill.kill_job, self, req.get("job"))
-        return await super().handle(req, writer)
+        reply = await super().handle(req, writer)
+        if req.get("op") == "status" and reply is not None:  # nanoclaw status lists the paused
+            reply["paused"] = [{"group": g, "agent": a, "mib": round(m / pause.MiB)} for g, a, m in self.pool.listing()]
+            reply["paused_budget_mib"] = self.cfg.container.paused_memory_mib
+        return reply
 
     def _again(self, env: Envelope) -> None:
         """A job's run failed for a bug: its file is still in cur/, so run it again, later each
@@ -266,13 +281,15 @@ class RunnerDaemon(Daemon):
                 ctr = client.containers.get(name)
                 self.log.info("re-attached to %s (state %s)", name, ctr.status,
                               extra=log_fields(group=body["group"], job=body["job"]))
-                deadline = driver.deadline(ctr, self.cfg.container.timeout)
+                deadline = driver.deadline(ctr, self.cfg.container.timeout, body["job"])
                 if ctr.status in ("created", "configured", "initialized"):
                     # Made by a runner that died before it started it: its mounts were never
                     # checked in it (driver.create), and nothing ran in it yet. Made again.
                     ctr.remove(force=True)
                     raise NotFound(f"{name} was never started")
-                if ctr.status in ("running", "stopping", "paused") and not driver.alive(ctr):
+                if ctr.status == "paused" and self.pool.reattached(ctr, body):
+                    return
+                if ctr.status in ("running", "stopping") and not driver.alive(ctr):
                     # Its processes were killed behind podman's back (its monitor died with them,
                     # as when nanoclaw-podman restarts): podman still says "running", or on 4.3
                     # "stopping", and would for the whole timeout.
@@ -295,9 +312,13 @@ class RunnerDaemon(Daemon):
                         return
                     body = {**body, "prompt": body["prompt"] + said}
                 ctr = self._start(client, body)
-                deadline = driver.deadline(ctr, self.cfg.container.timeout)
+                deadline = driver.deadline(ctr, self.cfg.container.timeout, body["job"])
             self._event(body["job"], "started", container=name)
-            code, error = driver.wait(ctr, deadline, self.cfg.container.timeout, "container", self.log, body)
+            code, error = driver.wait(ctr, deadline, self.cfg.container.timeout, "container", self.log, body,
+                                      paused=self.pool.budget > 0)
+            if self.pool.was_parked(body["job"], ctr, body):  # idle: kept paused for the agent's next job
+                self._event(body["job"], "exited", exit_code=0, error="", container=name)
+                return
             if self.draining:  # ended by run-all's stop (or while it stopped): not the agent's failure
                 self._event(body["job"], "exited", exit_code=code, error="stopped by nanoclaw run-all",
                             container=name, stopped=True)
@@ -333,15 +354,14 @@ class RunnerDaemon(Daemon):
         return False
 
     def _start(self, client: PodmanClient, body: dict) -> Any:
+        """The job's container: its agent's paused one handed the job, or a new one."""
         dirs = prepare_dirs(self.cfg, body["group"], body["is_main"], body.get("agent", ""))
         if body.get("agent"):
             nudge(self.cfg.socket("ipc"))  # a member's out/ may be new: ipc watches it from its next pass
-        inbox = Spool(dirs["in"])
         # Prompts left from an earlier container are covered by this job's prompt
-        # (it holds every message since the cursor): clear them. in/ is host-only.
-        for d in (inbox.new, inbox.cur, inbox.tmp):
-            shutil.rmtree(d, ignore_errors=True)
-        inbox.ensure().put("prompt", {"job": body["job"], "turn": 0, "prompt": body["prompt"],
+        # (it holds every message since the cursor): cleared.
+        inbox = clear_inbox(Spool(dirs["in"]))
+        inbox.put("prompt", {"job": body["job"], "turn": 0, "prompt": body["prompt"],
                                       "session_id": body["session_id"]}, durable=False)  # see Spool.put
         for daemon, lost in (("proxy", "the API"), ("egress", "the web")):
             try:
@@ -357,6 +377,9 @@ class RunnerDaemon(Daemon):
         with self.gate:  # a stop that began kills what started before it; nothing starts after
             if self.draining:
                 raise Draining()
+            ctr = self.pool.take(client, body)
+            if ctr is not None:
+                return self.pool.hand_over(ctr, body, t0)
             extra, allow = owner_folders.for_container(self.cfg, body["group"], self.log)
             try:
                 spec = agent_spec(self.cfg, body, extra)
@@ -374,6 +397,8 @@ class RunnerDaemon(Daemon):
         line = f"{len(self.running) - len(self.waiting_space)} container(s) running"
         if self.transcriber.active:
             line += f", {len(self.transcriber.active)} voice note(s) being transcribed"
+        if self.pool.parked:
+            line += f", {len(self.pool.parked)} paused"
         waiting = dict(self.waiting_space)
         if waiting:
             line += f"; {len(waiting)} job(s) {faults.MARK}: {next(iter(waiting.values()))}"

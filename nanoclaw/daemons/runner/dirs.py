@@ -3,6 +3,7 @@
 SYNOPSIS
     group_dirs(cfg, folder, agent) -> {what: host path}
     prepare_dirs(cfg, folder, is_main, agent) -> the same, made
+    clear_inbox(spool) -> the spool, emptied (an agent's ipc/in)
     agent_identity(cfg) -> (user, userns);  agent_owner(cfg) -> (uid, gid) or None
 
 HOSTILE INPUT
@@ -13,6 +14,7 @@ HOSTILE INPUT
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from nanoclaw.core import team as team_mod
@@ -90,3 +92,20 @@ def agent_owner(cfg: Config) -> tuple[int, int] | None:
     if os.geteuid() != 0 or not uid.isdigit() or not (gid or uid).isdigit():
         return None
     return int(uid), int(gid or uid)
+
+
+def clear_inbox(inbox: Spool) -> Spool:
+    """Empty an agent's ``ipc/in`` (host-only: the agent's view is read-only) file by file.
+    Its directories stay: a paused container handed the next job (pause.py) watches
+    ``in/new``, and a watch on a directory removed and made again would see nothing."""
+    inbox.ensure()
+    for d in (inbox.new, inbox.cur, inbox.tmp):
+        with os.scandir(d) as entries:
+            for entry in entries:
+                try:
+                    os.unlink(entry.path)
+                except IsADirectoryError:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                except FileNotFoundError:
+                    pass
+    return inbox

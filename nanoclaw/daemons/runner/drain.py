@@ -4,8 +4,8 @@ SUMMARY
     Under ``nanoclaw run-all`` (``NANOCLAW_RUNNER_STOPS_AGENTS=1``) a stop ends the agents,
     since the Podman API they hang on stops with it: each is asked to close (an idle one
     exits at once, a busy one may finish its turn within ``STOP_GRACE``), the rest are
-    killed, and every exit is reported ``stopped``, so the queue counts no failure and runs
-    the messages of unfinished turns again at the next start. No container starts once that
+    killed (paused ones removed), and every exit is reported ``stopped``, so the queue
+    counts no failure and runs the messages of unfinished turns again at the next start. No container starts once that
     began (:class:`Draining`); a job not started yet keeps its file for the next runner.
 
 SYNOPSIS
@@ -43,6 +43,10 @@ async def stop_agents(daemon: RunnerDaemon) -> None:
         with daemon.gate:
             daemon.draining = True
     await in_daemon_thread(begin)
+    try:  # paused ones too: the Podman API they would be handed over by stops with us
+        await in_daemon_thread(daemon.pool.stop_all)
+    except (APIError, RequestsConnectionError, OSError) as exc:
+        daemon.log.error("cannot remove paused containers: %s", exc)
     tasks = list(daemon.running.values())
     if not tasks:
         return

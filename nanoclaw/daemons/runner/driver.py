@@ -2,8 +2,8 @@
 
 SYNOPSIS
     options(spec) -> Podman's options;  create(client, spec, log, body) -> container
-    wait(ctr, deadline, limit, what, log, body) -> (exit code, error)
-    deadline(ctr, timeout) -> epoch seconds;  alive(ctr) -> bool;  remove(ctr)
+    wait(ctr, deadline, limit, what, log, body, paused=) -> (exit code, error)
+    deadline(ctr, timeout, job) -> epoch seconds;  alive(ctr) -> bool;  remove(ctr)
     read_logs(ctr, stdout=, stderr=, cap=, tail=) -> (bytes, cut)
     start_failure(exc) -> one line;  await in_daemon_thread(func, *args)
 
@@ -38,8 +38,9 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
 from nanoclaw.core.log import log_fields
+from nanoclaw.core.models import Job
 from nanoclaw.daemons.runner import binds
-from nanoclaw.daemons.runner.spec import DEADLINE_LABEL, Spec
+from nanoclaw.daemons.runner.spec import DEADLINE_LABEL, LABEL, Spec
 
 
 async def in_daemon_thread(func: Any, *args: Any) -> Any:
@@ -152,13 +153,20 @@ def remove(ctr: Any) -> None:
         pass
 
 
-def deadline(ctr: Any, timeout: float) -> float:
+def deadline(ctr: Any, timeout: float, job: int) -> float:
     """When the container must be gone: ``timeout`` after it was made, kept on a label,
-    so re-attaching after a runner restart does not give it a fresh allowance."""
+    so re-attaching after a runner restart does not give it a fresh allowance. A paused
+    container handed a later job (``pause.py``; its label names the job it was made for)
+    has ``timeout`` from that job's start, which the queue recorded."""
     try:
-        return float(ctr.labels[DEADLINE_LABEL])
-    except (KeyError, TypeError, ValueError):
-        return time.time() + timeout
+        if ctr.labels.get(LABEL) == str(job):
+            return float(ctr.labels[DEADLINE_LABEL])
+        row = Job.get_or_none(Job.id == job)
+        if row is not None and row.started_at:
+            return row.started_at + timeout
+    except (AttributeError, KeyError, TypeError, ValueError):
+        pass
+    return time.time() + timeout
 
 
 def alive(ctr: Any) -> bool:
@@ -169,8 +177,10 @@ def alive(ctr: Any) -> bool:
         return False
 
 
-def wait(ctr: Any, deadline: float, limit: float, what: str, log: logging.Logger, body: dict) -> tuple[int, str]:
-    """Wait for the container to exit; a timer kills it at the deadline."""
+def wait(ctr: Any, deadline: float, limit: float, what: str, log: logging.Logger, body: dict,
+         paused: bool = False) -> tuple[int, str]:
+    """Wait for the container to exit (or, with ``paused``, to be paused: the runner paused it,
+    see pause.py); a timer kills it at the deadline."""
     timed_out = threading.Event()
 
     def kill() -> None:
@@ -188,7 +198,7 @@ def wait(ctr: Any, deadline: float, limit: float, what: str, log: logging.Logger
     try:
         while True:
             try:
-                code = ctr.wait(condition=["exited", "stopped"])
+                code = ctr.wait(condition=["exited", "stopped", *(["paused"] if paused else [])])
                 break
             except NotFound:
                 return -1, "container disappeared"

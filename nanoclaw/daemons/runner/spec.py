@@ -20,8 +20,10 @@ SYNOPSIS
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nanoclaw.core import model_choice
 from nanoclaw.core import team as team_mod
@@ -31,6 +33,9 @@ from nanoclaw.daemons.runner.dirs import agent_identity, group_dirs
 
 LABEL = "nanoclaw.job"
 DEADLINE_LABEL = "nanoclaw.deadline"  # epoch seconds: the container's life ends then, whatever restarts
+# What the container was made as (everything but its job): a paused container is handed a later
+# job only if that job's container would be made exactly so (pause.py)
+MADE_AS_LABEL = "nanoclaw.made-as"
 PRECHECK_LABEL = "nanoclaw.precheck"
 VOICE_LABEL = "nanoclaw.voice"  # a transcription's message id
 AGENT, PRECHECK, TRANSCRIBE = "agent", "precheck", "transcribe"  # a spec's roles
@@ -77,6 +82,20 @@ class Spec:
 
     def checked_binds(self) -> list[binds.Bind]:
         return [m.checked for m in self.mounts if m.checked is not None]
+
+    def made_as(self) -> str:
+        """A digest of everything the container is made with but its job (name, job and time
+        limit): image, identity, environment, mounts (an owner's folder by the inode that was
+        checked, not only its path), resources, network, runtime."""
+        said = {"role": self.role, "image": self.image, "group": self.group, "agent": self.agent,
+                "is_main": self.is_main, "user": self.user, "userns": self.userns,
+                "env": {k: v for k, v in sorted(self.env.items()) if k != "NANOCLAW_JOB"},
+                "mounts": [(m.target, m.source, m.read_only, m.size, m.checked.ident if m.checked else None)
+                           for m in self.mounts],
+                "resources": [self.resources.memory, self.resources.pids, list(self.resources.ulimits)],
+                "network": self.network, "command": list(self.command), "workdir": self.workdir,
+                "runtime": self.runtime}
+        return hashlib.sha256(json.dumps(said, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def container_name(folder: str, job: int, agent: str = "") -> str:
@@ -143,7 +162,9 @@ def agent_spec(cfg: Config, job: dict, extra: list[binds.Bind] | None = None) ->
         "NANOCLAW_JOB": str(job["job"]),
         "NANOCLAW_GROUP": job["group"],
         "NANOCLAW_IS_MAIN": "1" if job["is_main"] else "0",
-        "NANOCLAW_IDLE_TIMEOUT": str(c.idle_timeout),
+        # Where idle containers are paused, the host decides when (the queue's idle time, then
+        # pause.py): the agent never exits for idleness on its own ("0").
+        "NANOCLAW_IDLE_TIMEOUT": "0" if c.paused_memory_mib > 0 else str(c.idle_timeout),
         "NANOCLAW_MODEL": job_model(cfg, job),
         "NANOCLAW_AGENT": agent,
         "HOME": "/tmp/home",  # the image is read-only; session state lives in /workspace/session
@@ -153,10 +174,11 @@ def agent_spec(cfg: Config, job: dict, extra: list[binds.Bind] | None = None) ->
         env[key] = value
     env["NANOCLAW_MOUNTS"] = ",".join(f"{b.name}:{'ro' if b.read_only else 'rw'}" for b in extra if b.name)
     user, userns = agent_identity(cfg)
-    return Spec(
+    spec = Spec(
         role=AGENT, name=container_name(job["group"], job["job"], agent), image=c.image, group=job["group"],
         agent=agent, is_main=bool(job["is_main"]), user=user, userns=userns, env=env, mounts=tuple(mounts),
         labels={LABEL: str(job["job"]), "nanoclaw.group": job["group"], "nanoclaw.agent": agent,
                 DEADLINE_LABEL: f"{time.time() + c.timeout:.0f}"},
         resources=Resources(c.memory, max(c.pids_limit, 0), tuple(c.ulimits)), network=c.network,
         timeout=c.timeout, runtime=c.runtime)
+    return replace(spec, labels={**spec.labels, MADE_AS_LABEL: spec.made_as()})

@@ -28,6 +28,7 @@ from nanoclaw.daemons.queue.plan import (
     GroupState,
     LiveJob,
     OwnerAnswer,
+    Park,
     Plan,
     Rules,
     SkipTasks,
@@ -64,8 +65,8 @@ def group(id: int = 1, pending: list | None = None, *, main: bool = False, requi
 
 
 def job(id: int, group: int = 1, agent: str = "", status: str = "running", *, idle: bool = False,
-        closing: bool = False, task: bool = False) -> LiveJob:
-    return LiveJob(id, group, agent, status, closing, idle, task)
+        closing: bool = False, task: bool = False, idle_since: float = 0.0) -> LiveJob:
+    return LiveJob(id, group, agent, status, closing, idle, task, idle_since)
 
 
 def state(*groups: GroupState, jobs: tuple[LiveJob, ...] = (), disk_low: bool = False, bursts: dict | None = None,
@@ -90,6 +91,8 @@ def shown(p: Plan) -> list[tuple]:
                 out.append(("task", a.group.id, a.task.run))
             case Close():
                 out.append(("close", a.job.id))
+            case Park():
+                out.append(("park", a.job.id))
             case SkipTasks():
                 out.append(("skip_tasks", a.group.id))
             case BudgetNotice():
@@ -241,6 +244,30 @@ ROWS = [
     ("members run no tasks",
      state(group(members={"researcher": []}, task=DueTask(7)), jobs=(job(11, agent="researcher", idle=True),)),
      [("task", 1, 7)], None),
+
+    # -- idle containers paused (park_after: the idle time, where [container] paused_memory_mib > 0) --
+    ("a chat job idle its time is parked (the runner pauses its container)",
+     state(group(), jobs=(job(11, idle=True, idle_since=NOW - 60),), park_after=60.0), [("park", 11)], None),
+    ("... not before: the pass is due when it is",
+     state(group(), jobs=(job(11, idle=True, idle_since=NOW - 10),), park_after=60.0), [], NOW + 50),
+    ("... a member's too",
+     state(group(members={"researcher": []}), jobs=(job(11, agent="researcher", idle=True, idle_since=NOW - 61),),
+           park_after=60.0), [("park", 11)], None),
+    ("... not a busy one, a closing one, nor a scheduled run's (it is closed after its turn)",
+     state(group(1), group(2), group(3), jobs=(job(11, 1, idle_since=NOW - 99), job(12, 2, closing=True),
+                                               job(13, 3, idle=True, task=True, idle_since=NOW - 99)),
+           park_after=60.0), [], None),
+    ("... nor where containers are not paused (they exit on their own)",
+     state(group(), jobs=(job(11, idle=True, idle_since=NOW - 600),)), [], None),
+    ("a job given follow-ups is not parked in the same pass",
+     state(group(pending=[msg(5)]), jobs=(job(11, idle=True, idle_since=NOW - 99),), park_after=60.0),
+     [("follow_up", 11, [[5]])], None),
+    ("at the cap an idle container making room is parked rather than closed",
+     state(group(1, [msg(5)]), group(2), jobs=(job(11, 2, idle=True, idle_since=NOW - 1),), max_concurrent=1,
+           park_after=60.0), [("park", 11)], None),
+    ("a due task parks the idle lead rather than closing it",
+     state(group(task=DueTask(7)), jobs=(job(11, idle=True, idle_since=NOW - 1),), park_after=60.0),
+     [("park", 11)], None),
 
     # -- retry backoff ------------------------------------------------------------------------------
     ("an agent that failed waits for its retry time",
