@@ -37,7 +37,8 @@ READS
 
 WRITES
     ``/workspace/ipc/out``: each turn's ``result`` (tmp, fsync, rename; a
-    refused write is retried, not dropped), and the tools' requests
+    refused write is retried, not dropped), what a turn is doing
+    (``progress``: it began, a tool began or ended), and the tools' requests
     (``tools.py``); log lines on stderr, which the host's runner journals.
 
 HOSTILE INPUT
@@ -59,6 +60,7 @@ from inotify_simple import INotify, flags
 
 import early_cli
 import forwarders
+import progress
 from context import Context, log
 from interrupt import StopWatch
 from protocol import BadMessage, process_started
@@ -147,7 +149,7 @@ async def serve(ctx: Context, session: Session) -> int:
                 watch = StopWatch(inbox, seen, b["job"], b["turn"], session.interrupt, log)
                 try:
                     async with watch:
-                        out = await session.turn(b["prompt"], b.get("session_id"))
+                        out = await session.turn(b["prompt"], b.get("session_id"), reporter(ctx, b["job"], b["turn"]))
                     if watch.stopped:  # the owner stopped it: no answer, no error; the session goes on
                         out = {**out, "text": "", "error": None}
                 except Exception as exc:
@@ -176,6 +178,20 @@ async def serve(ctx: Context, session: Session) -> int:
                 pass
     finally:
         await session.close()
+
+
+def reporter(ctx: Context, job: int, turn: int):
+    """What a turn is doing, for the host to show (core/progress.py): one small ``progress``
+    file per change in ``out/``. Cosmetic: not synced, and a failed write is let go."""
+    def said(state: str, tool: str = "", given: object = None) -> None:
+        body = {"job": job, "turn": turn, "state": state}
+        if tool:
+            body.update(tool=tool[:progress.TOOL_MAX], detail=progress.detail_of(tool, given))
+        try:
+            ctx.outbox.put("progress", body, durable=False)
+        except Exception as exc:  # a full disk, a bad name: never a reason to fail the turn
+            log(f"progress not reported: {exc}")
+    return said
 
 
 async def report(ctx: Context, body: dict) -> None:

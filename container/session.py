@@ -2,7 +2,7 @@
 
 SYNOPSIS
     Session(ctx, base_url, web_proxy, early, stages)
-    await session.turn(prompt, resume) -> {text, session_id, usage, error}
+    await session.turn(prompt, resume, progress) -> {text, session_id, usage, error}
     await session.close()
     options(ctx, settings, on_stderr) -> ClaudeAgentOptions
 
@@ -13,8 +13,10 @@ DESCRIPTION
     have run exactly the same command. The first turn resumes the group's
     session; if the CLI cannot resume it (its files lost, an id it does not
     know) the turn is answered in a new session rather than failing the group
-    for good. ``stages`` collects the clock readings of a new container's
-    first turn; they go back with its usage.
+    for good. ``progress(state, tool, input)`` hears what the turn is doing (it
+    began, a tool began, a tool ended): the runner reports it to the host.
+    ``stages`` collects the clock readings of a new container's first turn; they
+    go back with its usage.
 
 READS / WRITES
     The CLI's stdout (the SDK's messages) and stderr (kept, its last lines,
@@ -32,6 +34,7 @@ import functools
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 
 from claude_agent_sdk import (
     AssistantMessage,
@@ -39,6 +42,9 @@ from claude_agent_sdk import (
     ClaudeSDKClient,
     ResultMessage,
     TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    UserMessage,
     create_sdk_mcp_server,
     tool,
 )
@@ -47,6 +53,8 @@ import early_cli
 import tools
 from context import Context, log
 from settings import settings
+
+Progress = Callable[..., None] | None  # (state, tool="", input=None)
 
 # How the CLI says a --resume id is no good (unknown, not a UUID, its transcript gone).
 RESUME_FAILED = re.compile(r"--resume|no conversation found|session id", re.IGNORECASE)
@@ -101,12 +109,12 @@ class Session:
         await self.client.connect()  # the CLI started (or adopted), initialized, our MCP server listed
         self.stages.setdefault("cli_ready", time.time())
 
-    async def turn(self, prompt: str, resume: str | None) -> dict:
+    async def turn(self, prompt: str, resume: str | None, progress: Progress = None) -> dict:
         """Answer one prompt. A session that cannot be resumed (its files lost, an id the
         CLI does not know) must not fail the group for good: start a new one instead."""
         resuming = resume if self.client is None else None
         try:
-            out, failure = await self._turn(prompt, resuming), None
+            out, failure = await self._turn(prompt, resuming, progress), None
         except Exception as exc:
             out, failure = None, exc
         failure = failure or (out or {}).get("error")
@@ -114,24 +122,32 @@ class Session:
             log(f"cannot resume session {resuming} ({str(failure)[:200]}); starting a new session")
             await self.close()
             self.client = None
-            return await self._turn(prompt, None)
+            return await self._turn(prompt, None, progress)
         if out is None:
             raise failure  # type: ignore[misc]
         return out
 
-    async def _turn(self, prompt: str, resume: str | None) -> dict:
+    async def _turn(self, prompt: str, resume: str | None, progress: Progress = None) -> dict:
+        said = progress or (lambda state, tool="", given=None: None)
         if self.client is None:
             await self._connect(resume)
         assert self.client is not None
         started = time.monotonic()
         self.stages.setdefault("query", time.time())
         await self.client.query(prompt)
+        said("working")
         texts: list[str] = []
         result: ResultMessage | None = None
         async for message in self.client.receive_response():
             if isinstance(message, AssistantMessage):
                 self.stages.setdefault("first_answer", time.time())
                 texts = [b.text for b in message.content if isinstance(b, TextBlock)] or texts
+                for block in message.content:
+                    if isinstance(block, ToolUseBlock):  # the CLI runs it next
+                        said("tool", block.name, block.input)
+            elif isinstance(message, UserMessage) and isinstance(message.content, list) \
+                    and any(isinstance(b, ToolResultBlock) for b in message.content):
+                said("working")  # a tool ended: the model thinks again
             elif isinstance(message, ResultMessage):
                 result = message
         if result is None:

@@ -27,12 +27,12 @@ from pathlib import Path
 
 from nanoclaw import __version__
 from nanoclaw.admin import hostcheck
-from nanoclaw.core import member_file, messages, protocol, safefs, spool
+from nanoclaw.core import member_file, messages, progress, protocol, safefs, spool
 from nanoclaw.core.config import Config
 
 Progress = Callable[[str], None]
 # nanoclaw modules the agent runner imports inside the image (as top-level modules, beside its own).
-SHARED_MODULES = tuple(Path(m.__file__) for m in (protocol, messages, spool, safefs, member_file))
+SHARED_MODULES = tuple(Path(m.__file__) for m in (protocol, messages, spool, safefs, member_file, progress))
 # container/: what runs in the image (agent_runner.py is its command).
 RUNNER_FILES = ("agent_runner.py", "context.py", "early_cli.py", "forwarders.py", "interrupt.py", "session.py",
                 "settings.py", "team.py", "tools.py")

@@ -35,6 +35,26 @@ class Inbound:
     group: Group | None | str = LOOK_UP
 
 
+@dataclass(frozen=True)
+class Progress:
+    """What an agent is doing on a turn (core/progress.py's states), for the chat to show."""
+
+    chat: str
+    state: str
+    seq: int  # newer lines have larger ones: a line that overtook a newer one is dropped
+    job: int
+    turn: int
+    who: str = ""  # the assistant's name, or the team member's
+    since: float = 0.0  # when the turn began working (0: not yet)
+    tool: str = ""
+    kind: str = ""  # the tool's kind: shell, web, team, files, tool
+    detail: str = ""
+    # The message the turn answers, as the network knows it (its id and sender), if any.
+    message_id: str = ""
+    message_sender: str = ""
+    message_from_me: bool = False
+
+
 # The channel daemon's store-then-acknowledge callback. The call itself takes the message's
 # place in the commit line (calls are stored in their order); what it returns gives
 # (row id, duplicate?) once stored, or raises StoreError.
@@ -77,6 +97,9 @@ class Backend(ABC):
 
     async def typing(self, chat: str, on: bool) -> None:
         """Show or clear a typing indicator where the network has one."""
+
+    async def progress(self, update: Progress) -> None:
+        """Show what the agent is doing on a turn, where the network can (cosmetic)."""
 
     async def stop(self) -> None:
         """Disconnect cleanly."""

@@ -3,6 +3,8 @@
 Its chats are ``<folder>@term``. A reply is "sent" once it is stored as a bot
 message and written to every terminal watching that chat; a terminal that
 attaches later is shown the recent history, so nothing is lost by not watching.
+While an agent works, its terminals get ``progress`` lines (who, since when, what
+it is doing: ``nanoclaw chat`` shows them as a status line).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from nanoclaw.channels.base import Backend
+from nanoclaw.channels.base import Backend, Progress
 
 
 class TerminalBackend(Backend):
@@ -31,9 +33,9 @@ class TerminalBackend(Backend):
             if not self.watchers[chat]:
                 del self.watchers[chat]
 
-    async def show(self, chat: str, event: dict) -> None:
+    async def show(self, chat: str, event: dict, op: str = "message") -> None:
         """Push an event line to every terminal watching ``chat``; drop dead ones."""
-        line = json.dumps({"op": "message", "chat": chat, **event}, ensure_ascii=False).encode() + b"\n"
+        line = json.dumps({"op": op, "chat": chat, **event}, ensure_ascii=False).encode() + b"\n"
         for writer in list(self.watchers.get(chat, ())):
             try:
                 writer.write(line)
@@ -44,6 +46,10 @@ class TerminalBackend(Backend):
     async def send(self, chat: str, text: str, msg_id: str, quote: dict | None = None, sender: str = "") -> str:
         await self.show(chat, {"text": text, "id": msg_id, "from": "assistant", "name": sender})
         return msg_id
+
+    async def progress(self, update: Progress) -> None:
+        await self.show(update.chat, {k: getattr(update, k) for k in (
+            "state", "seq", "job", "turn", "who", "since", "tool", "detail")}, op="progress")
 
     def status(self) -> str:
         n = len({w for ws in self.watchers.values() for w in ws})

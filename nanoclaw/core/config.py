@@ -95,6 +95,7 @@ class WhatsAppConfig(Section):
     # up after 60 s, so this must be longer.
     client_timeout: float = 120.0
     proxy: str = ""  # e.g. socks5://127.0.0.1:1080 or http://proxy:3128 for all WhatsApp traffic
+    status_reactions: bool = True  # a reaction on the message being answered shows what the agent does
 
     def __post_init__(self) -> None:
         if not 0 < self.pair_timeout <= QR_WINDOW:

@@ -21,7 +21,7 @@ DESCRIPTION
     own exception, never a file another daemon must reject.
 
 HOSTILE INPUT
-    An agent writes ``result``, ``send_message``, ``task_request``, ``register_group``,
+    An agent writes ``result``, ``progress``, ``send_message``, ``task_request``, ``register_group``,
     ``delegate``, ``create_agent`` and ``raise_budget`` into its own ``out/`` spool: their
     bytes are attacker-controlled. Decoding refuses anything but the declared fields and
     types; what the fields mean (whose job, which chat) the ipc daemon checks.
@@ -100,6 +100,15 @@ class Result(Message):
     session_id: str | None | UnsetType = UNSET
     error: str | None | UnsetType = UNSET
     usage: dict[str, Any] | None | UnsetType = UNSET
+
+
+class Progress(Message):
+    """What the agent is doing in a turn (core/progress.py): cosmetic, cleaned by ipc."""
+    job: int
+    turn: int
+    state: str
+    tool: str | UnsetType = UNSET
+    detail: str | UnsetType = UNSET
 
 
 class SendMessage(Message):
@@ -241,7 +250,7 @@ class Outbound(Message):
 
 
 KINDS: dict[str, type[Message]] = {
-    "job": Job, "prompt": Prompt, "close": Close, "stop": Stop, "result": Result, "send_message": SendMessage,
+    "job": Job, "prompt": Prompt, "close": Close, "stop": Stop, "result": Result, "progress": Progress, "send_message": SendMessage,
     "task_request": TaskRequest, "register_group": RegisterGroup, "delegate": Delegate,
     "create_agent": CreateAgent, "raise_budget": RaiseBudget, "budget_spent": BudgetSpent,
     "turn_result": TurnResult, "job_event": JobEvent, "task_fire": TaskFire, "transcribe": Transcribe, "transcript": Transcript,

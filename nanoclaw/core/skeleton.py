@@ -35,6 +35,13 @@ RESCAN_SECONDS = 30.0
 STATUS_EVERY = 0.5  # seconds between status lines worked out after work passes
 UNWATCHED_CHECK = 5.0  # without systemd's watchdog: how often stuck() is asked
 EXIT_STUCK = 70  # EX_SOFTWARE: how a stuck daemon without a watchdog exits
+PIPELINE = 256  # a connection's requests handled at once (a pipelining client's window)
+
+
+def _answered(reply: dict) -> asyncio.Future:
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(reply)
+    return done
 
 
 def supervise(task: asyncio.Task, log: logging.Logger, what: str,
@@ -234,7 +241,20 @@ class Daemon:
             pass
         self.wake.set()
 
+    async def _answer(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
+        try:
+            return await self.handle(req, writer)
+        except Exception as exc:  # a bad request must never take the daemon down
+            self.log.exception("request op=%s failed", req.get("op"))
+            return {"ok": False, "error": f"internal error: {exc}"}
+
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer a connection's request lines, in order. A client may pipeline (send many
+        lines before reading answers): up to PIPELINE of them are handled at once, so that,
+        say, a burst of inbound messages shares commits; each answer is still written in the
+        order of its request, and reading stops while that many are unanswered."""
+        answers: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(PIPELINE)
+        replier = asyncio.ensure_future(self._reply_in_order(answers, writer))
         try:
             while True:
                 try:
@@ -242,36 +262,50 @@ class Daemon:
                 except asyncio.IncompleteReadError:
                     return
                 except asyncio.LimitOverrunError:
-                    writer.write(b'{"ok": false, "error": "line too long"}\n')
                     self.log.warning("socket client sent an over-long line; closing it")
+                    await answers.put(_answered({"ok": False, "error": "line too long"}))
                     return
                 try:
                     req = parse_line(line)
                 except BadMessage as exc:
                     self.log.warning("socket request refused: %s", exc)
-                    writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
-                    await writer.drain()
+                    await answers.put(_answered({"ok": False, "error": str(exc)}))
                     continue
-                try:
-                    reply = await self.handle(req, writer)
-                except Exception as exc:  # a bad request must never take the daemon down
-                    self.log.exception("request op=%s failed", req.get("op"))
-                    reply = {"ok": False, "error": f"internal error: {exc}"}
-                if reply is not None:
-                    writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
-                    await writer.drain()
+                await answers.put(asyncio.ensure_future(self._answer(req, writer)))
         except (ConnectionError, OSError):
             return
         except asyncio.CancelledError:
             # The daemon is stopping with this client still connected. Ended as cancelled, the
             # task makes Python 3.11's stream callback log a traceback (task.exception() raises).
+            replier.cancel()
             return
         finally:
+            if not replier.cancelling() and not replier.done():
+                await answers.put(None)  # the answers owed are written, then the connection ends
+            try:
+                await replier
+            except (asyncio.CancelledError, ConnectionError, OSError):
+                pass
             self.disconnected(writer)
             try:
                 writer.close()
             except Exception:
                 pass
+
+    @staticmethod
+    async def _reply_in_order(answers: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
+        """Write each answer once its request is handled, in the order of the requests. A
+        client gone away is written to no more; its requests are still all handled."""
+        gone = False
+        while (answer := await answers.get()) is not None:
+            reply = await answer
+            if reply is None or gone:
+                continue
+            try:
+                writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
+                await writer.drain()
+            except (ConnectionError, OSError):
+                gone = True
 
     async def _watchdog(self) -> None:
         """Feed systemd's watchdog every half period while nothing is ``stuck()``. Without

@@ -12,7 +12,8 @@ READS
     tasks, the team's messages).
 
 WRITES
-    ``turn_result`` to ``spool/queue``; ``outbound`` to ``spool/router``; tasks
+    ``turn_result`` to ``spool/queue``; what a turn is doing (``progress``, cleaned) to
+    the queue's socket; ``outbound`` to ``spool/router``; tasks
     (through ``core.tasks``), groups (``register_group``, main only), budget
     requests (``raise_budget``, the main group's lead only: the owner approves them), member
     files (``create_agent``, a lead only, through ``core.team``) and
@@ -44,6 +45,7 @@ import os
 import time
 
 from nanoclaw.core import budget_requests
+from nanoclaw.core import progress as progress_mod
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import model_choice
 from nanoclaw.core import tasks as tasks_mod
@@ -52,7 +54,7 @@ from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.groups import FOLDER_RE
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Job, Message, Turn, db
-from nanoclaw.core.protocol import STAGE_NAME, Envelope, Spool, nudge
+from nanoclaw.core.protocol import STAGE_NAME, Envelope, Spool, nudge, tell
 from nanoclaw.core.schedules import ScheduleError
 from nanoclaw.core.skeleton import Daemon
 
@@ -132,8 +134,8 @@ class IpcDaemon(Daemon):
     def _dispatch(self, group: Group, agent: str, spool: Spool, env: Envelope) -> str | None:
         body = env.body
         who = f"group={group.folder}" + (f" agent={agent}" if agent else "")
-        if env.type not in ("result", "send_message", "register_group", "task_request", "delegate", "create_agent",
-                            "raise_budget"):
+        if env.type not in ("result", "progress", "send_message", "register_group", "task_request", "delegate",
+                            "create_agent", "raise_budget"):
             spool.reject(env.path, f"{who}: request type {env.type!r} is not supported")
             return None
         job = Job.get_or_none(Job.id == body["job"])
@@ -146,6 +148,8 @@ class IpcDaemon(Daemon):
         if agent and env.type in ("register_group", "task_request", "create_agent", "raise_budget"):
             spool.reject(env.path, f"{who}: a team member may not {env.type.replace('_', ' ')}; that is the lead's")
             return None
+        if env.type == "progress":
+            return self._progress(group, agent, job, spool, env)
         if env.type == "register_group":
             return self._register_group(group, spool, env)
         if env.type == "raise_budget":
@@ -184,6 +188,18 @@ class IpcDaemon(Daemon):
                                            "sender": team_mod.display(agent) if agent else ""}, name=env.name)
         self.log.info("send_message", extra=log_fields(group=group.folder, agent=agent, job=job.id, chat=chat))
         return "router"
+
+    def _progress(self, group: Group, agent: str, job: Job, spool: Spool, env: Envelope) -> str | None:
+        """What a turn is doing (core/progress.py), checked and cleaned here, told to the queue,
+        which knows the turn's chat and message. Cosmetic: a lost line is only a stale status."""
+        said = progress_mod.from_agent(env.body)
+        if said is None:
+            spool.reject(env.path, f"group={group.folder}: not a progress report")
+            return None
+        state, tool, detail = said
+        tell(self.cfg.socket("queue"), "progress", group=group.folder, agent=agent, job=job.id,
+             turn=env.body["turn"], state=state, tool=tool, detail=detail)
+        return "progress"  # told already: nobody to nudge
 
     # -- teams --------------------------------------------------------------
     def _create_agent(self, group: Group, spool: Spool, env: Envelope) -> str | None:

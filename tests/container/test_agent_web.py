@@ -8,8 +8,8 @@ import json
 
 import pytest
 from conftest import SECRET
-from egress_harness import (  # noqa: F401 - certs and sites are fixtures
-    Strace, certs, egress_lines, private_hosts, sites, wait_lines)
+from egress_harness import (
+    Strace, egress_lines, private_hosts, wait_lines)
 from web_sites import PAGE
 
 

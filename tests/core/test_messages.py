@@ -24,6 +24,7 @@ FULL = {
     "stop": {"job": 7, "turn": 2},
     "result": {"job": 7, "turn": 1, "text": "hi", "session_id": "s-1", "error": None,
                "usage": {"input_tokens": 3, "duration_s": 1.5, "stages": {"python": 1.0}}},
+    "progress": {"job": 7, "turn": 1, "state": "tool", "tool": "Bash", "detail": "git log"},
     "send_message": {"job": 7, "text": "on my way", "chat": "main"},
     "task_request": {"job": 7, "action": "add", "task": {"prompt": "p", "schedule": "@daily"}},
     "register_group": {"job": 7, "jid": "x@g.us", "name": "X", "folder": "x", "trigger": "@Andy"},
@@ -48,6 +49,7 @@ FULL = {
 REQUIRED = {
     "job": ["job", "group", "chat", "is_main", "prompt", "session_id"],
     "result": ["job", "turn", "text"],
+    "progress": ["job", "turn", "state"],
     "send_message": ["job", "text"],
     "create_agent": ["job", "name", "description", "instructions"],
     "raise_budget": ["job", "group", "period", "amount"],

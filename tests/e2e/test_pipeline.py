@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+
 import pytest
 
 pytestmark = pytest.mark.podman
@@ -204,3 +207,31 @@ def test_the_harness_refuses_to_start_a_daemon_twice(offline_system):
     offline_system.start("router")
     with pytest.raises(AssertionError, match="already running"):
         offline_system.start("router")
+
+
+def test_a_pipelined_burst_is_answered_in_order_and_shares_commits(offline_system):
+    """A client may write many lines before reading any answer (issue 29): each is answered,
+    in the order sent, only once the commit holding it is done, and the burst shares commits
+    instead of taking one per message. A bad line in the middle gets its own answer in its place."""
+    s = offline_system
+    s.cli("groups", "add", "burst")  # trigger required: stored, no agent runs
+    s.start("channel", "queue")
+    lines = [json.dumps({"op": "inbound", "group": "burst", "text": f"m{i}", "id": f"p{i}"}).encode() + b"\n"
+             for i in range(300)]
+    lines.insert(150, b"not json\n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.connect(str(s.run / "channel.sock"))
+        c.sendall(b"".join(lines))  # all of it before reading anything
+        c.shutdown(socket.SHUT_WR)  # a half-closed client is still answered
+        answers = [json.loads(row) for row in c.makefile("rb")]
+    assert len(answers) == 301
+    assert answers[150]["ok"] is False
+    acked = [a for a in answers if a.get("ok")]
+    assert len(acked) == 300
+    ids = [a["message_id"] for a in acked]
+    assert ids == sorted(ids)  # answered in the order sent, each after its own row was made
+    with s.db() as con:
+        stored = dict(con.execute("select id, channel_id from message where is_bot = 0").fetchall())
+    assert [stored[i] for i in ids] == [f"p{i}" for i in range(300)]  # every acknowledged one is stored
+    commits = int(s.request("channel", {"op": "status"})["status"].rsplit(" in ", 1)[1].split()[0])
+    assert commits < 30  # one per message before pipelining

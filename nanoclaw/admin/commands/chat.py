@@ -107,6 +107,8 @@ def cmd_chat(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     print(f"chatting in {reply['group']} ({reply['chat']}); Ctrl-D to leave", flush=True)
     for m in reply["history"]:
         _print_line((m.get("name") or cfg.assistant_name) if m["from"] == "assistant" else m["from"], m["text"])
+    from nanoclaw.admin.chat_status import StatusLine
+    status = StatusLine(sys.stdout)
     mine: set[str] = set()
     acks: list[dict] = []
     got_ack = threading.Condition()
@@ -123,7 +125,9 @@ def cmd_chat(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                 elif event.get("op") == "message" and event.get("id") not in mine:
                     who = ((event.get("name") or cfg.assistant_name) if event.get("from") == "assistant"
                            else event.get("from"))  # a team member speaks under its own name
-                    _print_line(str(who), event.get("text", ""))
+                    status.say(str(who), event.get("text", ""))
+                elif event.get("op") == "progress":  # what the agent is doing: the status line
+                    status.update(event)
         except (ConnectionError, OSError):
             if leaving.is_set():
                 return
@@ -146,6 +150,7 @@ def cmd_chat(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         if not ack.get("ok"):
             print(f"nanoclaw: not sent: {ack.get('error')}", file=sys.stderr)
     leaving.set()
+    status.close()
     return 0
 
 

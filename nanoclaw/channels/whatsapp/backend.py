@@ -10,11 +10,12 @@ reach an agent. The work is done by one part per job, all sharing one
     intake      message events to stored messages (media downloaded, in order)
     outbound    replies out in chunks, and our own messages known when they echo
     presence    "typing…" while an agent works
+    reactions   a status reaction on the message a turn answers
     groups      the account's groups: discover, names, an unknown group's card
     pairing     `nanoclaw pair`, run in its own process while our client is stopped
 
 ``WhatsAppBackend`` wires them and is what the channel daemon sees: ``start``,
-``send``, ``typing``, ``pair``, ``discover``, ``status``, ``stuck``, ``stop``.
+``send``, ``typing``, ``progress``, ``pair``, ``discover``, ``status``, ``stuck``, ``stop``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from nanoclaw.channels.base import Backend, Receive
+from nanoclaw.channels.base import Backend, Progress, Receive
 from nanoclaw.channels.whatsapp import pairing
 from nanoclaw.channels.whatsapp.connection import Connection, new_client
 from nanoclaw.channels.whatsapp.convert import SERVERS
@@ -32,6 +33,8 @@ from nanoclaw.channels.whatsapp.groups import Groups
 from nanoclaw.channels.whatsapp.intake import Intake
 from nanoclaw.channels.whatsapp.outbound import Outbound
 from nanoclaw.channels.whatsapp.presence import Presence
+from nanoclaw.channels.whatsapp.reactions import Reactions
+from nanoclaw.core import progress as progress_mod
 from nanoclaw.core import config as config_mod
 
 STOP_WAIT = 5.0  # at shutdown, for each of: handlers still storing, the client's stop, its task
@@ -56,6 +59,8 @@ class WhatsAppBackend(Backend):
                                on_alert=lambda text: self.on_alert(text),
                                on_connected=lambda: self.groups.keep_refreshing())
         self.presence = Presence(self.conn)
+        self.reactions = Reactions(self.conn, self.cfg.whatsapp.status_reactions)
+        self._turns: dict[str, dict[tuple[int, int], tuple[int, bool]]] = {}  # chat -> turn -> (seq, busy)
         self.outbound = Outbound(self.conn, self.presence)
         self.groups = Groups(self.conn)
         self.intake = Intake(self.conn, self.outbound, self.groups)
@@ -94,6 +99,7 @@ class WhatsAppBackend(Backend):
         self.conn.stopping = True
         self.conn.wake()
         self.presence.stop_all()
+        self.reactions.stop_all()
         self.groups.stop()
         if self.conn.pairing is not None:
             self.conn.pairing.cancel()
@@ -101,7 +107,27 @@ class WhatsAppBackend(Backend):
         await self.conn.stop(STOP_WAIT)
 
     async def send(self, chat: str, text: str, msg_id: str, quote: dict | None = None, sender: str = "") -> str:
-        return await self.outbound.send(chat, text, msg_id, quote=quote, sender=sender)
+        sent = await self.outbound.send(chat, text, msg_id, quote=quote, sender=sender)
+        self.reactions.replied(chat)
+        return sent
+
+    async def progress(self, update: Progress) -> None:
+        """A turn's state: its message's reaction, and "typing…" while a turn of the chat
+        runs in a container (never while one only waits: to start, for a budget, to retry).
+        A silent turn's ends at once; a reply's when the reply goes out (it replaces it)."""
+        self.reactions.update(update)
+        turns = self._turns.setdefault(update.chat, {})
+        key = (update.job, update.turn)
+        if key in turns and turns[key][0] >= update.seq:
+            return  # overtaken by a newer line
+        turns[key] = (update.seq, update.state in progress_mod.BUSY)
+        busy = any(b for _, b in turns.values())
+        for k in [k for k, (_, b) in turns.items() if not b][:-8]:  # a few ended turns are enough
+            del turns[k]
+        if busy and not self.presence.showing(update.chat):
+            await self.presence.typing(update.chat, True)
+        elif not busy and update.state != "replied" and self.presence.showing(update.chat):
+            await self.presence.typing(update.chat, False)
 
     async def typing(self, chat: str, on: bool) -> None:
         await self.presence.typing(chat, on)

@@ -3,6 +3,7 @@
 SYNOPSIS
     presence = Presence(conn)
     await presence.typing(chat, on)
+    presence.showing(chat)     whether it shows
     presence.stop(chat)        a reply replaces "typing…"
     presence.stop_all()        at shutdown
 
@@ -47,6 +48,9 @@ class Presence:
             task.add_done_callback(lambda t, c=chat: self._typing.pop(c, None) if self._typing.get(c) is t else None)
         else:
             await self._presence(chat, False)
+
+    def showing(self, chat: str) -> bool:
+        return chat in self._typing
 
     def stop(self, chat: str) -> None:
         task = self._typing.pop(chat, None)

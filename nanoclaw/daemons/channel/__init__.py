@@ -8,13 +8,14 @@ SUMMARY
     messages to the commit line (``commit.py``: group commit, in order, the
     approval request made with its message). The socket ops: ``inbound`` and
     ``watch`` for terminals (``terminal_ops.py``), ``deliver`` and ``typing``
-    for the router and the queue (``deliver.py``), ``pair`` and
+    for the router and the queue (``deliver.py``), ``progress`` from the queue
+    (``progress.py``: a reaction, "typing…", a terminal's status line), ``pair`` and
     ``discover_groups`` for WhatsApp (here). The main agent's list of chats is
     kept by ``chats.py``.
 
 READS
     WhatsApp (neonize) events; terminal clients on its socket (``inbound``,
-    ``watch``); the router's ``deliver``; the queue's ``typing``; ``nanoclaw
+    ``watch``); the router's ``deliver``; the queue's ``progress`` (and ``typing``); ``nanoclaw
     pair`` and ``groups discover``; the ``groups`` table.
 
 WRITES
@@ -55,7 +56,7 @@ from nanoclaw.core import config as config_mod
 from nanoclaw.core.models import Group
 from nanoclaw.core.protocol import Spool, nudge
 from nanoclaw.core.skeleton import Daemon
-from nanoclaw.daemons.channel import deliver, terminal_ops
+from nanoclaw.daemons.channel import deliver, progress, terminal_ops
 from nanoclaw.daemons.channel.chats import ChatList
 from nanoclaw.daemons.channel.commit import CommitLine
 
@@ -104,6 +105,8 @@ class ChannelDaemon(Daemon):
             return await deliver.deliver(self, req)
         if op == "typing":
             return await deliver.typing(self, req)
+        if op == "progress":  # the queue: what an agent is doing (progress.py)
+            return await progress.progress(self, req)
         if op == "pair":
             return await self._pair(req, writer)
         if op == "discover_groups":

@@ -13,6 +13,7 @@ SUMMARY
         team.py    a group's members, the answers owed between them
         tasks.py   a scheduled task's runs, settled in one place
         holds.py   a spent budget, a full disk: nothing starts, the chat is told once
+        progress.py what each turn is doing, told to the channel (a reaction, "typing…", a status line)
         voice.py   voice notes sent to be transcribed; their transcripts kept before their turn
         owner.py   the owner's requests: approve/deny, stop/status/revoke in the main chat,
                    expiry, where an approved chat's agent starts
@@ -22,7 +23,8 @@ READS
     New ``message`` rows (the channel nudges it); ``spool/queue``:
     ``turn_result`` (from ipc), ``job_event`` (from the runner),
     ``task_fire`` (from a timer), ``budget_spent`` (from the proxy), ``transcript``
-    (from the runner: a voice note's transcript, hostile text, see ``voice.py``).
+    (from the runner: a voice note's transcript, hostile text, see ``voice.py``). On its
+    socket, ``progress`` from ipc: what a turn is doing, as its container reported it.
 
     Budgets (``core.usage``) and the state directory's free space: while either
     holds a group, its messages (and due task runs) wait, see ``holds.py``. An
@@ -57,12 +59,13 @@ from typing import Any
 
 from nanoclaw.core import faults
 from nanoclaw.core.models import Cursor, Group, Job
-from nanoclaw.core.protocol import Spool, nudge, tell
+from nanoclaw.core.protocol import Spool, nudge
 from nanoclaw.core.skeleton import Daemon
 from nanoclaw.daemons.queue import plan as plan_mod
 from nanoclaw.daemons.queue.holds import Holds
 from nanoclaw.daemons.queue.owner import Owner
 from nanoclaw.daemons.queue.plan import AgentKey, Burst
+from nanoclaw.daemons.queue.progress import Progress
 from nanoclaw.daemons.queue.state import Reader
 from nanoclaw.daemons.queue.stop import Stopper
 from nanoclaw.daemons.queue.tasks import Tasks
@@ -85,6 +88,7 @@ class QueueDaemon(Daemon):
         self.bursts: dict[AgentKey, Burst] = {}
         self.turns, self.tasks, self.team = Turns(self), Tasks(self), Team(self)
         self.holds, self.owner, self.reader = Holds(self), Owner(self), Reader(self)
+        self.progress = Progress(self)
         self.voice = Voice(self)
         self.stopper = Stopper(self)  # the owner's stop (stop.py)
         self._pending = self.inbox.leftovers()
@@ -134,6 +138,8 @@ class QueueDaemon(Daemon):
     async def handle(self, req: dict, writer: Any) -> dict | None:
         if req.get("op") == "stop":  # nanoclaw stop GROUP
             return self.stopper.on_socket(req)
+        if req.get("op") == "progress":  # ipc: what a turn is doing (progress.py); cosmetic
+            return self.progress.on_agent(req)
         return await super().handle(req, writer)
 
     # -- the pass: read, decide, apply -----------------------------------------
@@ -172,11 +178,6 @@ class QueueDaemon(Daemon):
                 self.owner.answer(g.row, m)
             case _:
                 raise TypeError(f"no way to apply {action!r}")
-
-    def _typing(self, chat: str, on: bool) -> None:
-        """Tell the channel an agent is working on (or done with) a chat: cosmetic,
-        fire-and-forget, so it can neither block nor fail the job."""
-        tell(self.cfg.socket("channel"), "typing", chat=chat, on=on)
 
     def status(self) -> str:
         running = Job.select().where(Job.status == "running").count()

@@ -56,6 +56,7 @@ from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Cursor, Group, Job, Message, Session, Turn, db
 from nanoclaw.core.prompt import strip_internal
 from nanoclaw.core.protocol import STAGE_NAME, Envelope, Spool, nudge
+from nanoclaw.daemons.queue import sql
 
 if TYPE_CHECKING:
     from nanoclaw.daemons.queue import QueueDaemon
@@ -76,7 +77,7 @@ class Turns:
         choice = model_choice.for_job(self.q.cfg, group.folder, agent)
         with db.atomic("IMMEDIATE"):
             job = Job.create(group=group, agent=agent, model=choice.model)
-            Turn.create(job=job, seq=0, first_message_id=batch[0].id, last_message_id=batch[-1].id)
+            turn = Turn.create(job=job, seq=0, first_message_id=batch[0].id, last_message_id=batch[-1].id)
         if choice.refused:
             return self.model_refused(job, choice)
         # A file the disk refuses is kept and handed over later; the job stays queued till then.
@@ -85,7 +86,7 @@ class Turns:
                                                 "session_id": session.session_id if session else None,
                                                 "agent": agent, "model": choice.model},
                    then=lambda: nudge(self.q.cfg.socket("runner")))
-        self.q._typing(group.jid, True)
+        self.q.progress.accepted(job, [turn])
         self.q.log.info("queued messages=%d..%d", batch[0].id, batch[-1].id,
                         extra=log_fields(group=group.folder, agent=agent or "lead", job=job.id))
         return job
@@ -94,16 +95,17 @@ class Turns:
         """Deliver new messages into the group's live container instead of starting another:
         one turn per (messages, prompt)."""
         inbox = Spool(self.q.cfg.agent_ipc(group.folder, job.agent) / "in").ensure()
-        seq = job.turns.select(fn.MAX(Turn.seq)).scalar() or 0
+        seq = sql.scalar(sql.LAST_TURN, job.id) or 0
+        made = []
         for batch, prompt in turns:
             seq += 1
-            Turn.create(job=job, seq=seq, first_message_id=batch[0].id, last_message_id=batch[-1].id)
+            made.append(Turn.create(job=job, seq=seq, first_message_id=batch[0].id, last_message_id=batch[-1].id))
             # Not synced: a power cut that could lose it ends the container too (see Spool.put).
             self.q.put(inbox, "prompt", {"job": job.id, "turn": seq, "prompt": prompt, "session_id": None},
                        durable=False)
             self.q.log.info("turn=%s follow-up delivered messages=%d..%d", seq, batch[0].id, batch[-1].id,
                             extra=log_fields(group=group.folder, job=job.id))
-        self.q._typing(group.jid, True)
+        self.q.progress.accepted(job, made)
 
     def close(self, job: Job) -> None:
         """Ask a live container to exit (once)."""
@@ -144,9 +146,14 @@ class Turns:
             job.error = body["error"][:2000]
             job.save()
             self.close(job)  # a fresh container will retry the pending messages
-            self.q._typing(group.jid, False)
+            self.q.progress.ended(job, [turn], gave_up=False)
             return False
-        if strip_internal(body["text"]):
+        spoke = bool(strip_internal(body["text"]))
+        if spoke:
+            # Told before the reply is handed on: the router wakes on the file at once, and a
+            # "replied" that came after the reply would show "sending the reply" (or keep the
+            # reaction) for a reply already out.
+            self.q.progress.answered(job, turn, spoke=True)
             # Durable in the router's spool before the cursor moves.
             out = {"key": f"job:{job.id}:turn:{turn.seq}", "chat": group.jid, "text": body["text"], "kind": "reply"}
             reply_to = _reply_to(turn.last_message_id)
@@ -172,7 +179,8 @@ class Turns:
                         extra=log_fields(group=group.folder, agent=job.agent or "lead", job=job.id,
                                          message=turn.last_message_id))
         self._log_stages(job, body)
-        self.q._typing(group.jid, False)
+        if not spoke:
+            self.q.progress.answered(job, turn, spoke=False)
         return True
 
     def on_job_event(self, env: Envelope) -> None:
@@ -206,11 +214,15 @@ class Turns:
         undone = [t for t in turns if t.status != "done"]
         if any(t.stopped_at for t in undone):  # the owner's stop killed it: its stopped turns are answered
             with db.atomic("IMMEDIATE"):
-                undone, stopped = stop_mod.settle(job, undone), True
-            self.q._typing(job.group.jid, False)
+                left, stopped = stop_mod.settle(job, undone), True
+            for turn in undone:
+                if turn not in left:  # answered by the stop: no reply, its reaction and typing go
+                    self.q.progress.answered(job, turn, spoke=False)
+            undone = left
         failed = not stopped and (exit_code not in (0, None) or bool(job.error) or bool(error)
                                   or (undone and len(undone) == len(turns)))
         group = job.group
+        gave_up = False
         with db.atomic("IMMEDIATE"):
             job.status = "failed" if failed and undone else "stopped" if stopped and undone else "done"
             job.exit_code, job.finished_at = exit_code, time.time()
@@ -236,6 +248,7 @@ class Turns:
                 cursor.failures += 1
                 if cursor.failures >= self.q.cfg.max_attempts:
                     self._give_up(job, cursor, max(t.last_message_id for t in undone))
+                    gave_up = True
                 else:
                     delay = backoff(cursor.failures, self.q.cfg.backoff_base, self.q.cfg.backoff_max)
                     cursor.retry_at = time.time() + delay
@@ -246,8 +259,8 @@ class Turns:
                 cursor.save()
         self.q.log.info("finished status=%s exit=%s", job.status, exit_code,
                         extra=log_fields(group=group.folder, job=job.id))
-        if undone:
-            self.q._typing(group.jid, False)
+        if undone:  # they wait for another container (a retry, a budget, the disk), or failed
+            self.q.progress.ended(job, undone, gave_up)
 
     def _give_up(self, job: Job, cursor: Cursor, upto: int) -> None:
         """Retries are exhausted: tell the chat in one line and move past the messages
@@ -280,7 +293,7 @@ class Turns:
     def settle_stale(self, now: float) -> None:
         """Jobs whose start or end never came are counted as failed (see the description)."""
         q = self.q
-        for job in list(Job.select().where(Job.status == "queued", Job.created_at < now - STALE_QUEUED_SECONDS)):
+        for job in list(Job.raw(sql.STALE_JOBS.format(column="created_at"), "queued", now - STALE_QUEUED_SECONDS)):
             # Not while its file waits for the disk here, nor while the runner waits for space
             # (or did within the allowance): it is not lost, it is waiting.
             if q.held.waiting("job", "job", job.id) or q.holds.disk_low() is not None \
@@ -290,7 +303,7 @@ class Turns:
         # A group is never silenced for good by a job whose end never came (its report lost):
         # past its container's time limit, with room to spare, the job counts as failed.
         overdue = now - q.cfg.container.timeout - STALE_RUNNING_GRACE
-        for job in list(Job.select().where(Job.status == "running", Job.started_at < overdue)):
+        for job in list(Job.raw(sql.STALE_JOBS.format(column="started_at"), "running", overdue)):
             q.log.error("no end reported %.0fs after its time limit; counted as failed", STALE_RUNNING_GRACE,
                         extra=log_fields(group=job.group.folder, job=job.id))
             self.finish(job, None, "its end was never reported")

@@ -17,8 +17,8 @@ import threading
 import time
 
 from conftest import SECRET
-from egress_harness import (  # noqa: F401 - certs and sites are fixtures
-    Strace, ask, certs, egress_system, get, https_get, private_hosts, read_head, sites, tunnel, wait_lines,
+from egress_harness import (
+    Strace, ask, egress_system, get, https_get, private_hosts, read_head, tunnel, wait_lines,
     web_sock)
 from web_sites import PAGE
 
