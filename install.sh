@@ -28,6 +28,7 @@ CONF=/etc/nanoclaw
 RUN=/run/nanoclaw
 UNIT_DIR=/etc/systemd/system
 CREDENTIAL=$CONF/credentials/anthropic-credential
+VOICE_CREDENTIAL=$CONF/credentials/voice-api-credential
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -154,7 +155,7 @@ if ! getent passwd "$USER_NAME" >/dev/null; then
         --comment "nanoclaw assistant" "$USER_NAME"
     echo "created"
 fi
-install -d -o "$USER_NAME" -g "$USER_NAME" -m 0750 "$STATE" "$STATE/home" "$STATE/timers"
+install -d -o "$USER_NAME" -g "$USER_NAME" -m 0750 "$STATE" "$STATE/home" "$STATE/timers" "$STATE/voice"
 install -d -o "$USER_NAME" -g "$USER_NAME" -m 0750 "$RUN"
 install -d -o "$USER_NAME" -g "$USER_NAME" -m 0700 "$RUN/xdg"
 for f in /etc/subuid /etc/subgid; do
@@ -236,6 +237,12 @@ fi
 if [ ! -e "$CREDENTIAL" ]; then
     (umask 077 && printf '%s\n' "# Set it with: sudo nanoclaw credential set" > "$CREDENTIAL")
     echo "created an empty credential file: $CREDENTIAL (sudo nanoclaw credential set fills it)"
+fi
+if [ ! -e "$VOICE_CREDENTIAL" ]; then
+    # Empty unless the owner chooses the voice API: the proxy's unit loads it (LoadCredential=
+    # refuses a missing file), and an empty one is no credential.
+    (umask 077 && printf '%s\n' "# Only for [voice] engine = \"api\". Set it with: sudo nanoclaw credential set --voice" \
+        > "$VOICE_CREDENTIAL")
 fi
 if [ ! -e "$CONF/config.toml" ]; then
     cat > "$CONF/config.toml" <<'EOF'

@@ -213,3 +213,24 @@ def test_install_sh_reads_the_registry_with_the_system_python():
                          cwd=ROOT)
     assert bad.returncode == 2 and "usage:" in bad.stderr
 
+
+
+def test_the_proxy_reads_the_runners_voice_notes_read_only_and_loads_both_credentials():
+    """[voice] engine = "api": the proxy opens the runner's copy of a note, where the runner
+    puts it under the units' state directory, through a read-only path; systemd hands it the
+    voice credential beside the Anthropic one, from the files install.sh makes (a missing
+    one would stop the unit)."""
+    from nanoclaw.core import config as config_mod
+    from nanoclaw.core.credentials import CREDENTIAL_NAME, VOICE_CREDENTIAL_NAME, file_path
+    from nanoclaw.daemons.runner.transcribe import note_dir
+    proxy = effective("nanoclaw-proxy.service")
+    env = dict(kv.split("=", 1) for line in proxy["Environment"] for kv in line.split())
+    cfg = config_mod.Config(state_dir=Path(env["NANOCLAW_STATE_DIR"]), config_dir=Path("/etc/nanoclaw"))
+    assert f"-{note_dir(cfg, 1).parent}" in proxy["ReadOnlyPaths"]
+    assert proxy["LoadCredential"] == [f"{n}:{file_path(cfg, n)}" for n in (CREDENTIAL_NAME, VOICE_CREDENTIAL_NAME)]
+    install = (ROOT / "install.sh").read_text()
+    assert '"$STATE/voice"' in install and "VOICE_CREDENTIAL=$CONF/credentials/voice-api-credential" in install
+    assert '> "$VOICE_CREDENTIAL")' in install
+    for daemon in registry.DAEMONS:  # no other daemon gets either credential
+        if daemon.name != "proxy":
+            assert "LoadCredential" not in effective(daemon.unit), daemon.name

@@ -1,5 +1,6 @@
 """What the voice tests share: real voice notes (espeak-ng speaks, opusenc makes Ogg/Opus as
-WhatsApp sends it). The transcription image is conftest's ``transcribe_image`` fixture."""
+WhatsApp sends it), and a nanoclaw set up to hear them. The transcription image is conftest's
+``transcribe_image`` fixture."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+LISBON = "What is the weather like in Lisbon today?"
 
 
 def need_tools() -> None:
@@ -27,3 +30,15 @@ def make_note(dest: Path, phrase: str, *, repeat: int = 1) -> Path:
     subprocess.run(["opusenc", "--quiet", str(wav), str(dest)], check=True, capture_output=True)
     wav.unlink()
     return dest
+
+
+def voice_system(make_system, agent_image, podman_service, image, **voice):
+    """A nanoclaw with the scripted agent, ``[voice]`` as given, and a main group."""
+    s = make_system(container={"image": agent_image, "podman_url": podman_service},
+                    voice={"image": image, **voice})
+    s.cli("groups", "add", "main", "--main")
+    return s
+
+
+def send_file(s, group: str, path, text: str = "voice") -> None:
+    s.cli("send", group, "--file", str(path), text)

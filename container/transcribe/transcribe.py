@@ -7,6 +7,10 @@ longer than ``NANOCLAW_VOICE_MAX_SECONDS``, transcribes it with the model in the
 prints ``{"text", "language", "duration", "model", "engine"}``, or ``{"error"}`` with exit
 status 2 for a note it cannot transcribe. The host treats whatever it prints as hostile text.
 
+With ``--probe`` (the API engine, ``[voice] engine = "api"``) it only decodes the note and
+checks its length, and prints ``{"duration"}``: the decoders parse hostile audio here, in the
+container, before the host's proxy sends the file to the API. No model is loaded.
+
 Environment: NANOCLAW_VOICE_MODEL (the model's directory), NANOCLAW_VOICE_MODEL_NAME,
 NANOCLAW_VOICE_LANGUAGE ("" detects), NANOCLAW_VOICE_MAX_SECONDS, NANOCLAW_VOICE_PROMPT
 (an initial prompt: the assistant's name, so that a spoken "Andy, ..." is written as such).
@@ -26,7 +30,9 @@ def say(obj: dict, code: int) -> None:
 
 
 def main() -> None:
-    path = sys.argv[1] if len(sys.argv) > 1 else "/in/note"
+    args = sys.argv[1:]
+    probe = "--probe" in args
+    path = next((a for a in args if a != "--probe"), "/in/note")
     max_seconds = float(os.environ.get("NANOCLAW_VOICE_MAX_SECONDS", "600"))
     try:
         size = os.stat(path).st_size
@@ -34,7 +40,6 @@ def main() -> None:
         say({"error": f"the file cannot be read ({exc.strerror})"}, 2)
     if size == 0:
         say({"error": "the file is empty"}, 2)
-    from faster_whisper import WhisperModel
     from faster_whisper.audio import decode_audio
     try:
         audio = decode_audio(path, sampling_rate=SAMPLE_RATE)
@@ -45,6 +50,9 @@ def main() -> None:
         say({"error": "it holds no audio"}, 2)
     if duration > max_seconds:
         say({"error": f"it is {duration:.0f} s long, over the limit of {max_seconds:.0f} s"}, 2)
+    if probe:
+        say({"duration": round(duration, 1)}, 0)
+    from faster_whisper import WhisperModel
     language = os.environ.get("NANOCLAW_VOICE_LANGUAGE") or None
     model = WhisperModel(os.environ.get("NANOCLAW_VOICE_MODEL", "/opt/model"), device="cpu", compute_type="int8",
                          cpu_threads=int(os.environ.get("NANOCLAW_VOICE_THREADS", "2")), local_files_only=True)

@@ -142,8 +142,11 @@ class Doctor:
             self.note("voice engine", "off ([voice] enabled = false): voice notes reach agents as files")
             return
         exists = image_exists(podman, v.image)
+        if v.engine == "api":
+            self._check_voice_credential()
         self.check(f"voice engine: transcription image {v.image}", exists,
-                   "faster-whisper, model in the image" if exists else
+                   ("the notes are checked here, then sent to the voice API" if v.engine == "api" else
+                    "faster-whisper, model in the image") if exists else
                    "missing: voice notes reach agents untranscribed, each with one line to the chat",
                    "nanoclaw image build" + (" (as the nanoclaw user: sudo -u nanoclaw nanoclaw image build)"
                                              if as_service_user else ""))
@@ -186,6 +189,21 @@ class Doctor:
         writable = os.access(cfg.config_dir if cfg.config_dir.exists() else cfg.config_dir.parent, os.W_OK)
         self.check("Anthropic credential", ok, detail,
                    ("" if writable and not self.units else "sudo ") + "nanoclaw credential set")
+
+    def _check_voice_credential(self) -> None:
+        """engine = "api": where the notes go, and whether the voice credential is set."""
+        from nanoclaw.core.credentials import VOICE_CREDENTIAL_NAME, load_voice_credential
+        v = self.cfg.voice
+        self.note("voice engine", f"api: each voice note is sent to {v.api_url} (model {v.api_model}) by the proxy")
+        path = credential_path(self.cfg, VOICE_CREDENTIAL_NAME)
+        if not (os.geteuid() == 0 or path.exists() or not self.units):
+            return  # under the units the file is root's: the proxy's status says whether it holds one
+        try:
+            load_voice_credential(self.cfg)
+            ok, detail = True, str(path)
+        except CredentialError as exc:
+            ok, detail = False, str(exc).partition(": set it with")[0]
+        self.check("voice API credential", ok, detail, ("sudo " if self.units else "") + "nanoclaw credential set --voice")
 
     def _check_timers(self) -> None:
         """Scheduled tasks need systemd's timers (the units) or cron (crontab lines)."""
@@ -232,6 +250,10 @@ class Doctor:
                 # The file may be there and still unreadable to the proxy (LoadCredential=).
                 self.check("the proxy holds a credential", "NO CREDENTIAL" not in reply.get("status", ""),
                            fix=("sudo " if self.units else "") + "nanoclaw credential set")
+                if self.cfg.voice.enabled and self.cfg.voice.engine == "api":
+                    self.check("the proxy holds the voice API credential",
+                               "NO VOICE CREDENTIAL" not in reply.get("status", ""),
+                               fix=("sudo " if self.units else "") + "nanoclaw credential set --voice")
 
     def _check_database(self) -> None:
         """The schema this code knows, and the backups there are."""

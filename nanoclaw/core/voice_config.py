@@ -6,7 +6,15 @@ into this struct and calls :func:`check`), so the settings of one feature are in
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from urllib.parse import urlsplit
+
 import msgspec
+
+ENGINES = ("local", "api")
+WORK_DIR = "voice"  # under the state directory: the runner's copies of notes, one directory each
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
 
 
 class VoiceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -24,6 +32,12 @@ class VoiceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     max_transcript_bytes: int = 16384  # what the agent is shown of a transcript, at most
     spoken_trigger: bool = True  # a transcript starting with the assistant's name wakes a trigger-only group
     max_running: int = 1  # transcriptions at once (each takes the CPU it can get)
+    # "local": the model in the image, on this machine (nothing leaves it). "api": the note is
+    # still checked in its container, then the proxy sends it to api_url's OpenAI-compatible
+    # /v1/audio/transcriptions with the voice credential (`nanoclaw credential set --voice`).
+    engine: str = "local"
+    api_url: str = ""  # the base URL, https:// (http:// only to this machine's loopback)
+    api_model: str = "whisper-1"
 
     @property
     def wait(self) -> float:
@@ -38,3 +52,39 @@ def check(cfg: VoiceConfig) -> None:
         raise ValueError("[voice] max_seconds must be in (0, 14400] and timeout in (0, 3600] seconds")
     if not 256 <= cfg.max_transcript_bytes <= 262144 or cfg.max_running < 1:
         raise ValueError("[voice] max_transcript_bytes must be in [256, 262144], max_running at least 1")
+    if cfg.engine not in ENGINES:
+        raise ValueError(f"[voice] engine must be \"local\" (on this machine) or \"api\", not {cfg.engine!r}")
+    if cfg.engine == "api" or cfg.api_url:
+        api_endpoint(cfg)
+    if not _MODEL.fullmatch(cfg.api_model):
+        raise ValueError(f"[voice] api_model {cfg.api_model!r} is not a model name (letters, digits, ._:/-)")
+
+
+def api_endpoint(cfg: VoiceConfig) -> str:
+    """``api_url``'s transcription endpoint, rebuilt from its checked parts; ValueError with one
+    line when it is not a base URL the audio may go to: https, or http to the loopback."""
+    url = cfg.api_url.strip()
+    if not url:
+        raise ValueError('[voice] engine = "api" needs api_url, e.g. "https://api.openai.com"')
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        raise ValueError(f"[voice] api_url {url!r} is not a URL") from None
+    if parts.scheme not in ("https", "http") or not host or parts.username or parts.password or parts.query \
+            or parts.fragment or any(c.isspace() or ord(c) < 32 for c in url):
+        raise ValueError(f"[voice] api_url {url!r} must be a plain base URL, https://host[:port][/path]")
+    if parts.scheme == "http" and not _loopback(host):
+        raise ValueError(f"[voice] api_url {url!r} must be https (http only to 127.0.0.1 or ::1): "
+                         "the audio and the credential would cross the network in clear")
+    if parts.path.rstrip("/").endswith("/v1"):
+        raise ValueError(f"[voice] api_url {url!r}: give the base, without /v1 (it is added)")
+    netloc = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{netloc}{f':{port}' if port else ''}{parts.path.rstrip('/')}/v1/audio/transcriptions"
+
+
+def _loopback(host: str) -> bool:
+    try:  # an address, not a name: /etc/hosts could point "localhost" anywhere
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

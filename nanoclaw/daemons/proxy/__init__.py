@@ -28,13 +28,20 @@ SUMMARY
     The agents' web is another program's (``nanoclaw-egress``), so that no
     bug in code parsing hostile web traffic runs beside the key.
 
+    The voice API (``[voice] engine = "api"``, ``voice.py``): the runner asks
+    ``transcribe`` on this daemon's own socket for a note it has checked; the
+    proxy sends that note to ``[voice] api_url`` with the voice credential,
+    which it alone holds, as it holds the Anthropic one.
+
 READS
     Requests on the agents' API sockets; the credential (``core.credentials``:
-    systemd's ``LoadCredential=`` copy, or the 0600 file); the ``groups`` table
-    and each group's team (which sockets to serve); budgets and prices.
+    systemd's ``LoadCredential=`` copy, or the 0600 file), and the voice API's;
+    the ``groups`` table and each group's team (which sockets to serve); budgets
+    and prices; the runner's copies of voice notes (``<state>/voice/``), read-only.
 
 WRITES
-    Requests to ``proxy_upstream`` and nowhere else; ``usage`` rows;
+    Requests to ``proxy_upstream`` and, with the voice API chosen, voice notes to
+    its ``api_url``, and nowhere else; ``usage`` rows;
     ``budget_spent`` to ``spool/queue``. The real key or token never enters a
     container (not its environment, files or ``podman inspect``).
 
@@ -104,7 +111,9 @@ class ProxyDaemon(Daemon):
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30), cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False, skip_auto_headers=NO_AUTO_HEADERS, trust_env=False)
-        self.load()
+        from nanoclaw.daemons.proxy.voice import VoiceApi
+        self.voice = VoiceApi(self)
+        self.load_all()
 
     def load(self) -> str:
         """(Re-)read the credential; '' or why there is none."""
@@ -117,10 +126,18 @@ class ProxyDaemon(Daemon):
         self.log.info("credential loaded kind=%s from %s", self.credential.kind, credential_path(self.cfg))
         return ""
 
+    def load_all(self) -> str:
+        """Both credentials, as at start; '' or why the Anthropic one is missing."""
+        self.voice.load()
+        return self.load()
+
     async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
         if req["op"] == "reload":  # `nanoclaw credential set` where no unit restart hands it over
-            error = self.load()
-            return {"ok": not error, "error": error, "kind": self.credential.kind if self.credential else ""}
+            error = self.load_all()
+            return {"ok": not error, "error": error, "kind": self.credential.kind if self.credential else "",
+                    "voice": self.voice.credential is not None}
+        if req["op"] == "transcribe":  # the runner, for a note its container checked ([voice] engine = "api")
+            return await self.voice.transcribe(req)
         if req["op"] == "check":  # `nanoclaw credential set`: does the API accept it?
             if self.credential is None and self.load():
                 return {"ok": False, "error": "the proxy holds no credential"}
@@ -158,11 +175,12 @@ class ProxyDaemon(Daemon):
         cred = self.credential.kind if self.credential else "NO CREDENTIAL"
         return (f"{len(self.sockets)} agent socket(s), credential: {cred}, {self.requests} API requests, "
                 f"{sum(self.slots.group_calls.values())} in flight, {sum(self.slots.buffered.values())} "
-                "request bytes held")
+                "request bytes held" + self.voice.status())
 
     async def shutdown(self) -> None:
         await self.sockets.close()
         await self.session.close()
+        await self.voice.close()
 
 
 main = ProxyDaemon.main

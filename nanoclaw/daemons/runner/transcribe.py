@@ -9,16 +9,23 @@ SUMMARY
     size-capped log. What it printed is read up to a cap, checked, and reported to the queue
     (``transcript`` in ``spool/queue``).
 
+    With ``[voice] engine = "api"`` the container only probes the note (decodable, not longer
+    than ``max_seconds``: the decoders still parse hostile audio only there), then the runner
+    asks the proxy (``transcribe`` on its host-side socket, naming the message) to send its
+    copy to the API: the proxy holds the voice API's credential, this daemon never does.
+
 SYNOPSIS
     Transcriber(daemon).take(envelope)    from the runner's pass; runs in a thread
-    spec(cfg, body) -> Spec;  verdict(code, error, out, cfg) -> the report's fields
+    spec(cfg, body, probe) -> Spec;  verdict(code, error, out, cfg, probe) -> the report's fields
+    api_verdict(reply, cfg, duration) -> the report's fields from the proxy's answer
 
 HOSTILE INPUT
     The note (the agent can write the inbox: a link or FIFO planted there is refused; the
     audio is parsed only inside the container). The container's output: whatever a decoder
     parsing that audio printed. Read up to a cap; only ``text`` (cut), ``language`` (checked)
     and ``duration`` (a number) are taken from it; the engine and model are named from our
-    configuration, never from its output; its error is cleaned to one short line.
+    configuration, never from its output; its error is cleaned to one short line. The proxy's
+    answer carries the API's text: cut and cleaned again here as the container's is.
 """
 
 from __future__ import annotations
@@ -38,9 +45,10 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from nanoclaw.core import transcripts
 from nanoclaw.core.config import Config
 from nanoclaw.core.log import log_fields
-from nanoclaw.core.protocol import Envelope, nudge
+from nanoclaw.core.protocol import Envelope, nudge, request
 from nanoclaw.core.safefs import Dir
 from nanoclaw.core.spoken_trigger import initial_prompt
+from nanoclaw.core.voice_config import WORK_DIR
 from nanoclaw.daemons.runner import driver
 from nanoclaw.daemons.runner.dirs import agent_identity
 from nanoclaw.daemons.runner.spec import DEADLINE_LABEL, LABEL, TRANSCRIBE, VOICE_LABEL, Mount, Resources, Spec, \
@@ -58,7 +66,7 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
 def note_dir(cfg: Config, message: int):
     """Where the runner keeps its copy of one note: under the state directory, which no
     container sees, in a directory the validator pins to the note's own spec."""
-    return cfg.state_dir / "voice" / str(int(message))
+    return cfg.state_dir / WORK_DIR / str(int(message))
 
 
 def model_label(cfg: Config) -> str:
@@ -70,7 +78,7 @@ def model_label(cfg: Config) -> str:
         return cfg.voice.model_name or "unknown"
 
 
-def spec(cfg: Config, body: dict) -> Spec:
+def spec(cfg: Config, body: dict, probe: bool = False) -> Spec:
     v, c = cfg.voice, cfg.container
     user, userns = agent_identity(cfg)
     prompt = initial_prompt(cfg.assistant_name) if v.spoken_trigger else ""  # see core/spoken_trigger.py
@@ -84,7 +92,8 @@ def spec(cfg: Config, body: dict) -> Spec:
         labels={LABEL: f"voice-{int(body['message'])}", "nanoclaw.group": body["group"],
                 VOICE_LABEL: str(int(body["message"])), DEADLINE_LABEL: f"{time.time() + v.timeout:.0f}"},
         resources=Resources(v.memory if c.memory else "", 64, tuple(c.ulimits)), network="none",
-        timeout=v.timeout, command=("/opt/venv/bin/python", "/opt/nanoclaw/transcribe.py", "/in/note"),
+        timeout=v.timeout, command=("/opt/venv/bin/python", "/opt/nanoclaw/transcribe.py", "/in/note",
+                                    *(("--probe",) if probe else ())),
         workdir="/tmp", runtime=c.runtime, log_cap=max(65536, 4 * v.max_transcript_bytes))
 
 
@@ -121,8 +130,9 @@ def copy_note(cfg: Config, body: dict) -> None:
             os.close(fd)
 
 
-def verdict(code: int, error: str, out: bytes, cfg: Config) -> dict:
-    """The report's fields from what the container did: a transcript, or why not."""
+def verdict(code: int, error: str, out: bytes, cfg: Config, probe: bool = False) -> dict:
+    """The report's fields from what the container did: a transcript (a probe: the note's
+    duration), or why not."""
     if error:  # the runner's own reason (the time limit)
         return {"ok": False, "error": f"it took longer than {cfg.voice.timeout:.0f} s" if "timed out" in error
                 else _line(error)}
@@ -136,17 +146,38 @@ def verdict(code: int, error: str, out: bytes, cfg: Config) -> dict:
             ", out of memory?" if code == 137 else "")}
     if code != 0 or "error" in said:
         return {"ok": False, "error": _line(str(said.get("error", f"the transcriber failed (exit {code})")))}
+    if probe:
+        return {"ok": True, "duration": _duration(said.get("duration"))}
     text = said.get("text")
     if not isinstance(text, str):
         return {"ok": False, "error": "the transcriber printed no text"}
-    cap = cfg.voice.max_transcript_bytes
-    raw = text.encode()
-    cut = len(raw) > cap
-    text = raw[:cap].decode(errors="ignore")
-    duration = said.get("duration")
+    text, cut = _cut(text, cfg)
     return {"ok": True, "text": text, "cut": cut, "language": transcripts.language(said.get("language")),
-            "duration": float(duration) if isinstance(duration, (int, float)) and 0 <= duration < 86400 else None,
-            "engine": ENGINE, "model": model_label(cfg)}
+            "duration": _duration(said.get("duration")), "engine": ENGINE, "model": model_label(cfg)}
+
+
+def api_verdict(reply: dict, cfg: Config, duration: float | None) -> dict:
+    """The report's fields from the proxy's answer: the API's transcript (engine and model
+    named from our configuration), or why not."""
+    if reply.get("ok") is not True:
+        return {"ok": False, "error": _line(str(reply.get("error") or "the voice API failed"))}
+    text = reply.get("text")
+    if not isinstance(text, str):
+        return {"ok": False, "error": "the voice API gave no text"}
+    text, cut = _cut(text, cfg)
+    return {"ok": True, "text": text, "cut": cut or reply.get("cut") is True,
+            "language": transcripts.language(reply.get("language")) or transcripts.language(cfg.voice.language),
+            "duration": duration, "engine": "api", "model": cfg.voice.api_model}
+
+
+def _cut(text: str, cfg: Config) -> tuple[str, bool]:
+    raw = text.encode(errors="ignore")
+    cap = cfg.voice.max_transcript_bytes
+    return raw[:cap].decode(errors="ignore"), len(raw) > cap
+
+
+def _duration(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and 0 <= value < 86400 else None
 
 
 def _line(text: str) -> str:
@@ -201,6 +232,7 @@ class Transcriber:
 
     def _transcribe(self, body: dict) -> dict:
         cfg, log = self.d.cfg, self.d.log
+        api = cfg.voice.engine == "api"
         try:
             copy_note(cfg, body)
         except (OSError, ValueError) as exc:
@@ -212,7 +244,7 @@ class Transcriber:
                     client.containers.get(voice_name(body["group"], body["message"])).remove(force=True)
                 except NotFound:
                     pass
-                s = spec(cfg, body)
+                s = spec(cfg, body, probe=api)
                 validate(s, cfg)
                 ctr = driver.create(client, s, log, body)
                 try:
@@ -228,6 +260,19 @@ class Transcriber:
             if "image not known" in text:
                 text = f"the transcription image {cfg.voice.image} is missing (build it: nanoclaw image build)"
             return {"ok": False, "error": _line(text)}
-        report = verdict(code, error, out, cfg)
+        report = verdict(code, error, out, cfg, probe=api)
+        if api and report["ok"]:
+            report = api_verdict(self._ask_proxy(body), cfg, report["duration"])
         report["took"] = round(time.monotonic() - t0, 2)
         return report
+
+    def _ask_proxy(self, body: dict) -> dict:
+        """The proxy sends the runner's copy of the note to the voice API: named by its message
+        alone (the proxy opens it under this runner's voice directory itself)."""
+        cfg = self.d.cfg
+        try:
+            return request(cfg.socket("proxy"), {"op": "transcribe", "message": body["message"], "group": body["group"],
+                                                 "ext": body["file"].rpartition(".")[2].lower()},
+                           timeout=cfg.voice.timeout + 15)
+        except (OSError, ValueError) as exc:
+            return {"ok": False, "error": f"the proxy did not answer ({type(exc).__name__}: {exc})"}

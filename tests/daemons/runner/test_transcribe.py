@@ -9,21 +9,9 @@ import os
 import time
 
 from conftest import DAEMONS, _podman
-from voice_notes import make_note
+from voice_notes import LISBON, make_note, send_file, voice_system
 
-LISBON = "What is the weather like in Lisbon today?"
 TOKYO = "Andy, what time is it in Tokyo?"  # with the runner's initial prompt: " Andy, what time is it in Tokyo?"
-
-
-def voice_system(make_system, agent_image, podman_service, image, **voice):
-    s = make_system(container={"image": agent_image, "podman_url": podman_service},
-                    voice={"image": image, **voice})
-    s.cli("groups", "add", "main", "--main")
-    return s
-
-
-def send_file(s, group: str, path, text: str = "voice") -> None:
-    s.cli("send", group, "--file", str(path), text)
 
 
 def media_of(s, jid: str) -> list[dict]:
