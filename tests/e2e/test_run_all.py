@@ -106,9 +106,9 @@ def test_run_all_and_chat_in_a_terminal_without_cron(make_system, agent_image, t
         text = tmux.text("run1")
         first_daemon_line = min(text.index(x) for x in lines_of(text, "queue"))
         for problem in (f"FAIL  agent image {missing}", "FAIL  Anthropic credential",
-                        "FAIL  cron for scheduled tasks"):
+                        "FAIL  cron for scheduled tasks", "FAIL  voice engine: transcription image"):
             assert problem in text[:first_daemon_line], text[-4000:]  # said before anything started
-        assert "run-all: 3 problem(s) above (as nanoclaw doctor says them); starting anyway" in text
+        assert "run-all: 4 problem(s) above (as nanoclaw doctor says them); starting anyway" in text
 
         # A task added while there is no cron is kept; the scheduler says so once, however many passes
         s.wait_for(lambda: "NO CRONTAB PROGRAM: 0 active" in s.request("scheduler", {"op": "status"})["status"],
