@@ -96,7 +96,7 @@ DAEMONS: tuple[Daemon, ...] = (
            reads=("spool/router",), writes=()),
     Daemon("proxy", "the Anthropic API for containers: holds the credential, meters, keeps budgets",
            reads=(), writes=("spool/queue",), serves=("proxy/<group>/api.sock",),
-           network="the Anthropic API", credential=True),
+           network="the Anthropic API, and the voice API when [voice] engine = \"api\"", credential=True),
     Daemon("egress", "the web for containers, under each group's egress policy (no credential)",
            reads=(), writes=(), serves=("proxy/<group>/web.sock",), network="the web, under policy"),
     Daemon("scheduler", "keeps each scheduled task's timer equal to the database",
