@@ -14,6 +14,7 @@ import pytest
 from conftest import _podman
 
 from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 
 
 @pytest.fixture
@@ -218,9 +219,9 @@ def test_bad_quiet_settings_are_refused(tmp_path):
                       ("[container]\nprecheck_max_output = 0\n", "precheck_max_output")):
         path.write_text(text)
         with pytest.raises(config_mod.ConfigError, match=why):
-            config_mod.load(path)
+            config_file.load(path)
     path.write_text("burst_window = 2\n[container]\nprecheck_timeout = 30\n")
-    cfg = config_mod.load(path)
+    cfg = config_file.load(path)
     assert (cfg.burst_window, cfg.container.precheck_timeout) == (2.0, 30.0)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import _podman
 
-from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import team
 from nanoclaw.core.mounts import BUILTIN_BLOCKED, Allowlist, Root
@@ -32,7 +32,7 @@ def cfg(tmp_path, monkeypatch):
     conf = tmp_path / "config.toml"
     conf.write_text('timezone = "UTC"\n[container]\nnetwork = "slirp4netns"\n'
                     f'volumes = ["{CGROUP}", "{tmp_path}/cache:/cache"]\nextra_env = ["CLAUDE_CODE_MAX_RETRIES=0"]\n')
-    c = config_mod.load(conf)
+    c = config_file.load(conf)
     open_db(c.db_path)
     groups_mod.add_group(c, "main", is_main=True)
     groups_mod.add_group(c, "family")

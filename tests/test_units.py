@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.backoff import backoff
 from nanoclaw.core.models import Cursor, Group, Job, Message, Session, Turn, open_db
@@ -115,7 +116,7 @@ def cfg(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOCLAW_CONFIG_DIR", str(tmp_path / "etc"))
     conf = tmp_path / "config.toml"
     conf.write_text('timezone = "UTC"\nbackoff_base = 10.0\n')
-    c = config_mod.load(conf)
+    c = config_file.load(conf)
     open_db(c.db_path)
     return c
 
@@ -135,12 +136,12 @@ def test_config_refuses_unknown_keys_and_bad_types(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("promt_cap = 3\n")
     with pytest.raises(config_mod.ConfigError, match="unknown setting 'promt_cap'"):
-        config_mod.load(p)
+        config_file.load(p)
     p.write_text('prompt_cap = "ten"\n')
     with pytest.raises(config_mod.ConfigError, match="expected int"):
-        config_mod.load(p)
+        config_file.load(p)
     p.write_text('[container]\nruntime = "runc"\nulimits = ["nofile=1024:1024"]\n')
-    c = config_mod.load(p)
+    c = config_file.load(p)
     assert c.container.runtime == "runc" and c.container.ulimits == ("nofile=1024:1024",)
 
 

@@ -381,6 +381,7 @@ def test_only_the_main_groups_lead_may_ask_for_a_budget_and_only_the_owner_grant
 def test_a_groups_model_reaches_its_containers_and_a_members_own_wins(tmp_path, monkeypatch):
     from nanoclaw.admin.cli import main as cli_main
     from nanoclaw.core import config as config_mod
+    from nanoclaw.core import config_file
     from nanoclaw.core import groups as groups_mod
     from nanoclaw.core import team
     from nanoclaw.core.models import open_db
@@ -392,8 +393,8 @@ def test_a_groups_model_reaches_its_containers_and_a_members_own_wins(tmp_path, 
     conf = tmp_path / "config.toml"
     conf.write_text('timezone = "UTC"\nmodel = "claude-sonnet-4-5"\n')
     monkeypatch.setenv("NANOCLAW_CONFIG", str(conf))
-    config_mod.get.cache_clear()
-    cfg = config_mod.get()
+    config_file.get.cache_clear()
+    cfg = config_file.get()
     open_db(cfg.db_path)
     groups_mod.add_group(cfg, "family")
     team.write(cfg, "family", team.Member("researcher", "d", "i", model="claude-opus-4-5"))
@@ -419,11 +420,12 @@ def test_a_groups_model_reaches_its_containers_and_a_members_own_wins(tmp_path, 
     with pytest.raises(SystemExit) as done:
         cli_main(["groups", "set", "family", "--model", "bad model!"])
     assert done.value.code == 2
-    config_mod.get.cache_clear()
+    config_file.get.cache_clear()
 
 
 def test_the_meter_reads_usage_from_any_chunking_and_prices_by_longest_prefix():
     from nanoclaw.core import config as config_mod
+    from nanoclaw.core import config_file
     from nanoclaw.core.usage import cost, parse_amount, price_of
     from nanoclaw.daemons.proxy.meter import Meter
     events = [{"type": "message_start", "message": {"model": "claude-sonnet-4-5-20250929", "usage": {
@@ -451,6 +453,7 @@ def test_the_meter_reads_usage_from_any_chunking_and_prices_by_longest_prefix():
 
 def test_budget_and_price_configuration_is_checked(tmp_path):
     from nanoclaw.core import config as config_mod
+    from nanoclaw.core import config_file
     conf = tmp_path / "c.toml"
     for text, msg in (('[usage.prices.x]\ninput = 1\n', "input and output prices are required"),
                       ('[usage.prices.x]\ninput = 1\noutput = -2\n', "0 or more"),
@@ -462,10 +465,10 @@ def test_budget_and_price_configuration_is_checked(tmp_path):
                       ('[usage]\nweb_search_usd = -1\n', "web_search_usd and web_fetch_usd are USD per request")):
         conf.write_text(text)
         with pytest.raises(config_mod.ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
-            config_mod.load(conf)
+            config_file.load(conf)
     conf.write_text('[usage]\nallowed_models = ["claude-*"]\n[usage.prices.claude-new]\ninput = 1\noutput = 2\n'
                     '[budgets]\nmonth_usd = 30\n[budgets.groups.family]\nday_usd = 2\nday_tokens = 500000\n')
-    cfg = config_mod.load(conf)
+    cfg = config_file.load(conf)
     assert cfg.usage.allowed_models == ("claude-*",) and cfg.usage.prices["claude-new"].output == 2.0
     assert "claude-sonnet-4-5" in cfg.usage.prices  # the shipped table stays under the owner's rows
     assert cfg.budget.month_usd == 30 and cfg.budget_groups["family"].day_tokens == 500000
@@ -477,6 +480,7 @@ def test_an_older_database_gains_the_usage_tables_and_keeps_every_groups_rows(tm
     from conftest import old_database
 
     from nanoclaw.core import config as config_mod
+    from nanoclaw.core import config_file
     from nanoclaw.core import usage
     from nanoclaw.core.models import Group, Job, open_db
     path = old_database(tmp_path / "old.db", """
@@ -496,6 +500,7 @@ def test_an_older_database_gains_the_usage_tables_and_keeps_every_groups_rows(tm
 
 def test_the_proxys_running_totals_equal_the_databases_sums(tmp_path):
     from nanoclaw.core import config as config_mod
+    from nanoclaw.core import config_file
     from nanoclaw.core import usage
     from nanoclaw.core.models import open_db
     from nanoclaw.daemons.proxy.budget import Tally

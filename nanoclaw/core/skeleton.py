@@ -26,6 +26,7 @@ import sdnotify
 from inotify_simple import INotify, flags
 
 from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.core import faults, serve
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import open_db
@@ -63,7 +64,7 @@ class Daemon:
     name = "daemon"
 
     def __init__(self, cfg: config_mod.Config | None = None) -> None:
-        self.cfg = cfg or config_mod.get()
+        self.cfg = cfg or config_file.get()
         self.log = logging.getLogger(f"nanoclaw.{self.name}")
         self.notifier = sdnotify.SystemdNotifier()
         self.wake = asyncio.Event()
