@@ -34,10 +34,10 @@ def test_other_groups_answer_only_their_trigger(system):
     assert len(prompts) == 1
     text = prompts[0].read_text()
     assert "just chatting, no trigger" in text and 'sender="alice"' in text
-    # nothing triggers on the untriggered message alone
+    # nothing triggers on the untriggered message alone: the next answer the chat hears is the
+    # barrier's, sent after it
     system.send("family", "thanks andy", sender="alice@term")
-    with pytest.raises(TimeoutError):
-        w.reply(3)
+    assert w.reply(60) == system.barrier("family", sender="bob@term", trigger="@andy")
 
 
 def test_follow_up_goes_into_the_running_container(system):
@@ -165,14 +165,22 @@ def test_allowlist_decides_who_may_trigger(system):
     allow.write_text(json.dumps({"senders": ["bob@term"]}))
     w = system.watch("family")
     system.send("family", "@Andy from alice", sender="alice@term")
-    with pytest.raises(TimeoutError):
-        w.reply(3)
+    # alice's trigger woke nothing: the next answer the chat hears is bob's barrier's
+    assert w.reply(60) == system.barrier("family", sender="bob@term", trigger="@Andy")
     system.send("family", "@Andy from bob", sender="bob@term")
     assert w.reply(60) == "echo: from bob"
     allow.write_text("{ broken")
+
+    def family_turns() -> int:
+        with system.db() as con:
+            return con.execute("select count(*) from turn join job on job.id = turn.job_id join 'group' g "
+                               "on g.id = job.group_id where g.folder = 'family'").fetchone()[0]
+    turns = family_turns()
     system.send("family", "@Andy bob again", sender="bob@term")
-    with pytest.raises(TimeoutError):
-        w.reply(3)
+    # nobody may trigger in family now, so no barrier can be answered there: main's is, and
+    # the queue's pass that saw it had seen bob's message (stored first) and gave it no turn
+    system.barrier()
+    assert family_turns() == turns
     assert "allowlist" in system.log("queue") and "nobody may trigger" in system.log("queue")
 
 
