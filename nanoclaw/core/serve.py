@@ -6,7 +6,9 @@ SUMMARY
     read here, parsed once, handed to the daemon's ``handle`` and answered with one line
     (or none, for a nudge). A line that cannot be read or accepted gets one error reply;
     a handler's bug gets one "internal error" reply: neither ends the daemon or the
-    connection.
+    connection. Each request is checked against its op's struct (core/socket_lines.py)
+    before ``handle`` sees it: a field it does not declare, or of the wrong type, is
+    refused naming the op and the field.
 
 SYNOPSIS
     await serve_client(daemon, reader, writer)   a connection, until the client leaves
@@ -16,8 +18,8 @@ SYNOPSIS
 HOSTILE INPUT
     Every line is untrusted: the sockets are the daemons' own (mode 0660, the nanoclaw
     group), but what a client relays may carry a chat's or an agent's words. A line over
-    MAX_LINE ends its connection; a line that is not one JSON object with an ``op`` is
-    answered with the reason.
+    MAX_LINE ends its connection; a line that is not one JSON object with an ``op``, or
+    not what its op declares, is answered with the reason.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nanoclaw.core import socket_lines
 from nanoclaw.core.protocol import MAX_LINE, BadMessage, parse_line
 
 if TYPE_CHECKING:
@@ -60,7 +63,7 @@ async def serve_client(daemon: Daemon, reader: asyncio.StreamReader, writer: asy
                 daemon.log.warning("socket client sent an over-long line; closing it")
                 return
             try:
-                req = parse_line(line)
+                _, req = socket_lines.check(parse_line(line))
             except BadMessage as exc:
                 daemon.log.warning("socket request refused: %s", exc)
                 writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
