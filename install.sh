@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install (or update) nanoclaw as a systemd service on Debian/Ubuntu, and start it.
 #
-#   sudo ./install.sh                 install, build the agent image, start nanoclaw.target
+#   sudo ./install.sh                 install, build the agent image (and the voice notes'
+#                                     transcription image), start nanoclaw.target
 #   sudo ./install.sh --no-start      install everything but do not start it
-#   sudo ./install.sh --no-image      skip building the agent image (set [container] image yourself)
+#   sudo ./install.sh --no-image      skip building the images (set [container] image yourself)
 #   sudo ./install.sh --prefix DIR    install the program under DIR (default /opt/nanoclaw)
 #   sudo ./install.sh --images DIR    first load every image archive DIR/*.tar (podman save)
 #                                     into the service user's storage (offline hosts)
@@ -282,7 +283,7 @@ else
 fi
 
 if [ "$IMAGE" -eq 1 ]; then
-    step "agent image (as $USER_NAME; the first build downloads ~180 MB of wheels)" \
+    step "agent image and, with [voice] on, the transcription image (as $USER_NAME; the first build downloads ~180 MB of wheels, ~200 MB more for voice)" \
         "the wheel download (network) or the podman build failed, or the disk is full"
     as_user "$PREFIX/bin/nanoclaw" image build
 fi

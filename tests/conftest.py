@@ -146,6 +146,21 @@ def container_options(agent_image) -> dict:
 
 
 @pytest.fixture(scope="session")
+def transcribe_image(container_options) -> str:
+    """The voice notes' transcription image, built by voice_image.build (cached by its sources' digest)."""
+    need_podman()
+    from nanoclaw.admin import voice_image
+    from nanoclaw.core import config as config_mod
+    cfg = config_mod.Config(container=config_mod.ContainerConfig(
+        runtime=container_options["runtime"], ulimits=tuple(container_options["ulimits"]), base_image=BASE_IMAGE))
+    tag = f"localhost/nanoclaw-transcribe:test-{voice_image.source_digest(cfg)}"
+    if not voice_image.current(cfg, tag):
+        voice_image.build(cfg, tag=tag, wheels=WHEELS.parent / "wheels-voice",
+                          progress=lambda line: print("image:", line), workdir=WHEELS.parent)
+    return tag
+
+
+@pytest.fixture(scope="session")
 def podman_service():
     """A Podman API socket served by ``podman system service`` for the whole session."""
     need_podman()

@@ -37,6 +37,10 @@ FULL = {
     "job_event": {"job": 7, "event": "exited", "exit_code": 0, "error": "", "container": "nc-family-7",
                   "reason": "", "stopped": True},
     "task_fire": {"task": 3, "fired_at": 1.5, "due_at": None, "started_at": 1.25, "python_at": 1.375},
+    "transcribe": {"message": 12, "group": "family", "file": "inbox/12-note.ogg", "deadline": 1700000000.5},
+    "transcript": {"message": 12, "group": "family", "ok": True, "text": "Andy, hello", "cut": False,
+                   "language": "en", "duration": 4.2, "engine": "faster-whisper", "model": "tiny.en",
+                   "took": 0.6, "error": ""},
     "outbound": {"key": "k", "chat": "fam@g.us", "text": "Grüße ✓", "kind": "reply", "sender": "Andy",
                  "reply_to": 12},
 }
@@ -51,6 +55,7 @@ REQUIRED = {
     "turn_result": ["group", "job", "turn", "text", "session_id", "error"],
     "job_event": ["job", "event"],
     "task_fire": ["task", "fired_at"],
+    "transcript": ["message", "group", "ok"],
     "outbound": ["key", "chat", "text", "kind"],
 }
 

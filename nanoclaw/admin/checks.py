@@ -135,6 +135,19 @@ class Doctor:
                            f"rootless Podman (nanoclaw run-all as {me}) maps the agents' ids into it",
                            f"sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {me}")
 
+    def _check_voice(self, podman: tuple[str, ...], as_service_user: bool) -> None:
+        """The voice engine: the transcription image is here (it holds the model and the engine)."""
+        v = self.cfg.voice
+        if not v.enabled:
+            self.note("voice engine", "off ([voice] enabled = false): voice notes reach agents as files")
+            return
+        exists = image_exists(podman, v.image)
+        self.check(f"voice engine: transcription image {v.image}", exists,
+                   "faster-whisper, model in the image" if exists else
+                   "missing: voice notes reach agents untranscribed, each with one line to the chat",
+                   "nanoclaw image build" + (" (as the nanoclaw user: sudo -u nanoclaw nanoclaw image build)"
+                                             if as_service_user else ""))
+
     def _check_containers(self) -> None:
         cfg = self.cfg
         podman = self.podman or podman_as_service_user(cfg)
@@ -147,6 +160,7 @@ class Doctor:
         if not exists and not image_exists(podman, base):
             self.note("container options", f"not tried: neither {image} nor {base} is here to try them with")
             return
+        self._check_voice(podman, as_service_user)
         result = check_runtime(cfg, image if exists else base, podman)
         self.check("a container starts with the configured options", result.ok,
                    result.error or " ".join(result.podman_args()) or "podman defaults",

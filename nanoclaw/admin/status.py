@@ -106,6 +106,9 @@ def summary(cfg: Config) -> list[str]:
         print(f"failing:  {who}: {cursor.failures}/{cfg.max_attempts} attempts failed"
               + (f", next in {wait:.0f}s" if wait else "") + (f": {last.error.splitlines()[0][:160]}"
                                                              if last and last.error else ""))
+    if cfg.voice.enabled:  # voice notes whose transcript a turn waits for (queue/voice.py)
+        heard = Message.select().where(Message.media.contains('"state": "asked"')).count()
+        print(f"voice:    {heard} transcription(s) waiting")
     from nanoclaw.core.approvals import pending_count
     waiting = pending_count()
     print(f"requests: {waiting} waiting for your answer" + (" (nanoclaw pending)" if waiting else ""))

@@ -19,6 +19,7 @@ from msgspec import Struct, field
 
 from nanoclaw.core.costs import ApiConfig, Budget, UsageConfig
 from nanoclaw.core.egress import EgressPolicy
+from nanoclaw.core.voice_config import VoiceConfig
 
 # A group's folder name (and a team member's): here, not in core/groups.py, so that reading the
 # configuration (which names groups in its tables) loads neither the database nor peewee; the
@@ -178,6 +179,7 @@ class Config(Section):
     budget_groups: dict[str, Budget] = field(default_factory=dict)  # [budgets.groups.<folder>]
     backup: BackupConfig = field(default_factory=BackupConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    voice: VoiceConfig = field(default_factory=VoiceConfig)  # [voice]: voice_config.py
 
     # Derived locations: one state dir, one runtime dir.
     db_path = _under("state_dir", "nanoclaw.db")

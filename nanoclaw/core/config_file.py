@@ -34,6 +34,7 @@ import msgspec
 from nanoclaw.core.config import DETECTED, DETECTED_KEYS, FOLDER_RE, Config, ConfigError, ContainerConfig
 from nanoclaw.core.costs import DEFAULT_PRICES, Budget, Price
 from nanoclaw.core.egress import EgressPolicy
+from nanoclaw.core import voice_config
 from nanoclaw.core.model_choice import ModelError, checked_models
 
 # Where a struct field is read from in config.toml, when its name there differs.
@@ -270,6 +271,10 @@ def _checked(cfg: Config) -> Config:
         raise ConfigError("[team] max_depth and max_delegations must be at least 1, max_members at least 0")
     if tasks.max_per_group < 1 or tasks.min_interval < 60:
         raise ConfigError("[tasks] max_per_group must be at least 1, min_interval at least 60 seconds")
+    try:
+        voice_config.check(cfg.voice)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         models = checked_models(cfg.models, cfg.model, usage)
     except ModelError as exc:

@@ -204,6 +204,31 @@ class TaskFire(Message):
     python_at: float | UnsetType = UNSET
 
 
+# -- voice notes (queue/voice.py, runner/transcribe.py) -------------------------------------
+
+class Transcribe(Message):
+    """queue -> runner: transcribe a voice note (its file in the group's inbox) in a container."""
+    message: int
+    group: str
+    file: str
+    deadline: int | float
+
+
+class Transcript(Message):
+    """runner -> queue: a note's transcript (hostile text: what the audio said) or why there is none."""
+    message: int
+    group: str
+    ok: bool
+    text: str | UnsetType = UNSET
+    cut: bool | UnsetType = UNSET
+    language: str | UnsetType = UNSET
+    duration: int | float | None | UnsetType = UNSET
+    engine: str | UnsetType = UNSET
+    model: str | UnsetType = UNSET
+    took: int | float | UnsetType = UNSET
+    error: str | UnsetType = UNSET
+
+
 class Outbound(Message):
     """anyone -> router: text for a chat; ``key`` makes it idempotent. ``sender`` is the name
     it goes out under (default: the assistant's); ``reply_to`` the message row it answers."""
@@ -219,7 +244,8 @@ KINDS: dict[str, type[Message]] = {
     "job": Job, "prompt": Prompt, "close": Close, "stop": Stop, "result": Result, "send_message": SendMessage,
     "task_request": TaskRequest, "register_group": RegisterGroup, "delegate": Delegate,
     "create_agent": CreateAgent, "raise_budget": RaiseBudget, "budget_spent": BudgetSpent,
-    "turn_result": TurnResult, "job_event": JobEvent, "task_fire": TaskFire, "outbound": Outbound,
+    "turn_result": TurnResult, "job_event": JobEvent, "task_fire": TaskFire, "transcribe": Transcribe, "transcript": Transcript,
+    "outbound": Outbound,
 }
 
 

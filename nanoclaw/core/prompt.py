@@ -13,8 +13,10 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from nanoclaw.core.models import Message
+from nanoclaw.core.xml_text import attr as _attr
+from nanoclaw.core.xml_text import clean as _clean
+from nanoclaw.core.xml_text import escape  # noqa: F401 (daemons/queue/tasks.py takes it from here)
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _INTERNAL = re.compile(r"<internal>.*?(?:</internal>|$)", re.DOTALL | re.IGNORECASE)
 
 
@@ -22,16 +24,6 @@ def strip_internal(text: str) -> str:
     """What of an agent's answer is for the chat: its ``<internal>…</internal>`` notes removed
     (an unclosed one runs to the end). Empty means the turn is silent: nothing is sent."""
     return _INTERNAL.sub("", text).strip()
-
-_XML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
-_XML_ATTR = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"})
-
-
-def escape(text: str) -> str:
-    """``&``, ``<`` and ``>`` as XML entities (what ``xml.sax.saxutils.escape`` does, without
-    importing urllib and the email package into every daemon that builds a prompt)."""
-    return text.translate(_XML)
-
 
 def matches_trigger(text: str, trigger: str) -> bool:
     """True when ``text`` starts with ``trigger`` (case-insensitive, as a whole word)."""
@@ -52,7 +44,10 @@ def addressed(m: Message, *, requires_trigger: bool, trigger: str, allowed: set[
         return getattr(m, "ready", True)
     if m.is_bot or (allowed is not None and m.sender not in allowed and not (owner and m.from_me)):
         return False
-    return not requires_trigger or matches_trigger(m.text, trigger)
+    if not requires_trigger or matches_trigger(m.text, trigger):
+        return True
+    from nanoclaw.core import transcripts  # a voice note that starts with the assistant's name
+    return transcripts.wakes(getattr(m, "media", None))
 
 
 def needs_agent(messages: Sequence[Message], *, requires_trigger: bool, trigger: str,
@@ -86,15 +81,6 @@ def next_batch(pending: Sequence[Message], *, cap: int, batch: int, requires_tri
     return covered, len(covered) - first + cap
 
 
-def _clean(text: str) -> str:
-    return _CONTROL.sub("", text)
-
-
-def _attr(value: str) -> str:
-    """An always double-quoted, fully escaped attribute value."""
-    return '"' + _clean(value).translate(_XML_ATTR) + '"'
-
-
 def attachment(media: str | dict | None) -> str:
     """A message's attachment as an element the agent can act on: where the file is,
     what it is, how big; a voice note says plainly that it was not transcribed."""
@@ -115,11 +101,13 @@ def attachment(media: str | dict | None) -> str:
     if media.get("seconds"):
         attrs.append(f"seconds={_attr(str(media['seconds']))}")
     note = str(media.get("note", ""))
-    if media.get("kind") == "voice note":
+    from nanoclaw.core import transcripts  # it builds on this module's escaping
+    heard = transcripts.state(media) is not None and transcripts.state(media).get("state") == transcripts.DONE
+    if media.get("kind") == "voice note" and not heard:
         note = "; ".join(filter(None, [note, "not transcribed: you cannot hear it, so do not guess what it says"]))
     if note:
         attrs.append(f"note={_attr(note)}")
-    return f"<attachment {' '.join(attrs)}/>"
+    return f"<attachment {' '.join(attrs)}/>{transcripts.element(media)}"
 
 
 def _human(size: int) -> str:

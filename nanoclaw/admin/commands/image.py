@@ -1,4 +1,5 @@
-"""nanoclaw image build: the agent container image (admin/image.py builds it, offline-capable).
+"""nanoclaw image build: the agent container image (admin/image.py builds it, offline-capable),
+and the voice notes' transcription image when [voice] is on (admin/voice_image.py).
 
 SYNOPSIS
     add_parsers(sub)                 the image command
@@ -19,6 +20,9 @@ def cmd_image(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     try:
         image.build(cfg, tag=args.tag, wheels=Path(args.wheels) if args.wheels else None,
                     progress=lambda line: print(f"image: {line}", flush=True), force=args.force)
+        if cfg.voice.enabled:  # voice notes: the transcription image (admin/voice_image.py)
+            from nanoclaw.admin import voice_image
+            voice_image.build(cfg, progress=lambda line: print(f"image: {line}", flush=True), force=args.force)
     except image.ImageError as exc:
         print(f"nanoclaw: image build failed: {exc}", file=sys.stderr)
         return 1

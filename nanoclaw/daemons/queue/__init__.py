@@ -13,6 +13,7 @@ SUMMARY
         team.py    a group's members, the answers owed between them
         tasks.py   a scheduled task's runs, settled in one place
         holds.py   a spent budget, a full disk: nothing starts, the chat is told once
+        voice.py   voice notes sent to be transcribed; their transcripts kept before their turn
         owner.py   the owner's requests: approve/deny, stop/status/revoke in the main chat,
                    expiry, where an approved chat's agent starts
         stop.py    the owner's stop: a stopped turn's container killed if it does not end
@@ -20,7 +21,8 @@ SUMMARY
 READS
     New ``message`` rows (the channel nudges it); ``spool/queue``:
     ``turn_result`` (from ipc), ``job_event`` (from the runner),
-    ``task_fire`` (from a timer), ``budget_spent`` (from the proxy).
+    ``task_fire`` (from a timer), ``budget_spent`` (from the proxy), ``transcript``
+    (from the runner: a voice note's transcript, hostile text, see ``voice.py``).
 
     Budgets (``core.usage``) and the state directory's free space: while either
     holds a group, its messages (and due task runs) wait, see ``holds.py``. An
@@ -66,6 +68,7 @@ from nanoclaw.daemons.queue.stop import Stopper
 from nanoclaw.daemons.queue.tasks import Tasks
 from nanoclaw.daemons.queue.team import Team
 from nanoclaw.daemons.queue.turns import Turns
+from nanoclaw.daemons.queue.voice import Voice
 
 
 class QueueDaemon(Daemon):
@@ -82,6 +85,7 @@ class QueueDaemon(Daemon):
         self.bursts: dict[AgentKey, Burst] = {}
         self.turns, self.tasks, self.team = Turns(self), Tasks(self), Team(self)
         self.holds, self.owner, self.reader = Holds(self), Owner(self), Reader(self)
+        self.voice = Voice(self)
         self.stopper = Stopper(self)  # the owner's stop (stop.py)
         self._pending = self.inbox.leftovers()
         if self._pending:
@@ -104,6 +108,9 @@ class QueueDaemon(Daemon):
                     self.tasks.on_fire(env)
                 elif env.type == "budget_spent":
                     self.holds.on_budget_spent(env)
+                elif env.type == "transcript":
+                    if not self.voice.on_transcript(env):
+                        continue  # refused, in bad/
                 else:
                     self.inbox.reject(env.path, f"type {env.type!r} is not for the queue")
                     continue
@@ -135,6 +142,8 @@ class QueueDaemon(Daemon):
         Returns the seconds until the next thing is due."""
         now = time.time()
         self.turns.settle_stale(now)
+        self.voice.ask_new(now)  # before the plan, which holds a voice note's turn for its transcript
+        self.voice.expire(now)
         state = self.reader.read(now)
         decided = plan_mod.plan(state, now)
         self.bursts = decided.bursts
@@ -176,6 +185,7 @@ class QueueDaemon(Daemon):
         return (f"{Group.select().count()} groups, {running} running, {queued} queued"
                 + (f", {failing} failing" if failing else "")
                 + (f", {len(self.bursts)} chat(s) waiting for a burst to end" if self.bursts else "")
+                + (f", {self.voice.waiting()} voice note(s) waiting for their transcript" if self.voice.waiting() else "")
                 + (f"; no agent starts, {faults.MARK}: {self.holds.disk_why}" if self.holds.disk_why else ""))
 
 

@@ -23,6 +23,9 @@ DESCRIPTION
       where the group needs one, an allowed sender, a team answer that is
       ready: ``core.prompt``) and what follows, up to ``prompt_batch``; older
       context is capped. Nothing addressed: nothing runs, the chatter waits.
+    - A voice note still being transcribed holds the turn that would cover it (and what
+      came after it) until its transcript or its failure is there, at most
+      ``Rules.voice_wait`` (``voice.py`` gives it up then).
     - With ``burst_window`` set, chat messages wait until the chat has been
       quiet a window (at most ``BURST_CAP`` windows after the first).
     - A live, running container that is not closing takes the messages as
@@ -50,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nanoclaw.core import owner_chat
+from nanoclaw.core import owner_chat, transcripts
 from nanoclaw.core.approval_answers import parse_command
 from nanoclaw.core.prompt import build_prompt, next_batch
 
@@ -70,6 +73,7 @@ class Rules:
     prompt_batch: int = 50
     prompt_bytes: int = 512 * 1024  # a prompt must fit a spool file (half of max_spool_bytes)
     tz: str = "UTC"
+    voice_wait: float = 0.0  # seconds a turn waits for a voice note's transcript (0: never)
 
 
 @dataclass
@@ -218,6 +222,9 @@ def plan(state: State, now: float) -> Plan:
             pending = a.pending
             if g.is_main and not agent and pending:
                 pending = _owner_answers(g, pending, out.actions, state.group_refs)
+            pending, held_until = _until_heard(pending, rules.voice_wait)
+            if held_until is not None:  # a voice note not transcribed yet: the turn waits for it
+                out.due(held_until)
             key = (g.id, agent)
             job = active.get(key)
             if job is not None and job.status == "queued" and state.disk_low:
@@ -345,6 +352,17 @@ def _owner_answers(main: GroupState, pending: list, actions: list, groups: froze
         else:
             rest.append(m)
     return rest
+
+
+def _until_heard(pending: list, wait: float) -> tuple[list, float | None]:
+    """The pending messages a turn may cover now: those before the first voice note still
+    being transcribed (``core.transcripts``), and when that note's wait ends (None: none waits).
+    Its wait has a limit: the queue gives the transcript up then, and the turn goes ahead."""
+    for i, m in enumerate(pending):
+        until = transcripts.waiting_until(getattr(m, "media", None), m.timestamp, wait)
+        if until is not None:
+            return pending[:i], until
+    return pending, None
 
 
 def _burst_settles(bursts: dict[AgentKey, Burst], key: AgentKey, pending: Sequence, now: float,

@@ -60,7 +60,8 @@ class Reader:
     def rules(self) -> Rules:
         cfg = self.q.cfg
         return Rules(max_concurrent=cfg.max_concurrent, burst_window=cfg.burst_window, prompt_cap=cfg.prompt_cap,
-                     prompt_batch=cfg.prompt_batch, prompt_bytes=cfg.max_spool_bytes // 2, tz=cfg.tz)
+                     prompt_batch=cfg.prompt_batch, prompt_bytes=cfg.max_spool_bytes // 2, tz=cfg.tz,
+                     voice_wait=cfg.voice.wait if cfg.voice.enabled else 0.0)
 
     def read(self, now: float) -> State:
         top = Message.select(fn.MAX(Message.id)).scalar() or 0

@@ -18,6 +18,10 @@ SUMMARY
     nothing, the job is reported ``skipped`` and no agent starts; otherwise its
     output (capped) is added to the agent's prompt.
 
+    A voice note is transcribed in ``nanoclaw-<folder>-voice-<message>`` when the queue
+    asks (``transcribe.py``: no network, read-only, the note alone, a time limit); the
+    transcript goes back to the queue as hostile text.
+
 READS
     ``spool/runner`` (``job``); the Podman API (``podman system service``);
     a pre-check container's stdout and stderr, up to a cap.
@@ -57,7 +61,8 @@ FILES
     Podman;  ``dirs.py`` a group's directories;  ``owner_folders.py`` and
     ``binds.py`` the owner's folders, checked and pinned;  ``precheck.py``;
     ``disk.py`` disk waits;  ``drain.py`` run-all's stop;  ``kill.py`` the
-    queue's ``kill`` of a container whose stopped turn did not end.
+    queue's ``kill`` of a container whose stopped turn did not end;  ``transcribe.py``
+    voice notes.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ from nanoclaw.daemons.runner.disk import SPACE_CHECK, Stopped
 from nanoclaw.daemons.runner.drain import STOP_ENV, Draining
 from nanoclaw.daemons.runner.driver import in_daemon_thread, start_failure
 from nanoclaw.daemons.runner.spec import LABEL, agent_spec, container_name
+from nanoclaw.daemons.runner.transcribe import Transcriber
 from nanoclaw.daemons.runner.validate import SpecError
 
 START_TRIES = 3  # attempts to start (or re-attach to) a job's container before it fails
@@ -112,6 +118,7 @@ class RunnerDaemon(Daemon):
         if self._recovering:
             self.log.info("re-attaching %d job(s) left in cur/", len(self._recovering))
         self._swept = False
+        self.transcriber = Transcriber(self)
 
     def client(self, timeout: float | None = 60) -> PodmanClient:
         return PodmanClient(base_url=self.cfg.podman_socket, timeout=timeout)
@@ -145,6 +152,9 @@ class RunnerDaemon(Daemon):
                 self._recovering = envs  # keep them; try again shortly
                 return 2.0
         for env in envs:
+            if env.type == "transcribe":  # a voice note, in a container of its own (transcribe.py)
+                self.transcriber.take(env)
+                continue
             if env.type != "job":
                 self.spool.reject(env.path, f"type {env.type!r} is not for the runner")
                 continue
@@ -362,6 +372,8 @@ class RunnerDaemon(Daemon):
 
     def status(self) -> str:
         line = f"{len(self.running) - len(self.waiting_space)} container(s) running"
+        if self.transcriber.active:
+            line += f", {len(self.transcriber.active)} voice note(s) being transcribed"
         waiting = dict(self.waiting_space)
         if waiting:
             line += f"; {len(waiting)} job(s) {faults.MARK}: {next(iter(waiting.values()))}"

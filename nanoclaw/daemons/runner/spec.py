@@ -32,7 +32,8 @@ from nanoclaw.daemons.runner.dirs import agent_identity, group_dirs
 LABEL = "nanoclaw.job"
 DEADLINE_LABEL = "nanoclaw.deadline"  # epoch seconds: the container's life ends then, whatever restarts
 PRECHECK_LABEL = "nanoclaw.precheck"
-AGENT, PRECHECK = "agent", "precheck"  # a spec's roles
+VOICE_LABEL = "nanoclaw.voice"  # a transcription's message id
+AGENT, PRECHECK, TRANSCRIBE = "agent", "precheck", "transcribe"  # a spec's roles
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Resources:
 
 @dataclass(frozen=True)
 class Spec:
-    role: str  # AGENT or PRECHECK
+    role: str  # AGENT, PRECHECK or TRANSCRIBE
     name: str
     image: str
     group: str  # the group's folder
@@ -84,6 +85,11 @@ def container_name(folder: str, job: int, agent: str = "") -> str:
 
 def precheck_name(folder: str, job: int) -> str:
     return f"{container_name(folder, job)}-check"
+
+
+def voice_name(folder: str, message: int) -> str:
+    """A voice note's transcription container (transcribe.py)."""
+    return f"nanoclaw-{folder}-voice-{int(message)}"
 
 
 def job_model(cfg: Config, job: dict) -> str:

