@@ -67,6 +67,49 @@ def agent_latency(m: Machine, runs: int) -> dict[str, list[float]]:
     return {"cold": cold, "warm": warm}
 
 
+PSS_GOAL = 150  # MiB, all eight daemons idle (issue 29): memory has no floor, only a goal
+
+
+def idle_pss(m: Machine) -> dict[str, float]:
+    """Each nanoclaw daemon's PSS (MiB) under its unit, idle: its MainPID's smaps_rollup (PSS
+    shares the interpreter's pages among the processes mapping them, so the figures add up)."""
+    out = {}
+    for unit in UNITS:
+        if unit == "nanoclaw-podman":  # Podman's own API service, not a daemon of ours
+            continue
+        pid = m.show(f"{unit}.service", "MainPID")
+        if pid in ("", "0"):
+            continue
+        rollup = m.sh(f"cat /proc/{pid}/smaps_rollup", check=False).stdout
+        found = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
+        if found:
+            out[unit.removeprefix("nanoclaw-")] = int(found.group(1)) / 1024
+    return out
+
+
+def machine_floor(m: Machine, runs: int = 20) -> dict[str, float]:
+    """In the machine, as the units run: an idle process woken through a socket and a SQLite
+    commit of a row (WAL, synchronous=FULL) in the state directory: median seconds."""
+    prog = ("import os, socket, sqlite3, statistics, time, json\n"
+            "a, b = socket.socketpair()\n"
+            "if os.fork() == 0:\n"
+            "    a.close()\n"
+            "    while b.recv(1): b.sendall(b'x')\n"
+            "    os._exit(0)\n"
+            "b.close(); wake, commit = [], []\n"
+            "con = sqlite3.connect('/var/lib/nanoclaw/floor.db', isolation_level=None)\n"
+            "con.execute('pragma journal_mode=wal'); con.execute('pragma synchronous=full')\n"
+            "con.execute('create table if not exists t (x)')\n"
+            f"for i in range({runs}):\n"
+            "    time.sleep(0.05); t = time.monotonic(); a.sendall(b'x'); a.recv(1); wake.append(time.monotonic() - t)\n"
+            "    t = time.monotonic(); con.execute('begin immediate'); con.execute('insert into t values (1)');"
+            " con.execute('commit'); commit.append(time.monotonic() - t)\n"
+            "con.close(); os.unlink('/var/lib/nanoclaw/floor.db')\n"
+            "print(json.dumps({'wake': statistics.median(wake), 'commit': statistics.median(commit)}))")
+    import json
+    return json.loads(m.sh(f"python3 -c {shlex.quote(prog)}").stdout)
+
+
 def cold_stages(m: Machine) -> dict[str, list[float]]:
     """Where the new containers' first turns spent their time (the queue's journal lines)."""
     sys.path.insert(0, str(ROOT / "bench"))
@@ -81,6 +124,8 @@ def measure(firings: int = 12, gap: float = 2.0, security: bool = True, suite: s
     m = booted_and_installed(suite, "sk-ant-api03-BENCH-" + "0" * 16)
     try:
         figures: dict = {"boot+install": time.time() - t0, "install": m.install_seconds}
+        figures["pss"] = idle_pss(m)  # before any agent ran: the daemons as they idle after install
+        figures["floor"] = machine_floor(m)
         if runs:
             figures["agent"] = agent_latency(m, runs)
             figures["stages"] = cold_stages(m)
@@ -116,6 +161,9 @@ def accuracy_line(late: list[float], started: list[float] | None = None, python:
     line = (f"task timer accuracy (fire - due) over {len(late)} firings: median "
             f"{statistics.median(late) * 1000:+.0f} ms, max {max(late) * 1000:+.0f} ms, "
             f"min {min(late) * 1000:+.0f} ms")
+    if started and statistics.median(started) > 0:  # the floor: systemd's timer and its start of the unit
+        line += (f"; floor (the firing's process started) {statistics.median(started) * 1000:.0f} ms: "
+                 f"{statistics.median(late) / statistics.median(started):.1f}x")
     if started:
         line += (f"\n  of which before the firing's process started (the timer elapsing, systemd starting the "
                  f"unit): median {statistics.median(started) * 1000:+.0f} ms, max {max(started) * 1000:+.0f} ms")
@@ -126,18 +174,38 @@ def accuracy_line(late: list[float], started: list[float] | None = None, python:
 
 
 def agent_lines(f: dict) -> list[str]:
-    """The real agent's figures under the units, and where a new container's time went."""
+    """The real agent's figures under the units, and where a new container's time went. A new
+    container's floor is its create and start (the runner's Podman calls, the same run's
+    median); a warm turn's time is the CLI's and the (fake) model's, no floor of ours."""
     lines = []
+    podman = statistics.median(f["stages"]["podman"]) if f.get("stages", {}).get("podman") else 0
     for kind, values in f.get("agent", {}).items():
         ms = sorted(v * 1000 for v in values)
-        lines.append(f"real agent, rootless under the units, {kind:<4} send -> reply: p50 "
-                     f"{statistics.median(ms):6.0f} ms  p95 {ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]:6.0f} ms"
-                     f"  (n={len(ms)})")
+        row = (f"real agent, rootless under the units, {kind:<4} send -> reply: p50 "
+               f"{statistics.median(ms):6.0f} ms  p95 {ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]:6.0f} ms"
+               f"  (n={len(ms)})")
+        if kind == "cold" and podman:
+            row += f"  floor (podman create + start) {podman:.0f} ms: {statistics.median(ms) / podman:.1f}x"
+        lines.append(row)
     if f.get("stages"):
         from agent_latency import STAGE_NAMES
         lines.append("where a new container's first turn spends its time, rootless under the units (median ms):")
         for name, values in f["stages"].items():
             lines.append(f"  {STAGE_NAMES.get(name, name):<58} {statistics.median(values):7.0f} ms")
+    return lines
+
+
+def pss_lines(f: dict) -> list[str]:
+    """The daemons' idle PSS under the units, against the goal (memory has no floor)."""
+    if not f.get("pss"):
+        return []
+    total = sum(f["pss"].values())
+    lines = ["idle PSS under the units: " + ", ".join(f"{k} {v:.1f} MiB" for k, v in f["pss"].items())
+             + f"; total {total:.1f} MiB for {len(f['pss'])} (goal {PSS_GOAL} MiB for eight: {total / PSS_GOAL:.2f}x)"]
+    if f.get("floor"):
+        fl = f["floor"]
+        lines.append(f"this machine's floor, in it: a wake-up {fl['wake'] * 1000:.2f} ms, "
+                     f"a SQLite commit {fl['commit'] * 1000:.2f} ms")
     return lines
 
 
@@ -151,7 +219,7 @@ def main() -> int:
     f = measure(args.firings, args.gap, suite=args.suite, runs=args.runs)
     print(f"install.sh as the README says (apt, debootstrap, wheels, image build) on {args.suite}: "
           f"{f['install']:.0f} s")
-    for line in agent_lines(f):
+    for line in agent_lines(f) + pss_lines(f):
         print(line)
     print(accuracy_line(f["late"], f.get("started"), f.get("python")))
     print("systemd-analyze security (exposure, 0 = locked down, 10 = unprotected):")

@@ -15,7 +15,7 @@ and :meth:`EarlyCLI.matches` compares it with the SDK's own once the SDK is
 loaded. If they differ (a newer SDK, an option set on one side only) the early
 process is stopped and the SDK starts its own, as before: a slower first
 answer, never a different one. The environment follows the SDK's recipe
-(:func:`environment`); ``tests/test_agent.py`` checks both against the SDK.
+(:func:`environment`); ``tests/container/test_early_cli.py`` checks both against the SDK.
 
 READS / WRITES
     The SDK's package directory (its version and bundled CLI); the CLI's

@@ -65,6 +65,8 @@ def build_test_agent_image() -> str:
     ctx = Path(tempfile.mkdtemp(prefix="nc-agent-ctx-"))
     shutil.copy(AGENT_DIR / "Containerfile", ctx)
     shutil.copy(AGENT_DIR / "scripted_agent.py", ctx)
+    import inotify_simple  # one pure-Python module: copied beside protocol.py, no wheel needed
+    shutil.copy(inotify_simple.__file__, ctx)
     from nanoclaw.admin.image import SHARED_MODULES
     for module in SHARED_MODULES:
         shutil.copy(module, ctx)

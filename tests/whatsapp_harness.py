@@ -359,3 +359,8 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def connects(h: Harness) -> int:
+    """How often the channel has told its client to connect."""
+    return h.client.calls.count(("connect",))

@@ -12,7 +12,7 @@ TO CHANGE THE SCHEMA (a table, a column, an index), add a step; never edit a rel
                \"\"\"messages can be pinned\"\"\"
                con.execute('ALTER TABLE "message" ADD COLUMN "pinned" INTEGER NOT NULL DEFAULT 0')
 
-    3. Run ``tests/test_migrations.py``: it checks that a database made by the steps has
+    3. Run ``tests/core/test_migrations.py``: it checks that a database made by the steps has
        every table, column and index ``models.py`` declares, and no other.
 
     SQLite alters a column or a key only by rebuilding the table: ``CREATE TABLE "x_new"``

@@ -4,7 +4,7 @@ SUMMARY
     The socket side of the daemon skeleton (core/skeleton.py holds the loop). A client
     sends one request per line (core/protocol.py's LineClient, request, tell); each is
     read here, parsed once, handed to the daemon's ``handle`` and answered with one line
-    (or none, for a nudge). A line that cannot be read or accepted gets one error reply;
+    (or none, for a nudge), in the order asked, up to PIPELINE of a connection's at once. A line that cannot be read or accepted gets one error reply;
     a handler's bug gets one "internal error" reply: neither ends the daemon or the
     connection. Each request is checked against its op's struct (core/socket_lines.py)
     before ``handle`` sees it: a field it does not declare, or of the wrong type, is
@@ -50,8 +50,31 @@ def base_handle(daemon: Daemon, req: dict) -> dict | None:
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 
+PIPELINE = 256  # a connection's requests handled at once (a pipelining client's window)
+
+
+def _answered(reply: dict) -> asyncio.Future:
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(reply)
+    return done
+
+
+async def _answer(daemon: Daemon, req: dict, writer: asyncio.StreamWriter) -> dict | None:
+    try:
+        return await daemon.handle(req, writer)
+    except Exception as exc:  # a bad request must never take the daemon down
+        daemon.log.exception("request op=%s failed", req.get("op"))
+        return {"ok": False, "error": f"internal error: {exc}"}
+
+
 async def serve_client(daemon: Daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Answer one client's lines until it leaves; then ``daemon.disconnected(writer)``."""
+    """Answer a connection's request lines, in order, until the client leaves; then
+    ``daemon.disconnected(writer)``. A client may pipeline (send many lines before reading
+    answers): up to PIPELINE of them are handled at once, so that, say, a burst of inbound
+    messages shares commits; each answer is still written in the order of its request, and
+    reading stops while that many are unanswered."""
+    answers: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(PIPELINE)
+    replier = asyncio.ensure_future(_reply_in_order(answers, writer))
     try:
         while True:
             try:
@@ -59,36 +82,50 @@ async def serve_client(daemon: Daemon, reader: asyncio.StreamReader, writer: asy
             except asyncio.IncompleteReadError:
                 return
             except asyncio.LimitOverrunError:
-                writer.write(b'{"ok": false, "error": "line too long"}\n')
                 daemon.log.warning("socket client sent an over-long line; closing it")
+                await answers.put(_answered({"ok": False, "error": "line too long"}))
                 return
             try:
                 _, req = socket_lines.check(parse_line(line))
             except BadMessage as exc:
                 daemon.log.warning("socket request refused: %s", exc)
-                writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
-                await writer.drain()
+                await answers.put(_answered({"ok": False, "error": str(exc)}))
                 continue
-            try:
-                reply = await daemon.handle(req, writer)
-            except Exception as exc:  # a bad request must never take the daemon down
-                daemon.log.exception("request op=%s failed", req.get("op"))
-                reply = {"ok": False, "error": f"internal error: {exc}"}
-            if reply is not None:
-                writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
-                await writer.drain()
+            await answers.put(asyncio.ensure_future(_answer(daemon, req, writer)))
     except (ConnectionError, OSError):
         return
     except asyncio.CancelledError:
         # The daemon is stopping with this client still connected. Ended as cancelled, the
         # task makes Python 3.11's stream callback log a traceback (task.exception() raises).
+        replier.cancel()
         return
     finally:
+        if not replier.cancelling() and not replier.done():
+            await answers.put(None)  # the answers owed are written, then the connection ends
+        try:
+            await replier
+        except (asyncio.CancelledError, ConnectionError, OSError):
+            pass
         daemon.disconnected(writer)
         try:
             writer.close()
         except Exception:
             pass
+
+
+async def _reply_in_order(answers: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
+    """Write each answer once its request is handled, in the order of the requests. A
+    client gone away is written to no more; its requests are still all handled."""
+    gone = False
+    while (answer := await answers.get()) is not None:
+        reply = await answer
+        if reply is None or gone:
+            continue
+        try:
+            writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, OSError):
+            gone = True
 
 
 async def listen(daemon: Daemon, path: Path) -> asyncio.Server:

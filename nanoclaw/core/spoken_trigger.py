@@ -2,7 +2,7 @@
 
 A typed trigger is exact ("@Andy ..."). A spoken one goes through a recogniser, which writes
 a name as it hears it: "Andy," "Andy." "andy", "Andi", often after a greeting ("Hey Andy,").
-The rule, a pure function tested on recorded transcripts (``tests/test_spoken_trigger.py``):
+The rule, a pure function tested on recorded transcripts (``tests/core/test_spoken_trigger.py``):
 
 * the first word, after at most one greeting (hey, hi, hello, ok, okay, oh), must be the name
   or one of its spellings: the name itself, its ending y/i/ie/ey/ee swapped ("Andi", "Andie"),

@@ -40,6 +40,11 @@ from nanoclaw.core.protocol import nudge
 if TYPE_CHECKING:
     from nanoclaw.daemons.channel import ChannelDaemon
 
+# Each inbound message's row, as plain SQL (peewee built this text anew for every message; the
+# columns are Message's, with its defaults for what an inbound message does not set).
+INSERT = ("INSERT INTO message (chat, sender, sender_name, text, timestamp, channel_id, from_me, is_bot, depth, "
+          "media) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?)")
+
 
 class CommitLine:
     """The messages waiting for a commit, and the one task committing them."""
@@ -127,10 +132,13 @@ class CommitLine:
             for msg, _ in batch:
                 try:
                     with db.atomic():  # a savepoint per message
-                        row = Message.create(
-                            chat=msg.chat, sender=msg.sender, sender_name=msg.sender_name, text=msg.text,
-                            timestamp=msg.timestamp, channel_id=msg.channel_id, from_me=msg.from_me,
-                            is_bot=False, media=json.dumps(msg.media) if msg.media else None)
+                        media = json.dumps(msg.media) if msg.media else None
+                        row_id = db.execute_sql(INSERT, (msg.chat, msg.sender, msg.sender_name, msg.text,
+                                                         msg.timestamp, msg.channel_id, msg.from_me,
+                                                         media)).lastrowid
+                        row = Message(id=row_id, chat=msg.chat, sender=msg.sender, sender_name=msg.sender_name,
+                                      text=msg.text, timestamp=msg.timestamp, channel_id=msg.channel_id,
+                                      from_me=msg.from_me, is_bot=False, depth=0, media=media)
                         # An unknown chat (or an "ask" group's unknown sender) naming the trigger asks
                         # the owner: the request and its card are made with the message, or neither is.
                         group = Group.get_or_none(Group.jid == msg.chat) if msg.group == LOOK_UP else msg.group

@@ -11,7 +11,7 @@ CLI) was run against the fake Messages API (``tests/fake_anthropic.py``) through
 relay, for a session with tool use (Bash, Read, Write, Glob, Grep, TodoWrite,
 WebSearch, WebFetch, our MCP tool) and a resumed session; every request it made was
 ``POST /v1/messages?beta=true`` with the beta values listed below.
-``tests/test_proxy.py::test_the_real_agents_session_stays_on_the_allowlist`` repeats
+``tests/daemons/proxy/test_endpoints.py::test_the_real_agents_session_stays_on_the_allowlist`` repeats
 that session, so a CLI that starts calling anything else fails it.
 """
 

@@ -29,13 +29,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from peewee import fn
 
 from nanoclaw.admin import status as status_mod
 from nanoclaw.core import approval_answers, approvals, owner_chat
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Message, Request
 from nanoclaw.core.protocol import nudge
+from nanoclaw.daemons.queue import sql
 
 if TYPE_CHECKING:
     from nanoclaw.daemons.queue import QueueDaemon
@@ -52,7 +52,7 @@ class Owner:
         retry's, so nothing polls for it. Without a new request or a deadline passed there is
         nothing to look at (answered requests only take deadlines away). Returns the seconds
         until the next expiry."""
-        newest = Request.select(fn.MAX(Request.id)).scalar() or 0
+        newest = sql.scalar(sql.NEWEST_REQUEST) or 0
         if newest != self._expiry_seen or (self._expiry_next is not None and time.time() >= self._expiry_next):
             left = approvals.expire(self.q.cfg)
             self._expiry_seen, self._expiry_next = newest, None if left is None else time.time() + left

@@ -5,7 +5,7 @@ SUMMARY
     (``state.py``), decide here, apply the actions (``__init__.py``). Nothing
     here reads the database, the disk or the clock: ``now`` is passed in, so
     the rules can be tested row by row without a database
-    (``tests/test_queue_plan.py``).
+    (``tests/daemons/queue/test_plan.py``).
 
 SYNOPSIS
     plan(state: State, now: float) -> Plan

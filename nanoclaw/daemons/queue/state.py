@@ -33,14 +33,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from peewee import fn
-
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import owner_chat
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
-from nanoclaw.core.models import AllowedSender, Cursor, Group, Job, Message, Task, TaskRun, Turn
+from nanoclaw.core.models import Cursor, Group, Job, Message, Task, TaskRun
 from nanoclaw.core.prompt import next_batch
+from nanoclaw.daemons.queue import sql
 from nanoclaw.daemons.queue.plan import AgentKey, AgentState, DueTask, GroupState, LiveJob, Plan, Rules, State
 
 if TYPE_CHECKING:
@@ -64,19 +63,19 @@ class Reader:
                      voice_wait=cfg.voice.wait if cfg.voice.enabled else 0.0)
 
     def read(self, now: float) -> State:
-        top = Message.select(fn.MAX(Message.id)).scalar() or 0
+        # The statements every pass runs are plain SQL (sql.py); the rest is peewee.
+        top = sql.scalar(sql.NEWEST_MESSAGE) or 0
         jobs = self._jobs()
         # Which chats have messages since the last pass, and which groups have task runs queued:
         # two queries for all groups, so a pass costs little for the groups nothing happened in.
-        changed = {c for (c,) in Message.select(Message.chat).distinct().where(Message.id > self.top).tuples()}
+        changed = sql.column(sql.CHATS_SINCE, self.top)
         self.top = top
-        task_groups = {g for (g,) in TaskRun.select(Task.group).join(Task)
-                       .where(TaskRun.status == "queued").distinct().tuples()}
-        self.approved = AllowedSender.select(fn.MAX(AllowedSender.id)).scalar()  # a sender the owner let in
+        task_groups = sql.column(sql.GROUPS_WITH_QUEUED_RUNS)
+        self.approved = sql.scalar(sql.NEWEST_ALLOWED_SENDER)  # a sender the owner let in
         self._seen = {}
         groups = []
         wants_disk = any(j.status == "queued" for j in jobs.values())
-        rows = list(Group.select())
+        rows = list(Group.raw(sql.GROUPS))
         for group in rows:
             seen = self._signature(group, None if group.jid in changed else self.nothing_for.get(group.id))
             self._seen[group.id] = seen
@@ -113,10 +112,7 @@ class Reader:
     def _jobs() -> dict[AgentKey, LiveJob]:
         """Every live job, with whether a turn of it is unanswered and the last message its turns
         cover (in the one query)."""
-        t = Turn.alias()
-        rows = Job.select(Job, t.select(fn.COUNT(t.id)).where(t.job == Job.id, t.status != "done").alias("open_turns"),
-                          t.select(fn.MAX(t.last_message_id)).where(t.job == Job.id).alias("last_turn")) \
-            .where(Job.status.in_(ACTIVE))
+        rows = Job.raw(sql.LIVE_JOBS)
         return {(j.group_id, j.agent): LiveJob(j.id, j.group_id, j.agent, j.status, j.closing,
                                                j.status == "running" and not j.closing and not j.open_turns,
                                                task=bool(j.task_run), row=j)
@@ -132,8 +128,7 @@ class Reader:
         """What decides whether a group's pending messages hold anything for an agent, besides the
         messages: its newest message id first (``unchanged``'s when no message came since), then
         its trigger settings, allowlist and team."""
-        top = unchanged[0] if unchanged else \
-            Message.select(fn.MAX(Message.id)).where(Message.chat == group.jid).scalar() or 0
+        top = unchanged[0] if unchanged else sql.scalar(sql.NEWEST_IN_CHAT, group.jid) or 0
         try:
             allow = groups_mod.allowlist_path(self.q.cfg, group.folder).stat().st_mtime_ns
         except OSError:
@@ -150,8 +145,7 @@ class Reader:
         if before[0] == seen[0]:
             return True
         names = self.q.team.members(group)
-        new = list(Message.select().where(Message.chat == group.jid, Message.id > before[0],
-                                          Message.is_bot == False).order_by(Message.id))  # noqa: E712
+        new = list(Message.raw(sql.PENDING, group.jid, before[0]))
         if any(team_mod.addressee(m, names) for m in new):
             return False
         if new and next_batch(new, cap=self.q.cfg.prompt_cap, batch=self.q.cfg.prompt_batch, trigger=group.trigger,
@@ -167,13 +161,11 @@ class Reader:
         it or for it from its team. The lead comes first and is always there."""
         team = self.q.team
         names = team.members(group)
-        cursors = {c.agent: c for c in Cursor.select().where(Cursor.group == group)}
+        cursors = {c.agent: c for c in Cursor.raw(sql.CURSORS, group.id)}
         if "" not in cursors:
             cursors[""] = Cursor.create(group=group, agent="", last_message_id=self.q.owner.lead_start(group))
         # Agents with team messages waiting, even one whose member file is gone (dismissed below).
-        waiting = {a for (a,) in Message.select(Message.agent).distinct().where(
-            Message.chat == group.jid, Message.agent.is_null(False),
-            Message.id > min(c.last_message_id for c in cursors.values())).tuples()}
+        waiting = sql.column(sql.AGENTS_WAITING, group.jid, min(c.last_message_id for c in cursors.values()))
         agents = [""] + sorted(set(names) | (waiting - {""}))
         for agent in agents:
             if agent not in cursors:
@@ -183,9 +175,7 @@ class Reader:
             job = jobs.get((group.id, agent))
             turns = job.row.last_turn if job is not None else None
             upto[agent] = max(cursors[agent].last_message_id, turns or 0)
-        rows = list(Message.select().where(Message.chat == group.jid, Message.id > min(upto.values()),
-                                           Message.is_bot == False)  # noqa: E712
-                    .order_by(Message.id))
+        rows = list(Message.raw(sql.PENDING, group.jid, min(upto.values())))
         out: dict[str, list[Message]] = {a: [] for a in agents}
         for m in rows:
             agent = team_mod.addressee(m, names)

@@ -56,6 +56,7 @@ from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Cursor, Group, Job, Message, Session, Turn, db
 from nanoclaw.core.prompt import strip_internal
 from nanoclaw.core.protocol import STAGE_NAME, Envelope, Spool, nudge
+from nanoclaw.daemons.queue import sql
 
 if TYPE_CHECKING:
     from nanoclaw.daemons.queue import QueueDaemon
@@ -94,7 +95,7 @@ class Turns:
         """Deliver new messages into the group's live container instead of starting another:
         one turn per (messages, prompt)."""
         inbox = Spool(self.q.cfg.agent_ipc(group.folder, job.agent) / "in").ensure()
-        seq = job.turns.select(fn.MAX(Turn.seq)).scalar() or 0
+        seq = sql.scalar(sql.LAST_TURN, job.id) or 0
         for batch, prompt in turns:
             seq += 1
             Turn.create(job=job, seq=seq, first_message_id=batch[0].id, last_message_id=batch[-1].id)
@@ -280,7 +281,7 @@ class Turns:
     def settle_stale(self, now: float) -> None:
         """Jobs whose start or end never came are counted as failed (see the description)."""
         q = self.q
-        for job in list(Job.select().where(Job.status == "queued", Job.created_at < now - STALE_QUEUED_SECONDS)):
+        for job in list(Job.raw(sql.STALE_JOBS.format(column="created_at"), "queued", now - STALE_QUEUED_SECONDS)):
             # Not while its file waits for the disk here, nor while the runner waits for space
             # (or did within the allowance): it is not lost, it is waiting.
             if q.held.waiting("job", "job", job.id) or q.holds.disk_low() is not None \
@@ -290,7 +291,7 @@ class Turns:
         # A group is never silenced for good by a job whose end never came (its report lost):
         # past its container's time limit, with room to spare, the job counts as failed.
         overdue = now - q.cfg.container.timeout - STALE_RUNNING_GRACE
-        for job in list(Job.select().where(Job.status == "running", Job.started_at < overdue)):
+        for job in list(Job.raw(sql.STALE_JOBS.format(column="started_at"), "running", overdue)):
             q.log.error("no end reported %.0fs after its time limit; counted as failed", STALE_RUNNING_GRACE,
                         extra=log_fields(group=job.group.folder, job=job.id))
             self.finish(job, None, "its end was never reported")
