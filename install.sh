@@ -272,7 +272,7 @@ if [ -n "$IMAGES" ]; then
     done
 fi
 base=$(cd / && NANOCLAW_CONFIG_DIR="$CONF" "$PREFIX/bin/python" -c \
-    'from nanoclaw.core import config; print(config.get().container.base_image)')
+    'from nanoclaw.core import config_file; print(config_file.get().container.base_image)')
 if as_user podman image exists "$base"; then
     echo "base image $base present"
 else

@@ -34,10 +34,10 @@ def main() -> int:
     os.environ.update(NANOCLAW_STATE_DIR=str(work / "state"), NANOCLAW_RUNTIME_DIR=str(work / "run"),
                       NANOCLAW_CONFIG_DIR=str(work / "etc"))
     (work / "config.toml").write_text('timezone = "UTC"\n')
-    from nanoclaw.core import config as config_mod
+    from nanoclaw.core import config_file
     from nanoclaw.core import groups as groups_mod
     from nanoclaw.core.models import Job, Message, db, open_db
-    cfg = config_mod.load(work / "config.toml")
+    cfg = config_file.load(work / "config.toml")
     open_db(cfg.db_path)
     from nanoclaw.daemons.queue import QueueDaemon
     groups_mod.add_group(cfg, "main", is_main=True)

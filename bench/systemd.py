@@ -39,9 +39,9 @@ def agent_latency(m: Machine, runs: int) -> dict[str, list[float]]:
     chat (as `nanoclaw send --wait` does it, less that command's own start): cold (each in a
     new container, the last one gone) and warm (follow-ups into a container kept idle)."""
     def timed(text: str) -> float:
-        prog = ("import time, uuid; from nanoclaw.core import config\n"
+        prog = ("import time, uuid; from nanoclaw.core import config_file\n"
                 "from nanoclaw.admin.commands.chat import ChannelClient\n"
-                "c = ChannelClient(config.load(), timeout=120); c.call({'op': 'watch', 'group': 'main'})\n"
+                "c = ChannelClient(config_file.load(), timeout=120); c.call({'op': 'watch', 'group': 'main'})\n"
                 f"t = time.monotonic(); c.call({{'op': 'inbound', 'group': 'main', 'text': {text!r}, "
                 "'id': uuid.uuid4().hex})\n"
                 "while not (e := c.recv()).get('op') == 'message' or e.get('from') != 'assistant': pass\n"

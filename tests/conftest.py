@@ -347,14 +347,17 @@ class System:
         logs = "\n".join(f"--- {n}\n{self.log(n)[-3000:]}" for n in self.logs)
         raise AssertionError(f"timed out waiting for {what}\n{logs}")
 
-    def barrier(self, group: str = "main", timeout: float = 60) -> str:
+    def barrier(self, group: str = "main", timeout: float = 60, *, sender: str = "owner@term",
+                trigger: str = "") -> str:
         """Send a fresh message and wait for its answer: everything before it has been through
         the pipeline (each daemon works in order), so a check for what must NOT have happened
-        can be made now, instead of after a guessed sleep. Returns the answer's text."""
+        can be made now, instead of after a guessed sleep. Returns the answer's text. In a
+        group that needs its trigger, pass it (and a ``sender`` its allowlist admits): the
+        answer is then also the next thing the chat hears after what came before."""
         token = f"barrier {os.urandom(4).hex()}"
         w = self.watch(group)
         try:
-            self.send(group, token)
+            self.send(group, f"{trigger} {token}" if trigger else token, sender=sender)
             while (text := w.reply(timeout)) != f"echo: {token}":
                 pass
         finally:

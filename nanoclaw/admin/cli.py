@@ -27,6 +27,7 @@ from nanoclaw import DAEMONS, __version__
 from nanoclaw.admin.commands import (agents, approvals, backup, chat, credential, groups, health, image, stop, tasks,
                                      usage, whatsapp)
 from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.core import log as log_mod
 
 DESCRIPTION = "The nanoclaw command: the daemons, the terminal chat and group administration."
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        cfg = config_mod.get()
+        cfg = config_file.get()
     except config_mod.ConfigError as exc:
         raise SystemExit(f"nanoclaw: configuration error: {exc}") from None
     if args.command in DAEMONS:

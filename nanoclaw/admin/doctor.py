@@ -1,5 +1,7 @@
-"""``nanoclaw doctor``: is everything nanoclaw needs in place? Each failure comes with its fix
-(the checks themselves are ``admin/checks.py``; ``nanoclaw run-all`` runs some before it starts).
+"""``nanoclaw doctor``'s work on the container runtime: the options this host needs, its
+storage driver, and how the service user's Podman is run. The command itself is
+``cmd_doctor`` (admin/commands/health.py); the checks it makes are ``admin/checks.py``,
+which uses what is here (``nanoclaw run-all`` makes some before it starts).
 
 Run as root (as ``install.sh`` does) it checks the service user's rootless
 Podman the way the units will use it; run as the service user it checks its
@@ -25,7 +27,7 @@ from nanoclaw.admin.hostcheck import (
     try_run,
 )
 from nanoclaw.admin.status import systemd_is_pid1
-from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.core.config import DETECTED, DETECTED_KEYS, Config
 from nanoclaw.core.safefs import Dir, write_atomic
 
@@ -86,7 +88,7 @@ def detect(cfg: Config) -> tuple[Probe | None, list[str] | None, list[Probe], st
 def redetect(cfg: Config, out: Callable[[str], None] = print) -> int:
     """Find the container options by trying them, write them, and say what changed."""
     path = cfg.config_dir / DETECTED
-    before = config_mod.load().container if path.exists() else None
+    before = config_file.load().container if path.exists() else None
     found, build, failures, problem = detect(cfg)
     if found is None:
         for f in failures[:8]:
@@ -107,7 +109,7 @@ def redetect(cfg: Config, out: Callable[[str], None] = print) -> int:
                 os.chown("containers.conf", user.pw_uid, user.pw_gid, dir_fd=d.fd, follow_symlinks=False)
         else:
             d.unlink("containers.conf")
-    after = config_mod.load().container
+    after = config_file.load().container
     changes = [f"{k}: {getattr(before, k)!r} -> {getattr(after, k)!r}" for k in DETECTED_KEYS
                if before is not None and getattr(before, k) != getattr(after, k)]
     out(f"works: {' '.join(found.podman_args()) or 'podman defaults'}"
@@ -216,17 +218,3 @@ def check_runtime(cfg: Config, image: str | None = None, podman: tuple[str, ...]
     c = cfg.container
     probe = Probe(c.runtime, c.ulimits, "", c.volumes, bool(c.memory))
     return try_run(image or c.base_image, probe, podman or podman_as_service_user(cfg))
-
-
-def main(cfg: Config, redetect_: bool = False, check_only: bool = False, storage: bool = False,
-         out: Callable[[str], None] = print) -> int:
-    if storage:
-        return choose_storage(cfg, out)
-    if redetect_:
-        return redetect(cfg, out)
-    if check_only:
-        result = check_runtime(cfg)
-        out("the configured container options work" if result.ok else f"they do not: {result.error}")
-        return 0 if result.ok else 1
-    from nanoclaw.admin.checks import Doctor
-    return Doctor(cfg).run()

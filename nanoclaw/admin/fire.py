@@ -22,6 +22,7 @@ import time
 PYTHON_AT = time.time()  # the interpreter is up and running this module: before our imports
 
 from nanoclaw.core import config as config_mod  # noqa: E402
+from nanoclaw.core import config_file  # noqa: E402
 from nanoclaw.core.config import Config  # noqa: E402
 from nanoclaw.core.protocol import Spool, nudge, process_started  # noqa: E402
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m nanoclaw.admin.fire TASK_ID (a task's number)", file=sys.stderr)
         return 2
     try:
-        cfg = config_mod.get()
+        cfg = config_file.get()
     except config_mod.ConfigError as exc:
         print(f"nanoclaw: configuration error: {exc}", file=sys.stderr)
         return 1

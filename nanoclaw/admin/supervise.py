@@ -31,6 +31,7 @@ import time
 
 from nanoclaw import registry
 from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.daemons.runner.drain import STOP_ENV, STOP_GRACE, STOP_WAIT
 from nanoclaw.daemons.runner.spec import DEADLINE_LABEL, LABEL
 
@@ -139,7 +140,7 @@ def left_running(cfg: config_mod.Config) -> list[str]:
 
 
 def run_all(check: bool = True) -> int:
-    cfg = config_mod.get()
+    cfg = config_file.get()
     cfg.runtime_dir.mkdir(parents=True, exist_ok=True)
     from nanoclaw.core.migrations import EX_SCHEMA, SchemaError
     from nanoclaw.core.models import open_db

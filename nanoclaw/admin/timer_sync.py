@@ -186,9 +186,10 @@ def run(cfg) -> int:
 
 def main() -> int:
     from nanoclaw.core import config as config_mod
+    from nanoclaw.core import config_file
     from nanoclaw.core import log as log_mod
     try:
-        cfg = config_mod.get()
+        cfg = config_file.get()
     except config_mod.ConfigError as exc:
         print(f"nanoclaw: configuration error: {exc}", file=sys.stderr)
         return 78

@@ -16,8 +16,8 @@ its group's policy does not admit.
 
 Used by the channel daemon (a request is made in the transaction that stores the message
 that asked, so neither exists without the other), the queue daemon (the owner's
-``approve N``/``deny N`` in the main chat, which never reach the main agent; expiry) and
-the CLI. An agent can only ask, never answer: the main agent's ``raise_budget`` becomes a
+``approve N``/``deny N`` in the main chat, which never reach the main agent, read by
+core/approval_answers.py; expiry) and the CLI. An agent can only ask, never answer: the main agent's ``raise_budget`` becomes a
 request of kind "budget" (``core/budget_requests.py``), and what an agent says in the main
 chat is a bot message, never read as the owner's command.
 
@@ -54,10 +54,6 @@ DENIAL_DAYS = 7
 DENIAL_SECONDS = DENIAL_DAYS * 86400.0  # no second card after a denial for this long
 NAME_CAP = 60  # characters of a network-given name shown to the owner
 log = logging.getLogger("nanoclaw.approvals")
-
-# The owner's answer in the main chat: "approve 7", "approve 7 as lisbon", "deny 7" (the
-# trigger in front is allowed). Anything else is an ordinary message for the main agent.
-_COMMAND = re.compile(r"(approve|deny)\s+#?(\d{1,9})(?:\s+as\s+(\S+))?\s*[.!]?\s*", re.IGNORECASE)
 
 
 class ApprovalError(ValueError):
@@ -341,49 +337,6 @@ def expire(cfg: Config) -> float | None:
                 log.info("expired unanswered", extra=log_fields(request=req.id, chat=req.chat))
     nxt = Request.select(fn.MIN(Request.expires_at)).where(Request.status == "pending").scalar()
     return None if nxt is None else max(0.0, nxt - time.time())
-
-
-def parse_command(text: str, trigger: str = "") -> tuple[str, int, str | None] | None:
-    """("approve"|"deny", N, folder or None) if ``text`` is the owner's answer, else None."""
-    text = text.strip()
-    if trigger and matches_trigger(text, trigger):
-        text = text.strip()[len(trigger):].lstrip(" ,:")
-    m = _COMMAND.fullmatch(text)
-    if m is None:
-        return None
-    return m.group(1).lower(), int(m.group(2)), m.group(3)
-
-
-def handle_command(cfg: Config, msg: Message, main: Group) -> str:
-    """If ``msg`` (in the main chat) is the owner's ``approve N``/``deny N``, carry it out once
-    and answer in one line. Returns "" when it is not such an answer (it is for the main
-    agent), "now" when it was carried out now, "earlier" when in an earlier pass (the answer
-    is recorded in the outbox with it, so a crash or a second look repeats nothing). A
-    message is the owner's when it is from the owner's own account or a sender the main
-    chat's policy admits; our own (bot) messages and team messages never are."""
-    if msg.is_bot or getattr(msg, "agent", None) is not None:
-        return ""
-    cmd = parse_command(msg.text, main.trigger)
-    if cmd is None:
-        return ""
-    allowed = groups_mod.senders_for(cfg, main)
-    if not msg.from_me and allowed is not None and msg.sender not in allowed:
-        return ""
-    key = f"approval:answer:{msg.id}"
-    if Outbox.select().where(Outbox.key == key).exists():
-        return "earlier"
-    verb, n, folder = cmd
-    try:
-        if verb == "approve":
-            approve(cfg, n, folder, by="main", answer=(main.jid, key))
-        else:
-            if folder:
-                raise ApprovalError(f"deny takes no folder: reply `deny {n}`")
-            deny(cfg, n, by="main", answer=(main.jid, key))
-    except ApprovalError as exc:
-        with db.atomic("IMMEDIATE"):
-            _post(main.jid, key, f"{verb} {n}: {exc}", cfg)
-    return "now"
 
 
 def pending_count() -> int:

@@ -3,23 +3,22 @@
 Everything comes from one TOML file (``$NANOCLAW_CONFIG``, else
 ``/etc/nanoclaw/config.toml`` when present) with environment overrides for the
 directories, so tests and a development checkout run against a temp dir
-without touching a system install. :func:`load` (core/config_file.py) reads it
-into these structs, which refuse a key they do not declare; ``get()`` is the
-process-wide copy.
+without touching a system install. ``config_file.load()`` (core/config_file.py)
+reads it into these structs, which refuse a key they do not declare;
+``config_file.get()`` is the process-wide copy. (The reading sits above these
+structs, never beside them: this module imports nothing that reads the file.)
 """
 
 from __future__ import annotations
 
 import os
 import re
-from functools import cache
 from pathlib import Path
 
 from msgspec import Struct, field
 
 from nanoclaw.core.costs import ApiConfig, Budget, UsageConfig
 from nanoclaw.core.egress import EgressPolicy
-from nanoclaw.core.model_choice import ModelsConfig
 from nanoclaw.core.voice_config import VoiceConfig
 
 # A group's folder name (and a team member's): here, not in core/groups.py, so that reading the
@@ -137,6 +136,16 @@ class TasksConfig(Section):
     min_interval: int = 300  # seconds: the least time between two runs of one task
 
 
+class ModelsConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    """``[models]``: which model each kind of work runs on (core/model_choice.py chooses, in
+    the precedence it describes); "" falls through to the next, and ``default`` "" lets the
+    CLI choose."""
+
+    default: str = ""  # the chat (a group's lead), and what the others fall back to
+    tasks: str = ""  # scheduled runs
+    members: str = ""  # team members without a model of their own
+
+
 class Config(Section):
     """Resolved settings for every daemon and the CLI."""
 
@@ -230,17 +239,3 @@ class Config(Section):
 # (which wins where it sets the same key) so re-detecting never touches the owner's file.
 DETECTED = "detected.toml"
 DETECTED_KEYS = ("runtime", "ulimits", "volumes", "memory", "pids_limit", "build_args")
-
-
-def load(path: Path | None = None) -> Config:
-    """Read the configuration file (if any), the detected container options, and apply
-    environment overrides; ConfigError (one line: the file, the key, what is wrong) if they
-    do not make a configuration."""
-    from nanoclaw.core.config_file import read
-    return read(path)
-
-
-@cache
-def get() -> Config:
-    """The process-wide configuration, loaded once."""
-    return load()

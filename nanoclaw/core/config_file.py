@@ -3,6 +3,8 @@
 SUMMARY
     read(path=None) -> Config     the owner's file, the detected container options under
                                   it, the directories' environment overrides; checked
+    load(path=None) -> Config     the same, as every process asks for it
+    get() -> Config               the process-wide configuration, loaded once
 
 DESCRIPTION
     The TOML tables are put in the shape of :class:`Config` (``[budgets]`` is its
@@ -23,6 +25,7 @@ import os
 import re
 import tomllib
 import typing
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ from nanoclaw.core.config import DETECTED, DETECTED_KEYS, FOLDER_RE, Config, Con
 from nanoclaw.core.costs import DEFAULT_PRICES, Budget, Price
 from nanoclaw.core.egress import EgressPolicy
 from nanoclaw.core import voice_config
-from nanoclaw.core.model_choice import checked_models
+from nanoclaw.core.model_choice import ModelError, checked_models
 
 # Where a struct field is read from in config.toml, when its name there differs.
 TABLE = {"": "config", "budget": "budgets", "egress_groups": "egress.groups", "budget_groups": "budgets.groups"}
@@ -274,5 +277,21 @@ def _checked(cfg: Config) -> Config:
         voice_config.check(cfg.voice)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    models = checked_models(cfg.models, cfg.model, usage)
+    try:
+        models = checked_models(cfg.models, cfg.model, usage)
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from None
     return msgspec.structs.replace(cfg, models=models, model=models.default)
+
+
+def load(path: Path | None = None) -> Config:
+    """Read the configuration file (if any), the detected container options, and apply
+    environment overrides; ConfigError (one line: the file, the key, what is wrong) if they
+    do not make a configuration."""
+    return read(path)
+
+
+@cache
+def get() -> Config:
+    """The process-wide configuration, loaded once."""
+    return load()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 if TYPE_CHECKING:
-    from nanoclaw.core.config import Config
+    from nanoclaw.core.config import Config, ModelsConfig
     from nanoclaw.core.costs import UsageConfig
 
 MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}")
@@ -48,15 +48,6 @@ FIXES = {"the task's own model": "or give the task another: nanoclaw tasks updat
 
 class ModelError(ValueError):
     """A model name that is refused; the text is one line saying why and how to fix it."""
-
-
-class ModelsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """``[models]``: which model each kind of work runs on (the precedence is above); ""
-    falls through to the next, and ``default`` "" lets the CLI choose."""
-
-    default: str = ""  # the chat (a group's lead), and what the others fall back to
-    tasks: str = ""  # scheduled runs
-    members: str = ""  # team members without a model of their own
 
 
 @dataclass(frozen=True)
@@ -143,16 +134,12 @@ def for_job(cfg: Config, folder: str, agent: str = "", task_model: str | None = 
 def checked_models(models: ModelsConfig, old_default: str, usage: UsageConfig) -> ModelsConfig:
     """``[models]`` as config.toml gave it (core/config_file.py), each name checked as any model
     name is: a name the proxy would refuse stops the daemons at start, not at the first run.
-    The top-level ``model`` is the older spelling of ``default``. Raises ConfigError (one line)."""
-    from nanoclaw.core.config import ConfigError
-
+    The top-level ``model`` is the older spelling of ``default``. Raises ModelError (one line;
+    config_file says it as a ConfigError)."""
     if old_default and models.default and old_default != models.default:
-        raise ConfigError("model and [models] default name two models; keep one ([models] default)")
+        raise ModelError("model and [models] default name two models; keep one ([models] default)")
     if old_default and not models.default:
         models = msgspec.structs.replace(models, default=old_default)
     for key in ("default", "tasks", "members"):
-        try:
-            _check(usage.allowed_models, getattr(models, key), f"[models] {key}")
-        except ModelError as exc:
-            raise ConfigError(str(exc)) from None
+        _check(usage.allowed_models, getattr(models, key), f"[models] {key}")
     return models

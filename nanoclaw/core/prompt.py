@@ -13,8 +13,10 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from nanoclaw.core.models import Message
+from nanoclaw.core.xml_text import attr as _attr
+from nanoclaw.core.xml_text import clean as _clean
+from nanoclaw.core.xml_text import escape  # noqa: F401 (daemons/queue/tasks.py takes it from here)
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _INTERNAL = re.compile(r"<internal>.*?(?:</internal>|$)", re.DOTALL | re.IGNORECASE)
 
 
@@ -22,16 +24,6 @@ def strip_internal(text: str) -> str:
     """What of an agent's answer is for the chat: its ``<internal>…</internal>`` notes removed
     (an unclosed one runs to the end). Empty means the turn is silent: nothing is sent."""
     return _INTERNAL.sub("", text).strip()
-
-_XML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
-_XML_ATTR = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"})
-
-
-def escape(text: str) -> str:
-    """``&``, ``<`` and ``>`` as XML entities (what ``xml.sax.saxutils.escape`` does, without
-    importing urllib and the email package into every daemon that builds a prompt)."""
-    return text.translate(_XML)
-
 
 def matches_trigger(text: str, trigger: str) -> bool:
     """True when ``text`` starts with ``trigger`` (case-insensitive, as a whole word)."""
@@ -87,15 +79,6 @@ def next_batch(pending: Sequence[Message], *, cap: int, batch: int, requires_tri
     if held is not None:
         covered = covered[:held]
     return covered, len(covered) - first + cap
-
-
-def _clean(text: str) -> str:
-    return _CONTROL.sub("", text)
-
-
-def _attr(value: str) -> str:
-    """An always double-quoted, fully escaped attribute value."""
-    return '"' + _clean(value).translate(_XML_ATTR) + '"'
 
 
 def attachment(media: str | dict | None) -> str:

@@ -1,5 +1,6 @@
 """The skeleton every nanoclaw daemon is built on (as Postfix's server skeletons):
-the wake-up loop, its socket, systemd talk.
+the wake-up loop, writes the disk may refuse, systemd talk. Its socket (reading and
+answering request lines) is core/serve.py.
 
 A daemon is a loop around ``work()``: do everything that is pending, say how
 long until something becomes due, then sleep until a socket nudge, an inotify
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import os
 import resource
@@ -26,22 +26,16 @@ import sdnotify
 from inotify_simple import INotify, flags
 
 from nanoclaw.core import config as config_mod
-from nanoclaw.core import faults
+from nanoclaw.core import config_file
+from nanoclaw.core import faults, serve
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import open_db
-from nanoclaw.core.protocol import MAX_LINE, RETRY_FIRST, RETRY_MAX, BadMessage, Spool, parse_line, unique_name
+from nanoclaw.core.protocol import RETRY_FIRST, RETRY_MAX, Spool, unique_name
 
 RESCAN_SECONDS = 30.0
 STATUS_EVERY = 0.5  # seconds between status lines worked out after work passes
 UNWATCHED_CHECK = 5.0  # without systemd's watchdog: how often stuck() is asked
 EXIT_STUCK = 70  # EX_SOFTWARE: how a stuck daemon without a watchdog exits
-PIPELINE = 256  # a connection's requests handled at once (a pipelining client's window)
-
-
-def _answered(reply: dict) -> asyncio.Future:
-    done = asyncio.get_running_loop().create_future()
-    done.set_result(reply)
-    return done
 
 
 def supervise(task: asyncio.Task, log: logging.Logger, what: str,
@@ -70,7 +64,7 @@ class Daemon:
     name = "daemon"
 
     def __init__(self, cfg: config_mod.Config | None = None) -> None:
-        self.cfg = cfg or config_mod.get()
+        self.cfg = cfg or config_file.get()
         self.log = logging.getLogger(f"nanoclaw.{self.name}")
         self.notifier = sdnotify.SystemdNotifier()
         self.wake = asyncio.Event()
@@ -100,16 +94,8 @@ class Daemon:
         return None
 
     async def handle(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
-        """Answer one socket request. The base understands nudge, ping and status."""
-        op = req["op"]
-        if op == "nudge":
-            self.wake.set()
-            return None
-        if op == "ping":
-            return {"ok": True, "daemon": self.name, "pid": os.getpid()}
-        if op == "status":
-            return {"ok": True, "daemon": self.name, "status": self.status_line()}
-        return {"ok": False, "error": f"unknown op {op!r}"}
+        """Answer one socket request. The base understands nudge, ping and status (core/serve.py)."""
+        return serve.base_handle(self, req)
 
     def status(self) -> str:
         """A one-line live summary for systemd's STATUS= and ``nanoclaw status``."""
@@ -241,71 +227,9 @@ class Daemon:
             pass
         self.wake.set()
 
-    async def _answer(self, req: dict, writer: asyncio.StreamWriter) -> dict | None:
-        try:
-            return await self.handle(req, writer)
-        except Exception as exc:  # a bad request must never take the daemon down
-            self.log.exception("request op=%s failed", req.get("op"))
-            return {"ok": False, "error": f"internal error: {exc}"}
-
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Answer a connection's request lines, in order. A client may pipeline (send many
-        lines before reading answers): up to PIPELINE of them are handled at once, so that,
-        say, a burst of inbound messages shares commits; each answer is still written in the
-        order of its request, and reading stops while that many are unanswered."""
-        answers: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(PIPELINE)
-        replier = asyncio.ensure_future(self._reply_in_order(answers, writer))
-        try:
-            while True:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError:
-                    return
-                except asyncio.LimitOverrunError:
-                    self.log.warning("socket client sent an over-long line; closing it")
-                    await answers.put(_answered({"ok": False, "error": "line too long"}))
-                    return
-                try:
-                    req = parse_line(line)
-                except BadMessage as exc:
-                    self.log.warning("socket request refused: %s", exc)
-                    await answers.put(_answered({"ok": False, "error": str(exc)}))
-                    continue
-                await answers.put(asyncio.ensure_future(self._answer(req, writer)))
-        except (ConnectionError, OSError):
-            return
-        except asyncio.CancelledError:
-            # The daemon is stopping with this client still connected. Ended as cancelled, the
-            # task makes Python 3.11's stream callback log a traceback (task.exception() raises).
-            replier.cancel()
-            return
-        finally:
-            if not replier.cancelling() and not replier.done():
-                await answers.put(None)  # the answers owed are written, then the connection ends
-            try:
-                await replier
-            except (asyncio.CancelledError, ConnectionError, OSError):
-                pass
-            self.disconnected(writer)
-            try:
-                writer.close()
-            except Exception:
-                pass
-
-    @staticmethod
-    async def _reply_in_order(answers: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
-        """Write each answer once its request is handled, in the order of the requests. A
-        client gone away is written to no more; its requests are still all handled."""
-        gone = False
-        while (answer := await answers.get()) is not None:
-            reply = await answer
-            if reply is None or gone:
-                continue
-            try:
-                writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
-                await writer.drain()
-            except (ConnectionError, OSError):
-                gone = True
+        """One socket client, served until it leaves (core/serve.py)."""
+        await serve.serve_client(self, reader, writer)
 
     async def _watchdog(self) -> None:
         """Feed systemd's watchdog every half period while nothing is ``stuck()``. Without
@@ -363,13 +287,7 @@ class Daemon:
         self.cfg.runtime_dir.mkdir(parents=True, exist_ok=True)
         open_db(self.cfg.db_path)
         sock = self.cfg.socket(self.name)
-        try:
-            sock.unlink()
-        except FileNotFoundError:
-            pass
-        server = await asyncio.start_unix_server(self._serve_client, path=str(sock), limit=MAX_LINE,
-                                                 backlog=1024)  # bursts of clients must not be refused
-        os.chmod(sock, 0o660)
+        server = await serve.listen(self, sock)
         loop.add_reader(self._inotify.fileno(), self._on_inotify)
         stop = asyncio.Event()
 

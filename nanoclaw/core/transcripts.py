@@ -23,9 +23,7 @@ from __future__ import annotations
 import json
 import re
 
-from nanoclaw.core.prompt import _attr as attr
-from nanoclaw.core.prompt import _clean as clean
-from nanoclaw.core.prompt import escape
+from nanoclaw.core.xml_text import attr, clean, escape
 
 AUDIO_KINDS = ("voice note", "audio")
 ASKED, DONE, FAILED = "asked", "done", "failed"

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.core.egress import EgressPolicy, classify, normalize_host, parse_ip
 
 
@@ -63,7 +64,7 @@ def test_egress_configuration_is_validated(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('[egress]\nallow_addresses = ["127.0.0.1"]\nports = [443]\n'
                     '[egress.groups.family]\nmode = "allowlist"\nallow_domains = ["wikipedia.org"]\n')
-    cfg = config_mod.load(good)
+    cfg = config_file.load(good)
     assert cfg.egress_for("main").mode == "open" and cfg.egress_for("main").ports == (443,)
     family = cfg.egress_for("family")  # its own keys over [egress]
     assert (family.mode, family.allow_domains, family.allow_addresses) == ("allowlist", ("wikipedia.org",),
@@ -77,16 +78,16 @@ def test_egress_configuration_is_validated(tmp_path):
         bad = tmp_path / "bad.toml"
         bad.write_text(text)
         with pytest.raises(config_mod.ConfigError, match=re.escape(error)):
-            config_mod.load(bad)
+            config_file.load(bad)
 
 
 def test_the_old_per_run_byte_cap_is_read_as_a_days_with_a_deprecation_line(tmp_path, caplog):
     conf = tmp_path / "c.toml"
     conf.write_text('[egress]\nmax_bytes_per_run = 5000\n[egress.groups.family]\nmax_bytes_per_run = 700\n')
-    cfg = config_mod.load(conf)
+    cfg = config_file.load(conf)
     assert cfg.egress_for("main").max_bytes_per_day == 5000 and cfg.egress_for("family").max_bytes_per_day == 700
     said = [r.getMessage() for r in caplog.records if "max_bytes_per_run is deprecated" in r.getMessage()]
     assert len(said) == 2 and said[0].startswith("egress.max_bytes_per_run is deprecated: read as max_bytes_per_day")
     conf.write_text('[egress]\nmax_bytes_per_run = 5000\nmax_bytes_per_day = 10\n')
     with pytest.raises(config_mod.ConfigError, match="max_bytes_per_run is replaced by max_bytes_per_day; remove it"):
-        config_mod.load(conf)
+        config_file.load(conf)

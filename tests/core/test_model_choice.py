@@ -12,7 +12,8 @@ from msgspec.structs import replace
 import pytest
 
 from nanoclaw.core import model_choice
-from nanoclaw.core.config import Config, ConfigError, ModelsConfig, load
+from nanoclaw.core.config import Config, ConfigError, ModelsConfig
+from nanoclaw.core.config_file import load
 from nanoclaw.core.costs import UsageConfig
 
 LADDER = {"task": "T", "member": "M", "group": "G"}

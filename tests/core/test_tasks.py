@@ -101,7 +101,7 @@ def test_crontab_backend_round_trips_and_its_line_enqueues(offline_system):
 
 def test_systemd_backend_writes_valid_timers_and_removes_orphans(offline_system, tmp_path, monkeypatch):
     from nanoclaw.admin.timer_sync import SystemdTimers, sync
-    from nanoclaw.core import config as config_mod
+    from nanoclaw.core import config_file
     from nanoclaw.core import tasks as tasks_mod
     from nanoclaw.core.groups import add_group
     from nanoclaw.core.models import Task, open_db
@@ -110,7 +110,7 @@ def test_systemd_backend_writes_valid_timers_and_removes_orphans(offline_system,
     s = offline_system
     for key in ("NANOCLAW_STATE_DIR", "NANOCLAW_RUNTIME_DIR", "NANOCLAW_CONFIG_DIR"):
         monkeypatch.setenv(key, s.env[key])
-    cfg = config_mod.load(s.config_path)
+    cfg = config_file.load(s.config_path)
     assert str(cfg.state_dir).startswith(str(s.base))
     open_db(cfg.db_path)
     main = add_group(cfg, "main", is_main=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import team
 from nanoclaw.core.models import open_db
@@ -18,7 +18,7 @@ def cfg(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOCLAW_CONFIG_DIR", str(tmp_path / "etc"))
     conf = tmp_path / "config.toml"
     conf.write_text('timezone = "UTC"\n')
-    c = config_mod.load(conf)
+    c = config_file.load(conf)
     open_db(c.db_path)
     return c
 

@@ -178,7 +178,7 @@ def test_hostile_inputs_are_refused_and_the_service_keeps_answering(system, tmp_
     record("socket:huge-text", refused_reply(sock, json.dumps(
         {"op": "inbound", "group": "main", "text": "x" * 70_000}).encode() + b"\n", "too long"))
     record("socket:bad-id-type", refused_reply(
-        sock, b'{"op": "inbound", "group": "main", "text": "hi", "id": 5}\n', "must be strings"))
+        sock, b'{"op": "inbound", "group": "main", "text": "hi", "id": 5}\n', "inbound: field 'id'"))
     record("socket:forged-deliver", refused_reply(
         sock, b'{"op": "deliver", "chat": "main@term", "text": "x", "outbox_id": "1"}\n', "outbox_id"))
     half_open = []

@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from nanoclaw import registry
@@ -233,6 +235,20 @@ def host_container_options(image: str) -> list[str]:
     raise RuntimeError(f"no podman options run a container on this host: {tried}")
 
 
+@contextmanager
+def kept_on_failure(m: Machine) -> Iterator[Machine]:
+    """Around making a machine ready: if that fails (or is interrupted), print its units'
+    status and journal, and remove it unless NANOCLAW_KEEP_MACHINE is set; then re-raise."""
+    try:
+        yield m
+    except BaseException:
+        print(m.sh("systemctl --no-pager status 'nanoclaw*'; journalctl --no-pager -n 200 -u 'nanoclaw*'",
+                   check=False).stdout[-20000:])
+        if not os.environ.get("NANOCLAW_KEEP_MACHINE"):
+            m.remove()
+        raise
+
+
 def booted_and_upgraded(suite: str, secret: str, previous: str) -> Machine:
     """A machine of ``suite`` on which release ``previous`` was installed as its README says,
     its credential set, and used (``upgrade.use_the_previous_release``: what it held is kept
@@ -240,7 +256,7 @@ def booted_and_upgraded(suite: str, secret: str, previous: str) -> Machine:
     and ``sudo ./install.sh``. ``install_output`` is the upgrade's."""
     from .upgrade import use_the_previous_release
     m = Machine.boot(suite)
-    try:
+    with kept_on_failure(m):
         m.new_commit = m.clone()
         m.sh(f"cd /root/nanoclaw && git checkout -q {previous}")
         m.install_as_readme_says()
@@ -255,13 +271,7 @@ def booted_and_upgraded(suite: str, secret: str, previous: str) -> Machine:
         m.restart_fake_api()  # this tree's fake, as on a machine installed from it
         print(f"system test: using {previous} took {m.use_seconds:.0f} s, the upgrade's install.sh "
               f"{m.install_seconds:.0f} s", flush=True)
-        return m
-    except BaseException:
-        print(m.sh("systemctl --no-pager status 'nanoclaw*'; journalctl --no-pager -n 200 -u 'nanoclaw*'",
-                   check=False).stdout[-20000:])
-        if not os.environ.get("NANOCLAW_KEEP_MACHINE"):
-            m.remove()
-        raise
+    return m
 
 
 def booted_and_installed(suite: str, secret: str) -> Machine:
@@ -269,16 +279,10 @@ def booted_and_installed(suite: str, secret: str) -> Machine:
     `nanoclaw credential set`, answering through the fake API. Kept when
     NANOCLAW_KEEP_MACHINE is set (the name is printed)."""
     m = Machine.boot(suite)
-    try:
+    with kept_on_failure(m):
         m.checkout()
         m.install_as_readme_says()
         print(f"system test: install.sh on {suite} took {m.install_seconds:.0f} s", flush=True)
         m.serve_fake_api()
         m.credential_output = m.sh("nanoclaw credential set", stdin=secret + "\n").stdout
-        return m
-    except BaseException:
-        print(m.sh("systemctl --no-pager status 'nanoclaw*'; journalctl --no-pager -n 200 -u 'nanoclaw*'",
-                   check=False).stdout[-20000:])
-        if not os.environ.get("NANOCLAW_KEEP_MACHINE"):
-            m.remove()
-        raise
+    return m

@@ -3,7 +3,8 @@
 SYNOPSIS
     add_parsers(sub)                 the ping, doctor, status and spool commands
     cmd_ping(cfg, args)              every daemon's status line (exit 1 if one is down)
-    cmd_doctor(cfg, args)            every prerequisite checked, with fixes (admin/doctor.py)
+    cmd_doctor(cfg, args)            every prerequisite checked, with fixes (admin/checks.py), or the
+                                     container options found again, the storage chosen (admin/doctor.py)
     cmd_status(cfg, args)            one screen (admin/status.py)
     cmd_spool(cfg, args)             what waits or was refused in the spools; show, retry, drop (admin/spools.py)
 """
@@ -49,8 +50,18 @@ def cmd_spool(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """Every check with its fix; or --storage, --redetect, --check-runtime alone."""
     from nanoclaw.admin import doctor
-    return doctor.main(cfg, redetect_=args.redetect, check_only=args.check_runtime, storage=args.storage)
+    if args.storage:
+        return doctor.choose_storage(cfg)
+    if args.redetect:
+        return doctor.redetect(cfg)
+    if args.check_runtime:
+        result = doctor.check_runtime(cfg)
+        print("the configured container options work" if result.ok else f"they do not: {result.error}")
+        return 0 if result.ok else 1
+    from nanoclaw.admin.checks import Doctor
+    return Doctor(cfg).run()
 
 
 def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from nanoclaw.channels.whatsapp.presence import Presence
 from nanoclaw.channels.whatsapp.reactions import Reactions
 from nanoclaw.core import progress as progress_mod
 from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 
 STOP_WAIT = 5.0  # at shutdown, for each of: handlers still storing, the client's stop, its task
 
@@ -53,7 +54,7 @@ class WhatsAppBackend(Backend):
         return cls(cfg)
 
     def __init__(self, cfg: config_mod.Config | None = None) -> None:
-        self.cfg = cfg or config_mod.get()
+        self.cfg = cfg or config_file.get()
         # The daemon replaces on_status and on_alert after this: look them up at each call.
         self.conn = Connection(self.cfg, on_status=lambda: self.on_status(),
                                on_alert=lambda text: self.on_alert(text),

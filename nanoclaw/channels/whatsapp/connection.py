@@ -57,7 +57,7 @@ from nanoclaw.core.backoff import Backoff
 from nanoclaw.core.skeleton import supervise
 
 if TYPE_CHECKING:  # pragma: no cover
-    from nanoclaw.channels.whatsapp.pairing import PairingRun
+    from nanoclaw.channels.whatsapp.pairchild import PairingRun
 
 log = logging.getLogger("nanoclaw.whatsapp")
 

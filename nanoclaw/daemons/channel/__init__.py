@@ -52,7 +52,7 @@ import os
 import uuid
 
 from nanoclaw.channels import BACKENDS, Backend, Inbound, TerminalBackend, WhatsAppBackend
-from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.core.models import Group
 from nanoclaw.core.protocol import Spool, nudge
 from nanoclaw.core.skeleton import Daemon
@@ -198,7 +198,7 @@ class ChannelDaemon(Daemon):
 
     @classmethod
     def main(cls) -> None:
-        cfg = config_mod.get()
+        cfg = config_file.get()
         if "whatsapp" in cfg.channels:
             from nanoclaw.channels.whatsapp.goenv import exec_with_go_environment
             exec_with_go_environment(cfg.whatsapp)  # returns once the environment is right

@@ -60,12 +60,9 @@ from nanoclaw.core.http_serve import NO_AUTO_HEADERS, AgentSockets, cut_off
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import db
 from nanoclaw.core.skeleton import Daemon
+from nanoclaw.daemons.egress.admit import Cut
 from nanoclaw.daemons.egress.allowance import FLUSH_EVERY, Allowance
 from nanoclaw.daemons.egress.local import HostAddresses
-
-
-class Cut(Exception):
-    """A limit ended a connection that had started (the byte cap)."""
 
 
 @dataclass

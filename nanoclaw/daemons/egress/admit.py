@@ -17,13 +17,17 @@ from aiohttp import web
 
 from nanoclaw.core.egress import EgressPolicy, IPAddress, Refusal, normalize_host, parse_ip
 
+
+class Cut(Exception):
+    """A limit ended a connection that had started (the byte cap)."""
+
+
 if TYPE_CHECKING:
     from nanoclaw.daemons.egress import Connection, EgressDaemon
 
 
 def count(daemon: EgressDaemon, conn: Connection, policy: EgressPolicy, inbound: int = 0, outbound: int = 0) -> None:
     """Add a chunk to the connection's bytes and the day's; past an allowance, cut."""
-    from nanoclaw.daemons.egress import Cut
     conn.bytes_in += inbound
     conn.bytes_out += outbound
     over = daemon.allowance.add(conn.folder, conn.agent, inbound + outbound, policy)

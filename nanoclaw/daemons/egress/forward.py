@@ -13,14 +13,13 @@ from yarl import URL
 
 from nanoclaw.core.egress import Refusal
 from nanoclaw.core.http_serve import cut_off, end_to_end
-from nanoclaw.daemons.egress.admit import admit, count
+from nanoclaw.daemons.egress.admit import Cut, admit, count
 
 if TYPE_CHECKING:
     from nanoclaw.daemons.egress import Connection, EgressDaemon
 
 
 async def handle(daemon: EgressDaemon, conn: Connection, request: web.BaseRequest) -> web.StreamResponse:
-    from nanoclaw.daemons.egress import Cut
     policy = daemon.cfg.egress_for(conn.folder)
     try:
         target = URL(request.raw_path, encoded=True)

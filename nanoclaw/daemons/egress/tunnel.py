@@ -11,7 +11,7 @@ from yarl import URL
 
 from nanoclaw.core.egress import EgressPolicy, IPAddress, Refusal
 from nanoclaw.core.http_serve import CHUNK
-from nanoclaw.daemons.egress.admit import admit, count
+from nanoclaw.daemons.egress.admit import Cut, admit, count
 
 if TYPE_CHECKING:
     from nanoclaw.daemons.egress import Connection, EgressDaemon
@@ -91,7 +91,6 @@ async def _pipe(daemon: EgressDaemon, conn: Connection, policy: EgressPolicy, in
                 resp: web.StreamResponse) -> None:
     """Relay both ways until the site closes, the agent goes, a limit cuts, or both sides
     stay silent for ``idle_timeout``."""
-    from nanoclaw.daemons.egress import Cut
     last = time.monotonic()
 
     async def up() -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 
 from nanoclaw.admin import status as status_mod
-from nanoclaw.core import approvals, owner_chat
+from nanoclaw.core import approval_answers, approvals, owner_chat
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Message, Request
 from nanoclaw.core.protocol import nudge
@@ -63,7 +63,7 @@ class Owner:
         answer), or ``stop``, ``status``, ``revoke`` (once: core/owner_chat.py)."""
         cfg = self.q.cfg
         done = owner_chat.handle(cfg, m, main, self.q.stopper.stop, lambda: status_mod.summary(cfg)) \
-            or approvals.handle_command(cfg, m, main)
+            or approval_answers.handle_command(cfg, m, main)
         if done != "now":
             return
         self.q.log.info("is the owner's answer to a request; handled, not for the agent",

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nanoclaw.core import owner_chat, transcripts
-from nanoclaw.core.approvals import parse_command
+from nanoclaw.core.approval_answers import parse_command
 from nanoclaw.core.prompt import build_prompt, next_batch
 
 AgentKey = tuple[int, str]  # (group id, agent): "" is the group's lead

@@ -75,14 +75,17 @@ def _inside(point: str, path: str) -> bool:
     return path == point or point == "/" or path.startswith(point + "/")
 
 
-def path_in_filesystem(fd: int) -> str:
+def path_in_filesystem(fd: int, own: list[Entry] | None = None) -> str:
     """Where the folder open at ``fd`` is now, as a path within its own filesystem (what a
-    mount table's root field says), read from this process's own mount table."""
+    mount table's root field says), from this process's own mount table (``own``: already
+    read, for several folders at once; else read now)."""
     here = os.readlink(f"/proc/self/fd/{fd}")
     if not here.startswith("/") or here.endswith(" (deleted)"):
         raise OSError(errno.ENOENT, f"the checked folder is gone ({here})")
     device = _device(fd)
-    mounts = [e for e in _read("/proc/self/mountinfo") if e.device == device and _inside(e.point, here)]
+    if own is None:
+        own = _read("/proc/self/mountinfo")
+    mounts = [e for e in own if e.device == device and _inside(e.point, here)]
     if not mounts:
         raise OSError(errno.ENOENT, f"{here} is on no mount this process can see")
     mount = max(mounts, key=lambda e: len(e.point))
@@ -95,9 +98,13 @@ def verify(pid: int, binds: Iterable[Any]) -> None:
     against the mount table of the set-up container whose first process is ``pid``;
     OSError naming the first that is not what was checked."""
     binds = list(binds)
-    before = [path_in_filesystem(b.fd) for b in binds]
+    # This process's own table is read once for all binds before the container's, once after:
+    # the runner's mounts do not change between two binds, the folders' paths may.
+    own = _read("/proc/self/mountinfo")
+    before = [path_in_filesystem(b.fd, own) for b in binds]
     table = _read(f"/proc/{pid}/mountinfo")
-    after = [path_in_filesystem(b.fd) for b in binds]
+    own = _read("/proc/self/mountinfo")
+    after = [path_in_filesystem(b.fd, own) for b in binds]
     for b, was, now in zip(binds, before, after):
         if was != now:
             raise OSError(errno.EXDEV, f"{b.source} moved while the container was made")

@@ -14,7 +14,7 @@ import pytest
 from neonize.aioze.events import ConnectedEv, LoggedOutEv
 
 from nanoclaw.channels.whatsapp import WhatsAppBackend
-from nanoclaw.channels.whatsapp import pairing as pairing_mod
+from nanoclaw.channels.whatsapp import pairchild
 from nanoclaw.channels.whatsapp.pairing import PAIR_COMMAND
 from nanoclaw.core import config as config_mod
 
@@ -105,7 +105,7 @@ def test_the_pairing_timeout_is_inside_whatsmeows_qr_window():
 def test_a_pairing_process_that_hangs_is_killed_and_pairing_can_start_again(harness, monkeypatch):
     """The hang neonize can produce is the process's, never the channel's: past its timeout
     the child is killed, the answer is plain, and the next `nanoclaw pair` works."""
-    monkeypatch.setattr(pairing_mod, "GRACE", 0.5)
+    monkeypatch.setattr(pairchild, "GRACE", 0.5)
     pair_script(monkeypatch, {"qr": "2@x"}, {"block": True})
 
     async def go():

@@ -31,7 +31,7 @@ from whatsapp_offline import link_session
 def test_a_whatsapp_voice_note_reaches_the_real_agent_as_a_labelled_transcript(
         make_system, real_agent_image, podman_service, fake_api, transcribe_image, tmp_path, monkeypatch):
     from nanoclaw.channels.whatsapp import WhatsAppBackend
-    from nanoclaw.core import config as config_mod
+    from nanoclaw.core import config_file
     from nanoclaw.core.models import open_db
     from nanoclaw.daemons.channel import ChannelDaemon
 
@@ -43,7 +43,7 @@ def test_a_whatsapp_voice_note_reaches_the_real_agent_as_a_labelled_transcript(
     s.start(*[d for d in DAEMONS if d != "channel"])  # the channel runs here, on the recording client
     for key in ("NANOCLAW_CONFIG", "NANOCLAW_STATE_DIR", "NANOCLAW_RUNTIME_DIR", "NANOCLAW_CONFIG_DIR"):
         monkeypatch.setenv(key, s.env[key])
-    cfg = msgspec.structs.replace(config_mod.load(), channels=("whatsapp",))
+    cfg = msgspec.structs.replace(config_file.load(), channels=("whatsapp",))
     monkeypatch.setattr(WhatsAppBackend, "client_factory", staticmethod(RecordingClient))
     link_session(cfg.state_dir / "whatsapp" / "session.db", OWNER)
     open_db(cfg.db_path)

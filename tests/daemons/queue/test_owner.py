@@ -15,7 +15,7 @@ import time
 import pytest
 
 from nanoclaw.core import approvals
-from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.models import Cursor, Group, Message, db, open_db
 from nanoclaw.daemons.queue import QueueDaemon
@@ -30,7 +30,7 @@ def cfg(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOCLAW_CONFIG_DIR", str(tmp_path / "etc"))
     conf = tmp_path / "config.toml"
     conf.write_text('timezone = "UTC"\n')
-    c = config_mod.load(conf)
+    c = config_file.load(conf)
     open_db(c.db_path)
     groups_mod.add_group(c, "main", is_main=True)
     return c

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core.models import Cursor, Group, Job, Message, Session, Turn, open_db
 
@@ -23,7 +23,7 @@ def cfg(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOCLAW_CONFIG_DIR", str(tmp_path / "etc"))
     conf = tmp_path / "config.toml"
     conf.write_text('timezone = "UTC"\nbackoff_base = 10.0\n')
-    c = config_mod.load(conf)
+    c = config_file.load(conf)
     open_db(c.db_path)
     return c
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import team
 from nanoclaw.core.models import Cursor, Group, Job, Message, Session, open_db
@@ -32,7 +32,7 @@ def cfg(tmp_path, monkeypatch):
     conf = tmp_path / "config.toml"
     conf.write_text('timezone = "UTC"\nbackoff_base = 0.0\nmax_attempts = 2\n[team]\nmax_depth = 3\n'
                     'max_delegations = 10\n')
-    c = config_mod.load(conf)
+    c = config_file.load(conf)
     open_db(c.db_path)
     return c
 
@@ -235,7 +235,7 @@ def test_a_delegation_loop_stops_at_the_cap_with_one_notice_and_nobody_waits_for
 def test_the_total_cap_counts_every_delegation_of_one_request(cfg, tmp_path):
     conf = tmp_path / "two.toml"
     conf.write_text('timezone = "UTC"\n[team]\nmax_delegations = 2\n')
-    cfg2 = config_mod.load(conf)
+    cfg2 = config_file.load(conf)
     groups_mod.add_group(cfg2, "main", is_main=True)
     t = Team(cfg2)
     t.member("main", "researcher")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import _podman
 
-from nanoclaw.core import config as config_mod
+from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import team
 from nanoclaw.core.mounts import BUILTIN_BLOCKED, Allowlist, Root
@@ -32,7 +32,7 @@ def cfg(tmp_path, monkeypatch):
     conf = tmp_path / "config.toml"
     conf.write_text('timezone = "UTC"\n[container]\nnetwork = "slirp4netns"\n'
                     f'volumes = ["{CGROUP}", "{tmp_path}/cache:/cache"]\nextra_env = ["CLAUDE_CODE_MAX_RETRIES=0"]\n')
-    c = config_mod.load(conf)
+    c = config_file.load(conf)
     open_db(c.db_path)
     groups_mod.add_group(c, "main", is_main=True)
     groups_mod.add_group(c, "family")
@@ -279,7 +279,7 @@ def test_a_spec_the_validator_refuses_is_never_made(make_system, agent_image, po
 
 def test_a_groups_model_reaches_its_containers_and_a_members_own_wins(tmp_path, monkeypatch):
     from nanoclaw.admin.cli import main as cli_main
-    from nanoclaw.core import config as config_mod
+    from nanoclaw.core import config_file
     from nanoclaw.core import groups as groups_mod
     from nanoclaw.core import team
     from nanoclaw.core.models import open_db
@@ -291,8 +291,8 @@ def test_a_groups_model_reaches_its_containers_and_a_members_own_wins(tmp_path, 
     conf = tmp_path / "config.toml"
     conf.write_text('timezone = "UTC"\nmodel = "claude-sonnet-4-5"\n')
     monkeypatch.setenv("NANOCLAW_CONFIG", str(conf))
-    config_mod.get.cache_clear()
-    cfg = config_mod.get()
+    config_file.get.cache_clear()
+    cfg = config_file.get()
     open_db(cfg.db_path)
     groups_mod.add_group(cfg, "family")
     team.write(cfg, "family", team.Member("researcher", "d", "i", model="claude-opus-4-5"))
@@ -318,7 +318,7 @@ def test_a_groups_model_reaches_its_containers_and_a_members_own_wins(tmp_path, 
     with pytest.raises(SystemExit) as done:
         cli_main(["groups", "set", "family", "--model", "bad model!"])
     assert done.value.code == 2
-    config_mod.get.cache_clear()
+    config_file.get.cache_clear()
 
 
 def test_container_mounts_give_a_member_its_own_ipc_and_session_and_the_team_read_only(cfg):
