@@ -100,6 +100,25 @@ class Deliver(Request):
     quote: dict[str, Any] | None | UnsetType = UNSET
 
 
+class Progress(Request):
+    """What a turn is doing, cosmetic, on two sockets with the one op: ipc -> queue (``group``,
+    ``agent``: where ipc found the container's report) and queue -> channel (``chat``, the
+    message it answers, who works on it, since when, the tool's kind: for the chat to show)."""
+    job: int
+    turn: int
+    state: str
+    tool: str | UnsetType = UNSET
+    detail: str | UnsetType = UNSET
+    group: str | UnsetType = UNSET
+    agent: str | UnsetType = UNSET
+    chat: str | UnsetType = UNSET
+    seq: int | UnsetType = UNSET
+    message: int | None | UnsetType = UNSET
+    who: str | UnsetType = UNSET
+    since: float | UnsetType = UNSET
+    kind: str | UnsetType = UNSET
+
+
 class Typing(Request):
     """queue -> channel: show (or stop showing) that the agent is typing in a chat."""
     chat: str
@@ -135,6 +154,14 @@ class Ensure(Request):
     agent: str | UnsetType = UNSET
 
 
+class Transcribe(Request):
+    """runner -> proxy ([voice] engine = "api"): send the runner's copy of this note (the
+    proxy finds it under the runner's voice directory by the message alone) to the voice API."""
+    message: int
+    group: str
+    ext: str | UnsetType = UNSET
+
+
 class Reload(Request):
     """`nanoclaw credential set` -> proxy: read the credential again."""
 
@@ -145,10 +172,10 @@ class Check(Request):
 
 REQUESTS: dict[str, type[Request]] = {
     "nudge": Nudge, "ping": Ping, "status": Status,
-    "inbound": Inbound, "watch": Watch, "deliver": Deliver, "typing": Typing, "pair": Pair,
+    "inbound": Inbound, "watch": Watch, "deliver": Deliver, "progress": Progress, "typing": Typing, "pair": Pair,
     "discover_groups": DiscoverGroups,
     "stop": Stop, "kill": Kill,
-    "ensure": Ensure, "reload": Reload, "check": Check,
+    "ensure": Ensure, "transcribe": Transcribe, "reload": Reload, "check": Check,
 }
 
 

@@ -163,8 +163,13 @@ def test_migrate_refuses_while_the_old_release_runs_and_backs_up_first(offline_s
     `nanoclaw migrate` refuses until it is stopped, then makes a backup and migrates once."""
     s = offline_system
     old_code(previous_release, s.state / "nanoclaw.db", "fill")
+    # The previous release's own configuration: without the keys it does not know yet (it
+    # refuses an unknown key, as this release does).
+    old_config = s.config_path.with_name("old-config.toml")
+    old_config.write_text("".join(line for line in s.config_path.read_text().splitlines(keepends=True)
+                                  if not line.startswith("paused_memory_mib")))
     old = subprocess.Popen([sys.executable, "-m", "nanoclaw", "router"], cwd=previous_release,
-                           env={**s.env, "PYTHONPATH": str(previous_release)},
+                           env={**s.env, "PYTHONPATH": str(previous_release), "NANOCLAW_CONFIG": str(old_config)},
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         s.wait_for(lambda: (s.run / "router.sock").exists(), 20, what="the old router's socket")
