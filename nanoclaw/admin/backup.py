@@ -5,8 +5,8 @@ SUMMARY
     database's schema version, when, whether the credential is in it), the database
     (``state/nanoclaw.db``), the group folders with their memory (``state/groups``), the
     agents' sessions (``state/sessions``), the WhatsApp session (``state/whatsapp``) and
-    the configuration directory (``config/``), the Anthropic credential only with
-    ``--with-secrets``. Spools, IPC directories, images and caches are not in it: they are
+    the configuration directory (``config/``), the Anthropic credential (and the voice API's
+    key, if set) only with ``--with-secrets``. Spools, IPC directories, images and caches are not in it: they are
     work in flight or made again. Every archive is mode 0600: it holds the chats.
 
     The database, and the WhatsApp session's SQLite store, are copied with SQLite's online
@@ -44,6 +44,7 @@ from nanoclaw.admin.archive_writer import Part, Writer
 from nanoclaw.admin.owner import as_owner_of
 from nanoclaw.core import backups
 from nanoclaw.core.config import Config
+from nanoclaw.core.credentials import CREDENTIAL_NAME, VOICE_CREDENTIAL_NAME
 from nanoclaw.core.credentials import file_path as credential_path
 from nanoclaw.core.release import commit
 from nanoclaw.core.safefs import Dir
@@ -65,6 +66,7 @@ class Summary:
     skipped: Counter = field(default_factory=Counter)
     with_secrets: bool = False
     removed: list[Path] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)  # the credential files in it, by name
 
 
 def human(n: float) -> str:
@@ -142,14 +144,17 @@ def make(cfg: Config, dest: Path | None = None, *, with_secrets: bool = False, k
     """Write a backup to ``dest`` (default: a new name in the backups directory)."""
     if not cfg.db_path.exists():
         raise BackupError(f"no database at {cfg.db_path}: nothing to back up yet")
-    secret = None
-    if with_secrets:
-        try:
-            secret = credential_path(cfg).read_bytes()
-        except PermissionError:
-            raise BackupError("the credential is root's: sudo nanoclaw backup --with-secrets") from None
-        except FileNotFoundError:
-            raise BackupError(f"--with-secrets, but no credential is set ({credential_path(cfg)})") from None
+    secrets: dict[str, bytes] | None = None
+    if with_secrets:  # the Anthropic credential must be set; the voice API's key goes in if it is
+        secrets = {}
+        for name in (CREDENTIAL_NAME, VOICE_CREDENTIAL_NAME):
+            try:
+                secrets[name] = credential_path(cfg, name).read_bytes()
+            except PermissionError:
+                raise BackupError("the credential is root's: sudo nanoclaw backup --with-secrets") from None
+            except FileNotFoundError:
+                if name == CREDENTIAL_NAME:
+                    raise BackupError(f"--with-secrets, but no credential is set ({credential_path(cfg)})") from None
     work_parent = cfg.backup_dir
     if not work_parent.exists():
         work_parent.mkdir(mode=0o700, parents=True)
@@ -172,7 +177,7 @@ def make(cfg: Config, dest: Path | None = None, *, with_secrets: bool = False, k
         try:
             with os.fdopen(fd, "wb") as raw:
                 with tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT, compresslevel=6) as tar:
-                    summary = _write(cfg, Writer(tar), work, schema, have_wa, secret)
+                    summary = _write(cfg, Writer(tar), work, schema, have_wa, secrets)
                 raw.flush()
                 os.fsync(raw.fileno())  # whole on disk before it has its name (and is counted)
             _name_it(_partial(dest), dest)
@@ -184,9 +189,10 @@ def make(cfg: Config, dest: Path | None = None, *, with_secrets: bool = False, k
     return summary
 
 
-def _write(cfg: Config, w: Writer, work: Path, schema: int, have_wa: bool, secret: bytes | None) -> Summary:
+def _write(cfg: Config, w: Writer, work: Path, schema: int, have_wa: bool,
+           secrets: dict[str, bytes] | None) -> Summary:
     manifest = {"format": FORMAT, "nanoclaw": __version__, "commit": commit(), "schema": schema,
-                "created": time.time(), "host": socket.gethostname(), "with_secrets": secret is not None}
+                "created": time.time(), "host": socket.gethostname(), "with_secrets": secrets is not None}
     w.add_bytes("MANIFEST.json", json.dumps(manifest, indent=1).encode() + b"\n", 0o644)
     db = Part("database")
     with Dir.open(work) as d:
@@ -203,10 +209,11 @@ def _write(cfg: Config, w: Writer, work: Path, schema: int, have_wa: bool, secre
     # Not the credential unless asked, and never what an earlier restore set aside.
     leave = frozenset({"credentials"} | {n for n in _names(cfg.config_dir) if n.startswith("restore-replaced-")})
     w.add_tree(cfg.config_dir, "config", conf, leave)
-    if secret is not None:
-        w.add_bytes(f"config/credentials/{credential_path(cfg).name}", secret, 0o600)
+    for name, secret in (secrets or {}).items():
+        w.add_bytes(f"config/credentials/{name}", secret, 0o600)
         conf.files += 1
-    return Summary(Path(), 0, schema, [db, groups, sessions, wa, conf], w.skipped, secret is not None)
+    return Summary(Path(), 0, schema, [db, groups, sessions, wa, conf], w.skipped, secrets is not None,
+                   secrets=sorted(secrets or ()))
 
 
 def _names(path: Path) -> list[str]:
@@ -243,8 +250,11 @@ def report(s: Summary) -> str:
         elif p.files:
             parts.append(f"{p.label} {p.files} file(s) {human(p.bytes)}")
     line = f"backed up to {s.path} ({human(s.size)}, mode 0600): " + ", ".join(parts)
-    line += ("; the credential is in it: keep the file safe" if s.with_secrets
-             else "; the credential left out (--with-secrets puts it in)")
+    if s.with_secrets:
+        line += ("; the credentials (Anthropic and voice API) are in it: keep the file safe"
+                 if VOICE_CREDENTIAL_NAME in s.secrets else "; the credential is in it: keep the file safe")
+    else:
+        line += "; the credential left out (--with-secrets puts it in)"
     if s.skipped:
         line += "; left out: " + ", ".join(f"{n} {what}" for what, n in sorted(s.skipped.items()))
     for path in s.removed:

@@ -49,7 +49,9 @@ from nanoclaw.admin.backup import FORMAT, human
 from nanoclaw.admin.owner import as_owner_of, running, start_hint, stop_hint
 from nanoclaw.core import migrations
 from nanoclaw.core.config import Config
-from nanoclaw.core.credentials import CREDENTIAL_NAME
+from nanoclaw.core.credentials import CREDENTIAL_NAME, VOICE_CREDENTIAL_NAME
+
+SECRETS = (CREDENTIAL_NAME, VOICE_CREDENTIAL_NAME)  # the only files config/credentials/ may hold
 from nanoclaw.core.release import describe
 from nanoclaw.core.safefs import Dir
 
@@ -94,8 +96,8 @@ def _problem(m: tarfile.TarInfo, seen: set[str], links: set[str]) -> str:
     area = parts[1] if parts[0] == "state" and len(parts) > 1 else None
     if parts[0] == "config":
         if len(parts) > 1 and parts[1] == "credentials" and not (
-                (len(parts) == 2 and m.isdir()) or (parts[2:] == [CREDENTIAL_NAME] and m.isreg())):
-            return "not the credential file"
+                (len(parts) == 2 and m.isdir()) or (len(parts) == 3 and parts[2] in SECRETS and m.isreg())):
+            return "not a credential file"
     elif area not in STATE_AREAS or parts == ["state"]:
         return "not part of a nanoclaw backup"
     elif area == "nanoclaw.db" and (len(parts) != 2 or not m.isreg()):
@@ -305,11 +307,11 @@ def _restore(cfg: Config, tar: tarfile.TarFile, plan: Checked, archive: Path, st
     conf_aside = cfg.config_dir / f"restore-replaced-{stamp}"
     conf_moved: list[str] = []
     if plan.config:
-        cred = conf_staging / "credentials" / CREDENTIAL_NAME
-        if cred.exists():
+        creds = [n for n in SECRETS if (conf_staging / "credentials" / n).exists()]
+        if creds:
             live = cfg.config_dir / "credentials"
             live.mkdir(mode=0o700, exist_ok=True)
-            conf_moved += _swap(cred.parent, live, [CREDENTIAL_NAME], conf_aside / "credentials")
+            conf_moved += _swap(conf_staging / "credentials", live, creds, conf_aside / "credentials")
         if (conf_staging / "credentials").exists():
             os.rmdir(conf_staging / "credentials")
         conf_moved += _swap(conf_staging, cfg.config_dir, sorted(os.listdir(conf_staging)), conf_aside)
@@ -349,12 +351,13 @@ def _own_config(cfg: Config, staged: Path) -> None:
     gid = os.stat(cfg.config_dir).st_gid
     with Dir.open(staged) as d:
         _chown_tree(d, 0, gid)
-    cred = staged / "credentials" / CREDENTIAL_NAME
-    if cred.exists():
-        live = cfg.config_dir / "credentials" / CREDENTIAL_NAME
-        st = os.stat(live) if live.exists() else None
-        os.chown(cred, st.st_uid if st else 0, st.st_gid if st else 0, follow_symlinks=False)
-        os.chmod(cred, 0o600)
+    for name in SECRETS:
+        cred = staged / "credentials" / name
+        if cred.exists():
+            live = cfg.config_dir / "credentials" / name
+            st = os.stat(live) if live.exists() else None
+            os.chown(cred, st.st_uid if st else 0, st.st_gid if st else 0, follow_symlinks=False)
+            os.chmod(cred, 0o600)
 
 
 def _remove_tree(path: Path) -> None:

@@ -200,6 +200,7 @@ HOSTILE = {
     "a spool file": lambda outside: [_member("state/spool/queue/new/x")],
     "a second database": lambda outside: [_member("state/nanoclaw.db", data=b"not sqlite")],
     "another credential": lambda outside: [_member("config/credentials/other")],
+    "below a credential's name": lambda outside: [_member("config/credentials/voice-api-credential/x")],
 }
 
 
@@ -281,6 +282,29 @@ def test_the_credential_only_with_secrets_and_back_with_its_mode(stopped, tmp_pa
     s.cli("restore", str(tmp_path / "plain.tar.gz"))  # (often within the same second as the one before)
     assert cred.read_text().strip() == secret  # an archive without it leaves the one in place
     assert len(list(s.state.glob("restore-replaced-*"))) == 2
+
+
+def test_the_voice_api_key_goes_with_the_secrets_and_back(stopped, tmp_path):
+    """`--with-secrets` carries the voice API's key too when one is set, and restore puts it back
+    (0600); without `--with-secrets` neither key is in the archive."""
+    s = stopped
+    secret = "sk-ant-api03-BACKUPTEST-" + os.urandom(6).hex()
+    voice_secret = "sk-voice-BACKUPTEST-" + os.urandom(6).hex()
+    s.set_credential(secret)
+    voice = s.confdir / "credentials" / "voice-api-credential"
+    voice.write_text(voice_secret + "\n")
+    voice.chmod(0o600)
+    plain = s.cli("backup", str(tmp_path / "plain.tar.gz"))
+    secrets = s.cli("backup", "--with-secrets", str(tmp_path / "secrets.tar.gz"))
+    assert voice_secret not in plain.stdout + secrets.stdout
+    assert "the credentials (Anthropic and voice API) are in it" in secrets.stdout
+    with tarfile.open(tmp_path / "plain.tar.gz") as tar:
+        assert not any("credentials" in n for n in tar.getnames())
+    with tarfile.open(tmp_path / "secrets.tar.gz") as tar:
+        assert tar.extractfile("config/credentials/voice-api-credential").read().decode().strip() == voice_secret
+    voice.unlink()
+    s.cli("restore", str(tmp_path / "secrets.tar.gz"))
+    assert voice.read_text().strip() == voice_secret and stat.S_IMODE(voice.stat().st_mode) == 0o600
 
 
 def test_restore_of_an_older_schema_migrates_it(stopped, tmp_path, previous_release):
