@@ -76,7 +76,17 @@ def test_the_owner_stops_a_real_agents_turn_and_the_warm_container_answers_next(
     took = time.monotonic() - t0
     assert took < 5.0, f"the turn ended {took:.2f}s after the stop"
     print(f"stop to turn ended: {took:.2f}s")
-    assert w.reply(10) == STOPPED_MAIN  # the one line the chat hears
+    # The one line the chat hears, and the stopped turn's last state: "silent", the state that
+    # takes a WhatsApp status reaction away and ends "typing…" (test_reactions covers that step).
+    heard, last, deadline = [], None, time.time() + 10
+    while not (heard and last):
+        event = w.next(max(0.1, deadline - time.time()))
+        if event.get("op") == "progress" and (event.get("job"), event.get("turn")) == (1, 0) \
+                and event.get("state") in ("replied", "silent", "failed", "waiting"):
+            last = event["state"]
+        if event.get("op") == "message" and event.get("from") == "assistant":
+            heard.append(event["text"])
+    assert heard == [STOPPED_MAIN] and last == "silent", (heard, last)
     assert not sleeping("nanoclaw-main-1")  # the tool's process was ended with the turn
     assert rows(s, "select status from job where id = 1") == [("running",)]  # the container stays warm
     assert "killing its container" not in s.log("queue")
