@@ -342,7 +342,8 @@ def main() -> int:
                 memory = memory_of(s)
             s.close()
             _podman("rm", "-f", "--filter", "label=nanoclaw.job", check=False)
-            s = make(work / f"{mode[:4]}-cold", image, opts, url, idle=0.2, poll=poll)
+            # a new container each time: none kept paused (bench/agent_latency.py times those)
+            s = make(work / f"{mode[:4]}-cold", image, {**opts, "paused_memory_mib": 0}, url, idle=0.2, poll=poll)
             cold = latencies(s, max(10, args.runs // 2), cold=True)
             s.close()
             report[mode] = {"stored -> prompt in warm container": warm["pickup"],

@@ -148,6 +148,9 @@ def main():
             if env.type == "prompt" and not answer(env.body):
                 return 0
             last = time.monotonic()
+        if idle <= 0:  # 0: never on its own, as the real agent runner (the host pauses or closes it)
+            notify.read()
+            continue
         left = idle - (time.monotonic() - last)
         if left <= 0:
             return 0
