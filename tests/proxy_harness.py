@@ -9,7 +9,7 @@ import json
 import socket
 import time
 
-from conftest import subjects
+from system_harness import subjects
 
 
 # A price of our own, so costs are checked against numbers the tests state (test_meter.cost).

@@ -12,8 +12,8 @@ import re
 import subprocess
 
 import pytest
-from conftest import SECRET
 from fake_anthropic import all_text, content_text, last_user_content, tool_results
+from system_harness import SECRET
 
 pytestmark = pytest.mark.podman
 

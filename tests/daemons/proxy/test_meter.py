@@ -14,8 +14,8 @@ import threading
 import time
 
 import pytest
-from conftest import subjects
 from proxy_harness import PRICES, UnixHTTP, api_lines, call, proxied, running_job, usage_rows
+from system_harness import subjects
 
 USAGE_A = {"input_tokens": 1200, "output_tokens": 345, "cache_creation_input_tokens": 5000,
            "cache_read_input_tokens": 70000}

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import _podman
+from podman_harness import _podman
 
 from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
