@@ -165,6 +165,30 @@ def need_root_and_strace():
 
 
 @pytest.fixture
+def make_cfg(tmp_path, monkeypatch):
+    """Factory for the configuration of daemons and rules run in process: a config.toml in
+    tmp_path (UTC, then ``toml``), the state, runtime and config dirs beside it, the database open."""
+    from nanoclaw.core import config_file
+    from nanoclaw.core.models import open_db
+
+    def make(toml: str = ""):
+        for env, sub in (("NANOCLAW_STATE_DIR", "state"), ("NANOCLAW_RUNTIME_DIR", "run"), ("NANOCLAW_CONFIG_DIR", "etc")):
+            monkeypatch.setenv(env, str(tmp_path / sub))
+        conf = tmp_path / "config.toml"
+        conf.write_text('timezone = "UTC"\n' + toml)
+        c = config_file.load(conf)
+        open_db(c.db_path)
+        return c
+    return make
+
+
+@pytest.fixture
+def cfg(make_cfg):
+    """The in-process configuration with the defaults; a test file that needs more overrides ``cfg``."""
+    return make_cfg()
+
+
+@pytest.fixture
 def offline_system(make_system) -> System:
     """A nanoclaw with no containers involved (daemons that do not need Podman)."""
     return make_system()
