@@ -170,6 +170,17 @@ class System:
         con.row_factory = sqlite3.Row
         return con
 
+    def job_statuses(self) -> list[str]:
+        """Every job's status, oldest first."""
+        with self.db() as con:
+            return [r[0] for r in con.execute("select status from job order by id")]
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Wait until no job is queued or running: every container has exited."""
+        self.wait_for(lambda: self.db().execute(
+            "select count(*) from job where status in ('queued', 'running')").fetchone()[0] == 0,
+            timeout, what="containers to exit")
+
     def replies(self, chat: str) -> list[str]:
         with self.db() as con:
             return [r["text"] for r in con.execute(
