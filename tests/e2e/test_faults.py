@@ -295,15 +295,20 @@ def _read_only_channel(s):
     s.send("main", "hello", msg_id="wa-1")
 
 
-def _read_only_queue(s):
-    """The queue's transaction that moves the cursor past the answered message."""
+def _read_only_while_a_job_runs(s, daemon: str) -> None:
+    """A job running, and ``daemon``'s database read-only until the daemon has met it."""
     s.send("main", "sleep 2")
     s.wait_for(lambda: s.job_statuses() == ["running"], 30, what="the job running")
-    ro = ReadOnlyDatabase(s, "queue")
+    ro = ReadOnlyDatabase(s, daemon)
     try:
-        s.wait_for(lambda: met_fault(s, "queue"), 30, what="the queue meeting the read-only database")
+        s.wait_for(lambda: met_fault(s, daemon), 30, what=f"the {daemon} meeting the read-only database")
     finally:
         ro.end()
+
+
+def _read_only_queue(s):
+    """The queue's transaction that moves the cursor past the answered message."""
+    _read_only_while_a_job_runs(s, "queue")
 
 
 def _read_only_router(s):
@@ -317,13 +322,7 @@ def _read_only_router(s):
 
 def _read_only_delivery(s):
     """The channel's record of what it sent (the router sends it again)."""
-    s.send("main", "sleep 2")
-    s.wait_for(lambda: s.job_statuses() == ["running"], 30, what="the job running")
-    ro = ReadOnlyDatabase(s, "channel")
-    try:
-        s.wait_for(lambda: met_fault(s, "channel"), 30, what="the channel meeting the read-only database")
-    finally:
-        ro.end()
+    _read_only_while_a_job_runs(s, "channel")
 
 
 @pytest.mark.parametrize("where, answer", [
