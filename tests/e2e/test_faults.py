@@ -239,28 +239,26 @@ def _fill_at_runner_start(s, disk):
     return said
 
 
-def _fill_at_ipc(s, disk):
-    s.stop("ipc")
+def _fill_before_it_starts(s, disk, daemon: str, spool: Path, waiting: str):
+    """``daemon`` stopped until its work (``waiting``) is in ``spool``, then started on a full
+    disk; what its status said there."""
+    s.stop(daemon)
     s.send("main", "hello")
-    s.wait_for(lambda: files(s.state / "ipc" / "main" / "out" / "new"), 60, what="the agent's result")
+    s.wait_for(lambda: files(spool), 60, what=waiting)
     disk.fill()
-    s.start("ipc")
-    s.wait_for(lambda: met_fault(s, "ipc"), 30, what="ipc meeting the full disk")
-    said = status(s, "ipc")
+    s.start(daemon)
+    s.wait_for(lambda: met_fault(s, daemon), 30, what=f"the {daemon} meeting the full disk")
+    said = status(s, daemon)
     disk.free()
     return said
+
+
+def _fill_at_ipc(s, disk):
+    return _fill_before_it_starts(s, disk, "ipc", s.state / "ipc" / "main" / "out" / "new", "the agent's result")
 
 
 def _fill_at_router(s, disk):
-    s.stop("router")
-    s.send("main", "hello")
-    s.wait_for(lambda: files(s.state / "spool" / "router" / "new"), 60, what="the reply for the router")
-    disk.fill()
-    s.start("router")
-    s.wait_for(lambda: met_fault(s, "router"), 30, what="the router meeting the full disk")
-    said = status(s, "router")
-    disk.free()
-    return said
+    return _fill_before_it_starts(s, disk, "router", s.state / "spool" / "router" / "new", "the reply for the router")
 
 
 @pytest.mark.parametrize("where, answer, container", [
