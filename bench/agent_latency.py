@@ -32,8 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import BASE_IMAGE, SECRET, WHEELS, System, _podman  # noqa: E402
 from fake_anthropic import FakeAnthropic  # noqa: E402
+from podman_harness import BASE_IMAGE, WHEELS, _podman  # noqa: E402
+from system_harness import SECRET, System  # noqa: E402
 
 from nanoclaw.admin import image  # noqa: E402
 from nanoclaw.admin.hostcheck import probe_container_options  # noqa: E402

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import System  # noqa: E402
+from system_harness import System  # noqa: E402
 from web_sites import PAGE, Site, make_certs, server_tls  # noqa: E402
 
 

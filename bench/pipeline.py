@@ -40,7 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import BASE_IMAGE, System, _podman, build_test_agent_image  # noqa: E402
+from podman_harness import BASE_IMAGE, _podman, build_test_agent_image  # noqa: E402
+from system_harness import System  # noqa: E402
 
 from nanoclaw.admin.hostcheck import probe_container_options  # noqa: E402
 

@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from conftest import System  # noqa: E402
 from egress_latency import pct, relay  # noqa: E402
 from fake_anthropic import FakeAnthropic  # noqa: E402
+from system_harness import System  # noqa: E402
 
 USAGE = {"input_tokens": 1200, "output_tokens": 345, "cache_creation_input_tokens": 5000,
          "cache_read_input_tokens": 70000}

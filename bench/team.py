@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
 from agent_latency import make, real_agent, summary  # noqa: E402
-from conftest import System, _podman  # noqa: E402
+from podman_harness import _podman  # noqa: E402
+from system_harness import System  # noqa: E402
 from fake_anthropic import FakeAnthropic, content_text, last_user_content, tool_results  # noqa: E402
 
 

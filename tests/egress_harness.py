@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import subjects
+from system_harness import subjects
 from web_sites import PAGE, Site, make_certs, server_tls
 
 

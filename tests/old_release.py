@@ -1,5 +1,6 @@
 """The previous release's own code (the ``previous_release`` fixture, taken out of this clone's
-history) run on a database: it fills one as that release did, or reads one back."""
+history) run on a database: it fills one as that release did, or reads one back; and a database
+as an earlier release left it, for the migration tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,50 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from system_harness import ROOT
+
+
+def old_database(path: Path, more_sql: str = "") -> Path:
+    """A database as an earlier nanoclaw left it: the "group" table before teams and models,
+    with the main group, plus ``more_sql`` (older tables, rows): for the migration tests."""
+    import sqlite3
+    con = sqlite3.connect(path)
+    con.executescript("""
+        create table "group" (id integer primary key, jid varchar unique, name varchar, folder varchar unique,
+            trigger varchar, requires_trigger integer, is_main integer, added_at real);
+        insert into "group" values (1, 'main@term', 'main', 'main', '@Andy', 0, 1, 0);
+    """ + more_sql)
+    con.close()
+    return path
+
+
+# The release an upgrade starts from (issue 25): the main this round began from. Its code
+# comes out of this clone's own history; CI's clone has it.
+PREVIOUS_RELEASE = "c7472f1"
+
+
+def need_commit(commit: str) -> None:
+    """Skip a test that needs ``commit`` where this clone lacks it, except in CI (a shallow
+    clone there would pass the upgrade tests without running them)."""
+    known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}^{{commit}}"],
+                           capture_output=True).returncode == 0
+    if not known:
+        reason = f"commit {commit} is not in this clone's history (a shallow clone?)"
+        pytest.fail(reason) if os.environ.get("CI") == "true" else pytest.skip(reason)
+
+
+def release_tree(commit: str, dest: Path) -> Path:
+    """The ``nanoclaw`` package as ``commit`` had it, under ``dest`` (for PYTHONPATH)."""
+    import io
+    import tarfile
+    need_commit(commit)
+    data = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, "nanoclaw"],
+                          capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    return dest
 
 
 # What the previous release's code does to a database: its models, its rows.

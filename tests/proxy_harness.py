@@ -9,7 +9,7 @@ import json
 import socket
 import time
 
-from conftest import subjects
+from system_harness import subjects
 
 
 # A price of our own, so costs are checked against numbers the tests state (test_meter.cost).
@@ -39,6 +39,20 @@ def call(sock, model: str = "claude-test-1", stream: bool = False, headers: dict
     data = resp.read()
     conn.close()
     return resp.status, data, dict(resp.getheaders())
+
+
+def open_stream(sock, max_tokens: int = 100) -> tuple[UnixHTTP, http.client.HTTPResponse, bytes]:
+    """A streamed Messages call, read up to the end of its first event and left open:
+    (connection, response, the bytes read so far)."""
+    conn = UnixHTTP(sock)
+    conn.request("POST", "/v1/messages", json.dumps({"model": "claude-test-1", "stream": True, "max_tokens": max_tokens,
+                                                     "messages": [{"role": "user", "content": "hi"}]}),
+                 {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    first = resp.read1(65536)
+    while b"\n\n" not in first:
+        first += resp.read1(65536)
+    return conn, resp, first
 
 
 def proxied(make_system, fake_api, **settings):

@@ -9,7 +9,8 @@ import sys
 import time
 
 import pytest
-from conftest import DAEMONS, _podman
+from podman_harness import _podman
+from system_harness import DAEMONS
 
 
 def test_groups_add_list_remove(offline_system):

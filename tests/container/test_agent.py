@@ -12,8 +12,8 @@ import re
 import subprocess
 
 import pytest
-from conftest import SECRET
 from fake_anthropic import all_text, content_text, last_user_content, tool_results
+from system_harness import SECRET
 
 pytestmark = pytest.mark.podman
 
@@ -21,12 +21,6 @@ pytestmark = pytest.mark.podman
 def jobs(system) -> int:
     with system.db() as con:
         return con.execute("select count(*) from job").fetchone()[0]
-
-
-def wait_idle(system) -> None:
-    system.wait_for(lambda: system.db().execute(
-        "select count(*) from job where status in ('queued', 'running')").fetchone()[0] == 0,
-        60, what="containers to exit")
 
 
 def test_plain_answer_reaches_the_chat(make_agent_system, fake_api):
@@ -38,7 +32,7 @@ def test_plain_answer_reaches_the_chat(make_agent_system, fake_api):
     assert req["body"]["stream"] is True
     # the group's CLAUDE.md reached the model as context
     assert "main channel" in json.dumps(req["body"]["system"]) + json.dumps(req["body"]["messages"])
-    wait_idle(s)
+    s.wait_idle()
     with s.db() as con:
         session = con.execute("select session_id from session").fetchone()[0]
     assert session and len(session) >= 32
@@ -80,7 +74,7 @@ def test_second_message_resumes_the_session(make_agent_system, fake_api):
     w = s.watch("main")
     s.send("main", "remember the word pelican")
     assert w.reply(120) == "echo: remember the word pelican"
-    wait_idle(s)  # the first container is gone
+    s.wait_idle()  # the first container is gone
     s.send("main", "what was the word?")
     assert w.reply(120) == "echo: what was the word?"
     first, second = fake_api.message_requests()

@@ -21,12 +21,6 @@ def who(body: dict) -> str:
     return "researcher" if "(researcher), a member of the team" in json.dumps(body.get("system")) else "lead"
 
 
-def wait_idle(s) -> None:
-    s.wait_for(lambda: s.db().execute(
-        "select count(*) from job where status in ('queued', 'running')").fetchone()[0] == 0,
-        90, what="containers to exit")
-
-
 def test_a_task_the_chat_and_a_member_each_carry_their_own_model(make_agent_system, fake_api):
     s = make_agent_system(settings={"models": MODELS})
     s.cli("groups", "set", "main", "--model", "claude-sonnet-4-5")
@@ -44,7 +38,7 @@ def test_a_task_the_chat_and_a_member_each_carry_their_own_model(make_agent_syst
     assert wf.said(120) == ("Researcher", "echo: @Researcher what about Porto?")
     s.cli("tasks", "run-now", "2")  # a task and a group without models: [models] tasks
     assert wf.reply(120) == "echo: weekly plan"
-    wait_idle(s)
+    s.wait_idle(90)
 
     seen = {(prompt_message(r["body"]), who(r["body"]), r["body"]["model"]) for r in fake_api.message_requests()}
     assert seen == {("daily digest", "lead", "claude-haiku-4-5"),
@@ -136,7 +130,7 @@ def test_a_model_not_allowed_is_refused_through_the_agents_tool_and_before_a_run
     s.send("main", "move it to opus")
     assert refused in {w.reply(120), w.reply(60)}
     assert "model claude-haiku-4-5 (the task's own model)" in s.cli("tasks", "list").stdout
-    wait_idle(s)
+    s.wait_idle(90)
     calls = len(fake_api.message_requests())
     # A group's model the owner allowed once, no longer allowed: no container starts, nothing
     # reaches the API, and the chat is told why.

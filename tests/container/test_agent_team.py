@@ -27,12 +27,6 @@ def who(body: dict) -> str:
     return "lead"
 
 
-def wait_idle(s) -> None:
-    s.wait_for(lambda: s.db().execute(
-        "select count(*) from job where status in ('queued', 'running')").fetchone()[0] == 0,
-        90, what="containers to exit")
-
-
 def test_the_lead_delegates_to_two_members_in_their_own_containers(make_agent_system, fake_api, podman_service):
     release = threading.Event()
     lead_steps = [
@@ -98,7 +92,7 @@ def test_the_lead_delegates_to_two_members_in_their_own_containers(make_agent_sy
     assert sorted(said[:2]) == [("Planner", "Saturday Alfama, Sunday Belem"),
                                 ("Researcher", "TAP 89 EUR, easyJet 120 EUR, Ryanair 45 EUR")]
     assert said[2] == ("Andy", "Best: Ryanair at 45 EUR; Saturday Alfama, Sunday Belem.")
-    wait_idle(s)
+    s.wait_idle(90)
     assert len(seen_by_lead) == 1  # both answers in one prompt, answered once
     assert 'from="agent:researcher"' in seen_by_lead[0] and 'from="agent:planner"' in seen_by_lead[0]
     assert s.replies("main@term").count("Best: Ryanair at 45 EUR; Saturday Alfama, Sunday Belem.") == 1
@@ -125,7 +119,7 @@ def test_a_member_addressed_by_name_answers_and_the_lead_does_not_run(make_agent
     s.send("main", "@Researcher what about Porto?")
     name, text = w.said(120)
     assert (name, text) == ("Researcher", "echo: @Researcher what about Porto?")
-    wait_idle(s)
+    s.wait_idle(90)
     reqs = fake_api.message_requests()
     assert reqs and all(who(r["body"]) == "researcher" for r in reqs)
     assert prompt_message(reqs[0]["body"]) == "@Researcher what about Porto?"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SECRET
+from system_harness import SECRET
 from egress_harness import (
     Strace, egress_lines, private_hosts, wait_lines)
 from web_sites import PAGE

@@ -12,12 +12,6 @@ import pytest
 pytestmark = pytest.mark.podman
 
 
-def wait_idle(system) -> None:
-    system.wait_for(lambda: system.db().execute(
-        "select count(*) from job where status in ('queued', 'running')").fetchone()[0] == 0,
-        60, what="containers to exit")
-
-
 def stage_names(queue_log: str) -> list[list[str]]:
     """The stage names of each ``new container's first turn`` line, in the order given."""
     return [[part.partition("+")[0] for part in row.split("first turn:", 1)[1].split()]
@@ -32,7 +26,7 @@ def test_a_new_container_starts_the_cli_while_the_sdk_loads(make_agent_system, f
     w = s.watch("main")
     s.send("main", "first")
     assert w.reply(120) == "echo: first"
-    wait_idle(s)
+    s.wait_idle()
     s.send("main", "second")  # a new container, resuming the stored session
     assert w.reply(120) == "echo: second"
     lines = stage_names(s.log("queue"))

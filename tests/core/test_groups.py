@@ -7,9 +7,7 @@ import json
 
 import pytest
 
-from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
-from nanoclaw.core.models import open_db
 
 
 @pytest.mark.parametrize("folder,ok", [
@@ -23,18 +21,6 @@ def test_folder_validation(folder, ok):
     else:
         with pytest.raises(groups_mod.GroupError):
             groups_mod.validate_folder(folder)
-
-
-@pytest.fixture
-def cfg(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOCLAW_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("NANOCLAW_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("NANOCLAW_CONFIG_DIR", str(tmp_path / "etc"))
-    conf = tmp_path / "config.toml"
-    conf.write_text('timezone = "UTC"\nbackoff_base = 10.0\n')
-    c = config_file.load(conf)
-    open_db(c.db_path)
-    return c
 
 
 def test_allowlist_absent_valid_and_fail_closed(cfg):

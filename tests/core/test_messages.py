@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from conftest import PREVIOUS_RELEASE, ROOT, need_commit
+from old_release import PREVIOUS_RELEASE, need_commit
+from system_harness import ROOT
 from nanoclaw.core.protocol import BadMessage, Spool, decode, encode, validate
 
 # One body per kind with every field its struct declares (optional ones too), as its writer

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from old_release import old_code
+from old_release import old_code, old_database
+from system_harness import ROOT
 
 from nanoclaw.core import migrations
 
@@ -117,7 +117,6 @@ def test_a_step_that_breaks_a_foreign_key_fails_and_changes_nothing(tmp_path):
     """A real failure: an unversioned database with a cursor row for a group that is gone
     (rows older code left with foreign keys off). Step 1 rebuilds the cursor table; the check
     before the commit finds the dangling row and the whole run is rolled back."""
-    from conftest import old_database
     path = old_database(tmp_path / "old.db", """
         create table cursor (group_id integer primary key references "group"(id), last_message_id integer,
             failures integer, retry_at real);
@@ -198,8 +197,6 @@ def test_version_names_the_commit_and_the_schema(offline_system):
 def test_an_older_database_gains_the_usage_tables_and_keeps_every_groups_rows(tmp_path):
     """Group.model is added as a nullable column: SQLite makes a NOT NULL one by rebuilding
     the table, and dropping the old "group" table would cascade to its jobs, cursors and tasks."""
-    from conftest import old_database
-
     from nanoclaw.core import config as config_mod
     from nanoclaw.core import usage
     from nanoclaw.core.models import Group, Job, open_db
@@ -240,8 +237,6 @@ def test_older_database_gains_new_columns(tmp_path):
 
 
 def test_an_older_database_keeps_its_cursors_and_sessions_as_the_leads(tmp_path):
-    from conftest import old_database
-
     from nanoclaw.core.models import Cursor, Session, open_db
     path = old_database(tmp_path / "old.db", """
         create table cursor (group_id integer primary key, last_message_id integer, failures integer,

@@ -147,19 +147,14 @@ def test_the_cli_sets_a_tasks_model_shows_it_and_refuses_one_not_allowed(make_sy
         assert [r[0] for r in con.execute("select model from task order by id")] == ["", ""]
 
 
-def _queue_with_refused_group_model(tmp_path, monkeypatch):
+def _queue_with_refused_group_model(make_cfg):
     """A queue daemon in process (real SQLite, real spools) whose main group's model was set
     before [usage] allowed_models was narrowed: every run of the group's is refused."""
     from nanoclaw.core import groups as groups_mod
-    from nanoclaw.core.models import Group, open_db
+    from nanoclaw.core.models import Group
     from nanoclaw.daemons.queue import QueueDaemon
 
-    for var, sub in (("NANOCLAW_STATE_DIR", "state"), ("NANOCLAW_RUNTIME_DIR", "run"), ("NANOCLAW_CONFIG_DIR", "etc")):
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    conf = tmp_path / "config.toml"
-    conf.write_text('timezone = "UTC"\nmax_attempts = 1\n[usage]\nallowed_models = ["claude-haiku-4-5*"]\n')
-    cfg = load(conf)
-    open_db(cfg.db_path)
+    cfg = make_cfg('max_attempts = 1\n[usage]\nallowed_models = ["claude-haiku-4-5*"]\n')
     group = groups_mod.add_group(cfg, "main", is_main=True)
     Group.update(model="claude-opus-4-5").where(Group.id == group.id).execute()
     q = QueueDaemon(cfg)
@@ -172,7 +167,7 @@ def _spooled(cfg, daemon: str) -> list[dict]:
     return [json.loads(p.read_text())["body"] for p in sorted((cfg.spool_dir / daemon / "new").iterdir())]
 
 
-def test_the_queue_starts_nothing_on_a_refused_model_and_the_chat_is_told_why(tmp_path, monkeypatch):
+def test_the_queue_starts_nothing_on_a_refused_model_and_the_chat_is_told_why(make_cfg):
     """A chat job whose chosen model is refused is recorded with that model, never handed to the
     runner, and fails with the line; its retries spent, the chat is given the line."""
     import os
@@ -180,7 +175,7 @@ def test_the_queue_starts_nothing_on_a_refused_model_and_the_chat_is_told_why(tm
 
     from nanoclaw.core.models import Job, Message
 
-    cfg, group, q = _queue_with_refused_group_model(tmp_path, monkeypatch)
+    cfg, group, q = _queue_with_refused_group_model(make_cfg)
     Message.create(chat=group.jid, sender="owner@term", text="hello", timestamp=time.time(),
                    channel_id=os.urandom(6).hex())
     q.work()
@@ -195,13 +190,13 @@ def test_the_queue_starts_nothing_on_a_refused_model_and_the_chat_is_told_why(tm
     assert "groups set GROUP --model NAME" in notice["text"] and "\n" not in notice["text"]
 
 
-def test_a_scheduled_run_on_a_refused_model_fails_with_the_line_and_records_the_model(tmp_path, monkeypatch):
+def test_a_scheduled_run_on_a_refused_model_fails_with_the_line_and_records_the_model(make_cfg):
     import time
 
     from nanoclaw.core import tasks as tasks_mod
     from nanoclaw.core.models import Job, TaskRun
 
-    cfg, group, q = _queue_with_refused_group_model(tmp_path, monkeypatch)
+    cfg, group, q = _queue_with_refused_group_model(make_cfg)
     task = tasks_mod.create(cfg, group, "digest", "interval", "1h")
     run = TaskRun.create(task=task, fire_key="fire-1", fired_at=time.time(), due_at=time.time())
     q.work()

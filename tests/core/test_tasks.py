@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from system_harness import ROOT
 
 
 def test_cli_manages_tasks_and_refuses_bad_input(offline_system):

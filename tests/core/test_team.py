@@ -5,22 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import team
-from nanoclaw.core.models import open_db
-
-
-@pytest.fixture
-def cfg(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOCLAW_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("NANOCLAW_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("NANOCLAW_CONFIG_DIR", str(tmp_path / "etc"))
-    conf = tmp_path / "config.toml"
-    conf.write_text('timezone = "UTC"\n')
-    c = config_file.load(conf)
-    open_db(c.db_path)
-    return c
 
 
 def test_member_files_are_validated_and_capped(cfg, tmp_path):

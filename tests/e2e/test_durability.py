@@ -40,9 +40,7 @@ def test_restarting_a_daemon_between_messages_loses_nothing(system, daemon):
 def test_runner_killed_mid_run_reattaches_to_the_container(system):
     w = system.watch("main")
     system.send("main", "sleep 3")
-    system.wait_for(lambda: system.db().execute("select status from job").fetchone()
-                    and system.db().execute("select status from job").fetchone()[0] == "running",
-                    30, what="job running")
+    system.wait_for(lambda: system.job_statuses()[:1] == ["running"], 30, what="job running")
     system.kill("runner")
     system.start("runner")
     assert w.reply(60) == "slept 3"
@@ -57,9 +55,7 @@ def test_runner_stopped_as_systemd_stops_it_leaves_the_container_and_reattaches(
     runner ends its agents instead: tests/e2e/test_run_all.py.)"""
     w = system.watch("main")
     system.send("main", "sleep 3")
-    system.wait_for(lambda: system.db().execute("select status from job").fetchone()
-                    and system.db().execute("select status from job").fetchone()[0] == "running",
-                    30, what="job running")
+    system.wait_for(lambda: system.job_statuses()[:1] == ["running"], 30, what="job running")
     system.restart("runner")
     assert w.reply(60) == "slept 3"
     assert "re-attached" in system.log("runner") and "agent container(s)" not in system.log("runner")

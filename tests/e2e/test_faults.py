@@ -107,11 +107,6 @@ def faulty(make_system, agent_image, podman_service):
         disk.umount()
 
 
-def jobs(s) -> list[str]:
-    with s.db() as con:
-        return [r[0] for r in con.execute("select status from job order by id")]
-
-
 def met_fault(s, daemon: str, worst: int = 3) -> bool:
     """The daemon met the fault: it logged an error (or, with ``worst=4``, a warning), whatever
     it then did about it."""
@@ -154,7 +149,7 @@ def test_a_disk_that_fills_mid_turn_does_not_silence_the_group(faulty):
     s, disk = faulty()
     w = s.watch("main")
     s.send("main", "sleep 3")
-    s.wait_for(lambda: jobs(s) == ["running"], 30, what="the agent working on the turn")
+    s.wait_for(lambda: s.job_statuses() == ["running"], 30, what="the agent working on the turn")
     disk.fill()
     s.wait_for(lambda: met_fault(s, "runner"), 30, what="the runner meeting the full disk")
     said = status(s, "runner")
@@ -182,7 +177,7 @@ def test_a_full_disk_holds_agents_and_tells_the_chat_once(faulty):
     assert "disk:     the disk is full" in status and "no agent starts" in status
     doctor = s.cli("doctor", check=False).stdout
     assert "FAIL  disk space: the disk is full" in doctor and "FAIL  queue answers" in doctor
-    assert jobs(s) == []  # nothing started, nothing failed: the messages wait
+    assert s.job_statuses() == []  # nothing started, nothing failed: the messages wait
     disk.free()
     text = w.reply(60)
     assert text in ("echo: first", "echo: second")
@@ -205,7 +200,7 @@ def _fill_at_channel(s, disk):
 def _fill_at_queue(s, disk):
     """The queue's own writes: the reply for the router (before its cursor moves), the job's file."""
     s.send("main", "sleep 2")
-    s.wait_for(lambda: jobs(s) == ["running"], 30, what="the job running")
+    s.wait_for(lambda: s.job_statuses() == ["running"], 30, what="the job running")
     s.stop("queue")
     s.wait_for(lambda: files(s.state / "spool" / "queue" / "new"), 30, what="the result waiting for the queue")
     disk.fill()
@@ -223,9 +218,9 @@ def _fill_at_runner(s, disk):
     s.wait_for(lambda: met_fault(s, "runner"), 30, what="the runner meeting the full disk")
     said = status(s, "runner")
     time.sleep(FULL_FOR)  # the fault's own length: longer than the runner's tries to start
-    assert jobs(s) == ["running"]  # the end is not reported yet, nor lost
+    assert s.job_statuses() == ["running"]  # the end is not reported yet, nor lost
     disk.free()
-    s.wait_for(lambda: jobs(s) == ["done"], 30, what="the job's end reported")
+    s.wait_for(lambda: s.job_statuses() == ["done"], 30, what="the job's end reported")
     assert MARK in said
 
 
@@ -244,28 +239,26 @@ def _fill_at_runner_start(s, disk):
     return said
 
 
-def _fill_at_ipc(s, disk):
-    s.stop("ipc")
+def _fill_before_it_starts(s, disk, daemon: str, spool: Path, waiting: str):
+    """``daemon`` stopped until its work (``waiting``) is in ``spool``, then started on a full
+    disk; what its status said there."""
+    s.stop(daemon)
     s.send("main", "hello")
-    s.wait_for(lambda: files(s.state / "ipc" / "main" / "out" / "new"), 60, what="the agent's result")
+    s.wait_for(lambda: files(spool), 60, what=waiting)
     disk.fill()
-    s.start("ipc")
-    s.wait_for(lambda: met_fault(s, "ipc"), 30, what="ipc meeting the full disk")
-    said = status(s, "ipc")
+    s.start(daemon)
+    s.wait_for(lambda: met_fault(s, daemon), 30, what=f"the {daemon} meeting the full disk")
+    said = status(s, daemon)
     disk.free()
     return said
+
+
+def _fill_at_ipc(s, disk):
+    return _fill_before_it_starts(s, disk, "ipc", s.state / "ipc" / "main" / "out" / "new", "the agent's result")
 
 
 def _fill_at_router(s, disk):
-    s.stop("router")
-    s.send("main", "hello")
-    s.wait_for(lambda: files(s.state / "spool" / "router" / "new"), 60, what="the reply for the router")
-    disk.fill()
-    s.start("router")
-    s.wait_for(lambda: met_fault(s, "router"), 30, what="the router meeting the full disk")
-    said = status(s, "router")
-    disk.free()
-    return said
+    return _fill_before_it_starts(s, disk, "router", s.state / "spool" / "router" / "new", "the reply for the router")
 
 
 @pytest.mark.parametrize("where, answer, container", [
@@ -300,15 +293,20 @@ def _read_only_channel(s):
     s.send("main", "hello", msg_id="wa-1")
 
 
-def _read_only_queue(s):
-    """The queue's transaction that moves the cursor past the answered message."""
+def _read_only_while_a_job_runs(s, daemon: str) -> None:
+    """A job running, and ``daemon``'s database read-only until the daemon has met it."""
     s.send("main", "sleep 2")
-    s.wait_for(lambda: jobs(s) == ["running"], 30, what="the job running")
-    ro = ReadOnlyDatabase(s, "queue")
+    s.wait_for(lambda: s.job_statuses() == ["running"], 30, what="the job running")
+    ro = ReadOnlyDatabase(s, daemon)
     try:
-        s.wait_for(lambda: met_fault(s, "queue"), 30, what="the queue meeting the read-only database")
+        s.wait_for(lambda: met_fault(s, daemon), 30, what=f"the {daemon} meeting the read-only database")
     finally:
         ro.end()
+
+
+def _read_only_queue(s):
+    """The queue's transaction that moves the cursor past the answered message."""
+    _read_only_while_a_job_runs(s, "queue")
 
 
 def _read_only_router(s):
@@ -322,13 +320,7 @@ def _read_only_router(s):
 
 def _read_only_delivery(s):
     """The channel's record of what it sent (the router sends it again)."""
-    s.send("main", "sleep 2")
-    s.wait_for(lambda: jobs(s) == ["running"], 30, what="the job running")
-    ro = ReadOnlyDatabase(s, "channel")
-    try:
-        s.wait_for(lambda: met_fault(s, "channel"), 30, what="the channel meeting the read-only database")
-    finally:
-        ro.end()
+    _read_only_while_a_job_runs(s, "channel")
 
 
 @pytest.mark.parametrize("where, answer", [

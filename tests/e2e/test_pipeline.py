@@ -74,11 +74,8 @@ def test_failed_runs_retry_with_backoff_then_recover(system):
     w = system.watch("main")
     system.send("main", "failonce")
     assert w.reply(60) == "recovered"
-    def statuses():
-        with system.db() as con:
-            return [r[0] for r in con.execute("select status from job order by id")]
-    system.wait_for(lambda: "running" not in statuses(), 30, what="the container to idle out")
-    assert statuses() == ["failed", "done"]
+    system.wait_for(lambda: "running" not in system.job_statuses(), 30, what="the container to idle out")
+    assert system.job_statuses() == ["failed", "done"]
 
 
 def test_final_failure_tells_the_chat_in_one_line(system):

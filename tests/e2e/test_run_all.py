@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DAEMONS, _podman
+from podman_harness import _podman
+from system_harness import DAEMONS
 from tmux_harness import Tmux
 
 pytestmark = pytest.mark.podman

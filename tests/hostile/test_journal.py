@@ -18,8 +18,8 @@ import re
 import socket
 
 import pytest
-from conftest import JOURNAL_OWN, subjects
 from proxy_harness import call
+from system_harness import JOURNAL_OWN, subjects
 
 from nanoclaw.core.log import FIELDS, clean
 from nanoclaw.core.protocol import Spool

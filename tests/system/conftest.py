@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import PREVIOUS_RELEASE, need_commit, need_podman
+from old_release import PREVIOUS_RELEASE, need_commit
+from podman_harness import need_podman
 
 from .machine import Machine, booted_and_installed, booted_and_upgraded
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import PREVIOUS_RELEASE
+from old_release import PREVIOUS_RELEASE
 
 from .machine import AS_NANOCLAW, Machine
 from .upgrade import facts, running_agents

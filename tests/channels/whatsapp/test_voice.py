@@ -11,11 +11,11 @@ import time
 import types
 
 import msgspec
-from conftest import DAEMONS, SECRET
 from fake_anthropic import content_text, last_user_content
 from neonize.aioze.events import ConnectedEv
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import AudioMessage
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage
+from system_harness import DAEMONS, SECRET
 from voice_notes import make_note
 from whatsapp_harness import (
     OWNER,

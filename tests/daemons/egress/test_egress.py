@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from conftest import SECRET
+from system_harness import SECRET
 from egress_harness import (
     Strace, ask, egress_system, get, https_get, private_hosts, read_head, tunnel, wait_lines,
     web_sock)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from system_harness import ROOT
 from egress_harness import (  # noqa: F401 - certs and sites are fixtures
     Strace, certs, egress_system, get, private_hosts, sites, tunnel, wait_lines, web_sock)
 

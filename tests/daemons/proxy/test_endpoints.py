@@ -32,7 +32,7 @@ def test_a_refusal_is_valid_json_whatever_the_path_holds(offline_system):
 def test_an_agents_api_path_cannot_forge_journal_fields(make_system, fake_api):
     """The relay's refusal names the path; the agent chooses it, so '=' in it must not become
     a journal field such as HOST= or VERDICT= (the egress daemon's fields)."""
-    from conftest import subjects
+    from system_harness import subjects
     s = make_system(proxy_upstream=fake_api.url)
     s.set_credential("sk-ant-api03-journal-test")
     s.cli("groups", "add", "main", "--main")
@@ -112,7 +112,7 @@ def messages_body(model: str = "claude-test-1", **more) -> bytes:
 def test_only_the_endpoints_the_cli_uses_are_relayed_and_the_target_is_parsed_once(make_system, fake_api):
     """A fragment, an absolute URL, dot segments, encoded separators or another API endpoint
     (batches, files, skills) never reach the API with the owner's key, whatever the model."""
-    from conftest import subjects
+    from system_harness import subjects
     s = relay_system(make_system, fake_api, usage={"allowed_models": ["claude-test-*"]},
                      budgets={"groups": {"main": {"day_usd": 0.01}}})
     s.start("proxy")

@@ -14,8 +14,8 @@ import threading
 import time
 
 import pytest
-from conftest import subjects
-from proxy_harness import PRICES, UnixHTTP, api_lines, call, proxied, running_job, usage_rows
+from proxy_harness import PRICES, api_lines, call, open_stream, proxied, running_job, usage_rows
+from system_harness import subjects
 
 USAGE_A = {"input_tokens": 1200, "output_tokens": 345, "cache_creation_input_tokens": 5000,
            "cache_read_input_tokens": 70000}
@@ -43,14 +43,7 @@ def test_usage_rows_match_what_the_api_reported_for_json_and_streamed_answers(ma
     # buffered), and the row counts message_start's input side and message_delta's output total.
     fake_api.hold = threading.Event()
     fake_api.then({"text": "streamed " * 40, "usage": USAGE_B})
-    conn = UnixHTTP(sock)
-    conn.request("POST", "/v1/messages", json.dumps({"model": "claude-test-1", "stream": True, "max_tokens": 9,
-                                                     "messages": [{"role": "user", "content": "hi"}]}),
-                 {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    first = resp.read1(65536)
-    while b"\n\n" not in first:
-        first += resp.read1(65536)
+    conn, resp, first = open_stream(sock, max_tokens=9)
     assert b"message_start" in first and b"message_stop" not in first
     fake_api.hold.set()
     rest = resp.read()

@@ -13,19 +13,12 @@ import socket
 import threading
 
 import pytest
-from proxy_harness import UnixHTTP, call, proxied, usage_rows
+from proxy_harness import UnixHTTP, call, open_stream, proxied, usage_rows
 
 
 def stream_call(sock, max_tokens: int = 100):
     """A streamed Messages call, left open after its first event: (connection, response)."""
-    conn = UnixHTTP(sock)
-    conn.request("POST", "/v1/messages", json.dumps({"model": "claude-test-1", "stream": True, "max_tokens": max_tokens,
-                                                     "messages": [{"role": "user", "content": "hi"}]}),
-                 {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    first = resp.read1(65536)
-    while b"\n\n" not in first:
-        first += resp.read1(65536)
+    conn, resp, first = open_stream(sock, max_tokens)
     assert b"message_start" in first
     return conn, resp
 

@@ -12,8 +12,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DAEMONS, _podman, subjects
 from fake_voice_api import FakeVoiceApi
+from podman_harness import _podman
+from system_harness import DAEMONS, subjects
 from voice_notes import LISBON, make_note, send_file, voice_system
 
 VOICE_SECRET = "sk-voice-TESTSECRET-" + os.urandom(6).hex()

@@ -15,25 +15,17 @@ import time
 import pytest
 
 from nanoclaw.core import approvals
-from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
-from nanoclaw.core.models import Cursor, Group, Message, db, open_db
+from nanoclaw.core.models import Cursor, Group, Message, db
 from nanoclaw.daemons.queue import QueueDaemon
 
 LISBON = "120363000000000777@g.us"
 
 
 @pytest.fixture
-def cfg(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOCLAW_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("NANOCLAW_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("NANOCLAW_CONFIG_DIR", str(tmp_path / "etc"))
-    conf = tmp_path / "config.toml"
-    conf.write_text('timezone = "UTC"\n')
-    c = config_file.load(conf)
-    open_db(c.db_path)
-    groups_mod.add_group(c, "main", is_main=True)
-    return c
+def cfg(cfg):
+    groups_mod.add_group(cfg, "main", is_main=True)
+    return cfg
 
 
 def started(cfg) -> QueueDaemon:

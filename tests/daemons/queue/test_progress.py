@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
-from nanoclaw.core.models import Job, Message, Turn, open_db
+from nanoclaw.core.models import Job, Message, Turn
 from nanoclaw.core.protocol import Envelope, tell
 from nanoclaw.daemons.queue import QueueDaemon
 
@@ -47,18 +46,11 @@ class Listener:
 
 
 @pytest.fixture
-def cfg(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOCLAW_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("NANOCLAW_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("NANOCLAW_CONFIG_DIR", str(tmp_path / "etc"))
-    conf = tmp_path / "config.toml"
-    conf.write_text('timezone = "UTC"\n')
-    c = config_file.load(conf)
-    c.runtime_dir.mkdir(parents=True, exist_ok=True)
-    open_db(c.db_path)
-    groups_mod.add_group(c, "main", is_main=True)
-    groups_mod.add_group(c, "other")
-    return c
+def cfg(cfg):
+    cfg.runtime_dir.mkdir(parents=True, exist_ok=True)
+    groups_mod.add_group(cfg, "main", is_main=True)
+    groups_mod.add_group(cfg, "other")
+    return cfg
 
 
 def say(chat: str, text: str) -> Message:

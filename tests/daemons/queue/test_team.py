@@ -20,21 +20,13 @@ import pytest
 from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import team
-from nanoclaw.core.models import Cursor, Group, Job, Message, Session, open_db
+from nanoclaw.core.models import Cursor, Group, Job, Message, Session
 from nanoclaw.core.protocol import Spool
 
 
 @pytest.fixture
-def cfg(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOCLAW_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("NANOCLAW_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("NANOCLAW_CONFIG_DIR", str(tmp_path / "etc"))
-    conf = tmp_path / "config.toml"
-    conf.write_text('timezone = "UTC"\nbackoff_base = 0.0\nmax_attempts = 2\n[team]\nmax_depth = 3\n'
-                    'max_delegations = 10\n')
-    c = config_file.load(conf)
-    open_db(c.db_path)
-    return c
+def cfg(make_cfg):
+    return make_cfg('backoff_base = 0.0\nmax_attempts = 2\n[team]\nmax_depth = 3\nmax_delegations = 10\n')
 
 
 class Team:

@@ -222,8 +222,7 @@ def test_a_folder_swapped_for_a_link_while_containers_start_never_brings_the_sec
         for g in groups:
             s.send(g, "sh cat /workspace/extra/box/* 2>&1")
         said = [watchers[g].reply(120) for g in groups]
-        s.wait_for(lambda: not s.db().execute("select 1 from job where status in ('queued', 'running')").fetchone(),
-                   60, what="the containers gone")
+        s.wait_idle()
         return said
 
     calm = round_of_starts()  # no race yet: each group's agent reads the real folder

@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from conftest import _podman
+from podman_harness import _podman
 
 from nanoclaw.core import config as config_mod
 from nanoclaw.core import config_file

@@ -9,13 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import _podman
+from podman_harness import _podman
 
-from nanoclaw.core import config_file
 from nanoclaw.core import groups as groups_mod
 from nanoclaw.core import team
 from nanoclaw.core.mounts import BUILTIN_BLOCKED, Allowlist, Root
-from nanoclaw.core.models import open_db
 from nanoclaw.daemons.runner import binds, precheck, validate
 from nanoclaw.daemons.runner.driver import options
 from nanoclaw.daemons.runner.spec import Mount, Spec, agent_spec
@@ -25,15 +23,10 @@ CGROUP = "/sys/fs/cgroup:/sys/fs/cgroup:ro"
 
 
 @pytest.fixture
-def cfg(tmp_path, monkeypatch):
-    for env, sub in (("NANOCLAW_STATE_DIR", "state"), ("NANOCLAW_RUNTIME_DIR", "run"), ("NANOCLAW_CONFIG_DIR", "etc")):
-        monkeypatch.setenv(env, str(tmp_path / sub))
+def cfg(make_cfg, tmp_path, monkeypatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    conf = tmp_path / "config.toml"
-    conf.write_text('timezone = "UTC"\n[container]\nnetwork = "slirp4netns"\n'
-                    f'volumes = ["{CGROUP}", "{tmp_path}/cache:/cache"]\nextra_env = ["CLAUDE_CODE_MAX_RETRIES=0"]\n')
-    c = config_file.load(conf)
-    open_db(c.db_path)
+    c = make_cfg('[container]\nnetwork = "slirp4netns"\n'
+                 f'volumes = ["{CGROUP}", "{tmp_path}/cache:/cache"]\nextra_env = ["CLAUDE_CODE_MAX_RETRIES=0"]\n')
     groups_mod.add_group(c, "main", is_main=True)
     groups_mod.add_group(c, "family")
     team.write(c, "family", team.Member("researcher", "d", "i"))

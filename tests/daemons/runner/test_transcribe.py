@@ -8,7 +8,8 @@ import json
 import os
 import time
 
-from conftest import DAEMONS, _podman
+from podman_harness import _podman
+from system_harness import DAEMONS
 from voice_notes import LISBON, make_note, send_file, voice_system
 
 TOKYO = "Andy, what time is it in Tokyo?"  # with the runner's initial prompt: " Andy, what time is it in Tokyo?"
