@@ -20,7 +20,7 @@ DESCRIPTION
 
 HOSTILE INPUT
     Only a main-chat message from the owner's own account or a sender the main chat
-    admits is an answer (plan.owner_command, and approvals or owner_chat again); bot and
+    admits is an answer (pending.owner_command, and approvals or owner_chat again); bot and
     team messages never are.
 """
 
