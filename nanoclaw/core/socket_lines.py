@@ -16,8 +16,8 @@ DESCRIPTION
     The wire stays what it was: one JSON object per line with ``op`` and, from a
     nanoclaw client, ``v`` (core/protocol.py's LineClient, request, tell). An op no daemon
     serves is "unknown op"; one served elsewhere passes here and the daemon's ``handle``
-    answers "unknown op" for it. Replies and pushed lines (``message``, ``pair`` events)
-    are not declared here.
+    answers "unknown op" for it. Replies and pushed lines (``message``, ``progress``,
+    ``pair``) are declared beside these, in core/socket_replies.py.
 
 HOSTILE INPUT
     The sockets are the daemons' own (mode 0660, the nanoclaw group), but the channel's
