@@ -17,7 +17,7 @@ SYNOPSIS
 
 HOSTILE INPUT
     The messages' text, which chat members wrote: only matched (``core.prompt``,
-    ``core.approval_answers``, ``core.owner_chat``), never run.
+    ``approval_answers.py``, ``owner_chat.py``), never run.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from nanoclaw.core import owner_chat, transcripts
-from nanoclaw.core.approval_answers import parse_command
+from nanoclaw.core import transcripts
 from nanoclaw.core.prompt import build_prompt, next_batch
+from nanoclaw.daemons.queue import owner_chat
+from nanoclaw.daemons.queue.approval_answers import parse_command
 
 if TYPE_CHECKING:
     from nanoclaw.daemons.queue.plan import AgentKey, Burst, GroupState, Rules
@@ -69,7 +70,7 @@ def turns(g: GroupState, agent: str, pending: Sequence, rules: Rules) -> list[tu
 
 def owner_command(m: Any, main: GroupState, groups: frozenset[str] = frozenset()) -> bool:
     """Whether a main-chat message is the owner's ``approve N``/``deny N`` (or ``stop
-    [GROUP]``, ``status``, ``revoke NAME``: core/owner_chat.py; ``groups`` the words that
+    [GROUP]``, ``status``, ``revoke NAME``: owner_chat.py; ``groups`` the words that
     name a group): from the owner's own account or a sender the main chat admits; never
     ours (bot) nor a team's."""
     if m.is_bot or getattr(m, "agent", None) is not None:
