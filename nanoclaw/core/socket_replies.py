@@ -11,15 +11,15 @@ SUMMARY
     reply it does not understand is refused with one line naming op and field.
 
 SYNOPSIS
-    REPLIES: dict[str, type[Reply]]         op -> the struct of its reply (every op's: Reply)
+    REPLIES: dict[str, type[Reply]]         op -> its reply's struct (an op not in it: Reply)
     PUSHED: dict[str, type[Pushed]]         op -> the struct of a pushed line
     reply_line(op, reply: dict) -> bytes    a reply, checked and encoded (server side)
     pushed_line(op, fields: dict) -> bytes  a pushed line, likewise
     read(op, obj: dict, who) -> dict        a line from a daemon, checked (client side): BadReply
 
 DESCRIPTION
-    Every field but ``ok`` (and a pushed line's ``op``) may be absent, since an error reply
-    is ``{"ok": false, "error": ...}`` whatever was asked. A line with ``ok`` is a reply (to
+    Every field of a reply but ``ok`` may be absent, since an error reply is ``{"ok":
+    false, "error": ...}`` whatever was asked. A line with ``ok`` is a reply (to
     the oldest request not yet answered, the op the client sent); one without is pushed,
     read by its own ``op``. The wire is what it was: one JSON object per line.
 
@@ -29,6 +29,8 @@ HOSTILE INPUT
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
@@ -47,34 +49,18 @@ class Reply(Struct, forbid_unknown_fields=True, kw_only=True):
     error: str | UnsetType = UNSET
 
 
-# -- every daemon (core/serve.py) ----------------------------------------------------------
-
-class Pong(Reply):
-    daemon: str | UnsetType = UNSET
-    pid: int | UnsetType = UNSET
+def _reply(name: str, rename: dict[str, str] | None = None, **fields: Any) -> type[Reply]:
+    """The reply of one op: ``ok``, ``error`` and ``fields`` (name: type), each of which may be
+    absent (an error reply carries none of them)."""
+    return msgspec.defstruct(name, [(k, t | UnsetType, UNSET) for k, t in fields.items()], bases=(Reply,),
+                             module=__name__, rename=rename)
 
 
 class PausedContainer(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A container the runner keeps paused for its agent's next job (``nanoclaw status``)."""
     group: str
     agent: str
     mib: int
-
-
-class StatusReply(Reply):
-    """The one-line status; the runner adds its paused containers (nanoclaw status lists them)."""
-    daemon: str | UnsetType = UNSET
-    status: str | UnsetType = UNSET
-    paused: list[PausedContainer] | UnsetType = UNSET
-    paused_budget_mib: int | UnsetType = UNSET
-
-
-# -- channel --------------------------------------------------------------------------------
-
-class Stored(Reply):
-    """``inbound``: the message is committed (the reply is written only after the commit)."""
-    message_id: int | UnsetType = UNSET
-    duplicate: bool | UnsetType = UNSET
-    chat: str | UnsetType = UNSET
 
 
 class Said(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -85,23 +71,6 @@ class Said(Struct, forbid_unknown_fields=True, kw_only=True):
     time: int | float
 
 
-class Watching(Reply):
-    chat: str | UnsetType = UNSET
-    group: str | UnsetType = UNSET
-    history: list[Said] | UnsetType = UNSET
-
-
-class Delivered(Reply):
-    channel_id: str | UnsetType = UNSET
-    already: bool | UnsetType = UNSET
-
-
-class Paired(Reply):
-    paired: str | UnsetType = UNSET
-    already: bool | UnsetType = UNSET
-    status: str | UnsetType = UNSET
-
-
 class ChatGroup(Struct, forbid_unknown_fields=True, kw_only=True):
     """A WhatsApp group the account is in (``folder``: the group registered for it, or "")."""
     name: str
@@ -110,48 +79,24 @@ class ChatGroup(Struct, forbid_unknown_fields=True, kw_only=True):
     folder: str
 
 
-class Discovered(Reply):
-    groups: list[ChatGroup] | UnsetType = UNSET
-    own: str | UnsetType = field(default=UNSET, name="self")
-
-
-# -- queue, runner, proxy, egress ---------------------------------------------------------
-
-class Stopped(Reply):
-    text: str | UnsetType = UNSET
-
-
-class Killed(Reply):
-    gone: bool | UnsetType = UNSET
-
-
-class Ensured(Reply):
-    group: str | UnsetType = UNSET
-    agent: str | UnsetType = UNSET
-
-
-class Transcribed(Reply):
-    text: str | UnsetType = UNSET
-    cut: bool | UnsetType = UNSET
-
-
-class Reloaded(Reply):
-    kind: str | UnsetType = UNSET
-    voice: bool | UnsetType = UNSET
-
-
-class Checked(Reply):
-    """``check``: the API's HTTP status for one cheap call with the credential (0: unreachable)."""
-    status: int | UnsetType = UNSET
-    detail: str | UnsetType = UNSET
-
-
 REPLIES: dict[str, type[Reply]] = {
-    "ping": Pong, "status": StatusReply,
-    "inbound": Stored, "watch": Watching, "deliver": Delivered, "pair": Paired, "discover_groups": Discovered,
-    "stop": Stopped, "kill": Killed, "ensure": Ensured, "transcribe": Transcribed, "reload": Reloaded,
-    "check": Checked,
-}
+    # every daemon (core/serve.py); the runner adds its paused containers to its status
+    "ping": _reply("Pong", daemon=str, pid=int),
+    "status": _reply("StatusReply", daemon=str, status=str, paused=list[PausedContainer], paused_budget_mib=int),
+    # channel: ``inbound`` is answered only once the message is committed
+    "inbound": _reply("Stored", message_id=int, duplicate=bool, chat=str),
+    "watch": _reply("Watching", chat=str, group=str, history=list[Said]),
+    "deliver": _reply("Delivered", channel_id=str, already=bool),
+    "pair": _reply("Paired", paired=str, already=bool, status=str),
+    "discover_groups": _reply("Discovered", rename={"own": "self"}, groups=list[ChatGroup], own=str),
+    # queue, runner, proxy, egress
+    "stop": _reply("Stopped", text=str),
+    "kill": _reply("Killed", gone=bool),
+    "ensure": _reply("Ensured", group=str, agent=str),
+    "transcribe": _reply("Transcribed", text=str, cut=bool),
+    "reload": _reply("Reloaded", kind=str, voice=bool),
+    "check": _reply("Checked", status=int, detail=str),  # the API's HTTP status (0: unreachable)
+}  # every other op (nudge has no reply; typing, progress): ok and error alone
 
 
 # -- pushed to a connection between replies ------------------------------------------------
