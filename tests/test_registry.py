@@ -192,6 +192,17 @@ def test_the_readme_file_map_names_every_daemon_as_the_tree_has_it():
     assert "`nanoclaw/registry.py`" in readme
 
 
+def test_the_readme_file_map_names_every_module_of_each_daemon_package():
+    """A module added to a daemon's package is named in the map's daemons row, so the map a
+    newcomer reads is the tree as it is."""
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `nanoclaw/daemons/` |"))
+    modules = [p for p in (ROOT / "nanoclaw" / "daemons").glob("*/*.py") if p.name != "__init__.py"]
+    assert modules
+    missing = sorted(f"{p.parent.name}/{p.name}" for p in modules if f"`{p.name}`" not in row)
+    assert not missing, f"the README's file map does not name {', '.join(missing)}"
+
+
 def test_install_sh_reads_the_registry_with_the_system_python():
     """install.sh runs ``python3 -m nanoclaw.registry`` from the checkout, before any venv:
     the module must import nothing but the standard library, and say each list."""

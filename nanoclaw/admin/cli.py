@@ -87,10 +87,14 @@ def main(argv: list[str] | None = None) -> None:
         from nanoclaw.admin.supervise import run_all
         sys.exit(run_all(check=not args.no_check))
     from nanoclaw.core.migrations import EX_SCHEMA, SchemaError
+    from nanoclaw.core.socket_replies import BadReply
     try:
         sys.exit(args.run(cfg, args))
     except SchemaError as exc:
         print(f"nanoclaw: {exc}", file=sys.stderr)
         sys.exit(EX_SCHEMA)
+    except BadReply as exc:  # a daemon's answer this CLI does not understand (another release's?)
+        print(f"nanoclaw: {exc}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -11,6 +11,10 @@
 
 An image whose labels name the current sources and base image is current:
 ``build`` leaves it alone unless forced, so re-running install.sh is quick.
+
+Steps 2 and 3 are ``build_image``, given a ``Recipe`` (the context's files, the
+wheelhouse's requirements, extra build arguments and labels); the transcription image
+(``voice_image.py``) is built by it too.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from nanoclaw import __version__
@@ -99,16 +104,69 @@ def base_python(cfg: Config, base: str) -> tuple[str, str]:
     return version, machine
 
 
-def download_wheels(dest: Path, python: str, machine: str, progress: Progress) -> None:
-    req = container_dir() / "requirements.txt"
+@dataclass(frozen=True)
+class Recipe:
+    """One image nanoclaw builds offline (the agent's, the transcription's): its build context
+    and what its messages call it."""
+
+    files: tuple[Path, ...]  # copied into the context by name; a Containerfile among them
+    requirements: Path  # the requirements.txt its wheelhouse is downloaded for
+    wheels: str  # the wheelhouse's default folder under STATE/cache
+    context: str  # the prefix of its build context's folder
+    what: str = "wheels"  # the wheelhouse, as the progress line names it
+    size: str = "~180 MB"  # its size the first time
+    pip: str = "pip download"  # the download, as an error names it
+    build_args: tuple[str, ...] = ()  # NAME=VALUE, after BASE and VERSION
+    labels: tuple[str, ...] = ()  # NAME=VALUE, after nanoclaw.source and nanoclaw.base
+    fill: Callable[[Path], None] | None = None  # puts more into the context (the owner's model)
+
+
+def download_wheels(dest: Path, python: str, machine: str, progress: Progress, recipe: Recipe) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    progress(f"downloading wheels for Python {python} ({machine}) into {dest} (cached; ~180 MB the first time)")
+    progress(f"downloading {recipe.what} for Python {python} ({machine}) into {dest} "
+             f"(cached; {recipe.size} the first time)")
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
-           "--dest", str(dest), "--only-binary=:all:", "--python-version", python, "-r", str(req)]
+           "--dest", str(dest), "--only-binary=:all:", "--python-version", python, "-r", str(recipe.requirements)]
     for p in PLATFORMS:
         cmd += ["--platform", f"{p}_{machine}"]
-    _run(cmd, "pip download")
-    shutil.copyfile(req, dest / "requirements.txt")
+    _run(cmd, recipe.pip)
+    shutil.copyfile(recipe.requirements, dest / "requirements.txt")
+
+
+def build_image(cfg: Config, recipe: Recipe, *, tag: str, base: str, source: str, wheels: Path | None,
+                workdir: Path | None, progress: Progress) -> str:
+    """Build ``recipe`` as ``tag`` on ``base`` with the network off: its wheels downloaded on
+    the host for the base's Python, its context made beside them, labelled with ``source``
+    (its sources' digest) and the base's id, which tell whether it is current."""
+    python, machine = base_python(cfg, base)
+    wheels = wheels or cfg.state_dir / "cache" / recipe.wheels
+    download_wheels(wheels, python, machine, progress, recipe)
+    # The context lives beside the wheel cache (so wheels are hard links, not copies) and
+    # never in /tmp, which on many hosts is a nosuid,nodev tmpfs.
+    ctx_root = workdir or cfg.state_dir / "cache" / "build"
+    ctx_root.mkdir(parents=True, exist_ok=True)
+    ctx = Path(tempfile.mkdtemp(prefix=recipe.context, dir=ctx_root))
+    try:
+        for path in recipe.files:
+            shutil.copyfile(path, ctx / path.name)
+        if recipe.fill is not None:
+            recipe.fill(ctx)
+        (ctx / "wheels").mkdir()
+        for w in wheels.iterdir():
+            try:
+                os.link(w, ctx / "wheels" / w.name)
+            except OSError:
+                shutil.copyfile(w, ctx / "wheels" / w.name)
+        progress(f"building {tag} from {base} (network off)")
+        args = (f"BASE={base}", f"VERSION={__version__}", *recipe.build_args)
+        labels = (f"nanoclaw.source={source}", f"nanoclaw.base={image_id(base)}", *recipe.labels)
+        _run(["podman", "build", "--network", "none", *build_args(cfg),
+              *(word for a in args for word in ("--build-arg", a)), *(word for a in labels for word in ("--label", a)),
+              "-t", tag, "-f", str(ctx / "Containerfile"), str(ctx)], f"podman build of {tag}")
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
+    progress(f"built {tag}")
+    return tag
 
 
 def source_digest() -> str:
@@ -155,32 +213,8 @@ def build(cfg: Config, *, tag: str | None = None, wheels: Path | None = None,
     if not force and current(cfg, tag):
         progress(f"{tag} is current (sources {source_digest()}, base {image_id(base)[:12]}); not rebuilt")
         return tag
-    python, machine = base_python(cfg, base)
-    wheels = wheels or cfg.state_dir / "cache" / "wheels"
-    download_wheels(wheels, python, machine, progress)
     src = container_dir()
-    # The context lives beside the wheel cache (so wheels are hard links, not copies) and
-    # never in /tmp, which on many hosts is a nosuid,nodev tmpfs.
-    ctx_root = workdir or cfg.state_dir / "cache" / "build"
-    ctx_root.mkdir(parents=True, exist_ok=True)
-    ctx = Path(tempfile.mkdtemp(prefix="context-", dir=ctx_root))
-    try:
-        for name in ("Containerfile", *RUNNER_FILES):
-            shutil.copyfile(src / name, ctx / name)
-        for module in SHARED_MODULES:
-            shutil.copyfile(module, ctx / module.name)
-        (ctx / "wheels").mkdir()
-        for w in wheels.iterdir():
-            try:
-                os.link(w, ctx / "wheels" / w.name)
-            except OSError:
-                shutil.copyfile(w, ctx / "wheels" / w.name)
-        progress(f"building {tag} from {base} (network off)")
-        _run(["podman", "build", "--network", "none", *build_args(cfg), "--build-arg", f"BASE={base}",
-              "--build-arg", f"VERSION={__version__}", "--label", f"nanoclaw.source={source_digest()}",
-              "--label", f"nanoclaw.base={image_id(base)}", "-t", tag, "-f", str(ctx / "Containerfile"),
-              str(ctx)], f"podman build of {tag}")
-    finally:
-        shutil.rmtree(ctx, ignore_errors=True)
-    progress(f"built {tag}")
-    return tag
+    recipe = Recipe(files=(src / "Containerfile", *(src / name for name in RUNNER_FILES), *SHARED_MODULES),
+                    requirements=src / "requirements.txt", wheels="wheels", context="context-")
+    return build_image(cfg, recipe, tag=tag, base=base, source=source_digest(), wheels=wheels, workdir=workdir,
+                       progress=progress)

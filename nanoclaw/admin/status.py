@@ -94,7 +94,7 @@ def paused_line(runner: dict) -> str:
 def summary(cfg: Config) -> list[str]:
     """The database's part of the screen: groups, agents, queue, failures, requests, today's
     usage and budgets, outbox, tasks. Also the answer to ``status`` in the main chat (the
-    queue's, core/owner_chat.py), so it reads only the database, never another daemon."""
+    queue's, daemons/queue/owner_chat.py), so it reads only the database, never another daemon."""
     out: list[str] = []
     print = out.append  # noqa: A001 (the lines as the screen shows them)
     groups = list(Group.select().order_by(Group.folder))

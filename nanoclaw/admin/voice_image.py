@@ -17,13 +17,10 @@ sources, the base or the model's digest changed.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import sys
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from nanoclaw import __version__
 from nanoclaw.admin import image
 from nanoclaw.admin.image import ImageError, Progress
 from nanoclaw.core.config import Config
@@ -77,17 +74,16 @@ def current(cfg: Config, tag: str | None = None) -> bool:
         bool(base) and labels.get("nanoclaw.base") == base
 
 
-def download_wheels(dest: Path, python: str, machine: str, progress: Progress) -> None:
-    req = source_dir() / "requirements.txt"
-    dest.mkdir(parents=True, exist_ok=True)
-    progress(f"downloading the transcription wheels for Python {python} ({machine}) into {dest} "
-             "(cached; ~200 MB the first time)")
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
-           "--dest", str(dest), "--only-binary=:all:", "--python-version", python, "-r", str(req)]
-    for p in image.PLATFORMS:
-        cmd += ["--platform", f"{p}_{machine}"]
-    image._run(cmd, "pip download (transcription)")
-    shutil.copyfile(req, dest / "requirements.txt")
+def _copy_model(cfg: Config, progress: Progress) -> Callable[[Path], None]:
+    def fill(ctx: Path) -> None:
+        (ctx / "model").mkdir()
+        owner = model_dir(cfg)
+        if owner is not None:
+            progress(f"copying the model {owner} into the image")
+            for f in owner.iterdir():
+                if f.is_file():
+                    shutil.copyfile(f, ctx / "model" / f.name)
+    return fill
 
 
 def build(cfg: Config, *, tag: str | None = None, wheels: Path | None = None, progress: Progress = print,
@@ -98,35 +94,10 @@ def build(cfg: Config, *, tag: str | None = None, wheels: Path | None = None, pr
     if not force and current(cfg, tag):
         progress(f"{tag} is current (sources {source_digest(cfg)}); not rebuilt")
         return tag
-    python, machine = image.base_python(cfg, base)
-    wheels = wheels or cfg.state_dir / "cache" / "wheels-voice"
-    download_wheels(wheels, python, machine, progress)
-    ctx_root = workdir or cfg.state_dir / "cache" / "build"
-    ctx_root.mkdir(parents=True, exist_ok=True)
-    ctx = Path(tempfile.mkdtemp(prefix="context-voice-", dir=ctx_root))
-    try:
-        for name in FILES:
-            shutil.copyfile(source_dir() / name, ctx / name)
-        (ctx / "model").mkdir()
-        owner = model_dir(cfg)
-        if owner is not None:
-            progress(f"copying the model {owner} into the image")
-            for f in owner.iterdir():
-                if f.is_file():
-                    shutil.copyfile(f, ctx / "model" / f.name)
-        (ctx / "wheels").mkdir()
-        for w in wheels.iterdir():
-            try:
-                os.link(w, ctx / "wheels" / w.name)
-            except OSError:
-                shutil.copyfile(w, ctx / "wheels" / w.name)
-        progress(f"building {tag} from {base} (network off)")
-        image._run(["podman", "build", "--network", "none", *image.build_args(cfg), "--build-arg", f"BASE={base}",
-                    "--build-arg", f"VERSION={__version__}", "--build-arg", f"MODEL={model_name(cfg)}",
-                    "--label", f"nanoclaw.source={source_digest(cfg)}", "--label",
-                    f"nanoclaw.base={image.image_id(base)}", "--label", f"nanoclaw.voice.model={model_name(cfg)}",
-                    "-t", tag, "-f", str(ctx / "Containerfile"), str(ctx)], f"podman build of {tag}")
-    finally:
-        shutil.rmtree(ctx, ignore_errors=True)
-    progress(f"built {tag}")
-    return tag
+    recipe = image.Recipe(files=tuple(source_dir() / name for name in FILES),
+                          requirements=source_dir() / "requirements.txt", wheels="wheels-voice",
+                          context="context-voice-", what="the transcription wheels", size="~200 MB",
+                          pip="pip download (transcription)", build_args=(f"MODEL={model_name(cfg)}",),
+                          labels=(f"nanoclaw.voice.model={model_name(cfg)}",), fill=_copy_model(cfg, progress))
+    return image.build_image(cfg, recipe, tag=tag, base=base, source=source_digest(cfg), wheels=wheels,
+                             workdir=workdir, progress=progress)

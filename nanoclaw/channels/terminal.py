@@ -10,9 +10,9 @@ it is doing: ``nanoclaw chat`` shows them as a status line).
 from __future__ import annotations
 
 import asyncio
-import json
 
 from nanoclaw.channels.base import Backend, Progress
+from nanoclaw.core.socket_replies import pushed_line
 
 
 class TerminalBackend(Backend):
@@ -34,8 +34,9 @@ class TerminalBackend(Backend):
                 del self.watchers[chat]
 
     async def show(self, chat: str, event: dict, op: str = "message") -> None:
-        """Push an event line to every terminal watching ``chat``; drop dead ones."""
-        line = json.dumps({"op": op, "chat": chat, **event}, ensure_ascii=False).encode() + b"\n"
+        """Push an event line (its struct: core/socket_replies.py) to every terminal watching
+        ``chat``; drop dead ones."""
+        line = pushed_line(op, {"chat": chat, **event})
         for writer in list(self.watchers.get(chat, ())):
             try:
                 writer.write(line)

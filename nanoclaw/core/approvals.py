@@ -17,7 +17,7 @@ its group's policy does not admit.
 Used by the channel daemon (a request is made in the transaction that stores the message
 that asked, so neither exists without the other), the queue daemon (the owner's
 ``approve N``/``deny N`` in the main chat, which never reach the main agent, read by
-core/approval_answers.py; expiry) and the CLI. An agent can only ask, never answer: the main agent's ``raise_budget`` becomes a
+daemons/queue/approval_answers.py; expiry) and the CLI. An agent can only ask, never answer: the main agent's ``raise_budget`` becomes a
 request of kind "budget" (``core/budget_requests.py``), and what an agent says in the main
 chat is a bot message, never read as the owner's command.
 

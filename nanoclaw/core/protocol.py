@@ -19,11 +19,13 @@ import json
 import os
 import socket
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 # What the daemons import from here, defined beside the job it belongs to.
 try:
+    from nanoclaw.core import socket_replies
     from nanoclaw.core.messages import (KINDS, STAGE_NAME, VERSION, BadMessage, Envelope,  # noqa: F401
                                         decode, encode, validate)
     from nanoclaw.core.safefs import write_atomic  # noqa: F401
@@ -35,6 +37,7 @@ except ImportError:  # inside an agent image, where these are top-level modules
     from safefs import write_atomic  # type: ignore[no-redef]  # noqa: F401
     from spool import (REFUSED, RETRY_FIRST, RETRY_MAX, SWEEP_EVERY, Spool,  # type: ignore[no-redef]  # noqa: F401
                        refused, unique_name)
+    socket_replies = None  # type: ignore[assignment]  # the agent image asks no daemon's socket
 
 # The scheduler's timer specs (<state>/timers/<prefix><id>.json) and the units the root
 # sync makes of them (<prefix><id>.timer): a hand-over in files, like a spool's.
@@ -77,12 +80,20 @@ def _line(obj: dict) -> bytes:
     return json.dumps({"v": VERSION, **obj}, ensure_ascii=False).encode() + b"\n"
 
 
+def _who(sock: Path) -> str:
+    """The daemon behind a socket, for an error: ``channel.sock`` -> "channel daemon"."""
+    return f"{Path(sock).stem} daemon"
+
+
 class LineClient:
     """A connection to a daemon's socket: JSON lines out, JSON lines back.
 
     Replies carry ``ok``; a connection that watches a chat also receives
     pushed lines (``op``) between them, which :meth:`call` skips and
-    :meth:`recv` returns.
+    :meth:`recv` returns. Each line is checked against its struct
+    (core/socket_replies.py: a reply by the op of the oldest request it has not
+    yet had an answer to, a pushed line by its own op); one that does not fit
+    raises ``BadReply`` (a ValueError, as a line that is not JSON) naming op and field.
     """
 
     def __init__(self, sock: Path, timeout: float | None = 10.0) -> None:
@@ -90,6 +101,7 @@ class LineClient:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.buf = b""
+        self.asked: deque[str] = deque()  # the ops sent and not answered yet, oldest first
         try:
             self.sock.connect(str(sock))
         except OSError:
@@ -97,10 +109,12 @@ class LineClient:
             raise
 
     def send(self, obj: dict) -> None:
+        if obj.get("op") != "nudge":  # a nudge has no reply
+            self.asked.append(obj.get("op"))  # before it is sent: another thread may read the reply
         self.sock.sendall(_line(obj))
 
     def recv(self) -> dict:
-        """The next line, whatever it is."""
+        """The next line, whatever it is, checked."""
         while b"\n" not in self.buf:
             chunk = self.sock.recv(65536)
             if not chunk:
@@ -109,7 +123,9 @@ class LineClient:
             if len(self.buf) > MAX_LINE:
                 raise ConnectionError("reply line too long")
         line, _, self.buf = self.buf.partition(b"\n")
-        return json.loads(line)
+        obj = json.loads(line)
+        op = self.asked.popleft() if isinstance(obj, dict) and "ok" in obj and self.asked else None
+        return socket_replies.read(op, obj, _who(self.path))
 
     def call(self, obj: dict) -> dict:
         """Send a request and return its reply, skipping pushed lines."""
@@ -147,8 +163,8 @@ async def arequest(sock: Path, obj: dict, timeout: float = 10.0, connect_timeout
             if not line:
                 raise ConnectionError("the daemon closed the connection")
             reply = json.loads(line)
-            if "ok" in reply:
-                return reply
+            if isinstance(reply, dict) and "ok" in reply:
+                return socket_replies.read(obj.get("op"), reply, _who(sock))
     finally:
         writer.close()
 

@@ -4,7 +4,9 @@ SUMMARY
     The socket side of the daemon skeleton (core/skeleton.py holds the loop). A client
     sends one request per line (core/protocol.py's LineClient, request, tell); each is
     read here, parsed once, handed to the daemon's ``handle`` and answered with one line
-    (or none, for a nudge), in the order asked, up to PIPELINE of a connection's at once. A line that cannot be read or accepted gets one error reply;
+    (or none, for a nudge), in the order asked, up to PIPELINE of a connection's at once,
+    each encoded through its op's reply struct (core/socket_replies.py). A line that
+    cannot be read or accepted gets one error reply;
     a handler's bug gets one "internal error" reply: neither ends the daemon or the
     connection. Each request is checked against its op's struct (core/socket_lines.py)
     before ``handle`` sees it: a field it does not declare, or of the wrong type, is
@@ -25,12 +27,14 @@ HOSTILE INPUT
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nanoclaw.core import socket_lines
+import msgspec
+
+from nanoclaw.core import socket_lines, socket_replies
+from nanoclaw.core.messages import explain
 from nanoclaw.core.protocol import MAX_LINE, BadMessage, parse_line
 
 if TYPE_CHECKING:
@@ -55,16 +59,28 @@ PIPELINE = 256  # a connection's requests handled at once (a pipelining client's
 
 def _answered(reply: dict) -> asyncio.Future:
     done = asyncio.get_running_loop().create_future()
-    done.set_result(reply)
+    done.set_result(socket_replies.reply_line("", reply))
     return done
 
 
-async def _answer(daemon: Daemon, req: dict, writer: asyncio.StreamWriter) -> dict | None:
+async def _answer(daemon: Daemon, req: dict, writer: asyncio.StreamWriter) -> bytes | None:
+    """The reply line to ``req`` (None: none, as for a nudge), encoded through its op's struct
+    (core/socket_replies.py): a reply carrying a field it does not declare is a bug, answered
+    as one, never sent."""
+    op = req.get("op")
     try:
-        return await daemon.handle(req, writer)
+        reply = await daemon.handle(req, writer)
     except Exception as exc:  # a bad request must never take the daemon down
-        daemon.log.exception("request op=%s failed", req.get("op"))
-        return {"ok": False, "error": f"internal error: {exc}"}
+        daemon.log.exception("request op=%s failed", op)
+        reply = {"ok": False, "error": f"internal error: {exc}"}
+    if reply is None:
+        return None
+    try:
+        return socket_replies.reply_line(op, reply)
+    except msgspec.ValidationError as exc:
+        why = explain(f"reply to {op}", exc)
+        daemon.log.error("not sent: %s", why)
+        return socket_replies.reply_line("", {"ok": False, "error": f"internal error: {why}"})
 
 
 async def serve_client(daemon: Daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -118,11 +134,11 @@ async def _reply_in_order(answers: asyncio.Queue, writer: asyncio.StreamWriter) 
     client gone away is written to no more; its requests are still all handled."""
     gone = False
     while (answer := await answers.get()) is not None:
-        reply = await answer
-        if reply is None or gone:
+        line = await answer
+        if line is None or gone:
             continue
         try:
-            writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
+            writer.write(line)
             await writer.drain()
         except (ConnectionError, OSError):
             gone = True

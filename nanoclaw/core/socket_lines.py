@@ -16,8 +16,8 @@ DESCRIPTION
     The wire stays what it was: one JSON object per line with ``op`` and, from a
     nanoclaw client, ``v`` (core/protocol.py's LineClient, request, tell). An op no daemon
     serves is "unknown op"; one served elsewhere passes here and the daemon's ``handle``
-    answers "unknown op" for it. Replies and pushed lines (``message``, ``pair`` events)
-    are not declared here.
+    answers "unknown op" for it. Replies and pushed lines (``message``, ``progress``,
+    ``pair``) are declared beside these, in core/socket_replies.py.
 
 HOSTILE INPUT
     The sockets are the daemons' own (mode 0660, the nanoclaw group), but the channel's
@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+from nanoclaw.core import messages
 from nanoclaw.core.messages import VERSION, BadMessage, explain
 
 
@@ -100,15 +101,14 @@ class Deliver(Request):
     quote: dict[str, Any] | None | UnsetType = UNSET
 
 
-class Progress(Request):
-    """What a turn is doing, cosmetic, on two sockets with the one op: ipc -> queue (``group``,
-    ``agent``: where ipc found the container's report) and queue -> channel (``chat``, the
-    message it answers, who works on it, since when, the tool's kind: for the chat to show)."""
-    job: int
-    turn: int
-    state: str
-    tool: str | UnsetType = UNSET
-    detail: str | UnsetType = UNSET
+class Progress(messages.Progress, kw_only=True):
+    """What a turn is doing, cosmetic, on two sockets with the one op: the container's report
+    (``job``, ``turn``, ``state``, ``tool``, ``detail``: core/messages.py's ``Progress``) passed
+    on by ipc -> queue (with ``group``, ``agent``: where ipc found it) and queue -> channel
+    (``chat``, the message it answers, who works on it, since when, the tool's kind: for the
+    chat to show). A request like the others, though declared from the report it carries."""
+    op: str
+    v: int | UnsetType = UNSET
     group: str | UnsetType = UNSET
     agent: str | UnsetType = UNSET
     chat: str | UnsetType = UNSET
@@ -170,7 +170,7 @@ class Check(Request):
     """`nanoclaw credential set` -> proxy: does the API accept the credential?"""
 
 
-REQUESTS: dict[str, type[Request]] = {
+REQUESTS: dict[str, type[Struct]] = {
     "nudge": Nudge, "ping": Ping, "status": Status,
     "inbound": Inbound, "watch": Watch, "deliver": Deliver, "progress": Progress, "typing": Typing, "pair": Pair,
     "discover_groups": DiscoverGroups,

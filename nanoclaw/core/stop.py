@@ -1,7 +1,7 @@
 """The owner's stop: end a group's running turn (and its team members') without an answer.
 
 Only the owner stops anything: ``stop [GROUP]`` in the main chat (carried out by the queue,
-never handed to an agent; core/owner_chat.py) or ``nanoclaw stop GROUP`` (which asks the
+never handed to an agent; daemons/queue/owner_chat.py) or ``nanoclaw stop GROUP`` (which asks the
 queue on its socket). For each running job of the group (its lead's and each member's
 container), the turn it is working on (the oldest not answered) gets ``stopped_at`` in
 the database, and a ``stop`` file naming the job and turn goes into the agent's ``in/``:

@@ -269,7 +269,8 @@ def test_an_older_database_keeps_each_groups_behaviour_as_its_policy(offline_sys
 
 
 def test_the_owners_answer_is_read_strictly(tmp_path):
-    from nanoclaw.core import approval_answers, approvals
+    from nanoclaw.core import approvals
+    from nanoclaw.daemons.queue import approval_answers
     from nanoclaw.core.models import Group, open_db
     p = approval_answers.parse_command
     assert p("approve 7") == ("approve", 7, None)

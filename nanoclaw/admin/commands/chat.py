@@ -23,6 +23,7 @@ from pathlib import Path
 
 from nanoclaw.core import config as config_mod
 from nanoclaw.core.protocol import LineClient
+from nanoclaw.core.socket_replies import BadReply
 
 
 class ChannelClient(LineClient):
@@ -128,6 +129,9 @@ def cmd_chat(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                     status.say(str(who), event.get("text", ""))
                 elif event.get("op") == "progress":  # what the agent is doing: the status line
                     status.update(event)
+        except BadReply as exc:  # another release's channel, say: said, not taken for a lost connection
+            print(f"nanoclaw: {exc}", file=sys.stderr, flush=True)
+            os._exit(1)
         except (ConnectionError, OSError):
             if leaving.is_set():
                 return

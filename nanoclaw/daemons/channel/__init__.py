@@ -46,7 +46,6 @@ HOSTILE INPUT
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import uuid
@@ -56,6 +55,7 @@ from nanoclaw.core import config_file
 from nanoclaw.core.models import Group
 from nanoclaw.core.protocol import Spool, nudge
 from nanoclaw.core.skeleton import Daemon
+from nanoclaw.core.socket_replies import pushed_line
 from nanoclaw.daemons.channel import deliver, progress, terminal_ops
 from nanoclaw.daemons.channel.chats import ChatList
 from nanoclaw.daemons.channel.commit import CommitLine
@@ -149,7 +149,7 @@ class ChannelDaemon(Daemon):
             return {"ok": False, "error": "'phone' must be a string"}
 
         async def emit(event: dict) -> None:
-            writer.write(json.dumps({"op": "pair", **event}).encode() + b"\n")
+            writer.write(pushed_line("pair", event))
             await asyncio.wait_for(writer.drain(), 10)
 
         return await wa.pair(phone, emit)

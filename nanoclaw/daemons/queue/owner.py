@@ -3,7 +3,7 @@
 SUMMARY
     ``approve N``/``deny N`` in the main chat are carried out here (core/approvals.py
     decides), as are ``stop [GROUP]`` (stop.py), ``status`` and ``revoke NAME``
-    (core/owner_chat.py): answered in one line and never handed to the main agent. A
+    (owner_chat.py): answered in one line and never handed to the main agent. A
     request nobody answers expires at its time (the next expiry is one of ``work()``'s
     deadlines); a chat the owner approved has its agent start at the message that asked.
 
@@ -20,7 +20,7 @@ DESCRIPTION
 
 HOSTILE INPUT
     Only a main-chat message from the owner's own account or a sender the main chat
-    admits is an answer (plan.owner_command, and approvals or owner_chat again); bot and
+    admits is an answer (pending.owner_command, and approvals or owner_chat again); bot and
     team messages never are.
 """
 
@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING
 
 
 from nanoclaw.admin import status as status_mod
-from nanoclaw.core import approval_answers, approvals, owner_chat
+from nanoclaw.core import approvals
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Message, Request
 from nanoclaw.core.protocol import nudge
-from nanoclaw.daemons.queue import sql
+from nanoclaw.daemons.queue import approval_answers, owner_chat, sql
 
 if TYPE_CHECKING:
     from nanoclaw.daemons.queue import QueueDaemon
@@ -60,7 +60,7 @@ class Owner:
 
     def answer(self, main: Group, m: Message) -> None:
         """Carry out the owner's ``approve N``/``deny N`` (once: core/approvals.py records the
-        answer), or ``stop``, ``status``, ``revoke`` (once: core/owner_chat.py)."""
+        answer), or ``stop``, ``status``, ``revoke`` (once: owner_chat.py)."""
         cfg = self.q.cfg
         done = owner_chat.handle(cfg, m, main, self.q.stopper.stop, lambda: status_mod.summary(cfg)) \
             or approval_answers.handle_command(cfg, m, main)

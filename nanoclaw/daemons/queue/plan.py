@@ -5,12 +5,12 @@ SUMMARY
     (``state.py``), decide here, apply the actions (``__init__.py``). Nothing
     here reads the database, the disk or the clock: ``now`` is passed in, so
     the rules can be tested row by row without a database
-    (``tests/daemons/queue/test_plan.py``).
+    (``tests/daemons/queue/test_plan.py``). Which of an agent's pending
+    messages a turn covers (owner's commands, voice notes, bursts, a prompt's
+    size) is decided by ``pending.py``, likewise pure.
 
 SYNOPSIS
     plan(state: State, now: float) -> Plan
-    next_prompt(group: GroupState, agent: str, pending: list, rules: Rules) -> (list, str)
-    owner_command(message, main: GroupState, groups) -> bool
 
 DESCRIPTION
     For each group, for each of its agents (the lead first, then its team):
@@ -53,17 +53,19 @@ DESCRIPTION
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nanoclaw.core import owner_chat, transcripts
-from nanoclaw.core.approval_answers import parse_command
-from nanoclaw.core.prompt import build_prompt, next_batch
+from nanoclaw.daemons.queue.pending import (
+    burst_settles,
+    next_prompt,
+    owner_answers,
+    turns,
+    until_heard,
+)
 
 AgentKey = tuple[int, str]  # (group id, agent): "" is the group's lead
 Burst = tuple[float, int, float]  # (first seen, newest message id, when that was seen)
-BURST_CAP = 5  # a burst is handed over at most this many windows after its first message
 SPACE_CHECK = 2.0  # seconds between looks at the disk while work waits for space
 
 
@@ -233,8 +235,9 @@ def plan(state: State, now: float) -> Plan:
         for agent, a in g.agents.items():
             pending = a.pending
             if g.is_main and not agent and pending:
-                pending = _owner_answers(g, pending, out.actions, state.group_refs)
-            pending, held_until = _until_heard(pending, rules.voice_wait)
+                answers, pending = owner_answers(g, pending, state.group_refs)
+                out.actions += [OwnerAnswer(g, m) for m in answers]
+            pending, held_until = until_heard(pending, rules.voice_wait)
             if held_until is not None:  # a voice note not transcribed yet: the turn waits for it
                 out.due(held_until)
             key = (g.id, agent)
@@ -268,14 +271,14 @@ def plan(state: State, now: float) -> Plan:
                 elif task is not None:
                     out.due(task.retry_at)
                 continue
-            settled = _burst_settles(out.bursts, key, pending, now, rules.burst_window)
+            settled = burst_settles(out.bursts, key, pending, now, rules.burst_window)
             if settled is not None:  # the chat is still talking: hand it all over in one turn
                 out.due(settled)
                 continue
             if key in active:
                 # Not into a scheduled run's container: it may run on the task's model.
                 if job is not None and job.status == "running" and not job.closing and not job.task:
-                    out.actions.append(FollowUp(g, job, _turns(g, agent, pending, rules)))
+                    out.actions.append(FollowUp(g, job, turns(g, agent, pending, rules)))
                     fed.add(job.id)
                     out.bursts.pop(key, None)
                 continue  # a queued or closing job: the messages wait for the next one
@@ -321,92 +324,3 @@ def plan(state: State, now: float) -> Plan:
 def _retire(job: LiveJob, rules: Rules) -> Close | Park:
     """An idle job asked to make room: parked where containers are paused, else closed."""
     return Park(job) if rules.park_after > 0 and not job.task else Close(job)
-
-
-def next_prompt(g: GroupState, agent: str, pending: Sequence, rules: Rules) -> tuple[list, str]:
-    """The messages the next prompt covers and that prompt; ([], "") if none is for the agent.
-
-    Every message addressed to the agent reaches it (in several turns when there are more
-    than ``prompt_batch``); only older context is capped. A prompt that would not fit a
-    spool file covers fewer messages.
-    """
-    size = rules.prompt_batch
-    # A member's pending messages were all addressed to it ("@Researcher ..." or its team's).
-    requires_trigger = g.requires_trigger and not g.is_main and not agent
-    while True:
-        batch, shown = next_batch(pending, cap=rules.prompt_cap, batch=size, trigger=g.trigger,
-                                  requires_trigger=requires_trigger, allowed=g.allowed, owner=g.owner_asks)
-        if not batch:
-            return [], ""
-        prompt = build_prompt(batch, cap=shown, tz=rules.tz)
-        if len(prompt.encode()) <= rules.prompt_bytes or size == 1:
-            return batch, prompt
-        size = max(1, size // 2)
-
-
-def _turns(g: GroupState, agent: str, pending: Sequence, rules: Rules) -> list[tuple[list, str]]:
-    """As many follow-up turns as it takes for every message addressed to the agent."""
-    out = []
-    while True:
-        batch, prompt = next_prompt(g, agent, pending, rules)
-        if not batch:
-            return out
-        out.append((batch, prompt))
-        pending = pending[len(batch):]
-
-
-def owner_command(m: Any, main: GroupState, groups: frozenset[str] = frozenset()) -> bool:
-    """Whether a main-chat message is the owner's ``approve N``/``deny N`` (or ``stop
-    [GROUP]``, ``status``, ``revoke NAME``: core/owner_chat.py; ``groups`` the words that
-    name a group): from the owner's own account or a sender the main chat admits; never
-    ours (bot) nor a team's."""
-    if m.is_bot or getattr(m, "agent", None) is not None:
-        return False
-    if parse_command(m.text, main.trigger) is None and owner_chat.parse(m.text, main.trigger, groups) is None:
-        return False
-    return m.from_me or main.allowed is None or m.sender in main.allowed
-
-
-def _owner_answers(main: GroupState, pending: list, actions: list, groups: frozenset[str]) -> list:
-    """The owner's answers among the main chat's pending messages become actions; the rest
-    are for the main agent."""
-    rest = []
-    for m in pending:
-        if owner_command(m, main, groups):
-            actions.append(OwnerAnswer(main, m))
-        else:
-            rest.append(m)
-    return rest
-
-
-def _until_heard(pending: list, wait: float) -> tuple[list, float | None]:
-    """The pending messages a turn may cover now: those before the first voice note still
-    being transcribed (``core.transcripts``), and when that note's wait ends (None: none waits).
-    Its wait has a limit: the queue gives the transcript up then, and the turn goes ahead."""
-    for i, m in enumerate(pending):
-        until = transcripts.waiting_until(getattr(m, "media", None), m.timestamp, wait)
-        if until is not None:
-            return pending[:i], until
-    return pending, None
-
-
-def _burst_settles(bursts: dict[AgentKey, Burst], key: AgentKey, pending: Sequence, now: float,
-                   window: float) -> float | None:
-    """When the chat messages pending for an agent may go to it, if not now (``bursts`` is
-    updated).
-
-    With ``burst_window`` set, they wait until no new one has come for a window, or
-    ``BURST_CAP`` windows after the first of them, whichever is sooner. Arrival is when
-    this queue first saw a message (the channel nudges it on each), not the time the
-    chat network stamped on it. Team messages never wait, nor do they start a burst.
-    """
-    newest = max((m.id for m in pending if getattr(m, "agent", None) is None), default=0)
-    if window <= 0 or not newest:
-        bursts.pop(key, None)
-        return None
-    first, seen_id, seen_at = bursts.get(key, (now, 0, now))
-    if newest != seen_id:
-        seen_at = now
-    bursts[key] = (first, newest, seen_at)
-    ready = min(seen_at + window, first + BURST_CAP * window)
-    return None if now >= ready else ready

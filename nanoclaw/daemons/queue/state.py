@@ -13,7 +13,7 @@ DESCRIPTION
     each group its agents' pending messages (past the cursor and the live job's turns,
     addressed to that agent or context for it), its due task run, its budget and who
     may wake it; whether the disk is full; the words that name a group (the owner's
-    ``stop GROUP`` in the main chat, core/owner_chat.py).
+    ``stop GROUP`` in the main chat, owner_chat.py).
 
     A group whose newest message was already looked at, with no job and nothing
     addressed to any agent, is not read again (``remember`` keeps what it looked like):
@@ -34,12 +34,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nanoclaw.core import groups as groups_mod
-from nanoclaw.core import owner_chat
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.models import Cursor, Group, Job, Message, Task, TaskRun
 from nanoclaw.core.prompt import next_batch
-from nanoclaw.daemons.queue import sql
+from nanoclaw.daemons.queue import owner_chat, sql
 from nanoclaw.daemons.queue.plan import AgentKey, AgentState, DueTask, GroupState, LiveJob, Plan, Rules, State
 
 if TYPE_CHECKING:

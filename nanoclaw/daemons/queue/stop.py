@@ -1,7 +1,7 @@
 """stop: the queue's part of the owner's stop (core/stop.py): carry it out, kill what ignores it.
 
 SUMMARY
-    ``stop``, from the main chat (core/owner_chat.py, an ``OwnerAnswer`` of the pass,
+    ``stop``, from the main chat (owner_chat.py, an ``OwnerAnswer`` of the pass,
     carried out by owner.py) or from ``nanoclaw stop GROUP`` (the ``stop`` op on the
     queue's socket, which only the owner's processes can reach), marks the group's
     running turns stopped and drops a ``stop`` file in each agent's ``in/``; the agent

@@ -60,13 +60,13 @@ HOSTILE INPUT
     (``precheck.py``).
 
 FILES
-    ``__init__.py`` the daemon: jobs in, events out;  ``spec.py`` a container
-    said once;  ``validate.py`` the check every spec passes;  ``driver.py``
-    Podman;  ``dirs.py`` a group's directories;  ``owner_folders.py`` and
-    ``binds.py`` the owner's folders, checked and pinned;  ``precheck.py``;
-    ``disk.py`` disk waits;  ``drain.py`` run-all's stop;  ``kill.py`` the
-    queue's ``kill`` of a container whose stopped turn did not end;  ``transcribe.py``
-    voice notes;  ``pause.py`` idle containers paused and handed the next job.
+    ``__init__.py`` the daemon: jobs in, events out;  ``spec.py`` a container said once;
+    ``validate.py`` the check every spec passes;  ``driver.py`` Podman;  ``dirs.py`` a
+    group's directories;  ``owner_folders.py`` and ``binds.py`` the owner's folders,
+    checked and pinned;  ``precheck.py``;  ``disk.py`` disk waits;  ``drain.py`` run-all's
+    stop;  ``kill.py`` the queue's ``kill`` of a container whose stopped turn did not end;
+    ``transcribe.py`` voice notes;  ``pause.py`` idle containers paused and handed the next
+    job;  ``orphans.py`` containers no job file accounts for, removed at the start.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ from nanoclaw.daemons.runner.dirs import clear_inbox, prepare_dirs
 from nanoclaw.daemons.runner.disk import SPACE_CHECK, Stopped
 from nanoclaw.daemons.runner.drain import STOP_ENV, Draining
 from nanoclaw.daemons.runner.driver import in_daemon_thread, start_failure
-from nanoclaw.daemons.runner.spec import LABEL, agent_spec, container_name
+from nanoclaw.daemons.runner.orphans import sweep_orphans
+from nanoclaw.daemons.runner.spec import agent_spec, container_name
 from nanoclaw.daemons.runner.transcribe import Transcriber
 from nanoclaw.daemons.runner.validate import SpecError
 
@@ -127,29 +128,12 @@ class RunnerDaemon(Daemon):
     def client(self, timeout: float | None = 60) -> PodmanClient:
         return PodmanClient(base_url=self.cfg.podman_socket, timeout=timeout)
 
-    def _sweep_orphans(self, keep: set[str]) -> None:
-        """Remove nanoclaw containers that no job file accounts for (a crashed runner's)."""
-        with self.client() as client:
-            try:
-                self.graph_root = Path(client.info()["store"]["graphRoot"])
-            except (APIError, KeyError, TypeError):
-                pass
-            for ctr in client.containers.list(all=True, filters={"label": LABEL}):
-                if ctr.name in keep or self.pool.adopt(ctr):
-                    continue
-                self.log.warning("removing orphan container %s (no job file)", ctr.name)
-                try:
-                    pause.kill(ctr)
-                except (APIError, NotFound) as exc:
-                    self.log.error("cannot remove orphan %s: %s", ctr.name, exc)
-
     async def work(self) -> float | None:
         envs = self._recovering + self.spool.take(self.spool.claim_new())
         self._recovering = []
         if not self._swept:
-            keep = {container_name(e.body["group"], e.body["job"], e.body.get("agent", "")) for e in envs if e.type == "job"}
             try:
-                await in_daemon_thread(self._sweep_orphans, keep)
+                await in_daemon_thread(sweep_orphans, self, envs)
                 self._swept = True
             except (APIError, RequestsConnectionError, OSError) as exc:
                 self.log.error("podman API unreachable at %s: %s", self.cfg.podman_socket, exc)

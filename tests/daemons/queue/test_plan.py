@@ -16,8 +16,8 @@ import pytest
 
 from nanoclaw.core.prompt import build_prompt
 from nanoclaw.core.usage import Exceeded, Limit
+from nanoclaw.daemons.queue.pending import BURST_CAP
 from nanoclaw.daemons.queue.plan import (
-    BURST_CAP,
     SPACE_CHECK,
     AgentState,
     BudgetNotice,

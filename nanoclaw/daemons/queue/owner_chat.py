@@ -5,7 +5,7 @@ name a registered group, else the message is ordinary chat for the agent), ``sta
 one-screen summary ``nanoclaw status`` prints from the database) and ``revoke NAME`` (one
 approved sender, core/revoke.py). The trigger in front is allowed, as for ``approve N``.
 
-Carried out by the queue, as the owner's ``approve N``/``deny N`` are (core/approval_answers.py):
+Carried out by the queue, as the owner's ``approve N``/``deny N`` are (approval_answers.py):
 such a message never reaches an agent, and it is the owner's only when it is from the
 owner's own account or a sender the main chat's policy admits; our own (bot) messages and
 team messages never are, whatever they say. The answer is one outbox row keyed by the
@@ -58,7 +58,7 @@ def parse(text: str, trigger: str = "", groups: Container[str] = frozenset()) ->
 
 
 def is_owners(cfg: Config, msg: Message, main: Group) -> bool:
-    """The rule of the owner's answers (core/approval_answers.handle_command): never a bot's or a
+    """The rule of the owner's answers (approval_answers.handle_command): never a bot's or a
     team message; the owner's own account, or a sender the main chat's policy admits."""
     if msg.is_bot or getattr(msg, "agent", None) is not None:
         return False
