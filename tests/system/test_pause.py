@@ -30,7 +30,8 @@ def _podman(m: Machine, args: str) -> str:
 
 
 def _runner_said(m: Machine, job: int) -> list[str]:
-    """The runner's journal entries about the main group's ``job``, found by their fields."""
+    """The runner's journal entries about the main group's ``job``, found by their fields (each
+    MESSAGE is the whole line: ``nanoclaw.runner: group=main job=N what it said``)."""
     out = m.sh(f"journalctl --no-pager -o json -u nanoclaw-runner GROUP=main JOB={job}").stdout
     return [str(json.loads(line).get("MESSAGE", "")) for line in out.splitlines() if line.strip()]
 
@@ -51,7 +52,7 @@ def _status(m: Machine, job: int) -> str:
 
 def _idle_decision(m: Machine, job: int) -> str:
     """The runner's one line on what it did with ``job``'s idle container, once it is there."""
-    lines = m.wait_for(lambda: [s for s in _runner_said(m, job) if s.startswith("idle: ")], IDLE + 60,
+    lines = m.wait_for(lambda: [s[s.index("idle: "):] for s in _runner_said(m, job) if "idle: " in s], IDLE + 60,
                        f"the runner's idle decision on job {job}")
     assert len(lines) == 1, lines
     return lines[0]
@@ -68,7 +69,8 @@ def _closed(m: Machine, job: int, name: str) -> None:
         return all(r[0] != name for r in rows if r)
     m.wait_for(gone, 90, f"container {name} removed")
     assert "paused" not in states, states
-    m.wait_for(lambda: f"container {name} exited code=0" in _runner_said(m, job), 30, f"{name} exited 0")
+    m.wait_for(lambda: any(s.endswith(f"container {name} exited code=0") for s in _runner_said(m, job)), 30,
+               f"{name} exited 0")
     m.wait_for(lambda: _status(m, job) == "done", 30, f"job {job} done")
 
 
