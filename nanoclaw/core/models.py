@@ -175,7 +175,7 @@ class Turn(Base):
     status = CharField(default="sent")  # sent, done
     sent_at = FloatField(default=now)
     done_at = FloatField(null=True)
-    stopped_at = FloatField(null=True)  # the owner stopped it (core/stop.py): it ends without an answer
+    stopped_at = FloatField(null=True)  # the owner stopped it (daemons/queue/stopped.py): it ends without an answer
 
     class Meta:
         indexes = ((("job", "seq"), True),)

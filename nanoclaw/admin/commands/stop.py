@@ -4,7 +4,7 @@ SYNOPSIS
     add_parsers(sub)                 the stop command
     cmd_stop(cfg, args)              ask the queue to stop GROUP's turns; print its one line
 
-The stop is the queue's to carry out (it keeps the kill deadline, core/stop.py and
+The stop is the queue's to carry out (it keeps the kill deadline, daemons/queue/stopped.py and
 daemons/queue/stop.py): asked on its socket, which only the owner's processes reach.
 """
 

@@ -1,13 +1,13 @@
-"""stop: the queue's part of the owner's stop (core/stop.py): carry it out, kill what ignores it.
+"""stop: the queue's part of the owner's stop (stopped.py: which turns, and how they settle): carry it out, kill what ignores it.
 
 SUMMARY
     ``stop``, from the main chat (owner_chat.py, an ``OwnerAnswer`` of the pass,
     carried out by owner.py) or from ``nanoclaw stop GROUP`` (the ``stop`` op on the
     queue's socket, which only the owner's processes can reach), marks the group's
     running turns stopped and drops a ``stop`` file in each agent's ``in/``; the agent
-    runner interrupts the turn. A turn still not ended ``core.stop.KILL_AFTER`` seconds
+    runner interrupts the turn. A turn still not ended ``stopped.KILL_AFTER`` seconds
     later has its container killed through the runner's ``kill`` op; the job's end then
-    settles it (``core.stop.settle``, in turns.py).
+    settles it (``stopped.settle``, in turns.py).
 
 SYNOPSIS
     Stopper(q).stop(group) -> str    the line to answer the owner with
@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 from nanoclaw.core import groups as groups_mod
-from nanoclaw.core import stop as stop_mod
+from nanoclaw.daemons.queue import stopped as stop_mod
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Job
 from nanoclaw.core.protocol import request

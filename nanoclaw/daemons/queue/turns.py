@@ -31,7 +31,7 @@ DESCRIPTION
     never reported long past its container's time limit, is counted as failed, so no
     group is silenced for good by a lost report.
 
-    A turn the owner stopped (``stopped_at``, core/stop.py) is silent whatever its agent
+    A turn the owner stopped (``stopped_at``, stopped.py) is silent whatever its agent
     reports. If its container was killed for it (stop.py), the job's end counts the
     stopped turns answered and no failure; later turns' messages wait for the next job.
 
@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 from peewee import fn
 
 from nanoclaw.core import model_choice
-from nanoclaw.core import stop as stop_mod
+from nanoclaw.daemons.queue import stopped as stop_mod
 from nanoclaw.core import team as team_mod
 from nanoclaw.core import usage as usage_mod
 from nanoclaw.core.backoff import backoff
@@ -147,7 +147,7 @@ class Turns:
             return False
         if turn.status == "done":
             return False  # re-processed after a crash: already applied
-        if turn.stopped_at:  # the owner stopped it (core/stop.py): whatever the agent says, it is silent
+        if turn.stopped_at:  # the owner stopped it (stopped.py): whatever the agent says, it is silent
             body = {**body, "text": "", "error": None}
         group = job.group
         if job.task_run:

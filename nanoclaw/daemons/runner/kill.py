@@ -4,7 +4,7 @@ SUMMARY
     Asked by the queue (daemons/queue/stop.py) on the runner's socket, which only
     nanoclaw's own processes reach. Only a job this runner runs is killed, by the
     container name it made for it; the job's thread then reports the exit as for any
-    container, and the queue settles the stopped turn (core/stop.py).
+    container, and the queue settles the stopped turn (daemons/queue/stopped.py).
 
 SYNOPSIS
     kill_job(daemon, job) -> {"ok": bool, "error"?: str, "gone"?: bool}   (in a thread)

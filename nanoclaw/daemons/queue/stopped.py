@@ -1,4 +1,4 @@
-"""The owner's stop: end a group's running turn (and its team members') without an answer.
+"""stopped: the queue's rules for the owner's stop: end a group's running turn (and its team members') without an answer.
 
 Only the owner stops anything: ``stop [GROUP]`` in the main chat (carried out by the queue,
 never handed to an agent; daemons/queue/owner_chat.py) or ``nanoclaw stop GROUP`` (which asks the
