@@ -30,7 +30,7 @@ import time
 from typing import TYPE_CHECKING
 
 
-from nanoclaw.admin import status as status_mod
+from nanoclaw.core.status_summary import summary
 from nanoclaw.core import approvals
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Message, Request
@@ -62,7 +62,7 @@ class Owner:
         """Carry out the owner's ``approve N``/``deny N`` (once: core/approvals.py records the
         answer), or ``stop``, ``status``, ``revoke`` (once: owner_chat.py)."""
         cfg = self.q.cfg
-        done = owner_chat.handle(cfg, m, main, self.q.stopper.stop, lambda: status_mod.summary(cfg)) \
+        done = owner_chat.handle(cfg, m, main, self.q.stopper.stop, lambda: summary(cfg)) \
             or approval_answers.handle_command(cfg, m, main)
         if done != "now":
             return

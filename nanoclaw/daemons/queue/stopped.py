@@ -1,4 +1,4 @@
-"""stopped: the queue's rules for the owner's stop: end a group's running turn (and its team members') without an answer.
+"""stopped: the owner's stop of a group's running turn (and its members'), the queue's rules.
 
 Only the owner stops anything: ``stop [GROUP]`` in the main chat (carried out by the queue,
 never handed to an agent; daemons/queue/owner_chat.py) or ``nanoclaw stop GROUP`` (which asks the
