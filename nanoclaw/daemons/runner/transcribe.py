@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 from podman.errors import APIError, NotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
 
-from nanoclaw.core import transcripts
+from nanoclaw.core import transcripts, voice_config
 from nanoclaw.core.config import Config
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.protocol import Envelope, nudge, request
@@ -70,11 +70,9 @@ def note_dir(cfg: Config, message: int):
 
 
 def model_label(cfg: Config) -> str:
-    from nanoclaw.admin.image import ImageError
-    from nanoclaw.admin.voice_image import model_name  # the name the image was built under
     try:
-        return model_name(cfg)
-    except ImageError:  # the model directory went away since the build
+        return voice_config.model_name(cfg.voice)  # the name the image was built under
+    except voice_config.ModelDirError:  # the model directory went away since the build
         return cfg.voice.model_name or "unknown"
 
 
