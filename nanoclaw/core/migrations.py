@@ -36,7 +36,7 @@ WHO RUNS THEM
     an existing database; they create an empty one (``prepare``) and refuse any other
     version than this code's, with one line naming it. So an upgrade's migration happens
     once, at a moment the owner chose, after a backup, and its failure is one step's report,
-    not seven daemons retrying it every second under systemd's restarts.
+    not every daemon retrying it every second under systemd's restarts.
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def prepare(con: sqlite3.Connection, path: Path) -> None:
     if found > LATEST:
         raise SchemaError(newer_text(path, found), found, LATEST)
     if found == 0 and is_empty(con):
-        con.execute("BEGIN IMMEDIATE")  # seven daemons may start on no database at once
+        con.execute("BEGIN IMMEDIATE")  # the daemons may all start on no database at once
         try:
             if version(con) == 0 and is_empty(con):
                 _apply(con, STEPS, 0)

@@ -7,5 +7,6 @@ a nudge on the consumer's socket, and the database. A few requests go over a dae
 socket and wait for the answer: the router's ``deliver`` to the channel (a reply counts as
 sent once the channel confirms it), the runner's ``ensure`` to proxy and egress (an agent's
 sockets exist before its container starts), and the owner's commands (``status``,
-``nanoclaw chat``); the queue's ``typing`` to the channel is told and not awaited.
+``nanoclaw chat``); the queue's ``progress`` to the channel (a turn's state, for the chat to
+show) is told and not awaited.
 """
