@@ -131,7 +131,7 @@ def test_the_hosts_own_addresses_networks_and_gateways_are_refused_before_any_co
                ("router.test", lan_port, "router.test resolves to local addresses only: 2a02:c7f:1::1 is a gateway"),
                ("[::ffff:81.2.69.10]", host_port, "this host's own address")]
     try:
-        status, _, body = get(sock, f"http://93.184.215.14:{lan_port}/conftest.py")
+        status, _, body = get(sock, f"http://93.184.215.14:{lan_port}/system_harness.py")
         assert status == 200 and b"class System" in body  # the public stand-in, through the gateway
         trace.wait_for_connect(lan_port)
         for host, port, why in refused:
