@@ -33,28 +33,13 @@ def source_dir() -> Path:
     return image.container_dir() / "transcribe"
 
 
-def model_dir(cfg: Config) -> Path | None:
-    """The owner's model directory, checked (None: the bundled model)."""
-    try:
-        return voice_config.model_dir(cfg.voice)
-    except voice_config.ModelDirError as exc:
-        raise ImageError(str(exc)) from None
-
-
-def model_name(cfg: Config) -> str:
-    try:
-        return voice_config.model_name(cfg.voice)
-    except voice_config.ModelDirError as exc:
-        raise ImageError(str(exc)) from None
-
-
 def source_digest(cfg: Config) -> str:
     """What goes into the image besides wheels and the base: our files and the owner's model."""
     h = hashlib.sha256()
     for name in FILES:
         h.update((source_dir() / name).read_bytes())
-    h.update(model_name(cfg).encode())
-    path = model_dir(cfg)
+    h.update(voice_config.model_name(cfg.voice).encode())
+    path = voice_config.model_dir(cfg.voice)
     if path is not None:  # size and mtime of each file: reading a 3 GB model at every check is too slow
         for f in sorted(path.iterdir()):
             st = f.stat()
@@ -69,10 +54,9 @@ def current(cfg: Config, tag: str | None = None) -> bool:
         bool(base) and labels.get("nanoclaw.base") == base
 
 
-def _copy_model(cfg: Config, progress: Progress) -> Callable[[Path], None]:
+def _copy_model(owner: Path | None, progress: Progress) -> Callable[[Path], None]:
     def fill(ctx: Path) -> None:
         (ctx / "model").mkdir()
-        owner = model_dir(cfg)
         if owner is not None:
             progress(f"copying the model {owner} into the image")
             for f in owner.iterdir():
@@ -83,8 +67,13 @@ def _copy_model(cfg: Config, progress: Progress) -> Callable[[Path], None]:
 
 def build(cfg: Config, *, tag: str | None = None, wheels: Path | None = None, progress: Progress = print,
           force: bool = False, workdir: Path | None = None) -> str:
-    """Build the transcription image unless it is current (or ``force``); returns its tag."""
+    """Build the transcription image unless it is current (or ``force``); returns its tag.
+    ImageError where a step fails, ``[voice] model_dir`` naming no model included."""
     tag = tag or cfg.voice.image
+    try:  # the owner's model first: a model_dir without one is said before any long step
+        model, owner = voice_config.model_name(cfg.voice), voice_config.model_dir(cfg.voice)
+    except voice_config.ModelDirError as exc:
+        raise ImageError(str(exc)) from None
     base = image.ensure_base(cfg, progress)
     if not force and current(cfg, tag):
         progress(f"{tag} is current (sources {source_digest(cfg)}); not rebuilt")
@@ -92,7 +81,7 @@ def build(cfg: Config, *, tag: str | None = None, wheels: Path | None = None, pr
     recipe = image.Recipe(files=tuple(source_dir() / name for name in FILES),
                           requirements=source_dir() / "requirements.txt", wheels="wheels-voice",
                           context="context-voice-", what="the transcription wheels", size="~200 MB",
-                          pip="pip download (transcription)", build_args=(f"MODEL={model_name(cfg)}",),
-                          labels=(f"nanoclaw.voice.model={model_name(cfg)}",), fill=_copy_model(cfg, progress))
+                          pip="pip download (transcription)", build_args=(f"MODEL={model}",),
+                          labels=(f"nanoclaw.voice.model={model}",), fill=_copy_model(owner, progress))
     return image.build_image(cfg, recipe, tag=tag, base=base, source=source_digest(cfg), wheels=wheels,
                              workdir=workdir, progress=progress)
