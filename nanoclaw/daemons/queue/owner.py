@@ -30,11 +30,11 @@ import time
 from typing import TYPE_CHECKING
 
 
-from nanoclaw.core.status_summary import summary
 from nanoclaw.core import approvals
 from nanoclaw.core.log import log_fields
 from nanoclaw.core.models import Group, Message, Request
 from nanoclaw.core.protocol import nudge
+from nanoclaw.core.status_summary import summary
 from nanoclaw.daemons.queue import approval_answers, owner_chat, sql
 
 if TYPE_CHECKING:
